@@ -1,0 +1,51 @@
+# astara developer entry points. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: deps venv test unit lab lab-down bench leftovers image clean distclean
+
+# Debian packages (needs root when something is missing) + .venv.
+deps:
+	bash scripts/install-deps
+
+# Only the virtualenv (no apt, no root needed).
+venv:
+	bash scripts/install-deps --no-apt
+
+test: deps
+	$(PY) -m pytest -q test
+
+unit: venv
+	$(PY) -m pytest -q test/unit
+
+lab: deps
+	$(VENV)/bin/astara-lab up
+
+lab-down:
+	$(VENV)/bin/astara-lab down
+
+bench: deps
+	$(PY) -m pytest -q test/bench -p no:cacheprovider
+
+leftovers:
+	$(VENV)/bin/astara-leftovers --remove
+
+image:
+	bash scripts/install-deps --image
+	bash scripts/build-image
+
+# Build and test debris. Refuses to touch .dibtmp while a failed image build
+# still has something mounted below it (rm -rf would follow into /dev, /proc...).
+clean:
+	@if grep -qF " $(CURDIR)/.dibtmp" /proc/self/mounts; then \
+		echo "clean: mounts left under $(CURDIR)/.dibtmp; unmount them first:" >&2; \
+		grep -F " $(CURDIR)/.dibtmp" /proc/self/mounts | cut -d' ' -f2 >&2; \
+		exit 1; \
+	fi
+	rm -rf build dist .dibtmp .pytest_cache *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# clean + the virtualenv, built images and the diskimage-builder cache.
+distclean: clean
+	rm -rf $(VENV) out .dibcache

@@ -1,0 +1,258 @@
+"""Links, MTU, addresses and routes over netlink: read live state, change only what differs.
+
+The same ``converge`` serves the forward apply and the rollback: a snapshot of the live
+state taken before an apply is just another desired state.
+"""
+import errno
+import logging
+import os
+from dataclasses import dataclass
+from ipaddress import ip_interface, ip_network
+from typing import Optional
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..errors import ApplyError
+from ..render.netlink import render_netlink
+
+LOG = logging.getLogger(__name__)
+
+RTPROT_ASTARA = 211  # marks routes this agent owns, so stale ones can be found and removed
+MAIN_TABLE = 254
+IFA_F_NODAD = 0x02
+IFA_F_PERMANENT = 0x80
+FAMILY = {4: 2, 6: 10}
+
+
+@dataclass(frozen=True)
+class LinkState:
+    mtu: Optional[int]  # None: leave as is
+    up: bool
+    addresses: frozenset
+    nodad: bool = False
+
+
+@dataclass(frozen=True)
+class NetState:
+    links: tuple  # of (kernel_name, LinkState)
+    routes: frozenset  # of (destination, gateway, kernel_name | None)
+
+
+# -- reading the kernel -----------------------------------------------------------------------
+
+def _flags(msg):
+    return msg.get_attr("IFA_FLAGS") or msg["flags"]
+
+
+def live_addresses(ipr, index):
+    """Permanent, non-link-local addresses of one link: the ones an apply owns. Dynamic
+    (SLAAC/DHCP) and link-local addresses belong to the kernel and are never touched."""
+    found = set()
+    for msg in ipr.get_addr(index=index):
+        text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        address = ip_interface(f"{text}/{msg['prefixlen']}")
+        if address.ip.is_link_local or not _flags(msg) & IFA_F_PERMANENT:
+            continue
+        found.add(address)
+    return frozenset(found)
+
+
+def live_routes(ipr, names_by_index):
+    found = set()
+    for family in (2, 10):
+        for msg in ipr.get_routes(family=family, table=MAIN_TABLE, proto=RTPROT_ASTARA):
+            if msg["proto"] != RTPROT_ASTARA:
+                continue
+            dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == 2 else "::")
+            gateway = msg.get_attr("RTA_GATEWAY")
+            found.add((ip_network(f"{dst}/{msg['dst_len']}"),
+                       ip_interface(gateway).ip if gateway else None,
+                       names_by_index.get(msg.get_attr("RTA_OIF"))))
+    return frozenset(found)
+
+
+def capture(ipr, nics):
+    """The live state of every NIC and of our routes."""
+    links = tuple((nic.kernel_name, LinkState(nic.mtu, nic.up, live_addresses(ipr, nic.index)))
+                  for nic in nics)
+    return NetState(links, live_routes(ipr, {nic.index: nic.kernel_name for nic in nics}))
+
+
+# -- desired state ----------------------------------------------------------------------------
+
+def desired_state(config, names, clear=()):
+    """Translate the rendered plan from geN to kernel names. ``clear`` lists generic names
+    an earlier (or interrupted) generation configured that this one no longer mentions:
+    their addresses are removed."""
+    plan = render_netlink(config)
+    links = []
+    for spec in plan.links:
+        nic = names.get(spec.generic)
+        if nic is None:
+            raise ApplyError(f"{spec.path}.ifname",
+                             f"{spec.generic} does not exist on this appliance "
+                             f"(NICs: {', '.join(sorted(names)) or 'none'})")
+        links.append((nic.kernel_name, LinkState(spec.mtu, True, spec.addresses, spec.nodad)))
+    for generic in clear:
+        if plan.link(generic) is None and generic in names:
+            nic = names[generic]
+            links.append((nic.kernel_name, LinkState(None, nic.up, frozenset())))
+    routes = frozenset((r.destination, r.gateway,
+                        names[r.generic].kernel_name if r.generic in names else None)
+                       for r in plan.routes)
+    paths = {(r.destination, r.gateway): r.path for r in plan.routes}
+    paths.update({names[s.generic].kernel_name: f"{s.path}.addresses" for s in plan.links})
+    return NetState(tuple(links), routes), paths
+
+
+# -- changing the kernel ----------------------------------------------------------------------
+
+class Converger:
+    """Brings links, addresses and our routes to a desired NetState and counts changes."""
+
+    def __init__(self, ipr, nics, paths=None):
+        self.ipr = ipr
+        self.by_name = {nic.kernel_name: nic for nic in nics}
+        self.paths = paths or {}
+        self.changes = 0
+
+    def _index(self, name):
+        return self.by_name[name].index
+
+    def _call(self, what, path, func, *args, ignore=(), **kwargs):
+        try:
+            func(*args, **kwargs)
+            self.changes += 1
+        except NetlinkError as exc:
+            if exc.code in ignore:
+                return
+            raise ApplyError(path, f"{what}: {os.strerror(exc.code)}") from exc
+
+    def converge(self, state):
+        ipr = self.ipr
+        have = {}
+        for name, want in state.links:
+            nic = self.by_name[name]
+            if want.mtu is not None and nic.mtu != want.mtu:
+                self._call(f"set mtu {want.mtu} on {name}", "", ipr.link, "set",
+                           index=nic.index, mtu=want.mtu)
+            if want.up and not nic.up:
+                self._call(f"set {name} up", "", ipr.link, "set", index=nic.index, state="up")
+            _ensure_sysctl(f"ipv4/conf/{name}/promote_secondaries", "1")
+            have[name] = live_addresses(ipr, nic.index)
+        for name, want in state.links:  # add first: a replaced address never leaves a gap
+            for address in sorted(want.addresses - have[name], key=_sort_key):
+                kwargs = {}
+                if address.version == 4 and address.network.prefixlen < 31:
+                    kwargs["broadcast"] = str(address.network.broadcast_address)
+                if address.version == 6 and want.nodad:
+                    kwargs["flags"] = IFA_F_NODAD
+                self._call(f"add address {address} to {name}", self.paths.get(name, ""),
+                           ipr.addr, "add", index=self._index(name), address=str(address.ip),
+                           prefixlen=address.network.prefixlen, ignore=(errno.EEXIST,),
+                           **kwargs)
+        for name, want in state.links:
+            for address in sorted(have[name] - want.addresses, key=_sort_key):
+                self._call(f"remove address {address} from {name}", "", ipr.addr, "del",
+                           index=self._index(name), address=str(address.ip),
+                           prefixlen=address.network.prefixlen,
+                           ignore=(errno.EADDRNOTAVAIL, errno.ENODEV))
+        names_by_index = {nic.index: name for name, nic in self.by_name.items()}
+        live = live_routes(ipr, names_by_index)
+        for dst, gateway, dev in sorted(live - state.routes, key=str):
+            self._call(f"remove route {dst} via {gateway}", "", ipr.route, "del",
+                       **_route_args(dst, gateway, dev and self._index(dev)),
+                       ignore=(errno.ESRCH, errno.ENOENT))
+        for dst, gateway, dev in sorted(state.routes - live, key=str):
+            path = self.paths.get((dst, gateway), "")
+            self._call(f"route {dst} via {gateway}", path, ipr.route, "replace",
+                       **_route_args(dst, gateway, dev and self._index(dev)))
+
+    def verify(self, state):
+        """Read back what we asked for; any difference fails the transaction."""
+        problems = []
+        links = {nic.kernel_name: nic for nic in _refresh(self.ipr, self.by_name)}
+        for name, want in state.links:
+            nic = links.get(name)
+            if nic is None:
+                problems.append(f"{name} disappeared")
+                continue
+            if want.mtu is not None and nic.mtu != want.mtu:
+                problems.append(f"{name} mtu is {nic.mtu}, wanted {want.mtu}")
+            if want.up and not nic.up:
+                problems.append(f"{name} is down")
+            got = live_addresses(self.ipr, nic.index)
+            if got != want.addresses:
+                problems.append(f"{name} addresses {sorted(map(str, got))} != "
+                                f"{sorted(map(str, want.addresses))}")
+        routes = live_routes(self.ipr, {nic.index: n for n, nic in links.items()})
+        if routes != state.routes:
+            problems.append(f"routes missing {sorted(map(str, state.routes - routes))}, "
+                            f"unexpected {sorted(map(str, routes - state.routes))}")
+        if problems:
+            raise ApplyError("", "verification failed: " + "; ".join(problems), status=500)
+
+
+def _refresh(ipr, by_name):
+    from ..naming import list_nics
+    return [nic for nic in list_nics(ipr) if nic.kernel_name in by_name]
+
+
+def _sort_key(address):
+    return (address.version, address)
+
+
+def _route_args(dst, gateway, oif):
+    args = {"dst": str(dst), "family": FAMILY[dst.version], "table": MAIN_TABLE,
+            "proto": RTPROT_ASTARA}
+    if gateway is not None:
+        args["gateway"] = str(gateway)
+    if oif:
+        args["oif"] = oif
+    return args
+
+
+def _ensure_sysctl(key, value):
+    """Sysctls of the agent's own network namespace (/proc/sys/net is per namespace)."""
+    path = f"/proc/sys/net/{key}"
+    try:
+        with open(path) as handle:
+            if handle.read().strip() == value:
+                return
+        with open(path, "w") as handle:
+            handle.write(value)
+    except OSError as exc:
+        LOG.warning("cannot set %s=%s: %s", path, value, exc)
+
+
+def enable_forwarding():
+    _ensure_sysctl("ipv4/ip_forward", "1")
+    _ensure_sysctl("ipv6/conf/all/forwarding", "1")
+
+
+# -- the subsystem ---------------------------------------------------------------------------
+
+class NetlinkSubsystem:
+    """Transaction participant for links, MTU, addresses and routes."""
+
+    name = "netlink"
+
+    def capture(self, ctx):
+        return capture(ctx.ipr, ctx.nics)
+
+    def apply(self, ctx, config, previous=()):
+        clear = {n.interface.ifname for old in previous for n in old.networks}
+        state, paths = desired_state(config, ctx.names, clear)
+        ctx.netlink_state = state
+        if config.router:
+            enable_forwarding()
+        converger = Converger(ctx.ipr, ctx.nics, paths)
+        converger.converge(state)
+        return converger.changes
+
+    def verify(self, ctx, config):
+        Converger(ctx.ipr, ctx.nics).verify(ctx.netlink_state)
+
+    def restore(self, ctx, snapshot):
+        nics = ctx.refresh_nics()
+        Converger(ctx.ipr, nics).converge(snapshot)

@@ -1,0 +1,120 @@
+"""``astara-router-api``: the agent's HTTP API under gunicorn.
+
+Exactly one gthread worker process: one writer owns the kernel state, threads serve GETs
+from the committed snapshot while an apply runs. The worker re-applies the persisted
+configuration before it answers anything (also when gunicorn respawns it after a crash).
+"""
+import argparse
+import ipaddress
+import json
+import logging
+import os
+import sys
+
+from gunicorn.app.base import BaseApplication
+
+from .. import settings as settings_mod
+from ..store import Store
+
+
+def format_bind(address, port):
+    address = ipaddress.ip_address(str(address).split("/")[0])
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
+def default_bind(settings):
+    """The management address: from the persisted config, else from what
+    astara-configure-management recorded at boot, else every address."""
+    stored = Store(settings.state_dir).load()
+    if stored is not None:
+        try:
+            from ..model import parse_payload
+            address = parse_payload(stored.payload,
+                                    settings.enabled_services).management_address
+            if address is not None:
+                return format_bind(address, settings.port)
+        except Exception:
+            pass
+    try:
+        with open(settings.path("management.json")) as handle:
+            return format_bind(json.load(handle)["address"], settings.port)
+    except (OSError, ValueError, KeyError):
+        pass
+    return f"[::]:{settings.port}"
+
+
+def build_app(settings):
+    from ..api import create_app
+    from ..engine import Engine
+    engine = Engine(settings.state_dir, settings.enabled_services)
+    engine.boot()
+    app = create_app(settings, engine)
+    app.extensions["astara"]["prober"].start()
+    return app
+
+
+class AgentApplication(BaseApplication):
+    def __init__(self, settings):
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self):
+        s = self.settings
+        run_dir = s.path("run")
+        os.makedirs(run_dir, exist_ok=True)
+        options = {
+            "bind": list(s.bind) or [default_bind(s)],
+            "workers": 1,  # one writer: never more than one process applying
+            "worker_class": "gthread",
+            "threads": s.threads,
+            "timeout": 120,
+            "graceful_timeout": 10,
+            "pidfile": os.path.join(run_dir, "api.pid"),
+            "worker_tmp_dir": run_dir,
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": "info",
+            "proc_name": "astara-router-api",
+        }
+        if s.certfile:
+            options.update(certfile=s.certfile, keyfile=s.keyfile)
+            if s.ca_certs:
+                import ssl
+                options.update(ca_certs=s.ca_certs, cert_reqs=ssl.CERT_REQUIRED)
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        return build_app(self.settings)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config-file", help="ini file ([DEFAULT] state_dir, "
+                                              "enabled_services; [api]; [status])")
+    parser.add_argument("--bind", action="append",
+                        help="address:port or [v6]:port (repeatable); default: the "
+                             "management address on port 5000")
+    parser.add_argument("--state-dir", help="default /var/lib/astara")
+    parser.add_argument("--enabled-services", help="comma list: router, loadbalancer")
+    parser.add_argument("--port", type=int)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_mod.load(args.config_file, state_dir=args.state_dir,
+                                     bind=tuple(args.bind or ()), port=args.port,
+                                     enabled_services=args.enabled_services)
+    except ValueError as exc:
+        print(f"astara-router-api: {exc}", file=sys.stderr)
+        return 2
+    AgentApplication(settings).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Immutable configuration model: what the orchestrator asked for, fully typed.
+
+Addresses use the standard library's ``ipaddress`` types: they are immutable, hashable and
+strict (``10.1.0.1/33`` and ``172.24.4.300`` are errors, not guesses). See README, "Decisions".
+"""
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_network
+from typing import Optional, Union
+
+IPAddress = Union[IPv4Address, IPv6Address]
+
+NETWORK_TYPES = ("external", "internal", "isolated", "management", "loadbalancer")
+TENANT_TYPES = ("internal", "isolated")
+
+
+@dataclass(frozen=True)
+class Route:
+    destination: object  # IPv4Network | IPv6Network
+    nexthop: IPAddress
+    path: str = field(default="", compare=False)  # where it came from, for error messages
+
+
+@dataclass(frozen=True)
+class Subnet:
+    id: str
+    cidr: object
+    gateway_ip: Optional[IPAddress]
+    dhcp_enabled: bool
+    dns_nameservers: tuple
+    host_routes: tuple  # of Route
+    ipv6_ra_mode: Optional[str] = None
+    ipv6_address_mode: Optional[str] = None
+
+    @property
+    def version(self):
+        return self.cidr.version
+
+
+@dataclass(frozen=True)
+class Allocation:
+    mac_address: str
+    ip_addresses: tuple  # of (IPAddress, dhcp_enabled: bool)
+    hostname: str
+    device_id: str
+
+    @property
+    def dhcp_addresses(self):
+        return tuple(ip for ip, enabled in self.ip_addresses if enabled)
+
+
+@dataclass(frozen=True)
+class Interface:
+    ifname: str
+    addresses: tuple  # of IPv4Interface | IPv6Interface
+    mtu: Optional[int] = None
+    description: str = ""
+
+    @property
+    def index(self):
+        return int(self.ifname[2:])
+
+    def first(self, version):
+        candidates = sorted(a.ip for a in self.addresses if a.version == version)
+        return candidates[0] if candidates else None
+
+
+@dataclass(frozen=True)
+class Network:
+    network_id: str
+    name: str
+    network_type: str
+    interface: Interface
+    subnets: tuple
+    allocations: tuple
+    v4_conf_service: str = "static"
+    v6_conf_service: str = "static"
+    mtu: Optional[int] = None
+
+    @property
+    def is_tenant(self):
+        return self.network_type in TENANT_TYPES
+
+    @property
+    def is_external(self):
+        return self.network_type == "external"
+
+    @property
+    def is_management(self):
+        return self.network_type == "management"
+
+
+@dataclass(frozen=True)
+class FloatingIP:
+    floating_ip: IPAddress
+    fixed_ip: IPAddress
+
+
+@dataclass(frozen=True)
+class Label:
+    name: str
+    cidrs: tuple
+
+
+@dataclass(frozen=True)
+class Orchestrator:
+    address: Optional[IPAddress]
+    metadata_port: int = 9697
+    host: str = ""
+
+
+@dataclass(frozen=True)
+class HAConfig:
+    peers: tuple = ()
+    priority: int = 50
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    asn: int
+    neighbor_asn: int
+    default_v4_gateway: Optional[IPv4Address]
+    static_routes: tuple  # of Route
+    floating_ips: tuple
+    labels: tuple  # of Label
+    orchestrator: Orchestrator
+    vpn: tuple  # of vpn.VpnService
+    address_book: tuple = ()
+    anchors: tuple = ()
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    """The whole desired state of one appliance."""
+
+    tenant_id: str
+    hostname: str
+    networks: tuple
+    ha: bool = False
+    ha_config: HAConfig = HAConfig()
+    router: Optional[RouterConfig] = None
+    loadbalancer: object = None  # loadbalancer.LoadBalancer
+
+    # -- derived views --------------------------------------------------------------------
+    def networks_of(self, *types):
+        return tuple(n for n in self.networks if n.network_type in types)
+
+    @property
+    def management_network(self):
+        found = self.networks_of("management")
+        return found[0] if found else None
+
+    @property
+    def management_address(self):
+        network = self.management_network
+        if network is None:
+            return None
+        return network.interface.first(4) or network.interface.first(6)
+
+    @property
+    def external_networks(self):
+        return self.networks_of("external")
+
+    @property
+    def tenant_networks(self):
+        return self.networks_of(*TENANT_TYPES)
+
+    def network_for(self, address):
+        """The network whose subnets contain ``address`` (first match in payload order)."""
+        for network in self.networks:
+            for subnet in network.subnets:
+                if address in subnet.cidr:
+                    return network
+        return None
+
+    @property
+    def floating_ips(self):
+        return self.router.floating_ips if self.router else ()
+
+    def external_interface_for(self, address):
+        """Where a floating address lives: the external network whose subnet holds it,
+        else the first external network (Neutron may route extra ranges to the gateway)."""
+        externals = self.external_networks
+        for network in externals:
+            if any(address in s.cidr for s in network.subnets):
+                return network
+        return externals[0] if externals else None
+
+
+def host_network(address):
+    return ip_network(address)  # /32 or /128

@@ -1,0 +1,1 @@
+"""astara appliance agent."""

@@ -1,0 +1,70 @@
+"""Agent settings: defaults < ini file (``--config-file``) < command line.
+
+Every path the agent writes (state, pid files, sockets, daemon configs) derives from
+``state_dir``, so several appliances can share a host without touching each other.
+"""
+import configparser
+import os
+from dataclasses import dataclass, field, replace
+
+DEFAULT_PORT = 5000
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: str = "/var/lib/astara"
+    bind: tuple = ()  # empty: the management address, port 5000
+    port: int = DEFAULT_PORT
+    enabled_services: tuple = ("router",)
+    threads: int = 8
+    status_interval: float = 10.0
+    status_v4_target: str = ""  # empty: the default IPv4 gateway of the committed config
+    status_v6_target: str = ""
+    api_token: str = ""  # when set, every request except GET /v1/ needs "Bearer <token>"
+    certfile: str = ""  # TLS (and mutual TLS with ca_certs) through gunicorn
+    keyfile: str = ""
+    ca_certs: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def path(self, *parts):
+        return os.path.join(self.state_dir, *parts)
+
+
+def _services(text):
+    names = tuple(s.strip() for s in text.replace(",", " ").split() if s.strip())
+    from .model import KNOWN_SERVICES
+    unknown = [n for n in names if n not in KNOWN_SERVICES]
+    if unknown:
+        raise ValueError(f"enabled_services: unknown service(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(KNOWN_SERVICES)}")
+    return names
+
+
+def load(config_file=None, **overrides):
+    """Read the ini file (sections [DEFAULT], [api], [status]) and apply overrides."""
+    settings = Settings()
+    if config_file:
+        parser = configparser.ConfigParser()
+        if not parser.read(config_file):
+            raise ValueError(f"cannot read config file {config_file}")
+        get = parser.defaults().get
+        api = parser["api"] if parser.has_section("api") else parser.defaults()
+        status = parser["status"] if parser.has_section("status") else parser.defaults()
+        values = {
+            "state_dir": get("state_dir", settings.state_dir),
+            "enabled_services": _services(get("enabled_services", "router")),
+            "bind": tuple(b for b in api.get("bind", "").split() if b),
+            "port": int(api.get("port", settings.port)),
+            "threads": int(api.get("threads", settings.threads)),
+            "api_token": api.get("api_token", ""),
+            "certfile": api.get("certfile", ""), "keyfile": api.get("keyfile", ""),
+            "ca_certs": api.get("ca_certs", ""),
+            "status_interval": float(status.get("interval", settings.status_interval)),
+            "status_v4_target": status.get("v4_target", ""),
+            "status_v6_target": status.get("v6_target", ""),
+        }
+        settings = replace(settings, **values)
+    clean = {k: v for k, v in overrides.items() if v not in (None, (), "")}
+    if "enabled_services" in clean and isinstance(clean["enabled_services"], str):
+        clean["enabled_services"] = _services(clean["enabled_services"])
+    return replace(settings, **clean)

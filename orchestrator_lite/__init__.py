@@ -1,0 +1,1 @@
+"""Slim companion orchestrator for astara appliances."""

@@ -1,0 +1,33 @@
+"""Fixtures for real-kernel tests: a per-test Lab, skipped where impossible."""
+
+import pytest
+
+from astara_lab.netns import Lab, netns_unavailable_reason
+
+_UNSET = object()
+_reason = _UNSET  # probed once per session
+
+
+def require_netns():
+    """Skip (never fail) the calling test unless namespaces can be created."""
+    global _reason
+    if _reason is _UNSET:
+        _reason = netns_unavailable_reason()
+    if _reason:
+        pytest.skip(f"network namespaces unavailable: {_reason}")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("netns"):
+        require_netns()
+
+
+@pytest.fixture
+def lab():
+    """A fresh Lab, closed on teardown even when the test failed."""
+    require_netns()
+    lab = Lab()
+    try:
+        yield lab
+    finally:
+        lab.close()

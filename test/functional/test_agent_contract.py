@@ -1,0 +1,155 @@
+"""The real agent in a namespace, driven over its management address with the contract
+payloads: accepted bodies produce the addresses/MTUs/routes they describe, refused bodies
+change nothing."""
+import ipaddress
+import json
+
+import pytest
+
+from astara_lab.appliance import contract_appliance, contract_payloads
+
+pytestmark = pytest.mark.netns
+
+VALID = contract_payloads("original-orchestrator")
+INVALID = contract_payloads("invalid")
+INVALID_EXPECT = {  # file -> (status, words the message must contain), from its README
+    "missing-tenant-id": (422, ["tenant_id"]),
+    "missing-hostname": (422, ["hostname"]),
+    "floating-ip-not-an-ip": (422, ["floating_ips[0].floating_ip", "172.24.4.300"]),
+    "interface-address-not-cidr": (422, ["ge2", "10.1.0.1/33"]),
+    "unknown-service": (400, ["firewall"]),
+    "hostname-injection": (422, ["hostname"]),
+}
+
+
+def expected_addresses(payload):
+    """geN -> set of addresses the payload implies (interface addresses + FIPs as /32)."""
+    wanted = {}
+    for network in payload["networks"]:
+        ifname = network["interface"]["ifname"]
+        wanted.setdefault(ifname, set()).update(
+            str(ipaddress.ip_interface(a)) for a in network["interface"]["addresses"])
+    externals = [n for n in payload["networks"] if n["network_type"] == "external"]
+    for fip in payload.get("floating_ips", []):
+        address = ipaddress.ip_address(fip["floating_ip"])
+        holder = next((n for n in externals if any(
+            address in ipaddress.ip_network(s["cidr"]) for s in n["subnets"])), externals[0])
+        wanted[holder["interface"]["ifname"]].add(f"{address}/{address.max_prefixlen}")
+    return wanted
+
+
+def kernel_names(appliance):
+    interfaces = appliance.client().get("/v1/system/interfaces").json()["interfaces"]
+    return {i["ifname"]: i["kernel_name"] for i in interfaces}
+
+
+def routes_by_dst(dump):
+    return {(r["dst"], r.get("gateway"), r.get("dev")) for r in dump["routes"]}
+
+
+@pytest.mark.parametrize("name", sorted(VALID))
+def test_contract_payload_is_applied(lab, name):
+    payload = VALID[name]
+    appliance = contract_appliance(lab, name, payload)
+    client = appliance.client()
+
+    response = client.put_json("/v1/system/config", payload)
+    assert response.status == 200, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json()["generation"] == 1
+
+    names = kernel_names(appliance)
+    dump = {link["ifname"]: link for link in appliance.dump()["links"]}
+    for ifname, addresses in expected_addresses(payload).items():
+        live = dump[names[ifname]]
+        assert addresses <= set(live["addresses"]), (ifname, live)
+        assert set(live["addresses"]) == addresses, (ifname, live)
+        assert live["up"]
+    for network in payload["networks"]:
+        mtu = network["interface"].get("mtu") or network.get("mtu")
+        if mtu:
+            assert dump[names[network["interface"]["ifname"]]]["mtu"] == mtu
+
+    routes = routes_by_dst(appliance.dump())
+    if payload.get("default_v4_gateway"):
+        assert ("default", payload["default_v4_gateway"], names["ge1"]) in routes
+    for network in payload["networks"]:
+        for subnet in network["subnets"]:
+            for hr in subnet["host_routes"]:
+                assert (hr["destination"], hr["nexthop"],
+                        names[network["interface"]["ifname"]]) in routes
+    if name == "router-dual-stack":
+        assert ("default", "2001:db8:c0de:1::1", names["ge1"]) in routes
+    if name == "router-no-gateway":
+        assert not any(r[0] == "default" for r in routes)
+
+    config = client.get("/v1/system/config")
+    assert config.status == 200
+    assert config.json()["configuration"]["tenant_id"] == payload["tenant_id"]
+    assert config.headers["ETag"].strip('"') == config.json()["hash"]
+
+
+def test_many_networks_map_ge10_naturally(lab):
+    """ge10 is the 11th NIC (eth10), not eth1's neighbour in a string sort."""
+    payload = VALID["router-wide"]
+    appliance = contract_appliance(lab, "router-wide", payload)
+    interfaces = appliance.client().get("/v1/system/interfaces").json()["interfaces"]
+    by_name = {i["ifname"]: i for i in interfaces}
+    assert sorted(by_name, key=lambda n: int(n[2:])) == [f"ge{i}" for i in range(13)]
+    assert by_name["ge10"]["kernel_name"] == "eth10"
+    assert by_name["ge10"]["lladdr"] == "fa:16:3e:c2:43:31"
+    assert all(i["ifname"] != "lo" for i in interfaces)
+    single = appliance.client().get("/v1/system/interface/ge12")
+    assert single.status == 200 and single.json()["interface"]["lladdr"] == "fa:16:3e:56:57:9b"
+    assert appliance.client().get("/v1/system/interface/ge13").status == 404
+
+
+@pytest.mark.parametrize("name", sorted(INVALID))
+def test_invalid_payload_is_refused_and_changes_nothing(lab, name):
+    good = VALID["router-basic"]
+    appliance = contract_appliance(lab, "router-basic", good)
+    client = appliance.client()
+    assert client.put_json("/v1/system/config", good).status == 200
+    before = appliance.dump()
+    hostname_before = appliance.ns.run(["hostname"]).stdout
+
+    response = client.put_json("/v1/system/config", INVALID[name])
+    status, words = INVALID_EXPECT[name]
+    assert response.status == status, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    message = response.json()["message"]
+    for word in words:
+        assert word in message, (word, message)
+
+    assert appliance.dump() == before
+    assert appliance.ns.run(["hostname"]).stdout == hostname_before != "pwned\n"
+    config = client.get("/v1/system/config").json()
+    assert config["generation"] == 1 and config["configuration"] == good
+
+
+def test_protocol_errors(lab):
+    good = VALID["router-basic"]
+    appliance = contract_appliance(lab, "router-basic", good)
+    client = appliance.client()
+    body = json.dumps(good).encode()
+    charset = client.put_raw("/v1/system/config", body, "application/json; charset=utf-8")
+    assert charset.status == 200, charset.text
+    before = appliance.dump()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        response = client.put_raw("/v1/system/config", body, content_type)
+        assert response.status == 415 and "application/json" in response.json()["message"]
+    no_type = client.request("PUT", "/v1/system/config", body=body)
+    assert no_type.status == 415
+    truncated = client.put_raw("/v1/system/config", b'{"tenant_id": "abc",',
+                               "application/json")
+    assert truncated.status == 400 and "JSON" in truncated.json()["message"]
+    for shape, path in (([], "object"), ({**good, "networks": {}}, "networks")):
+        response = client.put_json("/v1/system/config", shape)
+        assert response.status == 422 and path in response.json()["message"], response.text
+    missing = client.get("/v1/nothing-here")
+    assert missing.status == 404 and missing.headers["Content-Type"] == "application/json"
+    assert appliance.dump() == before
+    rules = client.get("/v1/firewall/rules")
+    assert rules.status == 200 and rules.headers["Content-Type"].startswith("text/plain")
+    status = client.get("/v1/status/").json()
+    assert set(status) >= {"v4", "v6", "state", "generation"}

@@ -1,0 +1,223 @@
+"""Checks of the diskimage-builder elements that need no image build.
+
+- the ``astara`` element expands (with an OS element) to the elements it needs;
+- ``dib-lint`` passes on ``diskimage-builder/elements``;
+- every systemd unit shipped by an element starts a console script that
+  setup.cfg declares, from the image's venv, and is enabled at build time;
+- static defaults and package lists agree with the rest of the repository.
+"""
+
+import configparser
+import os
+import pathlib
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+DIB_DIR = REPO / "diskimage-builder"
+ELEMENTS_DIR = DIB_DIR / "elements"
+ASTARA_ELEMENT = ELEMENTS_DIR / "astara"
+VENV_IN_IMAGE = "/opt/astara/bin/"
+
+# Test-only clients that scripts/install-deps installs but the image does not need.
+TEST_ONLY_PACKAGES = {"udhcpc", "isc-dhcp-client", "ndisc6"}
+
+
+def console_scripts():
+    """{name: "module:function"} from setup.cfg [options.entry_points]."""
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(REPO / "setup.cfg")
+    raw = cfg.get("options.entry_points", "console_scripts", fallback="")
+    scripts = {}
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        name, _, target = line.partition("=")
+        scripts[name.strip()] = target.strip()
+    return scripts
+
+
+def unit_files():
+    return sorted(
+        p for p in ELEMENTS_DIR.rglob("*")
+        if p.is_file() and p.suffix in (".service", ".socket", ".timer", ".path")
+    )
+
+
+def parse_unit(path):
+    parser = configparser.ConfigParser(
+        interpolation=None, strict=False, delimiters=("=",),
+        comment_prefixes=("#", ";"), empty_lines_in_values=False)
+    parser.optionxform = str  # systemd keys are case-sensitive
+    parser.read(path)
+    return parser
+
+
+def element_scripts():
+    """Executable hook scripts of every element (install.d, extra-data.d, ...)."""
+    for path in sorted(ELEMENTS_DIR.glob("*/*.d/*")):
+        if path.is_file() and path.parent.name != "environment.d":
+            yield path
+
+
+def install_deps_packages():
+    text = (REPO / "scripts" / "install-deps").read_text()
+    match = re.search(r'^DEB_PACKAGES="([^"]*)"', text, re.M)
+    assert match, "DEB_PACKAGES not found in scripts/install-deps"
+    return set(match.group(1).split())
+
+
+# --- (a) element expansion -------------------------------------------------
+
+def test_astara_element_expands():
+    element_dependencies = pytest.importorskip(
+        "diskimage_builder.element_dependencies")
+    import diskimage_builder.paths
+
+    paths = ":".join([str(ELEMENTS_DIR),
+                      diskimage_builder.paths.get_path("elements")])
+    expanded = dict(element_dependencies.get_elements(
+        ["debian-minimal", "astara"], paths=paths))
+
+    expected = {
+        "astara", "debian-minimal", "package-installs", "install-static",
+        "dib-init-system", "openssh-server", "runtime-ssh-host-keys",
+        "cloud-init", "cloud-init-datasources",
+    }
+    missing = expected - set(expanded)
+    assert not missing, "not in the expansion: %s" % sorted(missing)
+    assert pathlib.Path(expanded["astara"]) == ASTARA_ELEMENT.resolve()
+    assert "vm" not in expanded, "vm needs device-mapper, which CI lacks"
+
+
+def test_astara_element_needs_an_os_element():
+    element_dependencies = pytest.importorskip(
+        "diskimage_builder.element_dependencies")
+    import diskimage_builder.paths
+
+    paths = ":".join([str(ELEMENTS_DIR),
+                      diskimage_builder.paths.get_path("elements")])
+    with pytest.raises(element_dependencies.MissingOSException):
+        element_dependencies.get_elements(["astara"], paths=paths)
+
+
+def test_element_deps_sorted_and_exist():
+    deps = [line.strip() for line in
+            (ASTARA_ELEMENT / "element-deps").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert deps == sorted(deps)
+    assert "vm" not in deps
+
+
+# --- (b) dib-lint ----------------------------------------------------------
+
+def test_dib_lint_passes():
+    bindir = os.path.dirname(sys.executable)
+    dib_lint = shutil.which("dib-lint", path=os.pathsep.join(
+        [bindir, os.environ.get("PATH", "")]))
+    if not dib_lint:
+        pytest.skip("dib-lint not found (pip install diskimage-builder)")
+    env = dict(os.environ)
+    # dib-lint calls "python" (needs PyYAML) and flake8: use this venv's.
+    env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "")])
+    env["ELEMENTS_DIR"] = "elements"
+    env["LIB_DIR"] = "elements"
+    result = subprocess.run(
+        [dib_lint], cwd=DIB_DIR, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert result.returncode == 0 and "PASS" in result.stdout, result.stdout
+
+
+def test_hook_scripts_follow_dib_conventions():
+    """What dib-lint checks, without dib-lint (runs everywhere)."""
+    scripts = list(element_scripts())
+    assert scripts, "no hook scripts found"
+    for path in scripts:
+        text = path.read_text()
+        lines = text.splitlines()
+        name = path.relative_to(ELEMENTS_DIR)
+        assert lines[0] == "#!/bin/bash", name
+        assert os.access(path, os.X_OK), "%s is not executable" % name
+        assert 'if [ ${DIB_DEBUG_TRACE:-0} -gt 0 ]; then' in lines, name
+        assert "set -eu" in lines, name
+        assert "set -o pipefail" in lines, name
+        assert text.endswith("\n"), name
+        assert "\t" not in text, name
+    for path in ELEMENTS_DIR.glob("*/environment.d/*"):
+        assert not os.access(path, os.X_OK), path
+        assert "set -x" not in path.read_text(), path
+
+
+# --- (c) systemd units -----------------------------------------------------
+
+def test_setup_cfg_declares_console_scripts():
+    scripts = console_scripts()
+    assert scripts["astara-router-api"] == "astara_router.cli.api:main"
+    assert scripts["astara-configure-management"] == \
+        "astara_router.cli.management:main"
+
+
+def test_units_start_declared_console_scripts():
+    units = unit_files()
+    names = {p.name for p in units}
+    assert "astara-router-api.service" in names, names
+    declared = console_scripts()
+    for path in units:
+        if path.suffix != ".service":
+            continue
+        unit = parse_unit(path)
+        assert unit.has_section("Service"), path
+        exec_start = unit.get("Service", "ExecStart", fallback="")
+        argv = shlex.split(exec_start.lstrip("@-:+!"))
+        assert argv, "%s has no ExecStart" % path
+        binary = argv[0]
+        assert binary.startswith(VENV_IN_IMAGE), (path, binary)
+        script = binary[len(VENV_IN_IMAGE):]
+        assert script in declared, (
+            "%s starts %s, which setup.cfg does not declare" % (path, script))
+
+
+def test_router_api_unit():
+    unit = parse_unit(
+        ASTARA_ELEMENT / "init-scripts" / "systemd" / "astara-router-api.service")
+    assert unit.get("Service", "ExecStart") == (
+        "/opt/astara/bin/astara-router-api "
+        "--config-file /etc/astara/astara.ini")
+    assert unit.get("Service", "Restart") == "always"
+    assert unit.get("Install", "WantedBy") == "multi-user.target"
+
+
+def test_units_are_enabled():
+    hooks = "\n".join(p.read_text() for p in element_scripts())
+    for path in unit_files():
+        unit = parse_unit(path)
+        if not unit.has_option("Install", "WantedBy"):
+            continue
+        assert re.search(r"systemctl enable .*\b%s\b" % re.escape(path.name),
+                         hooks), "%s is never enabled" % path.name
+
+
+# --- static defaults and package lists -------------------------------------
+
+def test_default_agent_config():
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(ASTARA_ELEMENT / "static" / "etc" / "astara" / "astara.ini")
+    assert cfg.get("DEFAULT", "state_dir") == "/var/lib/astara"
+    assert cfg.get("DEFAULT", "enabled_services") == "router"
+    assert cfg.getint("api", "port") == 5000
+
+
+def test_image_packages_match_install_deps():
+    yaml = pytest.importorskip("yaml")
+    packages = set(yaml.safe_load(
+        (ASTARA_ELEMENT / "package-installs.yaml").read_text()))
+    wanted = (install_deps_packages() - TEST_ONLY_PACKAGES) | {
+        "python3-venv", "openssh-server"}
+    missing = wanted - packages
+    assert not missing, "missing in package-installs.yaml: %s" % sorted(missing)
+    assert not packages & TEST_ONLY_PACKAGES
