@@ -10,7 +10,7 @@ A subsystem is any object with ``name`` and four methods:
   ``apply(ctx, config, previous) -> n`` converge to ``config``; return how many changes
   ``verify(ctx, config)``               read back; raise ApplyError on a difference
   ``restore(ctx, snapshot)``            converge back to the snapshot
-Later subsystems (firewall, dhcp, routing daemon, metadata, ...) plug into ``SUBSYSTEMS``.
+Subsystems and their order are listed in ``apply/__init__.py``.
 """
 import logging
 import os
@@ -21,7 +21,7 @@ from typing import Optional
 
 from pyroute2 import IPRoute
 
-from .apply.netlink import NetlinkSubsystem
+from .apply import default_subsystems
 from .errors import ApplyError
 from .model import PayloadError, SystemConfig, parse_payload
 from .naming import InterfaceNames, list_nics
@@ -31,10 +31,6 @@ LOG = logging.getLogger(__name__)
 
 REDACTED = "<redacted>"
 SECRET_KEYS = {"psk", "password", "secret", "auth_key", "shared_secret"}
-
-
-def default_subsystems():
-    return [NetlinkSubsystem()]
 
 
 @dataclass(frozen=True)
@@ -87,11 +83,13 @@ class Outcome:
 
 
 class Engine:
-    def __init__(self, state_dir, enabled_services=("router",), subsystems=None):
-        self.enabled_services = tuple(enabled_services)
-        self.store = Store(state_dir)
-        self.names = InterfaceNames(os.path.join(state_dir, "interfaces.json"))
-        self.subsystems = subsystems if subsystems is not None else default_subsystems()
+    def __init__(self, settings, subsystems=None):
+        self.settings = settings
+        self.enabled_services = tuple(settings.enabled_services)
+        self.store = Store(settings.state_dir)
+        self.names = InterfaceNames(os.path.join(settings.state_dir, "interfaces.json"))
+        self.subsystems = (subsystems if subsystems is not None
+                           else default_subsystems(settings))
         self._lock = threading.Lock()
         self.state = "booting"
         self.last_error = None

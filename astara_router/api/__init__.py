@@ -34,7 +34,7 @@ def error_response(status, error, message, errors=None):
 def create_app(settings, engine=None, prober=None):
     app = Flask("astara_router")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
-    engine = engine or Engine(settings.state_dir, settings.enabled_services)
+    engine = engine or Engine(settings)
     prober = prober or StatusProber(settings, engine)
     app.extensions["astara"] = {"engine": engine, "prober": prober, "settings": settings}
 

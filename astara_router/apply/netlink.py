@@ -237,6 +237,9 @@ class NetlinkSubsystem:
 
     name = "netlink"
 
+    def __init__(self, settings=None):
+        self.settings = settings
+
     def capture(self, ctx):
         return capture(ctx.ipr, ctx.nics)
 

@@ -46,7 +46,7 @@ def default_bind(settings):
 def build_app(settings):
     from ..api import create_app
     from ..engine import Engine
-    engine = Engine(settings.state_dir, settings.enabled_services)
+    engine = Engine(settings)
     engine.boot()
     app = create_app(settings, engine)
     app.extensions["astara"]["prober"].start()

@@ -1,0 +1,145 @@
+"""Shared plumbing for subsystems that drive a daemon through config files.
+
+The pattern every daemon subsystem follows:
+  capture:  ``FileSet.capture()`` remembers the current file contents
+  apply:    render → ``FileSet.stage`` writes candidates next to the live files → the
+            daemon's own checker validates the candidates → ``FileSet.commit`` renames
+            them over the live files (atomic) → reload with the gentlest signal
+  restore:  ``FileSet.restore(snapshot)`` puts the old contents back → reload
+"""
+import logging
+import os
+import signal
+import subprocess
+import time
+
+from ..errors import ApplyError
+from ..store import atomic_write
+
+LOG = logging.getLogger(__name__)
+
+
+def run_checked(cmd, what, path="", timeout=30):
+    """Run a checker or control command; a failure becomes an ApplyError with its output."""
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ApplyError(path, f"{what}: {exc}", status=500) from exc
+    if result.returncode != 0:
+        output = (result.stderr.strip() or result.stdout.strip())[-2000:]
+        raise ApplyError(path, f"{what} failed: {output}", status=500)
+    return result.stdout
+
+
+class FileSet:
+    """A group of config files owned by one subsystem, replaced together."""
+
+    def __init__(self, *paths, mode=0o644):
+        self.paths = paths
+        self.mode = mode
+
+    def capture(self):
+        snapshot = {}
+        for path in self.paths:
+            try:
+                with open(path) as handle:
+                    snapshot[path] = handle.read()
+            except FileNotFoundError:
+                snapshot[path] = None
+        return snapshot
+
+    @staticmethod
+    def candidate(path):
+        return f"{path}.new"
+
+    def stage(self, contents):
+        """Write ``{path: text}`` as candidates (``path.new``); return the paths whose
+        content differs from the live file."""
+        current = self.capture()
+        changed = []
+        for path, text in contents.items():
+            atomic_write(self.candidate(path), text, self.mode)
+            if current.get(path) != text:
+                changed.append(path)
+        return changed
+
+    def commit(self, contents):
+        for path in contents:
+            os.replace(self.candidate(path), path)
+
+    def discard(self, contents):
+        for path in contents:
+            try:
+                os.unlink(self.candidate(path))
+            except FileNotFoundError:
+                pass
+
+    def restore(self, snapshot):
+        for path, text in snapshot.items():
+            if text is None:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            else:
+                atomic_write(path, text, self.mode)
+
+
+class Daemon:
+    """A daemon that writes its own pid file; we only ever signal the PID in that file,
+    and only if that process still runs the expected program."""
+
+    def __init__(self, name, pidfile, argv, program=None):
+        self.name = name
+        self.pidfile = pidfile
+        self.argv = list(argv)
+        self.program = program or os.path.basename(argv[0])
+
+    def pid(self):
+        try:
+            with open(self.pidfile) as handle:
+                pid = int(handle.read().split()[0])
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                cmdline = handle.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            return None
+        if not any(os.path.basename(part.decode(errors="replace")) == self.program
+                   for part in cmdline[:2]):
+            return None  # a stale pid file pointing at someone else's process
+        return pid
+
+    def running(self):
+        return self.pid() is not None
+
+    def start(self, timeout=10):
+        """Start a self-daemonising program and wait for its pid file."""
+        try:
+            os.unlink(self.pidfile)
+        except FileNotFoundError:
+            pass
+        run_checked(self.argv, f"starting {self.name}")
+        deadline = time.monotonic() + timeout
+        while self.pid() is None:
+            if time.monotonic() > deadline:
+                raise ApplyError("", f"{self.name} did not start (no pid in {self.pidfile})",
+                                 status=500)
+            time.sleep(0.02)
+
+    def signal(self, sig=signal.SIGHUP):
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.kill(pid, sig)
+        return True
+
+    def stop(self, timeout=5):
+        pid = self.pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.pid() is None:
+                return
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
