@@ -1,0 +1,87 @@
+"""The API's refusal paths with the real engine: they all happen before anything touches
+the kernel, so they run without root or namespaces."""
+import json
+
+import pytest
+
+from astara_lab.appliance import contract_payloads
+from astara_router import settings as settings_mod
+from astara_router.api import create_app
+
+VALID = contract_payloads("original-orchestrator")
+INVALID = contract_payloads("invalid")
+
+
+@pytest.fixture
+def client(tmp_path):
+    settings = settings_mod.load(state_dir=str(tmp_path), enabled_services="router")
+    return create_app(settings).test_client()
+
+
+def put(client, body, content_type="application/json"):
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return client.put("/v1/system/config", data=data, content_type=content_type)
+
+
+@pytest.mark.parametrize("name", sorted(INVALID))
+def test_invalid_bodies_get_4xx_json(client, name):
+    response = put(client, INVALID[name])
+    assert response.status_code in (400, 422)
+    assert response.mimetype == "application/json"
+    assert response.get_json()["message"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          ""])
+def test_non_json_is_415(client, content_type):
+    response = put(client, json.dumps(VALID["router-basic"]), content_type)
+    assert response.status_code == 415 and response.mimetype == "application/json"
+
+
+@pytest.mark.parametrize("data", [b'{"tenant_id": "abc",', b"\xff\xfe", b""])
+def test_malformed_json_is_400(client, data):
+    response = put(client, data)
+    assert response.status_code == 400
+    assert "JSON" in response.get_json()["message"]
+
+
+def test_loadbalancer_on_a_router_only_appliance_is_400(client):
+    response = put(client, VALID["loadbalancer-http"])
+    assert response.status_code == 400 and "loadbalancer" in response.get_json()["message"]
+
+
+def test_nothing_committed_yet(client):
+    response = client.get("/v1/system/config")
+    assert response.status_code == 200
+    assert response.get_json() == {"configuration": {}, "generation": 0, "hash": None}
+    assert client.get("/v1/firewall/rules").mimetype == "text/plain"
+
+
+def test_errors_leak_nothing(client):
+    response = client.delete("/v1/system/config")
+    assert response.status_code == 405 and response.mimetype == "application/json"
+    body = response.get_data(as_text=True)
+    assert "Traceback" not in body and "wsgi" not in body.lower()
+
+
+def test_token_is_required_when_configured(tmp_path):
+    settings = settings_mod.load(state_dir=str(tmp_path), api_token="s3cret")
+    client = create_app(settings).test_client()
+    assert client.get("/v1/").status_code == 200
+    assert client.get("/v1/system/config").status_code == 401
+    ok = client.get("/v1/system/config", headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+
+
+def test_settings_file(tmp_path):
+    ini = tmp_path / "astara.ini"
+    ini.write_text("[DEFAULT]\nstate_dir = /tmp/x\nenabled_services = router, loadbalancer\n"
+                   "[api]\nport = 5001\nbind = 198.18.0.1:5001\n[status]\nv4_target = "
+                   "198.18.0.254\n")
+    settings = settings_mod.load(str(ini), state_dir="/tmp/y")
+    assert settings.state_dir == "/tmp/y"  # the command line wins
+    assert settings.enabled_services == ("router", "loadbalancer")
+    assert settings.port == 5001 and settings.bind == ("198.18.0.1:5001",)
+    assert settings.status_v4_target == "198.18.0.254"
+    with pytest.raises(ValueError):
+        settings_mod.load(state_dir="/tmp/z", enabled_services="router,firewall")

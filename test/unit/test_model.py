@@ -1,0 +1,172 @@
+"""The payload model: every contract body parses, every invalid one fails on its field."""
+import copy
+import ipaddress
+
+import pytest
+
+from astara_lab.appliance import contract_payloads
+from astara_router.model import (PayloadError, UnsupportedService, parse_payload,
+                                 valid_hostname)
+
+VALID = contract_payloads("original-orchestrator")
+INVALID = contract_payloads("invalid")
+BOTH = ("router", "loadbalancer")
+
+
+def errors_of(body, services=BOTH):
+    with pytest.raises(PayloadError) as info:
+        parse_payload(body, services)
+    return info.value
+
+
+@pytest.mark.parametrize("name", sorted(VALID))
+def test_every_contract_payload_parses(name):
+    config = parse_payload(VALID[name], BOTH)
+    assert config.tenant_id == VALID[name]["tenant_id"]
+    assert config.management_network is not None
+    assert (config.router is None) == name.startswith("loadbalancer")
+    assert (config.loadbalancer is None) != name.startswith("loadbalancer")
+
+
+def test_router_basic_fields():
+    config = parse_payload(VALID["router-basic"])
+    router = config.router
+    assert router.asn == router.neighbor_asn == 64512
+    assert router.default_v4_gateway == ipaddress.ip_address("172.24.4.1")
+    assert [(str(f.floating_ip), str(f.fixed_ip)) for f in router.floating_ips] == [
+        ("172.24.4.228", "10.1.0.8")]
+    assert [(label.name, [str(c) for c in label.cidrs]) for label in router.labels] == [
+        ("ext", ["192.168.57.0/24"])]
+    assert str(router.orchestrator.address) == "fdca:3ba5:a17a:acda::2"
+    internal = config.tenant_networks[0]
+    assert internal.interface.ifname == "ge2" and internal.interface.mtu == 1450
+    subnet = internal.subnets[0]
+    assert [str(d) for d in subnet.dns_nameservers] == ["8.8.8.8", "8.8.4.4"]
+    route = subnet.host_routes[0]
+    assert (str(route.destination), str(route.nexthop)) == ("192.168.200.0/24", "10.1.0.254")
+    web1 = next(a for a in internal.allocations if a.mac_address == "fa:16:3e:1d:cb:d6")
+    assert web1.dhcp_addresses == (ipaddress.ip_address("10.1.0.8"),)
+    assert str(config.management_address) == "fdca:3ba5:a17a:acda:f816:3eff:fe67:416c"
+
+
+def test_model_is_immutable():
+    config = parse_payload(VALID["router-basic"])
+    with pytest.raises(AttributeError):
+        config.hostname = "x"
+    with pytest.raises(AttributeError):
+        config.networks[0].interface.mtu = 9000
+
+
+def test_duplicate_network_entries_are_merged():
+    config = parse_payload(VALID["router-dual-stack-by-subnet"])
+    ge3 = [n for n in config.networks if n.interface.ifname == "ge3"]
+    assert len(ge3) == 1
+    assert sorted(map(str, ge3[0].interface.addresses)) == [
+        "10.20.0.1/24", "fd4e:7a31:2c5b:1::1/64"]
+    assert len(ge3[0].subnets) == 2
+
+
+def test_same_ifname_on_two_networks_is_refused():
+    body = copy.deepcopy(VALID["router-basic"])
+    body["networks"][2]["interface"]["ifname"] = "ge1"
+    error = errors_of(body)
+    assert "networks[2].interface.ifname" in str(error) and "ge1" in str(error)
+
+
+@pytest.mark.parametrize("name,status,words", [
+    ("missing-tenant-id", 422, ["tenant_id"]),
+    ("missing-hostname", 422, ["hostname"]),
+    ("floating-ip-not-an-ip", 422, ["floating_ips[0].floating_ip", "172.24.4.300"]),
+    ("interface-address-not-cidr", 422, ["networks[2].interface.addresses[0]", "ge2",
+                                         "10.1.0.1/33"]),
+    ("unknown-service", 400, ["services.firewall", "firewall"]),
+    ("hostname-injection", 422, ["hostname"]),
+])
+def test_invalid_contract_payloads(name, status, words):
+    error = errors_of(INVALID[name])
+    assert error.status == status
+    for word in words:
+        assert word in str(error)
+    assert error.to_dict()["errors"][0]["path"]
+
+
+def test_unknown_service_is_a_400_even_when_loadbalancer_is_disabled():
+    with pytest.raises(UnsupportedService):
+        parse_payload(VALID["loadbalancer-http"], ("router",))
+
+
+@pytest.mark.parametrize("mutate,path", [
+    (lambda b: b.__setitem__("networks", {}), "networks"),
+    (lambda b: b["networks"].append("ge9"), "networks[3]"),
+    (lambda b: b["networks"][1].__setitem__("network_type", "dmz"), "networks[1].network_type"),
+    (lambda b: b["networks"][2]["subnets"][0].__setitem__("cidr", "10.1.0.1/24"),
+     "networks[2].subnets[0].cidr"),
+    (lambda b: b["networks"][2]["subnets"][0].__setitem__("dhcp_enabled", "yes"),
+     "networks[2].subnets[0].dhcp_enabled"),
+    (lambda b: b["networks"][2]["allocations"][0].__setitem__("mac_address", "nope"),
+     "networks[2].allocations[0].mac_address"),
+    (lambda b: b["networks"][2]["interface"].__setitem__("ifname", "eth2"),
+     "networks[2].interface.ifname"),
+    (lambda b: b["networks"][2]["interface"].__setitem__("mtu", 20),
+     "networks[2].interface.mtu"),
+    (lambda b: b.__setitem__("default_v4_gateway", "fe80::1"), "default_v4_gateway"),
+    (lambda b: b.__setitem__("asn", "x"), "asn"),
+    (lambda b: b.__setitem__("static_routes", [["10.0.0.0/8"]]), "static_routes[0]"),
+    (lambda b: b["floating_ips"].append({"floating_ip": "172.24.4.228",
+                                         "fixed_ip": "10.1.0.12"}), "floating_ips[1].floating_ip"),
+    (lambda b: b["floating_ips"][0].__setitem__("fixed_ip", "2001:db8::8"),
+     "floating_ips[0].fixed_ip"),
+    (lambda b: b.__setitem__("ha_config", {"peers": ["x"], "priority": 100}),
+     "ha_config.peers[0]"),
+    (lambda b: b.__setitem__("labels", {"ext": "10.0.0.0/8"}), "labels.ext"),
+    (lambda b: b.__setitem__("tenant_id", 42), "tenant_id"),
+])
+def test_wrong_shapes_name_their_field(mutate, path):
+    body = copy.deepcopy(VALID["router-basic"])
+    mutate(body)
+    error = errors_of(body)
+    assert any(e.path == path for e in error.errors), error.errors
+
+
+@pytest.mark.parametrize("body", [[], "x", 3, None])
+def test_non_object_body(body):
+    assert errors_of(body).status == 422
+
+
+def test_all_errors_are_reported_at_once():
+    body = copy.deepcopy(VALID["router-basic"])
+    del body["tenant_id"]
+    body["hostname"] = "bad name"
+    body["floating_ips"][0]["floating_ip"] = "nope"
+    paths = {e.path for e in errors_of(body).errors}
+    assert {"tenant_id", "hostname", "floating_ips[0].floating_ip"} <= paths
+
+
+def test_vpn_psk_and_proposals_are_parsed():
+    service = parse_payload(VALID["router-vpn"]).router.vpn[0]
+    connection = service.connections[0]
+    assert connection.psk == "Xq7-branch1-PSK-2016"
+    assert connection.ikepolicy.encryption_algorithm == "aes-128"
+    assert connection.ipsecpolicy.encryption_algorithm == "aes-256"
+    assert [str(c) for c in connection.peer_ep_group.endpoints] == [
+        "192.168.240.0/24", "192.168.241.0/24"]
+
+
+def test_loadbalancer_members():
+    lb = parse_payload(VALID["loadbalancer-multi"], BOTH).loadbalancer
+    pools = {listener.protocol_port: listener.default_pool for listener in lb.listeners}
+    assert pools[80].lb_algorithm == "LEAST_CONNECTIONS"
+    assert [(str(m.address), m.weight, m.admin_state_up) for m in pools[80].members] == [
+        ("10.80.0.11", 1, True), ("10.80.0.12", 3, True), ("10.80.0.13", 5, False)]
+    assert pools[5432].lb_algorithm == "SOURCE_IP"
+
+
+@pytest.mark.parametrize("name,ok", [
+    ("ak-baef51913f354071ab020eae853d4ffe", True),
+    ("ak-loadbalancer-" + "a" * 32, True),
+    ("router.example.org", True),
+    ("-bad", False), ("bad-", False), ("a" * 64, False), ("a b", False),
+    ("x;reboot", False), ("x\n127.0.0.1 evil", False), ("", False), ("a..b", False),
+])
+def test_hostname_rule(name, ok):
+    assert valid_hostname(name) is ok
