@@ -26,7 +26,7 @@ lab-down:
 	$(VENV)/bin/astara-lab down
 
 bench: deps
-	$(PY) -m pytest -q test/bench -p no:cacheprovider
+	$(PY) test/bench/run_bench.py
 
 leftovers:
 	$(VENV)/bin/astara-leftovers --remove

@@ -93,10 +93,13 @@ class Appliance:
                      str(self.mgmt), "--mtu", "1450", "--state-dir", str(self.state_dir),
                      "--sshd-config", "none"])
 
-    def start(self, extra_args=(), wait=True):
+    def start(self, extra_args=(), wait=True, wrapper=()):
+        """``wrapper``: a command prefix that execs the agent, e.g. ``("unshare", "--uts")``
+        for a private host name (it must exec, not fork, so ``proc.pid`` is the agent)."""
         env = {"PYTHONPATH": str(REPO_ROOT)}
         self.proc = self.lab.spawn(self.ns, [
-            sys.executable, "-m", "astara_router.cli.api", "--state-dir", str(self.state_dir),
+            *wrapper, sys.executable, "-m", "astara_router.cli.api",
+            "--state-dir", str(self.state_dir),
             "--enabled-services", ",".join(self.enabled_services), *extra_args],
             env=env, log_path=self.log_path)
         if wait:

@@ -67,7 +67,7 @@ class ApplyContext:
         self.refresh_nics()
 
     def refresh_nics(self):
-        self.nics = list_nics(self.ipr)
+        self.nics = list_nics(self.ipr, with_addresses=False)  # subsystems dump what they need
         self.names = self._names.assign(self.nics)
         return self.nics
 

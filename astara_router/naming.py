@@ -34,10 +34,10 @@ class Nic:
     addresses: tuple  # "ip/prefix" strings, kernel order
 
 
-def list_nics(ipr):
+def list_nics(ipr, with_addresses=True):
     """All NICs in the current network namespace (no lo, bridges, tunnels...)."""
     addresses = {}
-    for msg in ipr.get_addr():
+    for msg in (ipr.get_addr() if with_addresses else ()):
         addr = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
         if addr:
             addresses.setdefault(msg["index"], []).append(f"{addr}/{msg['prefixlen']}")

@@ -24,6 +24,9 @@ class Settings:
     certfile: str = ""  # TLS (and mutual TLS with ca_certs) through gunicorn
     keyfile: str = ""
     ca_certs: str = ""
+    etc_dir: str = ""  # hostname/hosts files; empty: see apply/hostname.py default_etc_dir
+    metadata_connect_timeout: float = 5.0  # metadata proxy → orchestrator, seconds
+    metadata_read_timeout: float = 30.0
     extra: dict = field(default_factory=dict)
 
     def path(self, *parts):
@@ -41,7 +44,7 @@ def _services(text):
 
 
 def load(config_file=None, **overrides):
-    """Read the ini file (sections [DEFAULT], [api], [status]) and apply overrides."""
+    """Read the ini file ([DEFAULT], [api], [status], [metadata]) and apply overrides."""
     settings = Settings()
     if config_file:
         parser = configparser.ConfigParser()
@@ -50,6 +53,7 @@ def load(config_file=None, **overrides):
         get = parser.defaults().get
         api = parser["api"] if parser.has_section("api") else parser.defaults()
         status = parser["status"] if parser.has_section("status") else parser.defaults()
+        metadata = parser["metadata"] if parser.has_section("metadata") else parser.defaults()
         values = {
             "state_dir": get("state_dir", settings.state_dir),
             "enabled_services": _services(get("enabled_services", "router")),
@@ -62,6 +66,11 @@ def load(config_file=None, **overrides):
             "status_interval": float(status.get("interval", settings.status_interval)),
             "status_v4_target": status.get("v4_target", ""),
             "status_v6_target": status.get("v6_target", ""),
+            "etc_dir": get("etc_dir", ""),
+            "metadata_connect_timeout": float(metadata.get(
+                "connect_timeout", settings.metadata_connect_timeout)),
+            "metadata_read_timeout": float(metadata.get(
+                "read_timeout", settings.metadata_read_timeout)),
         }
         settings = replace(settings, **values)
     clean = {k: v for k, v in overrides.items() if v not in (None, (), "")}

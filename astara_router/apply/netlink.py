@@ -44,17 +44,18 @@ def _flags(msg):
     return msg.get_attr("IFA_FLAGS") or msg["flags"]
 
 
-def live_addresses(ipr, index):
-    """Permanent, non-link-local addresses of one link: the ones an apply owns. Dynamic
-    (SLAAC/DHCP) and link-local addresses belong to the kernel and are never touched."""
-    found = set()
-    for msg in ipr.get_addr(index=index):
+def live_addresses(ipr):
+    """``{link index: addresses}`` of the permanent, non-link-local addresses: the ones an
+    apply owns. Dynamic (SLAAC/DHCP) and link-local addresses belong to the kernel and are
+    never touched. One dump for all links: a filtered dump per link costs a full dump each."""
+    found = {}
+    for msg in ipr.get_addr():
         text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
         address = ip_interface(f"{text}/{msg['prefixlen']}")
         if address.ip.is_link_local or not _flags(msg) & IFA_F_PERMANENT:
             continue
-        found.add(address)
-    return frozenset(found)
+        found.setdefault(msg["index"], set()).add(address)
+    return {index: frozenset(addresses) for index, addresses in found.items()}
 
 
 def live_routes(ipr, names_by_index):
@@ -73,7 +74,9 @@ def live_routes(ipr, names_by_index):
 
 def capture(ipr, nics):
     """The live state of every NIC and of our routes."""
-    links = tuple((nic.kernel_name, LinkState(nic.mtu, nic.up, live_addresses(ipr, nic.index)))
+    addresses = live_addresses(ipr)
+    links = tuple((nic.kernel_name, LinkState(nic.mtu, nic.up,
+                                              addresses.get(nic.index, frozenset())))
                   for nic in nics)
     return NetState(links, live_routes(ipr, {nic.index: nic.kernel_name for nic in nics}))
 
@@ -128,9 +131,16 @@ class Converger:
                 return
             raise ApplyError(path, f"{what}: {os.strerror(exc.code)}") from exc
 
-    def converge(self, state):
+    def converge(self, state, current=None):
+        """``current``: a NetState read just before (saves re-reading a big table)."""
         ipr = self.ipr
         have = {}
+        if current is not None:
+            by_name = dict(current.links)
+            live = {nic.index: by_name[name].addresses for name, nic in self.by_name.items()
+                    if name in by_name}
+        else:
+            live = live_addresses(ipr)
         for name, want in state.links:
             nic = self.by_name[name]
             if want.mtu is not None and nic.mtu != want.mtu:
@@ -139,7 +149,7 @@ class Converger:
             if want.up and not nic.up:
                 self._call(f"set {name} up", "", ipr.link, "set", index=nic.index, state="up")
             _ensure_sysctl(f"ipv4/conf/{name}/promote_secondaries", "1")
-            have[name] = live_addresses(ipr, nic.index)
+            have[name] = live.get(nic.index, frozenset())
         for name, want in state.links:  # add first: a replaced address never leaves a gap
             for address in sorted(want.addresses - have[name], key=_sort_key):
                 kwargs = {}
@@ -158,7 +168,10 @@ class Converger:
                            prefixlen=address.network.prefixlen,
                            ignore=(errno.EADDRNOTAVAIL, errno.ENODEV))
         names_by_index = {nic.index: name for name, nic in self.by_name.items()}
-        live = live_routes(ipr, names_by_index)
+        if current is not None and not self.changes:
+            live = current.routes  # no address changed, so no route vanished with one
+        else:
+            live = live_routes(ipr, names_by_index)
         for dst, gateway, dev in sorted(live - state.routes, key=str):
             self._call(f"remove route {dst} via {gateway}", "", ipr.route, "del",
                        **_route_args(dst, gateway, dev and self._index(dev)),
@@ -172,6 +185,7 @@ class Converger:
         """Read back what we asked for; any difference fails the transaction."""
         problems = []
         links = {nic.kernel_name: nic for nic in _refresh(self.ipr, self.by_name)}
+        live = live_addresses(self.ipr)
         for name, want in state.links:
             nic = links.get(name)
             if nic is None:
@@ -181,7 +195,7 @@ class Converger:
                 problems.append(f"{name} mtu is {nic.mtu}, wanted {want.mtu}")
             if want.up and not nic.up:
                 problems.append(f"{name} is down")
-            got = live_addresses(self.ipr, nic.index)
+            got = live.get(nic.index, frozenset())
             if got != want.addresses:
                 problems.append(f"{name} addresses {sorted(map(str, got))} != "
                                 f"{sorted(map(str, want.addresses))}")
@@ -195,7 +209,7 @@ class Converger:
 
 def _refresh(ipr, by_name):
     from ..naming import list_nics
-    return [nic for nic in list_nics(ipr) if nic.kernel_name in by_name]
+    return [nic for nic in list_nics(ipr, with_addresses=False) if nic.kernel_name in by_name]
 
 
 def _sort_key(address):
@@ -241,7 +255,8 @@ class NetlinkSubsystem:
         self.settings = settings
 
     def capture(self, ctx):
-        return capture(ctx.ipr, ctx.nics)
+        ctx.netlink_live = capture(ctx.ipr, ctx.nics)
+        return ctx.netlink_live
 
     def apply(self, ctx, config, previous=()):
         clear = {n.interface.ifname for old in previous for n in old.networks}
@@ -250,10 +265,13 @@ class NetlinkSubsystem:
         if config.router:
             enable_forwarding()
         converger = Converger(ctx.ipr, ctx.nics, paths)
-        converger.converge(state)
+        converger.converge(state, current=getattr(ctx, "netlink_live", None))
+        ctx.netlink_changes = converger.changes
         return converger.changes
 
     def verify(self, ctx, config):
+        if ctx.netlink_changes == 0:
+            return  # the state read just before already matched: nothing to read back
         Converger(ctx.ipr, ctx.nics).verify(ctx.netlink_state)
 
     def restore(self, ctx, snapshot):

@@ -22,7 +22,7 @@ DEFAULT_ASN = 64512
 def valid_hostname(name):
     """RFC 1123 host name: dot-separated labels of letters, digits and inner dashes."""
     return (isinstance(name, str) and 0 < len(name) <= 253
-            and all(HOST_LABEL.match(label) for label in name.split(".")))
+            and all(HOST_LABEL.fullmatch(label) for label in name.split(".")))
 
 
 def parse_payload(body, enabled_services=("router",)):

@@ -1,0 +1,251 @@
+"""DHCP and DNS for the tenant networks: one dnsmasq per appliance.
+
+Everything lives in ``<state_dir>/dnsmasq/``: dnsmasq.conf, dhcp-hosts, dns-names, the
+lease file (kept across restarts, so no lease is lost), the pid file, the log and
+``loaded.json``, which records what the running dnsmasq has read (pid + file digests).
+``loaded.json`` is how an apply knows the gentlest action without guessing:
+
+  nothing differs from what is loaded   nothing (no file written, no signal)
+  only dhcp-hosts / dns-names differ     SIGHUP, then wait for dnsmasq to log the re-read
+  dnsmasq.conf differs, or unknown       restart (the lease file carries the leases over)
+  no subnet needs DHCP                   stop; the config files are removed
+
+Candidates are checked with ``dnsmasq --test`` before anything is replaced; a refusal
+leaves the old files and the old process alone and names the payload field at fault.
+"""
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import time
+
+from ..errors import ApplyError
+from ..render.dnsmasq import CONF, HOSTS, LOG as LOG_FILE, NAMES, PIDFILE, render_dnsmasq
+from ..store import atomic_write
+from .daemon import Daemon, FileSet
+
+LOG = logging.getLogger(__name__)
+
+DNSMASQ = "dnsmasq"
+CHECK_TIMEOUT = 30
+RELOAD_TIMEOUT = 5.0
+LINE_REF = re.compile(r"\s+at line (\d+) of \S+")
+
+
+def digest(text):
+    return None if text is None else hashlib.sha256(text.encode()).hexdigest()
+
+
+def check(files, path):
+    """Run ``dnsmasq --test`` on the candidate (main config with the reservations inlined,
+    written to ``path``). A refusal becomes an ApplyError naming the payload field of the
+    refused line (422), or a 500 when dnsmasq itself cannot run."""
+    lines = files.check_lines()
+    atomic_write(path, "".join(f"{line.text}\n" for line in lines), 0o600)
+    try:
+        result = subprocess.run([DNSMASQ, "--test", f"--conf-file={path}"],
+                                capture_output=True, text=True, timeout=CHECK_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ApplyError("", f"dnsmasq --test: {exc}", status=500) from exc
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    if result.returncode == 0:
+        return
+    output = (result.stderr.strip() or result.stdout.strip())[-2000:]
+    message = output.removeprefix("dnsmasq: ").strip()
+    found = LINE_REF.search(message)
+    if found and 0 < int(found.group(1)) <= len(lines):
+        line = lines[int(found.group(1)) - 1]
+        message = LINE_REF.sub("", message)
+        raise ApplyError(line.path, f"dnsmasq refuses {line.text!r}: {message}",
+                         status=422 if line.path else 500)
+    raise ApplyError("", f"dnsmasq --test failed: {output}", status=500)
+
+
+class DnsmasqDaemon(Daemon):
+    """A Daemon whose PID only counts while its command line is exactly ours: another
+    appliance's dnsmasq on the same host never matches, even after PID reuse."""
+
+    def pid(self):
+        pid = super().pid()
+        if pid is None:
+            return None
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                argv = [part.decode(errors="replace")
+                        for part in handle.read().split(b"\0") if part]
+        except OSError:
+            return None
+        return pid if argv == self.argv else None
+
+
+class DhcpSubsystem:
+    name = "dhcp"
+
+    def __init__(self, settings):
+        self.directory = settings.path("dnsmasq")
+        self.conf = os.path.join(self.directory, CONF)
+        self.hosts = os.path.join(self.directory, HOSTS)
+        self.names = os.path.join(self.directory, NAMES)
+        self.log = os.path.join(self.directory, LOG_FILE)
+        self.loaded_path = os.path.join(self.directory, "loaded.json")
+        self.check_path = os.path.join(self.directory, "dnsmasq.check.conf")
+        self.files = FileSet(self.conf, self.hosts, self.names)
+        # --conf-file alone: dnsmasq reads neither /etc/dnsmasq.conf nor /etc/dnsmasq.d.
+        self.daemon = DnsmasqDaemon(DNSMASQ, os.path.join(self.directory, PIDFILE),
+                                    [DNSMASQ, f"--conf-file={self.conf}"])
+
+    # -- engine interface ------------------------------------------------------------------
+    def capture(self, ctx):
+        return {"files": self.files.capture(), "running": self.daemon.running()}
+
+    def apply(self, ctx, config, previous):
+        desired = self.render(ctx, config)
+        if desired is None:
+            return self._converge({path: None for path in self.files.paths}, running=False)
+        ctx.artifacts["dnsmasq"] = {"conf": desired.conf, "hosts": desired.hosts,
+                                    "names": desired.names}
+        contents = desired.contents()
+        current = self.files.capture()
+        if any(current[path] != text for path, text in contents.items()):
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            check(desired, self.check_path)  # before anything live is touched
+        return self._converge(contents, running=True)
+
+    def verify(self, ctx, config):
+        desired = self.render(ctx, config)
+        pid = self.daemon.pid()
+        if desired is None:
+            if pid is not None:
+                raise ApplyError("", f"dnsmasq (pid {pid}) still runs although no subnet "
+                                     "needs DHCP", status=500)
+            return
+        current = self.files.capture()
+        for path, text in desired.contents().items():
+            if current[path] != text:
+                raise ApplyError("", f"{path} does not hold the rendered configuration",
+                                 status=500)
+        if pid is None:
+            raise ApplyError("", "dnsmasq is not running", status=500)
+        if self._loaded(pid) != self._digests(current):
+            raise ApplyError("", f"dnsmasq (pid {pid}) has not loaded the committed "
+                                 "configuration", status=500)
+
+    def restore(self, ctx, snapshot):
+        self._converge(snapshot["files"], running=snapshot["running"])
+
+    # -- helpers ---------------------------------------------------------------------------
+    def render(self, ctx, config):
+        interfaces = {generic: nic.kernel_name for generic, nic in ctx.names.items()}
+        return render_dnsmasq(config, interfaces, self.directory)
+
+    def _converge(self, contents, running):
+        """Make the files hold ``contents`` ({path: text or None}) and the process match:
+        running with exactly those files loaded, or stopped. Returns the change count."""
+        current = self.files.capture()
+        changed = {path: text for path, text in contents.items() if current[path] != text}
+        self._write(changed)
+        changes = len(changed)
+        pid = self.daemon.pid()
+        if not running or contents.get(self.conf) is None:
+            if pid is not None:
+                self.daemon.stop()
+                changes += 1
+            self._forget()
+            return changes
+        want = self._digests(contents)
+        loaded = self._loaded(pid) if pid is not None else None
+        if loaded == want:
+            return changes
+        if pid is None:
+            self._start()
+        elif loaded is None or loaded["conf"] != want["conf"]:
+            LOG.info("dnsmasq configuration changed: restarting")
+            self.daemon.stop()
+            self._start()
+        elif not self._reload():
+            LOG.warning("dnsmasq did not confirm the SIGHUP re-read: restarting")
+            self.daemon.stop()
+            self._start()
+        self._remember(want)
+        return changes + 1
+
+    def _write(self, changed):
+        """Replace each changed file atomically (staged candidate + rename)."""
+        present = {path: text for path, text in changed.items() if text is not None}
+        if present:
+            self.files.stage(present)
+            self.files.commit(present)
+        for path, text in changed.items():
+            if text is None:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+    def _start(self):
+        try:
+            self.daemon.start()
+        except ApplyError as exc:
+            raise ApplyError("", f"dnsmasq did not start: {exc.message}\n{self._log_tail()}",
+                             status=500) from exc
+
+    def _reload(self):
+        """SIGHUP, then wait until dnsmasq logs that it re-read the reservations, so the
+        next DHCP request is answered from the new ones."""
+        try:
+            offset = os.path.getsize(self.log)
+        except OSError:
+            offset = 0
+        self.daemon.signal(signal.SIGHUP)
+        marker = f"read {self.hosts}".encode()
+        deadline = time.monotonic() + RELOAD_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                with open(self.log, "rb") as handle:
+                    handle.seek(offset)
+                    if marker in handle.read():
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.01)
+        return False
+
+    def _digests(self, contents):
+        return {"conf": digest(contents.get(self.conf)),
+                "hosts": digest(contents.get(self.hosts)),
+                "names": digest(contents.get(self.names))}
+
+    def _loaded(self, pid):
+        """The digests the running dnsmasq has loaded, if ``loaded.json`` is about it."""
+        try:
+            with open(self.loaded_path) as handle:
+                loaded = json.load(handle)
+        except (OSError, ValueError):
+            return None
+        if loaded.get("pid") != pid:
+            return None
+        return {key: loaded.get(key) for key in ("conf", "hosts", "names")}
+
+    def _remember(self, digests):
+        atomic_write(self.loaded_path, json.dumps(dict(digests, pid=self.daemon.pid()),
+                                                  sort_keys=True), 0o600)
+
+    def _forget(self):
+        try:
+            os.unlink(self.loaded_path)
+        except FileNotFoundError:
+            pass
+
+    def _log_tail(self):
+        try:
+            with open(self.log, errors="replace") as handle:
+                return "".join(handle.readlines()[-5:])
+        except OSError:
+            return ""

@@ -1,0 +1,133 @@
+"""Gratuitous ARP / unsolicited NA for addresses that appear on the appliance.
+
+Only what is new compared with the previous configuration is announced: interface
+addresses and floating IPs (on their external interface), keyed by (geN, address), so an
+identical re-apply sends nothing and an address that moves to another NIC is announced
+there. The first apply after boot has no previous configuration: everything is announced
+(the VM may come back with new MACs).
+
+Frames go out from ``verify``: the engine runs it after every subsystem applied and, this
+subsystem being last in the order, after every other verification passed, so neighbours
+learn an address only once the rest of the configuration is in place. Sending is best
+effort (a lost announcement only delays the neighbours until their next ARP), so it never
+fails a transaction. IPv6 addresses still in duplicate address detection are announced by
+a background thread once DAD succeeds (RFC 4862 forbids advertising tentative addresses).
+capture/restore do nothing: packets cannot be unsent.
+"""
+import ipaddress
+import logging
+import threading
+import time
+
+from .. import garp
+
+LOG = logging.getLogger(__name__)
+
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
+DAD_WAIT = 10.0  # DAD takes 1-2 s with the default sysctls
+
+
+# -- what to announce (pure) ----------------------------------------------------------------
+
+def announced_addresses(config):
+    """Every (geN, address) the configuration puts on the appliance, link-local excluded
+    (the kernel owns those)."""
+    found = set()
+    for network in config.networks:
+        for address in network.interface.addresses:
+            if not address.ip.is_link_local:
+                found.add((network.interface.ifname, address.ip))
+    for fip in config.floating_ips:
+        network = config.external_interface_for(fip.floating_ip)
+        if network is not None:
+            found.add((network.interface.ifname, fip.floating_ip))
+    return frozenset(found)
+
+
+def new_announcements(config, previous=()):
+    """Addresses of ``config`` that none of the ``previous`` configurations had there,
+    sorted (by interface, then IPv4 before IPv6)."""
+    before = frozenset().union(*(announced_addresses(p) for p in previous))
+    return tuple(sorted(announced_addresses(config) - before,
+                        key=lambda item: (item[0], item[1].version, item[1])))
+
+
+# -- sending (shell) ----------------------------------------------------------------------
+
+def _address_flags(ipr, index, address):
+    for msg in ipr.get_addr(index=index):
+        text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        if text and ipaddress.ip_address(text) == address:
+            return msg.get_attr("IFA_FLAGS") or msg["flags"]
+    return None
+
+
+def _send(nic, addresses, router):
+    try:
+        garp.announce(nic.kernel_name, addresses, mac=nic.mac, router=router)
+        LOG.info("announced %s on %s (%s)", ", ".join(map(str, addresses)), nic.kernel_name,
+                 nic.mac)
+    except OSError as exc:
+        LOG.warning("cannot announce %s on %s: %s", ", ".join(map(str, addresses)),
+                    nic.kernel_name, exc)
+
+
+def _announce_after_dad(pending, router):
+    """Thread body: announce each (nic, address) as soon as its DAD is over."""
+    from pyroute2 import IPRoute
+    deadline = time.monotonic() + DAD_WAIT
+    with IPRoute() as ipr:
+        while pending and time.monotonic() < deadline:
+            waiting = []
+            for nic, address in pending:
+                flags = _address_flags(ipr, nic.index, address)
+                if flags is None or flags & IFA_F_DADFAILED:
+                    LOG.warning("not announcing %s on %s: %s", address, nic.kernel_name,
+                                "DAD failed" if flags else "address gone")
+                elif flags & IFA_F_TENTATIVE:
+                    waiting.append((nic, address))
+                else:
+                    _send(nic, [address], router)
+            pending = waiting
+            if pending:
+                time.sleep(0.05)
+    for nic, address in pending:
+        LOG.warning("not announcing %s on %s: still tentative after %.0f s", address,
+                    nic.kernel_name, DAD_WAIT)
+
+
+class GarpSubsystem:
+    name = "garp"
+
+    def __init__(self, settings=None):
+        self.settings = settings
+
+    def capture(self, ctx):
+        return None
+
+    def apply(self, ctx, config, previous=()):
+        ctx.garp_plan = new_announcements(config, previous)
+        ctx.garp_router = config.router is not None
+        return len(ctx.garp_plan)
+
+    def verify(self, ctx, config):
+        by_nic, deferred = {}, []
+        for generic, address in getattr(ctx, "garp_plan", ()):
+            nic = ctx.names.get(generic)
+            if nic is None:
+                continue  # netlink already refused a payload naming a missing NIC
+            flags = _address_flags(ctx.ipr, nic.index, address) if address.version == 6 \
+                else 0
+            if flags is not None and flags & IFA_F_TENTATIVE:
+                deferred.append((nic, address))
+            else:
+                by_nic.setdefault(nic, []).append(address)
+        for nic, addresses in by_nic.items():
+            _send(nic, addresses, ctx.garp_router)
+        if deferred:
+            threading.Thread(target=_announce_after_dad, args=(deferred, ctx.garp_router),
+                             name="garp-after-dad", daemon=True).start()
+
+    def restore(self, ctx, snapshot):
+        pass

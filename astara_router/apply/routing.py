@@ -1,0 +1,186 @@
+"""BIRD 2 (router advertisements + BGP) as a transaction participant.
+
+One ``bird`` per appliance, a child of the agent and so in the agent's network namespace:
+``bird -c <state>/bird/bird.conf -s <state>/bird/bird.ctl -P <state>/bird/bird.pid``.
+A new config is checked with ``bird -p`` as a candidate, renamed over the live file and
+loaded with ``birdc configure``, which keeps every protocol whose settings did not change
+(a BGP session survives an apply that only touched RAs). Nothing changes when the rendered
+text equals the live file and BIRD runs. When the config needs neither RAs nor BGP, BIRD is
+stopped and its file removed.
+"""
+import logging
+import os
+import re
+import subprocess
+import time
+
+from ..errors import ApplyError
+from ..render.bird import DIGEST_SYMBOL, bird_plan, render_bird
+from .daemon import Daemon, FileSet, run_checked
+
+LOG = logging.getLogger(__name__)
+
+BIRD = "bird"
+BIRDC = "birdc"
+# Answers of "birdc configure" that mean the new file is (being) taken into use.
+CONFIGURE_OK = ("Reconfigured", "Reconfiguration in progress",
+                "Reconfiguration already in progress, queueing")
+# "<file>:<line>:<column> <message>", as bird -p and birdc configure report parse errors.
+PARSE_ERROR = re.compile(r":(\d+):(\d+)\s+(.*)")
+SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes including the NUL
+
+
+class RoutingSubsystem:
+    name = "routing"
+
+    def __init__(self, settings):
+        self.directory = settings.path("bird")
+        self.conf = os.path.join(self.directory, "bird.conf")
+        self.socket = os.path.join(self.directory, "bird.ctl")
+        self.pidfile = os.path.join(self.directory, "bird.pid")
+        self.log = os.path.join(self.directory, "bird.log")
+        self.files = FileSet(self.conf)
+        self.daemon = Daemon("bird", self.pidfile,
+                             [BIRD, "-c", self.conf, "-s", self.socket, "-P", self.pidfile])
+
+    # -- transaction interface ----------------------------------------------------------------
+    def capture(self, ctx):
+        return {"files": self.files.capture(), "running": self.daemon.running()}
+
+    def apply(self, ctx, config, previous=()):
+        kernel_names = {generic: nic.kernel_name for generic, nic in ctx.names.items()}
+        plan = bird_plan(config, kernel_names)
+        rendered = render_bird(plan, self.log) if plan is not None else None
+        ctx.routing_rendered = rendered
+        if rendered is None:
+            return self._stop_and_remove()
+        live = self.files.capture()[self.conf]
+        running = self.daemon.running()
+        if live == rendered.text and running:
+            return 0
+        if live != rendered.text:
+            self._check_and_commit(rendered)
+        if running:
+            self._reconfigure(rendered)
+        else:
+            self._start()
+        return 1
+
+    def verify(self, ctx, config):
+        rendered = getattr(ctx, "routing_rendered", None)
+        if rendered is None:
+            if self.daemon.running():
+                raise ApplyError("", "bird is still running although no router "
+                                     "advertisement or BGP is configured", status=500)
+            if os.path.exists(self.conf):
+                raise ApplyError("", f"{self.conf} still exists", status=500)
+            return
+        if self.daemon.pid() is None:
+            raise ApplyError("", f"bird is not running (no live pid in {self.pidfile})",
+                             status=500)
+        if self.files.capture()[self.conf] != rendered.text:
+            raise ApplyError("", f"{self.conf} is not the rendered configuration", status=500)
+        status = self.birdc("show", "status")
+        if "Daemon is up and running" not in status:
+            raise ApplyError("", f"bird is not up: {status.strip()[-500:]}", status=500)
+        self._wait_for_digest(rendered.digest)
+
+    def restore(self, ctx, snapshot):
+        old = snapshot["files"][self.conf]
+        live = self.files.capture()[self.conf]
+        running = self.daemon.running()
+        if live == old and running == snapshot["running"]:
+            return  # this transaction never got as far as changing bird
+        self.files.restore(snapshot["files"])
+        if not snapshot["running"] or old is None:
+            self.daemon.stop()
+        elif running:
+            self._reconfigure(None)
+        else:
+            self._start()
+
+    # -- steps --------------------------------------------------------------------------------
+    def _stop_and_remove(self):
+        changes = 0
+        if self.daemon.running():
+            self.daemon.stop()
+            changes += 1
+        if os.path.exists(self.conf):
+            os.unlink(self.conf)
+            changes += 1
+        return changes
+
+    def _check_and_commit(self, rendered):
+        """``bird -p`` on a candidate next to the live file; only a clean parse replaces it."""
+        contents = {self.conf: rendered.text}
+        self.files.stage(contents)
+        candidate = FileSet.candidate(self.conf)
+        try:
+            result = subprocess.run([BIRD, "-p", "-c", candidate], capture_output=True,
+                                    text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            self.files.discard(contents)
+            raise ApplyError("", f"bird -p: {exc}", status=500) from exc
+        if result.returncode != 0:
+            self.files.discard(contents)
+            raise parse_failure("bird -p rejected the configuration",
+                                result.stderr or result.stdout, rendered)
+        self.files.commit(contents)
+
+    def _reconfigure(self, rendered):
+        """``birdc configure``: BIRD re-reads its file; on an error it keeps running the old
+        configuration and says why."""
+        answer = self.birdc("configure")
+        if not any(ok in answer for ok in CONFIGURE_OK):
+            raise parse_failure("birdc configure failed", answer, rendered, status=500)
+        LOG.info("bird reconfigured: %s", answer.strip().splitlines()[-1])
+
+    def _start(self):
+        os.makedirs(self.directory, exist_ok=True)
+        if len(self.socket.encode()) > SOCKET_PATH_MAX:
+            raise ApplyError("", f"bird control socket path {self.socket} is longer than "
+                                 f"{SOCKET_PATH_MAX} bytes; use a shorter state_dir", status=500)
+        self.daemon.start()
+        deadline = time.monotonic() + 10
+        while True:  # the pid file comes before the control socket answers
+            try:
+                if "Daemon is up and running" in self.birdc("show", "status"):
+                    return
+            except ApplyError:
+                pass
+            if time.monotonic() > deadline:
+                raise ApplyError("", "bird started but its control socket does not answer",
+                                 status=500)
+            time.sleep(0.05)
+
+    def _wait_for_digest(self, digest, timeout=5):
+        """The running configuration is the rendered one: BIRD evaluates the digest constant
+        of the file it loaded. "Reconfiguration in progress" may take a moment."""
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = self.birdc("eval", DIGEST_SYMBOL)
+            values = [line.strip() for line in answer.splitlines()[1:]]
+            if str(digest) in values:
+                return
+            if time.monotonic() > deadline:
+                raise ApplyError("", f"bird runs another configuration (digest "
+                                     f"{values or answer.strip()}, wanted {digest})", status=500)
+            time.sleep(0.1)
+
+    def birdc(self, *command):
+        return run_checked([BIRDC, "-s", self.socket, *command],
+                           f"birdc {' '.join(command)}", timeout=10)
+
+
+def parse_failure(what, output, rendered, status=None):
+    """An ApplyError for a BIRD parse error, naming the payload field behind the line when
+    the renderer knows it (422), else blaming the appliance (500)."""
+    output = (output or "").strip()
+    match = PARSE_ERROR.search(output)
+    path = ""
+    if match and rendered is not None:
+        path = rendered.path_for_line(int(match.group(1)))
+    message = f"{what}: {match.group(3) if match else output[-1000:]}"
+    if match:
+        message += f" (bird.conf line {match.group(1)})"
+    return ApplyError(path, message, status=status or (422 if path else 500))

@@ -1,0 +1,295 @@
+"""dnsmasq for the tenant networks: DHCPv4, DHCPv6 and a small DNS (pure rendering).
+
+One dnsmasq per appliance, three files split by how a change reaches the daemon:
+  dnsmasq.conf  interfaces, ranges, options           a change restarts dnsmasq
+  dhcp-hosts    one reservation per line             re-read on SIGHUP (--dhcp-hostsfile)
+  dns-names     the allocations' names for DNS       re-read on SIGHUP (--addn-hosts)
+so a VM coming or going (the common change) never restarts dnsmasq nor loses a lease.
+
+Decisions (see README, "DHCP and DNS"):
+* Only tenant (internal/isolated) subnets with ``dhcp_enabled`` are served, with static-only
+  ranges: a MAC that is not in ``allocations`` gets nothing. A network without a served
+  subnet gets no ``interface=`` line; no served subnet at all means no dnsmasq.
+* IPv6 follows ``ipv6_mode`` (render/ipv6.py, shared with the RA renderer so the M/O flags
+  and dnsmasq agree): SLAAC gets no DHCPv6; stateful gets a static range plus reservations;
+  stateless gets a static range without addresses, which answers Information-requests
+  (DNS servers) only. Router advertisements are BIRD's job: never ``enable-ra`` here.
+* Option 121 carries the subnet's host routes plus the default route via the gateway,
+  since RFC 3442 clients ignore option 3 when 121 is present.
+* DNS servers handed out: the subnet's ``dns_nameservers``, else the router's own address
+  on that subnet. dnsmasq answers DNS for the allocation names on the served interfaces;
+  there is no upstream, so other names are REFUSED, and unknown names inside the
+  allocations' own domains (``.local``) get NXDOMAIN.
+* The router's own ports are in ``allocations`` too: their addresses are the appliance's,
+  so they get a DNS name but never a DHCP reservation.
+"""
+import posixpath
+from dataclasses import dataclass
+from ipaddress import ip_network
+
+from ..errors import ApplyError
+from .ipv6 import DHCPV6_STATEFUL, SLAAC, ipv6_mode
+
+CONF = "dnsmasq.conf"
+HOSTS = "dhcp-hosts"
+NAMES = "dns-names"
+LEASES = "leases"
+PIDFILE = "dnsmasq.pid"
+LOG = "dnsmasq.log"
+
+LEASE_TIME = "86400s"  # Neutron's default
+LEASE_MAX = 65536  # fixed, so the number of VMs never changes the main config
+DEFAULT_V4 = ip_network("0.0.0.0/0")
+DHCPV4 = "dhcpv4"
+
+
+@dataclass(frozen=True)
+class Line:
+    text: str
+    path: str = ""  # the payload field it came from, to name it when dnsmasq refuses it
+
+
+@dataclass(frozen=True)
+class ServedSubnet:
+    tag: str
+    subnet: object
+    mode: str  # DHCPV4, DHCPV6_STATEFUL or DHCPV6_STATELESS
+    path: str
+
+
+@dataclass(frozen=True)
+class DnsmasqFiles:
+    directory: str
+    conf_lines: tuple
+    host_lines: tuple  # the text right of "dhcp-host="
+    name_lines: tuple  # "<address> <name> [<short name>]"
+
+    def path(self, name):
+        return posixpath.join(self.directory, name)
+
+    @property
+    def conf(self):
+        return _text(self.conf_lines)
+
+    @property
+    def hosts(self):
+        return _text(self.host_lines)
+
+    @property
+    def names(self):
+        return _text(self.name_lines)
+
+    def contents(self):
+        """``{path: text}`` of the files dnsmasq reads."""
+        return {self.path(CONF): self.conf, self.path(HOSTS): self.hosts,
+                self.path(NAMES): self.names}
+
+    def check_lines(self):
+        """The main config with the reservations and names inlined: ``dnsmasq --test``
+        does not open the hosts files, so this is how their lines get checked too."""
+        inlined = [Line(f"dhcp-host={line.text}", line.path) for line in self.host_lines]
+        for line in self.name_lines:
+            address, *names = line.text.split()
+            inlined.append(Line(f"host-record={','.join(names)},{address}", line.path))
+        return self.conf_lines + tuple(inlined)
+
+
+def _text(lines):
+    return "".join(f"{line.text}\n" for line in lines)
+
+
+# -- what is served --------------------------------------------------------------------------
+
+def served_subnets(network, index):
+    """The subnets of a tenant network that dnsmasq serves, with their DHCP mode."""
+    served = []
+    for j, subnet in enumerate(network.subnets):
+        if not subnet.dhcp_enabled:
+            continue
+        mode = DHCPV4 if subnet.version == 4 else ipv6_mode(subnet)
+        if mode == SLAAC:
+            continue
+        served.append(ServedSubnet(f"{network.interface.ifname}_{j}", subnet, mode,
+                                   f"networks[{index}].subnets[{j}]"))
+    return tuple(served)
+
+
+def dhcp_networks(config):
+    """``(index, network, served subnets)`` of every tenant network dnsmasq serves."""
+    found = []
+    for i, network in enumerate(config.networks):
+        if network.is_tenant:
+            served = served_subnets(network, i)
+            if served:
+                found.append((i, network, served))
+    return tuple(found)
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+def render_dnsmasq(config, interfaces, directory):
+    """The dnsmasq files for ``config``, or None when no subnet needs DHCP.
+
+    ``interfaces`` maps generic names (geN) to kernel names; ``directory`` is where the
+    files, the lease file, the pid file and the log live.
+    """
+    networks = dhcp_networks(config)
+    if not networks:
+        return None
+    names = _name_lines(config)
+    conf = [
+        Line("# dnsmasq for the tenant networks; written by astara_router, do not edit."),
+        Line(f"# Reservations are in {HOSTS}, DNS names in {NAMES}: both re-read on SIGHUP."),
+        # The state directory is private to root (payloads carry secrets), and dnsmasq
+        # re-reads the hosts files after dropping privileges: it has to stay root.
+        Line("user=root"),
+        Line(f"pid-file={posixpath.join(directory, PIDFILE)}"),
+        Line(f"dhcp-leasefile={posixpath.join(directory, LEASES)}"),
+        Line(f"log-facility={posixpath.join(directory, LOG)}"),
+        Line("no-resolv"),
+        Line("no-hosts"),
+        Line("no-poll"),
+        Line("bind-dynamic"),  # follows address changes without a restart
+        Line("except-interface=lo"),
+        Line("dhcp-authoritative"),  # the only DHCP server on these networks
+        Line(f"dhcp-lease-max={LEASE_MAX}"),
+        Line(f"dhcp-hostsfile={posixpath.join(directory, HOSTS)}"),
+        Line(f"addn-hosts={posixpath.join(directory, NAMES)}"),
+    ]
+    conf += [Line(f"local=/{domain}/") for domain in _domains(names)]
+    hosts = []
+    for index, network, served in networks:
+        conf += _network_lines(network, index, served, interfaces)
+        hosts += _host_lines(network, index, served)
+    return DnsmasqFiles(directory, tuple(conf), tuple(hosts), names)
+
+
+def _network_lines(network, index, served, interfaces):
+    generic = network.interface.ifname
+    kernel = interfaces.get(generic)
+    if kernel is None:
+        raise ApplyError(f"networks[{index}].interface.ifname",
+                         f"{generic} does not exist on this appliance "
+                         f"(NICs: {', '.join(sorted(interfaces)) or 'none'})")
+    lines = [Line(f"# {generic} = {kernel}: network {network.network_id} "
+                  f"({network.network_type})"),
+             Line(f"interface={kernel}", f"networks[{index}].interface.ifname")]
+    mtu = network.interface.mtu or network.mtu
+    for item in served:
+        if item.mode == DHCPV4:
+            lines += _v4_lines(network, item, mtu, index)
+        else:
+            lines += _v6_lines(network, item)
+    return lines
+
+
+def _v4_lines(network, item, mtu, index):
+    subnet, tag, path = item.subnet, item.tag, item.path
+    lines = [Line(f"dhcp-range=set:{tag},{subnet.cidr.network_address},static,"
+                  f"{subnet.cidr.netmask},{LEASE_TIME}", f"{path}.cidr")]
+    # Without a gateway send an empty option 3: dnsmasq would offer itself otherwise.
+    gateway = subnet.gateway_ip
+    lines.append(Line(f"dhcp-option=tag:{tag},option:router" + (f",{gateway}" if gateway
+                                                                else ""),
+                      f"{path}.gateway_ip"))
+    servers = [str(a) for a in subnet.dns_nameservers if a.version == 4]
+    if not servers:
+        servers = [str(_router_address(network, subnet) or "0.0.0.0")]  # 0.0.0.0: itself
+    lines.append(Line(f"dhcp-option=tag:{tag},option:dns-server,{','.join(servers)}",
+                      f"{path}.dns_nameservers"))
+    routes = [(r.destination, r.nexthop) for r in subnet.host_routes
+              if r.destination.version == 4]
+    if routes:
+        if gateway is not None and not any(dest == DEFAULT_V4 for dest, _ in routes):
+            routes.append((DEFAULT_V4, gateway))
+        pairs = ",".join(f"{dest},{hop}" for dest, hop in routes)
+        lines.append(Line(f"dhcp-option=tag:{tag},option:classless-static-route,{pairs}",
+                          f"{path}.host_routes"))
+    if mtu:
+        lines.append(Line(f"dhcp-option=tag:{tag},option:mtu,{mtu}",
+                          f"networks[{index}].interface.mtu"))
+    return lines
+
+
+def _v6_lines(network, item):
+    subnet, tag, path = item.subnet, item.tag, item.path
+    # The prefix length is passed through: dnsmasq refuses DHCPv6 ranges shorter than
+    # /64, and that refusal (naming this subnet) is the honest answer.
+    lines = [Line(f"dhcp-range=set:{tag},{subnet.cidr.network_address},static,"
+                  f"{subnet.cidr.prefixlen},{LEASE_TIME}", f"{path}.cidr")]
+    servers = [a for a in subnet.dns_nameservers if a.version == 6]
+    if not servers:
+        servers = [_router_address(network, subnet) or "::"]  # [::]: itself
+    lines.append(Line(f"dhcp-option=tag:{tag},option6:dns-server,"
+                      + ",".join(f"[{a}]" for a in servers), f"{path}.dns_nameservers"))
+    return lines
+
+
+def _router_address(network, subnet):
+    inside = sorted(a.ip for a in network.interface.addresses if a.ip in subnet.cidr)
+    return inside[0] if inside else None
+
+
+def _short_name(hostname):
+    return hostname.split(".", 1)[0]
+
+
+def _host_lines(network, index, served):
+    """``<mac>,<v4>,[<v6>]...,<name>`` per allocation: at most one IPv4 address per served
+    v4 subnet (dnsmasq allows one per dhcp-host, so a second subnet gets its own line),
+    every address in the stateful v6 subnets, never the router's own addresses."""
+    router = {a.ip for a in network.interface.addresses}
+    v4_subnets = [s.subnet.cidr for s in served if s.mode == DHCPV4]
+    v6_subnets = [s.subnet.cidr for s in served if s.mode == DHCPV6_STATEFUL]
+    lines = []
+    order = sorted(range(len(network.allocations)),
+                   key=lambda k: (network.allocations[k].mac_address, k))
+    for k in order:
+        allocation = network.allocations[k]
+        wanted = [ip for ip in allocation.dhcp_addresses if ip not in router]
+        v4 = [min(inside) for inside in ([ip for ip in wanted if ip in cidr]
+                                         for cidr in v4_subnets) if inside]
+        v6 = sorted(ip for ip in wanted if any(ip in cidr for cidr in v6_subnets))
+        if not v4 and not v6:
+            continue  # nothing to reserve: no "<mac>,,<name>" lines
+        name = [_short_name(allocation.hostname)] if allocation.hostname else []
+        first = [allocation.mac_address] + [str(ip) for ip in v4[:1]]
+        first += [f"[{ip}]" for ip in v6] + name
+        path = f"networks[{index}].allocations[{k}]"
+        lines.append(Line(",".join(first), path))
+        lines += [Line(",".join([allocation.mac_address, str(ip)] + name), path)
+                  for ip in v4[1:]]
+    return lines
+
+
+def _name_lines(config):
+    """DNS names of every address of every allocation on the tenant networks (DHCP or
+    not: a static VM has a name too), as ``<address> <hostname> [<short name>]``."""
+    lines, seen = [], set()
+    for i, network in enumerate(config.networks):
+        if not network.is_tenant:
+            continue
+        order = sorted(range(len(network.allocations)),
+                       key=lambda k: (network.allocations[k].mac_address, k))
+        for k in order:
+            allocation = network.allocations[k]
+            if not allocation.hostname:
+                continue
+            names = [allocation.hostname]
+            if _short_name(allocation.hostname) != allocation.hostname:
+                names.append(_short_name(allocation.hostname))
+            for ip, _ in allocation.ip_addresses:
+                text = " ".join([str(ip)] + names)
+                if text not in seen:
+                    seen.add(text)
+                    lines.append(Line(text, f"networks[{i}].allocations[{k}].hostname"))
+    return tuple(lines)
+
+
+def _domains(name_lines):
+    domains = set()
+    for line in name_lines:
+        hostname = line.text.split()[1]
+        if "." in hostname:
+            domains.add(hostname.split(".", 1)[1])
+    return sorted(domains)

@@ -1,0 +1,526 @@
+"""The appliance's nftables ruleset: filter and NAT, IPv4 and IPv6, in ONE table.
+
+Why this shape
+--------------
+* One ``table inet astara`` holds everything the agent owns. nftables evaluates every
+  table's base chains, so other tables (ours never touches them) keep working, and the whole
+  firewall is replaced or patched by one ``nft -f`` transaction: all or nothing.
+* Data lives in named sets and maps, rules only reference them. Floating IPs are two maps
+  (``fip_dnat``: floating → fixed, ``fip_snat``: fixed → floating), labels, VPN peer CIDRs,
+  tenant prefixes, BGP and HA peers are sets. The rules (the *skeleton*) depend only on the
+  topology (interfaces and their addresses, metadata listeners, which features exist), so
+  adding or removing a floating IP, a label CIDR or a VPN peer CIDR is an element change
+  (``add/delete element``) and no chain is rebuilt.
+* Interfaces are matched by kernel name strings (``iifname``), so a ruleset can be checked
+  with ``nft -c`` anywhere, also where those interfaces do not exist.
+
+Chain layout (policies: filter chains drop, NAT chains accept)
+--------------------------------------------------------------
+``input`` (filter, policy drop) — what may talk to the appliance itself
+    lo; management addresses only via the management interface (anti-spoofing); ICMP and
+    ICMPv6 (ping, PMTU errors, neighbour discovery, RS/RA — before the conntrack verdict
+    because ND packets have no valid conntrack state); established/related; invalid dropped;
+    management: ssh 22 + the API port(s), HA: VRRP (IP protocol 112) and conntrackd (UDP 3780)
+    from the HA peers; tenant networks (internal and isolated alike): DHCPv4 67, DHCPv6 547,
+    DNS 53 udp/tcp, their metadata listener; external: BGP (TCP 179) from the external IPv6
+    gateways, IKE/NAT-T (UDP 500/4500) and ESP/AH from the VPN peers; load-balancer network:
+    the enabled listeners' ports.
+``forward`` (filter, policy drop) — stateful routing
+    TCP MSS clamped to the route MTU (tenant MTU 1450 vs external 1500); established/related;
+    invalid dropped; new connections from tenant networks to the outside and to each other;
+    from the outside only what was DNATed (``ct status dnat``: floating IPs), IPsec-protected
+    traffic from VPN peer CIDRs, ICMPv6 to the (routed, un-NATed) IPv6 tenant prefixes, and
+    new IPv6 connections from sources in a provider label (see "Labels").
+``dstnat`` (nat prerouting)
+    169.254.169.254:80 from each tenant network → that network's metadata listener; floating
+    IP → fixed IP for packets from the external AND the tenant networks (hairpin).
+``srcnat`` (nat postrouting)
+    traffic between tenant prefixes and VPN peer CIDRs is never NATed (IPsec policies match
+    the real tenant addresses); out of an external interface: a fixed IP with a floating IP
+    leaves as its floating IP, any other tenant address as that external interface's first
+    IPv4 address; hairpin (a tenant reached a floating IP, so the packet was DNATed back into
+    a tenant network): the source becomes the sender's floating IP, or the router's external
+    address, so the target's replies go back through the router where conntrack un-NATs them
+    (with the real source, a same-subnet target would answer directly and the client would
+    drop the reply).
+
+IPv6 is routed, not NATed (IPv6 floating IPs, which the model allows, get their own maps and
+the same 1:1 rules). Load balancers get input/forward only (no NAT, no routing).
+
+Labels
+------
+Every provider label becomes ``set label_<name>`` (IPv4) and ``set label_<name>_v6``. The IPv6
+sets are used: sources in a label may open new IPv6 connections to tenant prefixes (IPv6
+tenant prefixes are routed and advertised, so "who may reach them" is the one policy a label
+can usefully express). The IPv4 sets exist for reference only: IPv4 tenants are reachable
+from outside exclusively through floating IPs.
+"""
+import hashlib
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field, replace
+
+from .metadata import METADATA_ADDRESS, metadata_listeners
+
+FAMILY = "inet"
+TABLE = "astara"
+TABLE_SPEC = f"{FAMILY} {TABLE}"
+
+SSH_PORT = 22
+VRRP_PROTOCOL = 112
+CONNTRACKD_PORT = 3780
+BGP_PORT = 179
+IKE_PORTS = (500, 4500)
+DNS_PORT = 53
+DHCP_SERVER_PORTS = (67, 547)  # DHCPv4 and DHCPv6 server ports
+
+# per IP version: nft payload keyword, address type, set-name suffix
+FAMILIES = {4: ("ip", "ipv4_addr", ""), 6: ("ip6", "ipv6_addr", "_v6")}
+
+
+class FirewallRenderError(ValueError):
+    """The configuration cannot be expressed safely (``path`` names the payload field)."""
+
+    def __init__(self, path, message):
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.message = message
+
+
+# -- the ruleset model ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NamedSet:
+    """A named set (``type ipv4_addr``) or map (``type ipv4_addr : ipv4_addr``)."""
+    name: str
+    type: str
+    elements: tuple = ()  # element texts, e.g. "10.1.0.0/24" or "172.24.4.228 : 10.1.0.8"
+    interval: bool = False
+    comment: str = field(default="", compare=True)
+
+    @property
+    def kind(self):
+        return "map" if " : " in self.type else "set"
+
+    def lines(self):
+        out = [f"# {self.comment}"] if self.comment else []
+        out.append(f"{self.kind} {self.name} {{")
+        out.append(f"\ttype {self.type}")
+        if self.interval:
+            out.append("\tflags interval")
+        if self.elements:
+            last = len(self.elements) - 1
+            out.append("\telements = {")
+            out.extend(f"\t\t{e}{'' if i == last else ','}" for i, e in enumerate(self.elements))
+            out.append("\t}")
+        out.append("}")
+        return out
+
+
+@dataclass(frozen=True)
+class Chain:
+    name: str
+    hook: str  # "type filter hook input priority filter; policy drop;"
+    rules: tuple  # rule texts; lines starting with "#" are comments
+
+    def lines(self):
+        body = [f"\t{self.hook}"] + [f"\t{rule}" for rule in self.rules]
+        return [f"chain {self.name} {{", *body, "}"]
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    sets: tuple
+    chains: tuple
+
+    @property
+    def skeleton(self):
+        """Everything but set elements: equal skeletons differ only by element changes."""
+        return (tuple(replace(s, elements=()) for s in self.sets), self.chains)
+
+    def set(self, name):
+        return next((s for s in self.sets if s.name == name), None)
+
+    def text(self):
+        """The table as ``nft -f`` input; this is what GET /v1/firewall/rules serves."""
+        lines = []
+        for item in (*self.sets, *self.chains):
+            lines.extend(item.lines())
+            lines.append("")
+        body = "\n".join(f"\t{line}" if line else "" for line in lines).rstrip("\n")
+        return (f"# managed by astara-router; replaced as a whole by every apply\n"
+                f"table {TABLE_SPEC} {{\n{body}\n}}\n")
+
+    def replace_script(self):
+        """One transaction replacing the whole table (created first so the delete never
+        fails). Packets see the old table until the commit, then the new one; conntrack
+        entries (and their NAT bindings) are not touched."""
+        return replace_script(self.text())
+
+    def element_script(self, new):
+        """One transaction turning this ruleset's set elements into ``new``'s; None when
+        the skeletons differ (then only ``replace_script`` can get there)."""
+        if self.skeleton != new.skeleton:
+            return None
+        deletes, adds = [], []
+        for old_set, new_set in zip(self.sets, new.sets):
+            old_elements, new_elements = set(old_set.elements), set(new_set.elements)
+            gone = [e for e in old_set.elements if e not in new_elements]
+            came = [e for e in new_set.elements if e not in old_elements]
+            if gone:
+                deletes.append(f"delete element {TABLE_SPEC} {old_set.name} "
+                               f"{{ {', '.join(gone)} }}")
+            if came:
+                adds.append(f"add element {TABLE_SPEC} {new_set.name} {{ {', '.join(came)} }}")
+        # deletes first: an interval may be replaced by an overlapping one
+        return "\n".join(deletes + adds) + "\n" if deletes or adds else ""
+
+    def floating_ips(self):
+        """{floating: fixed} of every floating-IP map, as address objects."""
+        found = {}
+        for version in (4, 6):
+            fip_map = self.set(f"fip_dnat{FAMILIES[version][2]}")
+            for element in fip_map.elements if fip_map else ():
+                floating, fixed = element.split(" : ")
+                found[ipaddress.ip_address(floating)] = ipaddress.ip_address(fixed)
+        return found
+
+    # persistence of the committed ruleset (JSON in the state directory)
+    def to_json(self):
+        return json.dumps({
+            "sets": [[s.name, s.type, list(s.elements), s.interval, s.comment]
+                     for s in self.sets],
+            "chains": [[c.name, c.hook, list(c.rules)] for c in self.chains]})
+
+    @classmethod
+    def from_json(cls, text):
+        data = json.loads(text)
+        return cls(tuple(NamedSet(n, t, tuple(e), i, c) for n, t, e, i, c in data["sets"]),
+                   tuple(Chain(n, h, tuple(r)) for n, h, r in data["chains"]))
+
+
+def replace_script(table_text):
+    """``table_text`` (a ``table inet astara {...}`` block, e.g. a live listing) replacing the
+    live table in one transaction; an empty text just removes the table."""
+    return f"table {TABLE_SPEC} {{}}\ndelete table {TABLE_SPEC}\n{table_text}"
+
+
+FIP_MAP_RE = re.compile(r"map fip_dnat(?:_v6)? \{[^}]*?elements = \{([^}]*)\}", re.S)
+
+
+def floating_ips_in_listing(listing):
+    """{floating: fixed} of a live ``nft list table`` text (what conntrack may hold NAT
+    bindings for); empty when there is no table."""
+    found = {}
+    for match in FIP_MAP_RE.finditer(listing or ""):
+        for element in match.group(1).split(","):
+            if " : " in element:
+                floating, fixed = (part.strip() for part in element.split(" : "))
+                found[ipaddress.ip_address(floating)] = ipaddress.ip_address(fixed)
+    return found
+
+
+# -- rendering ----------------------------------------------------------------------------------
+
+def render_firewall(config, names, api_ports=(5000,), boot_management=None):
+    """The ruleset for ``config``.
+
+    ``names`` maps generic interface names to kernel names (``{"ge1": "eth1"}``);
+    ``api_ports`` are the ports the agent's API listens on; ``boot_management`` is the kernel
+    name of the interface astara-configure-management set up, used as the management
+    interface when the payload has no management network.
+    """
+    return _Renderer(config, names, tuple(sorted(set(api_ports))), boot_management).render()
+
+
+def _collapse(networks, version):
+    wanted = [ipaddress.ip_network(n) for n in networks if n is not None and n.version == version]
+    return tuple(str(n) for n in sorted(ipaddress.collapse_addresses(wanted)))
+
+
+def _addresses(addresses, version):
+    return tuple(str(a) for a in sorted({a for a in addresses if a.version == version}))
+
+
+def _one_or_set(items, quote=True):
+    texts = [f'"{i}"' if quote else str(i) for i in items]
+    return texts[0] if len(texts) == 1 else "{ " + ", ".join(texts) + " }"
+
+
+def label_set_name(name):
+    """``label_<name>``: provider label names are free text, set names are identifiers;
+    anything unusual is replaced and a digest keeps distinct labels distinct."""
+    if re.fullmatch(r"[A-Za-z0-9_]{1,32}", name):
+        return f"label_{name}"
+    safe = re.sub(r"[^A-Za-z0-9_]", "_", name)[:24]
+    return f"label_{safe}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+class _Renderer:
+    def __init__(self, config, names, api_ports, boot_management):
+        self.config = config
+        self.names = names
+        self.api_ports = api_ports
+        self.boot_management = boot_management
+        self.sets = []
+
+    # -- helpers --------------------------------------------------------------------------
+    def kernel_name(self, network):
+        generic = network.interface.ifname
+        try:
+            return self.names[generic]
+        except KeyError:
+            index = self.config.networks.index(network)
+            raise FirewallRenderError(
+                f"networks[{index}].interface.ifname",
+                f"{generic} does not exist on this appliance") from None
+
+    def kernel_names(self, networks):
+        found = []
+        for network in networks:
+            name = self.kernel_name(network)
+            if name not in found:
+                found.append(name)
+        return found
+
+    def add_set(self, name, version, elements, interval=True, comment=""):
+        self.sets.append(NamedSet(name, FAMILIES[version][1], tuple(elements), interval,
+                                  comment))
+        return name
+
+    def add_map(self, name, version, pairs, comment=""):
+        typ = FAMILIES[version][1]
+        elements = tuple(f"{k} : {v}" for k, v in sorted(pairs))
+        self.sets.append(NamedSet(name, f"{typ} : {typ}", elements, False, comment))
+        return name
+
+    # -- the pieces -----------------------------------------------------------------------
+    def management(self):
+        """(kernel name, its addresses) of the management interface."""
+        network = self.config.management_network
+        if network is not None:
+            return self.kernel_name(network), network.interface.addresses
+        if self.boot_management:
+            return self.boot_management, ()
+        raise FirewallRenderError(
+            "networks", "no management network in the payload and no boot-time management "
+                        "interface: refusing a firewall that would cut the API off")
+
+    def input_common(self, mgmt_if, mgmt_addresses):
+        rules = ['iifname "lo" accept']
+        for version in (4, 6):
+            kw = FAMILIES[version][0]
+            addresses = _addresses((a.ip for a in mgmt_addresses), version)
+            if addresses:
+                rules.append(f"# the management address answers on the management network only")
+                rules.append(f'iifname != "{mgmt_if}" {kw} daddr {_one_or_set(addresses, False)}'
+                             f" drop")
+        rules += [
+            "# ping, PMTU errors, neighbour discovery, RS/RA (ND has no conntrack state)",
+            "meta l4proto { icmp, ipv6-icmp } accept",
+            "ct state vmap { established : accept, related : accept, invalid : drop }",
+            "# management: ssh and the API",
+            f'iifname "{mgmt_if}" tcp dport {_one_or_set((SSH_PORT, *self.api_ports), False)}'
+            f" accept",
+        ]
+        if self.config.ha:
+            rules.append("# HA: VRRP and conntrackd state sync from the peers")
+            for version in (4, 6):
+                kw, _, suffix = FAMILIES[version]
+                peers = _addresses(self.config.ha_config.peers, version)
+                if not peers:
+                    continue
+                name = self.add_set(f"ha_peers{suffix}", version, peers, interval=False,
+                                    comment="HA peers (ha_config.peers)")
+                rules.append(f'iifname "{mgmt_if}" {kw} saddr @{name} meta l4proto '
+                             f"{VRRP_PROTOCOL} accept")
+                rules.append(f'iifname "{mgmt_if}" {kw} saddr @{name} udp dport '
+                             f"{CONNTRACKD_PORT} accept")
+        return rules
+
+    def render(self):
+        mgmt_if, mgmt_addresses = self.management()
+        if self.config.router is None:
+            return self.render_appliance(mgmt_if, mgmt_addresses)
+        return self.render_router(mgmt_if, mgmt_addresses)
+
+    def render_appliance(self, mgmt_if, mgmt_addresses):
+        """Not a router (load balancer): protect the management interface, admit the
+        listeners on the load-balancer network, route nothing."""
+        rules = self.input_common(mgmt_if, mgmt_addresses)
+        lb = self.config.loadbalancer
+        lb_ifs = self.kernel_names(self.config.networks_of("loadbalancer"))
+        if lb is not None and lb_ifs:
+            for proto in ("tcp", "udp"):
+                ports = sorted({li.protocol_port for li in lb.listeners if li.admin_state_up
+                                and (li.protocol == "UDP") == (proto == "udp")})
+                if ports:
+                    rules.append(f"# load balancer listeners")
+                    rules.append(f"iifname {_one_or_set(lb_ifs)} {proto} dport "
+                                 f"{_one_or_set(ports, False)} accept")
+        chains = (
+            Chain("input", "type filter hook input priority filter; policy drop;",
+                  tuple(rules)),
+            Chain("forward", "type filter hook forward priority filter; policy drop;",
+                  ("ct state vmap { established : accept, related : accept, "
+                   "invalid : drop }",)),
+        )
+        return Ruleset(tuple(self.sets), chains)
+
+    def render_router(self, mgmt_if, mgmt_addresses):
+        config = self.config
+        router = config.router
+        tenants = config.tenant_networks
+        externals = config.external_networks
+        tenant_ifs = self.kernel_names(tenants)
+        ext_ifs = self.kernel_names(externals)
+        tenant_cidrs = [s.cidr for n in tenants for s in n.subnets]
+        fips = {4: [], 6: []}
+        snat_seen = set()
+        for fip in config.floating_ips:
+            fips[fip.floating_ip.version].append(fip)
+        has_fips = {4: bool(externals), 6: bool(fips[6]) and bool(externals)}
+
+        # sets and maps (element changes never rebuild a chain)
+        tenant_set = {v: self.add_set(f"tenants{FAMILIES[v][2]}", v,
+                                      _collapse(tenant_cidrs, v),
+                                      comment=f"tenant prefixes (IPv{v})")
+                      for v in (4, 6)}
+        fip_dnat, fip_snat = {}, {}
+        for version in (4, 6):
+            if not has_fips[version]:
+                continue
+            suffix = FAMILIES[version][2]
+            snat_pairs = []
+            for fip in fips[version]:
+                if fip.fixed_ip not in snat_seen:  # one fixed IP leaves as one floating IP
+                    snat_seen.add(fip.fixed_ip)
+                    snat_pairs.append((fip.fixed_ip, fip.floating_ip))
+            fip_dnat[version] = self.add_map(
+                f"fip_dnat{suffix}", version, [(f.floating_ip, f.fixed_ip) for f in fips[version]],
+                comment="floating IPs: floating -> fixed (DNAT)")
+            fip_snat[version] = self.add_map(f"fip_snat{suffix}", version, snat_pairs,
+                                             comment="floating IPs: fixed -> floating (SNAT)")
+        vpn_services = [s for s in router.vpn if s.admin_state_up]
+        connections = [c for s in vpn_services for c in s.connections if c.admin_state_up]
+        peer_cidrs = [n for c in connections for n in (
+            *c.peer_cidrs, *((c.peer_ep_group.endpoints if c.peer_ep_group and
+                              c.peer_ep_group.type == "cidr" else ())))]
+        vpn_peers, vpn_endpoints = {}, {}
+        if router.vpn:
+            for version in (4, 6):
+                suffix = FAMILIES[version][2]
+                vpn_peers[version] = self.add_set(
+                    f"vpn_peers{suffix}", version, _collapse(peer_cidrs, version),
+                    comment="IPsec peer CIDRs: no NAT" if version == 4 else "")
+                vpn_endpoints[version] = self.add_set(
+                    f"vpn_endpoints{suffix}", version,
+                    _addresses((c.peer_address for c in connections), version), interval=False,
+                    comment="IPsec peer gateways (IKE, ESP)" if version == 4 else "")
+        bgp_peers = sorted({s.gateway_ip for n in externals for s in n.subnets
+                            if s.version == 6 and s.gateway_ip is not None})
+        bgp_set = (self.add_set("bgp_peers_v6", 6, [str(a) for a in bgp_peers], interval=False,
+                                comment="BGP neighbours: the external IPv6 gateways")
+                   if bgp_peers else None)
+        labels = []
+        for label in router.labels:
+            name = label_set_name(label.name)
+            self.add_set(name, 4, _collapse(label.cidrs, 4),
+                         comment=f"provider label {label.name!r}")
+            labels.append(self.add_set(f"{name}_v6", 6, _collapse(label.cidrs, 6)))
+
+        # input
+        rules = self.input_common(mgmt_if, mgmt_addresses)
+        listeners = {l.generic: l for l in metadata_listeners(config)}
+        for network in tenants:
+            kif = self.kernel_name(network)
+            rules.append(f"# tenant network {network.name or network.network_id}: "
+                         f"DHCP, DNS, metadata")
+            rules.append(f'iifname "{kif}" udp dport '
+                         f"{_one_or_set((DNS_PORT, *DHCP_SERVER_PORTS), False)} accept")
+            rules.append(f'iifname "{kif}" tcp dport {DNS_PORT} accept')
+            listener = listeners.get(network.interface.ifname)
+            if listener is not None:
+                rules.append(f'iifname "{kif}" ip daddr {listener.address} tcp dport '
+                             f"{listener.port} accept")
+        if ext_ifs:
+            ext = _one_or_set(ext_ifs)
+            if bgp_set:
+                rules.append("# BGP from the upstream IPv6 routers")
+                rules.append(f"iifname {ext} ip6 saddr @{bgp_set} tcp dport {BGP_PORT} accept")
+            for version, name in vpn_endpoints.items():
+                kw = FAMILIES[version][0]
+                rules.append(f"# IPsec (IPv{version}): IKE, NAT-T, ESP and AH from the peers")
+                rules.append(f"iifname {ext} {kw} saddr @{name} udp dport "
+                             f"{_one_or_set(IKE_PORTS, False)} accept")
+                rules.append(f"iifname {ext} {kw} saddr @{name} meta l4proto {{ esp, ah }} "
+                             f"accept")
+        chains = [Chain("input", "type filter hook input priority filter; policy drop;",
+                        tuple(rules))]
+
+        # forward
+        rules = ["# TCP MSS follows the route MTU (tenant 1450 vs external 1500)",
+                 "tcp flags syn / syn,rst tcp option maxseg size set rt mtu",
+                 "ct state vmap { established : accept, related : accept, invalid : drop }"]
+        if tenant_ifs:
+            rules.append("# new connections from tenant networks: outward and to each other")
+            rules.append(f"iifname {_one_or_set(tenant_ifs)} oifname "
+                         f"{_one_or_set(tenant_ifs + ext_ifs)} accept")
+        if tenant_ifs and ext_ifs:
+            ext, ten = _one_or_set(ext_ifs), _one_or_set(tenant_ifs)
+            rules.append("# from outside only through floating IPs (DNATed)")
+            rules.append(f"iifname {ext} oifname {ten} ct status dnat accept")
+            for version, name in vpn_peers.items():
+                kw = FAMILIES[version][0]
+                rules.append(f"iifname {ext} {kw} saddr @{name} {kw} daddr "
+                             f"@{tenant_set[version]} meta ipsec exists accept")
+            rules.append("# IPv6 tenant prefixes are routed: ICMPv6 and labelled sources only")
+            rules.append(f"iifname {ext} oifname {ten} meta l4proto ipv6-icmp accept")
+            for name in labels:
+                rules.append(f"iifname {ext} oifname {ten} ip6 saddr @{name} accept")
+        chains.append(Chain("forward", "type filter hook forward priority filter; policy drop;",
+                            tuple(rules)))
+
+        # dstnat
+        rules = []
+        for listener in listeners.values():
+            network = next(n for n in tenants if n.interface.ifname == listener.generic)
+            rules.append(f'iifname "{self.kernel_name(network)}" ip daddr {METADATA_ADDRESS} '
+                         f"tcp dport 80 dnat ip to {listener.address}:{listener.port}")
+        if fip_dnat and ext_ifs:
+            dnat_ifs = _one_or_set(ext_ifs + tenant_ifs)
+            rules.append("# floating IPs, from outside and from tenants (hairpin)")
+            for version, name in fip_dnat.items():
+                kw = FAMILIES[version][0]
+                rules.append(f"iifname {dnat_ifs} dnat {kw} to {kw} daddr map @{name}")
+        chains.append(Chain("dstnat", "type nat hook prerouting priority dstnat; "
+                                      "policy accept;", tuple(rules)))
+
+        # srcnat
+        rules = []
+        for version, name in vpn_peers.items():
+            kw = FAMILIES[version][0]
+            rules.append(f"{kw} saddr @{tenant_set[version]} {kw} daddr @{name} accept")
+        if ext_ifs:
+            ext = _one_or_set(ext_ifs)
+            for version, name in fip_snat.items():
+                kw = FAMILIES[version][0]
+                rules.append(f"oifname {ext} snat {kw} to {kw} saddr map @{name}")
+            for network in externals:
+                address = network.interface.first(4)
+                if address is not None:
+                    rules.append(f'oifname "{self.kernel_name(network)}" ip saddr '
+                                 f"@{tenant_set[4]} snat ip to {address}")
+            rules.append("# hairpin: replies must come back through the router")
+            for version, name in fip_snat.items():
+                kw = FAMILIES[version][0]
+                fallback = next((n.interface.first(version) for n in externals
+                                 if n.interface.first(version) is not None), None)
+                match = f"ct status dnat {kw} saddr @{tenant_set[version]}"
+                rules.append(f"{match} snat {kw} to {kw} saddr map @{name}")
+                rules.append(f"{match} snat {kw} to {fallback}" if fallback is not None
+                             else f"{match} masquerade")
+        chains.append(Chain("srcnat", "type nat hook postrouting priority srcnat; "
+                                      "policy accept;", tuple(rules)))
+        return Ruleset(tuple(self.sets), tuple(chains))

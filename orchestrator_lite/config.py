@@ -1,0 +1,264 @@
+"""Orchestrator settings: one ini file (``astara-orchestrator --config FILE``), typed once.
+
+Every knob has a default, so an ini with only ``[api] token`` (and, for the netns driver,
+the ``[netns]`` names the lab chose) is enough to run. Sections and keys::
+
+  [DEFAULT] host, state_dir, database, log_file, log_level
+  [api] listen, port, token, url
+  [management] network_id, subnet_id, prefix, gateway_ip, mtu, orchestrator_address,
+               metadata_port
+  [router] asn, neighbor_asn, provider_rules_path
+  [appliance] port, token, alive_timeout, interfaces_timeout, config_timeout,
+              retry_attempts, retry_base, retry_cap
+  [health] period, jitter, dead_grace, boot_timeout, boot_check_interval,
+           max_boot_attempts, boot_backoff_base, boot_backoff_cap, error_cooldown,
+           delete_timeout, hotplug_timeout, max_push_failures, push_backoff_base,
+           push_backoff_cap
+  [workers] threads
+  [webhook] url, timeout
+  [compute] driver                      (netns | fake)
+  [netns] prefix, fabric, management_bridge, bridges, auto_bridges, state_root, python,
+          enabled_services, management_mtu
+"""
+import configparser
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass, field, replace
+
+DEFAULT_CONFIG = "/etc/astara/orchestrator.ini"
+DEFAULT_MGMT_NETWORK_ID = "b308b496-94cb-45bf-b7a7-0cacb4e0465a"  # the contract's ids
+DEFAULT_MGMT_SUBNET_ID = "3480da23-b6b4-4ef4-89dc-e1a4ce98692f"
+DEFAULT_MGMT_PREFIX = "fdca:3ba5:a17a:acda::/64"
+
+
+class ConfigError(ValueError):
+    """The ini file is missing, unreadable or has a bad value (message names the key)."""
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    listen: str = "127.0.0.1"
+    port: int = 44250
+    token: str = ""
+    url: str = ""  # what astara-ctl calls; default derived from listen/port
+
+    @property
+    def base_url(self):
+        if self.url:
+            return self.url.rstrip("/")
+        host = self.listen
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ManagementSettings:
+    network_id: str = DEFAULT_MGMT_NETWORK_ID
+    subnet_id: str = DEFAULT_MGMT_SUBNET_ID
+    prefix: str = DEFAULT_MGMT_PREFIX
+    gateway_ip: str = ""  # empty: the prefix's first address (Neutron's default)
+    mtu: int = 1450
+    orchestrator_address: str = "fdca:3ba5:a17a:acda::2"
+    metadata_port: int = 9697
+
+    @property
+    def network(self):
+        return ipaddress.ip_network(self.prefix)
+
+    @property
+    def gateway(self):
+        return self.gateway_ip or str(self.network.network_address + 1)
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    asn: int = 64512
+    neighbor_asn: int = 64512
+    provider_rules_path: str = ""
+
+
+@dataclass(frozen=True)
+class ApplianceSettings:
+    port: int = 5000
+    token: str = ""  # the agent's [api] api_token, if it has one
+    alive_timeout: float = 3.0
+    interfaces_timeout: float = 30.0
+    config_timeout: float = 90.0
+    retry_attempts: int = 4
+    retry_base: float = 0.5
+    retry_cap: float = 8.0
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    period: float = 60.0  # health poll period per resource
+    jitter: float = 0.2  # fraction of the period each poll is moved by, at random
+    dead_grace: float = 30.0  # liveness lost this long -> rebuild
+    boot_timeout: float = 300.0  # created but not answering this long -> failed boot
+    boot_check_interval: float = 2.0
+    max_boot_attempts: int = 5
+    boot_backoff_base: float = 5.0
+    boot_backoff_cap: float = 120.0
+    error_cooldown: float = 30.0
+    delete_timeout: float = 60.0
+    hotplug_timeout: float = 10.0
+    max_push_failures: int = 5  # transient push failures in a row -> error
+    push_backoff_base: float = 2.0
+    push_backoff_cap: float = 60.0
+
+
+@dataclass(frozen=True)
+class NetnsSettings:
+    prefix: str = ""  # lab prefix: ast + 6 hex digits
+    fabric: str = ""  # namespace holding the bridges; default <prefix>-fab
+    management_bridge: str = "b-mgmt"
+    bridges: dict = field(default_factory=dict)  # network id -> bridge name
+    auto_bridges: bool = True  # unmapped network -> bridge b-<8 hex of its id>
+    state_root: str = ""  # per-appliance state dirs; default <state_dir>/appliances
+    python: str = ""  # interpreter for the agent; default this one
+    enabled_services: str = "router,loadbalancer"
+    management_mtu: int = 1450
+
+    @property
+    def fabric_name(self):
+        return self.fabric or f"{self.prefix}-fab"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = field(default_factory=socket.gethostname)
+    state_dir: str = "/var/lib/astara-orchestrator"
+    database: str = ""  # default <state_dir>/orchestrator.sqlite
+    log_file: str = ""
+    log_level: str = "INFO"
+    api: ApiSettings = field(default_factory=ApiSettings)
+    management: ManagementSettings = field(default_factory=ManagementSettings)
+    router: RouterSettings = field(default_factory=RouterSettings)
+    appliance: ApplianceSettings = field(default_factory=ApplianceSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    threads: int = 4
+    webhook_url: str = ""
+    webhook_timeout: float = 2.0
+    compute_driver: str = "netns"
+    netns: NetnsSettings = field(default_factory=NetnsSettings)
+
+    @property
+    def database_path(self):
+        return self.database or os.path.join(self.state_dir, "orchestrator.sqlite")
+
+
+def _typed(section_cls, section, prefix):
+    """Build ``section_cls`` from an ini section, converting to each field's type."""
+    values = {}
+    for name, spec in section_cls.__dataclass_fields__.items():
+        if name not in section:
+            continue
+        raw = section[name].strip()
+        key = f"{prefix}{name}"
+        kind = spec.type
+        try:
+            if kind is dict:
+                values[name] = parse_mapping(raw)
+            elif kind is bool:
+                values[name] = _bool(raw)
+            elif kind is int:
+                values[name] = int(raw)
+            elif kind is float:
+                values[name] = float(raw)
+            else:
+                values[name] = raw
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    return section_cls(**values)
+
+
+def _bool(raw):
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{raw!r} is not a boolean")
+
+
+def parse_mapping(raw):
+    """``a=b, c=d`` (commas or whitespace/newlines between pairs) -> ``{"a": "b", ...}``."""
+    mapping = {}
+    for item in raw.replace(",", " ").split():
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{item!r} is not key=value")
+        mapping[key] = value
+    return mapping
+
+
+def load(path=None, **overrides):
+    """Read ``path`` (default DEFAULT_CONFIG) and return Settings; ``overrides`` replace
+    top-level fields (used by tests)."""
+    path = path or DEFAULT_CONFIG
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path) as handle:
+            parser.read_file(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except configparser.Error as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return from_parser(parser, **overrides)
+
+
+def from_parser(parser, **overrides):
+    defaults = parser.defaults()
+    section = (lambda name: parser[name] if parser.has_section(name) else {})
+    top = {}
+    for name in ("host", "state_dir", "database", "log_file", "log_level"):
+        if name in defaults:
+            top[name] = defaults[name].strip()
+    webhook = section("webhook")
+    try:
+        settings = Settings(
+            **top,
+            api=_typed(ApiSettings, _own(parser, "api"), "api."),
+            management=_typed(ManagementSettings, _own(parser, "management"), "management."),
+            router=_typed(RouterSettings, _own(parser, "router"), "router."),
+            appliance=_typed(ApplianceSettings, _own(parser, "appliance"), "appliance."),
+            health=_typed(HealthSettings, _own(parser, "health"), "health."),
+            threads=int(section("workers").get("threads", 4)),
+            webhook_url=webhook.get("url", "").strip(),
+            webhook_timeout=float(webhook.get("timeout", 2.0)),
+            compute_driver=section("compute").get("driver", "netns").strip(),
+            netns=_typed(NetnsSettings, _own(parser, "netns"), "netns."),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    settings = replace(settings, **overrides)
+    validate(settings)
+    return settings
+
+
+def _own(parser, name):
+    """Section ``name`` ({} when absent). Only the section's dataclass fields are read, and
+    no section field shares a name with the [DEFAULT] keys, so inheritance is harmless."""
+    return parser[name] if parser.has_section(name) else {}
+
+
+def validate(settings):
+    try:
+        settings.management.network
+        ipaddress.ip_address(settings.management.gateway)
+        if settings.management.orchestrator_address:
+            ipaddress.ip_address(settings.management.orchestrator_address)
+    except ValueError as exc:
+        raise ConfigError(f"management: {exc}") from None
+    if settings.threads < 1:
+        raise ConfigError("workers.threads must be at least 1")
+    if settings.health.period <= 0:
+        raise ConfigError("health.period must be positive")
+    if not 0 <= settings.health.jitter < 1:
+        raise ConfigError("health.jitter must be in [0, 1)")

@@ -1,0 +1,269 @@
+"""The metadata proxy end to end: a tenant VM → the router's listener → the orchestrator's
+metadata endpoint (a recording HTTP server in the ctl namespace)."""
+import copy
+import http.client
+import json
+import pathlib
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from astara_lab.appliance import ORCHESTRATOR_ADDRESS, contract_payloads
+from astara_lab.netns import in_netns
+from astara_lab.topology import RouterTopology
+
+pytestmark = pytest.mark.netns
+
+BASIC = contract_payloads("original-orchestrator")["router-basic"]
+TENANT = "baef51913f354071ab020eae853d4ffe"
+NETWORK = "cd85ed9c-7580-4882-9f21-c6603b4d90a0"
+WEB1 = "e4b010e5-c133-4cdc-85b2-0f3e6e1b95e9"  # the instance owning 10.1.0.8
+LISTENER = ("10.1.0.1", 9602)  # ge2's router address, port 9600 + 2
+STRANGER = "10.1.0.77"  # on the tenant network, owned by no allocation
+READ_TIMEOUT = 1.0  # the agent's [metadata] read_timeout in these tests
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+class UpstreamHandler(BaseHTTPRequestHandler):
+    """The orchestrator's metadata endpoint: records every request, answers JSON. Paths
+    starting /slow answer after the proxy's read timeout, /garbage with a non-HTTP line."""
+
+    def address_string(self):
+        return self.client_address[0]
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.server.seen.append({"method": self.command, "path": self.path,
+                                 "headers": dict(self.headers.items()), "body": body,
+                                 "client": self.client_address[0]})
+        if self.path.startswith("/slow"):
+            time.sleep(READ_TIMEOUT * 3)
+        if self.path.startswith("/garbage"):
+            self.wfile.write(b"this is not HTTP\r\n\r\n")
+            return
+        answer = json.dumps({"path": self.path, "instance": self.headers["X-Instance-ID"]})
+        self.send_response(201 if self.command == "POST" else 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer.encode())
+
+    do_POST = do_PUT = do_GET
+
+
+class Upstream:
+    def __init__(self, ctl):
+        self.ctl = ctl
+        self.seen = []
+        self.server = None
+
+    def start(self):
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6
+            daemon_threads = True
+        with in_netns(self.ctl.name):
+            self.server = Server((ORCHESTRATOR_ADDRESS, 9697), UpstreamHandler)
+        self.server.seen = self.seen
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+def request(ns, method, host, port, path, body=None, headers=None, source=None, timeout=15):
+    """One HTTP request made from inside namespace ``ns`` (optionally from ``source``)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout,
+                                      source_address=(source, 0) if source else None)
+    with in_netns(ns.name):
+        conn.connect()
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.getheader("Content-Type"), response.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def world(lab):
+    topology = RouterTopology(lab, "router-basic", BASIC)
+    upstream = Upstream(topology.ctl)
+    upstream.start()
+    ini = lab.tmpdir("agent-config") / "agent.ini"
+    ini.write_text(f"[metadata]\nconnect_timeout = 2\nread_timeout = {READ_TIMEOUT}\n")
+    appliance = topology.appliance
+    appliance.configure_management()
+    appliance.start(extra_args=["--config-file", str(ini)])
+    response = appliance.client().put_json("/v1/system/config", BASIC)
+    assert response.status == 200, response.text
+    yield topology, upstream
+    upstream.stop()
+
+
+def proxy_pid(appliance):
+    path = pathlib.Path(appliance.state_dir) / "metadata" / "proxy.pid"
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def web1(topology):
+    return topology.vm_for("10.1.0.8").ns
+
+
+def test_get_and_post_reach_the_orchestrator_with_the_instance_identity(world):
+    topology, upstream = world
+    vm = web1(topology)
+    status, content_type, body = request(vm, "GET", *LISTENER, "/latest/meta-data/?x=1&y=2",
+                                         headers={"X-Instance-ID": "spoofed",
+                                                  "X-Tenant-ID": "spoofed"})
+    assert status == 200 and content_type == "application/json"
+    assert json.loads(body) == {"path": "/latest/meta-data/?x=1&y=2", "instance": WEB1}
+    status, _, body = request(vm, "POST", *LISTENER, "/openstack/latest/password",
+                              body=b"s3cret", headers={"Content-Type": "text/plain"})
+    assert status == 201, body
+    get, post = upstream.seen
+    assert get["method"] == "GET" and get["body"] == b""
+    assert post["method"] == "POST" and post["body"] == b"s3cret"
+    assert post["path"] == "/openstack/latest/password"
+    assert post["headers"]["Content-Type"] == "text/plain"
+    for seen in (get, post):
+        headers = seen["headers"]
+        assert headers["X-Forwarded-For"] == "10.1.0.8"
+        assert headers["X-Instance-ID"] == WEB1  # never the client's own value
+        assert headers["X-Tenant-ID"] == TENANT
+        assert headers["X-Neutron-Network-ID"] == NETWORK
+        assert headers["X-Quantum-Network-ID"] == NETWORK
+        # over the management network, from the appliance's management address
+        assert seen["client"] == BASIC["networks"][0]["interface"]["addresses"][0] \
+            .split("/")[0]
+
+
+def test_listener_is_bound_to_the_router_address_only(world):
+    topology, _ = world
+    listening = topology.appliance.ns.run(["ss", "-Hltn", "sport", "= :9602"]).stdout
+    assert [line.split()[3] for line in listening.splitlines()] == ["10.1.0.1:9602"]
+
+
+def test_unknown_source_address_gets_404_and_nothing_reaches_upstream(world):
+    topology, upstream = world
+    vm = web1(topology)
+    vm.ip("addr", "add", f"{STRANGER}/24", "dev", "eth0", "nodad")
+    status, content_type, body = request(vm, "GET", *LISTENER, "/latest/meta-data/",
+                                         source=STRANGER)
+    assert status == 404 and content_type == "application/json"
+    assert json.loads(body)["error"] == "unknown instance"
+    assert upstream.seen == []
+
+
+def test_upstream_failures_are_502_and_timeouts_504(world):
+    topology, upstream = world
+    vm = web1(topology)
+    status, _, body = request(vm, "GET", *LISTENER, "/slow")
+    assert status == 504, body
+    status, _, body = request(vm, "GET", *LISTENER, "/garbage")
+    assert status == 502, body
+    upstream.stop()  # connection refused from now on
+    status, _, body = request(vm, "GET", *LISTENER, "/latest/meta-data/")
+    assert status == 502 and json.loads(body)["error"] == "upstream failure"
+
+
+def test_payload_changes_are_picked_up_without_restarting_the_proxy(world):
+    topology, upstream = world
+    appliance = topology.appliance
+    pid = proxy_pid(appliance)
+    assert pid is not None
+    config_file = pathlib.Path(appliance.state_dir) / "metadata" / "proxy.json"
+    mtime = config_file.stat().st_mtime_ns
+    response = appliance.client().put_json("/v1/system/config", BASIC)
+    assert response.status == 200 and response.json()["changes"] == 0
+    assert proxy_pid(appliance) == pid and config_file.stat().st_mtime_ns == mtime
+
+    changed = copy.deepcopy(BASIC)
+    changed["networks"][2]["allocations"].append({
+        "device_id": "0f0f0f0f-0000-4000-8000-000000000077", "hostname": "10-1-0-77.local",
+        "ip_addresses": {STRANGER: True}, "mac_address": "fa:16:3e:00:00:77"})
+    response = appliance.client().put_json("/v1/system/config", changed)
+    assert response.status == 200, response.text
+    vm = web1(topology)
+    vm.ip("addr", "add", f"{STRANGER}/24", "dev", "eth0", "nodad")
+    status, _, body = request(vm, "GET", *LISTENER, "/latest/meta-data/", source=STRANGER)
+    assert status == 200, body
+    assert upstream.seen[-1]["headers"]["X-Instance-ID"] == \
+        "0f0f0f0f-0000-4000-8000-000000000077"
+    assert proxy_pid(appliance) == pid  # SIGHUP, no restart
+
+
+def test_no_tenant_network_no_proxy_and_back(world):
+    topology, _ = world
+    appliance = topology.appliance
+    without = copy.deepcopy(BASIC)
+    without["networks"] = without["networks"][:2]
+    without["floating_ips"] = []
+    response = appliance.client().put_json("/v1/system/config", without)
+    assert response.status == 200, response.text
+    assert proxy_pid(appliance) is None
+    assert "9602" not in appliance.ns.run(["ss", "-Hltn"]).stdout
+    response = appliance.client().put_json("/v1/system/config", BASIC)
+    assert response.status == 200, response.text
+    status, _, _ = request(web1(topology), "GET", *LISTENER, "/latest/meta-data/")
+    assert status == 200
+
+
+def test_a_listener_that_cannot_bind_rolls_the_whole_apply_back(world):
+    topology, _ = world
+    appliance = topology.appliance
+    pid = proxy_pid(appliance)
+    assert pid is not None
+    before = appliance.dump()
+    # Somebody else already holds the port on the address the next payload moves to.
+    with in_netns(appliance.ns.name):
+        squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    squatter.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND: the address does not exist yet
+    squatter.bind(("10.1.0.2", 9602))
+    squatter.listen()
+    try:
+        moved = copy.deepcopy(BASIC)
+        moved["networks"][2]["interface"]["addresses"] = ["10.1.0.2/24"]
+        response = appliance.client().put_json("/v1/system/config", moved)
+        assert response.status == 500, response.text
+        assert "10.1.0.2:9602" in response.text
+    finally:
+        squatter.close()
+    assert appliance.dump() == before
+    assert proxy_pid(appliance) == pid
+    status, _, _ = request(web1(topology), "GET", *LISTENER, "/latest/meta-data/")
+    assert status == 200
+
+
+@pytest.mark.skipif(not (REPO_ROOT / "astara_router" / "apply" / "firewall.py").exists(),
+                    reason="the firewall subsystem (astara_router/apply/firewall.py) that "
+                           "DNATs 169.254.169.254:80 to the listener does not exist yet")
+def test_instances_reach_the_metadata_address(world):
+    topology, upstream = world
+    status, _, body = request(web1(topology), "GET", "169.254.169.254", 80,
+                              "/latest/meta-data/instance-id")
+    assert status == 200, body
+    assert upstream.seen[-1]["headers"]["X-Instance-ID"] == WEB1
+    assert upstream.seen[-1]["headers"]["X-Forwarded-For"] == "10.1.0.8"
+
+
+def test_each_request_is_logged_with_its_instance(world):
+    topology, _ = world
+    request(web1(topology), "GET", *LISTENER, "/latest/meta-data/")
+    log = pathlib.Path(topology.appliance.state_dir) / "metadata" / "proxy.log"
+    deadline = time.monotonic() + 5
+    while "instance=" + WEB1 not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert f"10.1.0.8 GET /latest/meta-data/ instance={WEB1}" in log.read_text()

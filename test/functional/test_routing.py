@@ -1,0 +1,314 @@
+"""BIRD 2 on a real appliance: router advertisements reach tenant VMs, BGP reaches a peer
+BIRD on the "internet" side and carries exactly the tenant IPv6 prefixes, re-applies do not
+disturb it, a configuration BIRD rejects leaves the running one alone, and a rollback puts
+the previous daemon state back."""
+import copy
+import ipaddress
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+from astara_lab.appliance import contract_payloads
+from astara_lab.netns import in_netns
+from astara_lab.topology import RouterTopology
+from astara_router.engine import ApplyContext
+from astara_router.model import parse_payload
+from astara_router.naming import InterfaceNames
+from astara_router.settings import Settings
+
+pytestmark = pytest.mark.netns
+
+VALID = contract_payloads("original-orchestrator")
+DUAL = VALID["router-dual-stack"]
+SLAAC_NET = ipaddress.ip_network("fd4e:7a31:2c5b:1::/64")  # ds-net (ge2)
+STATEFUL_NET = ipaddress.ip_network("fd4e:7a31:2c5b:2::/64")  # v6only-net (ge3)
+TENANT_PREFIXES = {str(SLAAC_NET), str(STATEFUL_NET)}
+SERVICES = ("router", "loadbalancer")
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def eventually(check, timeout, what):
+    """Poll ``check`` (returns a truthy value or raises AssertionError) until it passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+            last = f"{what}: got {result!r}"
+        except (AssertionError, subprocess.CalledProcessError) as exc:
+            last = f"{what}: {exc}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out: {last}")
+        time.sleep(0.2)
+
+
+def birdc(socket, *command):
+    result = subprocess.run(["birdc", "-s", str(socket), *command], capture_output=True,
+                            text=True, timeout=10, check=True)
+    return result.stdout
+
+
+def protocols(socket):
+    """{name: (state, since, info)} from ``birdc show protocols``."""
+    found = {}
+    for line in birdc(socket, "show", "protocols").splitlines()[2:]:
+        parts = line.split(None, 5)
+        if len(parts) >= 5:
+            found[parts[0]] = (parts[3], parts[4], parts[5] if len(parts) > 5 else "")
+    return found
+
+
+def bgp_session(socket):
+    """(name, since) of the single established BGP session, or None."""
+    bgp = {name: value for name, value in protocols(socket).items()
+           if value[2].startswith("Established")}
+    if len(bgp) != 1:
+        return None
+    name, (state, since, info) = next(iter(bgp.items()))
+    return name, since
+
+
+def learned_prefixes(socket, protocol):
+    text = birdc(socket, "show", "route", "protocol", protocol)
+    return {m.group(1) for m in re.finditer(r"^([0-9a-f:]+/\d+)\s", text, re.MULTILINE)}
+
+
+class PeerBird:
+    """The upstream router's BGP speaker: BIRD in the inet namespace, in the foreground so
+    the Lab kills it. It accepts everything the appliance announces and announces nothing."""
+
+    def __init__(self, lab, topology):
+        directory = lab.tmpdir("peer-bird")
+        self.socket = directory / "bird.ctl"
+        appliance_v6 = topology.external_address(6).ip
+        conf = directory / "bird.conf"
+        conf.write_text(f"""
+log "{directory}/bird.log" all;
+router id 198.51.100.1;
+protocol device {{ scan time 10; }}
+protocol bgp appliance {{
+    local as 64512;
+    neighbor {appliance_v6} as 64512;
+    interface "eth0";
+    direct;
+    connect retry time 5;
+    ipv6 {{ import all; export none; gateway direct; }};
+}}
+""")
+        subprocess.run(["bird", "-p", "-c", conf], check=True)
+        self.proc = lab.spawn(topology.inet, ["bird", "-f", "-c", conf, "-s", self.socket,
+                                              "-P", directory / "bird.pid"],
+                              log_path=directory / "stdout.log")
+        eventually(lambda: "up and running" in birdc(self.socket, "show", "status"), 10,
+                   "peer bird control socket")
+
+
+@pytest.fixture
+def dual_stack(lab):
+    """router-dual-stack with VMs that configure nothing themselves, a BGP peer upstream,
+    and the payload applied."""
+    topology = RouterTopology(lab, "router-dual-stack", DUAL, vm_addressing="none")
+    peer = PeerBird(lab, topology)
+    topology.appliance.configure_management()
+    topology.appliance.start()
+    response = topology.appliance.client().put_json("/v1/system/config", DUAL)
+    assert response.status == 200, response.text
+    return topology, peer
+
+
+def appliance_socket(topology):
+    return topology.appliance.state_dir / "bird" / "bird.ctl"
+
+
+def appliance_conf(topology):
+    return topology.appliance.state_dir / "bird" / "bird.conf"
+
+
+def bird_pid(topology):
+    return int((topology.appliance.state_dir / "bird" / "bird.pid").read_text())
+
+
+def vm_on(topology, network):
+    return next(vm for vm in topology.vms if any(a in network for a in vm.addresses(6)))
+
+
+def rdisc6(vm):
+    """One solicited RA as rdisc6 prints it (BIRD may hold a reply up to its min delay)."""
+    def answer():
+        result = vm.ns.run(["rdisc6", "-1", "-w", "4000", "eth0"], check=False)
+        return result.returncode == 0 and "Prefix" in result.stdout and result.stdout
+
+    return eventually(answer, 60, "an RA for rdisc6")
+
+
+def rdisc6_field(text, name):
+    match = re.search(rf"^\s*{re.escape(name)}\s*:\s*(.+?)\s*$", text, re.MULTILINE)
+    return match.group(1) if match else None
+
+
+# -- router advertisements -----------------------------------------------------------------------
+
+def test_slaac_vm_gets_its_address_and_default_route_from_the_ra(dual_stack):
+    topology, _ = dual_stack
+    vm = vm_on(topology, SLAAC_NET)
+    vm.ns.sysctl("net.ipv6.conf.eth0.accept_ra", 1)
+    vm.ns.sysctl("net.ipv6.conf.eth0.autoconf", 1)
+    expected = str(vm.addresses(6)[0])  # Neutron's EUI-64 address is exactly SLAAC's result
+
+    def slaac_address():
+        rdisc6(vm)  # solicit, instead of waiting for the periodic RA
+        for link in vm.ns.ip_json("-6", "addr", "show", "dev", "eth0"):
+            for address in link.get("addr_info", ()):
+                if address["local"] == expected and not address.get("tentative"):
+                    return address
+        return None
+
+    address = eventually(slaac_address, 30, f"SLAAC address {expected} on the VM")
+    assert address["prefixlen"] == 64 and address.get("dynamic")
+    routes = vm.ns.ip_json("-6", "route", "show", "default")
+    assert routes and routes[0]["gateway"].startswith("fe80:") and routes[0]["protocol"] == "ra"
+
+    ra = rdisc6(vm)
+    assert rdisc6_field(ra, "Stateful address conf.") == "No"
+    assert rdisc6_field(ra, "Stateful other conf.") == "No"
+    assert rdisc6_field(ra, "Prefix") == str(SLAAC_NET)
+    assert rdisc6_field(ra, "Autonomous address conf.") == "Yes"
+    assert rdisc6_field(ra, "Recursive DNS server") == "2001:4860:4860::8888"
+    assert rdisc6_field(ra, "MTU") == "1450 bytes (valid)"
+
+
+def test_dhcpv6_stateful_network_gets_the_managed_flag(dual_stack):
+    topology, _ = dual_stack
+    ra = rdisc6(vm_on(topology, STATEFUL_NET))
+    assert rdisc6_field(ra, "Stateful address conf.") == "Yes"
+    assert rdisc6_field(ra, "Prefix") == str(STATEFUL_NET)
+    assert rdisc6_field(ra, "Autonomous address conf.") == "No"
+    assert rdisc6_field(ra, "On-link") == "Yes"
+    assert rdisc6_field(ra, "Recursive DNS server") == "2001:4860:4860::8844"
+    # Only the subnet's prefix is announced (the ds-net RA carries only ds-net's).
+    assert re.findall(r"^\s*Prefix\s*:\s*(\S+)", ra, re.MULTILINE) == [str(STATEFUL_NET)]
+
+
+# -- BGP -----------------------------------------------------------------------------------------
+
+def test_bgp_peer_learns_exactly_the_tenant_prefixes_and_reapply_keeps_the_session(dual_stack):
+    topology, peer = dual_stack
+    socket = appliance_socket(topology)
+    assert bird_pid(topology) in topology.appliance.ns.pids()  # inside the appliance netns
+
+    eventually(lambda: bgp_session(peer.socket), 60, "BGP Established on the peer")
+    name, since = eventually(lambda: bgp_session(socket), 10, "BGP Established on the appliance")
+    assert "198.51.100.12" in birdc(socket, "show", "status")  # router id: external IPv4
+    learned = eventually(lambda: learned_prefixes(peer.socket, "appliance") == TENANT_PREFIXES
+                         and learned_prefixes(peer.socket, "appliance"), 20,
+                         "the peer learning the tenant prefixes")
+    assert learned == TENANT_PREFIXES
+    assert learned_prefixes(socket, name) == set()  # nothing imported from the peer
+
+    pid, mtime = bird_pid(topology), os.stat(appliance_conf(topology)).st_mtime_ns
+    peer_since = bgp_session(peer.socket)[1]
+    response = topology.appliance.client().put_json("/v1/system/config", DUAL)
+    assert response.status == 200, response.text
+    assert bird_pid(topology) == pid
+    assert os.stat(appliance_conf(topology)).st_mtime_ns == mtime
+    assert bgp_session(socket) == (name, since)
+    assert bgp_session(peer.socket)[1] == peer_since
+    assert learned_prefixes(peer.socket, "appliance") == TENANT_PREFIXES
+
+
+def test_config_rejected_by_bird_leaves_the_running_one(dual_stack):
+    topology, peer = dual_stack
+    socket = appliance_socket(topology)
+    session = eventually(lambda: bgp_session(socket), 60, "BGP Established")
+    pid, text = bird_pid(topology), appliance_conf(topology).read_text()
+    digest = birdc(socket, "eval", "astara_config_digest")
+
+    # A second external IPv6 subnet whose gateway is "::": the model takes any IPv6 address
+    # and the v6 default route uses the first subnet, but BIRD refuses "neighbor ::".
+    broken = copy.deepcopy(DUAL)
+    external = next(n for n in broken["networks"] if n["network_type"] == "external")
+    external["subnets"].append({"id": "bad-v6", "cidr": "2001:db8:c0de:2::/64",
+                                "gateway_ip": "::", "dhcp_enabled": False,
+                                "dns_nameservers": [], "host_routes": []})
+    index = broken["networks"].index(external)
+    response = topology.appliance.client().put_json("/v1/system/config", broken)
+    assert response.status == 422, response.text
+    error = response.json()
+    assert "bird -p" in error["message"] and "Neighbor must be configured" in error["message"]
+    assert error["errors"][0]["path"] == f"networks[{index}].subnets[2].gateway_ip"
+
+    assert bird_pid(topology) == pid
+    assert appliance_conf(topology).read_text() == text
+    assert not os.path.exists(f"{appliance_conf(topology)}.new")
+    assert birdc(socket, "eval", "astara_config_digest") == digest
+    assert bgp_session(socket) == session
+    assert learned_prefixes(peer.socket, "appliance") == TENANT_PREFIXES
+
+
+# -- the subsystem's own rollback, with a real daemon --------------------------------------------
+
+def without_network(payload, ifname):
+    trimmed = copy.deepcopy(payload)
+    trimmed["networks"] = [n for n in trimmed["networks"]
+                           if n["interface"]["ifname"] != ifname]
+    return trimmed
+
+
+def without_ipv6(payload):
+    trimmed = copy.deepcopy(payload)
+    for network in trimmed["networks"]:
+        network["subnets"] = [s for s in network["subnets"]
+                              if ipaddress.ip_network(s["cidr"]).version == 4]
+    return trimmed
+
+
+def test_restore_brings_back_the_previous_daemon_state(lab):
+    from astara_router.apply.routing import RoutingSubsystem
+
+    topology = RouterTopology(lab, "router-dual-stack", DUAL)  # NICs only, no agent
+    state = lab.tmpdir("routing-state")
+    subsystem = RoutingSubsystem(Settings(state_dir=str(state)))
+    configs = {name: parse_payload(body, SERVICES) for name, body in {
+        "full": DUAL, "fewer": without_network(DUAL, "ge3"), "none": without_ipv6(DUAL)}.items()}
+    conf = state / "bird" / "bird.conf"
+
+    with in_netns(topology.appliance.ns.name):
+        ctx = ApplyContext(InterfaceNames(str(state / "interfaces.json")))
+        try:
+            def converge(name):
+                changes = subsystem.apply(ctx, configs[name])
+                subsystem.verify(ctx, configs[name])
+                return changes
+
+            nothing = subsystem.capture(ctx)
+            assert converge("full") == 1
+            pid, full_text = subsystem.daemon.pid(), conf.read_text()
+            assert pid in topology.appliance.ns.pids()
+            assert converge("full") == 0
+
+            # running → running with another config → back: reconfigured, never restarted
+            full = subsystem.capture(ctx)
+            assert converge("fewer") == 1 and '"eth3"' not in conf.read_text()
+            subsystem.restore(ctx, full)
+            assert conf.read_text() == full_text and subsystem.daemon.pid() == pid
+            assert converge("full") == 0  # verify: bird runs the full config again
+
+            # running → stopped → back: started again with the old file
+            assert converge("none") == 2  # stopped + file removed
+            assert subsystem.daemon.pid() is None and not conf.exists()
+            subsystem.restore(ctx, full)
+            assert conf.read_text() == full_text and subsystem.daemon.pid() is not None
+            assert converge("full") == 0
+
+            # back to where nothing ran
+            subsystem.restore(ctx, nothing)
+            assert subsystem.daemon.pid() is None and not conf.exists()
+            assert converge("none") == 0
+        finally:
+            subsystem.daemon.stop()
+            ctx.close()
