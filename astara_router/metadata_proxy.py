@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType
 
+from .store import atomic_write
+
 LOG = logging.getLogger("astara-metadata-proxy")
 
 FORMAT = 1
@@ -41,6 +43,7 @@ MAX_REQUEST_BODY = 1 << 20  # metadata POSTs (passwords, events) are tiny
 MAX_RESPONSE_BODY = 16 << 20  # user-data is at most 64 KiB in Nova; be generous
 MAX_CONNECTIONS = 256  # per listener: one tenant cannot exhaust the process
 CLIENT_TIMEOUT = 60.0  # a client that stops sending mid-request is dropped
+JSON = "application/json"
 # Headers the proxy owns: whatever a client sends under these names is dropped.
 OWN_HEADERS = ("X-Forwarded-For", "X-Instance-ID", "X-Tenant-ID", "X-Neutron-Network-ID",
                "X-Quantum-Network-ID")
@@ -293,45 +296,40 @@ class MetadataHandler(BaseHTTPRequestHandler):
 
     def _proxy(self):
         started = time.monotonic()
-        listener = self.server.listener
-        config = self.server.proxy.config
+        listener, config = self.server.listener, self.server.proxy.config
+        instance = instance_for(listener, self.client_address[0])
+        status, content_type, body, note = self._answer(listener, config, instance)
+        self._reply(status, content_type, body)
+        LOG.info("%s %s %s instance=%s network=%s -> %s in %.3f s%s", self.client_address[0],
+                 self.command, self.path, instance or "-", listener.network_id, status,
+                 time.monotonic() - started, note)
+
+    def _answer(self, listener, config, instance):
+        """(status, content type, body, note for the log) of this request."""
         client_ip = self.client_address[0]
-        instance = instance_for(listener, client_ip)
-        outcome = ""
-        if instance is None:
-            status = 404
-            self._reply(404, "application/json", error_body(
+        if instance is None:  # never forwarded: the orchestrator would only refuse it
+            return 404, JSON, error_body(
                 404, "unknown instance", f"no instance on network {listener.network_id} "
                                          f"has the address {client_ip}",
-                address=client_ip, network_id=listener.network_id))
-        elif not self.path.startswith("/"):
-            status = 400
-            self._reply(400, "application/json", error_body(
-                400, "bad request target", "use a path, not an absolute URL"))
-        else:
-            problem, body = self._read_body()
-            if problem:
-                status = problem
-                self._reply(problem, "application/json",
-                            error_body(problem, "bad request body",
-                                       "send a Content-Length of at most "
-                                       f"{MAX_REQUEST_BODY} bytes (no chunked encoding)"))
-            else:
-                headers = forward_headers(config.tenant_id, listener, client_ip, instance,
-                                          self.headers.items())
-                try:
-                    status, content_type, data = forward(config.upstream, self.command,
-                                                         self.path, headers, body or None)
-                    self._reply(status, content_type, data)
-                except UpstreamError as exc:
-                    status, outcome = exc.status, f" ({exc})"
-                    name = "upstream timeout" if status == 504 else "upstream failure"
-                    self._reply(status, "application/json",
-                                error_body(status, name, "the metadata service is not "
-                                                         "available; try again later"))
-        LOG.info("%s %s %s instance=%s network=%s -> %s in %.3f s%s", client_ip,
-                 self.command, self.path, instance or "-", listener.network_id, status,
-                 time.monotonic() - started, outcome)
+                address=client_ip, network_id=listener.network_id), ""
+        if not self.path.startswith("/"):
+            return 400, JSON, error_body(400, "bad request target",
+                                         "use a path, not an absolute URL"), ""
+        problem, body = self._read_body()
+        if problem:
+            return problem, JSON, error_body(
+                problem, "bad request body", f"send a Content-Length of at most "
+                                             f"{MAX_REQUEST_BODY} bytes (no chunked encoding)"), ""
+        headers = forward_headers(config.tenant_id, listener, client_ip, instance,
+                                  self.headers.items())
+        try:
+            return (*forward(config.upstream, self.command, self.path, headers, body or None),
+                    "")
+        except UpstreamError as exc:
+            name = "upstream timeout" if exc.status == 504 else "upstream failure"
+            return exc.status, JSON, error_body(
+                exc.status, name, "the metadata service is not available; try again later"), \
+                f" ({exc})"
 
 
 class ListenerServer(ThreadingHTTPServer):
@@ -368,6 +366,11 @@ class ListenerServer(ThreadingHTTPServer):
         finally:
             self.slots.release()
 
+    def handle_error(self, request, client_address):
+        # a client that went away mid-answer, mostly: one line, not a traceback on stderr
+        LOG.warning("%s: request from %s failed: %s", "%s:%s" % self.listener.key,
+                    client_address[0], sys.exc_info()[1])
+
     def start(self):
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
                                        name=f"listener-{self.listener.address}:"
@@ -386,7 +389,8 @@ class Proxy:
         self.config_path = config_path
         self.status_path = status_path
         self.config = None
-        self.digest = None
+        self.digest = None  # what is served
+        self.attempted = None  # what the last (re)load read
         self.servers = {}  # (address, port) → ListenerServer
 
     def load(self):
@@ -394,6 +398,7 @@ class Proxy:
         the previous one then stays in place, untouched."""
         with open(self.config_path) as handle:
             text = handle.read()
+        self.attempted = config_digest(text)
         config = parse_config(text)
         wanted = {listener.key: listener for listener in config.listeners}
         added = {}
@@ -415,13 +420,13 @@ class Proxy:
         for key, server in added.items():
             server.start()
             self.servers[key] = server
-        self.digest = config_digest(text)
+        self.digest = self.attempted
         LOG.info("serving configuration %s: %s", self.digest[:12],
                  ", ".join(f"{a}:{p}" for a, p in sorted(wanted)) or "no listeners")
 
     def write_status(self, error=None):
-        from .store import atomic_write
         status = {"pid": os.getpid(), "config_hash": self.digest, "error": error,
+                  "failed_hash": self.attempted if error else None,
                   "listeners": [f"{format_host(a)}:{p}" for a, p in sorted(self.servers)],
                   "loaded_at": time.time()}
         atomic_write(self.status_path, json.dumps(status, sort_keys=True) + "\n", 0o644)
@@ -457,7 +462,6 @@ def setup_logging(log_path):
 
 
 def write_pidfile(path):
-    from .store import atomic_write
     atomic_write(path, f"{os.getpid()}\n", 0o644)
 
 

@@ -96,12 +96,17 @@ def build(snapshot, ref, settings, instance):
 
 
 def placeholder_view(snapshot, ref):
-    """An InstanceView with synthetic NIC names: building with it gives a digest of the
-    resource's desired inputs, independent of any live instance."""
-    networks = snapshot.data_networks(ref)
-    interfaces = {nid: f"ge{i + 1}" for i, nid in enumerate(networks)}
+    """An InstanceView with a synthetic management address and NIC names: building with it
+    gives a digest of the resource's desired inputs, independent of any live instance."""
+    mgmt = snapshot.management_network_id
+    subnets = snapshot.subnets_of(mgmt)
+    address = str(ipaddress.ip_network(subnets[0]["cidr"]).network_address) if subnets \
+        else "::"
+    interfaces = {mgmt: "ge0"}
+    for i, network_id in enumerate(snapshot.data_networks(ref), start=1):
+        interfaces[network_id] = f"ge{i}"
     obj = snapshot.get(ref.kind, ref.id) or {}
-    return InstanceView("::", interfaces,
+    return InstanceView(address, interfaces,
                         {"peers": [], "priority": 100} if obj.get("ha") else None)
 
 

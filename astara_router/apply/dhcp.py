@@ -122,9 +122,9 @@ class DhcpSubsystem:
         desired = self.render(ctx, config)
         pid = self.daemon.pid()
         if desired is None:
-            if pid is not None:
-                raise ApplyError("", f"dnsmasq (pid {pid}) still runs although no subnet "
-                                     "needs DHCP", status=500)
+            if pid is not None or os.path.exists(self.conf):
+                raise ApplyError("", "dnsmasq or its configuration is still there although "
+                                     "no subnet needs DHCP", status=500)
             return
         current = self.files.capture()
         for path, text in desired.contents().items():

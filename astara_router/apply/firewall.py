@@ -14,6 +14,7 @@ How an apply decides what to run (see render/firewall.py for the ruleset itself)
      only those): established NAT bindings of every other flow live in conntrack and survive
      any reload.
 """
+import ipaddress
 import json
 import logging
 import os
@@ -56,22 +57,40 @@ def run_transaction(script, path, check_only=False):
         run_checked([NFT, "-f", path], "nft -f (ruleset load)")
 
 
+def _conntrack(args):
+    try:
+        return subprocess.run([CONNTRACK, *args], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        LOG.warning("conntrack %s: %s", " ".join(args), exc)
+        return None
+
+
+def tracked_addresses(family):
+    """Addresses that are an original or reply destination of some conntrack entry."""
+    result = _conntrack(["-L", "-f", family])
+    found = set()
+    for line in (result.stdout if result else "").splitlines():
+        # "<proto> ... src=A dst=B sport=.. dport=.. [..] src=C dst=D ...": B orig, D reply
+        found.update(ipaddress.ip_address(word[4:]) for word in line.split()
+                     if word.startswith("dst="))
+    return found
+
+
 def flush_conntrack(addresses):
-    """Forget the connections of these floating IPs (NATed to them or from them)."""
-    for address in sorted(addresses, key=lambda a: (a.version, a)):
-        family = "ipv4" if address.version == 4 else "ipv6"
-        for direction in ("--orig-dst", "--reply-dst"):
-            try:
-                result = subprocess.run([CONNTRACK, "-D", "-f", family, direction,
-                                         str(address)], capture_output=True, text=True,
-                                        timeout=30)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                LOG.warning("conntrack -D %s %s: %s", direction, address, exc)
-                continue
-            # exit status 1 with "0 flow entries" just means there was nothing to delete
-            if result.returncode not in (0, 1):
-                LOG.warning("conntrack -D %s %s: %s", direction, address,
-                            result.stderr.strip())
+    """Forget the connections of these floating IPs: those NATed to them (original
+    destination) and those NATed from them (reply destination). One dump first, so only
+    addresses that really have entries cost a ``conntrack -D``."""
+    for version, family in ((4, "ipv4"), (6, "ipv6")):
+        wanted = {a for a in addresses if a.version == version}
+        if not wanted:
+            continue
+        for address in sorted(wanted & tracked_addresses(family)):
+            for direction in ("--orig-dst", "--reply-dst"):
+                result = _conntrack(["-D", "-f", family, direction, str(address)])
+                # exit status 1 with "0 flow entries" only means there was nothing to delete
+                if result is not None and result.returncode not in (0, 1):
+                    LOG.warning("conntrack -D %s %s: %s", direction, address,
+                                result.stderr.strip())
 
 
 def changed_floating_ips(old, new):

@@ -55,12 +55,15 @@ def new_announcements(config, previous=()):
 
 # -- sending (shell) ----------------------------------------------------------------------
 
-def _address_flags(ipr, index, address):
-    for msg in ipr.get_addr(index=index):
-        text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-        if text and ipaddress.ip_address(text) == address:
-            return msg.get_attr("IFA_FLAGS") or msg["flags"]
-    return None
+def _ipv6_flags(ipr):
+    """{(link index, address): IFA flags} of every IPv6 address, in one dump."""
+    flags = {}
+    for msg in ipr.get_addr(family=10):
+        text = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
+        if text:
+            flags[(msg["index"], ipaddress.ip_address(text))] = \
+                msg.get_attr("IFA_FLAGS") or msg["flags"]
+    return flags
 
 
 def _send(nic, addresses, router):
@@ -80,8 +83,9 @@ def _announce_after_dad(pending, router):
     with IPRoute() as ipr:
         while pending and time.monotonic() < deadline:
             waiting = []
+            live = _ipv6_flags(ipr)
             for nic, address in pending:
-                flags = _address_flags(ipr, nic.index, address)
+                flags = live.get((nic.index, address))
                 if flags is None or flags & IFA_F_DADFAILED:
                     LOG.warning("not announcing %s on %s: %s", address, nic.kernel_name,
                                 "DAD failed" if flags else "address gone")
@@ -112,14 +116,14 @@ class GarpSubsystem:
         return len(ctx.garp_plan)
 
     def verify(self, ctx, config):
+        plan = getattr(ctx, "garp_plan", ())
+        live = _ipv6_flags(ctx.ipr) if any(a.version == 6 for _, a in plan) else {}
         by_nic, deferred = {}, []
-        for generic, address in getattr(ctx, "garp_plan", ()):
+        for generic, address in plan:
             nic = ctx.names.get(generic)
             if nic is None:
                 continue  # netlink already refused a payload naming a missing NIC
-            flags = _address_flags(ctx.ipr, nic.index, address) if address.version == 6 \
-                else 0
-            if flags is not None and flags & IFA_F_TENTATIVE:
+            if live.get((nic.index, address), 0) & IFA_F_TENTATIVE:
                 deferred.append((nic, address))
             else:
                 by_nic.setdefault(nic, []).append(address)

@@ -52,6 +52,7 @@ class MetadataSubsystem:
         self.log_path = os.path.join(self.dir, "proxy.log")
         self.files = FileSet(self.config_path)
         self._daemon = None
+        self.signalled_at = 0.0  # wall clock, comparable with the status file's loaded_at
 
     # -- helpers ----------------------------------------------------------------------------
     @property
@@ -86,10 +87,14 @@ class MetadataSubsystem:
             status.get("config_hash") == digest
 
     def wait_serving(self, digest, timeout=RELOAD_TIMEOUT):
+        """Wait for the proxy to serve ``digest``; fail at once when it reports that it
+        could not load exactly that configuration after our last signal."""
         deadline = time.monotonic() + timeout
         while not self.serves(digest):
-            if time.monotonic() > deadline:
-                status = self.status()
+            status = self.status()
+            refused = (status.get("failed_hash") == digest
+                       and status.get("loaded_at", 0) >= self.signalled_at)
+            if refused or time.monotonic() > deadline:
                 detail = status.get("error") or (
                     f"it serves {str(status.get('config_hash'))[:12]}"
                     if self.running_pid() else "it is not running")
@@ -124,6 +129,7 @@ class MetadataSubsystem:
             self.daemon.start()
             changes += 1
         elif not self.serves(config_digest(text)):
+            self.signalled_at = time.time()
             self.daemon.signal()  # SIGHUP: the proxy re-reads everything in place
             changes += 1
         return changes

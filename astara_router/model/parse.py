@@ -97,7 +97,7 @@ def _network(r, obj, path):
 
 def _interface(r, obj, path):
     ifname = r.str(obj, "ifname", path, allow_empty=False)
-    if ifname and not GENERIC_IFNAME.match(ifname):
+    if ifname and not GENERIC_IFNAME.fullmatch(ifname):
         r.error(join(path, "ifname"), f"{ifname!r} is not a generic interface name (geN)")
         ifname = None
     context = f"({ifname}) " if ifname else ""
@@ -107,7 +107,7 @@ def _interface(r, obj, path):
         if address is not None and address not in addresses:
             addresses.append(address)
     description = r.str(obj, "description", path, required=False) or ""
-    if not DESCRIPTION.match(description):
+    if not DESCRIPTION.fullmatch(description):
         r.error(join(path, "description"), "must be characters from [a-zA-Z0-9_]")
     mtu = r.int(obj, "mtu", path, lo=68, hi=65535)
     if ifname is None:

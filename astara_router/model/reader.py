@@ -157,6 +157,6 @@ class Reader:
             return self.error(path, f"{context}{_show(value)} is not a valid address/prefix")
 
     def mac_value(self, value, path):
-        if not isinstance(value, str) or not MAC_RE.match(value.lower()):
+        if not isinstance(value, str) or not MAC_RE.fullmatch(value.lower()):
             return self.error(path, f"{_show(value)} is not a MAC address")
         return value.lower()

@@ -22,6 +22,8 @@ Decisions (see also README, "Routing"):
 * The router id is stable: the lowest IPv4 address on an external network, else derived
   from the management address, else from the tenant id. Never random (the original's
   random id changed on every apply).
+* Tenant VMs learn the appliance as their IPv6 default router (router lifetime 3 × max RA
+  interval), also when it has no upstream IPv6: it still routes between tenant networks.
 * No BGP and no RA ⇒ no plan: the applier stops BIRD.
 """
 import hashlib

@@ -60,7 +60,17 @@ def with_many_fips(payload, count):
     return heavy
 
 
+def wait_for_dad(appliance, timeout=10):
+    """Links brought up by the first apply get link-local addresses a moment later (DAD);
+    let the kernel finish so its events are not mistaken for the agent's."""
+    deadline = time.monotonic() + timeout
+    while appliance.ns.ip("-6", "addr", "show", "tentative").strip():
+        assert time.monotonic() < deadline, "DAD never finished"
+        time.sleep(0.1)
+
+
 def test_identical_put_makes_no_netlink_change(lab, appliance):
+    wait_for_dad(appliance)
     before = appliance.dump()
     watcher = NetlinkWatcher(lab, appliance)
     response = appliance.client().put_json("/v1/system/config", BASIC)

@@ -204,10 +204,13 @@ def test_bgp_peer_learns_exactly_the_tenant_prefixes_and_reapply_keeps_the_sessi
     eventually(lambda: bgp_session(peer.socket), 60, "BGP Established on the peer")
     name, since = eventually(lambda: bgp_session(socket), 10, "BGP Established on the appliance")
     assert "198.51.100.12" in birdc(socket, "show", "status")  # router id: external IPv4
-    learned = eventually(lambda: learned_prefixes(peer.socket, "appliance") == TENANT_PREFIXES
-                         and learned_prefixes(peer.socket, "appliance"), 20,
-                         "the peer learning the tenant prefixes")
-    assert learned == TENANT_PREFIXES
+
+    def peer_learned_exactly_the_tenant_prefixes():
+        learned = learned_prefixes(peer.socket, "appliance")
+        assert learned == TENANT_PREFIXES
+        return True
+
+    eventually(peer_learned_exactly_the_tenant_prefixes, 20, "the peer's routes")
     assert learned_prefixes(socket, name) == set()  # nothing imported from the peer
 
     pid, mtime = bird_pid(topology), os.stat(appliance_conf(topology)).st_mtime_ns

@@ -170,3 +170,15 @@ def test_loadbalancer_members():
 ])
 def test_hostname_rule(name, ok):
     assert valid_hostname(name) is ok
+
+
+@pytest.mark.parametrize("field,value", [("hostname", "ak-x\n"), ("tenant_id", None)])
+def test_trailing_newline_is_not_a_valid_name(field, value):
+    body = copy.deepcopy(VALID["router-basic"])
+    if value is None:
+        body["networks"][2]["interface"]["ifname"] = "ge2\n"
+        path = "networks[2].interface.ifname"
+    else:
+        body[field] = value
+        path = field
+    assert any(e.path == path for e in errors_of(body).errors)

@@ -1,0 +1,172 @@
+"""Admin HTTP API (Flask, JSON, ``Authorization: Bearer <token>`` on every route but the
+banner). Desired state::
+
+  GET|POST            /v1/<kinds>                networks subnets ports routers floatingips
+  GET|PUT|PATCH|DELETE /v1/<kinds>/<id>          loadbalancers listeners pools members
+  GET                 /v1/appliance_ports[/<id>] (read-only: the orchestrator's own ports)
+  POST                /v1/routers/<id>/interfaces        {subnet_id|port_id, ip_address?}
+  DELETE              /v1/routers/<id>/interfaces/<port>
+  PUT|DELETE          /v1/routers/<id>/gateway           {network_id, fixed_ips?}
+
+Operations::
+
+  GET  /v1/resources[/<id>]                     state, last error, instances, hashes
+  POST /v1/resources/<id>/<rebuild|update|debug|manage|poll>   {reason?}
+  POST /v1/tenants/<tenant>/<debug|manage>      POST /v1/global/<debug|manage>
+  POST /v1/poll                                 GET  /v1/workers
+"""
+import hmac
+import logging
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .store import PLURALS, StoreError
+
+LOG = logging.getLogger(__name__)
+READ_ONLY = {"appliance_port"}
+
+
+def create_app(orchestrator, token):
+    if not token:
+        raise ValueError("the admin API needs a token ([api] token)")
+    app = Flask("orchestrator_lite")
+    store = orchestrator.store
+    expected = f"Bearer {token}".encode()
+
+    @app.before_request
+    def authenticate():
+        if request.path in ("/v1", "/v1/"):
+            return None
+        supplied = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(supplied, expected):
+            return jsonify(error="Unauthorized", message="a valid bearer token is required"), 401
+        return None
+
+    @app.errorhandler(StoreError)
+    def store_error(exc):
+        return jsonify(exc.to_dict()), exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        return jsonify(error=exc.name, message=exc.description), exc.code
+
+    @app.errorhandler(Exception)
+    def internal_error(exc):
+        LOG.exception("admin API: %s %s failed", request.method, request.path)
+        return jsonify(error="Internal Server Error", message=str(exc)), 500
+
+    def body():
+        data = request.get_json(silent=True) if request.data else {}
+        if data is None:
+            raise StoreError("the body must be JSON (Content-Type: application/json)")
+        if not isinstance(data, dict):
+            raise StoreError("the body must be a JSON object")
+        return data
+
+    def kind_of(plural):
+        kind = PLURALS.get(plural)
+        if kind is None:
+            raise StoreError(f"unknown collection {plural!r}", status=404)
+        return kind
+
+    @app.get("/v1/")
+    @app.get("/v1")
+    def banner():
+        return jsonify(service="astara-orchestrator", driver=orchestrator.driver.name)
+
+    # -- operations (registered before the generic collection routes) -----------------------------
+    @app.get("/v1/resources")
+    def list_resources():
+        return jsonify(resources=orchestrator.resources())
+
+    @app.get("/v1/resources/<resource_id>")
+    def show_resource(resource_id):
+        return jsonify(resource=orchestrator.resource(resource_id))
+
+    @app.post("/v1/resources/<resource_id>/<command>")
+    def resource_command(resource_id, command):
+        return jsonify(orchestrator.command(resource_id, command, body().get("reason", "")))
+
+    @app.post("/v1/tenants/<tenant_id>/<command>")
+    def tenant_command(tenant_id, command):
+        return jsonify(orchestrator.tenant_command(tenant_id, command,
+                                                   body().get("reason", "")))
+
+    @app.post("/v1/global/<command>")
+    def global_command(command):
+        return jsonify(orchestrator.global_command(command, body().get("reason", "")))
+
+    @app.post("/v1/poll")
+    def poll():
+        return jsonify(orchestrator.poll())
+
+    @app.get("/v1/workers")
+    def workers():
+        return jsonify(orchestrator.workers_debug())
+
+    # -- router helpers ----------------------------------------------------------------------------
+    @app.post("/v1/routers/<router_id>/interfaces")
+    def add_interface(router_id):
+        data = body()
+        port = store.add_router_interface(router_id, subnet_id=data.get("subnet_id"),
+                                          port_id=data.get("port_id"),
+                                          ip_address=data.get("ip_address"),
+                                          mac_address=data.get("mac_address"))
+        return jsonify(port=port), 201
+
+    @app.delete("/v1/routers/<router_id>/interfaces/<port_id>")
+    def remove_interface(router_id, port_id):
+        port = store.snapshot().require("port", port_id)
+        if port["device_id"] != router_id:
+            raise StoreError(f"port {port_id} is not an interface of router {router_id}",
+                             status=404)
+        store.delete("port", port_id)
+        return "", 204
+
+    @app.put("/v1/routers/<router_id>/gateway")
+    def set_gateway(router_id):
+        data = body()
+        port = store.set_router_gateway(router_id, data.get("network_id", ""),
+                                        data.get("fixed_ips"), data.get("mac_address"))
+        return jsonify(port=port)
+
+    @app.delete("/v1/routers/<router_id>/gateway")
+    def clear_gateway(router_id):
+        store.clear_router_gateway(router_id)
+        return "", 204
+
+    # -- generic collections -----------------------------------------------------------------------
+    @app.get("/v1/<plural>")
+    def list_objects(plural):
+        kind = kind_of(plural)
+        return jsonify({plural: store.snapshot().all(kind)})
+
+    @app.post("/v1/<plural>")
+    def create_object(plural):
+        kind = kind_of(plural)
+        if kind in READ_ONLY:
+            raise StoreError(f"{plural} are managed by the orchestrator", status=405)
+        return jsonify({kind: store.create(kind, body())}), 201
+
+    @app.get("/v1/<plural>/<obj_id>")
+    def show_object(plural, obj_id):
+        kind = kind_of(plural)
+        return jsonify({kind: store.snapshot().require(kind, obj_id)})
+
+    @app.route("/v1/<plural>/<obj_id>", methods=["PUT", "PATCH"])
+    def update_object(plural, obj_id):
+        kind = kind_of(plural)
+        if kind in READ_ONLY:
+            raise StoreError(f"{plural} are managed by the orchestrator", status=405)
+        return jsonify({kind: store.update(kind, obj_id, body())})
+
+    @app.delete("/v1/<plural>/<obj_id>")
+    def delete_object(plural, obj_id):
+        kind = kind_of(plural)
+        if kind in READ_ONLY:
+            raise StoreError(f"{plural} are managed by the orchestrator", status=405)
+        store.delete(kind, obj_id)
+        return "", 204
+
+    return app

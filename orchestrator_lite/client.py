@@ -1,0 +1,178 @@
+"""HTTP client for one appliance's agent API (the original's three calls, plus the committed
+config hash for drift detection).
+
+* ``is_alive()``: ``GET /v1/firewall/rules``, one try, ``alive_timeout`` (3 s); 200 = alive.
+* ``get_interfaces()``: ``GET /v1/system/interfaces`` -> ``{mac: geN}``.
+* ``committed()``: ``GET /v1/system/config`` -> ``(generation, hash)``; with
+  ``if_none_match`` a 304 answer means "already at that hash" and costs no body.
+* ``put_config(payload)``: ``PUT /v1/system/config`` with ``Content-type:
+  application/json`` (exactly the original's header).
+
+Retries (all but ``is_alive``): timeouts, connection errors and 5xx are retried with
+exponential back-off and jitter, then raise ``ApplianceUnavailable``. A 4xx is never
+retried: it raises ``ApplianceRejected`` carrying the agent's JSON ``error``/``message``/
+``errors``; the caller parks the resource in ``error`` and never reboots for it.
+IPv6 hosts are bracketed in URLs. Proxy environment variables are ignored (direct
+management network, as the original did).
+"""
+import ipaddress
+import json
+import logging
+import time
+
+import requests
+
+from .retry import backoff_delay
+
+LOG = logging.getLogger(__name__)
+
+
+class ApplianceError(Exception):
+    """Base class; ``message`` is what goes into the resource's last error."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.message = message
+
+
+class ApplianceUnavailable(ApplianceError):
+    """No usable answer (timeout, connection refused, 5xx) after all retries."""
+
+
+class ApplianceRejected(ApplianceError):
+    """The appliance answered 4xx: the request (payload) is wrong; retrying cannot help."""
+
+    def __init__(self, status, error, message, errors=()):
+        self.status = status
+        self.error = error
+        self.errors = list(errors or ())
+        details = "; ".join(f"{e.get('path') or '(body)'}: {e.get('message')}"
+                            for e in self.errors if isinstance(e, dict))
+        text = f"appliance refused the request ({status} {error}): {message}"
+        if details and details not in message:
+            text += f" [{details}]"
+        super().__init__(text)
+
+
+def base_url(host, port):
+    host = str(host).strip("[]")
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    except ValueError:
+        pass  # a host name
+    return f"http://{host}:{port}"
+
+
+class ApplianceClient:
+    def __init__(self, host, port=5000, token="", alive_timeout=3.0, timeout=30.0,
+                 config_timeout=90.0, attempts=4, backoff_base=0.5, backoff_cap=8.0,
+                 sleep=time.sleep):
+        self.url = base_url(host, port)
+        self.token = token
+        self.alive_timeout = alive_timeout
+        self.timeout = timeout
+        self.config_timeout = config_timeout
+        self.attempts = max(1, attempts)
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self._sleep = sleep
+
+    @classmethod
+    def from_settings(cls, host, appliance_settings):
+        s = appliance_settings
+        return cls(host, s.port, s.token, s.alive_timeout, s.interfaces_timeout,
+                   s.config_timeout, s.retry_attempts, s.retry_base, s.retry_cap)
+
+    def __repr__(self):
+        return f"ApplianceClient({self.url})"
+
+    # -- calls ---------------------------------------------------------------------------------
+    def is_alive(self):
+        try:
+            response = self._send("GET", "/v1/firewall/rules", timeout=self.alive_timeout)
+        except requests.RequestException as exc:
+            LOG.debug("%s not alive: %s", self.url, exc)
+            return False
+        return response.status_code == 200
+
+    def get_interfaces(self):
+        body = self._json(self._call("GET", "/v1/system/interfaces", self.timeout))
+        interfaces = body.get("interfaces", []) if isinstance(body, dict) else []
+        return {str(i["lladdr"]).lower(): i["ifname"] for i in interfaces
+                if isinstance(i, dict) and i.get("lladdr") and i.get("ifname")}
+
+    def committed(self, if_none_match=None):
+        """``(generation, hash)`` of the committed config; ``(None, if_none_match)`` when
+        the appliance answered 304 (already at that hash)."""
+        headers = {"If-None-Match": f'"{if_none_match}"'} if if_none_match else None
+        response = self._call("GET", "/v1/system/config", self.timeout, headers=headers)
+        if response.status_code == 304:
+            return None, if_none_match
+        body = self._json(response)
+        return body.get("generation"), body.get("hash")
+
+    def put_config(self, payload):
+        data = json.dumps(payload).encode()
+        response = self._call("PUT", "/v1/system/config", self.config_timeout, data=data,
+                              headers={"Content-type": "application/json"})
+        return self._json(response)
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _send(self, method, path, timeout, data=None, headers=None):
+        headers = dict(headers or {})
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        with requests.Session() as session:
+            session.trust_env = False  # no proxies: the management network is direct
+            return session.request(method, self.url + path, data=data, headers=headers,
+                                   timeout=timeout, allow_redirects=False)
+
+    def _call(self, method, path, timeout, data=None, headers=None):
+        last = None
+        for attempt in range(1, self.attempts + 1):
+            try:
+                response = self._send(method, path, timeout, data, headers)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                last = f"{method} {path}: {type(exc).__name__}: {exc}"
+            else:
+                if response.status_code < 400:
+                    return response
+                if response.status_code < 500:
+                    raise self._rejected(response)
+                last = f"{method} {path}: HTTP {response.status_code}: " \
+                       f"{self._message(response)}"
+            if attempt < self.attempts:
+                delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap)
+                LOG.info("%s: %s; retry %d/%d in %.1fs", self.url, last, attempt,
+                         self.attempts - 1, delay)
+                self._sleep(delay)
+        raise ApplianceUnavailable(f"{self.url} {last} (after {self.attempts} attempts)")
+
+    @staticmethod
+    def _message(response):
+        try:
+            body = response.json()
+            if isinstance(body, dict) and body.get("message"):
+                return str(body["message"])
+        except ValueError:
+            pass
+        return response.text.strip()[:500]
+
+    def _rejected(self, response):
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            body = {"error": response.reason or "", "message": response.text.strip()[:500]}
+        return ApplianceRejected(response.status_code, body.get("error", ""),
+                                 body.get("message", ""), body.get("errors") or ())
+
+    def _json(self, response):
+        try:
+            return response.json()
+        except ValueError:
+            raise ApplianceUnavailable(
+                f"{self.url}: {response.request.method} {response.request.path_url} "
+                f"answered {response.status_code} without a JSON body") from None

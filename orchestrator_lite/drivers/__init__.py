@@ -1,0 +1,13 @@
+"""Compute drivers: where appliance instances run (``[compute] driver``)."""
+
+
+def make_driver(settings):
+    """The driver named by ``settings.compute_driver``."""
+    name = settings.compute_driver
+    if name == "netns":
+        from .netns import NetnsDriver
+        return NetnsDriver.from_settings(settings)
+    if name == "fake":
+        from .fake import FakeDriver
+        return FakeDriver()
+    raise ValueError(f"[compute] driver: unknown driver {name!r} (netns, fake)")

@@ -1,0 +1,329 @@
+"""Network-namespace compute driver (the embedded default; used by the lab and the tests).
+
+An appliance "instance" is a network namespace ``<lab prefix>-<role>`` (role = kind letter
++ 4 hex digits of the resource id + instance index, e.g. ``ast1a2b3c-rfbf50``), so it
+matches astara_lab's name pattern and ``astara-leftovers`` finds it. Inside: one NIC per
+port (``eth0`` = MGT, then the data ports), each with the port's MAC, plugged into the
+fabric's bridges (management bridge for MGT, one bridge per network, names from the
+config), and the real agent, started the way a VM boots it::
+
+  python -m astara_router.cli.management <mgt mac> <addr>/<len> --mtu M --state-dir D
+      --sshd-config none
+  python -m astara_router.cli.api --state-dir D --enabled-services router,loadbalancer
+
+The root namespace is never touched: veths are created from inside the fabric namespace
+with their peer moved straight into the appliance namespace (as astara_lab's Lab.plug
+does), bridges live only in the fabric. Each instance's record (``instance.json``: name,
+NICs, agent PID) lives in ``<state_root>/<namespace>/`` together with the agent's state
+dir and log, so ``list(prefix)`` works across orchestrator restarts (adoption). Deleting
+an instance kills the processes inside its namespace (by PID, found with ``ip netns pids``),
+then deletes the namespace, its /etc/netns dir and its state dir.
+"""
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+from astara_lab.netns import (NETNS_ETC_DIR, NETNS_RUN_DIR, CommandError, Lab, Netns,
+                              kill_netns_processes, pid_alive, run)
+from astara_router.store import atomic_write
+
+from .base import ACTIVE, ERROR, ComputeDriver, DriverError, Instance, Nic
+
+LOG = logging.getLogger(__name__)
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+NAME_RE = re.compile(r"^ak-(?P<kind>[a-z]+)-(?P<id>.+)_(?P<n>\d+)$")
+KIND_LETTER = {"router": "r", "loadbalancer": "l"}
+RECORD = "instance.json"
+
+
+def netns_mounts_hidden(mountinfo="/proc/self/mountinfo"):
+    """True when /run/netns is a slave mount here (we run under ``ip netns exec``): a
+    namespace we create would then be mounted only in our private mount namespace."""
+    try:
+        with open(mountinfo) as handle:
+            for line in handle:
+                fields = line.split()
+                if len(fields) > 6 and fields[4] == str(NETNS_RUN_DIR):
+                    optional = fields[6:fields.index("-")]
+                    return any(f.startswith("master:") for f in optional)
+    except OSError:
+        pass
+    return False
+
+
+def role_candidates(instance_name):
+    """Namespace roles for an instance, most readable first: ``r`` + 4 hex of the router
+    id + index; then hashed variants in case two ids share their first 4 hex digits."""
+    match = NAME_RE.match(instance_name)
+    letter = KIND_LETTER.get(match["kind"], "i") if match else "i"
+    index = match["n"][-1] if match else "0"
+    hexid = re.sub(r"[^0-9a-f]", "", match["id"].lower()) if match else ""
+    if len(hexid) >= 4 and match["id"].lower().startswith(hexid[:4]):
+        yield f"{letter}{hexid[:4]}{index}"
+    for salt in range(16):
+        digest = hashlib.sha256(f"{instance_name}/{salt}".encode()).hexdigest()
+        yield f"{letter}{digest[:4]}{index}"
+
+
+class NetnsDriver(ComputeDriver):
+    name = "netns"
+
+    def __init__(self, prefix, state_root, fabric=None, management_bridge="b-mgmt",
+                 bridges=None, auto_bridges=True, python=None,
+                 enabled_services="router,loadbalancer", management_mtu=1450,
+                 network_mtus=None):
+        if not Lab.PREFIX_RE.fullmatch(prefix or ""):
+            raise DriverError(f"[netns] prefix {prefix!r} must match "
+                              f"{Lab.PREFIX_RE.pattern} (a lab prefix)")
+        if netns_mounts_hidden():
+            raise DriverError(
+                "this process runs in a private mount namespace (started with `ip netns "
+                "exec`?): namespaces it creates would be invisible to the host. Start "
+                "astara-orchestrator with --netns NAME instead.")
+        self.prefix = prefix
+        self.fabric = Netns(fabric or f"{prefix}-fab")
+        self.management_bridge = management_bridge
+        self.bridges = dict(bridges or {})
+        self.auto_bridges = auto_bridges
+        self.state_root = pathlib.Path(state_root)
+        self.python = python or sys.executable
+        self.enabled_services = enabled_services
+        self.management_mtu = management_mtu
+        self._lock = threading.RLock()
+        self._children = {}  # namespace -> Popen of agents we started (to reap them)
+        self.state_root.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_settings(cls, settings):
+        n = settings.netns
+        return cls(prefix=n.prefix, state_root=n.state_root or
+                   os.path.join(settings.state_dir, "appliances"), fabric=n.fabric_name,
+                   management_bridge=n.management_bridge, bridges=n.bridges,
+                   auto_bridges=n.auto_bridges, python=n.python,
+                   enabled_services=n.enabled_services, management_mtu=n.management_mtu)
+
+    # -- records ---------------------------------------------------------------------------------
+    def _dir(self, ns_name):
+        return self.state_root / ns_name
+
+    def _load(self, ns_name):
+        try:
+            return json.loads((self._dir(ns_name) / RECORD).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _save(self, record):
+        atomic_write(str(self._dir(record["id"]) / RECORD),
+                     json.dumps(record, indent=1, sort_keys=True), mode=0o644)
+
+    def _records(self):
+        records = []
+        for entry in sorted(self.state_root.iterdir()):
+            if entry.is_dir():
+                record = self._load(entry.name)
+                if record is not None:
+                    records.append(record)
+        return records
+
+    def _allocate(self, name):
+        taken = {r["id"] for r in self._records()}
+        if NETNS_RUN_DIR.is_dir():  # also names the lab itself uses (fab, ctl, ...)
+            taken |= {p.name for p in NETNS_RUN_DIR.glob(f"{self.prefix}-*")}
+        for role in role_candidates(name):
+            ns_name = f"{self.prefix}-{role}"
+            if ns_name not in taken:
+                return ns_name
+        raise DriverError(f"no free namespace name for {name}")
+
+    # -- status ----------------------------------------------------------------------------------
+    def _agent_alive(self, record):
+        child = self._children.get(record["id"])
+        if child is not None and child.poll() is not None:
+            return False  # exited (and now reaped)
+        pid = record.get("agent_pid")
+        if not pid or not pid_alive(pid):
+            return False
+        try:
+            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return b"astara_router.cli.api" in cmdline
+
+    def _instance(self, record):
+        exists = (NETNS_RUN_DIR / record["id"]).exists()
+        status = ACTIVE if exists and self._agent_alive(record) else ERROR
+        if record.get("booting") and exists:
+            status = "BUILD"
+        nics = tuple(Nic(n["mac"], n["network_id"], n["role"], n.get("mtu"))
+                     for n in record["nics"])
+        return Instance(id=record["id"], name=record["name"], status=status,
+                        management_address=record["management_cidr"].split("/")[0],
+                        created_at=record["created_at"], nics=nics,
+                        details={"netns": record["id"], "agent_pid": record.get("agent_pid"),
+                                 "state_dir": record["state_dir"], "log": record["log"]})
+
+    def get(self, instance_id):
+        record = self._load(instance_id)
+        return self._instance(record) if record else None
+
+    def list(self, prefix):
+        return [self._instance(r) for r in self._records() if r["name"].startswith(prefix)]
+
+    def shell_command(self, instance_id):
+        return ["ip", "netns", "exec", instance_id, "bash"]
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def _bridge_for(self, nic):
+        if nic.role == "mgt":
+            return self.management_bridge
+        bridge = self.bridges.get(nic.network_id)
+        if bridge:
+            return bridge
+        if not self.auto_bridges:
+            raise DriverError(f"no bridge configured for network {nic.network_id} "
+                              "([netns] bridges)")
+        compact = nic.network_id.lower().replace("-", "")[:8]
+        if not re.fullmatch(r"[0-9a-f]{8}", compact):  # not a UUID: hash it
+            compact = hashlib.sha256(nic.network_id.encode()).hexdigest()[:8]
+        bridge = "b-" + compact
+        with self._lock:
+            missing = run(["ip", "-n", self.fabric.name, "link", "show", bridge],
+                          check=False).returncode != 0
+            if missing:
+                self.fabric.ip("link", "add", bridge, "type", "bridge", "mcast_snooping", "0")
+                self.fabric.ip("link", "set", bridge, "up")
+                LOG.info("created bridge %s for network %s in %s", bridge, nic.network_id,
+                         self.fabric.name)
+        return bridge
+
+    def _plug(self, ns, record, nic):
+        """One NIC: a veth pair made inside the fabric, peer moved into ``ns``."""
+        index = max([n["index"] for n in record["nics"]], default=-1) + 1
+        ifname = f"eth{index}"
+        role = ns.name[len(self.prefix) + 1:]
+        fab_end = f"{role}-{index}"[:15]
+        bridge = self._bridge_for(nic)
+        entry = {"mac": nic.mac, "network_id": nic.network_id, "role": nic.role,
+                 "mtu": nic.mtu, "index": index, "ifname": ifname, "bridge": bridge,
+                 "fabric_end": fab_end}
+        self.fabric.ip("link", "add", fab_end, "type", "veth", "peer", "name", ifname,
+                       "netns", ns.name)
+        record["nics"].append(entry)  # recorded as soon as it exists
+        ns.ip("link", "set", ifname, "address", nic.mac)
+        mtu = self.management_mtu if nic.role == "mgt" else nic.mtu
+        if mtu:
+            ns.ip("link", "set", ifname, "mtu", str(mtu))
+            self.fabric.ip("link", "set", fab_end, "mtu", str(mtu))
+        self.fabric.ip("link", "set", fab_end, "master", bridge, "up")
+        return entry
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def create(self, name, nics, management_cidr):
+        nics = list(nics)
+        if not nics or nics[0].role != "mgt":
+            raise DriverError("the first NIC must be the management NIC")
+        with self._lock:
+            if any(r["name"] == name for r in self._records()):
+                raise DriverError(f"an instance named {name} exists")
+            ns_name = self._allocate(name)
+            directory = self._dir(ns_name)
+            directory.mkdir(parents=True)
+            record = {"id": ns_name, "name": name, "created_at": time.time(), "nics": [],
+                      "management_cidr": management_cidr, "booting": True,
+                      "state_dir": str(directory / "state"),
+                      "log": str(directory / "agent.log"), "agent_pid": None}
+            self._save(record)  # a half-built instance is listed, hence deletable
+        ns = Netns(ns_name)
+        try:
+            run(["ip", "netns", "add", ns_name])
+            etc = NETNS_ETC_DIR / ns_name
+            etc.mkdir(parents=True, exist_ok=True)
+            (etc / "resolv.conf").touch()  # DHCP clients inside cannot touch the host's
+            ns.ip("link", "set", "lo", "up")
+            for nic in nics:
+                self._plug(ns, record, nic)
+                self._save(record)
+            os.makedirs(record["state_dir"], exist_ok=True)
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+            boot = subprocess.run(
+                ["ip", "netns", "exec", ns_name, self.python, "-m",
+                 "astara_router.cli.management", nics[0].mac, management_cidr, "--mtu",
+                 str(self.management_mtu), "--state-dir", record["state_dir"],
+                 "--sshd-config", "none"], env=env, capture_output=True, text=True)
+            if boot.returncode != 0:
+                raise CommandError(boot.returncode, boot.args, boot.stdout, boot.stderr)
+            with open(record["log"], "ab") as log:
+                child = subprocess.Popen(
+                    ["ip", "netns", "exec", ns_name, self.python, "-m",
+                     "astara_router.cli.api", "--state-dir", record["state_dir"],
+                     "--enabled-services", self.enabled_services],
+                    env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True)  # survives an orchestrator restart
+            self._children[ns_name] = child
+            record["agent_pid"] = child.pid
+            record.pop("booting")
+            self._save(record)
+        except (CommandError, OSError) as exc:
+            LOG.warning("creating %s (%s) failed: %s", name, ns_name, exc)
+            self.delete(ns_name)
+            raise DriverError(f"cannot create {name}: {exc}") from exc
+        LOG.info("instance %s: namespace %s, agent pid %s", name, ns_name, child.pid)
+        return self._instance(record)
+
+    def delete(self, instance_id):
+        if not re.fullmatch(rf"{self.prefix}-[a-z0-9]{{1,6}}", instance_id):
+            raise DriverError(f"{instance_id} is not an instance of this driver")
+        ns_name = instance_id
+        with self._lock:
+            if (NETNS_RUN_DIR / ns_name).exists():
+                kill_netns_processes([ns_name], grace=2.0)
+                result = run(["ip", "netns", "del", ns_name], check=False)
+                if result.returncode != 0 and (NETNS_RUN_DIR / ns_name).exists():
+                    raise DriverError(f"cannot delete namespace {ns_name}: "
+                                      f"{result.stderr.strip()}")
+            child = self._children.pop(ns_name, None)
+            if child is not None:
+                try:
+                    child.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    LOG.warning("agent of %s did not exit", ns_name)
+            shutil.rmtree(NETNS_ETC_DIR / ns_name, ignore_errors=True)
+            shutil.rmtree(self._dir(ns_name), ignore_errors=True)
+
+    def attach(self, instance_id, nic):
+        with self._lock:
+            record = self._require(instance_id)
+            self._plug(Netns(instance_id), record, nic)
+            self._save(record)
+        return self._instance(record)
+
+    def detach(self, instance_id, mac):
+        with self._lock:
+            record = self._require(instance_id)
+            entry = next((n for n in record["nics"] if n["mac"] == mac), None)
+            if entry is None:
+                raise DriverError(f"{instance_id} has no NIC {mac}")
+            # Deleting the appliance end removes the pair (and its fabric end).
+            Netns(instance_id).ip("link", "del", entry["ifname"], check=False)
+            record["nics"].remove(entry)
+            self._save(record)
+        return self._instance(record)
+
+    def _require(self, instance_id):
+        record = self._load(instance_id)
+        if record is None:
+            raise DriverError(f"no instance {instance_id}")
+        return record
+
+    def close(self):
+        """Forget our children without killing them: they must survive for adoption."""
+        self._children.clear()

@@ -1,0 +1,212 @@
+"""Scheduler: events -> per-resource automata -> a bounded pool of worker threads.
+
+* One automaton per resource, created on its first event (lazily, also after a restart:
+  its first step looks before it acts, which is how running appliances are adopted).
+* Exactly one worker acts on a resource at a time: a resource key is in the ready queue or
+  being run at most once (``_scheduled``); events arriving meanwhile only go into the
+  automaton's coalescing queue, and the worker re-queues the key when it finishes.
+* A step that waits (boot check, back-off, grace, cool-down) releases the worker and asks
+  for a timer; the timer thread delivers a ``poll`` to that resource when it is due.
+* Paused resources (``astara-ctl router|tenant debug``, stored in the store) get no events
+  except ``manage``.
+"""
+import heapq
+import itertools
+import logging
+import queue
+import threading
+import time
+
+from .events import DELETE, MANAGE, POLL, Event
+
+LOG = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, automaton_factory, store, threads=4, clock=time.monotonic):
+        self._factory = automaton_factory
+        self._store = store
+        self._threads_wanted = threads
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._automata = {}  # ResourceRef.key -> Automaton
+        self._refs = {}  # key -> ResourceRef
+        self._scheduled = set()  # keys queued or running
+        self._ready = queue.Queue()
+        self._running = {}  # thread name -> key
+        self._timers = []  # heap of (due, seq, key)
+        self._timer_due = {}  # key -> earliest due
+        self._seq = itertools.count()
+        self._timer_cond = threading.Condition(self._lock)
+        self._threads = []
+        self._stopping = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self):
+        for n in range(self._threads_wanted):
+            thread = threading.Thread(target=self._work, name=f"worker-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        timer = threading.Thread(target=self._run_timers, name="timers", daemon=True)
+        timer.start()
+        self._threads.append(timer)
+
+    def stop(self, timeout=5.0):
+        with self._lock:
+            self._stopping = True
+            self._timer_cond.notify_all()
+        for _ in range(self._threads_wanted):
+            self._ready.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    # -- input -----------------------------------------------------------------------------------
+    def handle(self, event):
+        """Deliver one event (``event.ref`` None: to every resource)."""
+        if event.ref is None:
+            for ref in self.known_refs():
+                self.deliver(ref, event.action)
+            return
+        self.deliver(event.ref, event.action)
+
+    def handle_all(self, events):
+        for event in events:
+            self.handle(event)
+
+    def known_refs(self):
+        refs = {ref.key: ref for ref in self._store.snapshot().resources()}
+        with self._lock:
+            for key, ref in self._refs.items():
+                refs.setdefault(key, ref)
+        return list(refs.values())
+
+    def deliver(self, ref, action, force=False):
+        """Queue ``action`` for ``ref``; False when the resource is paused."""
+        paused = self._store.paused_reason(ref)
+        if paused and action != MANAGE:
+            LOG.debug("%s: %s ignored (%s)", ref, action, paused)
+            return False
+        with self._lock:
+            if self._stopping:
+                return False
+            automaton = self._automata.get(ref.key)
+            if automaton is None:
+                automaton = self._automata[ref.key] = self._factory(ref)
+                self._refs[ref.key] = ref
+            if force:
+                automaton.force_push = True
+            automaton.send(action)
+            self._schedule(ref.key)
+        return True
+
+    def call_later(self, delay, ref):
+        """Deliver a poll to ``ref`` after ``delay`` seconds (earliest request wins)."""
+        due = self._clock() + delay
+        with self._lock:
+            current = self._timer_due.get(ref.key)
+            if current is not None and current <= due:
+                return
+            self._timer_due[ref.key] = due
+            self._refs.setdefault(ref.key, ref)
+            heapq.heappush(self._timers, (due, next(self._seq), ref.key))
+            self._timer_cond.notify_all()
+
+    # -- introspection ---------------------------------------------------------------------------
+    def automaton(self, key):
+        with self._lock:
+            return self._automata.get(key)
+
+    def statuses(self):
+        with self._lock:
+            return {key: automaton.status() for key, automaton in self._automata.items()}
+
+    def debug_info(self):
+        with self._lock:
+            return {
+                "threads": self._threads_wanted,
+                "running": {name: f"{k[0]} {k[1]}" for name, k in self._running.items()},
+                "ready": self._ready.qsize(),
+                "resources": len(self._automata),
+                "timers": len(self._timer_due),
+                "queues": {f"{k[0]} {k[1]}": a.queue.snapshot()
+                           for k, a in self._automata.items() if a.has_work()},
+            }
+
+    def idle(self):
+        """True when nothing is queued or running (timers may be pending)."""
+        with self._lock:
+            return not self._scheduled
+
+    # -- internals -------------------------------------------------------------------------------
+    def _schedule(self, key):
+        if key not in self._scheduled:
+            self._scheduled.add(key)
+            self._ready.put(key)
+
+    def _work(self):
+        name = threading.current_thread().name
+        while True:
+            key = self._ready.get()
+            if key is None:
+                return
+            with self._lock:
+                automaton = self._automata.get(key)
+                self._running[name] = key
+            delay = None
+            try:
+                if automaton is not None:
+                    delay = automaton.run()
+            except Exception:  # noqa: BLE001 - keep the worker alive
+                LOG.exception("%s: unhandled error", key)
+                delay = 5.0
+            finally:
+                with self._lock:
+                    self._running.pop(name, None)
+                    self._finish(key, automaton)
+            if delay is not None and automaton is not None and not automaton.deleted:
+                self.call_later(delay, automaton.ref)
+
+    def _finish(self, key, automaton):
+        if automaton is not None and automaton.deleted:
+            # Events that arrived after the delete (e.g. the id was created again) go to
+            # a fresh automaton.
+            leftover = automaton.queue.snapshot()
+            if self._automata.get(key) is automaton:
+                del self._automata[key]
+            self._timer_due.pop(key, None)
+            actions = [a for a in leftover if a not in (POLL, DELETE)]
+            if actions and not self._stopping:
+                fresh = self._automata[key] = self._factory(automaton.ref)
+                for action in actions:
+                    fresh.send(action)
+                self._ready.put(key)
+                return
+            self._refs.pop(key, None)
+            self._scheduled.discard(key)
+            return
+        if automaton is not None and automaton.has_work() and not self._stopping:
+            self._ready.put(key)  # stays scheduled: still exactly one holder
+        else:
+            self._scheduled.discard(key)
+
+    def _run_timers(self):
+        with self._lock:
+            while not self._stopping:
+                now = self._clock()
+                if self._timers and self._timers[0][0] <= now:
+                    due, _, key = heapq.heappop(self._timers)
+                    if self._timer_due.get(key) != due:
+                        continue  # superseded by an earlier timer
+                    del self._timer_due[key]
+                    ref = self._refs.get(key)
+                    if ref is not None:
+                        # deliver() takes the (re-entrant) lock itself.
+                        self.deliver(ref, POLL)
+                    continue
+                wait = self._timers[0][0] - now if self._timers else 1.0
+                self._timer_cond.wait(min(wait, 1.0))
+
+
+def broadcast_poll(scheduler):
+    scheduler.handle(Event(None, POLL, "poll everything"))

@@ -1,0 +1,296 @@
+"""The pure nftables rendering: key lines, element-only diffs, and nft's own checker.
+
+The ``nft -c`` tests run nft inside a throwaway network namespace (``unshare -n``), never in
+the host's; they are skipped where that is impossible (not root, no nft)."""
+import copy
+import ipaddress
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from astara_lab.appliance import contract_payloads
+from astara_router.model import parse_payload
+from astara_router.render.firewall import (FirewallRenderError, Ruleset,
+                                           floating_ips_in_listing, label_set_name,
+                                           render_firewall, replace_script)
+
+VALID = contract_payloads("original-orchestrator")
+SERVICES = ("router", "loadbalancer")
+NAMES = {f"ge{i}": f"eth{i}" for i in range(16)}
+
+
+def ruleset_of(body, names=NAMES, **kwargs):
+    return render_firewall(parse_payload(body, SERVICES), names, **kwargs)
+
+
+def chain(ruleset, name):
+    return next(c for c in ruleset.chains if c.name == name).rules
+
+
+def lines(text):
+    return {line.strip() for line in text.splitlines()}
+
+
+# -- key lines --------------------------------------------------------------------------------
+
+def test_router_basic_key_lines():
+    ruleset = ruleset_of(VALID["router-basic"])
+    text = ruleset.text()
+    assert text.startswith("# managed by astara-router")
+    assert "table inet astara {" in text
+    expected = {
+        # input
+        'iifname "lo" accept',
+        'iifname != "eth0" ip6 daddr fdca:3ba5:a17a:acda:f816:3eff:fe67:416c drop',
+        "meta l4proto { icmp, ipv6-icmp } accept",
+        "ct state vmap { established : accept, related : accept, invalid : drop }",
+        'iifname "eth0" tcp dport { 22, 5000 } accept',
+        'iifname "eth2" udp dport { 53, 67, 547 } accept',
+        'iifname "eth2" tcp dport 53 accept',
+        'iifname "eth2" ip daddr 10.1.0.1 tcp dport 9602 accept',
+        # forward
+        "type filter hook forward priority filter; policy drop;",
+        'iifname "eth2" oifname { "eth2", "eth1" } accept',
+        'iifname "eth1" oifname "eth2" ct status dnat accept',
+        'iifname "eth1" oifname "eth2" meta l4proto ipv6-icmp accept',
+        'iifname "eth1" oifname "eth2" ip6 saddr @label_ext_v6 accept',
+        # nat
+        'iifname "eth2" ip daddr 169.254.169.254 tcp dport 80 dnat ip to 10.1.0.1:9602',
+        'iifname { "eth1", "eth2" } dnat ip to ip daddr map @fip_dnat',
+        'oifname "eth1" snat ip to ip saddr map @fip_snat',
+        'oifname "eth1" ip saddr @tenants snat ip to 172.24.4.7',
+        "ct status dnat ip saddr @tenants snat ip to ip saddr map @fip_snat",
+        "ct status dnat ip saddr @tenants snat ip to 172.24.4.7",
+        # data
+        "172.24.4.228 : 10.1.0.8", "10.1.0.8 : 172.24.4.228", "10.1.0.0/24",
+        "192.168.57.0/24", "set label_ext {", "set label_ext_v6 {", "map fip_dnat {",
+    }
+    assert expected <= lines(text), sorted(expected - lines(text))
+    # FIP SNAT before the generic SNAT, metadata DNAT before the FIP DNAT
+    srcnat = chain(ruleset, "srcnat")
+    assert srcnat.index('oifname "eth1" snat ip to ip saddr map @fip_snat') < \
+        srcnat.index('oifname "eth1" ip saddr @tenants snat ip to 172.24.4.7')
+    assert "iptables" not in text and "masquerade" not in text
+
+
+def test_names_are_kernel_names_not_generic_ones():
+    names = {"ge0": "ens3", "ge1": "ens4", "ge2": "ens10"}
+    text = ruleset_of(VALID["router-basic"], names).text()
+    assert '"ens10"' in text and '"ge2"' not in text and '"eth2"' not in text
+
+
+def test_router_wide_uses_two_digit_interfaces():
+    ruleset = ruleset_of(VALID["router-wide"])
+    text = ruleset.text()
+    for n in (10, 11, 12):
+        assert f'"eth{n}"' in text
+        assert f'iifname "eth{n}" ip daddr 10.60.{n - 1}.1 tcp dport {9600 + n} accept' in text
+    assert ruleset.floating_ips() == {
+        ipaddress.ip_address(f): ipaddress.ip_address(t)
+        for f, t in (("172.24.4.140", "10.60.1.10"), ("172.24.4.141", "10.60.9.10"),
+                     ("172.24.4.142", "10.60.11.10"))}
+
+
+def test_dual_stack_bgp_and_v6_tenants():
+    ruleset = ruleset_of(VALID["router-dual-stack"])
+    assert ruleset.set("bgp_peers_v6").elements == ("2001:db8:c0de:1::1",)
+    assert 'iifname "eth1" ip6 saddr @bgp_peers_v6 tcp dport 179 accept' in chain(ruleset,
+                                                                                   "input")
+    assert ruleset.set("tenants_v6").elements == ("fd4e:7a31:2c5b:1::/64",
+                                                  "fd4e:7a31:2c5b:2::/64")
+    assert ruleset.set("tenants").elements == ("10.20.0.0/24", "10.30.0.0/24")
+    # the v6-only network gets DHCPv6, and no metadata listener (no IPv4 address)
+    rules = chain(ruleset, "input")
+    assert 'iifname "eth3" udp dport { 53, 67, 547 } accept' in rules
+    assert not [r for r in rules if r.startswith('iifname "eth3" ip daddr')]
+
+
+def test_no_gateway_router_routes_between_tenants_without_nat():
+    ruleset = ruleset_of(VALID["router-no-gateway"])
+    assert chain(ruleset, "srcnat") == ()
+    assert ruleset.set("fip_dnat") is None
+    assert 'iifname { "eth1", "eth2" } oifname { "eth1", "eth2" } accept' in chain(ruleset,
+                                                                                  "forward")
+
+
+def test_vpn_peer_cidrs_are_exempt_from_snat():
+    ruleset = ruleset_of(VALID["router-vpn"])
+    assert ruleset.set("vpn_peers").elements == ("192.168.240.0/23",)  # .240/24 + .241/24
+    assert ruleset.set("vpn_endpoints").elements == ("203.0.113.10",)
+    srcnat = chain(ruleset, "srcnat")
+    assert srcnat[0] == "ip saddr @tenants ip daddr @vpn_peers accept"  # before any SNAT
+    assert 'iifname "eth1" ip saddr @vpn_endpoints udp dport { 500, 4500 } accept' in \
+        chain(ruleset, "input")
+    assert 'iifname "eth1" ip saddr @vpn_peers ip daddr @tenants meta ipsec exists accept' \
+        in chain(ruleset, "forward")
+
+
+def test_ha_admits_vrrp_and_conntrackd_from_the_peers_on_management():
+    ruleset = ruleset_of(VALID["router-ha-primary"])
+    assert ruleset.set("ha_peers_v6").elements == ("fdca:3ba5:a17a:acda:f816:3eff:fe4c:b39a",)
+    rules = chain(ruleset, "input")
+    assert 'iifname "eth0" ip6 saddr @ha_peers_v6 meta l4proto 112 accept' in rules
+    assert 'iifname "eth0" ip6 saddr @ha_peers_v6 udp dport 3780 accept' in rules
+    assert not [r for r in chain(ruleset_of(VALID["router-basic"]), "input") if "112" in r]
+
+
+def test_load_balancer_filter_without_nat():
+    ruleset = ruleset_of(VALID["loadbalancer-multi"])
+    assert [c.name for c in ruleset.chains] == ["input", "forward"]
+    assert 'iifname "eth1" tcp dport { 80, 5432 } accept' in chain(ruleset, "input")
+    assert 'iifname "eth0" tcp dport { 22, 5000 } accept' in chain(ruleset, "input")
+    assert ruleset.sets == ()
+
+
+def test_api_ports_follow_the_settings():
+    rules = chain(ruleset_of(VALID["router-basic"], api_ports=(5000, 8443)), "input")
+    assert 'iifname "eth0" tcp dport { 22, 5000, 8443 } accept' in rules
+
+
+def test_management_interface_from_boot_when_the_payload_has_none():
+    body = copy.deepcopy(VALID["router-no-gateway"])
+    body["networks"] = [n for n in body["networks"] if n["network_type"] != "management"]
+    with pytest.raises(FirewallRenderError) as error:
+        ruleset_of(body)
+    assert error.value.path == "networks" and "API" in error.value.message
+    rules = chain(ruleset_of(body, boot_management="eth0"), "input")
+    assert 'iifname "eth0" tcp dport { 22, 5000 } accept' in rules
+
+
+def test_unknown_interface_names_the_payload_field():
+    with pytest.raises(FirewallRenderError) as error:
+        ruleset_of(VALID["router-basic"], {"ge0": "eth0", "ge1": "eth1"})
+    assert error.value.path == "networks[2].interface.ifname"
+
+
+def test_one_fixed_ip_with_two_floating_ips_leaves_as_the_first():
+    body = copy.deepcopy(VALID["router-basic"])
+    body["floating_ips"].append({"floating_ip": "172.24.4.229", "fixed_ip": "10.1.0.8"})
+    ruleset = ruleset_of(body)
+    assert ruleset.set("fip_dnat").elements == ("172.24.4.228 : 10.1.0.8",
+                                                "172.24.4.229 : 10.1.0.8")
+    assert ruleset.set("fip_snat").elements == ("10.1.0.8 : 172.24.4.228",)
+
+
+def test_ipv6_floating_ips_get_their_own_maps():
+    body = copy.deepcopy(VALID["router-dual-stack"])
+    body["floating_ips"].append({"floating_ip": "2001:db8:c0de:1::50",
+                                 "fixed_ip": "fd4e:7a31:2c5b:2::1a5"})
+    ruleset = ruleset_of(body)
+    assert ruleset.set("fip_dnat_v6").elements == ("2001:db8:c0de:1::50 : fd4e:7a31:2c5b:2::1a5",)
+    assert 'oifname "eth1" snat ip6 to ip6 saddr map @fip_snat_v6' in chain(ruleset, "srcnat")
+    assert ruleset_of(VALID["router-dual-stack"]).set("fip_dnat_v6") is None
+
+
+def test_label_names_become_safe_distinct_identifiers():
+    assert label_set_name("ext") == "label_ext"
+    odd = label_set_name('bad name"; flush ruleset')
+    assert odd.startswith("label_bad_name") and odd.replace("_", "").isalnum()
+    assert label_set_name("a-b") != label_set_name("a_b")
+    body = copy.deepcopy(VALID["router-basic"])
+    body["labels"] = {"mixed": ["10.0.0.0/8", "10.1.0.0/16", "2001:db8:1::/48"]}
+    ruleset = ruleset_of(body)
+    assert ruleset.set("label_mixed").elements == ("10.0.0.0/8",)  # overlap collapsed
+    assert ruleset.set("label_mixed_v6").elements == ("2001:db8:1::/48",)
+
+
+# -- element-only changes -----------------------------------------------------------------------
+
+def test_fip_changes_are_element_changes():
+    old = ruleset_of(VALID["router-basic"])
+    body = copy.deepcopy(VALID["router-basic"])
+    body["floating_ips"] = [{"floating_ip": "172.24.4.229", "fixed_ip": "10.1.0.12"}]
+    body["labels"]["ext"].append("2001:db8:57::/48")
+    new = ruleset_of(body)
+    assert old.skeleton == new.skeleton
+    script = old.element_script(new)
+    assert script.splitlines() == [
+        "delete element inet astara fip_dnat { 172.24.4.228 : 10.1.0.8 }",
+        "delete element inet astara fip_snat { 10.1.0.8 : 172.24.4.228 }",
+        "add element inet astara fip_dnat { 172.24.4.229 : 10.1.0.12 }",
+        "add element inet astara fip_snat { 10.1.0.12 : 172.24.4.229 }",
+        "add element inet astara label_ext_v6 { 2001:db8:57::/48 }",
+    ]
+    assert old.element_script(old) == ""
+
+
+def test_topology_changes_need_a_replace():
+    old = ruleset_of(VALID["router-basic"])
+    body = copy.deepcopy(VALID["router-basic"])
+    body["networks"][1]["interface"]["addresses"] = ["172.24.4.8/24"]
+    assert old.element_script(ruleset_of(body)) is None
+    assert replace_script("").splitlines() == ["table inet astara {}",
+                                               "delete table inet astara"]
+
+
+def test_json_round_trip():
+    for name in ("router-vpn", "router-many-fips", "loadbalancer-http"):
+        ruleset = ruleset_of(VALID[name])
+        assert Ruleset.from_json(ruleset.to_json()) == ruleset
+
+
+# -- nft's own checker, in a throwaway namespace --------------------------------------------------
+
+def _nft_unavailable():
+    if os.geteuid() != 0:
+        return "needs root (nft talks to the kernel)"
+    if not shutil.which("nft") or not shutil.which("unshare"):
+        return "nft or unshare missing"
+    probe = subprocess.run(["unshare", "-n", "nft", "list", "ruleset"], capture_output=True)
+    return None if probe.returncode == 0 else "cannot run nft in a new network namespace"
+
+
+needs_nft = pytest.mark.skipif(_nft_unavailable() is not None,
+                               reason=str(_nft_unavailable()))
+
+
+def nft_in_throwaway_netns(*scripts, listing=True):
+    """Load ``scripts`` one after the other (each checked with ``nft -c`` first) in a fresh
+    network namespace that disappears with the process; return the final listing."""
+    shell = ['set -e; d=$(mktemp -d); trap "rm -rf $d" EXIT']
+    for i, script in enumerate(scripts):
+        shell.append(f"cat > $d/{i}.nft <<'ASTARA_EOF'\n{script}ASTARA_EOF")
+        shell.append(f"nft -c -f $d/{i}.nft && nft -f $d/{i}.nft")
+    if listing:
+        shell.append("nft list table inet astara 2>/dev/null || true")
+    result = subprocess.run(["unshare", "-n", "sh", "-c", "\n".join(shell)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@needs_nft
+@pytest.mark.parametrize("name", sorted(VALID))
+def test_every_contract_payload_passes_nft_check(name):
+    ruleset = ruleset_of(VALID[name])
+    listing = nft_in_throwaway_netns(ruleset.replace_script())
+    assert listing.startswith("table inet astara {")
+    # loading the same script again (the replace idiom) works on an existing table too
+    assert nft_in_throwaway_netns(ruleset.replace_script(), ruleset.replace_script()) == listing
+    # the listing is itself valid input: restore() relies on it
+    assert nft_in_throwaway_netns(replace_script(listing)) == listing
+    assert floating_ips_in_listing(listing) == ruleset.floating_ips()
+
+
+@needs_nft
+def test_element_script_reaches_the_same_table_as_a_fresh_load():
+    old = ruleset_of(VALID["router-many-fips"])
+    body = copy.deepcopy(VALID["router-many-fips"])
+    body["floating_ips"] = body["floating_ips"][5:] + [
+        {"floating_ip": "172.24.4.200", "fixed_ip": "10.40.3.18"},
+        {"floating_ip": "172.24.4.101", "fixed_ip": "10.40.4.19"}]  # moved to another VM
+    body["labels"] = {"ext": ["192.168.56.0/23"]}  # overlaps the old 192.168.57.0/24
+    new = ruleset_of(body)
+    patched = nft_in_throwaway_netns(old.replace_script(), old.element_script(new))
+    assert patched == nft_in_throwaway_netns(new.replace_script())
+
+
+@needs_nft
+def test_nft_rejects_a_broken_ruleset():
+    ruleset = ruleset_of(VALID["router-basic"])
+    broken = ruleset.text().replace("ct status dnat accept", "ip saddr @no_such_set accept")
+    result = subprocess.run(["unshare", "-n", "nft", "-c", "-f", "/dev/stdin"], input=broken,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "no_such_set" in result.stderr
