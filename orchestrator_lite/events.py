@@ -104,6 +104,12 @@ class EventQueue:
             if len(self._items) == QUEUE_WARNING_THRESHOLD:
                 LOG.warning("%s: %d events queued", self._name, len(self._items))
 
+    def clear(self):
+        with self._lock:
+            dropped = list(self._items)
+            self._items.clear()
+            return dropped
+
     def push_front(self, action):
         """Put an interrupted action back so it is the next one popped."""
         with self._lock:

@@ -343,10 +343,9 @@ def _unknown_keys(body, known, kind):
         raise StoreError(f"unknown {kind} field(s): {', '.join(extra)}", extra[0])
 
 
-def _immutable(old, new, keys):
-    for key in keys:
-        if old is not None and new.get(key) != old.get(key):
-            raise StoreError(f"{key} cannot be changed", key)
+IMMUTABLE = {"subnet": ("network_id", "cidr"), "port": ("network_id",),
+             "listener": ("loadbalancer_id",), "pool": ("loadbalancer_id",),
+             "member": ("pool_id",)}
 
 
 # -- per-kind normalisation (body + snapshot + old object -> canonical object) ----------------
@@ -400,7 +399,6 @@ def _subnet(snap, body, old):
               "ipv6_ra_mode": ra_mode, "ipv6_address_mode": address_mode,
               "dns_nameservers": [str(_ip(d, "dns_nameservers")) for d in dns],
               "host_routes": clean_routes}
-    _immutable(old, subnet, ("network_id", "cidr"))
     return subnet
 
 
@@ -490,7 +488,6 @@ def _port(snap, body, old):
             "device_id": _str(body, "device_id"), "device_owner": _str(body, "device_owner"),
             "admin_state_up": _bool(body, "admin_state_up", True),
             "status": _str(body, "status", "ACTIVE"), "extra": extra}
-    _immutable(old, port, ("network_id",))
     if port["device_owner"] in ROUTER_INTERFACE_OWNERS + (ROUTER_GATEWAY_OWNER,):
         snap.require(ROUTER, port["device_id"], "device_id")
         if port["device_owner"] == ROUTER_GATEWAY_OWNER:
@@ -600,7 +597,6 @@ def _listener(snap, body, old):
                 "protocol_port": _int(body, "protocol_port", 80, 1, 65535),
                 "admin_state_up": _bool(body, "admin_state_up", True),
                 "default_pool_id": pool_id}
-    _immutable(old, listener, ("loadbalancer_id",))
     return listener
 
 
@@ -616,7 +612,6 @@ def _pool(snap, body, old):
             "protocol": _choice(body, "protocol", "HTTP", LB_PROTOCOLS),
             "lb_algorithm": _choice(body, "lb_algorithm", "ROUND_ROBIN", LB_ALGORITHMS),
             "admin_state_up": _bool(body, "admin_state_up", True)}
-    _immutable(old, pool, ("loadbalancer_id",))
     return pool
 
 
@@ -633,7 +628,6 @@ def _member(snap, body, old):
               "weight": _int(body, "weight", 1, 0, 256),
               "admin_state_up": _bool(body, "admin_state_up", True),
               "subnet_id": body.get("subnet_id") or None}
-    _immutable(old, member, ("pool_id",))
     return member
 
 
@@ -765,6 +759,9 @@ class Store:
         with self._lock:
             snap = self._snapshot
             old = snap.require(kind, obj_id)
+            for key in IMMUTABLE.get(kind, ()):
+                if key in changes and changes[key] != old[key]:
+                    raise StoreError(f"{key} cannot be changed", key)
             body = dict(old, **changes)
             if kind == "subnet":
                 body.pop("ip_version", None)

@@ -155,7 +155,11 @@ class Scheduler:
                 self._running[name] = key
             delay = None
             try:
-                if automaton is not None:
+                if automaton is not None and self._store.paused_reason(automaton.ref) and \
+                        MANAGE not in automaton.queue.snapshot():
+                    # Paused while work was queued: drop it, act on nothing.
+                    LOG.info("%s: paused, dropping %s", automaton.ref, automaton.queue.clear())
+                elif automaton is not None:
                     delay = automaton.run()
             except Exception:  # noqa: BLE001 - keep the worker alive
                 LOG.exception("%s: unhandled error", key)

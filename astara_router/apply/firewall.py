@@ -17,7 +17,6 @@ How an apply decides what to run (see render/firewall.py for the ruleset itself)
 import ipaddress
 import json
 import logging
-import os
 import subprocess
 from dataclasses import dataclass
 
@@ -152,7 +151,7 @@ class FirewallSubsystem:
     def record(self, ruleset):
         listing = live_listing()
         atomic_write(self.state_path, json.dumps({"ruleset": ruleset.to_json(),
-                                                  "listing": listing}), mode=0o600)
+                                                  "listing": listing}), mode=0o644)
         atomic_write(self.ruleset_path, ruleset.text(), mode=0o644)
         return listing
 
@@ -199,4 +198,3 @@ class FirewallSubsystem:
             flush_conntrack(changed_floating_ips(floating_ips_in_listing(live),
                                                  floating_ips_in_listing(snapshot.listing)))
         self.files.restore(snapshot.files)
-

@@ -59,7 +59,7 @@ import hashlib
 import ipaddress
 import json
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from .metadata import METADATA_ADDRESS, metadata_listeners
 
@@ -97,7 +97,7 @@ class NamedSet:
     type: str
     elements: tuple = ()  # element texts, e.g. "10.1.0.0/24" or "172.24.4.228 : 10.1.0.8"
     interval: bool = False
-    comment: str = field(default="", compare=True)
+    comment: str = ""
 
     @property
     def kind(self):
@@ -149,7 +149,7 @@ class Ruleset:
             lines.extend(item.lines())
             lines.append("")
         body = "\n".join(f"\t{line}" if line else "" for line in lines).rstrip("\n")
-        return (f"# managed by astara-router; replaced as a whole by every apply\n"
+        return (f"# managed by astara-router: every apply converges it back to this\n"
                 f"table {TABLE_SPEC} {{\n{body}\n}}\n")
 
     def replace_script(self):
@@ -243,6 +243,12 @@ def _addresses(addresses, version):
     return tuple(str(a) for a in sorted({a for a in addresses if a.version == version}))
 
 
+def _comment(text):
+    """Payload text (network names...) inside a ``#`` comment: one line, nothing nft could
+    read as a statement."""
+    return re.sub(r"[^A-Za-z0-9 _.:/,()'-]", "?", str(text))[:80]
+
+
 def _one_or_set(items, quote=True):
     texts = [f'"{i}"' if quote else str(i) for i in items]
     return texts[0] if len(texts) == 1 else "{ " + ", ".join(texts) + " }"
@@ -313,7 +319,7 @@ class _Renderer:
             kw = FAMILIES[version][0]
             addresses = _addresses((a.ip for a in mgmt_addresses), version)
             if addresses:
-                rules.append(f"# the management address answers on the management network only")
+                rules.append("# the management address answers on the management network only")
                 rules.append(f'iifname != "{mgmt_if}" {kw} daddr {_one_or_set(addresses, False)}'
                              f" drop")
         rules += [
@@ -321,8 +327,8 @@ class _Renderer:
             "meta l4proto { icmp, ipv6-icmp } accept",
             "ct state vmap { established : accept, related : accept, invalid : drop }",
             "# management: ssh and the API",
-            f'iifname "{mgmt_if}" tcp dport {_one_or_set((SSH_PORT, *self.api_ports), False)}'
-            f" accept",
+            f'iifname "{mgmt_if}" tcp dport '
+            f"{_one_or_set(sorted({SSH_PORT, *self.api_ports}), False)} accept",
         ]
         if self.config.ha:
             rules.append("# HA: VRRP and conntrackd state sync from the peers")
@@ -356,7 +362,7 @@ class _Renderer:
                 ports = sorted({li.protocol_port for li in lb.listeners if li.admin_state_up
                                 and (li.protocol == "UDP") == (proto == "udp")})
                 if ports:
-                    rules.append(f"# load balancer listeners")
+                    rules.append("# load balancer listeners")
                     rules.append(f"iifname {_one_or_set(lb_ifs)} {proto} dport "
                                  f"{_one_or_set(ports, False)} accept")
         chains = (
@@ -370,72 +376,84 @@ class _Renderer:
 
     def render_router(self, mgmt_if, mgmt_addresses):
         config = self.config
-        router = config.router
-        tenants = config.tenant_networks
-        externals = config.external_networks
-        tenant_ifs = self.kernel_names(tenants)
-        ext_ifs = self.kernel_names(externals)
-        tenant_cidrs = [s.cidr for n in tenants for s in n.subnets]
-        fips = {4: [], 6: []}
-        snat_seen = set()
-        for fip in config.floating_ips:
-            fips[fip.floating_ip.version].append(fip)
-        has_fips = {4: bool(externals), 6: bool(fips[6]) and bool(externals)}
+        self.tenants = config.tenant_networks
+        self.externals = config.external_networks
+        self.tenant_ifs = self.kernel_names(self.tenants)
+        self.ext_ifs = self.kernel_names(self.externals)
+        self.listeners = metadata_listeners(config)
+        self.router_sets()
+        chains = (
+            Chain("input", "type filter hook input priority filter; policy drop;",
+                  tuple(self.input_common(mgmt_if, mgmt_addresses) + self.router_input())),
+            Chain("forward", "type filter hook forward priority filter; policy drop;",
+                  tuple(self.forward())),
+            Chain("dstnat", "type nat hook prerouting priority dstnat; policy accept;",
+                  tuple(self.dstnat())),
+            Chain("srcnat", "type nat hook postrouting priority srcnat; policy accept;",
+                  tuple(self.srcnat())),
+        )
+        return Ruleset(tuple(self.sets), chains)
 
-        # sets and maps (element changes never rebuild a chain)
-        tenant_set = {v: self.add_set(f"tenants{FAMILIES[v][2]}", v,
-                                      _collapse(tenant_cidrs, v),
-                                      comment=f"tenant prefixes (IPv{v})")
-                      for v in (4, 6)}
-        fip_dnat, fip_snat = {}, {}
-        for version in (4, 6):
-            if not has_fips[version]:
+    def router_sets(self):
+        """Every set and map of a router; rules refer to them through these attributes."""
+        router = self.config.router
+        cidrs = [s.cidr for n in self.tenants for s in n.subnets]
+        self.tenant_set = {v: self.add_set(f"tenants{FAMILIES[v][2]}", v, _collapse(cidrs, v),
+                                           comment=f"tenant prefixes (IPv{v})")
+                           for v in (4, 6)}
+        # IPv4 floating-IP maps exist whenever there is an external network, so the first
+        # floating IP is an element change too; IPv6 ones only when used
+        self.fip_dnat, self.fip_snat = {}, {}
+        by_version = {4: [], 6: []}
+        for fip in self.config.floating_ips:
+            by_version[fip.floating_ip.version].append(fip)
+        for version, fips in by_version.items():
+            if not self.externals or (version == 6 and not fips):
                 continue
             suffix = FAMILIES[version][2]
-            snat_pairs = []
-            for fip in fips[version]:
-                if fip.fixed_ip not in snat_seen:  # one fixed IP leaves as one floating IP
-                    snat_seen.add(fip.fixed_ip)
-                    snat_pairs.append((fip.fixed_ip, fip.floating_ip))
-            fip_dnat[version] = self.add_map(
-                f"fip_dnat{suffix}", version, [(f.floating_ip, f.fixed_ip) for f in fips[version]],
+            snat = {}
+            for fip in fips:  # a fixed IP with several floating IPs leaves as the first
+                snat.setdefault(fip.fixed_ip, fip.floating_ip)
+            self.fip_dnat[version] = self.add_map(
+                f"fip_dnat{suffix}", version, [(f.floating_ip, f.fixed_ip) for f in fips],
                 comment="floating IPs: floating -> fixed (DNAT)")
-            fip_snat[version] = self.add_map(f"fip_snat{suffix}", version, snat_pairs,
-                                             comment="floating IPs: fixed -> floating (SNAT)")
-        vpn_services = [s for s in router.vpn if s.admin_state_up]
-        connections = [c for s in vpn_services for c in s.connections if c.admin_state_up]
+            self.fip_snat[version] = self.add_map(
+                f"fip_snat{suffix}", version, snat.items(),
+                comment="floating IPs: fixed -> floating (SNAT)")
+        # IPsec: what the tunnels protect (never NATed) and who may speak IKE/ESP
+        connections = [c for s in router.vpn if s.admin_state_up
+                       for c in s.connections if c.admin_state_up]
         peer_cidrs = [n for c in connections for n in (
-            *c.peer_cidrs, *((c.peer_ep_group.endpoints if c.peer_ep_group and
-                              c.peer_ep_group.type == "cidr" else ())))]
-        vpn_peers, vpn_endpoints = {}, {}
-        if router.vpn:
-            for version in (4, 6):
-                suffix = FAMILIES[version][2]
-                vpn_peers[version] = self.add_set(
-                    f"vpn_peers{suffix}", version, _collapse(peer_cidrs, version),
-                    comment="IPsec peer CIDRs: no NAT" if version == 4 else "")
-                vpn_endpoints[version] = self.add_set(
-                    f"vpn_endpoints{suffix}", version,
-                    _addresses((c.peer_address for c in connections), version), interval=False,
-                    comment="IPsec peer gateways (IKE, ESP)" if version == 4 else "")
-        bgp_peers = sorted({s.gateway_ip for n in externals for s in n.subnets
-                            if s.version == 6 and s.gateway_ip is not None})
-        bgp_set = (self.add_set("bgp_peers_v6", 6, [str(a) for a in bgp_peers], interval=False,
-                                comment="BGP neighbours: the external IPv6 gateways")
-                   if bgp_peers else None)
-        labels = []
+            *c.peer_cidrs, *(c.peer_ep_group.endpoints if c.peer_ep_group and
+                             c.peer_ep_group.type == "cidr" else ()))]
+        self.vpn_peers, self.vpn_endpoints = {}, {}
+        for version in (4, 6) if router.vpn else ():
+            suffix = FAMILIES[version][2]
+            self.vpn_peers[version] = self.add_set(
+                f"vpn_peers{suffix}", version, _collapse(peer_cidrs, version),
+                comment=f"IPsec peer CIDRs (IPv{version}): never NATed")
+            self.vpn_endpoints[version] = self.add_set(
+                f"vpn_endpoints{suffix}", version,
+                _addresses((c.peer_address for c in connections), version), interval=False,
+                comment=f"IPsec peer gateways (IPv{version})")
+        bgp_peers = _addresses((s.gateway_ip for n in self.externals for s in n.subnets
+                                if s.version == 6 and s.gateway_ip is not None), 6)
+        self.bgp_set = (self.add_set("bgp_peers_v6", 6, bgp_peers, interval=False,
+                                     comment="BGP neighbours: the external IPv6 gateways")
+                        if bgp_peers else None)
+        self.label_sets_v6 = []
         for label in router.labels:
             name = label_set_name(label.name)
             self.add_set(name, 4, _collapse(label.cidrs, 4),
-                         comment=f"provider label {label.name!r}")
-            labels.append(self.add_set(f"{name}_v6", 6, _collapse(label.cidrs, 6)))
+                         comment=f"provider label {_comment(label.name)}")
+            self.label_sets_v6.append(self.add_set(f"{name}_v6", 6, _collapse(label.cidrs, 6)))
 
-        # input
-        rules = self.input_common(mgmt_if, mgmt_addresses)
-        listeners = {l.generic: l for l in metadata_listeners(config)}
-        for network in tenants:
+    def router_input(self):
+        rules = []
+        listeners = {listener.generic: listener for listener in self.listeners}
+        for network in self.tenants:
             kif = self.kernel_name(network)
-            rules.append(f"# tenant network {network.name or network.network_id}: "
+            rules.append(f"# tenant network {_comment(network.name or network.network_id)}: "
                          f"DHCP, DNS, metadata")
             rules.append(f'iifname "{kif}" udp dport '
                          f"{_one_or_set((DNS_PORT, *DHCP_SERVER_PORTS), False)} accept")
@@ -444,83 +462,83 @@ class _Renderer:
             if listener is not None:
                 rules.append(f'iifname "{kif}" ip daddr {listener.address} tcp dport '
                              f"{listener.port} accept")
-        if ext_ifs:
-            ext = _one_or_set(ext_ifs)
-            if bgp_set:
-                rules.append("# BGP from the upstream IPv6 routers")
-                rules.append(f"iifname {ext} ip6 saddr @{bgp_set} tcp dport {BGP_PORT} accept")
-            for version, name in vpn_endpoints.items():
-                kw = FAMILIES[version][0]
-                rules.append(f"# IPsec (IPv{version}): IKE, NAT-T, ESP and AH from the peers")
-                rules.append(f"iifname {ext} {kw} saddr @{name} udp dport "
-                             f"{_one_or_set(IKE_PORTS, False)} accept")
-                rules.append(f"iifname {ext} {kw} saddr @{name} meta l4proto {{ esp, ah }} "
-                             f"accept")
-        chains = [Chain("input", "type filter hook input priority filter; policy drop;",
-                        tuple(rules))]
+        if not self.ext_ifs:
+            return rules
+        ext = _one_or_set(self.ext_ifs)
+        if self.bgp_set:
+            rules.append("# BGP from the upstream IPv6 routers")
+            rules.append(f"iifname {ext} ip6 saddr @{self.bgp_set} tcp dport {BGP_PORT} accept")
+        for version, name in self.vpn_endpoints.items():
+            kw = FAMILIES[version][0]
+            rules.append(f"# IPsec (IPv{version}): IKE, NAT-T, ESP and AH from the peers")
+            rules.append(f"iifname {ext} {kw} saddr @{name} udp dport "
+                         f"{_one_or_set(IKE_PORTS, False)} accept")
+            rules.append(f"iifname {ext} {kw} saddr @{name} meta l4proto {{ esp, ah }} accept")
+        return rules
 
-        # forward
+    def forward(self):
         rules = ["# TCP MSS follows the route MTU (tenant 1450 vs external 1500)",
                  "tcp flags syn / syn,rst tcp option maxseg size set rt mtu",
                  "ct state vmap { established : accept, related : accept, invalid : drop }"]
-        if tenant_ifs:
-            rules.append("# new connections from tenant networks: outward and to each other")
-            rules.append(f"iifname {_one_or_set(tenant_ifs)} oifname "
-                         f"{_one_or_set(tenant_ifs + ext_ifs)} accept")
-        if tenant_ifs and ext_ifs:
-            ext, ten = _one_or_set(ext_ifs), _one_or_set(tenant_ifs)
-            rules.append("# from outside only through floating IPs (DNATed)")
-            rules.append(f"iifname {ext} oifname {ten} ct status dnat accept")
-            for version, name in vpn_peers.items():
-                kw = FAMILIES[version][0]
-                rules.append(f"iifname {ext} {kw} saddr @{name} {kw} daddr "
-                             f"@{tenant_set[version]} meta ipsec exists accept")
-            rules.append("# IPv6 tenant prefixes are routed: ICMPv6 and labelled sources only")
-            rules.append(f"iifname {ext} oifname {ten} meta l4proto ipv6-icmp accept")
-            for name in labels:
-                rules.append(f"iifname {ext} oifname {ten} ip6 saddr @{name} accept")
-        chains.append(Chain("forward", "type filter hook forward priority filter; policy drop;",
-                            tuple(rules)))
+        if not self.tenant_ifs:
+            return rules
+        ten = _one_or_set(self.tenant_ifs)
+        rules.append("# new connections from tenant networks: outward and to each other")
+        rules.append(f"iifname {ten} oifname {_one_or_set(self.tenant_ifs + self.ext_ifs)} "
+                     f"accept")
+        if not self.ext_ifs:
+            return rules
+        ext = _one_or_set(self.ext_ifs)
+        rules.append("# from outside only through floating IPs (DNATed)")
+        rules.append(f"iifname {ext} oifname {ten} ct status dnat accept")
+        for version, name in self.vpn_peers.items():
+            kw = FAMILIES[version][0]
+            rules.append(f"iifname {ext} {kw} saddr @{name} {kw} daddr "
+                         f"@{self.tenant_set[version]} meta ipsec exists accept")
+        rules.append("# IPv6 tenant prefixes are routed: ICMPv6 and labelled sources only")
+        rules.append(f"iifname {ext} oifname {ten} meta l4proto ipv6-icmp accept")
+        for name in self.label_sets_v6:
+            rules.append(f"iifname {ext} oifname {ten} ip6 saddr @{name} accept")
+        return rules
 
-        # dstnat
+    def dstnat(self):
         rules = []
-        for listener in listeners.values():
-            network = next(n for n in tenants if n.interface.ifname == listener.generic)
+        for listener in self.listeners:
+            network = next(n for n in self.tenants if n.interface.ifname == listener.generic)
             rules.append(f'iifname "{self.kernel_name(network)}" ip daddr {METADATA_ADDRESS} '
                          f"tcp dport 80 dnat ip to {listener.address}:{listener.port}")
-        if fip_dnat and ext_ifs:
-            dnat_ifs = _one_or_set(ext_ifs + tenant_ifs)
+        if self.fip_dnat:
             rules.append("# floating IPs, from outside and from tenants (hairpin)")
-            for version, name in fip_dnat.items():
+            dnat_ifs = _one_or_set(self.ext_ifs + self.tenant_ifs)
+            for version, name in self.fip_dnat.items():
                 kw = FAMILIES[version][0]
                 rules.append(f"iifname {dnat_ifs} dnat {kw} to {kw} daddr map @{name}")
-        chains.append(Chain("dstnat", "type nat hook prerouting priority dstnat; "
-                                      "policy accept;", tuple(rules)))
+        return rules
 
-        # srcnat
+    def srcnat(self):
         rules = []
-        for version, name in vpn_peers.items():
+        for version, name in self.vpn_peers.items():
             kw = FAMILIES[version][0]
-            rules.append(f"{kw} saddr @{tenant_set[version]} {kw} daddr @{name} accept")
-        if ext_ifs:
-            ext = _one_or_set(ext_ifs)
-            for version, name in fip_snat.items():
-                kw = FAMILIES[version][0]
-                rules.append(f"oifname {ext} snat {kw} to {kw} saddr map @{name}")
-            for network in externals:
-                address = network.interface.first(4)
-                if address is not None:
-                    rules.append(f'oifname "{self.kernel_name(network)}" ip saddr '
-                                 f"@{tenant_set[4]} snat ip to {address}")
+            rules.append(f"{kw} saddr @{self.tenant_set[version]} {kw} daddr @{name} accept")
+        if not self.ext_ifs:
+            return rules
+        ext = _one_or_set(self.ext_ifs)
+        for version, name in self.fip_snat.items():
+            kw = FAMILIES[version][0]
+            rules.append(f"oifname {ext} snat {kw} to {kw} saddr map @{name}")
+        for network in self.externals:
+            address = network.interface.first(4)
+            if address is not None:
+                rules.append(f'oifname "{self.kernel_name(network)}" ip saddr '
+                             f"@{self.tenant_set[4]} snat ip to {address}")
+        if self.fip_snat:
             rules.append("# hairpin: replies must come back through the router")
-            for version, name in fip_snat.items():
-                kw = FAMILIES[version][0]
-                fallback = next((n.interface.first(version) for n in externals
-                                 if n.interface.first(version) is not None), None)
-                match = f"ct status dnat {kw} saddr @{tenant_set[version]}"
-                rules.append(f"{match} snat {kw} to {kw} saddr map @{name}")
-                rules.append(f"{match} snat {kw} to {fallback}" if fallback is not None
-                             else f"{match} masquerade")
-        chains.append(Chain("srcnat", "type nat hook postrouting priority srcnat; "
-                                      "policy accept;", tuple(rules)))
-        return Ruleset(tuple(self.sets), tuple(chains))
+        for version, name in self.fip_snat.items():
+            kw = FAMILIES[version][0]
+            public = next((n.interface.first(version) for n in self.externals
+                           if n.interface.first(version) is not None), None)
+            match = f"ct status dnat {kw} saddr @{self.tenant_set[version]}"
+            rules.append(f"{match} snat {kw} to {kw} saddr map @{name}")
+            rules.append(f"{match} snat {kw} to {public}" if public is not None
+                         else f"{match} masquerade")
+        return rules

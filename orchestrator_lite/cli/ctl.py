@@ -321,7 +321,7 @@ def build_parser():
     res.set_defaults(func=cmd_resource)
 
     for scope in ("tenant", "global"):
-        p = sub.add_parser(scope, help=f"pause/resume a whole {scope}")
+        p = sub.add_parser(scope, help="pause/resume a whole tenant" if scope == "tenant" else "pause/resume everything")
         p.add_argument("action", choices=("debug", "manage"))
         if scope == "tenant":
             p.add_argument("id")

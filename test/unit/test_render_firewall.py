@@ -96,13 +96,12 @@ def test_router_wide_uses_two_digit_interfaces():
 def test_dual_stack_bgp_and_v6_tenants():
     ruleset = ruleset_of(VALID["router-dual-stack"])
     assert ruleset.set("bgp_peers_v6").elements == ("2001:db8:c0de:1::1",)
-    assert 'iifname "eth1" ip6 saddr @bgp_peers_v6 tcp dport 179 accept' in chain(ruleset,
-                                                                                   "input")
+    rules = chain(ruleset, "input")
+    assert 'iifname "eth1" ip6 saddr @bgp_peers_v6 tcp dport 179 accept' in rules
     assert ruleset.set("tenants_v6").elements == ("fd4e:7a31:2c5b:1::/64",
                                                   "fd4e:7a31:2c5b:2::/64")
     assert ruleset.set("tenants").elements == ("10.20.0.0/24", "10.30.0.0/24")
     # the v6-only network gets DHCPv6, and no metadata listener (no IPv4 address)
-    rules = chain(ruleset, "input")
     assert 'iifname "eth3" udp dport { 53, 67, 547 } accept' in rules
     assert not [r for r in rules if r.startswith('iifname "eth3" ip daddr')]
 
@@ -111,8 +110,8 @@ def test_no_gateway_router_routes_between_tenants_without_nat():
     ruleset = ruleset_of(VALID["router-no-gateway"])
     assert chain(ruleset, "srcnat") == ()
     assert ruleset.set("fip_dnat") is None
-    assert 'iifname { "eth1", "eth2" } oifname { "eth1", "eth2" } accept' in chain(ruleset,
-                                                                                  "forward")
+    forward = chain(ruleset, "forward")
+    assert 'iifname { "eth1", "eth2" } oifname { "eth1", "eth2" } accept' in forward
 
 
 def test_vpn_peer_cidrs_are_exempt_from_snat():
@@ -294,3 +293,14 @@ def test_nft_rejects_a_broken_ruleset():
     result = subprocess.run(["unshare", "-n", "nft", "-c", "-f", "/dev/stdin"], input=broken,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode != 0 and "no_such_set" in result.stderr
+
+
+@needs_nft
+def test_payload_text_cannot_inject_statements():
+    body = copy.deepcopy(VALID["router-basic"])
+    body["networks"][2]["name"] = 'private\n}\nflush ruleset\n#'
+    body["labels"] = {'x\nflush ruleset': ["10.9.0.0/16"]}
+    text = ruleset_of(body).text()
+    assert "flush ruleset" not in lines(text)
+    assert not [line for line in text.splitlines() if line.strip().startswith("flush")]
+    nft_in_throwaway_netns(ruleset_of(body).replace_script())

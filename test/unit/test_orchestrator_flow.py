@@ -1,0 +1,482 @@
+"""The whole orchestrator (store, events, scheduler, automata, instance managers, builder,
+HTTP client, health monitor, admin API, astara-ctl) against simulated appliances: the fake
+compute driver's instances are real HTTP servers on 127.0.0.1 that validate payloads with
+the agent's own parser and report a committed hash the way the agent does. No namespaces;
+the real agent in namespaces is test/functional/test_orchestrator_netns.py."""
+import contextlib
+import io
+import json
+import threading
+import time
+
+import pytest
+from flask import Flask, Response, jsonify, request
+from werkzeug.serving import make_server
+
+from astara_router.model import PayloadError, parse_payload
+from astara_router.store import payload_hash
+from orchestrator_lite import state as st
+from orchestrator_lite.api import create_app
+from orchestrator_lite.cli import ctl
+from orchestrator_lite.client import ApplianceClient
+from orchestrator_lite.config import ApiSettings, HealthSettings, Settings
+from orchestrator_lite.drivers.base import ACTIVE, ERROR
+from orchestrator_lite.drivers.fake import FakeDriver
+from orchestrator_lite.service import Orchestrator
+
+TOKEN = "t0ken"
+FAST = HealthSettings(period=0.3, jitter=0.1, dead_grace=0.6, boot_timeout=3.0,
+                      boot_check_interval=0.05, max_boot_attempts=3, boot_backoff_base=0.1,
+                      boot_backoff_cap=0.2, error_cooldown=0.5, delete_timeout=2.0,
+                      hotplug_timeout=2.0, max_push_failures=3, push_backoff_base=0.05,
+                      push_backoff_cap=0.1)
+
+
+class SimAppliance:
+    """An agent stand-in: NIC list from the instance's MACs, liveness, committed hash."""
+
+    def __init__(self, macs):
+        self.macs = list(macs)
+        self.payload, self.hash, self.generation = None, None, 0
+        self.alive = True
+        self.puts = 0
+        self.fail_puts = 0  # answer 500 to this many PUTs
+        app = Flask("sim")
+
+        @app.before_request
+        def liveness():
+            if not self.alive:
+                return Response("dead", status=503)
+            return None
+
+        @app.get("/v1/firewall/rules")
+        def rules():
+            return Response("", mimetype="text/plain")
+
+        @app.get("/v1/system/interfaces")
+        def interfaces():
+            return jsonify(interfaces=[{"ifname": f"ge{i}", "lladdr": mac}
+                                       for i, mac in enumerate(self.macs)])
+
+        @app.get("/v1/system/config")
+        def get_config():
+            etag = f'"{self.hash or "none"}"'
+            if request.headers.get("If-None-Match") == etag:
+                return Response(status=304)
+            return jsonify(configuration=self.payload or {}, generation=self.generation,
+                           hash=self.hash)
+
+        @app.put("/v1/system/config")
+        def put_config():
+            self.puts += 1
+            if self.fail_puts:
+                self.fail_puts -= 1
+                return jsonify(error="Internal Server Error", message="daemon failed"), 500
+            body = request.get_json()
+            try:
+                parse_payload(body, ("router", "loadbalancer"))
+            except PayloadError as exc:
+                return jsonify(exc.to_dict()), exc.status
+            self.commit(body)
+            return jsonify(generation=self.generation, hash=self.hash)
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.port = self.server.server_port
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def commit(self, body):
+        self.payload, self.hash = body, payload_hash(body)
+        self.generation += 1
+
+    def wipe(self):
+        """A reboot that lost the config."""
+        self.payload, self.hash, self.generation = None, None, 0
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class SimCloud(FakeDriver):
+    """Fake compute whose instances are SimAppliances."""
+
+    def __init__(self):
+        super().__init__()
+        self.appliances = {}  # instance name -> SimAppliance
+
+    def create(self, name, nics, management_cidr):
+        instance = super().create(name, nics, management_cidr)
+        self.appliances[name] = SimAppliance([n.mac for n in nics])
+        return instance
+
+    def delete(self, instance_id):
+        instance = self.get(instance_id)
+        super().delete(instance_id)
+        if instance is not None:
+            self.appliances.pop(instance.name).stop()
+
+    def attach(self, instance_id, nic):
+        instance = super().attach(instance_id, nic)
+        self.appliances[instance.name].macs.append(nic.mac)
+        return instance
+
+    def detach(self, instance_id, mac):
+        instance = super().detach(instance_id, mac)
+        self.appliances[instance.name].macs.remove(mac)
+        return instance
+
+    def client_factory(self, instance):
+        return ApplianceClient("127.0.0.1", self.appliances[instance.name].port, attempts=2,
+                               backoff_base=0.01, backoff_cap=0.02, alive_timeout=1,
+                               timeout=2, config_timeout=2)
+
+    def close(self):
+        pass
+
+    def shutdown(self):
+        for appliance in self.appliances.values():
+            appliance.stop()
+
+
+def make_settings(tmp_path, **health):
+    return Settings(host="controller-1", state_dir=str(tmp_path / "state"),
+                    api=ApiSettings(token=TOKEN), compute_driver="fake", threads=3,
+                    health=HealthSettings(**{**FAST.__dict__, **health}))
+
+
+@pytest.fixture
+def cloud():
+    cloud = SimCloud()
+    yield cloud
+    cloud.shutdown()
+
+
+@pytest.fixture
+def orch(tmp_path, cloud):
+    orchestrators = []
+
+    def start(**health):
+        o = Orchestrator(make_settings(tmp_path, **health), driver=cloud,
+                         client_factory=cloud.client_factory)
+        o.start()
+        orchestrators.append(o)
+        return o
+
+    yield start
+    for o in orchestrators:
+        with contextlib.suppress(Exception):
+            o.stop()
+
+
+def wait_for(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def state_of(o, resource_id):
+    return next((r for r in o.resources() if r["id"] == resource_id), {}).get("state")
+
+
+def simple_router(store, tenant="t1", router_id="r1", ha=False):
+    store.create("network", {"id": "ext", "external": True, "mtu": 1500})
+    store.create("subnet", {"id": "ext4", "network_id": "ext", "cidr": "172.24.4.0/24",
+                            "gateway_ip": "172.24.4.1", "enable_dhcp": False})
+    store.create("network", {"id": "net1", "tenant_id": tenant, "mtu": 1450})
+    store.create("subnet", {"id": "sub1", "network_id": "net1", "cidr": "10.1.0.0/24"})
+    store.create("router", {"id": router_id, "tenant_id": tenant, "ha": ha})
+    store.set_router_gateway(router_id, "ext")
+    store.add_router_interface(router_id, subnet_id="sub1")
+    store.create("port", {"network_id": "net1", "device_owner": "compute:nova",
+                          "device_id": "vm1", "fixed_ips": [{"ip_address": "10.1.0.10"}]})
+
+
+def desired_hash(o, resource_id):
+    return o.resource(resource_id)["desired_hash"]
+
+
+def test_router_is_booted_configured_and_repaired(orch, cloud):
+    o = orch()
+    simple_router(o.store)
+    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED, what="configured")
+    appliance = cloud.appliances["ak-router-r1_0"]
+    assert {appliance.hash} == set(desired_hash(o, "r1").values())
+    payload = appliance.payload
+    assert [n["network_type"] for n in payload["networks"]] == ["management", "external",
+                                                                 "internal"]
+    assert payload["networks"][0]["interface"]["ifname"] == "ge0"
+    assert payload["hostname"] == "ak-t1"
+
+    # A change to the desired state is pushed (exactly this router's event).
+    puts = appliance.puts
+    o.store.create("floatingip", {"router_id": "r1", "floating_ip_address": "172.24.4.50",
+                                  "fixed_ip_address": "10.1.0.10"})
+    wait_for(lambda: appliance.payload["floating_ips"] == [
+        {"floating_ip": "172.24.4.50", "fixed_ip": "10.1.0.10"}], what="fip pushed")
+    assert appliance.puts == puts + 1
+
+    # Drift: the config was changed behind the orchestrator's back -> re-pushed by a poll.
+    good = appliance.hash
+    appliance.commit(dict(appliance.payload, floating_ips=[]))
+    wait_for(lambda: appliance.hash == good, what="drift repaired")
+
+    # Rebooted unconfigured (generation 0, hash null) -> configured again, same instance.
+    appliance.wipe()
+    wait_for(lambda: appliance.hash == good, what="re-configured after wipe")
+    assert [c for c in cloud.calls if c[0] == "create"] == [("create", "ak-router-r1_0")]
+
+
+def test_dead_appliance_is_rebuilt_after_the_grace_period(orch, cloud):
+    o = orch()
+    simple_router(o.store)
+    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED)
+    cloud.appliances["ak-router-r1_0"].alive = False
+    wait_for(lambda: len([c for c in cloud.calls if c[0] == "create"]) == 2, what="rebuilt")
+    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED, what="configured again")
+    fresh = cloud.appliances["ak-router-r1_0"]
+    assert fresh.alive and fresh.hash in desired_hash(o, "r1").values()
+
+
+def test_broken_instance_is_replaced(orch, cloud):
+    o = orch()
+    simple_router(o.store)
+    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED)
+    instance = cloud.list("ak-router-r1_")[0]
+    cloud.set_status(instance.id, ERROR)
+    wait_for(lambda: any(i.status == ACTIVE and i.id != instance.id
+                         for i in cloud.list("ak-router-r1_")), what="replaced")
+    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED)
+
+
+def test_refused_payload_parks_in_error_without_reboot_until_fixed(orch, cloud):
+    o = orch()
+    simple_router(o.store, tenant="bad_tenant")  # hostname ak-bad_tenant is not RFC 1123
+    wait_for(lambda: state_of(o, "r1") == st.ERROR, what="error")
+    row = next(r for r in o.resources() if r["id"] == "r1")
+    assert "hostname" in row["last_error"] and "422" in row["last_error"]
+    time.sleep(FAST.period * 3)  # polls do not retry a refused payload nor reboot
+    assert [c[0] for c in cloud.calls].count("create") == 1
+    assert "delete" not in [c[0] for c in cloud.calls]
+    assert cloud.appliances["ak-router-r1_0"].puts == 1
+    # Fixing the desired state clears the error and configures the same appliance.
+    o.store.update("router", "r1", {"tenant_id": "goodtenant"})
+    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED, what="fixed")
+    assert [c[0] for c in cloud.calls].count("create") == 1
+
+
+def test_transient_push_failures_are_retried(orch, cloud):
+    o = orch()
+    simple_router(o.store)
+    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED)
+    appliance = cloud.appliances["ak-router-r1_0"]
+    appliance.fail_puts = 2  # one client call (2 attempts) fails, the retry succeeds
+    o.store.update("subnet", "sub1", {"dns_nameservers": ["192.0.2.53"]})
+    wait_for(lambda: appliance.payload["networks"][2]["subnets"][0]["dns_nameservers"] ==
+             ["192.0.2.53"], what="pushed after retry")
+    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED, what="configured")
+    assert appliance.puts >= 3  # two refused attempts, then the retry
+
+
+def test_restarted_orchestrator_adopts_without_reboot_or_push(orch, cloud):
+    o = orch()
+    simple_router(o.store)
+    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED)
+    appliance = cloud.appliances["ak-router-r1_0"]
+    puts, calls = appliance.puts, list(cloud.calls)
+    o.stop()
+    again = orch()
+    wait_for(lambda: state_of(again, "r1") == st.CONFIGURED, what="adopted")
+    assert cloud.calls == calls  # no create, no delete
+    assert appliance.puts == puts  # in sync: nothing pushed
+
+
+def test_new_network_is_hot_plugged(orch, cloud):
+    o = orch()
+    simple_router(o.store)
+    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED)
+    before = len(cloud.calls)
+    o.store.create("network", {"id": "net2", "tenant_id": "t1"})
+    o.store.create("subnet", {"id": "sub2", "network_id": "net2", "cidr": "10.2.0.0/24"})
+    o.store.add_router_interface("r1", subnet_id="sub2")
+    appliance = cloud.appliances["ak-router-r1_0"]
+    wait_for(lambda: len(appliance.payload["networks"]) == 4, what="replugged")
+    assert appliance.payload["networks"][3]["interface"]["ifname"] == "ge3"
+    assert [c[0] for c in cloud.calls[before:]] == ["attach"]  # hot-plug, no reboot
+
+
+def test_ha_router_gets_two_instances_with_peers(orch, cloud):
+    o = orch()
+    simple_router(o.store, ha=True)
+    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED)
+    first, second = (cloud.appliances[f"ak-router-r1_{n}"] for n in (0, 1))
+    addresses = [p.payload["networks"][0]["interface"]["addresses"][0].split("/")[0]
+                 for p in (first, second)]
+    assert first.payload["ha_config"] == {"peers": [addresses[1]], "priority": 100}
+    assert second.payload["ha_config"] == {"peers": [addresses[0]], "priority": 50}
+    # Losing one member: degraded, only the missing one is booted again.
+    cloud.appliances["ak-router-r1_1"].alive = False
+    wait_for(lambda: [c[0] for c in cloud.calls].count("create") == 3, what="member rebuilt")
+    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED)
+    assert cloud.appliances["ak-router-r1_0"] is first
+
+
+def test_load_balancer(orch, cloud):
+    o = orch()
+    store = o.store
+    store.create("network", {"id": "web", "tenant_id": "t1"})
+    store.create("subnet", {"id": "websub", "network_id": "web", "cidr": "10.70.0.0/24"})
+    vip = store.create("port", {"network_id": "web", "fixed_ips": [{"ip_address": "10.70.0.20"}],
+                                "device_owner": "neutron:LOADBALANCERV2"})
+    store.create("loadbalancer", {"id": "lb1", "tenant_id": "t1", "vip_port_id": vip["id"]})
+    pool = store.create("pool", {"loadbalancer_id": "lb1", "name": "web-pool"})
+    store.create("listener", {"loadbalancer_id": "lb1", "default_pool_id": pool["id"]})
+    store.create("member", {"pool_id": pool["id"], "address": "10.70.0.11"})
+    wait_for(lambda: state_of(o, "lb1") == st.CONFIGURED)
+    payload = cloud.appliances["ak-loadbalancer-lb1_0"].payload
+    assert [n["network_type"] for n in payload["networks"]] == ["loadbalancer", "management"]
+    members = payload["services"]["loadbalancer"]["listeners"][0]["default_pool"]["members"]
+    assert [m["address"] for m in members] == ["10.70.0.11"]
+
+
+def test_delete_removes_the_appliance(orch, cloud):
+    o = orch()
+    simple_router(o.store)
+    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED)
+    store = o.store
+    for port in store.snapshot().interface_ports("r1"):
+        store.delete("port", port["id"])
+    store.delete("router", "r1")
+    wait_for(lambda: not cloud.list("ak-router-r1_"), what="instance deleted")
+    wait_for(lambda: all(r["id"] != "r1" for r in o.resources()), what="forgotten")
+    assert store.snapshot().appliance_ports("r1") == []
+
+
+def test_orphan_instances_are_deleted(orch, cloud):
+    cloud.create("ak-router-ghost_0", [], "fdca:3ba5:a17a:acda::77/64")
+    orch()
+    wait_for(lambda: not cloud.list("ak-router-ghost_"), what="orphan swept")
+
+
+def test_boot_failures_park_in_error_until_manage(orch, cloud):
+    o = orch()
+    cloud.fail_create = "no capacity"
+    simple_router(o.store)
+    wait_for(lambda: state_of(o, "r1") == st.ERROR, what="boot error")
+    row = o.resource("r1")
+    assert "3 boot attempts failed" in row["last_error"] and "no capacity" in row["last_error"]
+    attempts = [c[0] for c in cloud.calls].count("create")
+    time.sleep(FAST.error_cooldown + FAST.period * 2)  # polls never clear it
+    assert [c[0] for c in cloud.calls].count("create") == attempts == 3
+    cloud.fail_create = None
+    o.command("r1", "manage")
+    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED, what="managed")
+
+
+def test_debug_pauses_and_manage_resumes(orch, cloud):
+    o = orch()
+    simple_router(o.store)
+    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED)
+    appliance = cloud.appliances["ak-router-r1_0"]
+    wait_for(o.scheduler.idle, what="idle")  # an action in flight finishes even if paused
+    o.command("r1", "debug", "hands off")
+    o.store.create("floatingip", {"router_id": "r1", "floating_ip_address": "172.24.4.60",
+                                  "fixed_ip_address": "10.1.0.10"})
+    time.sleep(FAST.period * 3)
+    assert appliance.payload["floating_ips"] == []  # paused: not pushed
+    assert o.resource("r1")["paused"] == "resource debug: hands off"
+    o.command("r1", "manage")
+    wait_for(lambda: appliance.payload["floating_ips"] != [], what="resumed")
+
+
+# -- admin API and astara-ctl ------------------------------------------------------------------
+
+@pytest.fixture
+def api(orch):
+    o = orch()
+    server = make_server("127.0.0.1", 0, create_app(o, TOKEN), threaded=True)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    yield o, f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def run_ctl(url, *argv):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = ctl.main(["--url", url, "--token", TOKEN, *argv])
+    return code, out.getvalue()
+
+
+def test_api_requires_the_token(api):
+    import requests
+    o, url = api
+    assert requests.get(f"{url}/v1/routers").status_code == 401
+    assert requests.get(f"{url}/v1/routers",
+                        headers={"Authorization": "Bearer wrong"}).status_code == 401
+    ok = requests.get(f"{url}/v1/routers", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and ok.json() == {"routers": []}
+    bad = requests.post(f"{url}/v1/ports", json={"network_id": "nope"},
+                        headers={"Authorization": f"Bearer {TOKEN}"})
+    assert bad.status_code == 400 and "does not exist" in bad.json()["message"]
+
+
+def test_ctl_builds_a_router_and_shows_its_state(api, cloud):
+    o, url = api
+    assert run_ctl(url, "network", "create", "id=net1", "mtu=1450", "tenant_id=t1")[0] == 0
+    assert run_ctl(url, "subnet", "create", "id=sub1", "network_id=net1",
+                   "cidr=10.1.0.0/24")[0] == 0
+    assert run_ctl(url, "router", "create", "id=r1", "tenant_id=t1")[0] == 0
+    code, out = run_ctl(url, "router", "add-interface", "r1", "sub1")
+    assert code == 0 and json.loads(out)["fixed_ips"][0]["ip_address"] == "10.1.0.1"
+    assert run_ctl(url, "port", "create", "network_id=net1", "device_id=vm1",
+                   'fixed_ips=[{"ip_address": "10.1.0.10"}]')[0] == 0
+    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED)
+    code, out = run_ctl(url, "resource", "list")
+    assert code == 0 and "r1" in out and "configured" in out
+    code, out = run_ctl(url, "browse", "--once")
+    assert code == 0 and "configured: 1" in out and "r1" in out
+    code, out = run_ctl(url, "resource", "show", "r1")
+    shown = json.loads(out)
+    assert shown["state"] == "configured" and shown["instances"][0]["alive"]
+    assert cloud.appliances["ak-router-r1_0"].hash in shown["desired_hash"].values()
+    puts = cloud.appliances["ak-router-r1_0"].puts
+    assert run_ctl(url, "router", "update", "r1")[0] == 0  # forced re-push
+    wait_for(lambda: cloud.appliances["ak-router-r1_0"].puts == puts + 1, what="forced push")
+    code, out = run_ctl(url, "workers", "debug")
+    assert code == 0 and json.loads(out)["threads"] == 3
+    assert run_ctl(url, "poll")[0] == 0
+    code, out = run_ctl(url, "router", "rebuild", "r1")
+    assert code == 0
+    wait_for(lambda: [c[0] for c in cloud.calls].count("create") == 2, what="rebuilt")
+    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED)
+    assert run_ctl(url, "tenant", "debug", "t1", "--reason", "x")[0] == 0
+    assert o.resource("r1")["paused"] == "tenant debug: x"
+    assert run_ctl(url, "tenant", "manage", "t1")[0] == 0
+    assert o.resource("r1")["paused"] is None
+    code, out = run_ctl(url, "ssh", "r1")
+    assert code == 1  # the fake driver offers no shell
+
+
+def test_ctl_reports_errors(api):
+    o, url = api
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code, _ = run_ctl(url, "router", "show", "nope")
+    assert code == 1 and "404" in err.getvalue()
+
+
+def test_ctl_reads_url_and_token_from_the_ini(tmp_path, api, monkeypatch):
+    o, url = api
+    host, port = url.rsplit(":", 1)
+    ini = tmp_path / "orchestrator.ini"
+    ini.write_text(f"[api]\nlisten = 127.0.0.1\nport = {port}\ntoken = {TOKEN}\n")
+    monkeypatch.setenv("ASTARA_CTL_CONFIG", str(ini))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert ctl.main(["resource", "list"]) == 0
+    assert "ID" in out.getvalue()

@@ -1,0 +1,198 @@
+"""Scheduler and health monitor: exactly one worker per resource, a bounded pool, events
+coalesced while a resource is busy, timers that come back as polls, paused resources,
+jittered per-resource polls and the orphan sweep."""
+import threading
+import time
+
+from orchestrator_lite.config import ManagementSettings
+from orchestrator_lite.drivers.fake import FakeDriver
+from orchestrator_lite.events import (CREATE, DELETE, MANAGE, POLL, UPDATE, EventQueue,
+                                      ResourceRef)
+from orchestrator_lite.health import HealthMonitor, orphan_refs
+from orchestrator_lite.store import Store
+from orchestrator_lite.workers import Scheduler
+
+
+class Recorder:
+    """An automaton stand-in: records the actions it ran and how many ran at once."""
+    lock = threading.Lock()
+    running = {}
+    max_running = {}
+    total_running = 0
+    max_total = 0
+
+    def __init__(self, ref, work_time=0.02, wait=None):
+        self.ref = ref
+        self.queue = EventQueue(str(ref))
+        self.ran = []
+        self.deleted = False
+        self.force_push = False
+        self.work_time = work_time
+        self.wait = wait
+
+    def send(self, action):
+        self.queue.push(action)
+
+    def has_work(self):
+        return bool(self.queue)
+
+    def status(self):
+        return {"state": "x"}
+
+    def run(self):
+        cls = Recorder
+        with cls.lock:
+            cls.running[self.ref.key] = cls.running.get(self.ref.key, 0) + 1
+            cls.max_running[self.ref.key] = max(cls.max_running.get(self.ref.key, 0),
+                                                cls.running[self.ref.key])
+            cls.total_running += 1
+            cls.max_total = max(cls.max_total, cls.total_running)
+        try:
+            action = self.queue.pop()
+            time.sleep(self.work_time)
+            self.ran.append(action)
+            if action == DELETE:
+                self.deleted = True
+            return self.wait if action != POLL else None
+        finally:
+            with cls.lock:
+                cls.running[self.ref.key] -= 1
+                cls.total_running -= 1
+
+
+def make_store(tmp_path):
+    store = Store(str(tmp_path / "s.sqlite"), ManagementSettings().network_id)
+    store.ensure_management_network(ManagementSettings())
+    return store
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_one_worker_per_resource_and_a_bounded_pool(tmp_path):
+    Recorder.running, Recorder.max_running = {}, {}
+    Recorder.total_running = Recorder.max_total = 0
+    automata = {}
+
+    def factory(ref):
+        automata[ref.key] = Recorder(ref)
+        return automata[ref.key]
+
+    scheduler = Scheduler(factory, make_store(tmp_path), threads=3)
+    scheduler.start()
+    refs = [ResourceRef("router", f"r{i}", "t") for i in range(8)]
+
+    def blast(ref):
+        for _ in range(30):
+            scheduler.deliver(ref, UPDATE)
+            scheduler.deliver(ref, POLL)
+
+    threads = [threading.Thread(target=blast, args=(ref,)) for ref in refs for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wait_for(scheduler.idle)
+    scheduler.stop()
+    assert all(n == 1 for n in Recorder.max_running.values())
+    assert Recorder.max_total <= 3
+    for ref in refs:
+        ran = automata[ref.key].ran
+        assert ran and set(ran) == {UPDATE}  # polls dropped behind real work
+        assert len(ran) < 90  # coalesced while busy
+
+
+def test_timer_comes_back_as_a_poll(tmp_path):
+    automata = {}
+
+    def factory(ref):
+        automata[ref.key] = Recorder(ref, work_time=0, wait=0.05)
+        return automata[ref.key]
+
+    scheduler = Scheduler(factory, make_store(tmp_path), threads=1)
+    scheduler.start()
+    ref = ResourceRef("router", "r1", "t")
+    scheduler.deliver(ref, CREATE)
+    wait_for(lambda: automata[ref.key].ran == [CREATE, POLL])
+    scheduler.stop()
+
+
+def test_deleted_automaton_is_forgotten_and_recreated_for_new_work(tmp_path):
+    created = []
+
+    def factory(ref):
+        created.append(Recorder(ref, work_time=0.05))
+        return created[-1]
+
+    scheduler = Scheduler(factory, make_store(tmp_path), threads=1)
+    scheduler.start()
+    ref = ResourceRef("router", "r1", "t")
+    scheduler.deliver(ref, DELETE)
+    time.sleep(0.01)
+    scheduler.deliver(ref, CREATE)  # arrives while the delete runs
+    wait_for(lambda: len(created) == 2 and created[1].ran == [CREATE])
+    wait_for(scheduler.idle)
+    assert created[0].ran == [DELETE]
+    scheduler.stop()
+
+
+def test_paused_resources_only_take_manage(tmp_path):
+    store = make_store(tmp_path)
+    automata = {}
+
+    def factory(ref):
+        automata[ref.key] = Recorder(ref, work_time=0)
+        return automata[ref.key]
+
+    scheduler = Scheduler(factory, store, threads=1)
+    scheduler.start()
+    ref = ResourceRef("router", "r1", "t9")
+    store.set_debug("tenant", "t9")
+    assert not scheduler.deliver(ref, UPDATE)
+    assert scheduler.deliver(ref, MANAGE)
+    wait_for(lambda: automata[ref.key].ran == [MANAGE])
+    scheduler.stop()
+
+
+def test_health_polls_each_resource_on_a_jittered_schedule(tmp_path):
+    store = make_store(tmp_path)
+    for n in range(20):
+        store.create("router", {"id": f"r{n}", "tenant_id": "t"})
+    delivered = []
+
+    class Sink:
+        def deliver(self, ref, action):
+            delivered.append((ref.id, action))
+            return True
+
+    health = HealthMonitor(Sink(), store, FakeDriver(), period=60, jitter=0.2)
+    assert len(health.check(now=0)) == 20  # first sight: everything at once (adoption)
+    dues = sorted(health._due.values())
+    assert 48 <= dues[0] and dues[-1] <= 72 and dues[0] != dues[-1]  # spread, no herd
+    assert health.check(now=40) == []
+    assert len(health.check(now=80)) == 20
+    health.poll_now()
+    assert len(health.check(now=81)) == 20
+
+
+def test_orphan_sweep(tmp_path):
+    store = make_store(tmp_path)
+    store.create("router", {"id": "alive", "tenant_id": "t"})
+    names = ["ak-router-alive_0", "ak-router-ghost_0", "ak-router-ghost_1",
+             "ak-loadbalancer-lbx_0", "something-else"]
+    assert sorted(r.id for r in orphan_refs(names, store.snapshot())) == ["ghost", "lbx"]
+    driver = FakeDriver()
+    driver.create("ak-router-ghost_0", [], "fd00::1/64")
+    delivered = []
+
+    class Sink:
+        def deliver(self, ref, action):
+            delivered.append((ref.kind, ref.id, action))
+            return True
+
+    HealthMonitor(Sink(), store, driver, period=60, jitter=0).check(now=0)
+    assert ("router", "ghost", DELETE) in delivered
