@@ -62,7 +62,7 @@ class ApplyContext:
 
     def __init__(self, names: InterfaceNames):
         self._names = names
-        self.ipr = IPRoute()
+        self.ipr = IPRoute(strict_check=True)  # the kernel filters dumps (table, proto)
         self.artifacts = {}
         self.refresh_nics()
 

@@ -27,6 +27,7 @@ import logging.handlers
 import os
 import signal
 import socket
+import socketserver
 import sys
 import threading
 import time
@@ -347,6 +348,12 @@ class ListenerServer(ThreadingHTTPServer):
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__((str(listener.address), listener.port), MetadataHandler)
         self.thread = None
+
+    def server_bind(self):
+        # HTTPServer.server_bind resolves the address with getfqdn(): seconds per listener
+        # when DNS is unreachable (the normal case for a router's tenant address).
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.listener.address), self.listener.port
 
     def process_request(self, request, client_address):
         if not self.slots.acquire(blocking=False):

@@ -72,13 +72,13 @@ class Orchestrator:
     # -- operator surface ------------------------------------------------------------------------
     def _ref(self, resource_id):
         ref = self.store.snapshot().find_ref(resource_id)
-        if ref is None:
-            for key, status in self.scheduler.statuses().items():
-                if key[1] == resource_id:
-                    automaton = self.scheduler.automaton(key)
-                    return automaton.ref
-            raise NotFound(f"no router or load balancer {resource_id}")
-        return ref
+        if ref is not None:
+            return ref
+        for key in self.scheduler.statuses():  # deleted from the store, still stopping
+            automaton = self.scheduler.automaton(key)
+            if key[1] == resource_id and automaton is not None:
+                return automaton.ref
+        raise NotFound(f"no router or load balancer {resource_id}")
 
     def _row(self, ref, snapshot, statuses):
         obj = snapshot.get(ref.kind, ref.id) or {}

@@ -132,6 +132,7 @@ class Automaton:
         self.error = None
         self.last_error = None
         self.force_push = False
+        self.crashes = 0  # consecutive runs that raised: retried with back-off
         self.deleted = False
         self.state_since = time.time()
         self.history = collections.deque(maxlen=64)  # (step, next step, state)
@@ -168,15 +169,18 @@ class Automaton:
             except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker
                 LOG.exception("%s: %s failed", self.ref, step)
                 self.last_error = f"{step} failed: {exc}"
-                return self.settings.boot_check_interval
+                self.crashes += 1
+                return self._backoff(self.crashes, 1.0, 60.0)
             if isinstance(nxt, Wait):
                 self.history.append((step, "Wait", self.state))
+                self.crashes = 0
                 return max(0.0, nxt.delay)
             self.history.append((step, nxt, self.state))
             if nxt == EXIT:
                 self.deleted = True
                 return None
             if nxt == CALC_ACTION:
+                self.crashes = 0
                 return self._wake_while_parked()
             step = nxt
         raise RuntimeError(f"{self.ref}: state machine did not settle in {MAX_STEPS} steps")

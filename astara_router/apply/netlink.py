@@ -4,10 +4,12 @@ The same ``converge`` serves the forward apply and the rollback: a snapshot of t
 state taken before an apply is just another desired state.
 """
 import errno
+import json
 import logging
 import os
+import subprocess
 from dataclasses import dataclass
-from ipaddress import ip_interface, ip_network
+from ipaddress import ip_address, ip_interface, ip_network
 from typing import Optional
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -39,36 +41,42 @@ class NetState:
 
 
 # -- reading the kernel -----------------------------------------------------------------------
+# Reads go through iproute2's JSON output, writes through pyroute2. pyroute2 decodes a dump
+# in Python (~85 µs per message) and filters route dumps client-side: with 2 000 addresses
+# an address dump took 171 ms and a filtered route dump 191 ms (the local table is dumped
+# too), against 17 ms and 3 ms for `ip -j` (README, "Decisions").
 
-def _flags(msg):
-    return msg.get_attr("IFA_FLAGS") or msg["flags"]
+def ip_json(*args):
+    result = subprocess.run(["ip", "-j", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ApplyError("", f"ip {' '.join(args)}: {result.stderr.strip()}", status=500)
+    return json.loads(result.stdout or "[]")
 
 
-def live_addresses(ipr):
+def live_addresses(ipr=None):
     """``{link index: addresses}`` of the permanent, non-link-local addresses: the ones an
     apply owns. Dynamic (SLAAC/DHCP) and link-local addresses belong to the kernel and are
-    never touched. One dump for all links: a filtered dump per link costs a full dump each."""
+    never touched."""
     found = {}
-    for msg in ipr.get_addr():
-        text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-        address = ip_interface(f"{text}/{msg['prefixlen']}")
-        if address.ip.is_link_local or not _flags(msg) & IFA_F_PERMANENT:
-            continue
-        found.setdefault(msg["index"], set()).add(address)
+    for link in ip_json("addr", "show"):
+        for info in link.get("addr_info", ()):
+            address = ip_interface(f"{info['local']}/{info['prefixlen']}")
+            if address.ip.is_link_local or info.get("dynamic"):
+                continue
+            found.setdefault(link["ifindex"], set()).add(address)
     return {index: frozenset(addresses) for index, addresses in found.items()}
 
 
-def live_routes(ipr, names_by_index):
+def live_routes(ipr=None, names_by_index=None):
+    """Our routes (protocol RTPROT_ASTARA) in the main table: (destination, gateway, dev)."""
     found = set()
-    for family in (2, 10):
-        for msg in ipr.get_routes(family=family, table=MAIN_TABLE, proto=RTPROT_ASTARA):
-            if msg["proto"] != RTPROT_ASTARA:
-                continue
-            dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == 2 else "::")
-            gateway = msg.get_attr("RTA_GATEWAY")
-            found.add((ip_network(f"{dst}/{msg['dst_len']}"),
-                       ip_interface(gateway).ip if gateway else None,
-                       names_by_index.get(msg.get_attr("RTA_OIF"))))
+    for family, default in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
+        for route in ip_json(family, "route", "show", "table", "main",
+                             "proto", str(RTPROT_ASTARA)):
+            dst = default if route["dst"] == "default" else route["dst"]
+            gateway = route.get("gateway")
+            found.add((ip_network(dst), ip_address(gateway) if gateway else None,
+                       route.get("dev")))
     return frozenset(found)
 
 

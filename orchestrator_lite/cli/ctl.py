@@ -320,8 +320,9 @@ def build_parser():
     res.add_argument("--json", action="store_true")
     res.set_defaults(func=cmd_resource)
 
-    for scope in ("tenant", "global"):
-        p = sub.add_parser(scope, help="pause/resume a whole tenant" if scope == "tenant" else "pause/resume everything")
+    for scope, text in (("tenant", "pause/resume a whole tenant"),
+                        ("global", "pause/resume everything")):
+        p = sub.add_parser(scope, help=text)
         p.add_argument("action", choices=("debug", "manage"))
         if scope == "tenant":
             p.add_argument("id")

@@ -75,8 +75,13 @@ def main(argv=None):
     setup_logging(settings, args.log_level)
 
     from ..api import create_app
+    from ..drivers.base import DriverError
     from ..service import Orchestrator
-    orchestrator = Orchestrator(settings)
+    from ..store import StoreError
+    try:
+        orchestrator = Orchestrator(settings)
+    except (DriverError, StoreError, ValueError, OSError) as exc:
+        parser.exit(2, f"astara-orchestrator: cannot start: {exc}\n")
     server = make_server(settings.api.listen, settings.api.port,
                          create_app(orchestrator, settings.api.token), threaded=True)
     stopping = threading.Event()

@@ -100,3 +100,8 @@ def test_mount_namespace_check(tmp_path):
     assert not netns_mounts_hidden(str(host))
     assert netns_mounts_hidden(str(under_ip_netns_exec))
     assert not netns_mounts_hidden(str(tmp_path / "missing"))
+
+
+def test_example_config_loads():
+    example = config.load(str(config.__file__).replace("config.py", "orchestrator.example.ini"))
+    assert example.api.token and example.compute_driver == "netns"

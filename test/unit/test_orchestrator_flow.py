@@ -207,8 +207,8 @@ def test_router_is_booted_configured_and_repaired(orch, cloud):
     appliance = cloud.appliances["ak-router-r1_0"]
     assert {appliance.hash} == set(desired_hash(o, "r1").values())
     payload = appliance.payload
-    assert [n["network_type"] for n in payload["networks"]] == ["management", "external",
-                                                                 "internal"]
+    assert [n["network_type"] for n in payload["networks"]] == [
+        "management", "external", "internal"]
     assert payload["networks"][0]["interface"]["ifname"] == "ge0"
     assert payload["hostname"] == "ak-t1"
 
@@ -480,3 +480,41 @@ def test_ctl_reads_url_and_token_from_the_ini(tmp_path, api, monkeypatch):
     with contextlib.redirect_stdout(out):
         assert ctl.main(["resource", "list"]) == 0
     assert "ID" in out.getvalue()
+
+
+def test_webhook_receives_each_transition(tmp_path, cloud):
+    import http.server
+
+    received = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def address_string(self):
+            return self.client_address[0]
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    settings = make_settings(tmp_path)
+    settings = type(settings)(**{**settings.__dict__,
+                                 "webhook_url": f"http://127.0.0.1:{server.server_port}/"})
+    o = Orchestrator(settings, driver=cloud, client_factory=cloud.client_factory)
+    o.start()
+    try:
+        simple_router(o.store)
+        wait_for(lambda: any(b["state"] == st.CONFIGURED for b in received), what="hook")
+    finally:
+        o.stop()
+        server.shutdown()
+        server.server_close()
+    first = received[0]
+    assert first["resource"] == {"kind": "router", "id": "r1", "tenant_id": "t1"}
+    assert (first["previous_state"], first["state"]) == (st.DOWN, st.BOOTING)
+    states = [b["state"] for b in received]
+    assert states[-1] == st.CONFIGURED and all("time" in b for b in received)

@@ -582,3 +582,15 @@ def test_transitions_are_reported(auto, manager, transitions):
 
 def test_wait_object():
     assert Wait(3).delay == 3
+
+
+def test_a_crashing_step_is_retried_with_backoff(auto, manager):
+    at(auto, st.CONFIGURED)
+
+    def broken():
+        raise OSError("ip: command failed")
+
+    manager.observe = broken
+    waits = [run(auto, POLL)[1] for _ in range(3)]
+    assert "ip: command failed" in auto.last_error
+    assert 0.5 <= waits[0] <= 1.0 and 1.0 <= waits[1] <= 2.0 and 2.0 <= waits[2] <= 4.0
