@@ -7,6 +7,7 @@ import errno
 import json
 import logging
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from ipaddress import ip_address, ip_interface, ip_network
@@ -139,6 +140,24 @@ class Converger:
                 return
             raise ApplyError(path, f"{what}: {os.strerror(exc.code)}") from exc
 
+    def _batch(self, commands):
+        """Address changes go through one `ip -batch`: 5 000 floating IPs are 5 000
+        netlink requests, 0.1 s this way against ~5 s one pyroute2 call at a time. ip stops
+        at the first failing line and names it, which maps back to the payload field."""
+        if not commands:
+            return
+        result = subprocess.run(["ip", "-batch", "-"], capture_output=True, text=True,
+                                input="".join(f"{line}\n" for line, _, _ in commands))
+        if result.returncode == 0:
+            self.changes += len(commands)
+            return
+        failed = re.search(r"Command failed -:(\d+)", result.stderr)
+        index = int(failed.group(1)) - 1 if failed else 0
+        self.changes += index
+        _, what, path = commands[min(index, len(commands) - 1)]
+        reason = result.stderr.splitlines()[0] if result.stderr else "ip -batch failed"
+        raise ApplyError(path, f"{what}: {reason.removeprefix('Error: ')}")
+
     def converge(self, state, current=None):
         """``current``: a NetState read just before (saves re-reading a big table)."""
         ipr = self.ipr
@@ -158,23 +177,21 @@ class Converger:
                 self._call(f"set {name} up", "", ipr.link, "set", index=nic.index, state="up")
             _ensure_sysctl(f"ipv4/conf/{name}/promote_secondaries", "1")
             have[name] = live.get(nic.index, frozenset())
-        for name, want in state.links:  # add first: a replaced address never leaves a gap
+        batch = []  # (ip command, what, path): adds first, so a replaced address never
+        for name, want in state.links:  # leaves a gap
             for address in sorted(want.addresses - have[name], key=_sort_key):
-                kwargs = {}
+                options = ""
                 if address.version == 4 and address.network.prefixlen < 31:
-                    kwargs["broadcast"] = str(address.network.broadcast_address)
+                    options = " broadcast +"
                 if address.version == 6 and want.nodad:
-                    kwargs["flags"] = IFA_F_NODAD
-                self._call(f"add address {address} to {name}", self.paths.get(name, ""),
-                           ipr.addr, "add", index=self._index(name), address=str(address.ip),
-                           prefixlen=address.network.prefixlen, ignore=(errno.EEXIST,),
-                           **kwargs)
+                    options = " nodad"
+                batch.append((f"address replace {address} dev {name}{options}",
+                              f"add address {address} to {name}", self.paths.get(name, "")))
         for name, want in state.links:
             for address in sorted(have[name] - want.addresses, key=_sort_key):
-                self._call(f"remove address {address} from {name}", "", ipr.addr, "del",
-                           index=self._index(name), address=str(address.ip),
-                           prefixlen=address.network.prefixlen,
-                           ignore=(errno.EADDRNOTAVAIL, errno.ENODEV))
+                batch.append((f"address del {address} dev {name}",
+                              f"remove address {address} from {name}", ""))
+        self._batch(batch)
         names_by_index = {nic.index: name for name, nic in self.by_name.items()}
         if current is not None and not self.changes:
             live = current.routes  # no address changed, so no route vanished with one
