@@ -16,6 +16,7 @@ from typing import Optional
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import ApplyError
+from ..render.interfaces import kernel_name
 from ..render.netlink import render_netlink
 
 LOG = logging.getLogger(__name__)
@@ -97,13 +98,11 @@ def desired_state(config, names, clear=()):
     an earlier (or interrupted) generation configured that this one no longer mentions:
     their addresses are removed."""
     plan = render_netlink(config)
+    kernel_names = {generic: nic.kernel_name for generic, nic in names.items()}
     links = []
     for spec in plan.links:
-        nic = names.get(spec.generic)
-        if nic is None:
-            raise ApplyError(f"{spec.path}.ifname",
-                             f"{spec.generic} does not exist on this appliance "
-                             f"(NICs: {', '.join(sorted(names)) or 'none'})")
+        kernel_name(kernel_names, spec.generic, spec.path.removesuffix(".interface"))
+        nic = names[spec.generic]
         links.append((nic.kernel_name, LinkState(spec.mtu, True, spec.addresses, spec.nodad)))
     for generic in clear:
         if plan.link(generic) is None and generic in names:

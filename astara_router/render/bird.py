@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..errors import ApplyError
+from .interfaces import kernel_name
 from .ipv6 import DHCPV6_STATEFUL, DHCPV6_STATELESS, ipv6_mode
 
 # RA timing: Neutron's radvd defaults (min 30 s / max 100 s). Hosts solicit an RA when they
@@ -124,11 +125,7 @@ def bird_plan(config, kernel_names):
 
 def _kernel_name(kernel_names, network, path):
     generic = network.interface.ifname
-    name = kernel_names.get(generic)
-    if name is None:
-        raise ApplyError(f"{path}.interface.ifname",
-                         f"{generic} does not exist on this appliance "
-                         f"(NICs: {', '.join(sorted(kernel_names)) or 'none'})")
+    name = kernel_name(kernel_names, generic, path)
     if not _SAFE_NAME.match(name):
         raise ApplyError(f"{path}.interface.ifname",
                          f"kernel name {name!r} of {generic} cannot be used in bird.conf",

@@ -27,7 +27,7 @@ import posixpath
 from dataclasses import dataclass
 from ipaddress import ip_network
 
-from ..errors import ApplyError
+from .interfaces import kernel_name
 from .ipv6 import DHCPV6_STATEFUL, SLAAC, ipv6_mode
 
 CONF = "dnsmasq.conf"
@@ -166,11 +166,7 @@ def render_dnsmasq(config, interfaces, directory):
 
 def _network_lines(network, index, served, interfaces):
     generic = network.interface.ifname
-    kernel = interfaces.get(generic)
-    if kernel is None:
-        raise ApplyError(f"networks[{index}].interface.ifname",
-                         f"{generic} does not exist on this appliance "
-                         f"(NICs: {', '.join(sorted(interfaces)) or 'none'})")
+    kernel = kernel_name(interfaces, generic, f"networks[{index}]")
     lines = [Line(f"# {generic} = {kernel}: network {network.network_id} "
                   f"({network.network_type})"),
              Line(f"interface={kernel}", f"networks[{index}].interface.ifname")]
