@@ -1,179 +1,669 @@
 """``astara-lab up|status|down``: a small cloud on one machine, entirely in namespaces.
 
-``up`` builds the fabric, the management network with the orchestrator's node, the
-"internet" namespace with a web server, tenant VMs, and one router appliance running the
-real agent; pushes the router's configuration; then runs a self-check and prints what
-works. ``status`` re-runs the self-check; ``down`` removes everything ``up`` made.
+``up`` builds a fabric namespace with one bridge per network, the "internet" (web server,
+BGP peer), tenant VMs, the controller node with the metadata upstream, and starts the
+orchestrator there; declares the cloud through the orchestrator's admin API (networks,
+subnets, VM ports, a router with its gateway and interfaces, a floating IP); waits while the
+orchestrator boots and configures the router appliance; lets the VMs take DHCP leases;
+then runs a self-check and prints what works and how to explore. ``status`` re-runs the
+self-check and lists the orchestrator's resources; ``down`` removes everything (also
+after a half-failed ``up``).
+
+The state file (``/run/astara-lab/lab.json``, ``$ASTARA_LAB_STATE`` overrides) records
+the lab's prefix, namespaces, scratch root and the orchestrator's PID, so ``status`` and
+``down`` find everything. The functions below are the in-process API the end-to-end tests
+and the benchmark use: ``up()``, ``self_check()``, ``status()``, ``down()``,
+``restart_orchestrator()``.
 """
 import argparse
 import atexit
+import concurrent.futures
+import contextlib
+import dataclasses
+import io
+import ipaddress
 import json
 import os
 import pathlib
+import secrets
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 
-from .appliance import API_PORT, contract_payloads
+from . import cloud as clouds
+from .appliance import REPO_ROOT
+from .cloud import (ORCHESTRATOR_ADDRESS, PUBLIC_V4, PUBLIC_V6, WEB_PORT, AdminApi,
+                    AdminApiError, in_sync)
 from .leftovers import find_leftovers, remove_leftovers
-from .netns import Lab, NetnsHTTPClient, run
-from .topology import PUBLIC_V4, RouterTopology
+from .netns import Lab, Netns, NetnsHTTPClient, list_netns, pid_alive
+from .peers import PeerBird, learned_prefixes, udhcpc
 
-STATE_FILE = pathlib.Path(os.environ.get("ASTARA_LAB_STATE", "/run/astara-lab/lab.json"))
-PAYLOAD = "router-basic"
-WEB_PORT = 80
-
-
-class Progress:
-    def __init__(self):
-        self.started = time.monotonic()
-
-    def step(self, text):
-        print(f"  [{time.monotonic() - self.started:5.1f}s] {text}", flush=True)
+DEFAULT_STATE = "/run/astara-lab/lab.json"
+CLOUDS = {"default": clouds.DEFAULT_CLOUD}
+CONFIGURE_TIMEOUT = 180  # boot + configure of the router; the orchestrator retries inside
+_children = {}  # pid -> Popen of orchestrators this process started (reaped when stopped)
 
 
-def load_state():
+class LabError(Exception):
+    pass
+
+
+class AlreadyUp(LabError):
+    pass
+
+
+def state_path(path=None):
+    return pathlib.Path(path or os.environ.get("ASTARA_LAB_STATE") or DEFAULT_STATE)
+
+
+def load_state(path=None):
     try:
-        return json.loads(STATE_FILE.read_text())
+        return json.loads(state_path(path).read_text())
     except (OSError, ValueError):
         return None
 
 
-def up(args):
-    if load_state():
-        print(f"a lab is already up (state in {STATE_FILE}); run `astara-lab down` first",
-              file=sys.stderr)
-        return 1
-    progress = Progress()
-    print("astara-lab: building a small cloud out of network namespaces")
+def save_state(state, path=None):
+    path = state_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    tmp.chmod(0o600)  # holds the admin API token
+    tmp.replace(path)
+
+
+def lab_exists(state):
+    prefix = state.get("prefix", "")
+    return any(name.startswith(prefix + "-") for name in list_netns())
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+class Progress:
+    """Elapsed time and the current step; ``detail()`` shows what a wait is waiting for
+    (rewritten in place on a terminal, printed when it changes otherwise). ``marks``
+    keeps (seconds, step) for benchmarks."""
+
+    def __init__(self, out=None, live=None):
+        self.out = out or sys.stdout
+        self.live = self.out.isatty() if live is None else live
+        self.started = time.monotonic()
+        self.marks = []
+        self._step = ""
+        self._detail = None
+        self._open = False
+
+    def elapsed(self):
+        return time.monotonic() - self.started
+
+    def _line(self, text):
+        return f"  [{self.elapsed():5.1f}s] {text}"
+
+    def step(self, text):
+        self.finish()
+        self.marks.append((self.elapsed(), text))
+        self._step, self._detail = text, None
+        if self.live:
+            self.out.write(self._line(text)[:shutil.get_terminal_size().columns - 1])
+            self._open = True
+        else:
+            self.out.write(self._line(text) + "\n")
+        self.out.flush()
+
+    def detail(self, text):
+        if self.live:  # one line, never wrapped, or "\r" could not rewrite it
+            width = shutil.get_terminal_size().columns - 1
+            self.out.write("\r\x1b[K" + self._line(f"{self._step}: {text}")[:width])
+            self._open = True
+        elif text != self._detail:
+            self.out.write(f"           {text}\n")
+        self._detail = text
+        self.out.flush()
+
+    def finish(self):
+        if self._open:
+            self.out.write("\n")
+            self.out.flush()
+            self._open = False
+
+
+class QuietProgress(Progress):
+    def __init__(self):
+        super().__init__(out=io.StringIO(), live=False)
+
+
+# -- the orchestrator process -------------------------------------------------------------------
+
+def _is_orchestrator(pid, config):
+    try:
+        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"orchestrator_lite.cli.server" in cmdline and str(config).encode() in cmdline
+
+
+def start_orchestrator(state, timeout=30):
+    """``astara-orchestrator --config INI --netns CTL`` started from the root namespaces
+    (not ``ip netns exec``: its private mount namespace would hide the appliances' named
+    namespaces from everybody else). Waits for the admin API; records the PID."""
+    info = state["orchestrator"]
+    with open(info["log"], "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator_lite.cli.server", "--config", info["config"],
+             "--netns", state["namespaces"]["ctl"]],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=str(REPO_ROOT),
+            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    _children[proc.pid] = proc
+    info["pid"] = proc.pid
+    api = admin_api(state)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            api.call("GET", "/v1/workers")
+            return proc.pid
+        except (OSError, AdminApiError):
+            pass
+        if proc.poll() is not None:
+            raise LabError(f"the orchestrator exited with {proc.returncode}:\n"
+                           f"{tail(info['log'])}")
+        if time.monotonic() > deadline:
+            raise LabError(f"the orchestrator's admin API did not answer in {timeout}s:\n"
+                           f"{tail(info['log'])}")
+        time.sleep(0.2)
+
+
+def stop_orchestrator(state, timeout=15):
+    """SIGTERM the orchestrator by PID (only if that PID still is it), SIGKILL after
+    ``timeout``. The appliances keep running. True if one was stopped."""
+    info = state.get("orchestrator") or {}
+    pid = info.get("pid")
+    if not pid or not _is_orchestrator(pid, info.get("config", "")):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    child = _children.pop(pid, None)
+    if child is not None:
+        child.wait(5)
+    return True
+
+
+def restart_orchestrator(state, path=None):
+    """Stop and start the orchestrator (it adopts the running appliances)."""
+    stop_orchestrator(state)
+    start_orchestrator(state)
+    save_state(state, path)
+    return state["orchestrator"]["pid"]
+
+
+def admin_api(state):
+    return AdminApi(state["namespaces"]["ctl"], state["orchestrator"]["token"])
+
+
+def tail(path, size=3000):
+    try:
+        return pathlib.Path(path).read_text(errors="replace")[-size:]
+    except OSError:
+        return ""
+
+
+# -- up -----------------------------------------------------------------------------------------
+
+def up(path=None, health=None, progress=None, cloud_name="default"):
+    """Build the lab; returns its state (also saved to the state file). On failure the
+    half-built lab is left for inspection: ``down()`` removes it."""
+    path = state_path(path)
+    existing = load_state(path)
+    if existing and lab_exists(existing):
+        raise AlreadyUp(f"a lab is already up ({existing['prefix']}, state in {path}); "
+                        "`astara-lab status` checks it, `astara-lab down` removes it")
+    progress = progress or Progress()
+    cloud = CLOUDS[cloud_name]
     lab = Lab()
+    state = {"prefix": lab.prefix, "created": time.time(), "phase": "building",
+             "cloud": cloud_name, "namespaces": {"vms": {}}, "tmp_root": None,
+             "orchestrator": {}, "peer_bird": {}}
+    save_state(state, path)  # from now on `down` finds whatever gets made
     try:
-        state = build(lab, progress)
-    except BaseException:
-        lab.close()
-        raise
-    atexit.unregister(lab.close)  # the lab outlives this command; `down` removes it
-    STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
-    STATE_FILE.write_text(json.dumps(state, indent=1))
-    progress.step("self-check")
-    rows = self_check(state)
-    print_table(rows)
-    print_hints(state)
-    return 0 if all(ok for _, ok, _ in rows) else 1
+        _build(lab, state, cloud, health, progress, path)
+    finally:
+        atexit.unregister(lab.close)  # the lab outlives this process; `down` removes it
+        progress.finish()
+    return state
 
 
-def build(lab, progress):
-    payload = contract_payloads()[PAYLOAD]
-    progress.step(f"topology for {PAYLOAD}: fabric, management, internet, VMs")
-    topo = RouterTopology(lab, PAYLOAD, payload)
-    py = sys.executable
+def _build(lab, state, cloud, health, progress, path):
+    names = state["namespaces"]
+    progress.step("fabric: bridges for the management, external and tenant networks")
+    fabric = clouds.build_fabric(lab, cloud)
     logs = lab.tmpdir("logs")
-    lab.spawn(topo.inet, [py, "-m", "astara_lab.webserver", "--bind", PUBLIC_V4, "--port",
-                          str(WEB_PORT), "--name", "internet"], log_path=logs / "inet-web.log")
-    for vm in topo.vms:
-        lab.spawn(vm.ns, [py, "-m", "astara_lab.webserver", "--bind", "0.0.0.0", "--port",
-                          str(WEB_PORT), "--name", vm.ns.role], log_path=logs / "vm-web.log")
-    progress.step("appliance boots: management address, agent API")
-    topo.appliance.configure_management()
-    topo.appliance.start()
-    progress.step("orchestrator pushes the router configuration")
-    response = topo.appliance.client().put_json("/v1/system/config", payload)
+    state["tmp_root"] = str(logs.parent)
+    names["fabric"] = fabric.name
+    ctl = clouds.build_controller(lab)
+    names["ctl"] = ctl.name
+    save_state(state, path)
+
+    progress.step("internet: upstream gateway, web server, BGP peer (BIRD 2)")
+    inet = clouds.build_internet(lab, cloud)
+    names["inet"] = inet.name
+    clouds.web_server(lab, inet, PUBLIC_V4, "internet", logs / "inet-web.log")
+    clouds.web_server(lab, inet, PUBLIC_V6, "internet", logs / "inet-web6.log")
+    peer = PeerBird(lab, inet, cloud.gateway_address(6), kernel_export=True,
+                    directory=lab.tmpdir("peer-bird"))
+    state["peer_bird"] = {"socket": str(peer.socket), "log": str(peer.directory / "bird.log")}
+    save_state(state, path)
+
+    progress.step(f"tenant VMs: {', '.join(vm.role for vm in cloud.vms)} "
+                  "(no address yet, web server on port 80)")
+    for vm in cloud.vms:
+        ns = clouds.build_vm(lab, cloud, vm)
+        names["vms"][vm.role] = ns.name
+        clouds.web_server(lab, ns, "0.0.0.0", vm.role, logs / f"{vm.role}-web.log")
+    save_state(state, path)
+
+    progress.step(f"metadata upstream on [{ORCHESTRATOR_ADDRESS}]:{clouds.METADATA_PORT} "
+                  "(controller namespace)")
+    clouds.metadata_upstream(lab, ctl, logs / "metadata-upstream.log")
+
+    progress.step(f"orchestrator: astara-orchestrator --netns {ctl.name}")
+    directory = lab.tmpdir("orchestrator")
+    config = directory / "orchestrator.ini"
+    token = secrets.token_hex(16)
+    config.touch(mode=0o600)
+    config.write_text(clouds.orchestrator_config(lab.prefix, fabric.name, directory, cloud,
+                                                 token, health))
+    state["orchestrator"] = {"config": str(config), "token": token, "dir": str(directory),
+                             "log": str(directory / "orchestrator.log"), "pid": None}
+    save_state(state, path)
+    try:
+        start_orchestrator(state)
+    finally:
+        save_state(state, path)
+    api = admin_api(state)
+
+    calls = clouds.desired_state(cloud)
+    progress.step(f"desired state: {len(calls)} admin API calls "
+                  "(networks, subnets, ports, router, floating IP)")
+    for call in calls:
+        progress.detail(call.what)
+        try:
+            api.call(call.method, call.path, call.body)
+        except AdminApiError as exc:
+            raise LabError(f"{call.what}: the orchestrator refused it: {exc}") from None
+
+    for router in cloud.routers:
+        progress.step(f"orchestrator boots and configures {router.id}")
+        wait_configured(api, router.id, progress, state["orchestrator"]["log"])
+
+    progress.step("VMs: DHCP leases (udhcpc), router solicitations")
+
+    def boot_vm(vm):  # what a cloud image does on boot: DHCP, and an RS for SLAAC
+        ns = Netns(names["vms"][vm.role], vm.role)
+        lease = udhcpc(lab, ns, configure=True)
+        if cloud.slaac_addresses(vm):
+            ns.run(["rdisc6", "-1", "-w", "1000", "eth0"], check=False)
+        return f"{vm.role}: {lease['ip'] if lease else 'no lease'}"
+
+    with concurrent.futures.ThreadPoolExecutor(len(cloud.vms)) as pool:
+        progress.detail(", ".join(pool.map(boot_vm, cloud.vms)))
+    state["phase"] = "up"
+    save_state(state, path)
+
+
+def wait_configured(api, resource_id, progress, log, timeout=CONFIGURE_TIMEOUT):
+    """Wait until the resource is configured and in sync, showing its state meanwhile."""
+    deadline = time.monotonic() + timeout
+    resource = None
+    while time.monotonic() < deadline:
+        try:
+            resource = api.resource(resource_id)
+        except (OSError, AdminApiError) as exc:
+            progress.detail(f"admin API: {exc}")
+        else:
+            if in_sync(resource):
+                progress.detail("configured")
+                return resource
+            text = f"{resource['state']}, {len(resource['instances'])} instance(s)"
+            if resource.get("last_error"):
+                text += f", last error: {resource['last_error'][:80]}"
+            progress.detail(text)
+        time.sleep(0.5)
+    raise LabError(f"{resource_id} not configured within {timeout}s "
+                   f"(last seen: {resource and resource.get('state')}, error: "
+                   f"{resource and resource.get('last_error')}). Orchestrator log:\n"
+                   f"{tail(log)}")
+
+
+# -- self-check ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Row:
+    key: str
+    name: str
+    ok: bool
+    detail: str
+
+
+class View:
+    """What the checks need, rebuilt from the state file (no Lab object: ``status`` runs
+    in another process than ``up``)."""
+
+    def __init__(self, state):
+        self.state = state
+        self.cloud = CLOUDS[state["cloud"]]
+        names = state["namespaces"]
+        self.ctl = Netns(names["ctl"], "ctl")
+        self.inet = Netns(names["inet"], "inet")
+        self.vms = {role: Netns(name, role) for role, name in names["vms"].items()}
+        self.api = admin_api(state)
+        self._scratch = None
+
+    def tmpdir(self, name):
+        """Scratch dirs for DHCP client scripts, removed by ``close()``."""
+        if self._scratch is None:
+            self._scratch = pathlib.Path(tempfile.mkdtemp(prefix="check-",
+                                                          dir=self.state["tmp_root"]))
+        path = self._scratch / name
+        path.mkdir()
+        return path
+
+    def close(self):
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def ns_of(self, vm):
+        return self.vms[vm.role]
+
+
+def get_json(ns_name, host, path="/", port=WEB_PORT, timeout=3):
+    response = NetnsHTTPClient(ns_name, host, port, timeout=timeout).get(path)
     if response.status != 200:
-        raise RuntimeError(f"the appliance refused the config: {response.text}")
-    fips = {f["fixed_ip"]: f["floating_ip"] for f in payload.get("floating_ips", [])}
-    return {
-        "prefix": lab.prefix, "payload": PAYLOAD, "created": time.time(),
-        "appliance": topo.appliance.ns.name, "controller": topo.ctl.name,
-        "internet": topo.inet.name, "mgmt_address": str(topo.appliance.mgmt.ip),
-        "external_v4": str(topo.external_address(4).ip),
-        "agent_log": str(topo.appliance.log_path),
-        "vms": [{"ns": vm.ns.name, "ipv4": [str(a) for a in vm.addresses(4)],
-                 "gateway": vm.network["subnets"][0]["gateway_ip"],
-                 "floating_ip": next((fips[str(a)] for a in vm.addresses(4)
-                                      if str(a) in fips), None)} for vm in topo.vms],
-    }
+        raise OSError(f"HTTP {response.status} from {host}")
+    return response.json()
 
 
-# -- self-check --------------------------------------------------------------------------------
-
-def ping(ns, address):
-    return run(["ip", "netns", "exec", ns, "ping", "-n", "-q", "-c", "1", "-W", "2", address],
-               check=False).returncode == 0
-
-
-def http_client_address(ns, address, port=WEB_PORT):
-    """Who the web server at address saw us as (None when unreachable)."""
-    try:
-        return NetnsHTTPClient(ns, address, port, timeout=3).get("/").json()["client"]
-    except (OSError, ValueError, KeyError):
-        return None
+def check_router(view):
+    ok, details = True, []
+    for router in view.cloud.routers:
+        resource = view.api.resource(router.id)
+        ok = ok and in_sync(resource)
+        where = ", ".join(f"{i['details'].get('netns')} (agent pid "
+                          f"{i['details'].get('agent_pid')})" for i in resource["instances"])
+        details.append(f"{router.id}: {resource['state']}" + (f" in {where}" if where else "")
+                       + (f"; {resource['last_error']}" if resource.get("last_error") else ""))
+    return ok, "; ".join(details)
 
 
-def self_check(state):
+def _eth0_addresses(ns, family):
+    return [a for link in ns.ip_json(family, "addr", "show", "dev", "eth0")
+            for a in link.get("addr_info", ()) if a.get("scope") == "global"]
+
+
+def check_dhcp(view):
+    good, problems = [], []
+    for vm in view.cloud.vms:
+        ns = view.ns_of(vm)
+        gateway = next(s.gateway_ip for s in view.cloud.network(vm.network_id).subnets
+                       if s.version == 4)
+        lease = udhcpc(view, ns, tries=3)
+        configured = any(a["local"] == vm.ipv4 for a in _eth0_addresses(ns, "-4"))
+        if lease and lease.get("ip") == vm.ipv4 and lease.get("router") == gateway \
+                and configured:
+            good.append(f"{vm.role} {vm.ipv4}")
+        else:
+            got = f"offered {lease.get('ip')} via {lease.get('router')}" if lease else \
+                "no offer"
+            problems.append(f"{vm.role}: {got}" + ("" if configured else ", not on eth0"))
+    detail = f"{len(good)}/{len(view.cloud.vms)} VMs: " + ", ".join(good + problems)
+    return not problems, detail
+
+
+def check_snat(view):
+    vm = next(v for v in view.cloud.vms if not view.cloud.floating_ip_of(v))
+    seen = get_json(view.ns_of(vm).name, PUBLIC_V4)["client"]
+    expected = view.cloud.gateway_address(4)
+    return seen == expected, f"{vm.role} → {PUBLIC_V4}: the internet saw {seen} " \
+                             f"(router: {expected})"
+
+
+def check_fip(view):
+    ok, details = True, []
+    upstream = view.cloud.upstream_address(4)
+    for fip in view.cloud.floating_ips:
+        answer = get_json(view.inet.name, fip.address)
+        fine = answer["server"] == fip.vm and answer["client"] == upstream
+        ok = ok and fine
+        details.append(f"internet → {fip.address} reached {answer['server']}, "
+                       f"which saw {answer['client']}")
+    return ok, "; ".join(details)
+
+
+def check_metadata(view):
+    good, problems = [], []
+    for vm in view.cloud.vms:
+        try:
+            answer = get_json(view.ns_of(vm).name, "169.254.169.254", "/latest/meta-data/")
+        except (OSError, ValueError) as exc:
+            problems.append(f"{vm.role}: {exc}")
+            continue
+        if answer.get("instance") == vm.device_id:
+            good.append(vm.role)
+        else:
+            problems.append(f"{vm.role}: X-Instance-ID {answer.get('instance')}")
+    detail = f"{len(good)}/{len(view.cloud.vms)} VMs identified by X-Instance-ID"
+    return not problems, detail + (": " + "; ".join(problems) if problems else "")
+
+
+def check_ra(view):
+    good, problems = [], []
+    for vm in view.cloud.vms:
+        for expected in view.cloud.slaac_addresses(vm):
+            ns = view.ns_of(vm)
+            found = [a for a in _eth0_addresses(ns, "-6") if a["local"] == expected]
+            if found and not found[0].get("tentative"):
+                good.append(f"{vm.role} {expected}")
+            else:
+                ns.run(["rdisc6", "-1", "-w", "1000", "eth0"], check=False)  # ask again
+                problems.append(f"{vm.role}: no {expected}")
+    return bool(good) and not problems, ", ".join(good + problems)
+
+
+def check_bgp(view):
+    wanted = set(view.cloud.tenant_v6_prefixes())
+    learned = learned_prefixes(view.state["peer_bird"]["socket"], PeerBird.PROTOCOL)
+    return learned == wanted, (f"learned {', '.join(sorted(learned)) or 'nothing'} from "
+                               f"{view.cloud.gateway_address(6)}"
+                               + ("" if learned == wanted else
+                                  f" (expected {', '.join(sorted(wanted))})"))
+
+
+def check_ipv6(view):
+    vm = next(v for v in view.cloud.vms if view.cloud.slaac_addresses(v))
+    own = view.cloud.slaac_addresses(vm)[0]
+    seen = get_json(view.ns_of(vm).name, PUBLIC_V6)["client"]
+    return ipaddress.ip_address(seen) == ipaddress.ip_address(own), \
+        f"{vm.role} → {PUBLIC_V6}: the internet saw {seen}"
+
+
+CHECKS = (
+    ("router", "router appliance configured by the orchestrator", check_router),
+    ("dhcp", "DHCP: VMs get their ports' addresses", check_dhcp),
+    ("snat", "SNAT: VM → internet, as the router's address", check_snat),
+    ("fip", "floating IP: internet → VM", check_fip),
+    ("metadata", "metadata: VM → 169.254.169.254 → orchestrator", check_metadata),
+    ("ra", "IPv6 RA: SLAAC address in the tenant prefix", check_ra),
+    ("bgp", "BGP: the internet learned the tenant IPv6 prefix", check_bgp),
+    ("ipv6", "IPv6: VM → internet, routed (no NAT)", check_ipv6),
+)
+
+
+def self_check(state, patience=0.0, progress=None, only=None):
+    """Run the checks (``only``: keys); a failing one is retried for ``patience`` seconds
+    (things still converging: BGP, SLAAC). Returns [Row]."""
+    view = View(state)
     rows = []
-
-    def row(name, ok, detail=""):
-        rows.append((name, bool(ok), detail))
-
-    api = NetnsHTTPClient(state["controller"], state["mgmt_address"], API_PORT, timeout=5)
     try:
-        config = api.get("/v1/system/config").json()
-        row("appliance API on the management network", True,
-            f"[{state['mgmt_address']}]:{API_PORT}")
-        row("configuration committed", config["generation"] >= 1,
-            f"generation {config['generation']}")
-    except (OSError, ValueError) as exc:
-        row("appliance API on the management network", False, str(exc))
-    vm = state["vms"][0]
-    row("VM reaches its router", ping(vm["ns"], vm["gateway"]), f"{vm['ns']} → {vm['gateway']}")
-    row("internet reaches the router", ping(state["internet"], state["external_v4"]),
-        state["external_v4"])
-    seen = http_client_address(vm["ns"], PUBLIC_V4)
-    row("VM → internet, SNAT to the router", seen == state["external_v4"],
-        f"internet saw {seen}")
-    with_fip = next((v for v in state["vms"] if v["floating_ip"]), None)
-    if with_fip:
-        seen = http_client_address(state["internet"], with_fip["floating_ip"])
-        row("internet → floating IP → VM", seen == PUBLIC_V4,
-            f"{with_fip['floating_ip']} → {with_fip['ipv4'][0]}, VM saw {seen}")
+        for key, name, check in CHECKS:
+            if only and key not in only:
+                continue
+            if progress:
+                progress.detail(name)
+            deadline = time.monotonic() + patience
+            while True:
+                try:
+                    ok, detail = check(view)
+                except (OSError, ValueError, KeyError, AdminApiError,
+                        subprocess.SubprocessError) as exc:
+                    ok, detail = False, f"{type(exc).__name__}: {exc}"
+                if ok or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.5)
+            rows.append(Row(key, name, ok, detail))
+    finally:
+        view.close()
     return rows
 
 
-def print_table(rows):
-    width = max(len(name) for name, _, _ in rows)
-    print()
-    for name, ok, detail in rows:
-        print(f"  {'PASS' if ok else 'FAIL'}  {name:<{width}}  {detail}")
-    print(f"\n  {sum(ok for _, ok, _ in rows)}/{len(rows)} checks pass\n")
+def format_table(rows):
+    width = max(len(r.name) for r in rows)
+    lines = [f"  {'PASS' if r.ok else 'FAIL'}  {r.name:<{width}}  {r.detail}" for r in rows]
+    lines.append(f"\n  {sum(r.ok for r in rows)}/{len(rows)} checks pass")
+    return "\n".join(lines)
 
 
-def print_hints(state):
-    print("Explore:")
-    print(f"  ip netns exec {state['appliance']} ip addr          # the router's interfaces")
-    print(f"  ip netns exec {state['appliance']} nft list ruleset # its firewall")
-    print(f"  ip netns exec {state['vms'][0]['ns']} bash         # a shell on a tenant VM")
-    print(f"  less {state['agent_log']}   # the agent's log")
-    print("  astara-lab status | astara-lab down")
+def hints(state):
+    names = state["namespaces"]
+    cloud = CLOUDS[state["cloud"]]
+    ctl_bin = pathlib.Path(sys.executable).parent / "astara-ctl"
+    ctl = str(ctl_bin) if ctl_bin.exists() else "astara-ctl"
+    config = state["orchestrator"]["config"]
+    router = cloud.routers[0].id
+    appliances = pathlib.Path(state["orchestrator"]["dir"]) / "appliances"
+    vm0, spare = cloud.vms[0], cloud.vms[2]
+    fip = cloud.floating_ip_of(vm0)
+    lines = [
+        "Explore (as root). The admin API listens in the controller namespace, so astara-ctl",
+        "runs there, with the lab's config:",
+        f"  alias astara-ctl='ip netns exec {names['ctl']} {ctl} --config {config}'",
+        "  astara-ctl browse                      # live table of resources and states (q quits)",
+        f"  astara-ctl resource show {router}   # state, last error, instances, hashes",
+        f"  astara-ctl ssh {router}             # a shell inside the router appliance",
+        f"  astara-ctl floatingip create router_id={router} floating_ip_address=172.24.4.102 "
+        f"fixed_ip_address={spare.ipv4}",
+        "Namespaces:",
+        f"  ip netns exec {names['vms'][vm0.role]} bash   # tenant VM {vm0.role} "
+        f"({vm0.ipv4}, floating IP {fip})",
+        f"  ip netns exec {names['inet']} ping -c1 {fip}   # the internet",
+        f"  ip netns list | grep {state['prefix']}   # everything the lab made",
+        f"  birdc -s {state['peer_bird']['socket']} show route   # what the internet learned "
+        "by BGP",
+        "Logs:",
+        f"  {state['orchestrator']['log']}",
+        f"  {appliances}/<appliance namespace>/agent.log",
+        "astara-lab status   # re-run the checks        astara-lab down   # remove everything",
+    ]
+    return "\n".join(lines)
 
 
-def status(args):
-    state = load_state()
+# -- status / down ------------------------------------------------------------------------------
+
+def status(path=None, patience=5.0):
+    """(rows, resources) of the lab in the state file; raises LabError when none is up."""
+    state = load_state(path)
+    if not state or not lab_exists(state):
+        raise LabError("no lab is up")
+    if state.get("phase") != "up":
+        raise LabError(f"the lab {state['prefix']} is half-built (`astara-lab down` "
+                       "removes it)")
+    rows = self_check(state, patience=patience)
+    try:
+        resources = admin_api(state).resources()
+    except (OSError, AdminApiError) as exc:
+        resources = exc
+    return rows, resources
+
+
+def down(path=None, quiet=False):
+    """Remove the lab in the state file: the orchestrator (by PID), then every namespace,
+    process and file of its prefix. Idempotent."""
+    path = state_path(path)
+    state = load_state(path)
     if not state:
-        print("no lab is up", file=sys.stderr)
+        if not quiet:
+            print(f"no lab is up (no {path}); `astara-leftovers` lists what crashed labs "
+                  "left behind")
+        return False
+    stop_orchestrator(state)
+    found = find_leftovers(state["prefix"])
+    if quiet:
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            remove_leftovers(found)
+    else:
+        remove_leftovers(found)
+    path.unlink(missing_ok=True)
+    if not quiet:
+        print(f"lab {state['prefix']} removed")
+    return True
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+
+def cmd_up(args):
+    existing = load_state()
+    if existing and lab_exists(existing):
+        print(f"a lab is already up ({existing['prefix']}): `astara-lab status` checks it, "
+              "`astara-lab down` removes it", file=sys.stderr)
         return 1
-    rows = self_check(state)
-    print_table(rows)
-    return 0 if all(ok for _, ok, _ in rows) else 1
+    progress = Progress()
+    print("astara-lab: building a small cloud out of network namespaces")
+    try:
+        state = up(progress=progress)
+    except AlreadyUp as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except (LabError, OSError, subprocess.SubprocessError, KeyboardInterrupt) as exc:
+        progress.finish()
+        print(f"\nastara-lab up failed: {exc or type(exc).__name__}", file=sys.stderr)
+        state = load_state()
+        if state:
+            print(f"The half-built lab {state['prefix']} is left for inspection; "
+                  "`astara-lab down` removes it.", file=sys.stderr)
+        return 1
+    progress.step("self-check")
+    rows = self_check(state, patience=60, progress=progress)
+    progress.finish()
+    print(f"\nLab {state['prefix']} is up after {progress.elapsed():.0f}s:\n")
+    print(format_table(rows) + "\n")
+    print(hints(state))
+    return 0 if all(r.ok for r in rows) else 1
 
 
-def down(args):
-    state = load_state()
-    if not state:
-        print("no lab is up")
-        return 0
-    remove_leftovers(find_leftovers(state["prefix"]))
-    STATE_FILE.unlink(missing_ok=True)
-    print("lab removed")
+def cmd_status(args):
+    from orchestrator_lite.cli.ctl import resource_table
+    try:
+        rows, resources = status()
+    except LabError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(format_table(rows) + "\n")
+    if isinstance(resources, Exception):
+        print(f"orchestrator: {resources}")
+    else:
+        print(resource_table(resources))
+    return 0 if all(r.ok for r in rows) else 1
+
+
+def cmd_down(args):
+    down()
     return 0
 
 
@@ -184,7 +674,7 @@ def main(argv=None):
     if os.geteuid() != 0:
         print("astara-lab needs root (it creates network namespaces)", file=sys.stderr)
         return 2
-    return {"up": up, "status": status, "down": down}[args.command](args)
+    return {"up": cmd_up, "status": cmd_status, "down": cmd_down}[args.command](args)
 
 
 if __name__ == "__main__":

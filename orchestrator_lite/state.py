@@ -88,6 +88,15 @@ class ErrorInfo:
     digest: object  # inputs digest when it happened: a change may clear the error
 
 
+def lost_message(obs, dead_grace):
+    """Why a resource that was up went down (for ``last_error``)."""
+    if obs.instances == 0:
+        return "appliance lost: its instance is gone; rebuilding"
+    if obs.dead_for and all(math.isinf(d) for d in obs.dead_for):
+        return "appliance lost: the compute driver reports its instance broken; rebuilding"
+    return f"appliance lost: no answer for {dead_grace:g}s; rebuilding"
+
+
 def derive_state(previous, obs, dead_grace):
     """The reference state implied by an observation (pure)."""
     if not obs.exists:
@@ -279,11 +288,15 @@ class Automaton:
         return self._choose()
 
     def _alive(self):
+        before = self.state
         obs = self._observe()
         state = self.state
         if state == GONE:
             return STOP_INSTANCE
         if state in (DOWN, DEGRADED):
+            if state == DOWN and before in (UP, CONFIGURED, DEGRADED, REPLUG):
+                # Say why it is rebuilt (a successful configure clears it again).
+                self.last_error = lost_message(obs, self.settings.dead_grace)
             return CREATE_INSTANCE
         if state == REPLUG:
             return REPLUG_INSTANCE

@@ -7,7 +7,6 @@ configures the VM nor touches resolv.conf), inside a namespace that has its own
 """
 import copy
 import json
-import os
 import pathlib
 import random
 import socket
@@ -19,6 +18,7 @@ import pytest
 
 from astara_lab.appliance import REPO_ROOT, contract_payloads
 from astara_lab.netns import in_netns
+from astara_lab.peers import dhclient, udhcpc
 from astara_lab.topology import RouterTopology
 
 pytestmark = pytest.mark.netns
@@ -26,24 +26,6 @@ pytestmark = pytest.mark.netns
 VALID = contract_payloads("original-orchestrator")
 BASIC = VALID["router-basic"]
 DUAL = VALID["router-dual-stack"]
-DHCLIENT_DEFAULTS = pathlib.Path("/var/lib/dhcp")
-
-UDHCPC_SCRIPT = """#!/bin/sh
-# Records the offer; configures nothing.
-[ "$1" = bound ] || exit 0
-for key in ip subnet router dns staticroutes mtu hostname; do
-    eval "echo $key=\\$$key"
-done > "{out}"
-"""
-DHCLIENT_SCRIPT = """#!/bin/sh
-# Records the lease; configures nothing.
-case "$reason" in BOUND|BOUND6|RENEW6) env | grep '^new_' | sort > "{out}" ;; esac
-exit 0
-"""
-DHCLIENT_CONF = """option rfc3442-classless-static-routes code 121 = array of unsigned integer 8;
-request subnet-mask, broadcast-address, routers, domain-name-servers, host-name,
-        interface-mtu, rfc3442-classless-static-routes, dhcp6.name-servers;
-"""
 
 
 # -- the world -------------------------------------------------------------------------------
@@ -116,41 +98,6 @@ def allocation_with(payload, address):
 
 
 # -- clients ---------------------------------------------------------------------------------
-
-def udhcpc(lab, ns, tries=5):
-    """One DHCPv4 exchange with busybox udhcpc; the offered options, or None."""
-    work = lab.tmpdir(f"udhcpc-{ns.role}-{random.getrandbits(32):08x}")
-    out, script = work / "offer", work / "script"
-    script.write_text(UDHCPC_SCRIPT.format(out=out))
-    script.chmod(0o755)
-    ns.run(["timeout", "60", "udhcpc", "-i", "eth0", "-n", "-q", "-t", str(tries), "-T", "1",
-            "-O", "staticroutes", "-O", "mtu", "-s", script], check=False)
-    if not out.exists():
-        return None
-    return dict(line.split("=", 1) for line in out.read_text().splitlines())
-
-
-def dhclient(lab, ns, family, *options):
-    """One exchange with ISC dhclient (-4 or -6); the new_* variables, or None."""
-    work = lab.tmpdir(f"dhclient-{ns.role}-{random.getrandbits(32):08x}")
-    out, script, conf = work / "lease", work / "script", work / "dhclient.conf"
-    script.write_text(DHCLIENT_SCRIPT.format(out=out))
-    script.chmod(0o755)
-    conf.write_text(DHCLIENT_CONF)
-    before = set(os.listdir(DHCLIENT_DEFAULTS)) if DHCLIENT_DEFAULTS.is_dir() else set()
-    try:
-        ns.run(["timeout", "60", "dhclient", f"-{family}", *options, "-1", "-cf", conf,
-                "-sf", script, "-lf", work / "leases", "-pf", work / "pid",
-                "-df", work / "duid", "eth0"], check=False)
-    finally:  # dhclient may still drop default files next to the host's: not ours to keep
-        if DHCLIENT_DEFAULTS.is_dir():
-            for name in set(os.listdir(DHCLIENT_DEFAULTS)) - before:
-                if name.startswith("dhclient"):
-                    (DHCLIENT_DEFAULTS / name).unlink(missing_ok=True)
-    if not out.exists():
-        return None
-    return dict(line.split("=", 1) for line in out.read_text().splitlines())
-
 
 def wait_link_local_ready(ns, dev, timeout=15):
     """DHCPv6 runs between link-local addresses: wait until DAD has finished."""

@@ -7,7 +7,6 @@ does have a listener behind the firewall: success would be the failure.
 """
 import copy
 import ipaddress
-import socket
 import threading
 import time
 
@@ -15,6 +14,7 @@ import pytest
 
 from astara_lab.appliance import contract_appliance, contract_payloads
 from astara_lab.netns import in_netns
+from astara_lab.peers import Connection, PeerServer
 from astara_lab.topology import PUBLIC_V4, PUBLIC_V6, RouterTopology
 from astara_router.apply.firewall import FirewallSubsystem, live_listing
 from astara_router.engine import ApplyContext
@@ -32,73 +32,6 @@ CLOSED_PORT = 8080  # has a listener on the appliance, but no rule admits it
 
 
 # -- traffic helpers ----------------------------------------------------------------------------
-
-class PeerServer:
-    """Listens inside ``ns`` and answers each line with the client's address."""
-
-    def __init__(self, ns, port=PORT, bind="::"):
-        family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-        with in_netns(ns.name):
-            self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        self.sock.bind((bind, port))
-        self.sock.listen(64)
-        self.conns = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, peer = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn, peer[0]), daemon=True).start()
-
-    @staticmethod
-    def _serve(conn, peer):
-        address = ipaddress.ip_address(peer.split("%")[0])
-        if address.version == 6 and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        try:
-            with conn.makefile("rb") as lines:
-                for _ in lines:
-                    conn.sendall(f"{address}\n".encode())
-        except OSError:
-            pass
-
-    def close(self):
-        for sock in [self.sock, *self.conns]:
-            try:
-                sock.close()
-            except OSError:
-                pass
-
-
-class Connection:
-    """A client TCP connection made from inside ``ns``; ``ask()`` returns the address the
-    server saw."""
-
-    def __init__(self, ns, host, port=PORT, timeout=5, source=None):
-        with in_netns(ns.name):
-            self.sock = socket.create_connection(
-                (str(host), port), timeout=timeout,
-                source_address=(str(source), 0) if source else None)
-        self.lines = self.sock.makefile("rb")
-
-    def ask(self):
-        self.sock.sendall(b"?\n")
-        line = self.lines.readline()
-        if not line:
-            raise ConnectionError("closed by the peer")
-        return line.decode().strip()
-
-    def close(self):
-        self.lines.close()
-        self.sock.close()
-
 
 @pytest.fixture
 def net():

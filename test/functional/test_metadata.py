@@ -5,14 +5,13 @@ import http.client
 import json
 import pathlib
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from astara_lab.appliance import ORCHESTRATOR_ADDRESS, contract_payloads
+from astara_lab.appliance import contract_payloads
 from astara_lab.netns import in_netns
+from astara_lab.peers import MetadataUpstream
 from astara_lab.topology import RouterTopology
 
 pytestmark = pytest.mark.netns
@@ -25,59 +24,6 @@ LISTENER = ("10.1.0.1", 9602)  # ge2's router address, port 9600 + 2
 STRANGER = "10.1.0.77"  # on the tenant network, owned by no allocation
 READ_TIMEOUT = 1.0  # the agent's [metadata] read_timeout in these tests
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-class UpstreamHandler(BaseHTTPRequestHandler):
-    """The orchestrator's metadata endpoint: records every request, answers JSON. Paths
-    starting /slow answer after the proxy's read timeout, /garbage with a non-HTTP line."""
-
-    def address_string(self):
-        return self.client_address[0]
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        self.server.seen.append({"method": self.command, "path": self.path,
-                                 "headers": dict(self.headers.items()), "body": body,
-                                 "client": self.client_address[0]})
-        if self.path.startswith("/slow"):
-            time.sleep(READ_TIMEOUT * 3)
-        if self.path.startswith("/garbage"):
-            self.wfile.write(b"this is not HTTP\r\n\r\n")
-            return
-        answer = json.dumps({"path": self.path, "instance": self.headers["X-Instance-ID"]})
-        self.send_response(201 if self.command == "POST" else 200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer.encode())
-
-    do_POST = do_PUT = do_GET
-
-
-class Upstream:
-    def __init__(self, ctl):
-        self.ctl = ctl
-        self.seen = []
-        self.server = None
-
-    def start(self):
-        class Server(ThreadingHTTPServer):
-            address_family = socket.AF_INET6
-            daemon_threads = True
-        with in_netns(self.ctl.name):
-            self.server = Server((ORCHESTRATOR_ADDRESS, 9697), UpstreamHandler)
-        self.server.seen = self.seen
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
 
 
 def request(ns, method, host, port, path, body=None, headers=None, source=None, timeout=15):
@@ -97,7 +43,7 @@ def request(ns, method, host, port, path, body=None, headers=None, source=None, 
 @pytest.fixture
 def world(lab):
     topology = RouterTopology(lab, "router-basic", BASIC)
-    upstream = Upstream(topology.ctl)
+    upstream = MetadataUpstream(topology.ctl)
     upstream.start()
     ini = lab.tmpdir("agent-config") / "agent.ini"
     ini.write_text(f"[metadata]\nconnect_timeout = 2\nread_timeout = {READ_TIMEOUT}\n")

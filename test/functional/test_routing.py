@@ -6,13 +6,12 @@ import copy
 import ipaddress
 import os
 import re
-import subprocess
-import time
 
 import pytest
 
 from astara_lab.appliance import contract_payloads
 from astara_lab.netns import in_netns
+from astara_lab.peers import PeerBird, bgp_session, birdc, eventually, learned_prefixes
 from astara_lab.topology import RouterTopology
 from astara_router.engine import ApplyContext
 from astara_router.model import parse_payload
@@ -31,89 +30,12 @@ SERVICES = ("router", "loadbalancer")
 
 # -- helpers ------------------------------------------------------------------------------------
 
-def eventually(check, timeout, what):
-    """Poll ``check`` (returns a truthy value or raises AssertionError) until it passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-            last = f"{what}: got {result!r}"
-        except (AssertionError, subprocess.CalledProcessError) as exc:
-            last = f"{what}: {exc}"
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out: {last}")
-        time.sleep(0.2)
-
-
-def birdc(socket, *command):
-    result = subprocess.run(["birdc", "-s", str(socket), *command], capture_output=True,
-                            text=True, timeout=10, check=True)
-    return result.stdout
-
-
-def protocols(socket):
-    """{name: (state, since, info)} from ``birdc show protocols``."""
-    found = {}
-    for line in birdc(socket, "show", "protocols").splitlines()[2:]:
-        parts = line.split(None, 5)
-        if len(parts) >= 5:
-            found[parts[0]] = (parts[3], parts[4], parts[5] if len(parts) > 5 else "")
-    return found
-
-
-def bgp_session(socket):
-    """(name, since) of the single established BGP session, or None."""
-    bgp = {name: value for name, value in protocols(socket).items()
-           if value[2].startswith("Established")}
-    if len(bgp) != 1:
-        return None
-    name, (state, since, info) = next(iter(bgp.items()))
-    return name, since
-
-
-def learned_prefixes(socket, protocol):
-    text = birdc(socket, "show", "route", "protocol", protocol)
-    return {m.group(1) for m in re.finditer(r"^([0-9a-f:]+/\d+)\s", text, re.MULTILINE)}
-
-
-class PeerBird:
-    """The upstream router's BGP speaker: BIRD in the inet namespace, in the foreground so
-    the Lab kills it. It accepts everything the appliance announces and announces nothing."""
-
-    def __init__(self, lab, topology):
-        directory = lab.tmpdir("peer-bird")
-        self.socket = directory / "bird.ctl"
-        appliance_v6 = topology.external_address(6).ip
-        conf = directory / "bird.conf"
-        conf.write_text(f"""
-log "{directory}/bird.log" all;
-router id 198.51.100.1;
-protocol device {{ scan time 10; }}
-protocol bgp appliance {{
-    local as 64512;
-    neighbor {appliance_v6} as 64512;
-    interface "eth0";
-    direct;
-    connect retry time 5;
-    ipv6 {{ import all; export none; gateway direct; }};
-}}
-""")
-        subprocess.run(["bird", "-p", "-c", conf], check=True)
-        self.proc = lab.spawn(topology.inet, ["bird", "-f", "-c", conf, "-s", self.socket,
-                                              "-P", directory / "bird.pid"],
-                              log_path=directory / "stdout.log")
-        eventually(lambda: "up and running" in birdc(self.socket, "show", "status"), 10,
-                   "peer bird control socket")
-
-
 @pytest.fixture
 def dual_stack(lab):
     """router-dual-stack with VMs that configure nothing themselves, a BGP peer upstream,
     and the payload applied."""
     topology = RouterTopology(lab, "router-dual-stack", DUAL, vm_addressing="none")
-    peer = PeerBird(lab, topology)
+    peer = PeerBird(lab, topology.inet, topology.external_address(6).ip)
     topology.appliance.configure_management()
     topology.appliance.start()
     response = topology.appliance.client().put_json("/v1/system/config", DUAL)

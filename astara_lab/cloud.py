@@ -1,0 +1,408 @@
+"""The lab's cloud: what it is (pure data), the admin-API calls that declare it to the
+orchestrator (pure), and the namespaces around the orchestrator (shell).
+
+``Cloud`` describes networks (each with its fabric bridge and subnets), tenant VMs (one
+port each, with MAC and device id), routers (gateway + interfaces) and floating IPs.
+``DEFAULT_CLOUD`` is what ``astara-lab up`` builds (every box a namespace, every line a
+bridge in the fabric namespace)::
+
+    inet ── b-public ── demo-router ── b-private ──── vm0, vm1   10.1.0.0/24
+                           │       └── b-dualstack ── vm2, vm3   10.2.0.0/24,
+                         b-mgmt                                  2001:db8:2::/64 SLAAC
+                           └── ctl: orchestrator + metadata upstream, fdca:3ba5:a17a:acda::2
+
+    public: 172.24.4.0/24, 2001:db8:c0de:1::/64; inet owns .1/::1 (the gateways), peers
+    with the router by BGP, serves HTTP on 198.51.100.200 and 2001:db8:ffff::200 (on lo).
+    demo-router: 172.24.4.7, 2001:db8:c0de:1::7; floating IP 172.24.4.101 -> vm0.
+
+``desired_state(cloud)`` turns it into the ordered admin-API calls, one function per
+resource kind (``network_calls``, ``vm_port_calls``, ``router_calls``, ``floatingip_calls``):
+load balancers, HA pairs and VPNs join as one more kind in ``Cloud`` and one more function
+in ``CALL_BUILDERS``. The ``build_*`` functions make the namespaces (the appliances
+themselves are the orchestrator's job, through its netns driver).
+"""
+import dataclasses
+import ipaddress
+import json
+import sys
+import uuid
+from typing import Optional
+
+from orchestrator_lite.ipam import eui64
+
+from .appliance import REPO_ROOT, controller_node
+from .netns import NetnsHTTPClient
+from .topology import PUBLIC_V4, PUBLIC_V6
+
+TENANT = "demo"
+MGMT_BRIDGE = "b-mgmt"
+WEB_PORT = 80
+ADMIN_PORT = 44250
+METADATA_PORT = 9697
+ORCHESTRATOR_ADDRESS = "fdca:3ba5:a17a:acda::2"
+LAB_UUIDS = uuid.UUID("6f1d6c1e-6b1a-4c55-9a7e-a57a1ab00000")
+
+
+@dataclasses.dataclass(frozen=True)
+class Subnet:
+    id: str
+    cidr: str
+    gateway_ip: str
+    enable_dhcp: bool = True
+    ipv6_mode: Optional[str] = None  # "slaac": RA mode and address mode
+
+    @property
+    def version(self):
+        return ipaddress.ip_network(self.cidr).version
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    id: str
+    bridge: str  # in the fabric namespace
+    subnets: tuple
+    external: bool = False
+    mtu: int = 1450
+
+
+@dataclasses.dataclass(frozen=True)
+class Vm:
+    role: str  # namespace <prefix>-<role>
+    network_id: str
+    mac: str
+    ipv4: str
+
+    @property
+    def port_id(self):
+        return f"port-{self.role}"
+
+    @property
+    def device_id(self):
+        return str(uuid.uuid5(LAB_UUIDS, self.role))  # the "Nova instance"
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterPort:
+    network_id: str
+    fixed_ips: tuple  # ((subnet id, address), ...)
+
+
+@dataclasses.dataclass(frozen=True)
+class Router:
+    id: str
+    gateway: RouterPort
+    interfaces: tuple  # of RouterPort
+    tenant_id: str = TENANT
+
+
+@dataclasses.dataclass(frozen=True)
+class FloatingIp:
+    id: str
+    router_id: str
+    address: str
+    vm: str  # role of the VM whose IPv4 address it maps to
+
+
+@dataclasses.dataclass(frozen=True)
+class Cloud:
+    networks: tuple
+    vms: tuple
+    routers: tuple
+    floating_ips: tuple = ()
+
+    def network(self, network_id):
+        return next(n for n in self.networks if n.id == network_id)
+
+    def vm(self, role):
+        return next(v for v in self.vms if v.role == role)
+
+    def subnet(self, subnet_id):
+        return next(s for n in self.networks for s in n.subnets if s.id == subnet_id)
+
+    def external_network(self):
+        return next(n for n in self.networks if n.external)
+
+    def gateway_address(self, version):
+        """The router's address on the external network (first router)."""
+        return next(a for s, a in self.routers[0].gateway.fixed_ips
+                    if self.subnet(s).version == version)
+
+    def upstream_address(self, version):
+        """The internet's own address on the external network (the subnet gateway)."""
+        return next(s.gateway_ip for s in self.external_network().subnets
+                    if s.version == version)
+
+    def slaac_addresses(self, vm):
+        """The IPv6 addresses ``vm`` gets by SLAAC (Neutron's EUI-64, as the store's IPAM)."""
+        return [str(eui64(s.cidr, vm.mac)) for s in self.network(vm.network_id).subnets
+                if s.ipv6_mode == "slaac"]
+
+    def tenant_v6_prefixes(self):
+        """IPv6 prefixes behind the routers: what BGP must announce."""
+        attached = {p.network_id for r in self.routers for p in r.interfaces}
+        return sorted(s.cidr for n in self.networks if n.id in attached
+                      for s in n.subnets if s.version == 6)
+
+    def floating_ip_of(self, vm):
+        return next((f.address for f in self.floating_ips if f.vm == vm.role), None)
+
+
+def _default_cloud():
+    public = Network("public", "b-public", (
+        Subnet("public-v4", "172.24.4.0/24", "172.24.4.1", enable_dhcp=False),
+        Subnet("public-v6", "2001:db8:c0de:1::/64", "2001:db8:c0de:1::1", enable_dhcp=False),
+    ), external=True, mtu=1500)
+    private = Network("private", "b-private", (
+        Subnet("private-v4", "10.1.0.0/24", "10.1.0.1"),))
+    dualstack = Network("dualstack", "b-dualstack", (
+        Subnet("dualstack-v4", "10.2.0.0/24", "10.2.0.1"),
+        Subnet("dualstack-v6", "2001:db8:2::/64", "2001:db8:2::1", ipv6_mode="slaac"),
+    ))
+    vms = (Vm("vm0", "private", "fa:16:3e:1a:b0:00", "10.1.0.10"),
+           Vm("vm1", "private", "fa:16:3e:1a:b0:01", "10.1.0.11"),
+           Vm("vm2", "dualstack", "fa:16:3e:1a:b0:02", "10.2.0.10"),
+           Vm("vm3", "dualstack", "fa:16:3e:1a:b0:03", "10.2.0.11"))
+    router = Router(
+        "demo-router",
+        gateway=RouterPort("public", (("public-v4", "172.24.4.7"),
+                                      ("public-v6", "2001:db8:c0de:1::7"))),
+        interfaces=(RouterPort("private", (("private-v4", "10.1.0.1"),)),
+                    RouterPort("dualstack", (("dualstack-v4", "10.2.0.1"),
+                                             ("dualstack-v6", "2001:db8:2::1")))))
+    fips = (FloatingIp("fip-vm0", "demo-router", "172.24.4.101", "vm0"),)
+    return Cloud((public, private, dualstack), vms, (router,), fips)
+
+
+DEFAULT_CLOUD = _default_cloud()
+
+
+# -- desired state: admin-API calls (pure) ----------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    method: str
+    path: str
+    body: dict
+    what: str  # for progress and errors
+
+
+def network_calls(cloud):
+    calls = []
+    for network in cloud.networks:
+        calls.append(Call("POST", "/v1/networks", {
+            "id": network.id, "name": network.id, "tenant_id": "" if network.external
+            else TENANT, "mtu": network.mtu, "external": network.external},
+            f"network {network.id}"))
+        for subnet in network.subnets:
+            body = {"id": subnet.id, "network_id": network.id, "name": subnet.id,
+                    "cidr": subnet.cidr, "gateway_ip": subnet.gateway_ip,
+                    "enable_dhcp": subnet.enable_dhcp}
+            if subnet.ipv6_mode:
+                body.update(ipv6_ra_mode=subnet.ipv6_mode, ipv6_address_mode=subnet.ipv6_mode)
+            calls.append(Call("POST", "/v1/subnets", body, f"subnet {subnet.id} {subnet.cidr}"))
+    return calls
+
+
+def vm_port_calls(cloud):
+    calls = []
+    for vm in cloud.vms:
+        fixed = []
+        for subnet in cloud.network(vm.network_id).subnets:
+            if subnet.version == 4:
+                fixed.append({"subnet_id": subnet.id, "ip_address": vm.ipv4})
+            elif subnet.ipv6_mode == "slaac":
+                fixed.append({"subnet_id": subnet.id})  # the store computes the EUI-64
+        calls.append(Call("POST", "/v1/ports", {
+            "id": vm.port_id, "name": vm.role, "network_id": vm.network_id,
+            "tenant_id": TENANT, "mac_address": vm.mac, "device_id": vm.device_id,
+            "device_owner": "compute:nova", "fixed_ips": fixed},
+            f"port of {vm.role} ({vm.mac}, {vm.ipv4})"))
+    return calls
+
+
+def _fixed_ips(port):
+    return [{"subnet_id": s, "ip_address": a} for s, a in port.fixed_ips]
+
+
+def router_calls(cloud):
+    calls = []
+    for router in cloud.routers:
+        calls.append(Call("POST", "/v1/routers", {
+            "id": router.id, "name": router.id, "tenant_id": router.tenant_id},
+            f"router {router.id}"))
+        calls.append(Call("PUT", f"/v1/routers/{router.id}/gateway", {
+            "network_id": router.gateway.network_id,
+            "fixed_ips": _fixed_ips(router.gateway)},
+            f"gateway of {router.id} on {router.gateway.network_id}"))
+        for port in router.interfaces:
+            # A port first, so one interface can carry a v4 and a v6 address (one NIC).
+            port_id = f"{router.id}-{port.network_id}"
+            calls.append(Call("POST", "/v1/ports", {
+                "id": port_id, "name": port_id, "network_id": port.network_id,
+                "tenant_id": router.tenant_id, "fixed_ips": _fixed_ips(port)},
+                f"port {port_id}"))
+            calls.append(Call("POST", f"/v1/routers/{router.id}/interfaces",
+                              {"port_id": port_id},
+                              f"interface of {router.id} on {port.network_id}"))
+    return calls
+
+
+def floatingip_calls(cloud):
+    return [Call("POST", "/v1/floatingips", {
+        "id": fip.id, "router_id": fip.router_id, "floating_ip_address": fip.address,
+        "fixed_ip_address": cloud.vm(fip.vm).ipv4},
+        f"floating IP {fip.address} → {fip.vm}") for fip in cloud.floating_ips]
+
+
+# Order matters: what a resource refers to exists before it.
+CALL_BUILDERS = (network_calls, vm_port_calls, router_calls, floatingip_calls)
+
+
+def desired_state(cloud):
+    return [call for builder in CALL_BUILDERS for call in builder(cloud)]
+
+
+# -- the orchestrator's configuration (pure) --------------------------------------------------
+
+LAB_HEALTH = {"period": 5, "jitter": 0.2, "dead_grace": 10, "boot_timeout": 60,
+              "boot_check_interval": 0.5, "max_boot_attempts": 5, "boot_backoff_base": 1,
+              "boot_backoff_cap": 10, "error_cooldown": 10, "delete_timeout": 20}
+
+
+def orchestrator_config(prefix, fabric, directory, cloud, token, health=None):
+    """The ini of the lab's orchestrator: netns driver on the lab's fabric, every network's
+    bridge named, a short health period (a lab should react while you watch)."""
+    health = dict(LAB_HEALTH, **(health or {}))
+    bridges = ", ".join(f"{n.id}={n.bridge}" for n in cloud.networks)
+    health_lines = "\n".join(f"{key} = {value}" for key, value in health.items())
+    return f"""# astara-lab's orchestrator (written by astara-lab up; removed by astara-lab down)
+[DEFAULT]
+host = astara-lab
+state_dir = {directory}/state
+log_level = INFO
+
+[api]
+listen = 127.0.0.1
+port = {ADMIN_PORT}
+token = {token}
+
+[management]
+orchestrator_address = {ORCHESTRATOR_ADDRESS}
+metadata_port = {METADATA_PORT}
+
+[health]
+{health_lines}
+
+[compute]
+driver = netns
+
+[netns]
+prefix = {prefix}
+fabric = {fabric}
+management_bridge = {MGMT_BRIDGE}
+bridges = {bridges}
+auto_bridges = true
+state_root = {directory}/appliances
+python = {sys.executable}
+"""
+
+
+# -- the admin API, from the root namespace -----------------------------------------------------
+
+class AdminApiError(Exception):
+    def __init__(self, status, message):
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class AdminApi:
+    """The orchestrator's admin API, reached inside the controller namespace."""
+
+    def __init__(self, ctl_name, token, port=ADMIN_PORT, timeout=30):
+        self.http = NetnsHTTPClient(ctl_name, "127.0.0.1", port, timeout=timeout)
+        self.token = token
+
+    def call(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        response = self.http.request(method, path, body=data, headers={
+            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        if response.status == 204:
+            return None
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {"message": response.text}
+        if response.status >= 400:
+            raise AdminApiError(response.status, answer.get("message") or answer)
+        return answer
+
+    def resource(self, resource_id):
+        return self.call("GET", f"/v1/resources/{resource_id}")["resource"]
+
+    def resources(self):
+        return self.call("GET", "/v1/resources")["resources"]
+
+
+def in_sync(resource):
+    """True when the resource is configured and every instance's committed hash is the
+    one the orchestrator wants."""
+    instances = resource.get("instances") or []
+    return resource.get("state") == "configured" and bool(instances) and all(
+        i.get("committed_hash") and
+        i["committed_hash"] == resource.get("desired_hash", {}).get(i["name"])
+        for i in instances)
+
+
+# -- namespaces (shell) -----------------------------------------------------------------------
+
+def build_fabric(lab, cloud):
+    """The fabric namespace with the management bridge and one bridge per network."""
+    lab.bridge(MGMT_BRIDGE)
+    for network in cloud.networks:
+        lab.bridge(network.bridge)
+    return lab.fabric()
+
+
+def build_controller(lab):
+    """The orchestrator's node on the management network (fdca:3ba5:a17a:acda::2)."""
+    return controller_node(lab, MGMT_BRIDGE, address=ORCHESTRATOR_ADDRESS)
+
+
+def build_internet(lab, cloud):
+    """The upstream: owns the external subnets' gateway addresses, routes, and has a
+    "public" host address on lo for each family."""
+    inet = lab.netns("inet", forwarding=True)
+    external = cloud.external_network()
+    lab.plug(inet, "eth0", external.bridge, mtu=external.mtu)
+    for subnet in external.subnets:
+        prefix = ipaddress.ip_network(subnet.cidr).prefixlen
+        inet.ip("addr", "add", f"{subnet.gateway_ip}/{prefix}", "dev", "eth0", "nodad")
+    inet.ip("addr", "add", f"{PUBLIC_V4}/32", "dev", "lo")
+    inet.ip("addr", "add", f"{PUBLIC_V6}/128", "dev", "lo")
+    return inet
+
+
+def build_vm(lab, cloud, vm):
+    """A tenant VM: eth0 with the port's MAC on its network's bridge, no address (DHCP and
+    SLAAC give it one), accepting router advertisements like any cloud image."""
+    ns = lab.netns(vm.role)
+    network = cloud.network(vm.network_id)
+    lab.plug(ns, "eth0", network.bridge, mac=vm.mac, mtu=network.mtu)
+    ns.sysctl("net.ipv6.conf.eth0.accept_ra", 1)
+    ns.sysctl("net.ipv6.conf.eth0.autoconf", 1)
+    return ns
+
+
+def web_server(lab, ns, bind, name, log_path, port=WEB_PORT):
+    """astara_lab.webserver in ``ns``: answers JSON saying who the client was."""
+    return lab.spawn(ns, [sys.executable, "-m", "astara_lab.webserver", "--bind", bind,
+                          "--port", str(port), "--name", name],
+                     env={"PYTHONPATH": str(REPO_ROOT)}, log_path=log_path)
+
+
+def metadata_upstream(lab, ctl, log_path):
+    """The orchestrator's metadata endpoint, where the appliances' proxies forward to."""
+    return lab.spawn(ctl, [sys.executable, "-m", "astara_lab.peers", "metadata", "--bind",
+                           ORCHESTRATOR_ADDRESS, "--port", str(METADATA_PORT)],
+                     env={"PYTHONPATH": str(REPO_ROOT)}, log_path=log_path)

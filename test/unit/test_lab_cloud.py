@@ -1,0 +1,134 @@
+"""The lab's cloud description (astara_lab.cloud), pure parts: the admin-API calls it
+declares are accepted by the orchestrator's real API and store and render a router payload
+the agent's parser accepts, with the shape the self-check expects; the orchestrator ini
+parses; the peer's bird.conf and the progress display."""
+import configparser
+import io
+
+import pytest
+
+from astara_lab import cloud
+from astara_lab.lab import Progress
+from astara_lab.peers import peer_bird_config
+from astara_router.model import parse_payload
+from orchestrator_lite import builder
+from orchestrator_lite.api import create_app
+from orchestrator_lite.config import Settings, from_parser
+from orchestrator_lite.drivers.fake import FakeDriver
+from orchestrator_lite.events import ResourceRef
+from orchestrator_lite.service import Orchestrator
+
+CLOUD = cloud.DEFAULT_CLOUD
+
+
+@pytest.fixture
+def orchestrator(tmp_path):
+    orch = Orchestrator(Settings(state_dir=str(tmp_path)), driver=FakeDriver())
+    yield orch
+    orch.stop()
+
+
+def declare(orchestrator):
+    http = create_app(orchestrator, "t").test_client()
+    for call in cloud.desired_state(CLOUD):
+        response = http.open(call.path, method=call.method, json=call.body,
+                             headers={"Authorization": "Bearer t"})
+        assert response.status_code in (200, 201), (call.what, response.get_json())
+    return orchestrator.store.snapshot()
+
+
+def router_payload(snapshot, orchestrator):
+    ref = ResourceRef("router", "demo-router", "demo")
+    return builder.build(snapshot, ref, orchestrator.payload_settings,
+                         builder.placeholder_view(snapshot, ref))
+
+
+def test_calls_come_in_dependency_order_one_builder_per_kind():
+    calls = cloud.desired_state(CLOUD)
+    assert [c.path for c in calls[:3]] == ["/v1/networks", "/v1/subnets", "/v1/subnets"]
+    assert calls[-1].path == "/v1/floatingips"
+    assert len(calls) == sum(len(b(CLOUD)) for b in cloud.CALL_BUILDERS)
+    kinds = [c.path.split("/")[2] for c in calls]
+    assert kinds.index("routers") > max(i for i, k in enumerate(kinds) if k == "subnets")
+
+
+def test_the_orchestrator_accepts_the_cloud_and_renders_a_valid_router(orchestrator):
+    snapshot = declare(orchestrator)
+    payload = router_payload(snapshot, orchestrator)
+    parse_payload(payload, ("router",))  # the agent would accept it
+    assert [n["network_type"] for n in payload["networks"]] == \
+        ["management", "external", "internal", "internal"]
+    external, private, dualstack = payload["networks"][1:]
+    assert external["interface"]["addresses"] == ["172.24.4.7/24", "2001:db8:c0de:1::7/64"]
+    assert payload["default_v4_gateway"] == CLOUD.upstream_address(4) == "172.24.4.1"
+    assert dualstack["interface"]["addresses"] == ["10.2.0.1/24", "2001:db8:2::1/64"]
+    assert payload["floating_ips"] == [{"floating_ip": "172.24.4.101",
+                                        "fixed_ip": "10.1.0.10"}]
+    assert payload["hostname"] == "ak-demo"
+    vms = {a["mac_address"]: a for n in (private, dualstack) for a in n["allocations"]
+           if a["device_id"]}
+    for vm in CLOUD.vms:
+        allocation = vms[vm.mac]
+        assert allocation["device_id"] == vm.device_id  # what metadata must report
+        assert set(allocation["ip_addresses"]) == {vm.ipv4, *CLOUD.slaac_addresses(vm)}
+    v6 = dualstack["subnets"][1]
+    assert v6["cidr"] == "2001:db8:2::/64" and v6["dhcp_enabled"] is False  # SLAAC
+
+
+def test_derived_addresses():
+    vm2 = CLOUD.vm("vm2")
+    assert CLOUD.slaac_addresses(vm2) == ["2001:db8:2:0:f816:3eff:fe1a:b002"]
+    assert CLOUD.slaac_addresses(CLOUD.vm("vm0")) == []
+    assert CLOUD.tenant_v6_prefixes() == ["2001:db8:2::/64"]
+    assert CLOUD.gateway_address(6) == "2001:db8:c0de:1::7"
+    assert CLOUD.floating_ip_of(CLOUD.vm("vm0")) == "172.24.4.101"
+    assert CLOUD.floating_ip_of(vm2) is None
+    assert len({vm.device_id for vm in CLOUD.vms}) == len(CLOUD.vms)
+
+
+def test_orchestrator_config_parses_and_names_every_bridge():
+    text = cloud.orchestrator_config("ast0a1b2c", "ast0a1b2c-fab", "/tmp/x", CLOUD, "tok",
+                                     {"period": 2})
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
+    settings = from_parser(parser)
+    assert settings.netns.bridges == {"public": "b-public", "private": "b-private",
+                                      "dualstack": "b-dualstack"}
+    assert settings.netns.prefix == "ast0a1b2c" and settings.compute_driver == "netns"
+    assert settings.health.period == 2 and settings.health.dead_grace == 10
+    assert settings.api.token == "tok"
+    assert settings.management.orchestrator_address == cloud.ORCHESTRATOR_ADDRESS
+
+
+def test_peer_bird_config():
+    text = peer_bird_config("/d", "2001:db8:c0de:1::7", kernel_export=True)
+    assert "neighbor 2001:db8:c0de:1::7 as 64512;" in text
+    assert "protocol kernel" in text and "export none" in text
+    assert "protocol kernel" not in peer_bird_config("/d", "2001:db8::7")
+
+
+def test_progress_prints_steps_and_changed_details():
+    out = io.StringIO()
+    progress = Progress(out=out, live=False)
+    progress.step("boot")
+    progress.detail("booting")
+    progress.detail("booting")
+    progress.detail("configured")
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith("] boot") and lines[1:] == ["           booting",
+                                                          "           configured"]
+    assert [step for _, step in progress.marks] == ["boot"]
+
+
+def test_udhcpc_scripts_are_private_and_only_configure_when_asked():
+    from astara_lab.peers import udhcpc_script
+
+    record = udhcpc_script("/w/offer")
+    configure = udhcpc_script("/w/offer", configure=True)
+    for script in (record, configure):
+        assert script.startswith("#!/bin/sh") and "resolv.conf" not in script.replace(
+            "never touches resolv.conf", "")
+        assert '> "/w/offer"' in script
+    assert "ip addr" not in record and "ip -4" not in record
+    assert 'ip addr add "$ip/$mask" dev "$interface"' in configure
+    assert 'route replace default via "${router%% *}"' in configure
