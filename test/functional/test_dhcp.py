@@ -389,3 +389,13 @@ def test_restore_brings_back_files_and_process_state(lab):
     assert by_step[9][1:] == (None, False)  # restored to "not running"
     # The restored reservation is served again.
     assert udhcpc(lab, vm_with(t, "10.1.0.12"))["ip"] == "10.1.0.12"
+
+
+def test_router_wide_serves_dhcp_on_ge10_to_ge12_like_ge2(lab):
+    """geN naming past 9 (eth10..eth12): each VM gets its reservation and its own gateway."""
+    payload = contract_payloads("original-orchestrator")["router-wide"]
+    t = router(lab, "router-wide", payload)
+    for k in (1, 9, 10, 11):  # net-01 on ge2, net-09 on ge10, net-10 on ge11, net-11 on ge12
+        offer = udhcpc(lab, vm_with(t, f"10.60.{k}.10"))
+        assert offer is not None, f"no lease on net-{k:02d}"
+        assert (offer["ip"], offer["router"]) == (f"10.60.{k}.10", f"10.60.{k}.1")
