@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: deps venv test unit lab lab-down bench leftovers image clean distclean
+.PHONY: deps venv test unit lab lab-down bench leftovers image image-test clean distclean
 
 # Debian packages (needs root when something is missing) + .venv.
 deps:
@@ -27,6 +27,8 @@ lab-down:
 
 bench: deps
 	$(PY) test/bench/run_bench.py
+	$(PY) test/bench/bench_orchestrator.py
+	$(PY) test/bench/bench_lab.py
 
 leftovers:
 	$(VENV)/bin/astara-leftovers --remove
@@ -34,6 +36,18 @@ leftovers:
 image:
 	bash scripts/install-deps --image
 	bash scripts/build-image
+
+# Boot the built image under qemu (TCG) and drive it like the orchestrator does; builds
+# the image first if out/ has none. Slow (minutes), so not part of `make test`.
+IMAGE_OUT := out/$(or $(ASTARA_IMAGE_NAME),astara)
+image-test:
+	bash scripts/install-deps --image
+	@if [ ! -f $(IMAGE_OUT).qcow2 ] || [ ! -f $(IMAGE_OUT).vmlinuz ] || \
+			[ ! -f $(IMAGE_OUT).initrd ]; then \
+		echo "image-test: no image at $(IMAGE_OUT).qcow2, building it"; \
+		bash scripts/build-image; \
+	fi
+	ASTARA_IMAGE_TEST=1 $(PY) -m pytest -v -s test/image
 
 # Build and test debris. Refuses to touch .dibtmp while a failed image build
 # still has something mounted below it (rm -rf would follow into /dev, /proc...).

@@ -4,7 +4,8 @@ For each router: the time of the first PUT (from a booted, unconfigured applianc
 identical re-apply, of adding one floating IP, next to the *floor* measured in the same
 run — the same addresses and routes loaded with one ``ip -batch`` plus the same ruleset with
 one ``nft -f`` into a fresh namespace with the same NICs, i.e. what the kernel needs at the
-least. Results (median of --repeat runs) are written as a Markdown table.
+least. Results (median of --repeat runs) are written as a Markdown table, in this script's
+section of BENCHMARKS.md (see markdown_sections.py).
 
     .venv/bin/python test/bench/run_bench.py [--repeat 3] [--output BENCHMARKS.md]
 """
@@ -29,6 +30,7 @@ from astara_lab.netns import Lab  # noqa: E402
 from astara_lab.synthetic import synthetic_router  # noqa: E402
 from astara_router.model import parse_payload  # noqa: E402
 from astara_router.render.netlink import render_netlink  # noqa: E402
+from markdown_sections import write_section  # noqa: E402 (this directory)
 
 
 def scenarios():
@@ -160,7 +162,7 @@ def main(argv=None):
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     lines = [
-        "# Benchmarks", "",
+        "## Agent: apply time", "",
         f"`make bench` on {datetime.date.today()}, commit {commit}, {platform.node()}: "
         f"{os.cpu_count()} cores, kernel {platform.release()}, Python "
         f"{platform.python_version()}. Median of {args.repeat} runs, each on a fresh "
@@ -176,7 +178,7 @@ def main(argv=None):
                      f"{fmt(rows['same'])} | {fmt(rows['add_fip'])} | {rows['changes']} | "
                      f"{rows['rss'] // 1024} MiB |")
     text = "\n".join(lines) + "\n"
-    pathlib.Path(args.output).write_text(text)
+    write_section(args.output, "agent", text)  # only this script's section
     print(text)
     return 0
 
