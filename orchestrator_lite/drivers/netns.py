@@ -99,6 +99,7 @@ class NetnsDriver(ComputeDriver):
         self.management_mtu = management_mtu
         self._lock = threading.RLock()
         self._children = {}  # namespace -> Popen of agents we started (to reap them)
+        self._cache = None  # namespace -> instance record, see _records_cache
         self.state_root.mkdir(parents=True, exist_ok=True)
 
     @classmethod
@@ -123,15 +124,25 @@ class NetnsDriver(ComputeDriver):
     def _save(self, record):
         atomic_write(str(self._dir(record["id"]) / RECORD),
                      json.dumps(record, indent=1, sort_keys=True), mode=0o644)
+        with self._lock:
+            self._records_cache()[record["id"]] = record
+
+    def _records_cache(self):
+        """``{namespace: record}``, read from disk once (adoption after a restart), then
+        kept current by _save/delete: this process is the records' only writer. Every
+        health poll lists instances; re-reading N files per poll made a round O(N²)."""
+        with self._lock:
+            if self._cache is None:
+                self._cache = {}
+                for entry in sorted(self.state_root.iterdir()):
+                    record = self._load(entry.name) if entry.is_dir() else None
+                    if record is not None:
+                        self._cache[entry.name] = record
+            return self._cache
 
     def _records(self):
-        records = []
-        for entry in sorted(self.state_root.iterdir()):
-            if entry.is_dir():
-                record = self._load(entry.name)
-                if record is not None:
-                    records.append(record)
-        return records
+        with self._lock:
+            return sorted(self._records_cache().values(), key=lambda r: r["id"])
 
     def _allocate(self, name):
         taken = {r["id"] for r in self._records()}
@@ -298,6 +309,7 @@ class NetnsDriver(ComputeDriver):
                     LOG.warning("agent of %s did not exit", ns_name)
             shutil.rmtree(NETNS_ETC_DIR / ns_name, ignore_errors=True)
             shutil.rmtree(self._dir(ns_name), ignore_errors=True)
+            self._records_cache().pop(ns_name, None)
 
     def attach(self, instance_id, nic):
         with self._lock:
