@@ -7,6 +7,10 @@
   automaton's coalescing queue, and the worker re-queues the key when it finishes.
 * A step that waits (boot check, back-off, grace, cool-down) releases the worker and asks
   for a timer; the timer thread delivers a ``poll`` to that resource when it is due.
+* Work on resources already in flight (boot checks, configures, re-queued events) goes
+  before resources seen for the first time: in a create storm, the first appliances get
+  configured while the rest are still being created, instead of all waiting behind every
+  create (the ready queue was first-in first-out).
 * Paused resources (``astara-ctl router|tenant debug``, stored in the store) get no events
   except ``manage``.
 """
@@ -32,7 +36,8 @@ class Scheduler:
         self._automata = {}  # ResourceRef.key -> Automaton
         self._refs = {}  # key -> ResourceRef
         self._scheduled = set()  # keys queued or running
-        self._ready = queue.Queue()
+        self._ready = queue.PriorityQueue()  # (priority, seq, key): 0 in flight, 1 new
+        self._fresh = set()  # keys whose automaton has not run yet
         self._running = {}  # thread name -> key
         self._timers = []  # heap of (due, seq, key)
         self._timer_due = {}  # key -> earliest due
@@ -56,7 +61,7 @@ class Scheduler:
             self._stopping = True
             self._timer_cond.notify_all()
         for _ in range(self._threads_wanted):
-            self._ready.put(None)
+            self._ready.put((-1, next(self._seq), None))
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -94,6 +99,7 @@ class Scheduler:
             if automaton is None:
                 automaton = self._automata[ref.key] = self._factory(ref)
                 self._refs[ref.key] = ref
+                self._fresh.add(ref.key)
             if force:
                 automaton.force_push = True
             automaton.send(action)
@@ -142,17 +148,21 @@ class Scheduler:
     def _schedule(self, key):
         if key not in self._scheduled:
             self._scheduled.add(key)
-            self._ready.put(key)
+            self._enqueue(key)
+
+    def _enqueue(self, key):
+        self._ready.put((1 if key in self._fresh else 0, next(self._seq), key))
 
     def _work(self):
         name = threading.current_thread().name
         while True:
-            key = self._ready.get()
+            _, _, key = self._ready.get()
             if key is None:
                 return
             with self._lock:
                 automaton = self._automata.get(key)
                 self._running[name] = key
+                self._fresh.discard(key)
             delay = None
             try:
                 if automaton is not None and self._store.paused_reason(automaton.ref) and \
@@ -184,13 +194,13 @@ class Scheduler:
                 fresh = self._automata[key] = self._factory(automaton.ref)
                 for action in actions:
                     fresh.send(action)
-                self._ready.put(key)
+                self._enqueue(key)
                 return
             self._refs.pop(key, None)
             self._scheduled.discard(key)
             return
         if automaton is not None and automaton.has_work() and not self._stopping:
-            self._ready.put(key)  # stays scheduled: still exactly one holder
+            self._enqueue(key)  # stays scheduled: still exactly one holder
         else:
             self._scheduled.discard(key)
 

@@ -121,6 +121,29 @@ def test_timer_comes_back_as_a_poll(tmp_path):
     scheduler.stop()
 
 
+def test_resources_in_flight_go_before_new_ones(tmp_path):
+    """A create storm: the first resource's boot check (its timer poll) must not wait
+    behind every other resource's create."""
+    order = []
+
+    class Logged(Recorder):
+        def run(self):
+            action = self.queue.pop()
+            order.append((self.ref.id, action))
+            time.sleep(0.01)
+            return 0.0 if action == CREATE else None  # a create asks for a boot check
+
+    scheduler = Scheduler(lambda ref: Logged(ref), make_store(tmp_path), threads=1)
+    refs = [ResourceRef("router", f"r{i}", "t") for i in range(20)]
+    for ref in refs:  # queued before any worker runs, like a cold start
+        scheduler.deliver(ref, CREATE)
+    scheduler.start()
+    wait_for(lambda: len(order) == 40)
+    scheduler.stop()
+    first_poll = order.index(("r0", POLL))
+    assert first_poll < 5, order[:10]  # FIFO would put it after all 20 creates
+
+
 def test_deleted_automaton_is_forgotten_and_recreated_for_new_work(tmp_path):
     created = []
 
