@@ -63,3 +63,14 @@ def test_hash_ignores_key_order_and_spacing():
     assert payload_hash(json.loads('{"a": 1, "b": [1, {"c": 2}]}')) == \
         payload_hash(json.loads('{"b":[1,{"c":2}],"a":1}'))
     assert payload_hash({"a": 1}) != payload_hash({"a": 2})
+
+
+def test_committed_view_redacts_secrets():
+    from astara_lab.appliance import contract_payloads
+    from astara_router.engine import REDACTED, Committed
+    payload = contract_payloads()["router-vpn"]
+    view = Committed(3, payload, None, "h").view()
+    connection = view["configuration"]["vpn"]["ipsec"][0]["ipsec_connections"][0]
+    assert connection["psk"] == REDACTED and "Xq7" not in str(view)
+    assert payload["vpn"]["ipsec"][0]["ipsec_connections"][0]["psk"] == "Xq7-branch1-PSK-2016"
+    assert (view["generation"], view["hash"]) == (3, "h")
