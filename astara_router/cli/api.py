@@ -75,6 +75,10 @@ class AgentApplication(BaseApplication):
             "errorlog": "-",
             "loglevel": "info",
             "proc_name": "astara-router-api",
+            # gunicorn ≥ 27 opens a control socket under $HOME by default: keep it with
+            # the rest of this appliance's runtime files, owner-only.
+            "control_socket": os.path.join(run_dir, "gunicorn.ctl"),
+            "control_socket_mode": 0o600,
         }
         if s.certfile:
             options.update(certfile=s.certfile, keyfile=s.keyfile)
