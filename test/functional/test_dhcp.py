@@ -17,7 +17,7 @@ import time
 import pytest
 
 from astara_lab.appliance import REPO_ROOT, contract_payloads
-from astara_lab.netns import in_netns
+from astara_lab.netns import in_netns, pid_alive
 from astara_lab.peers import dhclient, udhcpc
 from astara_lab.topology import RouterTopology
 
@@ -53,14 +53,6 @@ def dnsmasq_pid(topology):
     cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert cmdline[:2] == [b"dnsmasq", f"--conf-file={state(topology, 'dnsmasq.conf')}".encode()]
     return pid
-
-
-def alive(pid):
-    try:
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def log_since(topology, offset):
@@ -255,7 +247,7 @@ def test_dhcp_off_stops_dnsmasq_and_on_starts_it_with_the_leases_kept(lab):
     off = copy.deepcopy(BASIC)
     off["networks"][2]["subnets"][0]["dhcp_enabled"] = False
     put(t, off)
-    assert not alive(pid)
+    assert not pid_alive(pid)
     assert sorted(p.name for p in state(t).iterdir()) == ["dnsmasq.log", "leases"]
     assert udhcpc(lab, vm, tries=2) is None
 
