@@ -23,7 +23,6 @@ themselves are the orchestrator's job, through its netns driver).
 """
 import dataclasses
 import ipaddress
-import json
 import sys
 import uuid
 from typing import Optional
@@ -31,13 +30,12 @@ from typing import Optional
 from orchestrator_lite.ipam import eui64
 
 from .appliance import REPO_ROOT, controller_node
-from .netns import NetnsHTTPClient
+from .orchestrator import ADMIN_PORT, ini_text
 from .topology import PUBLIC_V4, PUBLIC_V6
 
 TENANT = "demo"
 MGMT_BRIDGE = "b-mgmt"
 WEB_PORT = 80
-ADMIN_PORT = 44250
 METADATA_PORT = 9697
 ORCHESTRATOR_ADDRESS = "fdca:3ba5:a17a:acda::2"
 LAB_UUIDS = uuid.UUID("6f1d6c1e-6b1a-4c55-9a7e-a57a1ab00000")
@@ -272,76 +270,20 @@ LAB_HEALTH = {"period": 5, "jitter": 0.2, "dead_grace": 10, "boot_timeout": 60,
 def orchestrator_config(prefix, fabric, directory, cloud, token, health=None):
     """The ini of the lab's orchestrator: netns driver on the lab's fabric, every network's
     bridge named, a short health period (a lab should react while you watch)."""
-    health = dict(LAB_HEALTH, **(health or {}))
-    bridges = ", ".join(f"{n.id}={n.bridge}" for n in cloud.networks)
-    health_lines = "\n".join(f"{key} = {value}" for key, value in health.items())
-    return f"""# astara-lab's orchestrator (written by astara-lab up; removed by astara-lab down)
-[DEFAULT]
-host = astara-lab
-state_dir = {directory}/state
-log_level = INFO
-
-[api]
-listen = 127.0.0.1
-port = {ADMIN_PORT}
-token = {token}
-
-[management]
-orchestrator_address = {ORCHESTRATOR_ADDRESS}
-metadata_port = {METADATA_PORT}
-
-[health]
-{health_lines}
-
-[compute]
-driver = netns
-
-[netns]
-prefix = {prefix}
-fabric = {fabric}
-management_bridge = {MGMT_BRIDGE}
-bridges = {bridges}
-auto_bridges = true
-state_root = {directory}/appliances
-python = {sys.executable}
-"""
-
-
-# -- the admin API, from the root namespace -----------------------------------------------------
-
-class AdminApiError(Exception):
-    def __init__(self, status, message):
-        super().__init__(f"{status}: {message}")
-        self.status = status
-        self.message = message
-
-
-class AdminApi:
-    """The orchestrator's admin API, reached inside the controller namespace."""
-
-    def __init__(self, ctl_name, token, port=ADMIN_PORT, timeout=30):
-        self.http = NetnsHTTPClient(ctl_name, "127.0.0.1", port, timeout=timeout)
-        self.token = token
-
-    def call(self, method, path, body=None):
-        data = json.dumps(body).encode() if body is not None else None
-        response = self.http.request(method, path, body=data, headers={
-            "Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
-        if response.status == 204:
-            return None
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = {"message": response.text}
-        if response.status >= 400:
-            raise AdminApiError(response.status, answer.get("message") or answer)
-        return answer
-
-    def resource(self, resource_id):
-        return self.call("GET", f"/v1/resources/{resource_id}")["resource"]
-
-    def resources(self):
-        return self.call("GET", "/v1/resources")["resources"]
+    return ini_text({
+        "DEFAULT": {"host": "astara-lab", "state_dir": f"{directory}/state",
+                    "log_level": "INFO"},
+        "api": {"listen": "127.0.0.1", "port": ADMIN_PORT, "token": token},
+        "management": {"orchestrator_address": ORCHESTRATOR_ADDRESS,
+                       "metadata_port": METADATA_PORT},
+        "health": dict(LAB_HEALTH, **(health or {})),
+        "compute": {"driver": "netns"},
+        "netns": {"prefix": prefix, "fabric": fabric, "management_bridge": MGMT_BRIDGE,
+                  "bridges": ", ".join(f"{n.id}={n.bridge}" for n in cloud.networks),
+                  "auto_bridges": "true", "state_root": f"{directory}/appliances",
+                  "python": sys.executable},
+    }, header="# astara-lab's orchestrator (written by astara-lab up; removed by "
+              "astara-lab down)")
 
 
 def in_sync(resource):

@@ -27,24 +27,21 @@ import os
 import pathlib
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
 from . import cloud as clouds
-from .appliance import REPO_ROOT
-from .cloud import (ORCHESTRATOR_ADDRESS, PUBLIC_V4, PUBLIC_V6, WEB_PORT, AdminApi,
-                    AdminApiError, in_sync)
+from .cloud import ORCHESTRATOR_ADDRESS, PUBLIC_V4, PUBLIC_V6, WEB_PORT, in_sync
 from .leftovers import find_leftovers, remove_leftovers
-from .netns import Lab, Netns, NetnsHTTPClient, list_netns, pid_alive
+from .netns import Lab, Netns, NetnsHTTPClient, list_netns
+from .orchestrator import AdminApi, AdminApiError, OrchestratorProcess, errors_as, log_tail
 from .peers import PeerBird, learned_prefixes, udhcpc
 
 DEFAULT_STATE = "/run/astara-lab/lab.json"
 CLOUDS = {"default": clouds.DEFAULT_CLOUD}
 CONFIGURE_TIMEOUT = 180  # boot + configure of the router; the orchestrator retries inside
-_children = {}  # pid -> Popen of orchestrators this process started (reaped when stopped)
 
 
 class LabError(Exception):
@@ -137,69 +134,26 @@ class QuietProgress(Progress):
 
 # -- the orchestrator process -------------------------------------------------------------------
 
-def _is_orchestrator(pid, config):
+def orchestrator(state):
+    """The lab's orchestrator, by the PID and config in the state (``up`` may have been
+    another process)."""
+    return OrchestratorProcess.from_state(state)
+
+
+def start_orchestrator(state):
+    """Start the lab's orchestrator in ``ctl``, wait for its admin API, record its PID."""
+    process = orchestrator(state)
     try:
-        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"orchestrator_lite.cli.server" in cmdline and str(config).encode() in cmdline
-
-
-def start_orchestrator(state, timeout=30):
-    """``astara-orchestrator --config INI --netns CTL`` started from the root namespaces
-    (not ``ip netns exec``: its private mount namespace would hide the appliances' named
-    namespaces from everybody else). Waits for the admin API; records the PID."""
-    info = state["orchestrator"]
-    with open(info["log"], "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator_lite.cli.server", "--config", info["config"],
-             "--netns", state["namespaces"]["ctl"]],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=str(REPO_ROOT),
-            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
-    _children[proc.pid] = proc
-    info["pid"] = proc.pid
-    api = admin_api(state)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            api.call("GET", "/v1/workers")
-            return proc.pid
-        except (OSError, AdminApiError):
-            pass
-        if proc.poll() is not None:
-            raise LabError(f"the orchestrator exited with {proc.returncode}:\n"
-                           f"{tail(info['log'])}")
-        if time.monotonic() > deadline:
-            raise LabError(f"the orchestrator's admin API did not answer in {timeout}s:\n"
-                           f"{tail(info['log'])}")
-        time.sleep(0.2)
-
-
-def stop_orchestrator(state, timeout=15):
-    """SIGTERM the orchestrator by PID (only if that PID still is it), SIGKILL after
-    ``timeout``. The appliances keep running. True if one was stopped."""
-    info = state.get("orchestrator") or {}
-    pid = info.get("pid")
-    if not pid or not _is_orchestrator(pid, info.get("config", "")):
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if pid_alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    child = _children.pop(pid, None)
-    if child is not None:
-        child.wait(5)
-    return True
+        with errors_as(LabError):
+            process.start()
+    finally:
+        state["orchestrator"]["pid"] = process.pid
+    return process.pid
 
 
 def restart_orchestrator(state, path=None):
     """Stop and start the orchestrator (it adopts the running appliances)."""
-    stop_orchestrator(state)
+    orchestrator(state).stop()
     start_orchestrator(state)
     save_state(state, path)
     return state["orchestrator"]["pid"]
@@ -207,13 +161,6 @@ def restart_orchestrator(state, path=None):
 
 def admin_api(state):
     return AdminApi(state["namespaces"]["ctl"], state["orchestrator"]["token"])
-
-
-def tail(path, size=3000):
-    try:
-        return pathlib.Path(path).read_text(errors="replace")[-size:]
-    except OSError:
-        return ""
 
 
 # -- up -----------------------------------------------------------------------------------------
@@ -278,7 +225,7 @@ def _build(lab, state, cloud, health, progress, path):
     directory = lab.tmpdir("orchestrator")
     config = directory / "orchestrator.ini"
     token = secrets.token_hex(16)
-    config.touch(mode=0o600)
+    config.touch(mode=0o600)  # holds the admin API token
     config.write_text(clouds.orchestrator_config(lab.prefix, fabric.name, directory, cloud,
                                                  token, health))
     state["orchestrator"] = {"config": str(config), "token": token, "dir": str(directory),
@@ -340,7 +287,7 @@ def wait_configured(api, resource_id, progress, log, timeout=CONFIGURE_TIMEOUT):
     raise LabError(f"{resource_id} not configured within {timeout}s "
                    f"(last seen: {resource and resource.get('state')}, error: "
                    f"{resource and resource.get('last_error')}). Orchestrator log:\n"
-                   f"{tail(log)}")
+                   f"{log_tail(log, 3000)}")
 
 
 # -- self-check ---------------------------------------------------------------------------------
@@ -602,7 +549,7 @@ def down(path=None, quiet=False):
             print(f"no lab is up (no {path}); `astara-leftovers` lists what crashed labs "
                   "left behind")
         return False
-    stop_orchestrator(state)
+    orchestrator(state).stop()
     found = find_leftovers(state["prefix"])
     if quiet:
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):

@@ -38,7 +38,6 @@ import json
 import os
 import pathlib
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ sys.path.insert(0, str(REPO))
 from astara_lab.appliance import controller_node  # noqa: E402
 from astara_lab.leftovers import find_leftovers  # noqa: E402
 from astara_lab.netns import Lab, NetnsHTTPClient  # noqa: E402
+from astara_lab.orchestrator import OrchestratorProcess, errors_as, write_config  # noqa: E402
 from markdown_sections import write_section  # noqa: E402 (this directory)
 from orchestrator_lite.config import DEFAULT_MGMT_NETWORK_ID  # noqa: E402
 from orchestrator_lite.drivers.netns import NetnsDriver  # noqa: E402
@@ -86,8 +86,7 @@ class OrchestratorRun:
         self.ctl = controller_node(lab, "b-mgmt")
         self.dir = lab.tmpdir("orchestrator")
         self.log = self.dir / "orchestrator.log"
-        self.proc = None
-        python_line = ""
+        python = None  # the driver's default: the real agent
         if agents == "standin":
             wrapper = self.dir / "agent-python"
             wrapper.write_text(
@@ -99,61 +98,27 @@ class OrchestratorRun:
                 "  fi\ndone\n"
                 f'exec {sys.executable} "$@"\n')
             wrapper.chmod(0o755)
-            python_line = f"python = {wrapper}"
-        self.ini = self.dir / "orchestrator.ini"
-        self.ini.write_text(f"""
-[DEFAULT]
-host = bench
-state_dir = {self.dir}/state
-log_level = INFO
-
-[api]
-listen = 127.0.0.1
-port = {API_PORT}
-token = {TOKEN}
-
-[health]
-period = {period}
-
-[compute]
-driver = netns
-
-[netns]
-prefix = {lab.prefix}
-fabric = {self.fabric.name}
-management_bridge = b-mgmt
-state_root = {self.dir}/appliances
-{python_line}
-""")
-        self.api_client = NetnsHTTPClient(self.ctl.name, "127.0.0.1", API_PORT, timeout=60)
+            python = wrapper
+        self.ini = write_config(self.dir / "orchestrator.ini", {
+            "DEFAULT": {"host": "bench", "state_dir": f"{self.dir}/state",
+                        "log_level": "INFO"},
+            "api": {"listen": "127.0.0.1", "port": API_PORT, "token": TOKEN},
+            "health": {"period": period},
+            "compute": {"driver": "netns"},
+            "netns": {"prefix": lab.prefix, "fabric": self.fabric.name,
+                      "management_bridge": "b-mgmt", "state_root": f"{self.dir}/appliances",
+                      "python": python}})
+        self.orchestrator = OrchestratorProcess(self.ctl.name, self.ini, self.log,
+                                                api_timeout=60)
 
     # -- process ---------------------------------------------------------------------------------
     def start(self):
-        """Start the server (plain Popen from the root namespaces, it enters ctl itself);
-        returns once the admin API answers."""
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator_lite.cli.server", "--config",
-                 str(self.ini), "--netns", self.ctl.name],
-                cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        self.wait_for(lambda: self._answers(), 30, "the admin API")
-
-    def _answers(self):
-        try:
-            return self.api_client.get("/v1/").status == 200
-        except OSError:
-            return False
+        """Start the server; returns once the admin API answers."""
+        with errors_as(BenchError):
+            self.orchestrator.start(timeout=30)
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
+        self.orchestrator.stop(timeout=20)
 
     def close(self):
         """Stop the orchestrator, then delete the appliances it left (on purpose: they
@@ -174,45 +139,32 @@ state_root = {self.dir}/appliances
                 except Exception as exc:  # noqa: BLE001 - clean up the rest anyway
                     print(f"  cleanup: {exc}", file=sys.stderr)
 
+    @property
+    def pid(self):
+        return self.orchestrator.pid
+
     def cpu_seconds(self):
-        fields = pathlib.Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1]
+        fields = pathlib.Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1]
         utime, stime = fields.split()[11:13]
         return (int(utime) + int(stime)) / CLK_TCK
 
     def peak_rss_mib(self):
-        for line in pathlib.Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        for line in pathlib.Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return 0.0
 
     def tail(self):
-        try:
-            return self.log.read_text()[-4000:]
-        except OSError:
-            return ""
+        return self.orchestrator.tail(4000)
 
-    def wait_for(self, predicate, timeout, what, interval=0.2):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if self.proc is not None and self.proc.poll() is not None:
-                raise BenchError(f"orchestrator exited ({self.proc.returncode}) waiting for "
-                                 f"{what}:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"timed out after {timeout}s waiting for {what}\n"
-                                 f"{self.tail()}")
-            time.sleep(interval)
+    def check_running(self):
+        with errors_as(BenchError):
+            self.orchestrator.check_running("convergence")
 
     # -- admin API -------------------------------------------------------------------------------
     def api(self, method, path, body=None):
-        data = json.dumps(body).encode() if body is not None else None
-        response = self.api_client.request(method, path, body=data, headers={
-            "Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
-        if response.status >= 400:
-            raise BenchError(f"{method} {path}: {response.status} {response.text[:500]}")
-        return response.json() if response.body.strip() else None
+        with errors_as(BenchError):
+            return self.orchestrator.api(method, path, body)
 
     def populate(self, count):
         """Create ``count`` routers with the orchestrator paused, then stop it and clear
@@ -288,8 +240,7 @@ def measure_convergence(run, ids, timeout):
     done = {}
     deadline = t0 + timeout
     while len(done) < len(ids):
-        if run.proc.poll() is not None:
-            raise BenchError(f"orchestrator exited ({run.proc.returncode}):\n{run.tail()}")
+        run.check_running()
         if time.monotonic() > deadline:
             states = run.states()
             raise BenchError(f"{len(ids) - len(done)} routers not converged after "
@@ -379,7 +330,7 @@ def profile(run, seconds, output):
     """py-spy one stretch of steady state (if py-spy is installed); writes collapsed
     stacks and returns the top own-time functions."""
     spy = os.environ.get("PY_SPY") or "py-spy"
-    result = subprocess.run([spy, "record", "--pid", str(run.proc.pid), "--duration",
+    result = subprocess.run([spy, "record", "--pid", str(run.pid), "--duration",
                              str(int(seconds)), "--rate", "250", "--format", "raw",
                              "--threads", "--idle", "-o", str(output)],
                             capture_output=True, text=True)

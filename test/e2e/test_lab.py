@@ -83,7 +83,7 @@ class World:
         return row
 
     def log(self):
-        return astara_lab.tail(self.state["orchestrator"]["log"], 6000)
+        return astara_lab.orchestrator(self.state).tail(6000)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ created with astara-ctl; appliances are namespaces running the real agent.
 
 The server is started with ``--netns <ctl>`` rather than under ``ip netns exec``: the
 latter gives it a private mount namespace, where namespaces it creates would be invisible
-to everybody else (see orchestrator_lite/cli/server.py).
+to everybody else (see orchestrator_lite/cli/server.py and astara_lab/orchestrator.py).
 """
 import json
 import os
@@ -17,25 +17,16 @@ import pytest
 
 from astara_lab.appliance import controller_node
 from astara_lab.netns import NetnsHTTPClient, pid_alive
+from astara_lab.orchestrator import OrchestratorError, OrchestratorProcess, errors_as, write_config
 from orchestrator_lite.drivers.netns import NetnsDriver
 
 pytestmark = pytest.mark.netns
 
 ROUTER = "5e1f0c3a-7d2b-4c1e-9a8f-0b1c2d3e4f50"
 BAD_ROUTER = "b0d0c3a1-7d2b-4c1e-9a8f-0b1c2d3e4f51"
-HEALTH = """
-[health]
-period = 1
-jitter = 0.1
-dead_grace = 3
-boot_timeout = 40
-boot_check_interval = 0.3
-max_boot_attempts = 3
-boot_backoff_base = 0.5
-boot_backoff_cap = 2
-error_cooldown = 2
-delete_timeout = 15
-"""
+HEALTH = {"period": 1, "jitter": 0.1, "dead_grace": 3, "boot_timeout": 40,
+          "boot_check_interval": 0.3, "max_boot_attempts": 3, "boot_backoff_base": 0.5,
+          "boot_backoff_cap": 2, "error_cooldown": 2, "delete_timeout": 15}
 
 
 class World:
@@ -47,47 +38,24 @@ class World:
         lab.bridge("b-mgmt")
         self.ctl = controller_node(lab, "b-mgmt")
         self.dir = lab.tmpdir("orchestrator")
-        self.ini = self.dir / "orchestrator.ini"
-        self.ini.write_text(f"""
-[DEFAULT]
-host = controller-1
-state_dir = {self.dir}/state
-
-[api]
-listen = 127.0.0.1
-port = 44250
-token = functional-token
-
-[compute]
-driver = netns
-
-[netns]
-prefix = {lab.prefix}
-fabric = {self.fabric.name}
-management_bridge = b-mgmt
-state_root = {self.dir}/appliances
-{HEALTH}""")
-        self.log = self.dir / "orchestrator.log"
-        self.proc = None
+        self.ini = write_config(self.dir / "orchestrator.ini", {
+            "DEFAULT": {"host": "controller-1", "state_dir": f"{self.dir}/state"},
+            "api": {"listen": "127.0.0.1", "port": 44250, "token": "functional-token"},
+            "compute": {"driver": "netns"},
+            "netns": {"prefix": lab.prefix, "fabric": self.fabric.name,
+                      "management_bridge": "b-mgmt", "state_root": f"{self.dir}/appliances"},
+            "health": HEALTH})
+        self.orchestrator = OrchestratorProcess(self.ctl.name, self.ini,
+                                                self.dir / "orchestrator.log",
+                                                extra_args=["--log-level", "DEBUG"])
         self.start()
 
     def start(self):
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator_lite.cli.server", "--config",
-                 str(self.ini), "--netns", self.ctl.name, "--log-level", "DEBUG"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        self.wait_for(lambda: self.ctl_ok("workers", "debug"), 20, "admin API")
+        with errors_as(AssertionError):  # a test failure
+            self.orchestrator.start(timeout=20)
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        self.orchestrator.stop()
 
     def close(self):
         self.stop()
@@ -121,24 +89,11 @@ state_root = {self.dir}/appliances
         return NetnsHTTPClient(self.ctl.name, address, 5000, timeout=10)
 
     def tail(self):
-        try:
-            return self.log.read_text()[-6000:]
-        except OSError:
-            return ""
+        return self.orchestrator.tail(6000)
 
     def wait_for(self, predicate, timeout, what):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"orchestrator exited ({self.proc.returncode}) while "
-                                     f"waiting for {what}:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}\n"
-                                     f"{self.tail()}")
-            time.sleep(0.2)
+        with errors_as(AssertionError):  # a test failure
+            return self.orchestrator.wait_for(predicate, timeout, what)
 
 
 @pytest.fixture
@@ -318,3 +273,16 @@ def test_netns_driver_plugs_and_cleans_up(lab):
                                              text=True).stdout
     assert not any(pid_alive(int(p)) for p in pids)
     assert driver.list("ak-") == [] and not (root / instance.id).exists()
+
+
+def test_an_orchestrator_that_dies_at_start_fails_fast_with_its_log(lab):
+    directory = lab.tmpdir("orchestrator")
+    ini = write_config(directory / "orchestrator.ini", {
+        "DEFAULT": {"state_dir": f"{directory}/state"}, "api": {"token": "t"}})
+    missing = f"{lab.prefix}-missing"  # no such namespace: the server cannot enter it
+    process = OrchestratorProcess(missing, ini, directory / "orchestrator.log")
+    with pytest.raises(OrchestratorError, match=r"exited \(\d+\) while waiting for the "
+                                                r"admin API") as failure:
+        process.start(timeout=60)
+    assert missing in str(failure.value)  # the log's tail says why
+    assert not process.stop()  # nothing left to stop
