@@ -19,7 +19,6 @@ report who they see. One implementation, shared by the lab and the tests.
 """
 import argparse
 import collections
-import http.client
 import ipaddress
 import json
 import os
@@ -30,9 +29,9 @@ import socket
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .netns import in_netns
+from .webserver import QuietHandler, make_server
 
 DEFAULT_ORCHESTRATOR_ADDRESS = "fdca:3ba5:a17a:acda::2"
 METADATA_PORT = 9697
@@ -218,25 +217,15 @@ class PeerBird:
     def learned(self):
         return learned_prefixes(self.socket, self.PROTOCOL)
 
-    def established(self):
-        state = protocols(self.socket).get(self.PROTOCOL)
-        return bool(state and state[2].startswith("Established"))
-
 
 # -- metadata upstream ------------------------------------------------------------------------
 
-class MetadataHandler(BaseHTTPRequestHandler):
+class MetadataHandler(QuietHandler):
     """Records every request in ``server.seen``, answers ``{"path", "instance"}`` as JSON.
     Paths starting /slow answer after ``slow_seconds``, /garbage with a non-HTTP line (to
     test the proxy's error handling)."""
 
     slow_seconds = 3.0
-
-    def address_string(self):  # the default does a reverse DNS lookup
-        return self.client_address[0]
-
-    def log_message(self, *args):
-        pass
 
     def do_GET(self):
         length = int(self.headers.get("Content-Length") or 0)
@@ -260,16 +249,7 @@ class MetadataHandler(BaseHTTPRequestHandler):
 
 
 def _metadata_server(address, port):
-    class Server(ThreadingHTTPServer):
-        address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        daemon_threads = True
-        allow_reuse_address = True
-
-        def server_bind(self):  # no getfqdn(): there is no DNS in a namespace
-            self.socket.bind(self.server_address)
-            self.server_name, self.server_port = self.server_address[:2]
-
-    server = Server((address, port), MetadataHandler)
+    server = make_server(address, port, MetadataHandler)
     server.seen = []
     return server
 
@@ -371,19 +351,6 @@ class Connection:
     def close(self):
         self.lines.close()
         self.sock.close()
-
-
-def http_get(ns_name, host, port, path, timeout=5):
-    """(status, body) of one GET made from inside namespace ``ns_name``."""
-    conn = http.client.HTTPConnection(host.strip("[]"), port, timeout=timeout)
-    with in_netns(ns_name):
-        conn.connect()
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def main(argv=None):

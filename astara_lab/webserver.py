@@ -1,23 +1,30 @@
-"""A tiny HTTP server for labs and tests: answers every GET/POST with JSON describing what
-it saw (client address, path, headers, body). No name resolution, ever.
+"""HTTP servers for labs, tests and benchmarks that never resolve names (a namespace has no
+DNS, and http.server would spend seconds per reverse lookup): ``QuietHandler`` and
+``make_server`` are the base every test server uses. Run as a program, an echo server that
+answers every GET/POST/PUT with JSON describing what it saw (client, path, headers, body).
 
     python -m astara_lab.webserver --bind 198.51.100.200 --port 80 --name internet
 """
 import argparse
 import json
 import socket
+import socketserver
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-class EchoHandler(BaseHTTPRequestHandler):
-    server_version = "astara-lab-echo"
-    name = "echo"
+class QuietHandler(BaseHTTPRequestHandler):
+    """No reverse DNS in log lines, and no log lines."""
 
     def address_string(self):  # the default does a reverse DNS lookup
         return self.client_address[0]
 
     def log_message(self, fmt, *args):
         pass
+
+
+class EchoHandler(QuietHandler):
+    server_version = "astara-lab-echo"
+    name = "echo"
 
     def _answer(self):
         length = int(self.headers.get("Content-Length") or 0)
@@ -34,21 +41,27 @@ class EchoHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = _answer
 
 
-class DualStackServer(ThreadingHTTPServer):
+class QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128  # tests open dozens of connections at once
 
     def server_bind(self):
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind(self.server_address)
+        socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]  # no getfqdn()
 
 
+class QuietServer6(QuietServer):
+    address_family = socket.AF_INET6
+
+
+def make_server(bind, port, handler):
+    """A threaded server on ``bind`` (IPv4 or IPv6 literal) and ``port`` (0: any)."""
+    return (QuietServer6 if ":" in bind else QuietServer)((bind, port), handler)
+
+
 def serve(bind, port, name):
-    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    handler = type("Handler", (EchoHandler,), {"name": name})
-    server_class = type("Server", (DualStackServer,), {"address_family": family})
-    server = server_class((bind, port), handler)
-    server.serve_forever()
+    make_server(bind, port, type("Handler", (EchoHandler,), {"name": name})).serve_forever()
 
 
 def main(argv=None):

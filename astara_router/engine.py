@@ -79,7 +79,6 @@ class ApplyContext:
 class Outcome:
     committed: Committed
     changes: int
-    new_generation: bool
 
 
 class Engine:
@@ -137,7 +136,7 @@ class Engine:
                 self.store.clear_pending()
             self.committed = committed
             self.state, self.last_error = "ready", None
-            return Outcome(committed, changes, not same)
+            return Outcome(committed, changes)
 
     def boot(self):
         """Re-apply the persisted generation before the API reports ready. An apply that was

@@ -111,11 +111,6 @@ def _socket(ifname):
     return sock
 
 
-def interface_mac(ifname):
-    with _socket(ifname) as sock:
-        return sock.getsockname()[4]
-
-
 def announce(ifname, addresses, mac=None, router=False):
     """Send the announcements of ``addresses`` on ``ifname`` (MAC: the interface's own
     unless given). Returns the number of frames sent."""

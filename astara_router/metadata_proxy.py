@@ -45,11 +45,8 @@ MAX_RESPONSE_BODY = 16 << 20  # user-data is at most 64 KiB in Nova; be generous
 MAX_CONNECTIONS = 256  # per listener: one tenant cannot exhaust the process
 CLIENT_TIMEOUT = 60.0  # a client that stops sending mid-request is dropped
 JSON = "application/json"
-# Headers the proxy owns: whatever a client sends under these names is dropped.
-OWN_HEADERS = ("X-Forwarded-For", "X-Instance-ID", "X-Tenant-ID", "X-Neutron-Network-ID",
-               "X-Quantum-Network-ID")
-# Client headers worth passing on (the rest, e.g. Host or hop-by-hop ones, are not ours
-# to forward).
+# The only client headers passed on. Everything else is dropped: hop-by-hop ones, Host,
+# and any identity header (X-Instance-ID, ...) a client tries to supply itself.
 PASSED_HEADERS = ("Content-Type", "Accept", "Accept-Encoding", "User-Agent",
                   "If-None-Match", "If-Modified-Since")
 

@@ -24,7 +24,6 @@ LOG = logging.getLogger(__name__)
 RTPROT_ASTARA = 211  # marks routes this agent owns, so stale ones can be found and removed
 MAIN_TABLE = 254
 IFA_F_NODAD = 0x02
-IFA_F_PERMANENT = 0x80
 FAMILY = {4: 2, 6: 10}
 
 
@@ -55,7 +54,7 @@ def ip_json(*args):
     return json.loads(result.stdout or "[]")
 
 
-def live_addresses(ipr=None):
+def live_addresses():
     """``{link index: addresses}`` of the permanent, non-link-local addresses: the ones an
     apply owns. Dynamic (SLAAC/DHCP) and link-local addresses belong to the kernel and are
     never touched."""
@@ -69,7 +68,7 @@ def live_addresses(ipr=None):
     return {index: frozenset(addresses) for index, addresses in found.items()}
 
 
-def live_routes(ipr=None, names_by_index=None):
+def live_routes():
     """Our routes (protocol RTPROT_ASTARA) in the main table: (destination, gateway, dev)."""
     found = set()
     for family, default in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
@@ -82,13 +81,13 @@ def live_routes(ipr=None, names_by_index=None):
     return frozenset(found)
 
 
-def capture(ipr, nics):
+def capture(nics):
     """The live state of every NIC and of our routes."""
-    addresses = live_addresses(ipr)
+    addresses = live_addresses()
     links = tuple((nic.kernel_name, LinkState(nic.mtu, nic.up,
                                               addresses.get(nic.index, frozenset())))
                   for nic in nics)
-    return NetState(links, live_routes(ipr, {nic.index: nic.kernel_name for nic in nics}))
+    return NetState(links, live_routes())
 
 
 # -- desired state ----------------------------------------------------------------------------
@@ -166,7 +165,7 @@ class Converger:
             live = {nic.index: by_name[name].addresses for name, nic in self.by_name.items()
                     if name in by_name}
         else:
-            live = live_addresses(ipr)
+            live = live_addresses()
         for name, want in state.links:
             nic = self.by_name[name]
             if want.mtu is not None and nic.mtu != want.mtu:
@@ -191,11 +190,10 @@ class Converger:
                 batch.append((f"address del {address} dev {name}",
                               f"remove address {address} from {name}", ""))
         self._batch(batch)
-        names_by_index = {nic.index: name for name, nic in self.by_name.items()}
         if current is not None and not self.changes:
             live = current.routes  # no address changed, so no route vanished with one
         else:
-            live = live_routes(ipr, names_by_index)
+            live = live_routes()
         for dst, gateway, dev in sorted(live - state.routes, key=str):
             self._call(f"remove route {dst} via {gateway}", "", ipr.route, "del",
                        **_route_args(dst, gateway, dev and self._index(dev)),
@@ -209,7 +207,7 @@ class Converger:
         """Read back what we asked for; any difference fails the transaction."""
         problems = []
         links = {nic.kernel_name: nic for nic in _refresh(self.ipr, self.by_name)}
-        live = live_addresses(self.ipr)
+        live = live_addresses()
         for name, want in state.links:
             nic = links.get(name)
             if nic is None:
@@ -223,7 +221,7 @@ class Converger:
             if got != want.addresses:
                 problems.append(f"{name} addresses {sorted(map(str, got))} != "
                                 f"{sorted(map(str, want.addresses))}")
-        routes = live_routes(self.ipr, {nic.index: n for n, nic in links.items()})
+        routes = live_routes()
         if routes != state.routes:
             problems.append(f"routes missing {sorted(map(str, state.routes - routes))}, "
                             f"unexpected {sorted(map(str, routes - state.routes))}")
@@ -279,7 +277,7 @@ class NetlinkSubsystem:
         self.settings = settings
 
     def capture(self, ctx):
-        ctx.netlink_live = capture(ctx.ipr, ctx.nics)
+        ctx.netlink_live = capture(ctx.nics)
         return ctx.netlink_live
 
     def apply(self, ctx, config, previous=()):

@@ -4,7 +4,7 @@ Addresses use the standard library's ``ipaddress`` types: they are immutable, ha
 strict (``10.1.0.1/33`` and ``172.24.4.300`` are errors, not guesses). See README, "Decisions".
 """
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_network
+from ipaddress import IPv4Address, IPv6Address
 from typing import Optional, Union
 
 IPAddress = Union[IPv4Address, IPv6Address]
@@ -185,6 +185,3 @@ class SystemConfig:
                 return network
         return externals[0] if externals else None
 
-
-def host_network(address):
-    return ip_network(address)  # /32 or /128

@@ -99,10 +99,6 @@ class BirdPlan:
     neighbor_asn: int = 0
     asn_path: str = field(default="", compare=False)
 
-    @property
-    def needed(self):
-        return bool(self.ra_interfaces or self.peers)
-
 
 def bird_plan(config, kernel_names):
     """What BIRD has to do for ``config``; ``kernel_names`` maps geN to kernel names.

@@ -24,7 +24,6 @@ The API URL and token come from the ini file (``--config``, else $ASTARA_CTL_CON
 /etc/astara/orchestrator.ini): ``[api] url``, or ``listen`` + ``port``; ``[api] token``.
 """
 import argparse
-import configparser
 import json
 import os
 import select
@@ -34,6 +33,7 @@ import time
 
 import requests
 
+from .. import config
 from ..config import DEFAULT_CONFIG, ApiSettings
 from ..store import PLURALS
 
@@ -87,16 +87,12 @@ class Client:
 
 
 def api_settings(path):
-    parser = configparser.ConfigParser(interpolation=None)
+    """The [api] section, read by the orchestrator's own loader (one parser, one set of
+    defaults and checks for the server and the CLI)."""
     try:
-        with open(path) as handle:
-            parser.read_file(handle)
-    except OSError as exc:
-        raise CtlError(f"cannot read {path}: {exc.strerror}") from None
-    section = parser["api"] if parser.has_section("api") else {}
-    return ApiSettings(listen=section.get("listen", ApiSettings.listen),
-                       port=int(section.get("port", ApiSettings.port)),
-                       token=section.get("token", ""), url=section.get("url", ""))
+        return config.load(path).api
+    except config.ConfigError as exc:
+        raise CtlError(str(exc)) from None
 
 
 def parse_assignments(items):

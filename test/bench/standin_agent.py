@@ -20,13 +20,12 @@ driver's liveness check of the agent process still recognises it. Stdlib + paylo
 only: ~15 MB and a few ms of CPU to start.
 """
 import argparse
-import http.server
 import json
 import os
-import socket
 import sys
 import threading
 
+from astara_lab.webserver import QuietHandler, make_server
 from astara_router.store import payload_hash
 
 BANNER = "Astara appliance API service is active"
@@ -66,14 +65,8 @@ def interfaces():
 
 
 def make_handler(state):
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
-
-        def address_string(self):  # no reverse DNS (there is none in a namespace)
-            return self.client_address[0]
-
-        def log_message(self, *args):
-            pass
 
         def send(self, status, body=b"", ctype="application/json", headers=()):
             self.send_response(status)
@@ -137,11 +130,6 @@ def make_handler(state):
     return Handler
 
 
-class Server(http.server.ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-    daemon_threads = True
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-m", dest="module")  # the agent's argv, kept for the driver
@@ -149,7 +137,7 @@ def main(argv=None):
     parser.add_argument("--enabled-services")
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args(argv)
-    server = Server(("::", args.port), make_handler(State()))
+    server = make_server("::", args.port, make_handler(State()))
     print(f"stand-in agent on [::]:{args.port} (pid {os.getpid()})", flush=True)
     server.serve_forever()
 

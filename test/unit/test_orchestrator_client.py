@@ -9,18 +9,13 @@ import time
 
 import pytest
 
+from astara_lab.webserver import QuietHandler
 from orchestrator_lite.client import (ApplianceClient, ApplianceRejected, ApplianceUnavailable,
                                       base_url)
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
-
-    def address_string(self):  # no reverse DNS
-        return self.client_address[0]
-
-    def log_message(self, *args):
-        pass
 
     def _answer(self):
         server = self.server

@@ -13,6 +13,7 @@ import pytest
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import make_server
 
+from astara_lab.webserver import QuietHandler
 from astara_router.model import PayloadError, parse_payload
 from astara_router.store import payload_hash
 from orchestrator_lite import state as st
@@ -487,13 +488,7 @@ def test_webhook_receives_each_transition(tmp_path, cloud):
 
     received = []
 
-    class Hook(http.server.BaseHTTPRequestHandler):
-        def address_string(self):
-            return self.client_address[0]
-
-        def log_message(self, *args):
-            pass
-
+    class Hook(QuietHandler):
         def do_POST(self):
             received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
             self.send_response(204)
