@@ -8,14 +8,14 @@ import signal
 import sys
 import time
 
-from .netns import NetnsHTTPClient, wait_for_tcp
+from astara_netns import NetnsHTTPClient, wait_for_tcp
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 ORCHESTRATOR_ADDRESS = "fdca:3ba5:a17a:acda::2"  # the contract's orchestrator address
 MGMT_PREFIX = 64
 API_PORT = 5000
 
-# NIC MACs from shared/contract/original-orchestrator/README.md, ge0 first.
+# NIC MACs from contract/original-orchestrator/README.md, ge0 first.
 CONTRACT_NIC_MACS = {
     "router-basic": ["fa:16:3e:67:41:6c", "fa:16:3e:59:11:a7", "fa:16:3e:0b:cd:e1"],
     "router-ha-primary": ["fa:16:3e:f7:05:80", "fa:16:3e:ab:d9:28", "fa:16:3e:9e:c8:80"],
@@ -34,13 +34,14 @@ CONTRACT_NIC_MACS = {
 }
 
 
-def shared_dir():
-    return pathlib.Path(os.environ.get("ASTARA_SHARED", REPO_ROOT.parent / "shared"))
+# The original orchestrator's payloads and the invalid ones, kept inside the package (package
+# data), so tests, the lab and the benchmarks work from a clone or an install alone.
+CONTRACT_DIR = pathlib.Path(__file__).resolve().parent / "contract"
 
 
 def contract_payloads(kind="original-orchestrator"):
     """``{name: body}`` of the contract files (``kind``: original-orchestrator or invalid)."""
-    folder = shared_dir() / "contract" / kind
+    folder = CONTRACT_DIR / kind
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
 
 

@@ -35,7 +35,7 @@ import time
 from . import cloud as clouds
 from .cloud import ORCHESTRATOR_ADDRESS, PUBLIC_V4, PUBLIC_V6, WEB_PORT, in_sync
 from .leftovers import find_leftovers, remove_leftovers
-from .netns import Lab, Netns, NetnsHTTPClient, list_netns
+from astara_netns import Lab, Netns, NetnsHTTPClient, list_netns
 from .orchestrator import AdminApi, AdminApiError, OrchestratorProcess, errors_as, log_tail
 from .peers import PeerBird, learned_prefixes, udhcpc
 

@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 
-from astara_lab.netns import (
+from astara_netns import (
     NETNS_ETC_DIR, Lab, kill_netns_processes, list_netns, netns_pids, run,
 )
 

@@ -25,7 +25,7 @@ import time
 import urllib.parse
 
 from .appliance import REPO_ROOT
-from .netns import NetnsHTTPClient, pid_alive
+from astara_netns import NetnsHTTPClient, pid_alive
 
 ADMIN_PORT = 44250
 _children = {}  # pid -> Popen of orchestrators this process started (reaped when stopped)

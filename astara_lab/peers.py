@@ -30,7 +30,7 @@ import subprocess
 import threading
 import time
 
-from .netns import in_netns
+from astara_netns import in_netns
 from .webserver import QuietHandler, make_server
 
 DEFAULT_ORCHESTRATOR_ADDRESS = "fdca:3ba5:a17a:acda::2"

@@ -23,7 +23,7 @@ import subprocess
 import time
 
 from ..errors import ApplyError
-from ..render.dnsmasq import CONF, HOSTS, LOG as LOG_FILE, NAMES, PIDFILE, render_dnsmasq
+from ..render.dhcp import CONF, HOSTS, LOG as LOG_FILE, NAMES, PIDFILE, render_dnsmasq
 from ..store import atomic_write
 from .daemon import Daemon, FileSet
 

@@ -19,7 +19,7 @@ import time
 
 from ..errors import ApplyError
 from ..metadata_proxy import ConfigError, config_digest, parse_config
-from ..render.metadata_proxy import render_proxy_config
+from ..render.metadata import render_proxy_config
 from .daemon import Daemon, FileSet
 
 LOG = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import subprocess
 import time
 
 from ..errors import ApplyError
-from ..render.bird import DIGEST_SYMBOL, bird_plan, render_bird
+from ..render.routing import DIGEST_SYMBOL, bird_plan, render_bird
 from .daemon import Daemon, FileSet, run_checked
 
 LOG = logging.getLogger(__name__)

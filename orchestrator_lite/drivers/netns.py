@@ -2,7 +2,7 @@
 
 An appliance "instance" is a network namespace ``<lab prefix>-<role>`` (role = kind letter
 + 4 hex digits of the resource id + instance index, e.g. ``ast1a2b3c-rfbf50``), so it
-matches astara_lab's name pattern and ``astara-leftovers`` finds it. Inside: one NIC per
+matches the lab's name pattern and ``astara-leftovers`` finds it. Inside: one NIC per
 port (``eth0`` = MGT, then the data ports), each with the port's MAC, plugged into the
 fabric's bridges (management bridge for MGT, one bridge per network, names from the
 config), and the real agent, started the way a VM boots it::
@@ -12,7 +12,7 @@ config), and the real agent, started the way a VM boots it::
   python -m astara_router.cli.api --state-dir D --enabled-services router,loadbalancer
 
 The root namespace is never touched: veths are created from inside the fabric namespace
-with their peer moved straight into the appliance namespace (as astara_lab's Lab.plug
+with their peer moved straight into the appliance namespace (as astara_netns's Lab.plug
 does), bridges live only in the fabric. Each instance's record (``instance.json``: name,
 NICs, agent PID) lives in ``<state_root>/<namespace>/`` together with the agent's state
 dir and log, so ``list(prefix)`` works across orchestrator restarts (adoption). Deleting
@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 
-from astara_lab.netns import (NETNS_ETC_DIR, NETNS_RUN_DIR, CommandError, Lab, Netns,
+from astara_netns import (NETNS_ETC_DIR, NETNS_RUN_DIR, CommandError, Lab, Netns,
                               kill_netns_processes, pid_alive, run)
 from astara_router.store import atomic_write
 

@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO))
 
 from astara_lab.appliance import controller_node  # noqa: E402
 from astara_lab.leftovers import find_leftovers  # noqa: E402
-from astara_lab.netns import Lab, NetnsHTTPClient  # noqa: E402
+from astara_netns import Lab, NetnsHTTPClient  # noqa: E402
 from astara_lab.orchestrator import OrchestratorProcess, errors_as, write_config  # noqa: E402
 from markdown_sections import write_section  # noqa: E402 (this directory)
 from orchestrator_lite.config import DEFAULT_MGMT_NETWORK_ID  # noqa: E402

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from astara_lab.appliance import (Appliance, contract_payloads, controller_node,  # noqa: E402
                                   management_cidr, nic_macs)
-from astara_lab.netns import Lab  # noqa: E402
+from astara_netns import Lab  # noqa: E402
 from astara_lab.synthetic import synthetic_router  # noqa: E402
 from astara_router.model import parse_payload  # noqa: E402
 from astara_router.render.netlink import render_netlink  # noqa: E402

@@ -20,7 +20,7 @@ import pytest
 from astara_lab import lab as astara_lab
 from astara_lab.cloud import in_sync
 from astara_lab.leftovers import find_leftovers
-from astara_lab.netns import Netns, NetnsHTTPClient, list_netns, netns_pids, pid_alive
+from astara_netns import Netns, NetnsHTTPClient, list_netns, netns_pids, pid_alive
 from astara_lab.peers import Connection, PeerServer, eventually
 
 from .conftest import E2E_HEALTH

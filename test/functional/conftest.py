@@ -2,7 +2,7 @@
 
 import pytest
 
-from astara_lab.netns import Lab, netns_unavailable_reason
+from astara_netns import Lab, netns_unavailable_reason
 
 _UNSET = object()
 _reason = _UNSET  # probed once per session

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from astara_lab.appliance import REPO_ROOT, contract_payloads
-from astara_lab.netns import in_netns, pid_alive
+from astara_netns import in_netns, pid_alive
 from astara_lab.peers import dhclient, udhcpc
 from astara_lab.topology import RouterTopology
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from astara_lab.appliance import contract_appliance, contract_payloads
-from astara_lab.netns import in_netns
+from astara_netns import in_netns
 from astara_lab.peers import Connection, PeerServer
 from astara_lab.topology import PUBLIC_V4, PUBLIC_V6, RouterTopology
 from astara_router.apply.firewall import FirewallSubsystem, live_listing

@@ -14,7 +14,7 @@ import pytest
 
 from astara_lab.appliance import (Appliance, contract_appliance, contract_payloads,
                                   controller_node, management_cidr, nic_macs)
-from astara_lab.netns import in_netns
+from astara_netns import in_netns
 from astara_lab.topology import RouterTopology
 
 pytestmark = pytest.mark.netns

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from astara_lab.appliance import contract_payloads
-from astara_lab.netns import in_netns
+from astara_netns import in_netns
 from astara_lab.peers import MetadataUpstream
 from astara_lab.topology import RouterTopology
 

@@ -1,4 +1,4 @@
-"""Real-kernel tests of the namespace toolkit (astara_lab.netns, leftovers).
+"""Real-kernel tests of the namespace toolkit (astara_netns, astara_lab.leftovers).
 
 Only test ranges are used (198.18.0.0/15, 2001:db8::/32). The root namespace
 is only read (link names, one sysctl), never changed.
@@ -18,7 +18,7 @@ import time
 import pytest
 
 from astara_lab import leftovers
-from astara_lab.netns import (
+from astara_netns import (
     NETNS_ETC_DIR, TERM_GRACE, CommandError, Lab, NetnsHTTPClient, in_netns, list_netns,
     netns_pids, pid_alive, run, wait_for_tcp,
 )

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from astara_lab.appliance import controller_node
-from astara_lab.netns import NetnsHTTPClient, pid_alive
+from astara_netns import NetnsHTTPClient, pid_alive
 from astara_lab.orchestrator import OrchestratorError, OrchestratorProcess, errors_as, write_config
 from orchestrator_lite.drivers.netns import NetnsDriver
 

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from astara_lab.appliance import contract_payloads
-from astara_lab.netns import in_netns
+from astara_netns import in_netns
 from astara_lab.peers import PeerBird, bgp_session, birdc, eventually, learned_prefixes
 from astara_lab.topology import RouterTopology
 from astara_router.engine import ApplyContext

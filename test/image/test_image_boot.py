@@ -40,7 +40,7 @@ import pytest
 
 from astara_lab.appliance import (
     CONTRACT_NIC_MACS, contract_payloads, controller_node, management_cidr)
-from astara_lab.netns import Lab, NetnsHTTPClient, netns_unavailable_reason, run
+from astara_netns import Lab, NetnsHTTPClient, netns_unavailable_reason, run
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 OUT = REPO / "out"

@@ -15,7 +15,7 @@ from astara_router.metadata_proxy import (ConfigError, Upstream, config_digest,
                                           error_body, format_host, forward_headers,
                                           instance_for, parse_config, upstream_url)
 from astara_router.model import parse_payload
-from astara_router.render.metadata_proxy import proxy_config, render_proxy_config
+from astara_router.render.metadata import proxy_config, render_proxy_config
 
 PAYLOADS = contract_payloads("original-orchestrator")
 BASIC = PAYLOADS["router-basic"]

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from astara_lab.leftovers import NAME_RE as LEFTOVER_RE
-from astara_lab.netns import Lab
+from astara_netns import Lab
 from orchestrator_lite import config
 from orchestrator_lite.drivers.netns import netns_mounts_hidden, role_candidates
 

@@ -234,7 +234,7 @@ def render_bird(plan, log_path=None):
     """bird.conf text for ``plan``. ``log_path``: BIRD's own log file (size-limited, one
     rotated copy); None logs to syslog."""
     out = _Lines()
-    out.add("# bird.conf of the Astara appliance, rendered by astara_router.render.bird.")
+    out.add("# bird.conf of the Astara appliance, rendered by astara_router.render.routing.")
     out.add("# Do not edit: every configuration push replaces it.")
     if log_path:
         if '"' in log_path:

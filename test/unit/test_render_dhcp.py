@@ -8,7 +8,7 @@ from astara_lab.appliance import contract_payloads
 from astara_router.apply.dhcp import check
 from astara_router.errors import ApplyError
 from astara_router.model import parse_payload
-from astara_router.render.dnsmasq import render_dnsmasq
+from astara_router.render.dhcp import render_dnsmasq
 
 VALID = contract_payloads("original-orchestrator")
 DIR = "/var/lib/astara/dnsmasq"

@@ -11,7 +11,7 @@ from astara_router.apply.routing import parse_failure
 from astara_router.errors import ApplyError
 from astara_router.model import parse_payload
 from astara_router.model.types import Subnet
-from astara_router.render.bird import bird_plan, render_bird, router_id_for
+from astara_router.render.routing import bird_plan, render_bird, router_id_for
 from astara_router.render.ipv6 import ipv6_mode
 
 VALID = contract_payloads("original-orchestrator")
