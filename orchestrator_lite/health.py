@@ -6,6 +6,7 @@ A poll makes the state machine check liveness *and* drift (the appliance's commi
 against the desired payload's), so an appliance that came back unconfigured, or whose
 config was changed behind our back, is configured again within one period.
 """
+import collections
 import logging
 import re
 import threading
@@ -42,6 +43,7 @@ class HealthMonitor:
         self._rng = rng
         self._tick = tick
         self._due = {}  # resource key -> monotonic due time
+        self.polls_sent = collections.Counter()  # resource key -> polls sent (paused or not)
         self._next_sweep = 0.0
         self._stop = threading.Event()
         self._thread = None
@@ -76,6 +78,7 @@ class HealthMonitor:
                 # First sight (startup, new resource): poll now, so running appliances are
                 # adopted at once; afterwards every period, jittered.
                 self._due[ref.key] = now + jittered(self.period, self.jitter, self._rng)
+                self.polls_sent[ref.key] += 1
                 if self.scheduler.deliver(ref, POLL):
                     polled.append(ref)
         if now >= self._next_sweep:

@@ -145,6 +145,7 @@ class Automaton:
         self.deleted = False
         self.state_since = time.time()
         self.history = collections.deque(maxlen=64)  # (step, next step, state)
+        self.polls = 0  # health polls handled: lets an operator (and a test) see them pass
         self._clock = clock
         self._on_transition = on_transition
         self._rng = rng
@@ -171,6 +172,8 @@ class Automaton:
         self.action = self.queue.pop()
         if self.action is None:
             return None
+        if self.action == POLL:
+            self.polls += 1
         step = CALC_ACTION
         for _ in range(MAX_STEPS):
             try:
@@ -200,6 +203,7 @@ class Automaton:
                 "last_error": self.last_error,
                 "error": dataclasses.asdict(self.error) if self.error else None,
                 "boot_attempts": self.boot_attempts, "push_failures": self.push_failures,
+                "polls": self.polls,
                 "queue": self.queue.snapshot(),
                 "history": [list(h) for h in list(self.history)[-10:]]}
 

@@ -160,8 +160,11 @@ def test_refused_payload_shows_the_appliances_message_and_keeps_the_appliance(wo
         assert "ak-bad_tenant" in resource["last_error"]
         listing = world.astara_ctl("resource", "list").stdout
         assert re.search(rf"{ROUTER}\s+router\s+bad_tenant\s+error", listing), listing
-        time.sleep(2 * PERIOD)  # health polls come and go: parked, no retry, no reboot
-        resource = world.resource()
+        # Two health polls are handled while parked: neither retries nor reboots.
+        polls = resource["automaton"]["polls"]
+        resource = eventually(
+            lambda: (r := world.resource())["automaton"]["polls"] >= polls + 2 and r,
+            10 * PERIOD, "two polls while parked")
         assert resource["state"] == "error"
         assert [i["details"]["agent_pid"] for i in resource["instances"]] == [pid]
         assert world.committed(instance)["hash"] == good["hash"]  # nothing half-applied
@@ -196,7 +199,9 @@ def test_orchestrator_restart_adopts_the_appliance_without_traffic_loss(world):
         assert [i["details"]["agent_pid"] for i in adopted["instances"]] == [pid]
         assert world.committed(instance)["generation"] == generation  # no push either
         assert conn.ask() == fip  # the same TCP connection still works
-        time.sleep(1)  # a few more pings after the adoption
+        # Five more pings (0.2 s apart) after the adoption: a loss it caused would show
+        # right after it, so this window is enough to see one.
+        time.sleep(1)
     finally:
         ping.send_signal(signal.SIGINT)
         output = ping.communicate(timeout=10)[0]

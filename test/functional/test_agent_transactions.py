@@ -9,6 +9,11 @@ import time
 import pytest
 
 from astara_lab.appliance import contract_appliance, contract_payloads
+from astara_lab.monitors import NetlinkMonitor
+from astara_netns import in_netns
+from astara_router import settings as settings_mod
+from astara_router.api import create_app
+from astara_router.engine import Engine
 
 pytestmark = pytest.mark.netns
 
@@ -21,33 +26,6 @@ def appliance(lab):
     response = appliance.client().put_json("/v1/system/config", BASIC)
     assert response.status == 200, response.text
     return appliance
-
-
-class NetlinkWatcher:
-    """``ip monitor`` in the appliance namespace: every link/address/route change."""
-
-    def __init__(self, lab, appliance, name="monitor"):
-        self.path = lab.tmpdir(name) / "events.log"
-        self.proc = lab.spawn(appliance.ns, ["ip", "monitor", "link", "address", "route"],
-                              log_path=self.path)
-        time.sleep(0.3)  # let it subscribe before anything happens
-
-    def lines(self):
-        return [line for line in self.path.read_text().splitlines() if line.strip()]
-
-    def wait_for(self, predicate, timeout=20):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self.lines()):
-                return
-            time.sleep(0.005)
-        raise TimeoutError(f"netlink events never matched; saw {self.lines()[-5:]}")
-
-    def stop(self):
-        time.sleep(0.3)
-        self.proc.terminate()
-        self.proc.wait(5)
-        return self.lines()
 
 
 def with_many_fips(payload, count):
@@ -72,7 +50,7 @@ def wait_for_dad(appliance, timeout=10):
 def test_identical_put_makes_no_netlink_change(lab, appliance):
     wait_for_dad(appliance)
     before = appliance.dump()
-    watcher = NetlinkWatcher(lab, appliance)
+    watcher = NetlinkMonitor(lab, appliance.ns)
     response = appliance.client().put_json("/v1/system/config", BASIC)
     events = watcher.stop()
     assert response.status == 200
@@ -102,7 +80,7 @@ def test_failed_late_step_rolls_back_everything(lab, appliance):
 def test_kill_during_apply_restores_last_committed_generation(lab, appliance):
     before = appliance.dump()
     heavy = with_many_fips(BASIC, 3000)
-    watcher = NetlinkWatcher(lab, appliance)
+    watcher = NetlinkMonitor(lab, appliance.ns)
     client = appliance.client(timeout=5)
     sender = threading.Thread(target=lambda: _swallow(client.put_json,
                                                       "/v1/system/config", heavy))
@@ -128,37 +106,63 @@ def test_boot_reapplies_persisted_config(lab, appliance):
     assert appliance.client().get("/v1/system/config").json()["generation"] == 1
 
 
-def test_reads_never_wait_for_an_apply(lab, appliance):
-    heavy = with_many_fips(BASIC, 3000)
-    watcher = NetlinkWatcher(lab, appliance)
-    client = appliance.client(timeout=60)
-    put_result = {}
+class HeldApply:
+    """A subsystem (test double, passed through the engine's ``subsystems=``) whose apply
+    holds the writer until the test releases it: reads are made while an apply is known to
+    be in progress, not while one probably is."""
 
-    def put():
-        put_result["response"] = client.put_json("/v1/system/config", heavy)
-        put_result["done"] = time.monotonic()
+    name = "held"
 
-    writer = threading.Thread(target=put)
-    writer.start()
-    watcher.wait_for(lambda lines: any("198.18." in line for line in lines))
+    def __init__(self):
+        self.entered = threading.Event()
+        self.release = threading.Event()
 
-    def get(path):
-        response = client.get(path)
-        return response, time.monotonic()
+    def capture(self, ctx):
+        return None
 
-    paths = ["/v1/system/config", "/v1/firewall/rules", "/v1/status/"] * 17
-    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
-        results = list(pool.map(get, paths[:50]))
-    writer.join(60)
-    watcher.stop()
-    assert put_result["response"].status == 200, put_result["response"].text
-    assert all(response.status == 200 for response, _ in results)
-    configs = [r.json() for r, _ in results if r.headers["Content-Type"] == "application/json"
-               and "configuration" in r.json()]
-    # Served from the committed snapshot while the writer held the lock:
-    assert configs and all(c["generation"] == 1 for c in configs)
-    assert all(finished < put_result["done"] for _, finished in results)
-    assert client.get("/v1/system/config").json()["generation"] == 2
+    def apply(self, ctx, config, previous):
+        self.entered.set()
+        assert self.release.wait(60), "the test never released the apply"
+        return 1
+
+    def verify(self, ctx, config):
+        pass
+
+    def restore(self, ctx, snapshot):
+        pass
+
+
+def test_reads_never_wait_for_an_apply(lab, tmp_path):
+    ns = lab.netns("reads")  # the engine lists this namespace's NICs, not the host's
+    held = HeldApply()
+    settings = settings_mod.load(state_dir=str(tmp_path), enabled_services="router")
+    app = create_app(settings, engine=Engine(settings, subsystems=[held]))
+
+    def put(body):
+        with in_netns(ns.name):
+            return app.test_client().put("/v1/system/config", json=body)
+
+    held.release.set()
+    assert put(BASIC).status_code == 200
+    held.release.clear()
+    held.entered.clear()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        writer = pool.submit(put, with_many_fips(BASIC, 10))
+        assert held.entered.wait(30)
+
+        def get(path):
+            return app.test_client().get(path)
+
+        paths = ["/v1/system/config", "/v1/firewall/rules", "/v1/status/", "/v1/"] * 10
+        results = list(pool.map(get, paths))
+        assert not writer.done()  # every read was answered while the writer held the lock
+        held.release.set()
+        written = writer.result(30)
+    assert all(r.status_code == 200 for r in results), [r.status_code for r in results]
+    configs = [r.get_json() for r in results if r.request.path == "/v1/system/config"]
+    assert len(configs) == 10 and all(c["generation"] == 1 for c in configs)
+    assert written.status_code == 200 and written.get_json()["generation"] == 2
+    assert app.test_client().get("/v1/system/config").get_json()["generation"] == 2
 
 
 def _swallow(func, *args):

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from astara_lab.appliance import contract_appliance, contract_payloads
+from astara_lab.monitors import NftMonitor
 from astara_netns import in_netns
 from astara_lab.peers import Connection, PeerServer
 from astara_lab.topology import PUBLIC_V4, PUBLIC_V6, RouterTopology
@@ -90,22 +91,6 @@ def put(topology, payload):
 def handles(appliance):
     """The whole live ruleset with handles: any transaction touching our table changes it."""
     return appliance.ns.run(["nft", "-a", "list", "ruleset"]).stdout
-
-
-class NftMonitor:
-    """``nft monitor`` in the appliance: every ruleset change, as nft prints it."""
-
-    def __init__(self, lab, appliance, name="nftmon"):
-        self.path = lab.tmpdir(name) / "events.log"
-        self.proc = lab.spawn(appliance.ns, ["nft", "monitor", "ruleset"],
-                              log_path=self.path)
-        time.sleep(0.3)  # let it subscribe before anything happens
-
-    def stop(self):
-        time.sleep(0.3)
-        self.proc.terminate()
-        self.proc.wait(5)
-        return [line for line in self.path.read_text().splitlines() if line.strip()]
 
 
 def conntrack(appliance, *args):
@@ -189,14 +174,14 @@ def test_same_config_runs_no_nft_transaction_and_fips_are_element_changes(lab):
     t = router(lab, "router-basic", payload)
     app = t.appliance
     before = handles(app)
-    monitor = NftMonitor(lab, app)
+    monitor = NftMonitor(lab, app.ns)
     assert put(t, payload)["changes"] == 0
     assert monitor.stop() == []
     assert handles(app) == before
 
     # a new floating IP is one element per map, no chain or table is rebuilt
     payload["floating_ips"].append({"floating_ip": "172.24.4.229", "fixed_ip": "10.1.0.12"})
-    monitor = NftMonitor(lab, app, "nftmon2")
+    monitor = NftMonitor(lab, app.ns, "nftmon2")
     put(t, payload)
     events = monitor.stop()
     assert events and all(e.startswith(("add element", "delete element")) for e in events), \

@@ -23,7 +23,6 @@ WEB1 = "e4b010e5-c133-4cdc-85b2-0f3e6e1b95e9"  # the instance owning 10.1.0.8
 LISTENER = ("10.1.0.1", 9602)  # ge2's router address, port 9600 + 2
 STRANGER = "10.1.0.77"  # on the tenant network, owned by no allocation
 READ_TIMEOUT = 1.0  # the agent's [metadata] read_timeout in these tests
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def request(ns, method, host, port, path, body=None, headers=None, source=None, timeout=15):
@@ -193,9 +192,6 @@ def test_a_listener_that_cannot_bind_rolls_the_whole_apply_back(world):
     assert status == 200
 
 
-@pytest.mark.skipif(not (REPO_ROOT / "astara_router" / "apply" / "firewall.py").exists(),
-                    reason="the firewall subsystem (astara_router/apply/firewall.py) that "
-                           "DNATs 169.254.169.254:80 to the listener does not exist yet")
 def test_instances_reach_the_metadata_address(world):
     topology, upstream = world
     status, _, body = request(web1(topology), "GET", "169.254.169.254", 80,

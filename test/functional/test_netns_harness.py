@@ -212,10 +212,8 @@ def test_http_client_v4_v6_and_concurrency(lab):
 
 def test_wait_for_tcp_times_out(lab):
     ns = lab.netns("w")
-    start = time.monotonic()
     with pytest.raises(TimeoutError):
         wait_for_tcp(ns.name, "127.0.0.1", 9, timeout=0.5)
-    assert time.monotonic() - start < 3
 
 
 def test_close_cleans_up_even_after_failure():

@@ -212,8 +212,11 @@ def test_refused_payload_parks_in_error_and_the_appliance_is_not_rebooted(world)
     [instance] = resource["instances"]
     pid = instance["details"]["agent_pid"]
     assert committed(world, instance)["generation"] == 0  # nothing half-applied
-    time.sleep(3)  # several poll periods: no retry, no reboot
-    resource = world.resource(BAD_ROUTER)
+    polls = resource["automaton"]["polls"]
+    # Three health polls are handled while parked: none retries the push or reboots.
+    resource = world.wait_for(
+        lambda: (r := world.resource(BAD_ROUTER))["automaton"]["polls"] >= polls + 3 and r,
+        60, "three polls while parked")
     assert resource["state"] == "error"
     assert [i["details"]["agent_pid"] for i in resource["instances"]] == [pid]
     assert "resource list" and "error" in world.run_ctl("resource", "list").stdout

@@ -180,6 +180,22 @@ def wait_for(predicate, timeout=10.0, what="condition"):
         time.sleep(0.02)
 
 
+def polls_pass(o, resource_id, count=3):
+    """Wait until ``count`` more health polls were handled by the resource's state machine:
+    what a parked resource does with them is then observable, not a guess about time."""
+    start = o.resource(resource_id)["automaton"]["polls"]
+    wait_for(lambda: o.resource(resource_id)["automaton"]["polls"] >= start + count,
+             what=f"{count} polls of {resource_id}")
+
+
+def polls_sent(o, resource_id, count=3):
+    """Wait until the health monitor sent ``count`` more polls for a (paused) resource."""
+    key = ("router", resource_id)
+    start = o.health.polls_sent[key]
+    wait_for(lambda: o.health.polls_sent[key] >= start + count,
+             what=f"{count} polls sent for {resource_id}")
+
+
 def state_of(o, resource_id):
     return next((r for r in o.resources() if r["id"] == resource_id), {}).get("state")
 
@@ -260,7 +276,7 @@ def test_refused_payload_parks_in_error_without_reboot_until_fixed(orch, cloud):
     wait_for(lambda: state_of(o, "r1") == st.ERROR, what="error")
     row = next(r for r in o.resources() if r["id"] == "r1")
     assert "hostname" in row["last_error"] and "422" in row["last_error"]
-    time.sleep(FAST.period * 3)  # polls do not retry a refused payload nor reboot
+    polls_pass(o, "r1")  # polls do not retry a refused payload nor reboot
     assert [c[0] for c in cloud.calls].count("create") == 1
     assert "delete" not in [c[0] for c in cloud.calls]
     assert cloud.appliances["ak-router-r1_0"].puts == 1
@@ -371,7 +387,10 @@ def test_boot_failures_park_in_error_until_manage(orch, cloud):
     row = o.resource("r1")
     assert "3 boot attempts failed" in row["last_error"] and "no capacity" in row["last_error"]
     attempts = [c[0] for c in cloud.calls].count("create")
-    time.sleep(FAST.error_cooldown + FAST.period * 2)  # polls never clear it
+    # The cool-down ends (the automaton's own clock), then polls come: none clears it.
+    since = o.scheduler.automaton(("router", "r1")).error.since
+    wait_for(lambda: time.monotonic() - since > FAST.error_cooldown, what="cool-down over")
+    polls_pass(o, "r1")
     assert [c[0] for c in cloud.calls].count("create") == attempts == 3
     cloud.fail_create = None
     o.command("r1", "manage")
@@ -387,7 +406,7 @@ def test_debug_pauses_and_manage_resumes(orch, cloud):
     o.command("r1", "debug", "hands off")
     o.store.create("floatingip", {"router_id": "r1", "floating_ip_address": "172.24.4.60",
                                   "fixed_ip_address": "10.1.0.10"})
-    time.sleep(FAST.period * 3)
+    polls_sent(o, "r1")
     assert appliance.payload["floating_ips"] == []  # paused: not pushed
     assert o.resource("r1")["paused"] == "resource debug: hands off"
     o.command("r1", "manage")
