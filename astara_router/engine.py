@@ -1,23 +1,37 @@
-"""The transaction engine: validate → apply subsystems in order → verify → persist.
+"""The transaction: parse → plan → check → apply the delta → verify → commit.
+
+* **parse** (outside the writer lock): the body becomes an immutable model; an invalid body
+  never waits for, or touches, anything.
+* **plan** (pure): every subsystem turns the model into what it wants — address and route
+  sets, the nftables ruleset, daemon configurations — with no I/O.
+* **check**: every daemon's own checker (``dnsmasq --test``, ``bird -p``, ...) runs on the
+  plan *before the kernel is touched*, so a refused configuration costs no rollback.
+* **apply**: each subsystem changes only the difference between its plan and its *base*:
+  the plan committed last, kept in memory, when nothing changed behind the agent's back
+  since (``watch.KernelWatch``; daemons are checked by PID); otherwise (boot, drift, after a
+  failed apply) the live state it reads.
+* **verify**: cheap — netlink and nft acknowledgements, daemons' own reports; full read-backs
+  only on the live path.
+* **commit**: the new generation is persisted atomically. Persisting is part of the
+  transaction: if it fails, everything is rolled back like any other failure.
+
+If any step fails, every subsystem that changed something is restored from the snapshot it
+took first, and the last good generation stays committed. An identical push whose base is
+intact returns at once, before even parsing (the raw body's digest is compared).
 
 One writer at a time (a lock); readers use ``engine.committed``, an immutable snapshot
-swapped in by a single assignment, so GETs never wait for an apply. If any step fails,
-every subsystem that ran is restored from the snapshot it took of the live state before it
-changed anything, and the last good generation stays committed.
-
-A subsystem is any object with ``name`` and four methods:
-  ``capture(ctx) -> snapshot``         read the live state it owns (nothing is changed)
-  ``apply(ctx, config, previous) -> n`` converge to ``config``; return how many changes
-  ``verify(ctx, config)``               read back; raise ApplyError on a difference
-  ``restore(ctx, snapshot)``            converge back to the snapshot
-Subsystems and their order are listed in ``apply/__init__.py``.
+swapped in by one assignment, so GETs never wait for an apply. Subsystems and their
+protocol: ``apply/__init__.py``.
 """
+import hashlib
+import json
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Mapping, Optional
 
 from pyroute2 import IPRoute
 
@@ -25,27 +39,14 @@ from .apply import default_subsystems
 from .errors import ApplyError
 from .model import PayloadError, SystemConfig, parse_payload
 from .naming import InterfaceNames, list_nics
+from .render.firewall import TABLE
 from .store import Store, payload_hash
+from .watch import KernelWatch
 
 LOG = logging.getLogger(__name__)
 
 REDACTED = "<redacted>"
 SECRET_KEYS = {"psk", "password", "secret", "auth_key", "shared_secret"}
-
-
-@dataclass(frozen=True)
-class Committed:
-    generation: int = 0
-    payload: Optional[dict] = None
-    config: Optional[SystemConfig] = None
-    hash: Optional[str] = None
-    committed_at: float = 0.0
-    artifacts: dict = field(default_factory=dict)  # rendered texts, e.g. "firewall"
-
-    def view(self):
-        """The committed configuration in the pushed shape, secrets redacted."""
-        return {"configuration": redact(self.payload or {}), "generation": self.generation,
-                "hash": self.hash}
 
 
 def redact(value):
@@ -57,19 +58,63 @@ def redact(value):
     return value
 
 
-class ApplyContext:
-    """What one transaction shares between subsystems: a netlink socket and the NIC map."""
+def body_digest(raw):
+    return hashlib.sha256(raw).hexdigest() if raw is not None else None
 
-    def __init__(self, names: InterfaceNames):
-        self._names = names
-        self.ipr = IPRoute(strict_check=True)  # the kernel filters dumps (table, proto)
-        self.artifacts = {}
-        self.refresh_nics()
+
+@dataclass(frozen=True)
+class Committed:
+    """One generation as readers see it. ``plans`` are what this process applied (empty
+    until the boot re-apply); ``raw_digest`` the digest of the exact bytes last applied."""
+    generation: int = 0
+    payload: Optional[dict] = None
+    config: Optional[SystemConfig] = None
+    hash: Optional[str] = None
+    committed_at: float = 0.0
+    plans: Mapping = field(default_factory=dict)
+    names: Mapping = field(default_factory=dict)  # geN -> kernel name the plans were made for
+    raw_digest: Optional[str] = None
+
+    def view(self):
+        """The committed configuration in the pushed shape, secrets redacted."""
+        return {"configuration": redact(self.payload or {}), "generation": self.generation,
+                "hash": self.hash}
+
+    # Rendered once per generation (on first read), then served as bytes.
+    @cached_property
+    def view_json(self):
+        return (json.dumps(self.view(), sort_keys=True) + "\n").encode()
+
+    @cached_property
+    def firewall_text(self):
+        ruleset = self.plans.get("firewall")
+        return ruleset.text().encode() if ruleset is not None else b""
+
+
+@dataclass
+class ApplyContext:
+    """What one transaction shares between subsystems: a netlink socket, the NICs (read
+    once), their geN names, and the configurations an earlier or interrupted generation may
+    have left on the NICs (the live path clears what they configured)."""
+    ipr: IPRoute
+    interface_names: InterfaceNames
+    previous: tuple = ()
+    nics: tuple = ()
+    names: dict = field(default_factory=dict)  # geN -> naming.Nic
+
+    @classmethod
+    def open(cls, interface_names, previous=()):
+        ctx = cls(IPRoute(strict_check=True), interface_names, tuple(previous))
+        ctx.refresh_nics()
+        return ctx
 
     def refresh_nics(self):
-        self.nics = list_nics(self.ipr, with_addresses=False)  # subsystems dump what they need
-        self.names = self._names.assign(self.nics)
+        self.nics = tuple(list_nics(self.ipr, with_addresses=False))
+        self.names = self.interface_names.assign(self.nics)
         return self.nics
+
+    def kernel_names(self):
+        return {generic: nic.kernel_name for generic, nic in self.names.items()}
 
     def close(self):
         self.ipr.close()
@@ -82,14 +127,16 @@ class Outcome:
 
 
 class Engine:
-    def __init__(self, settings, subsystems=None):
+    def __init__(self, settings, subsystems=None, watch=None):
         self.settings = settings
         self.enabled_services = tuple(settings.enabled_services)
         self.store = Store(settings.state_dir)
         self.names = InterfaceNames(os.path.join(settings.state_dir, "interfaces.json"))
         self.subsystems = (subsystems if subsystems is not None
                            else default_subsystems(settings))
+        self.watch = watch if watch is not None else KernelWatch(TABLE)
         self._lock = threading.Lock()
+        self._trusted = False  # False: the next transaction reads the live state everywhere
         self.state = "booting"
         self.last_error = None
         self.committed = self._load()
@@ -103,8 +150,7 @@ class Engine:
         except PayloadError as exc:  # e.g. a service was disabled in the config file since
             LOG.error("the persisted configuration is no longer valid: %s", exc)
             self.last_error = str(exc)
-            return Committed(stored.number, stored.payload, None, stored.hash,
-                             stored.committed_at)
+            config = None
         return Committed(stored.number, stored.payload, config, stored.hash,
                          stored.committed_at)
 
@@ -112,82 +158,142 @@ class Engine:
         return parse_payload(body, self.enabled_services)
 
     # -- writers -------------------------------------------------------------------------
-    def apply(self, body) -> Outcome:
-        """Validate and apply a whole payload; raise PayloadError/ApplyError on failure with
-        the previous generation left in place."""
+    def apply(self, body, raw=None) -> Outcome:
+        """Validate and apply a whole payload (``raw``: the bytes it was decoded from, for
+        the identical-push fast path); raise PayloadError/ApplyError on failure with the
+        previous generation left in place."""
+        raw_digest = body_digest(raw)
+        if raw_digest is not None:
+            with self._lock:
+                previous = self.committed
+                if raw_digest == previous.raw_digest and self._intact(previous):
+                    return Outcome(previous, 0)
         config = self.parse(body)  # before the lock: invalid bodies never wait or touch
         digest = payload_hash(body)
         with self._lock:
             previous = self.committed
-            same = digest == previous.hash
-            if not same:
-                self.store.write_pending(body)
-            try:
-                artifacts, changes = self._transaction(
-                    config, [previous.config] if previous.config else [])
-                if same:
-                    committed = Committed(previous.generation, previous.payload, config,
-                                          digest, previous.committed_at, artifacts)
-                else:
-                    stored = self.store.commit(previous.generation + 1, body)
-                    committed = Committed(stored.number, body, config, digest,
-                                          stored.committed_at, artifacts)
-            finally:
-                self.store.clear_pending()
-            self.committed = committed
+            if digest == previous.hash and self._intact(previous):
+                self.committed = replace(previous, raw_digest=raw_digest)
+                return Outcome(self.committed, 0)
+            committed, changes = self._transaction(config, body, digest, previous)
+            self.committed = replace(committed, raw_digest=raw_digest)
             self.state, self.last_error = "ready", None
-            return Outcome(committed, changes)
+            return Outcome(self.committed, changes)
 
     def boot(self):
-        """Re-apply the persisted generation before the API reports ready. An apply that was
-        interrupted (crash, kill -9) left pending.json: its interfaces are cleaned too."""
+        """Re-apply the persisted generation before the API reports ready, from the live
+        state. An apply that was interrupted (crash, kill -9) left pending.json: what it may
+        have configured is cleaned too."""
         with self._lock:
-            previous = []
+            leftovers = []
             pending = self.store.load_pending()
             if pending is not None:
                 try:
-                    previous.append(self.parse(pending))
+                    leftovers.append(self.parse(pending))
                 except PayloadError:
                     pass
             committed = self.committed
             try:
                 if committed.config is not None:
-                    artifacts, _ = self._transaction(committed.config, previous)
-                    self.committed = Committed(committed.generation, committed.payload,
-                                               committed.config, committed.hash,
-                                               committed.committed_at, artifacts)
+                    self.committed, _ = self._transaction(
+                        committed.config, committed.payload, committed.hash,
+                        replace(committed, plans={}), leftovers)
                 self.store.clear_pending()
                 self.state = "ready" if self.last_error is None else "degraded"
             except Exception as exc:  # keep serving: the orchestrator will push again
                 LOG.exception("boot re-apply failed")
                 self.state, self.last_error = "degraded", str(exc)
 
-    def _transaction(self, config, previous):
-        ctx = ApplyContext(self.names)
-        snapshots, changes = [], 0
+    # -- the transaction -------------------------------------------------------------------
+    def _intact(self, committed):
+        """The kernel and the daemons still hold ``committed`` (as far as cheap signals
+        tell): an identical push can return at once."""
+        if not committed.plans or not self._trusted:
+            return False
+        if any(self.watch.poll()):
+            return False
+        return all(subsystem.healthy(committed.plans.get(subsystem.name))
+                   for subsystem in self.subsystems if hasattr(subsystem, "healthy"))
+
+    def _bases(self, previous, names):
+        """Per subsystem, the committed plan it may diff against, or None (read live)."""
+        if not self._trusted or not previous.plans or dict(previous.names) != names:
+            return {subsystem.name: None for subsystem in self.subsystems}
+        netlink_drift, nftables_drift = self.watch.poll()
+        drift = {"netlink": netlink_drift, "nftables": nftables_drift}
+        return {subsystem.name: (None if drift.get(getattr(subsystem, "watches", None))
+                                 else previous.plans.get(subsystem.name))
+                for subsystem in self.subsystems}
+
+    def _transaction(self, config, body, digest, previous, leftovers=()):
         started = time.monotonic()
+        earlier = [c for c in (previous.config, *leftovers) if c is not None]
+        ctx = ApplyContext.open(self.names, earlier)
+        snapshots, counts, changes, plans, succeeded = [], {}, 0, {}, False
         try:
+            names = ctx.kernel_names()
+            bases = self._bases(previous, names)
+            plans = {s.name: s.plan(config, names) for s in self.subsystems}
+            for subsystem in self.subsystems:  # before anything live changes
+                subsystem.check(plans[subsystem.name], bases[subsystem.name])
+            new_generation = digest != previous.hash
+            if new_generation:
+                self.store.write_pending(body)
             for subsystem in self.subsystems:
-                snapshots.append((subsystem, subsystem.capture(ctx)))
-                changes += subsystem.apply(ctx, config, previous) or 0
+                base = bases[subsystem.name]
+                snapshot = subsystem.capture(ctx, plans[subsystem.name], base)
+                snapshots.append((subsystem, snapshot))
+                counts[subsystem.name] = subsystem.apply(ctx, plans[subsystem.name], base,
+                                                         snapshot) or 0
             for subsystem in self.subsystems:
-                subsystem.verify(ctx, config)
+                subsystem.verify(ctx, plans[subsystem.name], bases[subsystem.name],
+                                 counts[subsystem.name])
+            if new_generation:
+                stored = self.store.commit(previous.generation + 1, body)
+                number, committed_at = stored.number, stored.committed_at
+            else:
+                number, committed_at = previous.generation, previous.committed_at
+            changes = sum(counts.values())
+            succeeded = True
         except BaseException as exc:
             LOG.warning("apply failed, rolling back: %s", exc)
-            self._rollback(ctx, snapshots)
+            self._rollback(ctx, snapshots, counts)
             if not isinstance(exc, (ApplyError, PayloadError)) and isinstance(exc, Exception):
                 raise ApplyError("", f"internal error in apply: {exc.__class__.__name__}: "
                                      f"{exc}", status=500) from exc
             raise
         finally:
+            self.store.clear_pending()
+            kept = plans if succeeded else previous.plans
+            self.watch.renew(self._watched(kept, ctx))  # what we changed is not drift
+            self._trusted = succeeded
+            nics = dict(ctx.names)
             ctx.close()
-        LOG.info("applied in %.3f s with %d changes", time.monotonic() - started, changes)
-        return ctx.artifacts, changes
+        committed = Committed(number, body, config, digest, committed_at, plans, names)
+        self._after_commit(plans, bases, nics)
+        LOG.info("generation %d applied in %.3f s with %d changes", number,
+                 time.monotonic() - started, changes)
+        return committed, changes
 
-    def _rollback(self, ctx, snapshots):
+    def _watched(self, plans, ctx):
+        owned = set()
+        for subsystem in self.subsystems:
+            if hasattr(subsystem, "owned_addresses") and plans.get(subsystem.name):
+                owned |= subsystem.owned_addresses(plans[subsystem.name], ctx.nics)
+        return owned
+
+    def _after_commit(self, plans, bases, nics):
+        """Work the answer need not wait for (announcements), in the background."""
+        for subsystem in self.subsystems:
+            if hasattr(subsystem, "after_commit"):
+                threading.Thread(target=subsystem.after_commit,
+                                 args=(plans[subsystem.name], bases[subsystem.name], nics),
+                                 name=f"{subsystem.name}-after-commit", daemon=True).start()
+
+    def _rollback(self, ctx, snapshots, counts):
         for subsystem, snapshot in reversed(snapshots):
-            try:
-                subsystem.restore(ctx, snapshot)
+            try:  # the count is None for the one that failed midway
+                subsystem.restore(ctx, snapshot, counts.get(subsystem.name))
             except Exception:  # keep restoring the others; report the state as degraded
                 LOG.exception("rollback of %s failed", subsystem.name)
                 self.state = "degraded"

@@ -75,8 +75,7 @@ def create_app(settings, engine=None, prober=None):
     # -- firewall ----------------------------------------------------------------------------
     @app.get("/v1/firewall/rules")
     def firewall_rules():  # the original client's liveness probe: answered from memory
-        return Response(engine.committed.artifacts.get("firewall", ""),
-                        mimetype="text/plain")
+        return Response(engine.committed.firewall_text, mimetype="text/plain")
 
     # -- system ------------------------------------------------------------------------------
     def live_interfaces():
@@ -102,7 +101,8 @@ def create_app(settings, engine=None, prober=None):
         etag = f'"{committed.hash or "none"}"'
         if request.headers.get("If-None-Match") == etag:
             return Response(status=304, headers={"ETag": etag})
-        return json_response(committed.view(), headers={"ETag": etag})
+        return Response(committed.view_json, mimetype="application/json",
+                        headers={"ETag": etag})
 
     @app.put("/v1/system/config")
     def put_config():
@@ -110,16 +110,18 @@ def create_app(settings, engine=None, prober=None):
             return error_response(415, "Unsupported Media Type",
                                   "the body must be sent as application/json, not "
                                   f"{request.content_type or 'no content type'!r}")
+        raw = request.get_data(cache=False)
         try:
-            body = json.loads(request.get_data(cache=False) or b"")
+            body = json.loads(raw or b"")
         except (ValueError, UnicodeDecodeError) as exc:
             return error_response(400, "Bad Request", f"the body is not valid JSON: {exc}")
         try:
-            outcome = engine.apply(body)
+            outcome = engine.apply(body, raw)
         except (PayloadError, ApplyError) as exc:
             return json_response(exc.to_dict(), exc.status)
-        view = outcome.committed.view()
-        view["changes"] = outcome.changes
-        return json_response(view, headers={"ETag": f'"{outcome.committed.hash}"'})
+        # The generation's view, rendered once, with the change count spliced in front.
+        answer = b'{"changes": %d, ' % outcome.changes + outcome.committed.view_json[1:]
+        return Response(answer, mimetype="application/json",
+                        headers={"ETag": f'"{outcome.committed.hash}"'})
 
     return app

@@ -1,7 +1,30 @@
 """Appliers: one module per subsystem, run by the engine in the order below.
 
 Order matters: addresses exist before daemons bind to them, the firewall is in place
-before services answer, gratuitous ARP goes out once everything else is ready.
+before services answer, announcements go out once everything else is ready.
+
+The protocol every subsystem follows (the engine calls these in this order):
+
+``name``                                  its key in the committed plans
+``watches``                               "netlink", "nftables" or None: the kernel change
+                                          notifications that invalidate its committed plan
+``plan(config, names) -> plan``           pure: what it wants, from the model and the map
+                                          geN → kernel name; equal plans mean no change
+``check(plan, base)``                     the daemon's own checker on the plan, before any
+                                          live change (nothing when ``plan == base``)
+``capture(ctx, plan, base) -> snapshot``  what rollback needs: ``base`` itself when the
+                                          committed plan is intact, else a live read
+``apply(ctx, plan, base, snapshot) -> n`` change only the difference; ``base`` None means
+                                          "unknown", diff against the live state instead
+``verify(ctx, plan, base, changes)``      cheap confirmation (acks, the daemon's report)
+``restore(ctx, snapshot, changes)``      converge back to the snapshot; ``changes`` is what
+                                          apply reported (None: it failed midway)
+optional:
+``healthy(plan) -> bool``                 its daemon still runs (identical-push fast path)
+``owned_addresses(plan, nics)``           {(link index, address)} it put on links (so the
+                                          kernel watch tells its own addresses' updates
+                                          from drift)
+``after_commit(plan, base, nics)``        background work after the answer (announcements)
 """
 import importlib
 import pkgutil
@@ -11,7 +34,7 @@ ORDER = (
     ("hostname", "HostnameSubsystem"),    # hostname, /etc/hosts
     ("firewall", "FirewallSubsystem"),    # nftables filter + NAT, one transaction
     ("dhcp", "DhcpSubsystem"),            # dnsmasq: DHCPv4/v6, DNS
-    ("metadata", "MetadataSubsystem"),    # astara-metadata-proxy
+    ("metadata", "MetadataSubsystem"),    # the metadata proxy
     ("routing", "RoutingSubsystem"),      # BIRD 2: RA, BGP
     ("garp", "GarpSubsystem"),            # gratuitous ARP / unsolicited NA
 )

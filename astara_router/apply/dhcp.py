@@ -10,8 +10,8 @@ lease file (kept across restarts, so no lease is lost), the pid file, the log an
   dnsmasq.conf differs, or unknown       restart (the lease file carries the leases over)
   no subnet needs DHCP                   stop; the config files are removed
 
-Candidates are checked with ``dnsmasq --test`` before anything is replaced; a refusal
-leaves the old files and the old process alone and names the payload field at fault.
+Candidates are checked with ``dnsmasq --test`` in the engine's check phase, before anything
+live is changed; a refusal names the payload field at fault.
 """
 import hashlib
 import json
@@ -39,7 +39,7 @@ def digest(text):
     return None if text is None else hashlib.sha256(text.encode()).hexdigest()
 
 
-def check(files, path):
+def dnsmasq_test(files, path):
     """Run ``dnsmasq --test`` on the candidate (main config with the reservations inlined,
     written to ``path``). A refusal becomes an ApplyError naming the payload field of the
     refused line (422), or a 500 when dnsmasq itself cannot run."""
@@ -102,32 +102,38 @@ class DhcpSubsystem:
                                     [DNSMASQ, f"--conf-file={self.conf}"])
 
     # -- engine interface ------------------------------------------------------------------
-    def capture(self, ctx):
+    def plan(self, config, names):
+        return render_dnsmasq(config, names, self.directory)
+
+    def check(self, plan, base):
+        if plan is not None and plan != base:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            dnsmasq_test(plan, self.check_path)
+
+    def healthy(self, plan):
+        return plan is None or self.daemon.pid() is not None
+
+    def capture(self, ctx, plan, base):
         return {"files": self.files.capture(), "running": self.daemon.running()}
 
-    def apply(self, ctx, config, previous):
-        desired = self.render(ctx, config)
-        if desired is None:
+    def apply(self, ctx, plan, base, snapshot):
+        if base is not None and plan == base and self.healthy(plan):
+            return 0
+        if plan is None:
             return self._converge({path: None for path in self.files.paths}, running=False)
-        ctx.artifacts["dnsmasq"] = {"conf": desired.conf, "hosts": desired.hosts,
-                                    "names": desired.names}
-        contents = desired.contents()
-        current = self.files.capture()
-        if any(current[path] != text for path, text in contents.items()):
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            check(desired, self.check_path)  # before anything live is touched
-        return self._converge(contents, running=True)
+        return self._converge(plan.contents(), running=True)
 
-    def verify(self, ctx, config):
-        desired = self.render(ctx, config)
+    def verify(self, ctx, plan, base, changes):
+        if changes == 0:
+            return
         pid = self.daemon.pid()
-        if desired is None:
+        if plan is None:
             if pid is not None or os.path.exists(self.conf):
                 raise ApplyError("", "dnsmasq or its configuration is still there although "
                                      "no subnet needs DHCP", status=500)
             return
         current = self.files.capture()
-        for path, text in desired.contents().items():
+        for path, text in plan.contents().items():
             if current[path] != text:
                 raise ApplyError("", f"{path} does not hold the rendered configuration",
                                  status=500)
@@ -137,14 +143,11 @@ class DhcpSubsystem:
             raise ApplyError("", f"dnsmasq (pid {pid}) has not loaded the committed "
                                  "configuration", status=500)
 
-    def restore(self, ctx, snapshot):
-        self._converge(snapshot["files"], running=snapshot["running"])
+    def restore(self, ctx, snapshot, changes):
+        if changes != 0:
+            self._converge(snapshot["files"], running=snapshot["running"])
 
     # -- helpers ---------------------------------------------------------------------------
-    def render(self, ctx, config):
-        interfaces = {generic: nic.kernel_name for generic, nic in ctx.names.items()}
-        return render_dnsmasq(config, interfaces, self.directory)
-
     def _converge(self, contents, running):
         """Make the files hold ``contents`` ({path: text or None}) and the process match:
         running with exactly those files loaded, or stopped. Returns the change count."""

@@ -1,18 +1,17 @@
 """Firewall and NAT: the rendered nftables table, loaded by one ``nft -f`` transaction.
 
 How an apply decides what to run (see render/firewall.py for the ruleset itself):
-  1. read the live table (``nft list table inet astara``; absent = "none");
-  2. if it is exactly the listing recorded after our last load, the live table is the
-     ruleset we committed (``committed.json``); otherwise it is unknown (first boot, reboot,
-     crash mid-apply, someone edited it) and gets replaced as a whole;
-  3. desired == committed: nothing runs, not even ``nft -c``;
-     same skeleton: one transaction of ``add/delete element`` (floating IPs, labels, ...);
-     otherwise: one transaction ``delete table`` + the new table;
-  4. every transaction passes ``nft -c -f`` (the kernel validates it and aborts) before the
-     real ``nft -f``; a rejected one leaves the live table untouched;
-  5. conntrack entries of floating IPs that appeared, disappeared or moved are deleted (and
-     only those): established NAT bindings of every other flow live in conntrack and survive
-     any reload.
+  1. base known (the committed ruleset, and no nftables notification about our table since
+     it was loaded): equal → nothing runs; same skeleton → one transaction of
+     ``add/delete element`` (floating IPs, labels, ...); otherwise the table is replaced;
+  2. base unknown (boot, drift, after a failed apply): the live table is read and replaced
+     as a whole by the new one — in one transaction, so packets see the old table until
+     the new one is complete;
+  3. every transaction goes to ``nft -f -``, which is all-or-nothing: a refused one changes
+     nothing (so no separate ``nft -c`` is paid);
+  4. conntrack entries of floating IPs that disappeared or moved are deleted (and only
+     those): established NAT bindings of every other flow live in conntrack and survive
+     any reload. A new floating IP has no binding yet.
 """
 import ipaddress
 import json
@@ -23,8 +22,6 @@ from dataclasses import dataclass
 from ..errors import ApplyError
 from ..render.firewall import (TABLE_SPEC, FirewallRenderError, Ruleset,
                                floating_ips_in_listing, render_firewall, replace_script)
-from ..store import atomic_write
-from .daemon import FileSet, run_checked
 
 LOG = logging.getLogger(__name__)
 
@@ -48,12 +45,16 @@ def live_listing():
     raise ApplyError("", f"nft list table failed: {result.stderr.strip()}", status=500)
 
 
-def run_transaction(script, path, check_only=False):
-    """``nft -c -f`` then ``nft -f`` of one script file: all of it or nothing."""
-    atomic_write(path, script, mode=0o600)
-    run_checked([NFT, "-c", "-f", path], "nft -c (ruleset check)")
-    if not check_only:
-        run_checked([NFT, "-f", path], "nft -f (ruleset load)")
+def run_transaction(script):
+    """``nft -f -``: the whole script or nothing."""
+    try:
+        result = subprocess.run([NFT, "-f", "-"], input=script, capture_output=True,
+                                text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ApplyError("", f"nft -f: {exc}", status=500) from exc
+    if result.returncode != 0:
+        output = (result.stderr.strip() or result.stdout.strip())[-2000:]
+        raise ApplyError("", f"nft -f (ruleset load) failed: {output}", status=500)
 
 
 def _conntrack(args):
@@ -92,30 +93,27 @@ def flush_conntrack(addresses):
                                 result.stderr.strip())
 
 
-def changed_floating_ips(old, new):
-    """Floating addresses whose mapping appeared, disappeared or moved to another fixed IP."""
-    return {f for f in old.keys() | new.keys() if old.get(f) != new.get(f)}
+def stale_floating_ips(old, new):
+    """Floating addresses whose mapping disappeared or moved to another fixed IP: their
+    conntrack entries hold NAT bindings that are now wrong."""
+    return {f for f in old if old[f] != new.get(f)}
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    listing: object  # str | None: the live table before the apply
-    files: dict  # FileSet snapshot of our state files
+    ruleset: object = None  # Ruleset: the committed one, when intact
+    listing: object = None  # str | None: the live table, read when the base is unknown
 
 
 # -- the subsystem --------------------------------------------------------------------------------
 
 class FirewallSubsystem:
     name = "firewall"
+    watches = "nftables"
 
     def __init__(self, settings):
         self.settings = settings
-        self.state_path = settings.path("firewall", "committed.json")
-        self.ruleset_path = settings.path("firewall", "ruleset.nft")  # for operators
-        self.script_path = settings.path("firewall", "transaction.nft")
-        self.files = FileSet(self.state_path, self.ruleset_path)
 
-    # -- helpers --------------------------------------------------------------------------
     def api_ports(self):
         ports = {self.settings.port}
         for bind in self.settings.bind:
@@ -132,69 +130,43 @@ class FirewallSubsystem:
         except (OSError, ValueError, AttributeError):
             return None
 
-    def render(self, ctx, config):
-        names = {generic: nic.kernel_name for generic, nic in ctx.names.items()}
+    # -- the transaction protocol -----------------------------------------------------------
+    def plan(self, config, names):
         try:
             return render_firewall(config, names, self.api_ports(), self.boot_management())
         except FirewallRenderError as exc:
             raise ApplyError(exc.path, exc.message) from exc
 
-    def committed(self):
-        """(ruleset, listing) recorded after our last load, or (None, None)."""
-        try:
-            with open(self.state_path) as handle:
-                data = json.load(handle)
-            return Ruleset.from_json(data["ruleset"]), data["listing"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None, None
+    def check(self, plan, base):
+        pass  # nft -f is all-or-nothing: a refused ruleset changes nothing
 
-    def record(self, ruleset):
-        listing = live_listing()
-        atomic_write(self.state_path, json.dumps({"ruleset": ruleset.to_json(),
-                                                  "listing": listing}), mode=0o644)
-        atomic_write(self.ruleset_path, ruleset.text(), mode=0o644)
-        return listing
+    def capture(self, ctx, plan, base):
+        return Snapshot(ruleset=base) if base is not None else Snapshot(listing=live_listing())
 
-    # -- the transaction protocol -----------------------------------------------------------
-    def capture(self, ctx):
-        snapshot = Snapshot(live_listing(), self.files.capture())
-        ctx.firewall_live = snapshot.listing
-        return snapshot
-
-    def apply(self, ctx, config, previous=()):
-        desired = self.render(ctx, config)
-        ctx.artifacts["firewall"] = desired.text()
-        live = ctx.firewall_live if hasattr(ctx, "firewall_live") else live_listing()
-        committed, committed_listing = self.committed()
-        if committed is not None and live is not None and committed_listing == live:
-            if committed == desired:
+    def apply(self, ctx, plan, base, snapshot):
+        if base is not None:
+            if base == plan:
                 return 0
-            script = committed.element_script(desired)
+            script = base.element_script(plan) or plan.replace_script()
+            before = base.floating_ips()
         else:
-            script = None
-        if script is None:
-            script = desired.replace_script()
-        run_transaction(script, self.script_path)
-        self.record(desired)
-        flush_conntrack(changed_floating_ips(floating_ips_in_listing(live),
-                                             desired.floating_ips()))
+            script = plan.replace_script()
+            before = floating_ips_in_listing(snapshot.listing)
+        run_transaction(script)
+        flush_conntrack(stale_floating_ips(before, plan.floating_ips()))
         return 1
 
-    def verify(self, ctx, config):
-        committed, listing = self.committed()
-        live = live_listing()
-        if committed is None or live is None or live != listing:
-            raise ApplyError("", "verification failed: the live nftables table "
-                                 f"{TABLE_SPEC} is not the committed ruleset", status=500)
-        desired = self.render(ctx, config)
-        if committed != desired:
-            raise ApplyError("", "verification failed: the committed firewall ruleset is "
-                                 "not the one this configuration renders", status=500)
+    def verify(self, ctx, plan, base, changes):
+        pass  # nft acknowledged the whole transaction
 
-    def restore(self, ctx, snapshot):
+    def restore(self, ctx, snapshot, changes):
+        if changes == 0:
+            return
+        if snapshot.ruleset is not None:
+            run_transaction(snapshot.ruleset.replace_script())
+            return
         live = live_listing()
         if live != snapshot.listing:
-            run_transaction(replace_script(snapshot.listing or ""), self.script_path)
-            flush_conntrack(changed_floating_ips(floating_ips_in_listing(live),
-                                                 floating_ips_in_listing(snapshot.listing)))
-        self.files.restore(snapshot.files)
+            run_transaction(replace_script(snapshot.listing or ""))
+            flush_conntrack(stale_floating_ips(floating_ips_in_listing(live),
+                                               floating_ips_in_listing(snapshot.listing)))

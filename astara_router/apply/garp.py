@@ -1,23 +1,22 @@
 """Gratuitous ARP / unsolicited NA for addresses that appear on the appliance.
 
-Only what is new compared with the previous configuration is announced: interface
-addresses and floating IPs (on their external interface), keyed by (geN, address), so an
-identical re-apply sends nothing and an address that moves to another NIC is announced
-there. The first apply after boot has no previous configuration: everything is announced
-(the VM may come back with new MACs).
+Only what is new compared with the committed plan is announced: interface addresses and
+floating IPs (on their external interface), keyed by (geN, address), so an identical
+re-apply sends nothing and an address that moves to another NIC is announced there. The
+first apply after boot (or after drift) has no trusted plan: everything is announced (the
+VM may come back with new MACs).
 
-Frames go out from ``verify``: the engine runs it after every subsystem applied and, this
-subsystem being last in the order, after every other verification passed, so neighbours
-learn an address only once the rest of the configuration is in place. Sending is best
-effort (a lost announcement only delays the neighbours until their next ARP), so it never
-fails a transaction. IPv6 addresses still in duplicate address detection are announced by
-a background thread once DAD succeeds (RFC 4862 forbids advertising tentative addresses).
-capture/restore do nothing: packets cannot be unsent.
+Frames go out after the commit, in a background thread (``after_commit``): neighbours learn
+an address only once the whole configuration is in place, and the answer to the push does
+not wait for thousands of frames. Sending is best effort (a lost announcement only delays
+the neighbours until their next ARP), so it never fails a transaction. IPv6 addresses still
+in duplicate address detection are announced once DAD succeeds (RFC 4862 forbids
+advertising tentative addresses). capture/restore do nothing: packets cannot be unsent.
 """
 import ipaddress
 import logging
-import threading
 import time
+from dataclasses import dataclass
 
 from .. import garp
 
@@ -43,14 +42,6 @@ def announced_addresses(config):
         if network is not None:
             found.add((network.interface.ifname, fip.floating_ip))
     return frozenset(found)
-
-
-def new_announcements(config, previous=()):
-    """Addresses of ``config`` that none of the ``previous`` configurations had there,
-    sorted (by interface, then IPv4 before IPv6)."""
-    before = frozenset().union(*(announced_addresses(p) for p in previous))
-    return tuple(sorted(announced_addresses(config) - before,
-                        key=lambda item: (item[0], item[1].version, item[1])))
 
 
 # -- sending (shell) ----------------------------------------------------------------------
@@ -101,37 +92,66 @@ def _announce_after_dad(pending, router):
                     nic.kernel_name, DAD_WAIT)
 
 
+@dataclass(frozen=True)
+class GarpPlan:
+    addresses: frozenset  # (geN, address) the configuration puts on the appliance
+    router: bool
+
+
 class GarpSubsystem:
+    """Announces, after the answer, what appeared since the committed plan (everything when
+    that is unknown: after boot or drift the VM may come back with new MACs)."""
+
     name = "garp"
+    watches = "netlink"
 
     def __init__(self, settings=None):
         self.settings = settings
 
-    def capture(self, ctx):
+    def plan(self, config, names):
+        return GarpPlan(announced_addresses(config), config.router is not None)
+
+    def check(self, plan, base):
+        pass
+
+    def capture(self, ctx, plan, base):
         return None
 
-    def apply(self, ctx, config, previous=()):
-        ctx.garp_plan = new_announcements(config, previous)
-        ctx.garp_router = config.router is not None
-        return len(ctx.garp_plan)
+    def apply(self, ctx, plan, base, snapshot):
+        return len(self.new(plan, base))
 
-    def verify(self, ctx, config):
-        plan = getattr(ctx, "garp_plan", ())
-        live = _ipv6_flags(ctx.ipr) if any(a.version == 6 for _, a in plan) else {}
-        by_nic, deferred = {}, []
-        for generic, address in plan:
-            nic = ctx.names.get(generic)
-            if nic is None:
-                continue  # netlink already refused a payload naming a missing NIC
-            if live.get((nic.index, address), 0) & IFA_F_TENTATIVE:
-                deferred.append((nic, address))
-            else:
-                by_nic.setdefault(nic, []).append(address)
-        for nic, addresses in by_nic.items():
-            _send(nic, addresses, ctx.garp_router)
-        if deferred:
-            threading.Thread(target=_announce_after_dad, args=(deferred, ctx.garp_router),
-                             name="garp-after-dad", daemon=True).start()
-
-    def restore(self, ctx, snapshot):
+    def verify(self, ctx, plan, base, changes):
         pass
+
+    def restore(self, ctx, snapshot, changes):
+        pass  # packets cannot be unsent; nothing was sent yet anyway
+
+    @staticmethod
+    def new(plan, base):
+        before = base.addresses if base is not None else frozenset()
+        return tuple(sorted(plan.addresses - before,
+                            key=lambda item: (item[0], item[1].version, item[1])))
+
+    def after_commit(self, plan, base, nics):
+        """Background: send now what is usable now, the rest once its DAD is over."""
+        announce(self.new(plan, base), nics, plan.router)
+
+
+def announce(addresses, nics, router):
+    """``addresses``: (geN, address); ``nics``: geN → naming.Nic."""
+    from pyroute2 import IPRoute
+    by_nic, deferred = {}, []
+    with IPRoute() as ipr:
+        live = _ipv6_flags(ipr) if any(a.version == 6 for _, a in addresses) else {}
+    for generic, address in addresses:
+        nic = nics.get(generic)
+        if nic is None:
+            continue
+        if live.get((nic.index, address), 0) & IFA_F_TENTATIVE:
+            deferred.append((nic, address))
+        else:
+            by_nic.setdefault(nic, []).append(address)
+    for nic, found in by_nic.items():
+        _send(nic, found, router)
+    if deferred:
+        _announce_after_dad(deferred, router)

@@ -19,6 +19,7 @@ system call (no shell, no ``hostname`` program).
 """
 import os
 import socket
+from dataclasses import dataclass
 
 from ..errors import ApplyError
 from ..render.hostname import render_hostname_file, render_hosts
@@ -69,6 +70,12 @@ def default_etc_dir(settings):
     return "/etc" if is_real_vm() else settings.path("etc")
 
 
+@dataclass(frozen=True)
+class HostnamePlan:
+    hostname: str
+    files: tuple  # ((path, text), ...)
+
+
 class HostnameSubsystem:
     name = "hostname"
 
@@ -80,42 +87,49 @@ class HostnameSubsystem:
         self.files = FileSet(self.hostname_path, self.hosts_path)
         self.set_kernel = owns_kernel_hostname()
 
-    def desired(self, config):
+    def plan(self, config, names):
         try:
-            return {self.hostname_path: render_hostname_file(config.hostname),
-                    self.hosts_path: render_hosts(config.hostname, config.management_address)}
+            files = {self.hostname_path: render_hostname_file(config.hostname),
+                     self.hosts_path: render_hosts(config.hostname, config.management_address)}
         except ValueError as exc:  # the model refuses these already; never write one
             raise ApplyError("hostname", str(exc)) from exc
+        return HostnamePlan(config.hostname, tuple(sorted(files.items())))
 
-    def capture(self, ctx):
+    def check(self, plan, base):
+        pass  # rendered from a validated RFC 1123 name; nothing else reads these files
+
+    def capture(self, ctx, plan, base):
         return {"files": self.files.capture(),
                 "kernel": socket.gethostname() if self.set_kernel else None}
 
-    def apply(self, ctx, config, previous=()):
-        contents = self.desired(config)
-        current = self.files.capture()
-        changed = {path: text for path, text in contents.items() if current[path] != text}
+    def apply(self, ctx, plan, base, snapshot):
+        current = snapshot["files"]  # two small files: always read, so hand edits are undone
+        changed = {path: text for path, text in plan.files if current[path] != text}
         changes = 0
         if changed:
             os.makedirs(self.etc_dir, exist_ok=True)
             self.files.stage(changed)
             self.files.commit(changed)
             changes += len(changed)
-        if self.set_kernel and socket.gethostname() != config.hostname:
-            self._sethostname(config.hostname)
+        if self.set_kernel and snapshot["kernel"] != plan.hostname:
+            self._sethostname(plan.hostname)
             changes += 1
         return changes
 
-    def verify(self, ctx, config):
-        problems = [f"{path} differs" for path, text in self.desired(config).items()
-                    if self.files.capture()[path] != text]
-        if self.set_kernel and socket.gethostname() != config.hostname:
+    def verify(self, ctx, plan, base, changes):
+        if changes == 0:
+            return
+        current = self.files.capture()
+        problems = [f"{path} differs" for path, text in plan.files if current[path] != text]
+        if self.set_kernel and socket.gethostname() != plan.hostname:
             problems.append(f"kernel host name is {socket.gethostname()!r}")
         if problems:
             raise ApplyError("hostname", "verification failed: " + "; ".join(problems),
                              status=500)
 
-    def restore(self, ctx, snapshot):
+    def restore(self, ctx, snapshot, changes):
+        if changes == 0:
+            return
         current = self.files.capture()
         changed = {path: text for path, text in snapshot["files"].items()
                    if current.get(path) != text}

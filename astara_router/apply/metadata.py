@@ -117,12 +117,6 @@ class MetadataSubsystem:
         if current != text:
             contents = {self.config_path: text}
             self.files.stage(contents)
-            try:  # the proxy's own parser is the checker
-                parse_config(text)
-            except ConfigError as exc:
-                self.files.discard(contents)
-                raise ApplyError("", f"metadata proxy configuration rejected: {exc}",
-                                 status=500) from exc
             self.files.commit(contents)
             changes += 1
         if self.running_pid() is None:
@@ -135,24 +129,43 @@ class MetadataSubsystem:
         return changes
 
     # -- subsystem interface -------------------------------------------------------------------
-    def capture(self, ctx):
+    def plan(self, config, names):
+        return render_proxy_config(config, self.settings.metadata_connect_timeout,
+                                   self.settings.metadata_read_timeout)
+
+    def check(self, plan, base):
+        if plan is not None and plan != base:
+            try:  # the proxy's own parser is the checker
+                parse_config(plan)
+            except ConfigError as exc:
+                raise ApplyError("", f"metadata proxy configuration rejected: {exc}",
+                                 status=500) from exc
+
+    def healthy(self, plan):
+        return plan is None or self.running_pid() is not None
+
+    def capture(self, ctx, plan, base):
         return {"files": self.files.capture(), "running": self.running_pid() is not None}
 
-    def apply(self, ctx, config, previous=()):
-        os.makedirs(self.dir, exist_ok=True)
-        ctx.metadata_proxy_config = render_proxy_config(
-            config, self.settings.metadata_connect_timeout, self.settings.metadata_read_timeout)
-        return self._converge(ctx.metadata_proxy_config)
+    def apply(self, ctx, plan, base, snapshot):
+        if base is not None and plan == base and self.healthy(plan):
+            return 0
+        if plan is not None:
+            os.makedirs(self.dir, exist_ok=True)
+        return self._converge(plan)
 
-    def verify(self, ctx, config):
-        wanted = ctx.metadata_proxy_config
-        if wanted is None:
+    def verify(self, ctx, plan, base, changes):
+        if changes == 0:
+            return
+        if plan is None:
             if self.running_pid() is not None:
                 raise ApplyError("", "metadata proxy runs without tenant networks", status=500)
             return
-        self.wait_serving(config_digest(wanted))
+        self.wait_serving(config_digest(plan))
 
-    def restore(self, ctx, snapshot):
+    def restore(self, ctx, snapshot, changes):
+        if changes == 0:
+            return
         text = snapshot["files"].get(self.config_path)
         if text is None or not snapshot["running"]:
             if self.running_pid() is not None:
@@ -162,4 +175,3 @@ class MetadataSubsystem:
         self.files.restore(snapshot["files"])
         self._converge(text)
         self.wait_serving(config_digest(text))
-

@@ -9,7 +9,7 @@ import logging
 import os
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from ipaddress import ip_address, ip_interface, ip_network
 from typing import Optional
 
@@ -18,10 +18,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 from ..errors import ApplyError
 from ..render.interfaces import kernel_name
 from ..render.netlink import render_netlink
+from ..watch import RTPROT_ASTARA  # marks routes this agent owns: stale ones are found
 
 LOG = logging.getLogger(__name__)
 
-RTPROT_ASTARA = 211  # marks routes this agent owns, so stale ones can be found and removed
 MAIN_TABLE = 254
 IFA_F_NODAD = 0x02
 FAMILY = {4: 2, 6: 10}
@@ -90,29 +90,36 @@ def capture(nics):
     return NetState(links, live_routes())
 
 
-# -- desired state ----------------------------------------------------------------------------
+# -- desired state (pure) ---------------------------------------------------------------------
 
-def desired_state(config, names, clear=()):
-    """Translate the rendered plan from geN to kernel names. ``clear`` lists generic names
-    an earlier (or interrupted) generation configured that this one no longer mentions:
-    their addresses are removed."""
+@dataclass(frozen=True)
+class NetlinkPlan:
+    state: NetState
+    forwarding: bool  # a router forwards; a load balancer does not need to
+    paths: dict = field(default_factory=dict, compare=False)  # what to blame for a failure
+
+
+def plan_netlink(config, names):
+    """The links, addresses and routes ``config`` wants, by kernel name (``names``: geN →
+    kernel name)."""
     plan = render_netlink(config)
-    kernel_names = {generic: nic.kernel_name for generic, nic in names.items()}
     links = []
     for spec in plan.links:
-        kernel_name(kernel_names, spec.generic, spec.path.removesuffix(".interface"))
-        nic = names[spec.generic]
-        links.append((nic.kernel_name, LinkState(spec.mtu, True, spec.addresses, spec.nodad)))
-    for generic in clear:
-        if plan.link(generic) is None and generic in names:
-            nic = names[generic]
-            links.append((nic.kernel_name, LinkState(None, nic.up, frozenset())))
-    routes = frozenset((r.destination, r.gateway,
-                        names[r.generic].kernel_name if r.generic in names else None)
-                       for r in plan.routes)
+        name = kernel_name(names, spec.generic, spec.path.removesuffix(".interface"))
+        links.append((name, LinkState(spec.mtu, True, spec.addresses, spec.nodad)))
+    routes = frozenset((r.destination, r.gateway, names.get(r.generic)) for r in plan.routes)
     paths = {(r.destination, r.gateway): r.path for r in plan.routes}
-    paths.update({names[s.generic].kernel_name: f"{s.path}.addresses" for s in plan.links})
-    return NetState(tuple(links), routes), paths
+    paths.update({names[s.generic]: f"{s.path}.addresses" for s in plan.links})
+    return NetlinkPlan(NetState(tuple(links), routes), config.router is not None, paths)
+
+
+def with_cleared(state, names):
+    """``state`` plus "no addresses" for the links ``names`` that it does not mention: what
+    an earlier generation configured there is removed."""
+    mentioned = {name for name, _ in state.links}
+    cleared = tuple((name, LinkState(None, False, frozenset()))
+                    for name in sorted(set(names) - mentioned))
+    return replace(state, links=state.links + cleared)
 
 
 # -- changing the kernel ----------------------------------------------------------------------
@@ -127,7 +134,8 @@ class Converger:
         self.changes = 0
 
     def _index(self, name):
-        return self.by_name[name].index
+        nic = self.by_name.get(name) if name else None
+        return nic.index if nic else None
 
     def _call(self, what, path, func, *args, ignore=(), **kwargs):
         try:
@@ -156,28 +164,31 @@ class Converger:
         reason = result.stderr.splitlines()[0] if result.stderr else "ip -batch failed"
         raise ApplyError(path, f"{what}: {reason.removeprefix('Error: ')}")
 
-    def converge(self, state, current=None):
-        """``current``: a NetState read just before (saves re-reading a big table)."""
+    def converge(self, state, current):
+        """Bring the kernel from ``current`` (a NetState: read just before, or the committed
+        plan when nothing changed behind our back) to ``state``. Links the NIC list does
+        not have are skipped when they only lose addresses (a hot-unplugged NIC)."""
         ipr = self.ipr
+        have_links = dict(current.links)
         have = {}
-        if current is not None:
-            by_name = dict(current.links)
-            live = {nic.index: by_name[name].addresses for name, nic in self.by_name.items()
-                    if name in by_name}
-        else:
-            live = live_addresses()
         for name, want in state.links:
-            nic = self.by_name[name]
+            nic = self.by_name.get(name)
+            if nic is None:
+                if want.addresses:
+                    raise ApplyError(self.paths.get(name, ""), f"{name} does not exist")
+                continue
             if want.mtu is not None and nic.mtu != want.mtu:
                 self._call(f"set mtu {want.mtu} on {name}", "", ipr.link, "set",
                            index=nic.index, mtu=want.mtu)
             if want.up and not nic.up:
                 self._call(f"set {name} up", "", ipr.link, "set", index=nic.index, state="up")
             _ensure_sysctl(f"ipv4/conf/{name}/promote_secondaries", "1")
-            have[name] = live.get(nic.index, frozenset())
+            have[name] = have_links[name].addresses if name in have_links else frozenset()
         batch = []  # (ip command, what, path): adds first, so a replaced address never
-        for name, want in state.links:  # leaves a gap
-            for address in sorted(want.addresses - have[name], key=_sort_key):
+        removed = False  # leaves a gap
+        for name, want in state.links:
+            for address in sorted(want.addresses - have.get(name, want.addresses),
+                                  key=_sort_key):
                 options = ""
                 if address.version == 4 and address.network.prefixlen < 31:
                     options = " broadcast +"
@@ -186,22 +197,22 @@ class Converger:
                 batch.append((f"address replace {address} dev {name}{options}",
                               f"add address {address} to {name}", self.paths.get(name, "")))
         for name, want in state.links:
-            for address in sorted(have[name] - want.addresses, key=_sort_key):
+            for address in sorted(have.get(name, frozenset()) - want.addresses,
+                                  key=_sort_key):
+                removed = True
                 batch.append((f"address del {address} dev {name}",
                               f"remove address {address} from {name}", ""))
         self._batch(batch)
-        if current is not None and not self.changes:
-            live = current.routes  # no address changed, so no route vanished with one
-        else:
-            live = live_routes()
+        # Removing an address may take routes through it with it: read ours again then.
+        live = live_routes() if removed else current.routes
         for dst, gateway, dev in sorted(live - state.routes, key=str):
             self._call(f"remove route {dst} via {gateway}", "", ipr.route, "del",
-                       **_route_args(dst, gateway, dev and self._index(dev)),
+                       **_route_args(dst, gateway, self._index(dev)),
                        ignore=(errno.ESRCH, errno.ENOENT))
         for dst, gateway, dev in sorted(state.routes - live, key=str):
             path = self.paths.get((dst, gateway), "")
             self._call(f"route {dst} via {gateway}", path, ipr.route, "replace",
-                       **_route_args(dst, gateway, dev and self._index(dev)))
+                       **_route_args(dst, gateway, self._index(dev)))
 
     def verify(self, state):
         """Read back what we asked for; any difference fails the transaction."""
@@ -272,30 +283,50 @@ class NetlinkSubsystem:
     """Transaction participant for links, MTU, addresses and routes."""
 
     name = "netlink"
+    watches = "netlink"
 
     def __init__(self, settings=None):
         self.settings = settings
 
-    def capture(self, ctx):
-        ctx.netlink_live = capture(ctx.nics)
-        return ctx.netlink_live
+    def plan(self, config, names):
+        return plan_netlink(config, names)
 
-    def apply(self, ctx, config, previous=()):
-        clear = {n.interface.ifname for old in previous for n in old.networks}
-        state, paths = desired_state(config, ctx.names, clear)
-        ctx.netlink_state = state
-        if config.router:
+    def check(self, plan, base):
+        pass  # the kernel is the checker: every change is acknowledged or refused
+
+    def capture(self, ctx, plan, base):
+        """The committed state when intact and the plan touches no other link; else the
+        live state of every NIC (rollback then also clears links the plan added)."""
+        if base is not None and {n for n, _ in plan.state.links} <= {
+                n for n, _ in base.state.links}:
+            return base.state
+        return capture(ctx.nics)
+
+    def apply(self, ctx, plan, base, snapshot):
+        if base is not None:  # the kernel holds base: only the difference
+            target = with_cleared(plan.state, [name for name, _ in base.state.links])
+        else:  # unknown: also clear what an earlier or interrupted generation left
+            earlier = {n.interface.ifname for config in ctx.previous for n in config.networks}
+            names = ctx.kernel_names()
+            target = with_cleared(plan.state, [names[g] for g in earlier if g in names])
+        if plan.forwarding:
             enable_forwarding()
-        converger = Converger(ctx.ipr, ctx.nics, paths)
-        converger.converge(state, current=getattr(ctx, "netlink_live", None))
-        ctx.netlink_changes = converger.changes
+        converger = Converger(ctx.ipr, ctx.nics, plan.paths)
+        converger.converge(target, snapshot)
         return converger.changes
 
-    def verify(self, ctx, config):
-        if ctx.netlink_changes == 0:
-            return  # the state read just before already matched: nothing to read back
-        Converger(ctx.ipr, ctx.nics).verify(ctx.netlink_state)
+    def verify(self, ctx, plan, base, changes):
+        if base is not None or changes == 0:
+            return  # acknowledged change by change, or the live state already matched
+        Converger(ctx.ipr, ctx.nics).verify(plan.state)
 
-    def restore(self, ctx, snapshot):
+    def restore(self, ctx, snapshot, changes):
+        if changes == 0:
+            return
         nics = ctx.refresh_nics()
-        Converger(ctx.ipr, nics).converge(snapshot)
+        Converger(ctx.ipr, nics).converge(snapshot, capture(nics))
+
+    def owned_addresses(self, plan, nics):
+        index = {nic.kernel_name: nic.index for nic in nics}
+        return {(index[name], address) for name, link in plan.state.links if name in index
+                for address in link.addresses}

@@ -2,8 +2,8 @@
 
 One ``bird`` per appliance, a child of the agent and so in the agent's network namespace:
 ``bird -c <state>/bird/bird.conf -s <state>/bird/bird.ctl -P <state>/bird/bird.pid``.
-A new config is checked with ``bird -p`` as a candidate, renamed over the live file and
-loaded with ``birdc configure``, which keeps every protocol whose settings did not change
+A new config is checked with ``bird -p`` as a candidate in the engine's check phase, then
+written over the live file and loaded with ``birdc configure``, which keeps every protocol whose settings did not change
 (a BGP session survives an apply that only touched RAs). Nothing changes when the rendered
 text equals the live file and BIRD runs. When the config needs neither RAs nor BGP, BIRD is
 stopped and its file removed.
@@ -16,6 +16,7 @@ import time
 
 from ..errors import ApplyError
 from ..render.routing import DIGEST_SYMBOL, bird_plan, render_bird
+from ..store import atomic_write
 from .daemon import Daemon, FileSet, run_checked
 
 LOG = logging.getLogger(__name__)
@@ -44,31 +45,54 @@ class RoutingSubsystem:
                              [BIRD, "-c", self.conf, "-s", self.socket, "-P", self.pidfile])
 
     # -- transaction interface ----------------------------------------------------------------
-    def capture(self, ctx):
+    def plan(self, config, names):
+        plan = bird_plan(config, names)
+        return render_bird(plan, self.log) if plan is not None else None
+
+    def check(self, plan, base):
+        """``bird -p`` on a candidate file next to the live one."""
+        if plan is None or plan == base:
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        candidate = FileSet.candidate(self.conf)
+        atomic_write(candidate, plan.text, 0o644)
+        try:
+            result = subprocess.run([BIRD, "-p", "-c", candidate], capture_output=True,
+                                    text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ApplyError("", f"bird -p: {exc}", status=500) from exc
+        finally:
+            self.files.discard({self.conf: None})
+        if result.returncode != 0:
+            raise parse_failure("bird -p rejected the configuration",
+                                result.stderr or result.stdout, plan)
+
+    def healthy(self, plan):
+        return plan is None or self.daemon.running()
+
+    def capture(self, ctx, plan, base):
         return {"files": self.files.capture(), "running": self.daemon.running()}
 
-    def apply(self, ctx, config, previous=()):
-        kernel_names = {generic: nic.kernel_name for generic, nic in ctx.names.items()}
-        plan = bird_plan(config, kernel_names)
-        rendered = render_bird(plan, self.log) if plan is not None else None
-        ctx.routing_rendered = rendered
-        if rendered is None:
+    def apply(self, ctx, plan, base, snapshot):
+        if plan is None:
             return self._stop_and_remove()
-        live = self.files.capture()[self.conf]
-        running = self.daemon.running()
-        if live == rendered.text and running:
+        live = snapshot["files"][self.conf]
+        running = snapshot["running"]
+        if live == plan.text and running:
             return 0
-        if live != rendered.text:
-            self._check_and_commit(rendered)
+        if live != plan.text:
+            self.files.stage({self.conf: plan.text})
+            self.files.commit({self.conf: plan.text})
         if running:
-            self._reconfigure(rendered)
+            self._reconfigure(plan)
         else:
             self._start()
         return 1
 
-    def verify(self, ctx, config):
-        rendered = getattr(ctx, "routing_rendered", None)
-        if rendered is None:
+    def verify(self, ctx, plan, base, changes):
+        if changes == 0:
+            return
+        if plan is None:
             if self.daemon.running():
                 raise ApplyError("", "bird is still running although no router "
                                      "advertisement or BGP is configured", status=500)
@@ -78,14 +102,11 @@ class RoutingSubsystem:
         if self.daemon.pid() is None:
             raise ApplyError("", f"bird is not running (no live pid in {self.pidfile})",
                              status=500)
-        if self.files.capture()[self.conf] != rendered.text:
-            raise ApplyError("", f"{self.conf} is not the rendered configuration", status=500)
-        status = self.birdc("show", "status")
-        if "Daemon is up and running" not in status:
-            raise ApplyError("", f"bird is not up: {status.strip()[-500:]}", status=500)
-        self._wait_for_digest(rendered.digest)
+        self._wait_for_digest(plan.digest)
 
-    def restore(self, ctx, snapshot):
+    def restore(self, ctx, snapshot, changes):
+        if changes == 0:
+            return
         old = snapshot["files"][self.conf]
         live = self.files.capture()[self.conf]
         running = self.daemon.running()
@@ -109,23 +130,6 @@ class RoutingSubsystem:
             os.unlink(self.conf)
             changes += 1
         return changes
-
-    def _check_and_commit(self, rendered):
-        """``bird -p`` on a candidate next to the live file; only a clean parse replaces it."""
-        contents = {self.conf: rendered.text}
-        self.files.stage(contents)
-        candidate = FileSet.candidate(self.conf)
-        try:
-            result = subprocess.run([BIRD, "-p", "-c", candidate], capture_output=True,
-                                    text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            self.files.discard(contents)
-            raise ApplyError("", f"bird -p: {exc}", status=500) from exc
-        if result.returncode != 0:
-            self.files.discard(contents)
-            raise parse_failure("bird -p rejected the configuration",
-                                result.stderr or result.stdout, rendered)
-        self.files.commit(contents)
 
     def _reconfigure(self, rendered):
         """``birdc configure``: BIRD re-reads its file; on an error it keeps running the old

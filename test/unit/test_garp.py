@@ -4,7 +4,7 @@ import ipaddress
 import struct
 
 from astara_lab.appliance import contract_payloads
-from astara_router.apply.garp import announced_addresses, new_announcements
+from astara_router.apply.garp import GarpSubsystem, announced_addresses
 from astara_router.garp import (announcement_frames, arp_announcement, gratuitous_arp_frames,
                                 unsolicited_na)
 from astara_router.model import parse_payload
@@ -61,6 +61,13 @@ def test_unsolicited_neighbour_advertisement():
     assert ones_complement_sum(pseudo + icmp) == 0xFFFF  # checksum right
     flags = struct.unpack("!I", unsolicited_na(MAC, target)[58:62])[0]
     assert flags == 0x20000000  # override only, for an appliance that is no router
+
+
+def new_announcements(config, previous=()):
+    """What the subsystem announces after committing ``config`` over ``previous``."""
+    garp = GarpSubsystem()
+    base = garp.plan(previous[0], {}) if previous else None
+    return garp.new(garp.plan(config, {}), base)
 
 
 def test_first_apply_announces_every_address_and_floating_ip():

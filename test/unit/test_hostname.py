@@ -86,18 +86,23 @@ def files_only(tmp_path, monkeypatch):
 
 def test_apply_writes_only_what_changed_and_restore_puts_it_back(files_only):
     subsystem, etc = files_only
-    config = parse_payload(BASIC, ("router",))
-    snapshot = subsystem.capture(None)
-    assert subsystem.apply(None, config) == 2
-    subsystem.verify(None, config)
+
+    def apply(payload):
+        plan = subsystem.plan(parse_payload(payload, ("router",)), {})
+        snapshot = subsystem.capture(None, plan, None)
+        changes = subsystem.apply(None, plan, None, snapshot)
+        subsystem.verify(None, plan, None, changes)
+        return snapshot, changes
+
+    first, changes = apply(BASIC)
+    assert changes == 2
     assert (etc / "hostname").read_text() == NAME + "\n"
     mtimes = {p.name: p.stat().st_mtime_ns for p in etc.iterdir()}
-    assert subsystem.apply(None, config) == 0
+    assert apply(BASIC)[1] == 0
     assert {p.name: p.stat().st_mtime_ns for p in etc.iterdir()} == mtimes
 
-    renamed = parse_payload(dict(BASIC, hostname="r2"), ("router",))
-    assert subsystem.apply(None, renamed) == 2
-    subsystem.restore(None, snapshot)
+    assert apply(dict(BASIC, hostname="r2"))[1] == 2
+    subsystem.restore(None, first, 2)
     assert sorted(os.listdir(etc)) == []  # there were no files before
 
 

@@ -162,8 +162,8 @@ def test_a_configuration_the_proxy_refuses_is_never_swapped_in(tmp_path):
     live = render_proxy_config(model(BASIC))
     with open(subsystem.config_path, "w") as handle:
         handle.write(live)
-    with pytest.raises(ApplyError, match="rejected"):
-        subsystem._converge('{"format": 1}')
+    with pytest.raises(ApplyError, match="rejected"):  # the check phase, before any change
+        subsystem.check('{"format": 1}', live)
     assert open(subsystem.config_path).read() == live
     assert os.listdir(subsystem.dir) == ["proxy.json"]  # no candidate left behind
 

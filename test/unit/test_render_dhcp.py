@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from astara_lab.appliance import contract_payloads
-from astara_router.apply.dhcp import check
+from astara_router.apply.dhcp import dnsmasq_test as check
 from astara_router.errors import ApplyError
 from astara_router.model import parse_payload
 from astara_router.render.dhcp import render_dnsmasq

@@ -1,0 +1,200 @@
+"""Drift detection: has anything changed behind the agent's back since its last commit?
+
+Instead of re-reading the kernel on every push, the agent subscribes to the kernel's own
+change notifications: rtnetlink (links, addresses, routes) and nfnetlink (nftables). After
+each of its own transactions it opens fresh subscriptions (so its own changes are never
+mistaken for drift), and before the next one it reads whatever arrived meanwhile:
+
+* a link appeared, vanished or changed (hot-plug, MTU, state) → the netlink subsystem
+  re-reads the kernel;
+* an address that is not link-local and not dynamic (SLAAC/DHCP) was removed, or one was
+  added that the committed plan does not put there → the same (a flag update of one of our
+  own addresses, e.g. the end of DAD, is not drift);
+* a route of ours (protocol ``RTPROT_ASTARA``) was added or removed → the same;
+* anything touched the agent's nftables table → the firewall re-reads and reloads it.
+
+A full receive queue (the kernel drops notifications then) counts as drift. Changes that
+happen *during* an apply are not seen here (the subscriptions are renewed after it); the
+periodic reconcile compares the whole state. Only the writer uses a watch (no locking).
+"""
+import errno
+import ipaddress
+import logging
+import socket
+import struct
+
+LOG = logging.getLogger(__name__)
+
+NETLINK_ROUTE = 0
+NETLINK_NETFILTER = 12
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+SO_RCVBUFFORCE = 33
+RECEIVE_BUFFER = 4 << 20
+
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_IFADDR = 0x100
+RTMGRP_IPV6_ROUTE = 0x400
+ROUTE_GROUPS = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE
+                | RTMGRP_IPV6_ROUTE)
+NFNLGRP_NFTABLES = 7
+
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+RTM_NEWADDR, RTM_DELADDR = 20, 21
+RTM_NEWROUTE, RTM_DELROUTE = 24, 25
+IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
+IFA_F_PERMANENT = 0x80
+NFNL_SUBSYS_NFTABLES = 10
+NFPROTO_INET = 1
+NLA_TYPE_MASK = 0x3FFF
+LOOPBACK_INDEX = 1
+RTPROT_ASTARA = 211  # marks the routes this agent owns (apply/netlink.py)
+
+NLMSGHDR = struct.Struct("=IHHII")
+IFADDRMSG = struct.Struct("=BBBBI")
+IFINFOMSG = struct.Struct("=BxHiII")
+RTMSG = struct.Struct("=BBBBBBBBI")
+NFGENMSG = struct.Struct("=BBH")
+RTATTR = struct.Struct("=HH")
+
+
+def messages(data):
+    """(type, payload) of each netlink message in one datagram."""
+    offset = 0
+    while offset + NLMSGHDR.size <= len(data):
+        length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size:
+            return
+        yield kind, data[offset + NLMSGHDR.size:offset + length]
+        offset += (length + 3) & ~3
+
+
+def attributes(data, offset):
+    """{type: value bytes} of the attributes from ``offset`` on (first one of each type)."""
+    found = {}
+    while offset + RTATTR.size <= len(data):
+        length, kind = RTATTR.unpack_from(data, offset)
+        if length < RTATTR.size:
+            break
+        found.setdefault(kind & NLA_TYPE_MASK, data[offset + RTATTR.size:offset + length])
+        offset += (length + 3) & ~3
+    return found
+
+
+def _open(protocol, groups=0, group=None):
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK
+                         | socket.SOCK_CLOEXEC, protocol)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+    except OSError:  # without CAP_NET_ADMIN: the default size, overflow = drift
+        pass
+    sock.bind((0, groups))
+    if group is not None:
+        sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+    return sock
+
+
+class KernelWatch:
+    """Two subscriptions; ``netlink_drift``/``nftables_drift`` say whether the kernel may no
+    longer hold what was committed. ``owned`` is ``{(link index, address)}`` of the
+    addresses the committed plan put there, ``links`` the indexes of the NICs it manages."""
+
+    def __init__(self, table_name, table_family=NFPROTO_INET):
+        self.table_name = table_name.encode()
+        self.table_family = table_family
+        self._route = self._nft = None
+        self.netlink_drift = self.nftables_drift = True  # nothing known yet
+        self.owned = frozenset()
+
+    def renew(self, owned=frozenset()):
+        """Forget everything so far (the agent's own changes) and watch from now on."""
+        self.close()
+        try:
+            self._route = _open(NETLINK_ROUTE, ROUTE_GROUPS)
+            self._nft = _open(NETLINK_NETFILTER, group=NFNLGRP_NFTABLES)
+        except OSError as exc:  # cannot watch: every apply re-reads the kernel
+            LOG.warning("cannot subscribe to kernel notifications: %s", exc)
+            self.close()
+            self.netlink_drift = self.nftables_drift = True
+            return
+        self.owned = frozenset(owned)
+        self.netlink_drift = self.nftables_drift = False
+
+    def poll(self):
+        """Read what arrived since ``renew``; returns (netlink_drift, nftables_drift)."""
+        if self._route is None:
+            return True, True
+        if not self.netlink_drift:
+            self.netlink_drift = self._drain(self._route, self._route_drift)
+        if not self.nftables_drift:
+            self.nftables_drift = self._drain(self._nft, self._nft_drift)
+        return self.netlink_drift, self.nftables_drift
+
+    def close(self):
+        for sock in (self._route, self._nft):
+            if sock is not None:
+                sock.close()
+        self._route = self._nft = None
+
+    # -- reading ------------------------------------------------------------------------------
+    @staticmethod
+    def _drain(sock, judge):
+        drift = False
+        while True:
+            try:
+                data = sock.recv(1 << 16)
+            except BlockingIOError:
+                return drift
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:  # notifications were dropped
+                    LOG.info("kernel notification queue overflowed: assuming drift")
+                    return True
+                raise
+            if not drift and any(judge(kind, payload) for kind, payload in messages(data)):
+                drift = True  # keep draining so the socket does not overflow
+
+    def _route_drift(self, kind, payload):
+        if kind in (RTM_NEWLINK, RTM_DELLINK):
+            _family, _type, index, _flags, _change = IFINFOMSG.unpack_from(payload)
+            if index != LOOPBACK_INDEX:
+                LOG.debug("drift: link %d changed", index)
+                return True
+            return False
+        if kind in (RTM_NEWADDR, RTM_DELADDR):
+            return self._address_drift(kind, payload)
+        if kind in (RTM_NEWROUTE, RTM_DELROUTE):
+            protocol = RTMSG.unpack_from(payload)[5]
+            if protocol == RTPROT_ASTARA:
+                LOG.debug("drift: a route of ours changed")
+                return True
+        return False
+
+    def _address_drift(self, kind, payload):
+        family, prefixlen, flags, _scope, index = IFADDRMSG.unpack_from(payload)
+        attrs = attributes(payload, IFADDRMSG.size)
+        raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+        if raw is None or index == LOOPBACK_INDEX:
+            return False
+        if IFA_FLAGS in attrs:
+            flags = struct.unpack("=I", attrs[IFA_FLAGS][:4])[0]
+        address = ipaddress.ip_interface((ipaddress.ip_address(raw), prefixlen))
+        if address.ip.is_link_local or not flags & IFA_F_PERMANENT:
+            return False  # the kernel's (link-local, SLAAC) or a DHCP client's
+        if kind == RTM_NEWADDR and (index, address) in self.owned:
+            return False  # one of ours changed state (e.g. DAD finished)
+        LOG.debug("drift: address %s on link %d %s", address, index,
+                  "added" if kind == RTM_NEWADDR else "removed")
+        return True
+
+    def _nft_drift(self, kind, payload):
+        if kind >> 8 != NFNL_SUBSYS_NFTABLES or len(payload) < NFGENMSG.size:
+            return False
+        family = NFGENMSG.unpack_from(payload)[0]
+        table = attributes(payload, NFGENMSG.size).get(1, b"").rstrip(b"\0")
+        if family == self.table_family and table == self.table_name:
+            LOG.debug("drift: nftables table %s changed", table.decode())
+            return True
+        return False
+
