@@ -229,7 +229,8 @@ class Engine:
         started = time.monotonic()
         earlier = [c for c in (previous.config, *leftovers) if c is not None]
         ctx = ApplyContext.open(self.names, earlier)
-        snapshots, counts, changes, plans, succeeded = [], {}, 0, {}, False
+        snapshots, counts, changes, plans = [], {}, 0, {}
+        succeeded = restored = False
         try:
             names = ctx.kernel_names()
             bases = self._bases(previous, names)
@@ -257,7 +258,7 @@ class Engine:
             succeeded = True
         except BaseException as exc:
             LOG.warning("apply failed, rolling back: %s", exc)
-            self._rollback(ctx, snapshots, counts)
+            restored = self._rollback(ctx, snapshots, counts)
             if not isinstance(exc, (ApplyError, PayloadError)) and isinstance(exc, Exception):
                 raise ApplyError("", f"internal error in apply: {exc.__class__.__name__}: "
                                      f"{exc}", status=500) from exc
@@ -266,7 +267,8 @@ class Engine:
             self.store.clear_pending()
             kept = plans if succeeded else previous.plans
             self.watch.renew(self._watched(kept, ctx))  # what we changed is not drift
-            self._trusted = succeeded
+            # A clean rollback leaves the kernel as committed: the old plans stay the base.
+            self._trusted = succeeded or (restored and self._trusted)
             nics = dict(ctx.names)
             ctx.close()
         committed = Committed(number, body, config, digest, committed_at, plans, names)
@@ -291,6 +293,8 @@ class Engine:
                                  name=f"{subsystem.name}-after-commit", daemon=True).start()
 
     def _rollback(self, ctx, snapshots, counts):
+        """Restore every subsystem that ran; True when all of them were restored."""
+        clean = True
         for subsystem, snapshot in reversed(snapshots):
             try:  # the count is None for the one that failed midway
                 subsystem.restore(ctx, snapshot, counts.get(subsystem.name))
@@ -298,3 +302,5 @@ class Engine:
                 LOG.exception("rollback of %s failed", subsystem.name)
                 self.state = "degraded"
                 self.last_error = f"rollback of {subsystem.name} failed"
+                clean = False
+        return clean

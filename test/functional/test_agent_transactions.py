@@ -117,18 +117,24 @@ class HeldApply:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def capture(self, ctx):
+    def plan(self, config, names):
+        return config
+
+    def check(self, plan, base):
+        pass
+
+    def capture(self, ctx, plan, base):
         return None
 
-    def apply(self, ctx, config, previous):
+    def apply(self, ctx, plan, base, snapshot):
         self.entered.set()
         assert self.release.wait(60), "the test never released the apply"
         return 1
 
-    def verify(self, ctx, config):
+    def verify(self, ctx, plan, base, changes):
         pass
 
-    def restore(self, ctx, snapshot):
+    def restore(self, ctx, snapshot, changes):
         pass
 
 
