@@ -41,7 +41,7 @@ from .model import PayloadError, SystemConfig, parse_payload
 from .naming import InterfaceNames, list_nics
 from .render.firewall import TABLE
 from .store import Store, payload_hash
-from .watch import KernelWatch
+from .watch import Expected, KernelWatch
 
 LOG = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ class Engine:
         finally:
             self.store.clear_pending()
             kept = plans if succeeded else previous.plans
-            self.watch.renew(self._watched(kept, ctx))  # what we changed is not drift
+            self.watch.renew(self._expected(kept, ctx))  # what we changed is not drift
             # A clean rollback leaves the kernel as committed: the old plans stay the base.
             self._trusted = succeeded or (restored and self._trusted)
             nics = dict(ctx.names)
@@ -277,12 +277,11 @@ class Engine:
                  time.monotonic() - started, changes)
         return committed, changes
 
-    def _watched(self, plans, ctx):
-        owned = set()
+    def _expected(self, plans, ctx):
         for subsystem in self.subsystems:
-            if hasattr(subsystem, "owned_addresses") and plans.get(subsystem.name):
-                owned |= subsystem.owned_addresses(plans[subsystem.name], ctx.nics)
-        return owned
+            if hasattr(subsystem, "expected") and plans.get(subsystem.name) is not None:
+                return subsystem.expected(plans[subsystem.name], ctx.nics)
+        return Expected(indexes=frozenset(nic.index for nic in ctx.nics))
 
     def _after_commit(self, plans, bases, nics):
         """Work the answer need not wait for (announcements), in the background."""

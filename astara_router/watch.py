@@ -5,15 +5,17 @@ change notifications: rtnetlink (links, addresses, routes) and nfnetlink (nftabl
 each of its own transactions it opens fresh subscriptions (so its own changes are never
 mistaken for drift), and before the next one it reads whatever arrived meanwhile:
 
-* a link appeared, vanished or changed (hot-plug, MTU, state) → the netlink subsystem
-  re-reads the kernel;
+* a link appeared or vanished (hot-plug), or a managed one lost the MTU or the "up" the
+  plan gave it → the netlink subsystem re-reads the kernel (carrier and operstate updates,
+  which the kernel sends a moment after a link comes up, are not drift);
 * an address that is not link-local and not dynamic (SLAAC/DHCP) was removed, or one was
   added that the committed plan does not put there → the same (a flag update of one of our
   own addresses, e.g. the end of DAD, is not drift);
 * a route of ours (protocol ``RTPROT_ASTARA``) was added or removed → the same;
 * anything touched the agent's nftables table → the firewall re-reads and reloads it.
 
-A full receive queue (the kernel drops notifications then) counts as drift. Changes that
+Unmanaged links and their addresses (the kernel's loopback, say) are not watched. A full
+receive queue (the kernel drops notifications then) counts as drift. Changes that
 happen *during* an apply are not seen here (the subscriptions are renewed after it); the
 periodic reconcile compares the whole state. Only the writer uses a watch (no locking).
 """
@@ -22,6 +24,8 @@ import ipaddress
 import logging
 import socket
 import struct
+from dataclasses import dataclass, field
+from typing import Mapping
 
 LOG = logging.getLogger(__name__)
 
@@ -46,6 +50,8 @@ RTM_NEWADDR, RTM_DELADDR = 20, 21
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 IFA_F_PERMANENT = 0x80
+IFLA_MTU = 4
+IFF_UP = 0x1
 NFNL_SUBSYS_NFTABLES = 10
 NFPROTO_INET = 1
 NLA_TYPE_MASK = 0x3FFF
@@ -96,19 +102,28 @@ def _open(protocol, groups=0, group=None):
     return sock
 
 
+@dataclass(frozen=True)
+class Expected:
+    """What the committed plan put on the links: ``addresses`` ``{(link index, address)}``,
+    ``links`` ``{link index: (mtu or None, up)}`` of the managed NICs, ``indexes`` every
+    NIC the agent saw."""
+    addresses: frozenset = frozenset()
+    links: Mapping = field(default_factory=dict)
+    indexes: frozenset = frozenset()
+
+
 class KernelWatch:
     """Two subscriptions; ``netlink_drift``/``nftables_drift`` say whether the kernel may no
-    longer hold what was committed. ``owned`` is ``{(link index, address)}`` of the
-    addresses the committed plan put there, ``links`` the indexes of the NICs it manages."""
+    longer hold what was committed (``expected``)."""
 
     def __init__(self, table_name, table_family=NFPROTO_INET):
         self.table_name = table_name.encode()
         self.table_family = table_family
         self._route = self._nft = None
         self.netlink_drift = self.nftables_drift = True  # nothing known yet
-        self.owned = frozenset()
+        self.expected = Expected()
 
-    def renew(self, owned=frozenset()):
+    def renew(self, expected=Expected()):
         """Forget everything so far (the agent's own changes) and watch from now on."""
         self.close()
         try:
@@ -119,7 +134,7 @@ class KernelWatch:
             self.close()
             self.netlink_drift = self.nftables_drift = True
             return
-        self.owned = frozenset(owned)
+        self.expected = expected
         self.netlink_drift = self.nftables_drift = False
 
     def poll(self):
@@ -157,11 +172,7 @@ class KernelWatch:
 
     def _route_drift(self, kind, payload):
         if kind in (RTM_NEWLINK, RTM_DELLINK):
-            _family, _type, index, _flags, _change = IFINFOMSG.unpack_from(payload)
-            if index != LOOPBACK_INDEX:
-                LOG.debug("drift: link %d changed", index)
-                return True
-            return False
+            return self._link_drift(kind, payload)
         if kind in (RTM_NEWADDR, RTM_DELADDR):
             return self._address_drift(kind, payload)
         if kind in (RTM_NEWROUTE, RTM_DELROUTE):
@@ -171,18 +182,36 @@ class KernelWatch:
                 return True
         return False
 
+    def _link_drift(self, kind, payload):
+        _family, _type, index, flags, _change = IFINFOMSG.unpack_from(payload)
+        if index == LOOPBACK_INDEX:
+            return False
+        if kind == RTM_DELLINK or index not in self.expected.indexes:
+            LOG.debug("drift: link %d %s", index, "removed" if kind == RTM_DELLINK else "new")
+            return True
+        want = self.expected.links.get(index)
+        if want is None:
+            return False  # a NIC the configuration does not use
+        mtu, up = want
+        raw = attributes(payload, IFINFOMSG.size).get(IFLA_MTU)
+        if (up and not flags & IFF_UP) or (
+                mtu is not None and raw is not None and struct.unpack("=I", raw[:4])[0] != mtu):
+            LOG.debug("drift: link %d lost its state (flags %#x)", index, flags)
+            return True
+        return False
+
     def _address_drift(self, kind, payload):
         family, prefixlen, flags, _scope, index = IFADDRMSG.unpack_from(payload)
         attrs = attributes(payload, IFADDRMSG.size)
         raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
-        if raw is None or index == LOOPBACK_INDEX:
+        if raw is None or index not in self.expected.links:
             return False
         if IFA_FLAGS in attrs:
             flags = struct.unpack("=I", attrs[IFA_FLAGS][:4])[0]
         address = ipaddress.ip_interface((ipaddress.ip_address(raw), prefixlen))
         if address.ip.is_link_local or not flags & IFA_F_PERMANENT:
             return False  # the kernel's (link-local, SLAAC) or a DHCP client's
-        if kind == RTM_NEWADDR and (index, address) in self.owned:
+        if kind == RTM_NEWADDR and (index, address) in self.expected.addresses:
             return False  # one of ours changed state (e.g. DAD finished)
         LOG.debug("drift: address %s on link %d %s", address, index,
                   "added" if kind == RTM_NEWADDR else "removed")

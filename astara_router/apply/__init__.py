@@ -21,9 +21,8 @@ The protocol every subsystem follows (the engine calls these in this order):
                                           apply reported (None: it failed midway)
 optional:
 ``healthy(plan) -> bool``                 its daemon still runs (identical-push fast path)
-``owned_addresses(plan, nics)``           {(link index, address)} it put on links (so the
-                                          kernel watch tells its own addresses' updates
-                                          from drift)
+``expected(plan, nics)``                  (netlink) what the kernel watch compares its
+                                          notifications with (watch.Expected)
 ``after_commit(plan, base, nics)``        background work after the answer (announcements)
 """
 import importlib

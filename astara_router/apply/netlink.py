@@ -18,7 +18,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from ..errors import ApplyError
 from ..render.interfaces import kernel_name
 from ..render.netlink import render_netlink
-from ..watch import RTPROT_ASTARA  # marks routes this agent owns: stale ones are found
+from ..watch import RTPROT_ASTARA, Expected  # RTPROT: marks the routes this agent owns
 
 LOG = logging.getLogger(__name__)
 
@@ -326,7 +326,12 @@ class NetlinkSubsystem:
         nics = ctx.refresh_nics()
         Converger(ctx.ipr, nics).converge(snapshot, capture(nics))
 
-    def owned_addresses(self, plan, nics):
+    def expected(self, plan, nics):
+        """What the kernel watch compares its notifications with."""
         index = {nic.kernel_name: nic.index for nic in nics}
-        return {(index[name], address) for name, link in plan.state.links if name in index
-                for address in link.addresses}
+        links = {name: link for name, link in plan.state.links if name in index}
+        return Expected(
+            addresses=frozenset((index[name], address) for name, link in links.items()
+                                for address in link.addresses),
+            links={index[name]: (link.mtu, link.up) for name, link in links.items()},
+            indexes=frozenset(index.values()))

@@ -321,25 +321,33 @@ from astara_router.settings import Settings
 state_dir, payloads = sys.argv[2], json.load(open(sys.argv[3]))
 configs = {k: parse_payload(v, ("router",)) for k, v in payloads.items()}
 dhcp = DhcpSubsystem(Settings(state_dir=state_dir))
-ctx = ApplyContext(InterfaceNames(os.path.join(state_dir, "interfaces.json")))
+ctx = ApplyContext.open(InterfaceNames(os.path.join(state_dir, "interfaces.json")))
+names = ctx.kernel_names()
 steps = []
 
 def record(label):
     steps.append({"step": label, "pid": dhcp.daemon.pid(),
                   "conf": os.path.exists(dhcp.conf)})
 
-dhcp.apply(ctx, configs["basic"], []); dhcp.verify(ctx, configs["basic"]); record("basic")
-for other in ("hosts_only", "conf_change", "off"):
-    snapshot = dhcp.capture(ctx)
-    dhcp.apply(ctx, configs[other], [configs["basic"]]); dhcp.verify(ctx, configs[other])
-    record(other)
-    dhcp.restore(ctx, snapshot); dhcp.verify(ctx, configs["basic"])
+def apply(name):  # the engine's phases, on the live state (no committed base)
+    plan = dhcp.plan(configs[name], names)
+    dhcp.check(plan, None)
+    snapshot = dhcp.capture(ctx, plan, None)
+    dhcp.verify(ctx, plan, None, dhcp.apply(ctx, plan, None, snapshot))
+    record(name)
+    return snapshot
+
+def restore(snapshot, name):
+    dhcp.restore(ctx, snapshot, None)
+    dhcp.verify(ctx, dhcp.plan(configs[name], names), None, 1)
     record("restored")
-dhcp.apply(ctx, configs["off"], []); record("off")
-snapshot = dhcp.capture(ctx)
-dhcp.apply(ctx, configs["basic"], []); record("basic")
-dhcp.restore(ctx, snapshot); dhcp.verify(ctx, configs["off"]); record("restored")
-dhcp.apply(ctx, configs["basic"], []); dhcp.verify(ctx, configs["basic"]); record("basic")
+
+apply("basic")
+for other in ("hosts_only", "conf_change", "off"):
+    restore(apply(other), "basic")
+snapshot = apply("off")
+restore(apply("basic"), "off")
+apply("basic")
 print(json.dumps(steps))
 """
 

@@ -326,11 +326,11 @@ def test_router_wide_nat_on_ge10_to_ge12(lab, net):
 # -- check failures and rollback, on the subsystem itself ------------------------------------------
 
 class BrokenRenderFirewall(FirewallSubsystem):
-    """Renders a ruleset the kernel rejects (a rule using a set that does not exist): the
-    real ``nft -c`` must refuse it."""
+    """Plans a ruleset the kernel rejects (a rule using a set that does not exist): the
+    real ``nft -f`` must refuse all of it."""
 
-    def render(self, ctx, config):
-        ruleset = super().render(ctx, config)
+    def plan(self, config, names):
+        ruleset = super().plan(config, names)
         chains = tuple(
             c if c.name != "input" else type(c)(c.name, c.hook, c.rules + (
                 "ip saddr @no_such_set accept",)) for c in ruleset.chains)
@@ -340,7 +340,7 @@ class BrokenRenderFirewall(FirewallSubsystem):
 def _context(appliance):
     """An ApplyContext (netlink socket, NIC map) inside the appliance's namespace."""
     with in_netns(appliance.ns.name):
-        return ApplyContext(InterfaceNames(str(appliance.state_dir / "interfaces.json")))
+        return ApplyContext.open(InterfaceNames(str(appliance.state_dir / "interfaces.json")))
 
 
 def _in_appliance(appliance, func, *args):
@@ -371,35 +371,35 @@ def test_rejected_ruleset_leaves_the_previous_one_and_restore_puts_it_back(lab, 
     settings = Settings(state_dir=str(app.state_dir))
     config = parse_payload(payload, SERVICES)
     ctx = _context(app)
+    names = ctx.kernel_names()
+
+    def apply(subsystem, config, base):
+        plan = subsystem.plan(config, names)
+        snapshot = _in_appliance(app, subsystem.capture, ctx, plan, base)
+        return plan, snapshot, _in_appliance(app, subsystem.apply, ctx, plan, base, snapshot)
+
     try:
         good = FirewallSubsystem(settings)
-        snapshot_empty = _in_appliance(app, good.capture, ctx)
-        assert snapshot_empty.listing is None
-        assert _in_appliance(app, good.apply, ctx, config, []) == 1
-        _in_appliance(app, good.verify, ctx, config)
+        plan, snapshot_empty, changes = apply(good, config, None)
+        assert snapshot_empty.listing is None and changes == 1
         committed = handles(app)
 
-        broken = BrokenRenderFirewall(settings)
-        _in_appliance(app, broken.capture, ctx)
         with pytest.raises(ApplyError) as error:
-            _in_appliance(app, broken.apply, ctx, config, [])
-        assert "nft -c" in str(error.value) and "no_such_set" in str(error.value)
+            apply(BrokenRenderFirewall(settings), config, plan)
+        assert "nft -f" in str(error.value) and "no_such_set" in str(error.value)
         assert handles(app) == committed  # not one handle moved
-        _in_appliance(app, good.verify, ctx, config)  # still the committed generation
 
         # a good change, then the engine's rollback path
         changed = parse_payload(dict(payload, floating_ips=payload["floating_ips"] + [
             {"floating_ip": "172.24.4.229", "fixed_ip": "10.1.0.12"}]), SERVICES)
-        snapshot = _in_appliance(app, good.capture, ctx)
-        assert _in_appliance(app, good.apply, ctx, changed, [config]) == 1
-        assert "172.24.4.229" in _in_appliance(app, live_listing)
-        _in_appliance(app, good.restore, ctx, snapshot)
-        assert _in_appliance(app, live_listing) == snapshot.listing
-        _in_appliance(app, good.verify, ctx, config)
-        assert _in_appliance(app, good.apply, ctx, config, []) == 0
+        _, snapshot, changes = apply(good, changed, plan)
+        assert changes == 1 and "172.24.4.229" in _in_appliance(app, live_listing)
+        _in_appliance(app, good.restore, ctx, snapshot, changes)
+        assert "172.24.4.229" not in _in_appliance(app, live_listing)
+        assert apply(good, config, plan)[2] == 0  # the committed ruleset is in place
 
         # restoring the "none" snapshot removes the table
-        _in_appliance(app, good.restore, ctx, snapshot_empty)
+        _in_appliance(app, good.restore, ctx, snapshot_empty, 1)
         assert _in_appliance(app, live_listing) is None
     finally:
         ctx.close()

@@ -203,37 +203,42 @@ def test_restore_brings_back_the_previous_daemon_state(lab):
     conf = state / "bird" / "bird.conf"
 
     with in_netns(topology.appliance.ns.name):
-        ctx = ApplyContext(InterfaceNames(str(state / "interfaces.json")))
+        ctx = ApplyContext.open(InterfaceNames(str(state / "interfaces.json")))
+        names = ctx.kernel_names()
         try:
-            def converge(name):
-                changes = subsystem.apply(ctx, configs[name])
-                subsystem.verify(ctx, configs[name])
-                return changes
+            def converge(name):  # the engine's phases, from the live state
+                plan = subsystem.plan(configs[name], names)
+                subsystem.check(plan, None)
+                snapshot = subsystem.capture(ctx, plan, None)
+                changes = subsystem.apply(ctx, plan, None, snapshot)
+                subsystem.verify(ctx, plan, None, changes)
+                return snapshot, changes
 
-            nothing = subsystem.capture(ctx)
-            assert converge("full") == 1
+            nothing, changes = converge("full")
+            assert changes == 1
             pid, full_text = subsystem.daemon.pid(), conf.read_text()
             assert pid in topology.appliance.ns.pids()
-            assert converge("full") == 0
+            assert converge("full")[1] == 0
 
             # running → running with another config → back: reconfigured, never restarted
-            full = subsystem.capture(ctx)
-            assert converge("fewer") == 1 and '"eth3"' not in conf.read_text()
-            subsystem.restore(ctx, full)
+            full, changes = converge("fewer")
+            assert changes == 1 and '"eth3"' not in conf.read_text()
+            subsystem.restore(ctx, full, changes)
             assert conf.read_text() == full_text and subsystem.daemon.pid() == pid
-            assert converge("full") == 0  # verify: bird runs the full config again
+            assert converge("full")[1] == 0  # verify: bird runs the full config again
 
             # running → stopped → back: started again with the old file
-            assert converge("none") == 2  # stopped + file removed
+            full, changes = converge("none")
+            assert changes == 2  # stopped + file removed
             assert subsystem.daemon.pid() is None and not conf.exists()
-            subsystem.restore(ctx, full)
+            subsystem.restore(ctx, full, changes)
             assert conf.read_text() == full_text and subsystem.daemon.pid() is not None
-            assert converge("full") == 0
+            assert converge("full")[1] == 0
 
             # back to where nothing ran
-            subsystem.restore(ctx, nothing)
+            subsystem.restore(ctx, nothing, 1)
             assert subsystem.daemon.pid() is None and not conf.exists()
-            assert converge("none") == 0
+            assert converge("none")[1] == 0
         finally:
             subsystem.daemon.stop()
             ctx.close()
