@@ -203,9 +203,12 @@ def test_a_new_floating_ip_is_announced_and_a_reapply_announces_nothing(lab, cap
     appliance, inet = topology.appliance, topology.inet
     appliance.configure_management()
     appliance.start()
-    put(appliance, BASIC)
-
     capture = capture_of(inet)
+    put(appliance, BASIC)
+    # The first generation's announcements go out after its answer: let them all arrive
+    # (the last one sent is the reply form of the highest external address).
+    capture.wait_for(lambda a: a.get("address") == "172.24.4.228" and a["op"] == 2)
+    capture.clear()
     inet.ip("neigh", "replace", NEW_FIP, "lladdr", "02:00:00:00:00:01", "dev", "eth0",
             "nud", "stale")
     more = copy.deepcopy(BASIC)
