@@ -21,7 +21,8 @@ import logging
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .store import PLURALS, StoreError
+from .store import StoreError
+from .store.kinds import PLURALS
 
 LOG = logging.getLogger(__name__)
 READ_ONLY = {"appliance_port"}

@@ -16,7 +16,7 @@ the ``[netns]`` names the lab chose) is enough to run. Sections and keys::
            push_backoff_cap
   [workers] threads
   [webhook] url, timeout
-  [compute] driver                      (netns | fake)
+  [compute] driver                      (netns)
   [netns] prefix, fabric, management_bridge, bridges, auto_bridges, state_root, python,
           enabled_services, management_mtu
 """
@@ -25,6 +25,8 @@ import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field, replace
+
+from .drivers import DRIVERS
 
 DEFAULT_CONFIG = "/etc/astara/orchestrator.ini"
 DEFAULT_MGMT_NETWORK_ID = "b308b496-94cb-45bf-b7a7-0cacb4e0465a"  # the contract's ids
@@ -256,6 +258,9 @@ def validate(settings):
             ipaddress.ip_address(settings.management.orchestrator_address)
     except ValueError as exc:
         raise ConfigError(f"management: {exc}") from None
+    if settings.compute_driver not in DRIVERS:
+        raise ConfigError(f"compute.driver: unknown driver {settings.compute_driver!r} "
+                          f"({', '.join(DRIVERS)})")
     if settings.threads < 1:
         raise ConfigError("workers.threads must be at least 1")
     if settings.health.period <= 0:
