@@ -217,12 +217,11 @@ def load(path=None, **overrides):
 
 def from_parser(parser, **overrides):
     defaults = parser.defaults()
-    section = (lambda name: parser[name] if parser.has_section(name) else {})
     top = {}
     for name in ("host", "state_dir", "database", "log_file", "log_level"):
         if name in defaults:
             top[name] = defaults[name].strip()
-    webhook = section("webhook")
+    webhook = _own(parser, "webhook")
     try:
         settings = Settings(
             **top,
@@ -231,10 +230,10 @@ def from_parser(parser, **overrides):
             router=_typed(RouterSettings, _own(parser, "router"), "router."),
             appliance=_typed(ApplianceSettings, _own(parser, "appliance"), "appliance."),
             health=_typed(HealthSettings, _own(parser, "health"), "health."),
-            threads=int(section("workers").get("threads", 4)),
+            threads=int(_own(parser, "workers").get("threads", 4)),
             webhook_url=webhook.get("url", "").strip(),
             webhook_timeout=float(webhook.get("timeout", 2.0)),
-            compute_driver=section("compute").get("driver", "netns").strip(),
+            compute_driver=_own(parser, "compute").get("driver", "netns").strip(),
             netns=_typed(NetnsSettings, _own(parser, "netns"), "netns."),
         )
     except ValueError as exc:
