@@ -5,7 +5,7 @@ Every path the agent writes (state, pid files, sockets, daemon configs) derives 
 """
 import configparser
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 DEFAULT_PORT = 5000
 
@@ -27,7 +27,6 @@ class Settings:
     etc_dir: str = ""  # hostname/hosts files; empty: see apply/hostname.py default_etc_dir
     metadata_connect_timeout: float = 5.0  # metadata proxy → orchestrator, seconds
     metadata_read_timeout: float = 30.0
-    extra: dict = field(default_factory=dict)
 
     def path(self, *parts):
         return os.path.join(self.state_dir, *parts)

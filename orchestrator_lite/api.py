@@ -14,35 +14,52 @@ Operations::
   POST /v1/resources/<id>/<rebuild|update|debug|manage|poll>   {reason?}
   POST /v1/tenants/<tenant>/<debug|manage>      POST /v1/global/<debug|manage>
   POST /v1/poll                                 GET  /v1/workers
+
+One Flask blueprint per route group (banner, operations, router helpers, collections);
+the token check and the JSON error handlers are the app's, so they cover every route.
 """
 import hmac
 import logging
 
-from flask import Flask, jsonify, request
+from flask import Blueprint, Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .store import PLURALS, StoreError
+from .store import StoreError
+from .store.kinds import PLURALS
 
 LOG = logging.getLogger(__name__)
 READ_ONLY = {"appliance_port"}
+PUBLIC_PATHS = ("/v1", "/v1/")  # the banner: liveness without a token
 
 
 def create_app(orchestrator, token):
     if not token:
         raise ValueError("the admin API needs a token ([api] token)")
     app = Flask("orchestrator_lite")
-    store = orchestrator.store
+    require_token(app, token)
+    json_errors(app)
+    app.register_blueprint(banner_routes(orchestrator))
+    # Operations and router helpers before the generic /v1/<plural> collections.
+    app.register_blueprint(operation_routes(orchestrator))
+    app.register_blueprint(router_routes(orchestrator.store))
+    app.register_blueprint(collection_routes(orchestrator.store))
+    return app
+
+
+def require_token(app, token):
     expected = f"Bearer {token}".encode()
 
     @app.before_request
     def authenticate():
-        if request.path in ("/v1", "/v1/"):
+        if request.path in PUBLIC_PATHS:
             return None
         supplied = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(supplied, expected):
             return jsonify(error="Unauthorized", message="a valid bearer token is required"), 401
         return None
 
+
+def json_errors(app):
     @app.errorhandler(StoreError)
     def store_error(exc):
         return jsonify(exc.to_dict()), exc.status
@@ -56,57 +73,80 @@ def create_app(orchestrator, token):
         LOG.exception("admin API: %s %s failed", request.method, request.path)
         return jsonify(error="Internal Server Error", message=str(exc)), 500
 
-    def body():
-        data = request.get_json(silent=True) if request.data else {}
-        if data is None:
-            raise StoreError("the body must be JSON (Content-Type: application/json)")
-        if not isinstance(data, dict):
-            raise StoreError("the body must be a JSON object")
-        return data
 
-    def kind_of(plural):
-        kind = PLURALS.get(plural)
-        if kind is None:
-            raise StoreError(f"unknown collection {plural!r}", status=404)
-        return kind
+def body():
+    data = request.get_json(silent=True) if request.data else {}
+    if data is None:
+        raise StoreError("the body must be JSON (Content-Type: application/json)")
+    if not isinstance(data, dict):
+        raise StoreError("the body must be a JSON object")
+    return data
 
-    @app.get("/v1/")
-    @app.get("/v1")
+
+def kind_of(plural):
+    kind = PLURALS.get(plural)
+    if kind is None:
+        raise StoreError(f"unknown collection {plural!r}", status=404)
+    return kind
+
+
+def writable_kind_of(plural):
+    kind = kind_of(plural)
+    if kind in READ_ONLY:
+        raise StoreError(f"{plural} are managed by the orchestrator", status=405)
+    return kind
+
+
+def banner_routes(orchestrator):
+    routes = Blueprint("banner", __name__)
+
+    @routes.get("/v1/")
+    @routes.get("/v1")
     def banner():
         return jsonify(service="astara-orchestrator", driver=orchestrator.driver.name)
 
-    # -- operations (registered before the generic collection routes) -----------------------------
-    @app.get("/v1/resources")
+    return routes
+
+
+def operation_routes(orchestrator):
+    routes = Blueprint("operations", __name__)
+
+    @routes.get("/v1/resources")
     def list_resources():
         return jsonify(resources=orchestrator.resources())
 
-    @app.get("/v1/resources/<resource_id>")
+    @routes.get("/v1/resources/<resource_id>")
     def show_resource(resource_id):
         return jsonify(resource=orchestrator.resource(resource_id))
 
-    @app.post("/v1/resources/<resource_id>/<command>")
+    @routes.post("/v1/resources/<resource_id>/<command>")
     def resource_command(resource_id, command):
         return jsonify(orchestrator.command(resource_id, command, body().get("reason", "")))
 
-    @app.post("/v1/tenants/<tenant_id>/<command>")
+    @routes.post("/v1/tenants/<tenant_id>/<command>")
     def tenant_command(tenant_id, command):
         return jsonify(orchestrator.tenant_command(tenant_id, command,
                                                    body().get("reason", "")))
 
-    @app.post("/v1/global/<command>")
+    @routes.post("/v1/global/<command>")
     def global_command(command):
         return jsonify(orchestrator.global_command(command, body().get("reason", "")))
 
-    @app.post("/v1/poll")
+    @routes.post("/v1/poll")
     def poll():
         return jsonify(orchestrator.poll())
 
-    @app.get("/v1/workers")
+    @routes.get("/v1/workers")
     def workers():
         return jsonify(orchestrator.workers_debug())
 
-    # -- router helpers ----------------------------------------------------------------------------
-    @app.post("/v1/routers/<router_id>/interfaces")
+    return routes
+
+
+def router_routes(store):
+    routes = Blueprint("routers", __name__)
+
+    @routes.post("/v1/routers/<router_id>/interfaces")
     def add_interface(router_id):
         data = body()
         port = store.add_router_interface(router_id, subnet_id=data.get("subnet_id"),
@@ -115,7 +155,7 @@ def create_app(orchestrator, token):
                                           mac_address=data.get("mac_address"))
         return jsonify(port=port), 201
 
-    @app.delete("/v1/routers/<router_id>/interfaces/<port_id>")
+    @routes.delete("/v1/routers/<router_id>/interfaces/<port_id>")
     def remove_interface(router_id, port_id):
         port = store.snapshot().require("port", port_id)
         if port["device_id"] != router_id:
@@ -124,49 +164,48 @@ def create_app(orchestrator, token):
         store.delete("port", port_id)
         return "", 204
 
-    @app.put("/v1/routers/<router_id>/gateway")
+    @routes.put("/v1/routers/<router_id>/gateway")
     def set_gateway(router_id):
         data = body()
         port = store.set_router_gateway(router_id, data.get("network_id", ""),
                                         data.get("fixed_ips"), data.get("mac_address"))
         return jsonify(port=port)
 
-    @app.delete("/v1/routers/<router_id>/gateway")
+    @routes.delete("/v1/routers/<router_id>/gateway")
     def clear_gateway(router_id):
         store.clear_router_gateway(router_id)
         return "", 204
 
-    # -- generic collections -----------------------------------------------------------------------
-    @app.get("/v1/<plural>")
+    return routes
+
+
+def collection_routes(store):
+    routes = Blueprint("collections", __name__)
+
+    @routes.get("/v1/<plural>")
     def list_objects(plural):
         kind = kind_of(plural)
         return jsonify({plural: store.snapshot().all(kind)})
 
-    @app.post("/v1/<plural>")
+    @routes.post("/v1/<plural>")
     def create_object(plural):
-        kind = kind_of(plural)
-        if kind in READ_ONLY:
-            raise StoreError(f"{plural} are managed by the orchestrator", status=405)
+        kind = writable_kind_of(plural)
         return jsonify({kind: store.create(kind, body())}), 201
 
-    @app.get("/v1/<plural>/<obj_id>")
+    @routes.get("/v1/<plural>/<obj_id>")
     def show_object(plural, obj_id):
         kind = kind_of(plural)
         return jsonify({kind: store.snapshot().require(kind, obj_id)})
 
-    @app.route("/v1/<plural>/<obj_id>", methods=["PUT", "PATCH"])
+    @routes.route("/v1/<plural>/<obj_id>", methods=["PUT", "PATCH"])
     def update_object(plural, obj_id):
-        kind = kind_of(plural)
-        if kind in READ_ONLY:
-            raise StoreError(f"{plural} are managed by the orchestrator", status=405)
+        kind = writable_kind_of(plural)
         return jsonify({kind: store.update(kind, obj_id, body())})
 
-    @app.delete("/v1/<plural>/<obj_id>")
+    @routes.delete("/v1/<plural>/<obj_id>")
     def delete_object(plural, obj_id):
-        kind = kind_of(plural)
-        if kind in READ_ONLY:
-            raise StoreError(f"{plural} are managed by the orchestrator", status=405)
+        kind = writable_kind_of(plural)
         store.delete(kind, obj_id)
         return "", 204
 
-    return app
+    return routes

@@ -16,7 +16,7 @@ the ``[netns]`` names the lab chose) is enough to run. Sections and keys::
            push_backoff_cap
   [workers] threads
   [webhook] url, timeout
-  [compute] driver                      (netns | fake)
+  [compute] driver                      (netns)
   [netns] prefix, fabric, management_bridge, bridges, auto_bridges, state_root, python,
           enabled_services, management_mtu
 """
@@ -25,6 +25,8 @@ import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field, replace
+
+from .drivers import DRIVERS
 
 DEFAULT_CONFIG = "/etc/astara/orchestrator.ini"
 DEFAULT_MGMT_NETWORK_ID = "b308b496-94cb-45bf-b7a7-0cacb4e0465a"  # the contract's ids
@@ -215,12 +217,11 @@ def load(path=None, **overrides):
 
 def from_parser(parser, **overrides):
     defaults = parser.defaults()
-    section = (lambda name: parser[name] if parser.has_section(name) else {})
     top = {}
     for name in ("host", "state_dir", "database", "log_file", "log_level"):
         if name in defaults:
             top[name] = defaults[name].strip()
-    webhook = section("webhook")
+    webhook = _own(parser, "webhook")
     try:
         settings = Settings(
             **top,
@@ -229,10 +230,10 @@ def from_parser(parser, **overrides):
             router=_typed(RouterSettings, _own(parser, "router"), "router."),
             appliance=_typed(ApplianceSettings, _own(parser, "appliance"), "appliance."),
             health=_typed(HealthSettings, _own(parser, "health"), "health."),
-            threads=int(section("workers").get("threads", 4)),
+            threads=int(_own(parser, "workers").get("threads", 4)),
             webhook_url=webhook.get("url", "").strip(),
             webhook_timeout=float(webhook.get("timeout", 2.0)),
-            compute_driver=section("compute").get("driver", "netns").strip(),
+            compute_driver=_own(parser, "compute").get("driver", "netns").strip(),
             netns=_typed(NetnsSettings, _own(parser, "netns"), "netns."),
         )
     except ValueError as exc:
@@ -256,6 +257,9 @@ def validate(settings):
             ipaddress.ip_address(settings.management.orchestrator_address)
     except ValueError as exc:
         raise ConfigError(f"management: {exc}") from None
+    if settings.compute_driver not in DRIVERS:
+        raise ConfigError(f"compute.driver: unknown driver {settings.compute_driver!r} "
+                          f"({', '.join(DRIVERS)})")
     if settings.threads < 1:
         raise ConfigError("workers.threads must be at least 1")
     if settings.health.period <= 0:

@@ -110,11 +110,6 @@ class EventQueue:
             self._items.clear()
             return dropped
 
-    def push_front(self, action):
-        """Put an interrupted action back so it is the next one popped."""
-        with self._lock:
-            self._items.appendleft(action)
-
     def pop(self):
         """The next collapsed action, or None when empty."""
         with self._lock:

@@ -88,7 +88,7 @@ class Orchestrator:
                 "name": obj.get("name", ""), "in_store": bool(obj),
                 "state": status.get("state", "unknown"),
                 "last_error": status.get("last_error"),
-                "paused": self.store.paused_reason(ref),
+                "paused": self.store.debug_flags.paused_reason(ref),
                 "instances": len(manager.status()) if manager else 0}
 
     def resources(self):
@@ -124,10 +124,10 @@ class Orchestrator:
             raise StoreError(f"unknown command {command!r} ({', '.join(RESOURCE_COMMANDS)})")
         ref = self._ref(resource_id)
         if command == "debug":
-            self.store.set_debug("resource", ref.id, reason)
-            return {"id": ref.id, "paused": self.store.paused_reason(ref)}
+            self.store.debug_flags.set("resource", ref.id, reason)
+            return {"id": ref.id, "paused": self.store.debug_flags.paused_reason(ref)}
         if command == "manage":
-            self.store.clear_debug("resource", ref.id)
+            self.store.debug_flags.clear("resource", ref.id)
             delivered = self.scheduler.deliver(ref, MANAGE)
         elif command == "rebuild":
             delivered = self.scheduler.deliver(ref, REBUILD)
@@ -136,14 +136,14 @@ class Orchestrator:
         else:
             delivered = self.scheduler.deliver(ref, POLL)
         return {"id": ref.id, "command": command, "delivered": delivered,
-                "paused": self.store.paused_reason(ref)}
+                "paused": self.store.debug_flags.paused_reason(ref)}
 
     def tenant_command(self, tenant_id, command, reason=""):
         refs = [r for r in self.store.snapshot().resources() if r.tenant_id == tenant_id]
         if command == "debug":
-            self.store.set_debug("tenant", tenant_id, reason)
+            self.store.debug_flags.set("tenant", tenant_id, reason)
         elif command == "manage":
-            self.store.clear_debug("tenant", tenant_id)
+            self.store.debug_flags.clear("tenant", tenant_id)
             for ref in refs:
                 self.scheduler.deliver(ref, MANAGE)
         else:
@@ -152,9 +152,9 @@ class Orchestrator:
 
     def global_command(self, command, reason=""):
         if command == "debug":
-            self.store.set_debug("global", "*", reason)
+            self.store.debug_flags.set("global", "*", reason)
         elif command == "manage":
-            self.store.clear_debug("global", "*")
+            self.store.debug_flags.clear("global", "*")
         else:
             raise StoreError(f"unknown global command {command!r} (debug, manage)")
         return {"global": command}
@@ -168,7 +168,7 @@ class Orchestrator:
     def workers_debug(self):
         info = self.scheduler.debug_info()
         info["debug_flags"] = [{"scope": scope, "key": key, **flag}
-                               for (scope, key), flag in self.store.debug_flags().items()]
+                               for (scope, key), flag in self.store.debug_flags.all().items()]
         info["driver"] = self.driver.name
         info["started_at"] = self.started_at
         return info

@@ -38,7 +38,7 @@ import logging
 import math
 import time
 
-from . import instances as outcome
+from . import instances
 from .events import (CLUSTER_REBUILD, CREATE, DELETE, MANAGE, POLL, REBUILD, EventQueue)
 from .instances import BootError
 from .retry import backoff_delay
@@ -54,7 +54,6 @@ REPLUG = "replug"
 RESTART = "restart"
 GONE = "gone"
 ERROR = "error"
-STATES = (DOWN, BOOTING, UP, CONFIGURED, DEGRADED, REPLUG, RESTART, GONE, ERROR)
 
 CALC_ACTION = "CalcAction"
 ALIVE = "Alive"
@@ -365,7 +364,7 @@ class Automaton:
             return Wait(self.next_push_at - now)
         force = self.force_push or self.action in (MANAGE, REBUILD)
         result = self.manager.configure(force=force)
-        if result.outcome == outcome.CONFIGURED:
+        if result.outcome == instances.CONFIGURED:
             self.force_push = False
             self.push_failures = 0
             self.next_push_at = 0.0
@@ -373,13 +372,13 @@ class Automaton:
             self.last_error = None
             self._set_state(CONFIGURED)
             return CALC_ACTION
-        if result.outcome == outcome.REPLUG:
+        if result.outcome == instances.REPLUG:
             self._set_state(REPLUG)
             return REPLUG_INSTANCE
-        if result.outcome == outcome.GONE:
+        if result.outcome == instances.GONE:
             self._set_state(GONE)
             return STOP_INSTANCE
-        if result.outcome == outcome.REJECTED:
+        if result.outcome == instances.REJECTED:
             self._set_error(CONFIG_ERROR, result.message)
             return CALC_ACTION
         # FAILED (timeouts, 5xx) or DOWN (nobody answered any more): retry later, never

@@ -29,14 +29,11 @@ class Webhook:
         self._queue = queue.Queue(max_queue)
         self._thread = threading.Thread(target=self._send_loop, name="webhook", daemon=True)
         self._thread.start()
-        self.sent = 0
-        self.dropped = 0
 
     def notify(self, automaton, old, new):
         try:
             self._queue.put_nowait(transition_body(automaton, old, new))
         except queue.Full:
-            self.dropped += 1
             LOG.warning("webhook queue full: dropped %s %s -> %s", automaton.ref, old, new)
 
     def close(self):
@@ -54,7 +51,5 @@ class Webhook:
                     response = session.post(self.url, json=body, timeout=self.timeout)
                 if response.status_code >= 300:
                     LOG.warning("webhook %s answered %s", self.url, response.status_code)
-                self.sent += 1
             except requests.RequestException as exc:
-                self.dropped += 1
                 LOG.warning("webhook %s failed: %s", self.url, exc)

@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 
-from .events import DELETE, MANAGE, POLL, Event
+from .events import DELETE, MANAGE, POLL
 
 LOG = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ class Scheduler:
     def __init__(self, automaton_factory, store, threads=4, clock=time.monotonic):
         self._factory = automaton_factory
         self._store = store
+        self._debug_flags = store.debug_flags
         self._threads_wanted = threads
         self._clock = clock
         self._lock = threading.RLock()
@@ -88,7 +89,7 @@ class Scheduler:
 
     def deliver(self, ref, action, force=False):
         """Queue ``action`` for ``ref``; False when the resource is paused."""
-        paused = self._store.paused_reason(ref)
+        paused = self._debug_flags.paused_reason(ref)
         if paused and action != MANAGE:
             LOG.debug("%s: %s ignored (%s)", ref, action, paused)
             return False
@@ -165,7 +166,7 @@ class Scheduler:
                 self._fresh.discard(key)
             delay = None
             try:
-                if automaton is not None and self._store.paused_reason(automaton.ref) and \
+                if automaton is not None and self._debug_flags.paused_reason(automaton.ref) and \
                         MANAGE not in automaton.queue.snapshot():
                     # Paused while work was queued: drop it, act on nothing.
                     LOG.info("%s: paused, dropping %s", automaton.ref, automaton.queue.clear())
@@ -220,7 +221,3 @@ class Scheduler:
                     continue
                 wait = self._timers[0][0] - now if self._timers else 1.0
                 self._timer_cond.wait(min(wait, 1.0))
-
-
-def broadcast_poll(scheduler):
-    scheduler.handle(Event(None, POLL, "poll everything"))

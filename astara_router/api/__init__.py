@@ -1,10 +1,13 @@
-"""The appliance's REST API (Flask). JSON everywhere, except the two plain-text endpoints
-the original client reads as text (banner and firewall rules)."""
+"""The appliance's REST API (Flask). Every response body is JSON (errors too), except
+``GET /v1/firewall/rules``: the committed ruleset as text/plain, which the original client
+uses as its liveness probe. One blueprint per route group (base, firewall, interfaces,
+config); the token check and the JSON error handlers are the app's, so they cover every
+route."""
 import hmac
 import json
 import logging
 
-from flask import Flask, Response, request
+from flask import Blueprint, Flask, Response, request
 from pyroute2 import IPRoute
 from werkzeug.exceptions import HTTPException
 
@@ -16,6 +19,7 @@ from ..status import StatusProber
 
 LOG = logging.getLogger(__name__)
 BANNER = "Astara appliance API service is active"
+PUBLIC_PATHS = ("/v1/", "/v1/base/")  # the banner: no token needed
 MAX_BODY = 16 * 1024 * 1024
 
 
@@ -37,16 +41,30 @@ def create_app(settings, engine=None, prober=None):
     engine = engine or Engine(settings)
     prober = prober or StatusProber(settings, engine)
     app.extensions["astara"] = {"engine": engine, "prober": prober, "settings": settings}
+    if settings.api_token:
+        require_token(app, settings.api_token)
+    json_errors(app)
+    app.register_blueprint(base_routes(settings, engine, prober))
+    app.register_blueprint(firewall_routes(engine))
+    app.register_blueprint(interface_routes(engine))
+    app.register_blueprint(config_routes(engine))
+    return app
+
+
+def require_token(app, token):
+    expected = f"Bearer {token}".encode()
 
     @app.before_request
     def check_token():
-        if not settings.api_token or request.path in ("/v1/", "/v1/base/"):
+        if request.path in PUBLIC_PATHS:
             return None
         supplied = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(supplied.encode(), f"Bearer {settings.api_token}".encode()):
+        if not hmac.compare_digest(supplied.encode(), expected):
             return error_response(401, "Unauthorized", "a valid bearer token is required")
         return None
 
+
+def json_errors(app):
     @app.errorhandler(HTTPException)
     def http_error(exc):
         return error_response(exc.code, exc.name, exc.description)
@@ -57,45 +75,64 @@ def create_app(settings, engine=None, prober=None):
         return error_response(500, "Internal Server Error",
                               "the appliance hit an internal error; see its log")
 
-    # -- base ------------------------------------------------------------------------------
-    @app.get("/v1/")
-    @app.get("/v1/base/")
+
+def base_routes(settings, engine, prober):
+    routes = Blueprint("base", __name__)
+
+    @routes.get("/v1/")
+    @routes.get("/v1/base/")
     def banner():
         return json_response({"service": BANNER, "state": engine.state,
                               "generation": engine.committed.generation,
                               "enabled_services": list(settings.enabled_services)})
 
-    @app.get("/v1/status/")
+    @routes.get("/v1/status/")
     def status():
         result = dict(prober.result)
         result.update(state=engine.state, generation=engine.committed.generation,
                       last_error=engine.last_error)
         return json_response(result)
 
-    # -- firewall ----------------------------------------------------------------------------
-    @app.get("/v1/firewall/rules")
+    return routes
+
+
+def firewall_routes(engine):
+    routes = Blueprint("firewall", __name__)
+
+    @routes.get("/v1/firewall/rules")
     def firewall_rules():  # the original client's liveness probe: answered from memory
         return Response(engine.committed.firewall_text, mimetype="text/plain")
 
-    # -- system ------------------------------------------------------------------------------
+    return routes
+
+
+def interface_routes(engine):
+    routes = Blueprint("interfaces", __name__)
+
     def live_interfaces():
         with IPRoute() as ipr:
             nics = list_nics(ipr)
         return [interface_view(generic, nic)
                 for generic, nic in engine.names.assign(nics).items()]
 
-    @app.get("/v1/system/interfaces")
+    @routes.get("/v1/system/interfaces")
     def interfaces():
         return json_response({"interfaces": live_interfaces()})
 
-    @app.get("/v1/system/interface/<ifname>")
+    @routes.get("/v1/system/interface/<ifname>")
     def interface(ifname):
         for item in live_interfaces():
             if item["ifname"] == ifname:
                 return json_response({"interface": item})
         return error_response(404, "Not Found", f"no interface named {ifname!r}")
 
-    @app.get("/v1/system/config")
+    return routes
+
+
+def config_routes(engine):
+    routes = Blueprint("config", __name__)
+
+    @routes.get("/v1/system/config")
     def get_config():
         committed = engine.committed
         etag = f'"{committed.hash or "none"}"'
@@ -104,7 +141,7 @@ def create_app(settings, engine=None, prober=None):
         return Response(committed.view_json, mimetype="application/json",
                         headers={"ETag": etag})
 
-    @app.put("/v1/system/config")
+    @routes.put("/v1/system/config")
     def put_config():
         if request.mimetype != "application/json":
             return error_response(415, "Unsupported Media Type",
@@ -124,4 +161,4 @@ def create_app(settings, engine=None, prober=None):
         return Response(answer, mimetype="application/json",
                         headers={"ETag": f'"{outcome.committed.hash}"'})
 
-    return app
+    return routes

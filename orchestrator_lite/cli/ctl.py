@@ -35,7 +35,7 @@ import requests
 
 from .. import config
 from ..config import DEFAULT_CONFIG, ApiSettings
-from ..store import PLURALS
+from ..store.kinds import PLURALS
 
 KINDS = {kind: plural for plural, kind in PLURALS.items() if kind != "appliance_port"}
 RESOURCE_COMMANDS = ("rebuild", "update", "debug", "manage", "poll")

@@ -1,5 +1,7 @@
 """Compute drivers: where appliance instances run (``[compute] driver``)."""
 
+DRIVERS = ("netns",)
+
 
 def make_driver(settings):
     """The driver named by ``settings.compute_driver``."""
@@ -7,7 +9,4 @@ def make_driver(settings):
     if name == "netns":
         from .netns import NetnsDriver
         return NetnsDriver.from_settings(settings)
-    if name == "fake":
-        from .fake import FakeDriver
-        return FakeDriver()
-    raise ValueError(f"[compute] driver: unknown driver {name!r} (netns, fake)")
+    raise ValueError(f"[compute] driver: unknown driver {name!r} ({', '.join(DRIVERS)})")

@@ -35,7 +35,7 @@ from astara_netns import (NETNS_ETC_DIR, NETNS_RUN_DIR, CommandError, Lab, Netns
                               kill_netns_processes, pid_alive, run)
 from astara_router.store import atomic_write
 
-from .base import ACTIVE, ERROR, ComputeDriver, DriverError, Instance, Nic
+from .base import ACTIVE, BUILD, ERROR, ComputeDriver, DriverError, Instance, Nic
 
 LOG = logging.getLogger(__name__)
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -78,8 +78,7 @@ class NetnsDriver(ComputeDriver):
 
     def __init__(self, prefix, state_root, fabric=None, management_bridge="b-mgmt",
                  bridges=None, auto_bridges=True, python=None,
-                 enabled_services="router,loadbalancer", management_mtu=1450,
-                 network_mtus=None):
+                 enabled_services="router,loadbalancer", management_mtu=1450):
         if not Lab.PREFIX_RE.fullmatch(prefix or ""):
             raise DriverError(f"[netns] prefix {prefix!r} must match "
                               f"{Lab.PREFIX_RE.pattern} (a lab prefix)")
@@ -172,7 +171,7 @@ class NetnsDriver(ComputeDriver):
         exists = (NETNS_RUN_DIR / record["id"]).exists()
         status = ACTIVE if exists and self._agent_alive(record) else ERROR
         if record.get("booting") and exists:
-            status = "BUILD"
+            status = BUILD
         nics = tuple(Nic(n["mac"], n["network_id"], n["role"], n.get("mtu"))
                      for n in record["nics"])
         return Instance(id=record["id"], name=record["name"], status=status,

@@ -193,7 +193,7 @@ class OrchestratorRun:
         store = Store(str(self.dir / "state" / "orchestrator.sqlite"),
                       DEFAULT_MGMT_NETWORK_ID)
         try:
-            store.clear_debug("global", "*")
+            store.debug_flags.clear("global", "*")
         finally:
             store.close()
 

@@ -14,9 +14,10 @@ from astara_router.model import parse_payload
 from orchestrator_lite import builder
 from orchestrator_lite.api import create_app
 from orchestrator_lite.config import Settings, from_parser
-from orchestrator_lite.drivers.fake import FakeDriver
 from orchestrator_lite.events import ResourceRef
 from orchestrator_lite.service import Orchestrator
+
+from fake_driver import FakeDriver
 
 CLOUD = cloud.DEFAULT_CLOUD
 

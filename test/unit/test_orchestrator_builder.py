@@ -19,7 +19,8 @@ from orchestrator_lite.builder import InstanceView, PayloadSettings
 from orchestrator_lite.config import ManagementSettings
 from orchestrator_lite.events import LOADBALANCER, ROUTER, ResourceRef
 from orchestrator_lite.instances import interface_map
-from orchestrator_lite.store import ROUTER_INTERFACE_OWNERS, Store
+from orchestrator_lite.store import Store
+from orchestrator_lite.store.kinds import ROUTER_INTERFACE_OWNERS
 
 CONTRACT = contract_payloads("original-orchestrator")
 MGMT = ManagementSettings(mtu=1450)  # contract management network: ids, prefix, ::1

@@ -64,6 +64,7 @@ def test_load(tmp_path):
     ("netns", "auto_bridges = maybe", "netns.auto_bridges"),
     ("management", "prefix = not-a-prefix", "management"),
     ("workers", "threads = 0", "threads"),
+    ("compute", "driver = fake", "compute.driver"),
 ])
 def test_bad_values_name_the_key(tmp_path, section, line, message):
     path = tmp_path / "o.ini"

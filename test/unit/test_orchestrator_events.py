@@ -54,14 +54,6 @@ def test_merge_is_none_for_unrelated_actions():
     assert merge(MANAGE, CLUSTER_REBUILD) is None
 
 
-def test_push_front_is_popped_first():
-    queue = EventQueue()
-    queue.push(UPDATE)
-    queue.push_front(CLUSTER_REBUILD)
-    assert queue.pop() == CLUSTER_REBUILD
-    assert queue.pop() == UPDATE
-
-
 def test_event_rejects_unknown_action():
     with pytest.raises(ValueError):
         Event(ResourceRef("router", "r1"), "explode")

@@ -22,8 +22,9 @@ from orchestrator_lite.cli import ctl
 from orchestrator_lite.client import ApplianceClient
 from orchestrator_lite.config import ApiSettings, HealthSettings, Settings
 from orchestrator_lite.drivers.base import ACTIVE, ERROR
-from orchestrator_lite.drivers.fake import FakeDriver
 from orchestrator_lite.service import Orchestrator
+
+from fake_driver import FakeDriver
 
 TOKEN = "t0ken"
 FAST = HealthSettings(period=0.3, jitter=0.1, dead_grace=0.6, boot_timeout=3.0,
@@ -141,7 +142,7 @@ class SimCloud(FakeDriver):
 
 def make_settings(tmp_path, **health):
     return Settings(host="controller-1", state_dir=str(tmp_path / "state"),
-                    api=ApiSettings(token=TOKEN), compute_driver="fake", threads=3,
+                    api=ApiSettings(token=TOKEN), threads=3,
                     health=HealthSettings(**{**FAST.__dict__, **health}))
 
 

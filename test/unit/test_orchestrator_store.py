@@ -76,12 +76,12 @@ def test_sqlite_wal_and_reload_keeps_creation_order(path, store):
 
 
 def test_debug_flags_persist(path, store):
-    store.set_debug("tenant", "t1", "maintenance")
+    store.debug_flags.set("tenant", "t1", "maintenance")
     store.close()
     again = Store(path, MGMT.network_id)
-    assert again.debug_flags()[("tenant", "t1")]["reason"] == "maintenance"
-    again.clear_debug("tenant", "t1")
-    assert again.debug_flags() == {}
+    assert again.debug_flags.all()[("tenant", "t1")]["reason"] == "maintenance"
+    again.debug_flags.clear("tenant", "t1")
+    assert again.debug_flags.all() == {}
     again.close()
 
 
@@ -282,9 +282,9 @@ def test_router_delete_with_gateway_emits_one_delete(store):
 def test_paused_reason(store):
     world(store)
     ref = store.snapshot().ref("router", "ra")
-    assert store.paused_reason(ref) is None
-    store.set_debug("tenant", "t1", "upgrade")
-    assert store.paused_reason(ref) == "tenant debug: upgrade"
-    store.clear_debug("tenant", "t1")
-    store.set_debug("resource", "ra")
-    assert store.paused_reason(ref) == "resource debug"
+    assert store.debug_flags.paused_reason(ref) is None
+    store.debug_flags.set("tenant", "t1", "upgrade")
+    assert store.debug_flags.paused_reason(ref) == "tenant debug: upgrade"
+    store.debug_flags.clear("tenant", "t1")
+    store.debug_flags.set("resource", "ra")
+    assert store.debug_flags.paused_reason(ref) == "resource debug"

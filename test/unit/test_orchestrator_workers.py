@@ -5,12 +5,13 @@ import threading
 import time
 
 from orchestrator_lite.config import ManagementSettings
-from orchestrator_lite.drivers.fake import FakeDriver
 from orchestrator_lite.events import (CREATE, DELETE, MANAGE, POLL, UPDATE, EventQueue,
                                       ResourceRef)
 from orchestrator_lite.health import HealthMonitor, orphan_refs
 from orchestrator_lite.store import Store
 from orchestrator_lite.workers import Scheduler
+
+from fake_driver import FakeDriver
 
 
 class Recorder:
@@ -174,7 +175,7 @@ def test_paused_resources_only_take_manage(tmp_path):
     scheduler = Scheduler(factory, store, threads=1)
     scheduler.start()
     ref = ResourceRef("router", "r1", "t9")
-    store.set_debug("tenant", "t9")
+    store.debug_flags.set("tenant", "t9")
     assert not scheduler.deliver(ref, UPDATE)
     assert scheduler.deliver(ref, MANAGE)
     wait_for(lambda: automata[ref.key].ran == [MANAGE])

@@ -1,10 +1,11 @@
-"""In-memory compute driver for tests and dry runs: instances are records, "booting" is
-instant. Tests pair it with fake or real appliances to drive the state machine."""
+"""A test double of the compute driver: instances are in-memory records and "booting" is
+instant. Unit tests hand it to the orchestrator (``Orchestrator(settings, driver=...)``) and
+pair it with simulated appliances; it is not a driver the product can select."""
 import itertools
 import threading
 import time
 
-from .base import ACTIVE, ComputeDriver, DriverError, Instance
+from orchestrator_lite.drivers.base import ACTIVE, ComputeDriver, DriverError, Instance
 
 
 class FakeDriver(ComputeDriver):
