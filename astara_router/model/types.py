@@ -9,7 +9,6 @@ from typing import Optional, Union
 
 IPAddress = Union[IPv4Address, IPv6Address]
 
-NETWORK_TYPES = ("external", "internal", "isolated", "management", "loadbalancer")
 TENANT_TYPES = ("internal", "isolated")
 
 
