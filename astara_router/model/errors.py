@@ -71,6 +71,14 @@ def schema_error(exc, body, root, context=None):
     """The :class:`FieldError` for a msgspec ValidationError raised converting ``body`` to the
     type ``root``. ``context(path, body)`` may return a prefix for the message."""
     match = _LOCATION.match(str(exc))
+    try:
+        path, message = _explain(match, body, root)
+    except Exception:  # a message this code cannot follow: msgspec's own words, never a 500
+        path, message = (match["path"] or "").lstrip("."), match["what"]
+    return FieldError(path, (context(path, body) if context else "") + message)
+
+
+def _explain(match, body, root):
     path, value, annotation = "", body, root
     for token in _TOKEN.finditer(match["path"] or ""):
         name, index = token.group(1), token.group(2)
@@ -88,13 +96,10 @@ def schema_error(exc, body, root, context=None):
         path, value, annotation = join(path, key), key, _dict_args(annotation, value)[0]
     field = _FIELD.match(match["what"])
     if field:
-        path = join(path, field.group(2))
-        message = ("is required but missing" if field.group(1) == "missing required"
-                   else "is not allowed here")
-    else:
-        message = f"must be {describe(annotation)}, not {show(value)}"
-    prefix = context(path, body) if context else ""
-    return FieldError(path, prefix + message)
+        return join(path, field.group(2)), ("is required but missing"
+                                            if field.group(1) == "missing required"
+                                            else "is not allowed here")
+    return path, f"must be {describe(annotation)}, not {show(value)}"
 
 
 def describe(annotation):

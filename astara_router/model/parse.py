@@ -18,7 +18,7 @@ from .types import (Allocation, FloatingIP, HAConfig, Interface, Label, Network,
                     Route, RouterConfig, Subnet, SystemConfig)
 from .vpn import build_vpn
 
-KNOWN_SERVICES = ("router", "loadbalancer")
+KNOWN_SERVICES = tuple(field.name for field in msgspec.structs.fields(schema.Services))
 DEFAULT_ASN = 64512
 _NETWORK_PATH = re.compile(r"^networks\[(\d+)\]\.")
 
@@ -38,10 +38,10 @@ def parse_payload(body, enabled_services=("router",)):
     if isinstance(services, dict):
         unknown = [name for name in services if name not in enabled_services]
         if unknown:
+            enabled = ", ".join(enabled_services)
             raise UnsupportedService([
                 FieldError(join("services", name), f"this appliance does not offer the service "
-                                                    f"{name!r} (enabled: "
-                                                    f"{', '.join(enabled_services)})")
+                                                   f"{name!r} (enabled: {enabled})")
                 for name in unknown])
     try:
         payload = msgspec.convert(body, schema.Payload)

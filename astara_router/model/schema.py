@@ -31,7 +31,7 @@ def whole(core):
 # -- grammar ----------------------------------------------------------------------------------
 _OCTET = r"25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]"
 IPV4 = rf"(?:{_OCTET})(?:\.(?:{_OCTET})){{3}}"
-IPV6 = r"[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*"  # the shape; ipaddress decides in parse.py
+IPV6 = r"[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*"  # the shape; ipaddress decides (checks.py)
 _PREFIX4 = r"3[0-2]|[12]?[0-9]"
 _PREFIX6 = r"12[0-8]|1[01][0-9]|[1-9]?[0-9]"
 CIDR = rf"{IPV4}/(?:{_PREFIX4})|{IPV6}/(?:{_PREFIX6})"

@@ -183,4 +183,3 @@ class SystemConfig:
             if any(address in s.cidr for s in network.subnets):
                 return network
         return externals[0] if externals else None
-

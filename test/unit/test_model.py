@@ -2,11 +2,14 @@
 import copy
 import ipaddress
 
+import msgspec
 import pytest
 
 from astara_lab.appliance import contract_payloads
 from astara_router.model import (PayloadError, UnsupportedService, parse_payload,
                                  valid_hostname)
+from astara_router.model.errors import schema_error
+from astara_router.model.schema import Payload
 
 VALID = contract_payloads("original-orchestrator")
 INVALID = contract_payloads("invalid")
@@ -250,3 +253,9 @@ def test_trailing_newline_is_not_a_valid_name(field, value):
         body[field] = value
         path = field
     assert any(e.path == path for e in errors_of(body).errors)
+
+
+def test_an_error_message_the_translator_cannot_follow_keeps_msgspec_words():
+    error = schema_error(msgspec.ValidationError("Expected `int`, got `str` - at `$.nope[3]`"),
+                         {}, Payload)
+    assert (error.path, error.message) == ("nope[3]", "Expected `int`, got `str`")
