@@ -1,179 +1,159 @@
 """Parse and validate a ``PUT /v1/system/config`` body into a :class:`SystemConfig`.
 
-One pass collects every problem (with its JSON path); nothing is applied unless the whole
-body is valid.
+Two steps, and nothing is applied unless both pass. The schema (``schema.py``, decoded by
+msgspec) checks the body's shape and stops at its first problem. Then the model is built
+here with the checks a schema cannot express — addresses parse, CIDRs have no host bits,
+families match, nothing is listed twice, duplicate network entries merge — and every such
+problem is reported at once.
 """
 import re
 
-from .errors import FieldError, PayloadError, UnsupportedService
-from .loadbalancer import parse_loadbalancer
-from .reader import Reader, join
-from .types import (NETWORK_TYPES, Allocation, FloatingIP, HAConfig, Interface, Label,
-                    Network, Orchestrator, Route, RouterConfig, Subnet, SystemConfig)
-from .vpn import parse_vpn
+import msgspec
 
-KNOWN_SERVICES = ("router", "loadbalancer")
-GENERIC_IFNAME = re.compile(r"^ge(0|[1-9][0-9]{0,3})$")
-HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-DESCRIPTION = re.compile(r"^\w*$")
+from . import schema
+from .checks import Problems
+from .errors import FieldError, PayloadError, UnsupportedService, join, schema_error
+from .loadbalancer import build_loadbalancer
+from .types import (Allocation, FloatingIP, HAConfig, Interface, Label, Network, Orchestrator,
+                    Route, RouterConfig, Subnet, SystemConfig)
+from .vpn import build_vpn
+
+KNOWN_SERVICES = tuple(field.name for field in msgspec.structs.fields(schema.Services))
 DEFAULT_ASN = 64512
+_NETWORK_PATH = re.compile(r"^networks\[(\d+)\]\.")
 
 
 def valid_hostname(name):
     """RFC 1123 host name: dot-separated labels of letters, digits and inner dashes."""
-    return (isinstance(name, str) and 0 < len(name) <= 253
-            and all(HOST_LABEL.fullmatch(label) for label in name.split(".")))
+    return schema.conforms(name, schema.HostName)
 
 
 def parse_payload(body, enabled_services=("router",)):
-    """Return the model for ``body`` or raise PayloadError / UnsupportedService."""
+    """Return the model for ``body`` (decoded JSON) or raise PayloadError /
+    UnsupportedService."""
     if not isinstance(body, dict):
         raise PayloadError([FieldError("", f"the body must be a JSON object, not "
                                            f"{type(body).__name__}")])
-    r = Reader()
-    services = r.object(body, "services", "", required=False)
-    unknown = [name for name in services if name not in enabled_services]
-    if unknown:
-        raise UnsupportedService([FieldError(join("services", name),
-                                             f"this appliance does not offer the service "
-                                             f"{name!r} (enabled: {', '.join(enabled_services)})")
-                                  for name in unknown])
+    services = body.get("services")
+    if isinstance(services, dict):
+        unknown = [name for name in services if name not in enabled_services]
+        if unknown:
+            enabled = ", ".join(enabled_services)
+            raise UnsupportedService([
+                FieldError(join("services", name), f"this appliance does not offer the service "
+                                                   f"{name!r} (enabled: {enabled})")
+                for name in unknown])
+    try:
+        payload = msgspec.convert(body, schema.Payload)
+    except msgspec.ValidationError as exc:
+        raise PayloadError([schema_error(exc, body, schema.Payload, _network_context)]) from None
+    return _build(payload, enabled_services)
 
-    tenant_id = r.str(body, "tenant_id", "", allow_empty=False)
-    hostname = r.str(body, "hostname", "", allow_empty=False)
-    if hostname and not valid_hostname(hostname):
-        r.error("hostname", f"{hostname!r} is not a valid host name (RFC 1123: letters, digits "
-                            "and inner '-', labels of at most 63 characters)")
-    networks = _networks(r, body)
-    ha = r.bool(body, "ha_resource", "", default=False)
-    ha_config = _ha_config(r, body)
 
+def _build(payload, enabled_services):
+    """The model of a decoded schema.Payload, after the checks the schema cannot make."""
+    problems = Problems()
+    networks = _merge_duplicates(problems, [
+        (f"networks[{i}]", _network(problems, spec, f"networks[{i}]"))
+        for i, spec in enumerate(payload.networks)])
+    services = payload.services
     router = None
-    if body.get("asn"):
-        router = _router(r, body, "", networks)
-    elif services.get("router"):
-        router = _router(r, services["router"], "services.router", networks)
-    elif body.get("floating_ips") and "router" in enabled_services:
-        r.error("asn", "floating_ips need a router configuration (asn is missing)")
-
+    if payload.asn:
+        router = _router(problems, payload, "", networks)
+    elif services is not None and services.router is not None:
+        router = _router(problems, services.router, "services.router", networks)
+    elif payload.floating_ips and "router" in enabled_services:
+        problems.add("asn", "floating_ips need a router configuration (asn is missing)")
     loadbalancer = None
-    if services.get("loadbalancer"):
-        loadbalancer = parse_loadbalancer(r, services["loadbalancer"], "services.loadbalancer")
+    if services is not None and services.loadbalancer is not None:
+        loadbalancer = build_loadbalancer(problems, services.loadbalancer,
+                                          "services.loadbalancer")
+    ha_config = _ha_config(problems, payload.ha_config)
+    problems.raise_if_any()
+    return SystemConfig(tenant_id=payload.tenant_id, hostname=payload.hostname,
+                        networks=networks, ha=payload.ha_resource, ha_config=ha_config,
+                        router=router, loadbalancer=loadbalancer)
 
-    r.raise_if_errors()
-    return SystemConfig(tenant_id=tenant_id, hostname=hostname, networks=networks, ha=ha,
-                        ha_config=ha_config, router=router, loadbalancer=loadbalancer)
+
+def _network_context(path, body):
+    """``(ge2) `` for a problem inside networks[i], so the message names the interface."""
+    match = _NETWORK_PATH.match(path)
+    if match is None or path.endswith(".interface.ifname"):
+        return ""
+    try:
+        ifname = body["networks"][int(match.group(1))]["interface"]["ifname"]
+    except (LookupError, TypeError):
+        return ""
+    return f"({ifname}) " if schema.conforms(ifname, schema.IfName) else ""
 
 
 # -- networks -------------------------------------------------------------------------------
 
-def _networks(r, body):
-    parsed = []
-    for path, item in r.objects(body, "networks", ""):
-        network = _network(r, item, path)
-        if network is not None:
-            parsed.append((path, network))
-    return _merge_duplicates(r, parsed)
-
-
-def _network(r, obj, path):
-    network_id = r.str(obj, "network_id", path, allow_empty=False)
-    iface_obj = r.object(obj, "interface", path)
-    interface = _interface(r, iface_obj, join(path, "interface"))
-    network_type = r.choice(obj, "network_type", path, NETWORK_TYPES, "isolated")
-    subnets = tuple(_subnet(r, s, spath) for spath, s in r.objects(obj, "subnets", path))
-    allocations = tuple(_allocation(r, a, apath)
-                        for apath, a in r.objects(obj, "allocations", path))
-    network = Network(
-        network_id=network_id, name=r.str(obj, "name", path, required=False),
-        network_type=network_type, interface=interface, subnets=subnets,
-        allocations=allocations,
-        v4_conf_service=r.choice(obj, "v4_conf_service", path, ("dhcp", "static"), "static"),
-        v6_conf_service=r.choice(obj, "v6_conf_service", path, ("dhcp", "ra", "static"),
-                                 "static"),
-        mtu=r.int(obj, "mtu", path, lo=68, hi=65535))
-    return network if interface is not None else None
-
-
-def _interface(r, obj, path):
-    ifname = r.str(obj, "ifname", path, allow_empty=False)
-    if ifname and not GENERIC_IFNAME.fullmatch(ifname):
-        r.error(join(path, "ifname"), f"{ifname!r} is not a generic interface name (geN)")
-        ifname = None
-    context = f"({ifname}) " if ifname else ""
+def _network(problems, spec, path):
+    ifname = spec.interface.ifname
     addresses = []
-    for i, text in enumerate(r.list(obj, "addresses", path)):
-        address = r.interface_value(text, join(join(path, "addresses"), i), context)
+    for i, text in enumerate(spec.interface.addresses):
+        address = problems.interface(text, f"{path}.interface.addresses[{i}]", f"({ifname}) ")
         if address is not None and address not in addresses:
             addresses.append(address)
-    description = r.str(obj, "description", path, required=False) or ""
-    if not DESCRIPTION.fullmatch(description):
-        r.error(join(path, "description"), "must be characters from [a-zA-Z0-9_]")
-    mtu = r.int(obj, "mtu", path, lo=68, hi=65535)
-    if ifname is None:
-        return None
-    return Interface(ifname=ifname, addresses=tuple(addresses), mtu=mtu,
-                     description=description)
+    interface = Interface(ifname=ifname, addresses=tuple(addresses), mtu=spec.interface.mtu,
+                          description=spec.interface.description)
+    return Network(
+        network_id=spec.network_id, name=spec.name, network_type=spec.network_type,
+        interface=interface,
+        subnets=tuple(_subnet(problems, s, f"{path}.subnets[{i}]")
+                      for i, s in enumerate(spec.subnets)),
+        allocations=tuple(_allocation(problems, a, f"{path}.allocations[{i}]")
+                          for i, a in enumerate(spec.allocations)),
+        v4_conf_service=spec.v4_conf_service, v6_conf_service=spec.v6_conf_service,
+        mtu=spec.mtu)
 
 
-def _subnet(r, obj, path):
-    cidr = r.network_value(obj.get("cidr"), join(path, "cidr")) if "cidr" in obj else \
-        r.error(join(path, "cidr"), "is required but missing")
-    gateway = r.ip(obj, "gateway_ip", path, required=False, allow_empty=True)
+def _subnet(problems, spec, path):
+    cidr = problems.network(spec.cidr, f"{path}.cidr")
+    gateway = problems.ip(spec.gateway_ip, f"{path}.gateway_ip") if spec.gateway_ip else None
     if cidr is not None and gateway is not None and gateway.version != cidr.version:
-        r.error(join(path, "gateway_ip"), f"{gateway} is not in the address family of {cidr}")
-    dns = []
-    for i, text in enumerate(r.list(obj, "dns_nameservers", path)):
-        address = r.ip_value(text, join(join(path, "dns_nameservers"), i))
-        if address is not None:
-            dns.append(address)
-    routes = []
-    for rpath, route in r.objects(obj, "host_routes", path):
-        parsed = _route(r, route.get("destination"), route.get("nexthop"),
-                        join(rpath, "destination"), join(rpath, "nexthop"), rpath)
-        if parsed is not None:
-            routes.append(parsed)
-    return Subnet(id=r.str(obj, "id", path, allow_empty=False), cidr=cidr, gateway_ip=gateway,
-                  dhcp_enabled=r.bool(obj, "dhcp_enabled", path, required=True),
-                  dns_nameservers=tuple(dns), host_routes=tuple(routes),
-                  ipv6_ra_mode=r.str(obj, "ipv6_ra_mode", path, required=False, default=None),
-                  ipv6_address_mode=r.str(obj, "ipv6_address_mode", path, required=False,
-                                          default=None))
+        problems.add(f"{path}.gateway_ip", f"{gateway} is not in the address family of {cidr}")
+    dns = [problems.ip(text, f"{path}.dns_nameservers[{i}]")
+           for i, text in enumerate(spec.dns_nameservers)]
+    routes = [_route(problems, r.destination, r.nexthop, f"{path}.host_routes[{i}]",
+                     "destination", "nexthop")
+              for i, r in enumerate(spec.host_routes)]
+    return Subnet(id=spec.id, cidr=cidr, gateway_ip=gateway, dhcp_enabled=spec.dhcp_enabled,
+                  dns_nameservers=_parsed(dns), host_routes=_parsed(routes),
+                  ipv6_ra_mode=spec.ipv6_ra_mode, ipv6_address_mode=spec.ipv6_address_mode)
 
 
-def _route(r, destination, nexthop, dpath, npath, path):
-    dest = r.network_value(destination, dpath)
-    hop = r.ip_value(nexthop, npath)
+def _route(problems, destination, nexthop, path, destination_key, nexthop_key):
+    """``destination_key``/``nexthop_key``: names (object form) or indices ([dest, hop])."""
+    dest = problems.network(destination, join(path, destination_key))
+    hop = problems.ip(nexthop, join(path, nexthop_key))
     if dest is None or hop is None:
         return None
     if dest.version != hop.version:
-        return r.error(npath, f"next hop {hop} is not in the address family of {dest}")
+        problems.add(join(path, nexthop_key),
+                     f"next hop {hop} is not in the address family of {dest}")
+        return None
     return Route(dest, hop, path)
 
 
-def _allocation(r, obj, path):
-    mac = r.mac_value(obj.get("mac_address"), join(path, "mac_address"))
+def _allocation(problems, spec, path):
     ips = []
-    ip_obj = r.object(obj, "ip_addresses", path)
-    for text, enabled in ip_obj.items():
-        ipath = join(join(path, "ip_addresses"), text)
-        address = r.ip_value(text, ipath)
-        if not isinstance(enabled, bool):
-            r.error(ipath, f"must be true or false, not {enabled!r}")
-        elif address is not None:
+    for text, enabled in spec.ip_addresses.items():
+        address = problems.ip(text, f"{path}.ip_addresses.{text}")
+        if address is not None:
             ips.append((address, enabled))
-    hostname = r.str(obj, "hostname", path)
-    if hostname and not valid_hostname(hostname):
-        r.error(join(path, "hostname"), f"{hostname!r} is not a valid host name")
-    return Allocation(mac_address=mac, ip_addresses=tuple(sorted(ips, key=_ip_key)),
-                      hostname=hostname, device_id=r.str(obj, "device_id", path))
+    if len(ips) > 1:
+        ips.sort(key=lambda item: (item[0].version, item[0]))
+    return Allocation(mac_address=spec.mac_address.lower(), ip_addresses=tuple(ips),
+                      hostname=spec.hostname, device_id=spec.device_id)
 
 
-def _ip_key(item):
-    return (item[0].version, item[0])
+def _parsed(items):
+    return tuple(item for item in items if item is not None)
 
 
-def _merge_duplicates(r, parsed):
+def _merge_duplicates(problems, parsed):
     """The original orchestrator sends two entries for one network attached by two subnets
     (same network_id and ifname, see router-dual-stack-by-subnet). Merge those; any other
     reuse of an interface name is an error."""
@@ -187,8 +167,9 @@ def _merge_duplicates(r, parsed):
         index, first_path = where[ifname]
         first = merged[index]
         if first.network_id != network.network_id:
-            r.error(join(path, "interface.ifname"),
-                    f"{ifname} is already used by network {first.network_id} ({first_path})")
+            problems.add(f"{path}.interface.ifname",
+                         f"{ifname} is already used by network {first.network_id} "
+                         f"({first_path})")
             continue
         iface = first.interface
         merged[index] = Network(
@@ -202,8 +183,8 @@ def _merge_duplicates(r, parsed):
             mtu=first.mtu or network.mtu)
     managements = [n for n in merged if n.is_management]
     if len(managements) > 1:
-        r.error("networks", "more than one management network: "
-                + ", ".join(n.interface.ifname for n in managements))
+        problems.add("networks", "more than one management network: "
+                     + ", ".join(n.interface.ifname for n in managements))
     return tuple(merged)
 
 
@@ -213,72 +194,62 @@ def _union(first, second):
 
 # -- top level ------------------------------------------------------------------------------
 
-def _ha_config(r, body):
-    obj = r.object(body, "ha_config", "", required=False)
-    peers = tuple(p for p in (r.ip_value(v, join("ha_config.peers", i))
-                              for i, v in enumerate(r.list(obj, "peers", "ha_config"))) if p)
-    return HAConfig(peers=peers,
-                    priority=r.int(obj, "priority", "ha_config", default=50, lo=1, hi=254))
+def _ha_config(problems, spec):
+    if spec is None:
+        return HAConfig()
+    peers = [problems.ip(text, f"ha_config.peers[{i}]") for i, text in enumerate(spec.peers)]
+    return HAConfig(peers=_parsed(peers), priority=spec.priority)
 
 
-def _router(r, obj, path, networks):
-    asn = r.int(obj, "asn", path, default=DEFAULT_ASN, lo=1, hi=4294967295)
-    neighbor_asn = r.int(obj, "neighbor_asn", path, default=asn, lo=1, hi=4294967295)
-    gateway = r.ip(obj, "default_v4_gateway", path, required=False, version=4, allow_empty=True)
+def _router(problems, spec, path, networks):
+    asn = spec.asn or DEFAULT_ASN
+    gateway = (problems.ip(spec.default_v4_gateway, join(path, "default_v4_gateway"))
+               if spec.default_v4_gateway else None)
 
     static_routes = []
-    for i, item in enumerate(r.list(obj, "static_routes", path)):
-        rpath = join(join(path, "static_routes"), i)
-        if isinstance(item, dict):
-            dest, hop = item.get("destination"), item.get("next_hop", item.get("nexthop"))
-        elif isinstance(item, list) and len(item) == 2:
-            dest, hop = item
+    for i, item in enumerate(spec.static_routes):
+        rpath = join(path, f"static_routes[{i}]")
+        if isinstance(item, tuple):
+            static_routes.append(_route(problems, item[0], item[1], rpath, 0, 1))
+        elif (item.next_hop or item.nexthop) is None:
+            problems.add(join(rpath, "next_hop"), "is required but missing")
         else:
-            r.error(rpath, f"must be [destination, next_hop], not {item!r}")
-            continue
-        route = _route(r, dest, hop, rpath + "[0]" if isinstance(item, list) else
-                       join(rpath, "destination"), rpath + "[1]" if isinstance(item, list)
-                       else join(rpath, "next_hop"), rpath)
-        if route is not None:
-            static_routes.append(route)
+            static_routes.append(_route(problems, item.destination,
+                                        item.next_hop or item.nexthop, rpath, "destination",
+                                        "next_hop" if item.next_hop else "nexthop"))
 
     fips, seen = [], set()
-    for fpath, item in r.objects(obj, "floating_ips", path):
-        floating = r.ip(item, "floating_ip", fpath)
-        fixed = r.ip(item, "fixed_ip", fpath)
+    for i, item in enumerate(spec.floating_ips):
+        fpath = join(path, f"floating_ips[{i}]")
+        floating = problems.ip(item.floating_ip, f"{fpath}.floating_ip")
+        fixed = problems.ip(item.fixed_ip, f"{fpath}.fixed_ip")
         if floating is None or fixed is None:
             continue
         if floating.version != fixed.version:
-            r.error(join(fpath, "fixed_ip"),
-                    f"{fixed} and floating address {floating} are not of the same family")
+            problems.add(f"{fpath}.fixed_ip",
+                         f"{fixed} and floating address {floating} are not of the same family")
         elif floating in seen:
-            r.error(join(fpath, "floating_ip"), f"{floating} is listed twice")
+            problems.add(f"{fpath}.floating_ip", f"{floating} is listed twice")
         else:
             seen.add(floating)
             fips.append(FloatingIP(floating, fixed))
     if fips and not any(n.is_external for n in networks):
-        r.error(join(path, "floating_ips"), "floating IPs need an external network")
+        problems.add(join(path, "floating_ips"), "floating IPs need an external network")
 
-    labels = []
-    for name, cidrs in r.object(obj, "labels", path, required=False).items():
-        lpath = join(join(path, "labels"), name)
-        if not isinstance(cidrs, list):
-            r.error(lpath, "must be a list of CIDRs")
-            continue
-        nets = tuple(r.network_value(c, join(lpath, i)) for i, c in enumerate(cidrs))
-        labels.append(Label(name, nets))
+    labels = tuple(
+        Label(name, _parsed(problems.network(c, join(path, f"labels.{name}[{i}]"))
+                            for i, c in enumerate(cidrs)))
+        for name, cidrs in spec.labels.items())
 
-    orch = r.object(obj, "orchestrator", path, required=False)
-    opath = join(path, "orchestrator")
+    orch = spec.orchestrator or schema.Orchestrator()
     orchestrator = Orchestrator(
-        address=r.ip(orch, "address", opath, required=False, allow_empty=True),
-        metadata_port=r.int(orch, "metadata_port", opath, default=9697, lo=1, hi=65535),
-        host=r.str(orch, "host", opath, required=False))
+        address=(problems.ip(orch.address, join(path, "orchestrator.address"))
+                 if orch.address else None),
+        metadata_port=orch.metadata_port, host=orch.host)
 
-    address_book = tuple(sorted(r.object(obj, "address_book", path, required=False).keys()))
-    anchors = tuple(r.str(a, "name", apath) for apath, a in r.objects(obj, "anchors", path))
-    return RouterConfig(asn=asn, neighbor_asn=neighbor_asn, default_v4_gateway=gateway,
-                        static_routes=tuple(static_routes), floating_ips=tuple(fips),
-                        labels=tuple(labels), orchestrator=orchestrator,
-                        vpn=parse_vpn(r, obj, path),
-                        address_book=address_book, anchors=anchors)
+    return RouterConfig(asn=asn, neighbor_asn=spec.neighbor_asn or asn,
+                        default_v4_gateway=gateway, static_routes=_parsed(static_routes),
+                        floating_ips=tuple(fips), labels=labels, orchestrator=orchestrator,
+                        vpn=build_vpn(problems, spec.vpn, join(path, "vpn")),
+                        address_book=tuple(sorted(spec.address_book)),
+                        anchors=tuple(anchor.name for anchor in spec.anchors))

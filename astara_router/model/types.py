@@ -9,7 +9,6 @@ from typing import Optional, Union
 
 IPAddress = Union[IPv4Address, IPv6Address]
 
-NETWORK_TYPES = ("external", "internal", "isolated", "management", "loadbalancer")
 TENANT_TYPES = ("internal", "isolated")
 
 
@@ -184,4 +183,3 @@ class SystemConfig:
             if any(address in s.cidr for s in network.subnets):
                 return network
         return externals[0] if externals else None
-

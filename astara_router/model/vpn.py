@@ -2,7 +2,7 @@
 from dataclasses import dataclass
 from typing import Optional
 
-from .reader import join
+from . import schema
 
 
 @dataclass(frozen=True)
@@ -77,100 +77,66 @@ class VpnService:
     connections: tuple
 
 
-def _lifetime(r, obj, path):
-    life = r.object(obj, "lifetime", path, required=False)
-    lpath = join(path, "lifetime")
-    return Lifetime(r.choice(life, "units", lpath, ("seconds", "kilobytes"), "seconds"),
-                    r.int(life, "value", lpath, default=3600, lo=60, hi=86400 * 7))
+def _lifetime(spec):
+    life = spec.lifetime or schema.Lifetime()
+    return Lifetime(life.units, life.value)
 
 
-def _ike(r, obj, path):
-    return IkePolicy(
-        id=r.str(obj, "id", path, required=False), name=r.str(obj, "name", path, required=False),
-        ike_version=r.choice(obj, "ike_version", path, ("v1", "v2"), "v1"),
-        auth_algorithm=r.str(obj, "auth_algorithm", path, required=False, default="sha1"),
-        encryption_algorithm=r.str(obj, "encryption_algorithm", path, required=False,
-                                   default="aes-128"),
-        pfs=r.str(obj, "pfs", path, required=False, default="group5"),
-        phase1_negotiation_mode=r.choice(obj, "phase1_negotiation_mode", path,
-                                         ("main", "aggressive"), "main"),
-        lifetime=_lifetime(r, obj, path))
+def _ike(spec):
+    return IkePolicy(id=spec.id, name=spec.name, ike_version=spec.ike_version,
+                     auth_algorithm=spec.auth_algorithm,
+                     encryption_algorithm=spec.encryption_algorithm, pfs=spec.pfs,
+                     phase1_negotiation_mode=spec.phase1_negotiation_mode,
+                     lifetime=_lifetime(spec))
 
 
-def _ipsec(r, obj, path):
-    return IpsecPolicy(
-        id=r.str(obj, "id", path, required=False), name=r.str(obj, "name", path, required=False),
-        transform_protocol=r.choice(obj, "transform_protocol", path, ("esp", "ah", "ah-esp"),
-                                    "esp"),
-        auth_algorithm=r.str(obj, "auth_algorithm", path, required=False, default="sha1"),
-        encryption_algorithm=r.str(obj, "encryption_algorithm", path, required=False,
-                                   default="aes-128"),
-        encapsulation_mode=r.choice(obj, "encapsulation_mode", path, ("tunnel", "transport"),
-                                    "tunnel"),
-        pfs=r.str(obj, "pfs", path, required=False, default="group5"),
-        lifetime=_lifetime(r, obj, path))
+def _ipsec(spec):
+    return IpsecPolicy(id=spec.id, name=spec.name, transform_protocol=spec.transform_protocol,
+                       auth_algorithm=spec.auth_algorithm,
+                       encryption_algorithm=spec.encryption_algorithm,
+                       encapsulation_mode=spec.encapsulation_mode, pfs=spec.pfs,
+                       lifetime=_lifetime(spec))
 
 
-def _endpoint_group(r, obj, key, path):
-    if obj.get(key) is None:
+def _endpoint_group(problems, spec, path):
+    if spec is None:
         return None
-    group = r.object(obj, key, path)
-    gpath = join(path, key)
-    kind = r.choice(group, "type", gpath, ("subnet", "cidr"), "cidr")
-    endpoints = []
-    for i, ep in enumerate(r.list(group, "endpoints", gpath)):
-        epath = join(join(gpath, "endpoints"), i)
-        if kind == "cidr":
-            endpoints.append(r.network_value(ep, epath))
-        elif isinstance(ep, str) and ep:
-            endpoints.append(ep)
-        else:
-            r.error(epath, f"must be a subnet id, not {ep!r}")
-    return EndpointGroup(r.str(group, "id", gpath, required=False),
-                         r.str(group, "name", gpath, required=False), kind, tuple(endpoints))
+    endpoints = spec.endpoints
+    if spec.type == "cidr":
+        endpoints = [problems.network(text, f"{path}.endpoints[{i}]")
+                     for i, text in enumerate(endpoints)]
+    return EndpointGroup(spec.id, spec.name, spec.type, tuple(endpoints))
 
 
-def _connection(r, obj, path):
-    dpd = r.object(obj, "dpd", path, required=False)
-    dpath = join(path, "dpd")
+def _connection(problems, spec, path):
+    dpd = spec.dpd or schema.DeadPeerDetection()
     return IpsecSiteConnection(
-        id=r.str(obj, "id", path), name=r.str(obj, "name", path, required=False),
-        peer_address=r.ip(obj, "peer_address", path),
-        peer_id=r.str(obj, "peer_id", path, required=False),
-        admin_state_up=r.bool(obj, "admin_state_up", path, default=True),
-        route_mode=r.str(obj, "route_mode", path, required=False, default="static"),
-        mtu=r.int(obj, "mtu", path, default=1500, lo=68, hi=65535),
-        initiator=r.choice(obj, "initiator", path, ("bi-directional", "response-only"),
-                           "bi-directional"),
-        auth_mode=r.choice(obj, "auth_mode", path, ("psk",), "psk"),
-        psk=r.str(obj, "psk", path, allow_empty=False),
-        dpd_action=r.choice(dpd, "action", dpath,
-                            ("hold", "clear", "restart", "disabled", "restart-by-peer"), "hold"),
-        dpd_interval=r.int(dpd, "interval", dpath, default=30, lo=1, hi=3600),
-        dpd_timeout=r.int(dpd, "timeout", dpath, default=120, lo=1, hi=36000),
-        peer_cidrs=tuple(r.network_value(c, join(join(path, "peer_cidrs"), i))
-                         for i, c in enumerate(r.list(obj, "peer_cidrs", path))),
-        ikepolicy=_ike(r, r.object(obj, "ikepolicy", path), join(path, "ikepolicy")),
-        ipsecpolicy=_ipsec(r, r.object(obj, "ipsecpolicy", path), join(path, "ipsecpolicy")),
-        local_ep_group=_endpoint_group(r, obj, "local_ep_group", path),
-        peer_ep_group=_endpoint_group(r, obj, "peer_ep_group", path))
+        id=spec.id, name=spec.name,
+        peer_address=problems.ip(spec.peer_address, f"{path}.peer_address"),
+        peer_id=spec.peer_id, admin_state_up=spec.admin_state_up, route_mode=spec.route_mode,
+        mtu=spec.mtu, initiator=spec.initiator, auth_mode=spec.auth_mode, psk=spec.psk,
+        dpd_action=dpd.action, dpd_interval=dpd.interval, dpd_timeout=dpd.timeout,
+        peer_cidrs=tuple(problems.network(text, f"{path}.peer_cidrs[{i}]")
+                         for i, text in enumerate(spec.peer_cidrs)),
+        ikepolicy=_ike(spec.ikepolicy), ipsecpolicy=_ipsec(spec.ipsecpolicy),
+        local_ep_group=_endpoint_group(problems, spec.local_ep_group, f"{path}.local_ep_group"),
+        peer_ep_group=_endpoint_group(problems, spec.peer_ep_group, f"{path}.peer_ep_group"))
 
 
-def parse_vpn(r, body, parent=""):
-    vpn = r.object(body, "vpn", parent, required=False)
+def build_vpn(problems, spec, path):
+    """The model of a router's ``vpn`` (``spec``: its schema.Vpn, or None)."""
     services = []
-    for spath, svc in r.objects(vpn, "ipsec", join(parent, "vpn")):
-        v4 = r.ip(svc, "external_v4_ip", spath, required=False, version=4, allow_empty=True)
-        v6 = r.ip(svc, "external_v6_ip", spath, required=False, version=6, allow_empty=True)
-        if v4 is None and v6 is None and not any(
-                e.path.startswith(spath + ".external_v") for e in r.errors):
-            r.error(spath, "needs external_v4_ip or external_v6_ip")
+    for i, svc in enumerate(spec.ipsec if spec is not None else ()):
+        spath = f"{path}.ipsec[{i}]"
+        if not svc.external_v4_ip and not svc.external_v6_ip:
+            problems.add(spath, "needs external_v4_ip or external_v6_ip")
         services.append(VpnService(
-            id=r.str(svc, "id", spath), name=r.str(svc, "name", spath, required=False),
-            admin_state_up=r.bool(svc, "admin_state_up", spath, default=True),
-            external_v4_ip=v4, external_v6_ip=v6,
-            router_id=r.str(svc, "router_id", spath, required=False),
-            subnet_id=r.str(svc, "subnet_id", spath, required=False, default=None),
-            connections=tuple(_connection(r, c, cpath)
-                              for cpath, c in r.objects(svc, "ipsec_connections", spath))))
+            id=svc.id, name=svc.name, admin_state_up=svc.admin_state_up,
+            external_v4_ip=(problems.ip(svc.external_v4_ip, f"{spath}.external_v4_ip")
+                            if svc.external_v4_ip else None),
+            external_v6_ip=(problems.ip(svc.external_v6_ip, f"{spath}.external_v6_ip")
+                            if svc.external_v6_ip else None),
+            router_id=svc.router_id, subnet_id=svc.subnet_id,
+            connections=tuple(_connection(problems, c, f"{spath}.ipsec_connections[{j}]")
+                              for j, c in enumerate(svc.ipsec_connections))))
     return tuple(services)

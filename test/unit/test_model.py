@@ -2,11 +2,14 @@
 import copy
 import ipaddress
 
+import msgspec
 import pytest
 
 from astara_lab.appliance import contract_payloads
 from astara_router.model import (PayloadError, UnsupportedService, parse_payload,
                                  valid_hostname)
+from astara_router.model.errors import schema_error
+from astara_router.model.schema import Payload
 
 VALID = contract_payloads("original-orchestrator")
 INVALID = contract_payloads("invalid")
@@ -133,13 +136,81 @@ def test_non_object_body(body):
     assert errors_of(body).status == 422
 
 
-def test_all_errors_are_reported_at_once():
+def test_the_schema_reports_its_first_problem():
     body = copy.deepcopy(VALID["router-basic"])
     del body["tenant_id"]
     body["hostname"] = "bad name"
     body["floating_ips"][0]["floating_ip"] = "nope"
-    paths = {e.path for e in errors_of(body).errors}
-    assert {"tenant_id", "hostname", "floating_ips[0].floating_ip"} <= paths
+    errors = errors_of(body).errors
+    assert len(errors) == 1 and errors[0].path in {"tenant_id", "hostname",
+                                                   "floating_ips[0].floating_ip"}
+
+
+def test_problems_after_the_schema_are_reported_at_once():
+    body = copy.deepcopy(VALID["router-basic"])
+    body["networks"][2]["subnets"][0]["cidr"] = "10.1.0.1/24"  # host bits set
+    body["floating_ips"].append({"floating_ip": "172.24.4.228", "fixed_ip": "10.1.0.12"})
+    body["networks"][2]["interface"]["addresses"].append("fd00::1::2/64")  # shape, not IPv6
+    paths = [e.path for e in errors_of(body).errors]
+    assert sorted(paths) == ["floating_ips[1].floating_ip",
+                             "networks[2].interface.addresses[1]",
+                             "networks[2].subnets[0].cidr"]
+
+
+@pytest.mark.parametrize("mutate,path,words", [
+    (lambda b: b["networks"][2]["interface"].__setitem__("mtu", 20),
+     "networks[2].interface.mtu", ["(ge2)", "from 68 to 65535", "not 20"]),
+    (lambda b: b["networks"][2]["allocations"][0].__setitem__(
+        "ip_addresses", {"10.1.0.8": True, "10.1.0.999": True}),
+     "networks[2].allocations[0].ip_addresses.10.1.0.999", ["IPv4 or IPv6", "'10.1.0.999'"]),
+    (lambda b: b["networks"][2]["allocations"][0].__setitem__("ip_addresses", {"10.1.0.8": 1}),
+     "networks[2].allocations[0].ip_addresses.10.1.0.8", ["true or false", "not 1"]),
+    (lambda b: b.__setitem__("labels", {"ext": ["10.0.0.0/8", 3], "int": []}),
+     "labels.ext[1]", ["network CIDR", "not 3"]),
+    (lambda b: b.__setitem__("static_routes", [{"destination": "10.0.0.0/8"}]),
+     "static_routes[0].next_hop", ["required"]),
+    (lambda b: b.__setitem__("static_routes", [["10.0.0.0/8", "fe80::1"]]),
+     "static_routes[0][1]", ["address family"]),
+    (lambda b: b["networks"][2]["subnets"][0].pop("cidr"),
+     "networks[2].subnets[0].cidr", ["(ge2)", "required but missing"]),
+    (lambda b: b["networks"][1].__setitem__("network_type", "dmz"),
+     "networks[1].network_type", ["(ge1)", "external|internal", "'dmz'"]),
+    (lambda b: b.__setitem__("services", {"router": {"asn": 0}}),
+     "services.router.asn", ["from 1 to 4294967295", "not 0"]),
+    (lambda b: b.__setitem__("hostname", "x" * 254), "hostname", ["host name"]),
+    (lambda b: b["networks"][0]["interface"].__setitem__("description", "ünï"),
+     "networks[0].interface.description", ["[a-zA-Z0-9_]"]),
+])
+def test_errors_name_the_field_the_rule_and_the_value(mutate, path, words):
+    body = copy.deepcopy(VALID["router-basic"])
+    mutate(body)
+    (error,) = errors_of(body).errors
+    assert error.path == path, error
+    for word in words:
+        assert word in error.message, error
+
+
+def test_null_means_the_default():
+    body = copy.deepcopy(VALID["router-basic"])
+    explicit = copy.deepcopy(body)
+    for network in explicit["networks"]:
+        network.update(name=None, mtu=None, v4_conf_service=None, allocations=None)
+        network["interface"].update(description=None)
+        for subnet in network["subnets"]:
+            subnet.update(dns_nameservers=None, host_routes=None)
+    explicit.update(ha_resource=None, ha_config={"peers": None, "priority": None},
+                    labels=None, anchors=None, address_book=None, vpn={"ipsec": None})
+    explicit["orchestrator"]["metadata_port"] = None
+    for network in body["networks"]:
+        network.pop("name", None), network.pop("mtu", None), network.pop("allocations", None)
+        network.pop("v4_conf_service", None), network["interface"].pop("description", None)
+        for subnet in network["subnets"]:
+            subnet.pop("dns_nameservers"), subnet.pop("host_routes")
+    for key in ("ha_resource", "ha_config", "labels", "anchors", "address_book", "vpn"):
+        body.pop(key, None)
+    body["orchestrator"].pop("metadata_port")
+    assert parse_payload(explicit) == parse_payload(body)
+    assert parse_payload(body).router.orchestrator.metadata_port == 9697
 
 
 def test_vpn_psk_and_proposals_are_parsed():
@@ -182,3 +253,9 @@ def test_trailing_newline_is_not_a_valid_name(field, value):
         body[field] = value
         path = field
     assert any(e.path == path for e in errors_of(body).errors)
+
+
+def test_an_error_message_the_translator_cannot_follow_keeps_msgspec_words():
+    error = schema_error(msgspec.ValidationError("Expected `int`, got `str` - at `$.nope[3]`"),
+                         {}, Payload)
+    assert (error.path, error.message) == ("nope[3]", "Expected `int`, got `str`")
