@@ -93,23 +93,30 @@ class Committed:
 
 @dataclass
 class ApplyContext:
-    """What one transaction shares between subsystems: a netlink socket, the NICs (read
-    once), their geN names, and the configurations an earlier or interrupted generation may
-    have left on the NICs (the live path clears what they configured)."""
-    ipr: IPRoute
+    """What one transaction shares between subsystems: the NICs (read once), their geN
+    names, the configurations an earlier or interrupted generation may have left on the NICs
+    (the live path clears what they configured), and a pyroute2 socket for link and route
+    changes, opened on first use (most transactions change neither)."""
     interface_names: InterfaceNames
     previous: tuple = ()
     nics: tuple = ()
     names: dict = field(default_factory=dict)  # geN -> naming.Nic
+    _ipr: Optional[IPRoute] = None
 
     @classmethod
     def open(cls, interface_names, previous=()):
-        ctx = cls(IPRoute(strict_check=True), interface_names, tuple(previous))
+        ctx = cls(interface_names, tuple(previous))
         ctx.refresh_nics()
         return ctx
 
+    @property
+    def ipr(self):
+        if self._ipr is None:
+            self._ipr = IPRoute(strict_check=True)  # the kernel filters dumps (table, proto)
+        return self._ipr
+
     def refresh_nics(self):
-        self.nics = tuple(list_nics(self.ipr, with_addresses=False))
+        self.nics = tuple(list_nics(with_addresses=False))
         self.names = self.interface_names.assign(self.nics)
         return self.nics
 
@@ -117,7 +124,8 @@ class ApplyContext:
         return {generic: nic.kernel_name for generic, nic in self.names.items()}
 
     def close(self):
-        self.ipr.close()
+        if self._ipr is not None:
+            self._ipr.close()
 
 
 @dataclass
@@ -175,7 +183,7 @@ class Engine:
             if digest == previous.hash and self._intact(previous):
                 self.committed = replace(previous, raw_digest=raw_digest)
                 return Outcome(self.committed, 0)
-            committed, changes = self._transaction(config, body, digest, previous)
+            committed, changes = self._transaction(config, body, digest, previous, raw=raw)
             self.committed = replace(committed, raw_digest=raw_digest)
             self.state, self.last_error = "ready", None
             return Outcome(self.committed, changes)
@@ -225,7 +233,7 @@ class Engine:
                                  else previous.plans.get(subsystem.name))
                 for subsystem in self.subsystems}
 
-    def _transaction(self, config, body, digest, previous, leftovers=()):
+    def _transaction(self, config, body, digest, previous, leftovers=(), raw=None):
         started = time.monotonic()
         earlier = [c for c in (previous.config, *leftovers) if c is not None]
         ctx = ApplyContext.open(self.names, earlier)
@@ -239,7 +247,7 @@ class Engine:
                 subsystem.check(plans[subsystem.name], bases[subsystem.name])
             new_generation = digest != previous.hash
             if new_generation:
-                self.store.write_pending(body)
+                self.store.write_pending(body, raw)
             for subsystem in self.subsystems:
                 base = bases[subsystem.name]
                 snapshot = subsystem.capture(ctx, plans[subsystem.name], base)
@@ -250,7 +258,7 @@ class Engine:
                 subsystem.verify(ctx, plans[subsystem.name], bases[subsystem.name],
                                  counts[subsystem.name])
             if new_generation:
-                stored = self.store.commit(previous.generation + 1, body)
+                stored = self.store.commit(previous.generation + 1, body, digest, raw)
                 number, committed_at = stored.number, stored.committed_at
             else:
                 number, committed_at = previous.generation, previous.committed_at

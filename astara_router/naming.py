@@ -12,6 +12,7 @@ import re
 import threading
 from dataclasses import dataclass
 
+from . import rtnl
 from .store import atomic_write
 
 # Link kinds that are not NICs of this VM: they are created by us or by daemons.
@@ -34,26 +35,15 @@ class Nic:
     addresses: tuple  # "ip/prefix" strings, kernel order
 
 
-def list_nics(ipr, with_addresses=True):
+def list_nics(with_addresses=True):
     """All NICs in the current network namespace (no lo, bridges, tunnels...)."""
-    addresses = {}
-    for msg in (ipr.get_addr() if with_addresses else ()):
-        addr = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
-        if addr:
-            addresses.setdefault(msg["index"], []).append(f"{addr}/{msg['prefixlen']}")
+    found = rtnl.addresses() if with_addresses else {}
     nics = []
-    for link in ipr.get_links():
-        mac = link.get_attr("IFLA_ADDRESS")
-        name = link.get_attr("IFLA_IFNAME")
-        if not mac or len(mac) != 17 or mac == "00:00:00:00:00:00" or name == "lo":
+    for index, name, mac, mtu, up, kind in rtnl.links():
+        if len(mac) != 6 or not any(mac) or name == "lo" or kind in NOT_A_NIC:
             continue
-        info = link.get_attr("IFLA_LINKINFO")
-        kind = info.get_attr("IFLA_INFO_KIND") if info else None
-        if kind in NOT_A_NIC:
-            continue
-        nics.append(Nic(index=link["index"], kernel_name=name, mac=mac.lower(),
-                        mtu=link.get_attr("IFLA_MTU"), up=bool(link["flags"] & 1),
-                        addresses=tuple(addresses.get(link["index"], ()))))
+        nics.append(Nic(index=index, kernel_name=name, mac=mac.hex(":"), mtu=mtu, up=up,
+                        addresses=tuple(found.get(index, ()))))
     return nics
 
 

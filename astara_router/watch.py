@@ -27,6 +27,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from .rtnl import IFADDRMSG, IFINFOMSG, attributes, messages
+
 LOG = logging.getLogger(__name__)
 
 NETLINK_ROUTE = 0
@@ -54,39 +56,10 @@ IFLA_MTU = 4
 IFF_UP = 0x1
 NFNL_SUBSYS_NFTABLES = 10
 NFPROTO_INET = 1
-NLA_TYPE_MASK = 0x3FFF
 LOOPBACK_INDEX = 1
 RTPROT_ASTARA = 211  # marks the routes this agent owns (apply/netlink.py)
 
-NLMSGHDR = struct.Struct("=IHHII")
-IFADDRMSG = struct.Struct("=BBBBI")
-IFINFOMSG = struct.Struct("=BxHiII")
-RTMSG = struct.Struct("=BBBBBBBBI")
 NFGENMSG = struct.Struct("=BBH")
-RTATTR = struct.Struct("=HH")
-
-
-def messages(data):
-    """(type, payload) of each netlink message in one datagram."""
-    offset = 0
-    while offset + NLMSGHDR.size <= len(data):
-        length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(data, offset)
-        if length < NLMSGHDR.size:
-            return
-        yield kind, data[offset + NLMSGHDR.size:offset + length]
-        offset += (length + 3) & ~3
-
-
-def attributes(data, offset):
-    """{type: value bytes} of the attributes from ``offset`` on (first one of each type)."""
-    found = {}
-    while offset + RTATTR.size <= len(data):
-        length, kind = RTATTR.unpack_from(data, offset)
-        if length < RTATTR.size:
-            break
-        found.setdefault(kind & NLA_TYPE_MASK, data[offset + RTATTR.size:offset + length])
-        offset += (length + 3) & ~3
-    return found
 
 
 def _open(protocol, groups=0, group=None):
@@ -176,7 +149,7 @@ class KernelWatch:
         if kind in (RTM_NEWADDR, RTM_DELADDR):
             return self._address_drift(kind, payload)
         if kind in (RTM_NEWROUTE, RTM_DELROUTE):
-            protocol = RTMSG.unpack_from(payload)[5]
+            protocol = payload[5]
             if protocol == RTPROT_ASTARA:
                 LOG.debug("drift: a route of ours changed")
                 return True

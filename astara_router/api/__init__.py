@@ -7,8 +7,9 @@ import hmac
 import json
 import logging
 
+import msgspec
+
 from flask import Blueprint, Flask, Response, request
-from pyroute2 import IPRoute
 from werkzeug.exceptions import HTTPException
 
 from ..engine import Engine
@@ -110,8 +111,7 @@ def interface_routes(engine):
     routes = Blueprint("interfaces", __name__)
 
     def live_interfaces():
-        with IPRoute() as ipr:
-            nics = list_nics(ipr)
+        nics = list_nics()
         return [interface_view(generic, nic)
                 for generic, nic in engine.names.assign(nics).items()]
 
@@ -149,8 +149,8 @@ def config_routes(engine):
                                   f"{request.content_type or 'no content type'!r}")
         raw = request.get_data(cache=False)
         try:
-            body = json.loads(raw or b"")
-        except (ValueError, UnicodeDecodeError) as exc:
+            body = msgspec.json.decode(raw or b"")
+        except msgspec.DecodeError as exc:
             return error_response(400, "Bad Request", f"the body is not valid JSON: {exc}")
         try:
             outcome = engine.apply(body, raw)

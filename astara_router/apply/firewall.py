@@ -7,7 +7,7 @@ How an apply decides what to run (see render/firewall.py for the ruleset itself)
   2. base unknown (boot, drift, after a failed apply): the live table is read and replaced
      as a whole by the new one — in one transaction, so packets see the old table until
      the new one is complete;
-  3. every transaction goes to ``nft -f -``, which is all-or-nothing: a refused one changes
+  3. every transaction is one libnftables call (``astara_router/nftables.py``), all-or-nothing: a refused one changes
      nothing (so no separate ``nft -c`` is paid);
   4. conntrack entries of floating IPs that disappeared or moved are deleted (and only
      those): established NAT bindings of every other flow live in conntrack and survive
@@ -19,13 +19,13 @@ import logging
 import subprocess
 from dataclasses import dataclass
 
+from .. import nftables
 from ..errors import ApplyError
 from ..render.firewall import (TABLE_SPEC, FirewallRenderError, Ruleset,
                                floating_ips_in_listing, render_firewall, replace_script)
 
 LOG = logging.getLogger(__name__)
 
-NFT = "nft"
 CONNTRACK = "conntrack"
 
 
@@ -34,27 +34,19 @@ CONNTRACK = "conntrack"
 def live_listing():
     """The agent's table as nft prints it, or None when it does not exist."""
     try:
-        result = subprocess.run([NFT, "list", "table", *TABLE_SPEC.split()],
-                                capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ApplyError("", f"nft list table: {exc}", status=500) from exc
-    if result.returncode == 0:
-        return result.stdout
-    if "No such file or directory" in result.stderr:
-        return None
-    raise ApplyError("", f"nft list table failed: {result.stderr.strip()}", status=500)
+        return nftables.run(f"list table {TABLE_SPEC}")
+    except nftables.NftError as exc:
+        if "No such file or directory" in str(exc):
+            return None
+        raise ApplyError("", f"nft list table failed: {exc}", status=500) from exc
 
 
 def run_transaction(script):
-    """``nft -f -``: the whole script or nothing."""
+    """One nftables transaction: the whole script or nothing."""
     try:
-        result = subprocess.run([NFT, "-f", "-"], input=script, capture_output=True,
-                                text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ApplyError("", f"nft -f: {exc}", status=500) from exc
-    if result.returncode != 0:
-        output = (result.stderr.strip() or result.stdout.strip())[-2000:]
-        raise ApplyError("", f"nft -f (ruleset load) failed: {output}", status=500)
+        nftables.run(script)
+    except nftables.NftError as exc:
+        raise ApplyError("", f"nftables refused the ruleset: {exc}", status=500) from exc
 
 
 def _conntrack(args):
@@ -95,8 +87,9 @@ def flush_conntrack(addresses):
 
 def stale_floating_ips(old, new):
     """Floating addresses whose mapping disappeared or moved to another fixed IP: their
-    conntrack entries hold NAT bindings that are now wrong."""
-    return {f for f in old if old[f] != new.get(f)}
+    conntrack entries hold NAT bindings that are now wrong. (``{floating: fixed}`` texts as
+    nft prints them, which is one canonical form per address.)"""
+    return {ipaddress.ip_address(f) for f in old if old[f] != new.get(f)}
 
 
 @dataclass(frozen=True)

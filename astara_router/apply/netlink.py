@@ -16,6 +16,7 @@ from typing import Optional
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import ApplyError
+from ..naming import list_nics
 from ..render.interfaces import kernel_name
 from ..render.netlink import render_netlink
 from ..watch import RTPROT_ASTARA, Expected  # RTPROT: marks the routes this agent owns
@@ -127,8 +128,8 @@ def with_cleared(state, names):
 class Converger:
     """Brings links, addresses and our routes to a desired NetState and counts changes."""
 
-    def __init__(self, ipr, nics, paths=None):
-        self.ipr = ipr
+    def __init__(self, ctx, nics, paths=None):
+        self.ctx = ctx  # its pyroute2 socket is opened on the first link or route change
         self.by_name = {nic.kernel_name: nic for nic in nics}
         self.paths = paths or {}
         self.changes = 0
@@ -137,9 +138,10 @@ class Converger:
         nic = self.by_name.get(name) if name else None
         return nic.index if nic else None
 
-    def _call(self, what, path, func, *args, ignore=(), **kwargs):
+    def _call(self, what, path, method, *args, ignore=(), **kwargs):
+        """``method`` of the context's pyroute2 socket ("link", "route")."""
         try:
-            func(*args, **kwargs)
+            getattr(self.ctx.ipr, method)(*args, **kwargs)
             self.changes += 1
         except NetlinkError as exc:
             if exc.code in ignore:
@@ -168,7 +170,6 @@ class Converger:
         """Bring the kernel from ``current`` (a NetState: read just before, or the committed
         plan when nothing changed behind our back) to ``state``. Links the NIC list does
         not have are skipped when they only lose addresses (a hot-unplugged NIC)."""
-        ipr = self.ipr
         have_links = dict(current.links)
         have = {}
         for name, want in state.links:
@@ -178,10 +179,10 @@ class Converger:
                     raise ApplyError(self.paths.get(name, ""), f"{name} does not exist")
                 continue
             if want.mtu is not None and nic.mtu != want.mtu:
-                self._call(f"set mtu {want.mtu} on {name}", "", ipr.link, "set",
+                self._call(f"set mtu {want.mtu} on {name}", "", "link", "set",
                            index=nic.index, mtu=want.mtu)
             if want.up and not nic.up:
-                self._call(f"set {name} up", "", ipr.link, "set", index=nic.index, state="up")
+                self._call(f"set {name} up", "", "link", "set", index=nic.index, state="up")
             _ensure_sysctl(f"ipv4/conf/{name}/promote_secondaries", "1")
             have[name] = have_links[name].addresses if name in have_links else frozenset()
         batch = []  # (ip command, what, path): adds first, so a replaced address never
@@ -206,18 +207,18 @@ class Converger:
         # Removing an address may take routes through it with it: read ours again then.
         live = live_routes() if removed else current.routes
         for dst, gateway, dev in sorted(live - state.routes, key=str):
-            self._call(f"remove route {dst} via {gateway}", "", ipr.route, "del",
+            self._call(f"remove route {dst} via {gateway}", "", "route", "del",
                        **_route_args(dst, gateway, self._index(dev)),
                        ignore=(errno.ESRCH, errno.ENOENT))
         for dst, gateway, dev in sorted(state.routes - live, key=str):
             path = self.paths.get((dst, gateway), "")
-            self._call(f"route {dst} via {gateway}", path, ipr.route, "replace",
+            self._call(f"route {dst} via {gateway}", path, "route", "replace",
                        **_route_args(dst, gateway, self._index(dev)))
 
     def verify(self, state):
         """Read back what we asked for; any difference fails the transaction."""
         problems = []
-        links = {nic.kernel_name: nic for nic in _refresh(self.ipr, self.by_name)}
+        links = {nic.kernel_name: nic for nic in _refresh(self.by_name)}
         live = live_addresses()
         for name, want in state.links:
             nic = links.get(name)
@@ -240,9 +241,8 @@ class Converger:
             raise ApplyError("", "verification failed: " + "; ".join(problems), status=500)
 
 
-def _refresh(ipr, by_name):
-    from ..naming import list_nics
-    return [nic for nic in list_nics(ipr, with_addresses=False) if nic.kernel_name in by_name]
+def _refresh(by_name):
+    return [nic for nic in list_nics(with_addresses=False) if nic.kernel_name in by_name]
 
 
 def _sort_key(address):
@@ -311,20 +311,20 @@ class NetlinkSubsystem:
             target = with_cleared(plan.state, [names[g] for g in earlier if g in names])
         if plan.forwarding:
             enable_forwarding()
-        converger = Converger(ctx.ipr, ctx.nics, plan.paths)
+        converger = Converger(ctx, ctx.nics, plan.paths)
         converger.converge(target, snapshot)
         return converger.changes
 
     def verify(self, ctx, plan, base, changes):
         if base is not None or changes == 0:
             return  # acknowledged change by change, or the live state already matched
-        Converger(ctx.ipr, ctx.nics).verify(plan.state)
+        Converger(ctx, ctx.nics).verify(plan.state)
 
     def restore(self, ctx, snapshot, changes):
         if changes == 0:
             return
         nics = ctx.refresh_nics()
-        Converger(ctx.ipr, nics).converge(snapshot, capture(nics))
+        Converger(ctx, nics).converge(snapshot, capture(nics))
 
     def expected(self, plan, nics):
         """What the kernel watch compares its notifications with."""

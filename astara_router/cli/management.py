@@ -26,7 +26,7 @@ SSHD_KEYS = re.compile(r"^\s*#?\s*(ListenAddress|AddressFamily|UseDNS)\s", re.I)
 def configure(mac, address, mtu, state_dir, sshd_config=None):
     mac = mac.lower()
     with IPRoute() as ipr:
-        nic = next((n for n in list_nics(ipr) if n.mac == mac), None)
+        nic = next((n for n in list_nics() if n.mac == mac), None)
         if nic is None:
             raise SystemExit(f"astara-configure-management: no NIC with MAC {mac}")
         if not nic.up or nic.mtu != mtu:

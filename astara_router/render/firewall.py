@@ -177,13 +177,14 @@ class Ruleset:
         return "\n".join(deletes + adds) + "\n" if deletes or adds else ""
 
     def floating_ips(self):
-        """{floating: fixed} of every floating-IP map, as address objects."""
+        """{floating: fixed} of every floating-IP map, as nft prints the addresses (no
+        parsing: an apply compares thousands of them)."""
         found = {}
         for version in (4, 6):
             fip_map = self.set(f"fip_dnat{FAMILIES[version][2]}")
             for element in fip_map.elements if fip_map else ():
                 floating, fixed = element.split(" : ")
-                found[ipaddress.ip_address(floating)] = ipaddress.ip_address(fixed)
+                found[floating] = fixed
         return found
 
     # persistence of the committed ruleset (JSON in the state directory)
@@ -211,13 +212,13 @@ FIP_MAP_RE = re.compile(r"map fip_dnat(?:_v6)? \{[^}]*?elements = \{([^}]*)\}", 
 
 def floating_ips_in_listing(listing):
     """{floating: fixed} of a live ``nft list table`` text (what conntrack may hold NAT
-    bindings for); empty when there is no table."""
+    bindings for), as nft prints them; empty when there is no table."""
     found = {}
     for match in FIP_MAP_RE.finditer(listing or ""):
         for element in match.group(1).split(","):
             if " : " in element:
                 floating, fixed = (part.strip() for part in element.split(" : "))
-                found[ipaddress.ip_address(floating)] = ipaddress.ip_address(fixed)
+                found[floating] = fixed
     return found
 
 

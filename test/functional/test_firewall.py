@@ -327,7 +327,7 @@ def test_router_wide_nat_on_ge10_to_ge12(lab, net):
 
 class BrokenRenderFirewall(FirewallSubsystem):
     """Plans a ruleset the kernel rejects (a rule using a set that does not exist): the
-    real ``nft -f`` must refuse all of it."""
+    real nftables must refuse all of it."""
 
     def plan(self, config, names):
         ruleset = super().plan(config, names)
@@ -386,7 +386,7 @@ def test_rejected_ruleset_leaves_the_previous_one_and_restore_puts_it_back(lab, 
 
         with pytest.raises(ApplyError) as error:
             apply(BrokenRenderFirewall(settings), config, plan)
-        assert "nft -f" in str(error.value) and "no_such_set" in str(error.value)
+        assert "nftables refused" in str(error.value) and "no_such_set" in str(error.value)
         assert handles(app) == committed  # not one handle moved
 
         # a good change, then the engine's rollback path
@@ -436,3 +436,22 @@ def test_load_balancer_admits_listeners_only(lab, net):
     assert net.blocked(client_ns, "10.80.0.30", CLOSED_PORT)
     nat = app.ns.run(["nft", "list", "table", "inet", "astara"]).stdout
     assert "nat" not in nat and "tcp dport { 80, 5432 } accept" in nat
+
+
+def test_nftables_transactions_stay_in_the_calling_threads_namespace(lab):
+    """libnftables contexts are kept per network namespace: a table made from a thread in
+    one namespace never appears in another (nor in the host's)."""
+    from astara_router import nftables
+    first, second = lab.netns("nfa"), lab.netns("nfb")
+
+    def in_ns(ns, script):
+        return _in_appliance(type("A", (), {"ns": ns})(), nftables.run, script)
+
+    in_ns(first, "add table inet astara_test_a")
+    in_ns(second, "add table inet astara_test_b")
+    in_ns(first, "add table inet astara_test_a2")
+    assert first.run(["nft", "list", "tables"]).stdout.split() == [
+        "table", "inet", "astara_test_a", "table", "inet", "astara_test_a2"]
+    assert second.run(["nft", "list", "tables"]).stdout.split() == [
+        "table", "inet", "astara_test_b"]
+    assert "astara_test_a" not in in_ns(second, "list tables")
