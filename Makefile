@@ -3,7 +3,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: deps venv test unit lab lab-down bench leftovers image image-test clean distclean
+.PHONY: deps venv test unit lower-bounds lock lock-upgrade lab lab-down bench leftovers image \
+	image-test clean distclean
 
 # Debian packages (needs root when something is missing) + .venv.
 deps:
@@ -18,6 +19,27 @@ test: deps
 
 unit: venv
 	$(PY) -m pytest -q test/unit
+
+# The lower bounds of requirements*.txt, exactly, in a scratch venv
+# (.venv-lower-bounds, made anew each run), and the unit tests on them. Every
+# lower bound is a version this has passed on. LOWER_BOUNDS_TESTS=... runs others.
+lower-bounds:
+	bash scripts/lower-bounds $(LOWER_BOUNDS_TESTS)
+
+# The lock files (pip-compile, needs the package index): locks/agent.txt is the
+# agent's runtime set (what the image installs), locks/dev.txt the dev venv's
+# (agent + orchestrator + lab + test tools), held to the agent's pins. `lock`
+# keeps every pin that still satisfies requirements*.txt; `lock-upgrade` takes
+# the newest versions.
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet \
+	--generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links
+lock: venv
+	$(PIP_COMPILE) $(LOCK_ARGS) --output-file locks/agent.txt requirements.txt
+	$(PIP_COMPILE) $(LOCK_ARGS) --constraint locks/agent.txt --output-file locks/dev.txt \
+		requirements.txt orchestrator-requirements.txt test-requirements.txt
+
+lock-upgrade:
+	$(MAKE) lock LOCK_ARGS=--upgrade
 
 lab: deps
 	$(VENV)/bin/astara-lab up
@@ -60,6 +82,6 @@ clean:
 	rm -rf build dist .dibtmp .pytest_cache *.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
-# clean + the virtualenv, built images and the diskimage-builder cache.
+# clean + the virtualenvs, built images and the diskimage-builder cache.
 distclean: clean
-	rm -rf $(VENV) out .dibcache
+	rm -rf $(VENV) .venv-lower-bounds out .dibcache

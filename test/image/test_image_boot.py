@@ -15,7 +15,9 @@ What it proves, in order:
 4. ``PUT /v1/system/config`` with router-basic.json answers 200 and the VM shows the payload's
    addresses; ``GET /v1/system/config`` says generation 1;
 5. the API (and ssh) still answer on new connections once the agent's firewall is loaded;
-   over ssh, ``sudo -n`` works and the agent's journal has the apply.
+   over ssh, ``sudo -n`` works and the agent's journal has the apply;
+6. the agent's venv in the running VM holds the agent's distribution and exactly the
+   versions of ``locks/agent.txt``, nothing more.
 
 Boot-to-API and apply times are printed (no timing assertions).
 
@@ -30,6 +32,7 @@ import ipaddress
 import os
 import pathlib
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -220,6 +223,11 @@ def ssh(ctl, key, address, *command):
                     f"astara@{address}", *command], check=False)
 
 
+# Every distribution the agent's venv can import, "Name==version" per line.
+LIST_DISTRIBUTIONS = ("import importlib.metadata as m; print('\\n'.join("
+                      "f\"{d.metadata['Name']}=={d.version}\" for d in m.distributions()))")
+
+
 def interfaces_by_name(client):
     response = client.get("/v1/system/interfaces")
     assert response.status == 200, response.text
@@ -236,7 +244,7 @@ def image_lab():
         lab.close()
 
 
-def test_image_boots_and_applies_router_basic(image_lab, capsys):
+def test_image_boots_and_applies_router_basic(image_lab, capsys, assert_agent_set):
     lab = image_lab
     payload = contract_payloads("original-orchestrator")[PAYLOAD_NAME]
     mgmt = ipaddress.ip_interface(management_cidr(payload))
@@ -294,6 +302,12 @@ def test_image_boots_and_applies_router_basic(image_lab, capsys):
         assert len(applied) == 2 and applied[1][1] == "0", (
             f"expected the apply and the no-op re-send in the agent's journal:\n"
             f"{journal.stdout[-3000:]}")
+
+        # What the appliance runs: the agent and its locked dependencies, nothing more.
+        venv = ssh(ctl, key, mgmt.ip, "/opt/astara/bin/python", "-c",
+                   shlex.quote(LIST_DISTRIBUTIONS))
+        assert venv.returncode == 0, venv.stderr
+        assert_agent_set(venv.stdout, "/opt/astara in the booted image")
     except BaseException:
         FAILED_CONSOLE.write_text(vm.console(tail=200000))
         print(f"serial console saved to {FAILED_CONSOLE}; its end:\n{vm.console()}")

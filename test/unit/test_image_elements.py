@@ -2,8 +2,8 @@
 
 - the ``astara`` element expands (with an OS element) to the elements it needs;
 - ``dib-lint`` passes on ``diskimage-builder/elements``;
-- every systemd unit shipped by an element starts a console script that
-  setup.cfg declares, from the image's venv, and is enabled at build time;
+- every systemd unit shipped by an element starts a console script that the
+  agent's distribution declares, from the image's venv, and is enabled at build time;
 - static defaults and package lists agree with the rest of the repository.
 """
 
@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
@@ -29,17 +30,10 @@ TEST_ONLY_PACKAGES = {"udhcpc", "isc-dhcp-client", "ndisc6"}
 
 
 def console_scripts():
-    """{name: "module:function"} from setup.cfg [options.entry_points]."""
-    cfg = configparser.ConfigParser(interpolation=None)
-    cfg.read(REPO / "setup.cfg")
-    raw = cfg.get("options.entry_points", "console_scripts", fallback="")
-    scripts = {}
-    for line in raw.splitlines():
-        if not line.strip():
-            continue
-        name, _, target = line.partition("=")
-        scripts[name.strip()] = target.strip()
-    return scripts
+    """{name: "module:function"} of the agent's distribution, the one the image installs
+    (packaging/astara-router/pyproject.toml)."""
+    with open(REPO / "packaging" / "astara-router" / "pyproject.toml", "rb") as handle:
+        return tomllib.load(handle)["project"]["scripts"]
 
 
 def unit_files():
@@ -85,7 +79,7 @@ def test_astara_element_expands():
         ["debian-minimal", "astara"], paths=paths))
 
     expected = {
-        "astara", "debian-minimal", "package-installs", "install-static",
+        "astara", "debian-minimal", "package-installs", "install-static", "manifests",
         "dib-init-system", "openssh-server", "runtime-ssh-host-keys",
         "cloud-init", "cloud-init-datasources",
     }
@@ -155,7 +149,7 @@ def test_hook_scripts_follow_dib_conventions():
 
 # --- (c) systemd units -----------------------------------------------------
 
-def test_setup_cfg_declares_console_scripts():
+def test_agent_distribution_declares_console_scripts():
     scripts = console_scripts()
     assert scripts["astara-router-api"] == "astara_router.cli.api:main"
     assert scripts["astara-configure-management"] == \
@@ -179,7 +173,7 @@ def test_units_start_declared_console_scripts():
         assert binary.startswith(VENV_IN_IMAGE), (path, binary)
         script = binary[len(VENV_IN_IMAGE):]
         assert script in declared, (
-            "%s starts %s, which setup.cfg does not declare" % (path, script))
+            "%s starts %s, which the agent's distribution does not declare" % (path, script))
 
 
 def test_router_api_unit():

@@ -1,0 +1,36 @@
+"""astara-router-api's gunicorn configuration, loaded by the installed gunicorn.
+
+gunicorn's ``Config.set`` raises on a setting it does not know, so these tests also pin the
+oldest gunicorn the agent runs on (``make lower-bounds`` runs them against it).
+"""
+import ssl
+
+from astara_router.cli.api import AgentApplication
+from astara_router.settings import Settings
+
+
+def test_gunicorn_accepts_the_agent_configuration(tmp_path):
+    settings = Settings(state_dir=str(tmp_path), bind=("127.0.0.1:5999", "[::1]:5999"),
+                        threads=4)
+    cfg = AgentApplication(settings).cfg
+    run_dir = tmp_path / "run"
+    assert run_dir.is_dir()
+    assert cfg.bind == ["127.0.0.1:5999", "[::1]:5999"]
+    assert (cfg.workers, cfg.worker_class_str, cfg.threads) == (1, "gthread", 4)
+    assert cfg.pidfile == str(run_dir / "api.pid")
+    assert cfg.worker_tmp_dir == str(run_dir)
+    # The control socket stays with the appliance's runtime files, owner-only.
+    assert cfg.control_socket == str(run_dir / "gunicorn.ctl")
+    assert cfg.control_socket_mode == 0o600
+    assert not cfg.is_ssl
+
+
+def test_mutual_tls_requires_client_certificates(tmp_path):
+    settings = Settings(state_dir=str(tmp_path), bind=("127.0.0.1:5999",),
+                        certfile="/etc/astara/api.crt", keyfile="/etc/astara/api.key",
+                        ca_certs="/etc/astara/ca.crt")
+    cfg = AgentApplication(settings).cfg
+    assert cfg.is_ssl
+    assert (cfg.certfile, cfg.keyfile, cfg.ca_certs) == (
+        "/etc/astara/api.crt", "/etc/astara/api.key", "/etc/astara/ca.crt")
+    assert cfg.cert_reqs == ssl.CERT_REQUIRED
