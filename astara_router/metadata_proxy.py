@@ -1,9 +1,12 @@
-"""``astara-metadata-proxy``: forwards tenant instances' metadata requests to the orchestrator.
+"""The metadata proxy: forwards tenant instances' metadata requests to the orchestrator.
+
+The agent serves it from its own process (``apply/metadata.py``: ``Proxy.serve`` on every
+change). The same code runs standalone, for diagnosis, from a configuration file::
 
     astara-metadata-proxy --config FILE [--pidfile P] [--log L] [--status S] [--foreground]
     astara-metadata-proxy --check --config FILE
 
-One process per appliance, one listener per tenant network, each bound to the router's own
+One listener per tenant network, each bound to the router's own
 address on that network (never 0.0.0.0: the firewall DNATs 169.254.169.254:80 there). A
 request is identified by its source address *on that listener's network*; an address no
 allocation owns gets a 404 and never reaches the orchestrator. Everything else (any
@@ -12,10 +15,11 @@ X-Forwarded-For, X-Instance-ID, X-Tenant-ID, X-Neutron-Network-ID and X-Quantum-
 set by the proxy (a client cannot supply its own). Upstream failures answer 502, upstream
 timeouts 504; otherwise the upstream status, content type and body pass through.
 
-SIGHUP re-reads the configuration (listeners, instance maps, upstream) without a restart;
-a configuration that cannot be applied leaves the previous one serving. After every load
-the proxy writes a status file (its PID and the SHA-256 of the configuration it serves) so
-the agent can verify what is live. Standard library only: threads, no eventlet.
+A new configuration (the agent's ``serve``, or SIGHUP for the standalone program) swaps
+listeners, instance maps and upstream without dropping the listeners that stay; one that
+cannot be applied leaves the previous one serving. The standalone program writes a status
+file after every load (its PID and the SHA-256 of the configuration it serves). Standard
+library only: threads, no eventlet.
 """
 import argparse
 import hashlib
@@ -389,19 +393,23 @@ class ListenerServer(ThreadingHTTPServer):
 class Proxy:
     """The listener set and the configuration they serve."""
 
-    def __init__(self, config_path, status_path):
+    def __init__(self, config_path=None, status_path=None):
         self.config_path = config_path
         self.status_path = status_path
         self.config = None
-        self.digest = None  # what is served
+        self.text = None  # the configuration served, as given
+        self.digest = None  # its SHA-256
         self.attempted = None  # what the last (re)load read
         self.servers = {}  # (address, port) → ListenerServer
 
     def load(self):
-        """(Re)load the configuration. Raises on a configuration that cannot be served;
-        the previous one then stays in place, untouched."""
+        """(Re)load the configuration file (the standalone program)."""
         with open(self.config_path) as handle:
-            text = handle.read()
+            self.serve(handle.read())
+
+    def serve(self, text):
+        """Serve this configuration. Raises on one that cannot be served; the previous one
+        then stays in place, untouched."""
         self.attempted = config_digest(text)
         config = parse_config(text)
         wanted = {listener.key: listener for listener in config.listeners}
@@ -424,9 +432,14 @@ class Proxy:
         for key, server in added.items():
             server.start()
             self.servers[key] = server
-        self.digest = self.attempted
+        self.text, self.digest = text, self.attempted
         LOG.info("serving configuration %s: %s", self.digest[:12],
                  ", ".join(f"{a}:{p}" for a, p in sorted(wanted)) or "no listeners")
+
+    def alive(self):
+        """Every listener's thread still runs."""
+        return all(server.thread is not None and server.thread.is_alive()
+                   for server in self.servers.values())
 
     def write_status(self, error=None):
         status = {"pid": os.getpid(), "config_hash": self.digest, "error": error,
@@ -448,6 +461,7 @@ class Proxy:
         for server in self.servers.values():
             server.stop()
         self.servers.clear()
+        self.config = self.text = self.digest = None
 
 
 # -- process --------------------------------------------------------------------------------

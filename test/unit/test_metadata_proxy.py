@@ -3,7 +3,6 @@ URL and headers; and the agent's [metadata] settings."""
 import copy
 import ipaddress
 import json
-import os
 
 import pytest
 
@@ -158,14 +157,10 @@ def test_error_bodies_are_json():
 
 def test_a_configuration_the_proxy_refuses_is_never_swapped_in(tmp_path):
     subsystem = MetadataSubsystem(settings_mod.Settings(state_dir=str(tmp_path)))
-    os.makedirs(subsystem.dir)
     live = render_proxy_config(model(BASIC))
-    with open(subsystem.config_path, "w") as handle:
-        handle.write(live)
     with pytest.raises(ApplyError, match="rejected"):  # the check phase, before any change
         subsystem.check('{"format": 1}', live)
-    assert open(subsystem.config_path).read() == live
-    assert os.listdir(subsystem.dir) == ["proxy.json"]  # no candidate left behind
+    assert subsystem.proxy.text is None and not subsystem.proxy.servers  # nothing served
 
 
 def test_timeouts_are_agent_settings(tmp_path):
