@@ -37,8 +37,7 @@ def announced_addresses(config):
         for address in network.interface.addresses:
             if not address.ip.is_link_local:
                 found.add((network.interface.ifname, address.ip))
-    for fip in config.floating_ips:
-        network = config.external_interface_for(fip.floating_ip)
+    for fip, network in config.floating_ip_networks:
         if network is not None:
             found.add((network.interface.ifname, fip.floating_ip))
     return frozenset(found)

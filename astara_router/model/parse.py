@@ -6,12 +6,13 @@ here with the checks a schema cannot express — addresses parse, CIDRs have no 
 families match, nothing is listed twice, duplicate network entries merge — and every such
 problem is reported at once.
 """
+import functools
 import re
 
 import msgspec
 
 from . import schema
-from .checks import Problems
+from .checks import Problems, parse_ip
 from .errors import FieldError, PayloadError, UnsupportedService, join, schema_error
 from .loadbalancer import build_loadbalancer
 from .types import (Allocation, FloatingIP, HAConfig, Interface, Label, Network, Orchestrator,
@@ -54,7 +55,7 @@ def _build(payload, enabled_services):
     """The model of a decoded schema.Payload, after the checks the schema cannot make."""
     problems = Problems()
     networks = _merge_duplicates(problems, [
-        (f"networks[{i}]", _network(problems, spec, f"networks[{i}]"))
+        (f"networks[{i}]", _known_network(problems, spec, f"networks[{i}]"))
         for i, spec in enumerate(payload.networks)])
     services = payload.services
     router = None
@@ -88,6 +89,28 @@ def _network_context(path, body):
 
 
 # -- networks -------------------------------------------------------------------------------
+
+_NETWORKS = {}  # (path, the network's JSON) -> its model, for the networks of recent pushes
+_NETWORKS_KEPT = 4096
+
+
+def _known_network(problems, spec, path):
+    """``_network``, handing out the same model object for a network entry that is the same
+    as in a recent push (the usual case: a push changes one thing). Renderers memoize
+    their per-network work on that object (render/memo.py), so an unchanged network costs
+    a dictionary lookup, not a re-render. Only valid networks are kept."""
+    key = (path, msgspec.json.encode(spec))
+    network = _NETWORKS.get(key)
+    if network is not None:
+        return network
+    before = len(problems.errors)
+    network = _network(problems, spec, path)
+    if len(problems.errors) == before:
+        if len(_NETWORKS) >= _NETWORKS_KEPT:
+            _NETWORKS.clear()
+        _NETWORKS[key] = network
+    return network
+
 
 def _network(problems, spec, path):
     ifname = spec.interface.ifname
@@ -201,6 +224,17 @@ def _ha_config(problems, spec):
     return HAConfig(peers=_parsed(peers), priority=spec.priority)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _floating_ip(floating_text, fixed_text):
+    """The model of one valid floating IP, the same object for the same texts (its derived
+    forms are computed once: types.FloatingIP); None when the pair is not valid."""
+    try:
+        floating, fixed = parse_ip(floating_text), parse_ip(fixed_text)
+    except ValueError:
+        return None
+    return FloatingIP(floating, fixed) if floating.version == fixed.version else None
+
+
 def _router(problems, spec, path, networks):
     asn = spec.asn or DEFAULT_ASN
     gateway = (problems.ip(spec.default_v4_gateway, join(path, "default_v4_gateway"))
@@ -220,7 +254,12 @@ def _router(problems, spec, path, networks):
 
     fips, seen = [], set()
     for i, item in enumerate(spec.floating_ips):
-        fpath = join(path, f"floating_ips[{i}]")
+        known = _floating_ip(item.floating_ip, item.fixed_ip)
+        if known is not None and known.floating_ip not in seen:
+            seen.add(known.floating_ip)
+            fips.append(known)
+            continue
+        fpath = join(path, f"floating_ips[{i}]")  # a problem: found and reported below
         floating = problems.ip(item.floating_ip, f"{fpath}.floating_ip")
         fixed = problems.ip(item.fixed_ip, f"{fpath}.fixed_ip")
         if floating is None or fixed is None:

@@ -3,7 +3,9 @@
 Addresses use the standard library's ``ipaddress`` types: they are immutable, hashable and
 strict (``10.1.0.1/33`` and ``172.24.4.300`` are errors, not guesses). See README, "Decisions".
 """
+import ipaddress
 from dataclasses import dataclass, field
+from functools import cached_property
 from ipaddress import IPv4Address, IPv6Address
 from typing import Optional, Union
 
@@ -93,6 +95,17 @@ class FloatingIP:
     floating_ip: IPAddress
     fixed_ip: IPAddress
 
+    # Derived once per object; the parser hands out the same object for the same pair
+    # again (model/parse.py), so a push of thousands of floating IPs formats only new ones.
+    @cached_property
+    def host(self):
+        """The floating address as a host interface (/32 or /128) on the external NIC."""
+        return ipaddress.ip_interface((self.floating_ip, self.floating_ip.max_prefixlen))
+
+    @cached_property
+    def texts(self):
+        return str(self.floating_ip), str(self.fixed_ip)
+
 
 @dataclass(frozen=True)
 class Label:
@@ -179,7 +192,15 @@ class SystemConfig:
         """Where a floating address lives: the external network whose subnet holds it,
         else the first external network (Neutron may route extra ranges to the gateway)."""
         externals = self.external_networks
+        if len(externals) == 1:
+            return externals[0]
         for network in externals:
             if any(address in s.cidr for s in network.subnets):
                 return network
         return externals[0] if externals else None
+
+    @cached_property
+    def floating_ip_networks(self):
+        """((FloatingIP, its external network), ...), computed once per configuration."""
+        return tuple((fip, self.external_interface_for(fip.floating_ip))
+                     for fip in self.floating_ips)

@@ -29,6 +29,7 @@ from ipaddress import ip_network
 
 from .interfaces import kernel_name
 from .ipv6 import DHCPV6_STATEFUL, SLAAC, ipv6_mode
+from .memo import per_object
 
 CONF = "dnsmasq.conf"
 HOSTS = "dhcp-hosts"
@@ -100,6 +101,7 @@ def _text(lines):
 
 # -- what is served --------------------------------------------------------------------------
 
+@per_object
 def served_subnets(network, index):
     """The subnets of a tenant network that dnsmasq serves, with their DHCP mode."""
     served = []
@@ -160,7 +162,7 @@ def render_dnsmasq(config, interfaces, directory):
     hosts = []
     for index, network, served in networks:
         conf += _network_lines(network, index, served, interfaces)
-        hosts += _host_lines(network, index, served)
+        hosts += _host_lines(network, index)
     return DnsmasqFiles(directory, tuple(conf), tuple(hosts), names)
 
 
@@ -230,10 +232,12 @@ def _short_name(hostname):
     return hostname.split(".", 1)[0]
 
 
-def _host_lines(network, index, served):
+@per_object
+def _host_lines(network, index):
     """``<mac>,<v4>,[<v6>]...,<name>`` per allocation: at most one IPv4 address per served
     v4 subnet (dnsmasq allows one per dhcp-host, so a second subnet gets its own line),
     every address in the stateful v6 subnets, never the router's own addresses."""
+    served = served_subnets(network, index)
     router = {a.ip for a in network.interface.addresses}
     v4_subnets = [s.subnet.cidr for s in served if s.mode == DHCPV4]
     v6_subnets = [s.subnet.cidr for s in served if s.mode == DHCPV6_STATEFUL]
@@ -255,7 +259,7 @@ def _host_lines(network, index, served):
         lines.append(Line(",".join(first), path))
         lines += [Line(",".join([allocation.mac_address, str(ip)] + name), path)
                   for ip in v4[1:]]
-    return lines
+    return tuple(lines)
 
 
 def _name_lines(config):
@@ -263,22 +267,29 @@ def _name_lines(config):
     not: a static VM has a name too), as ``<address> <hostname> [<short name>]``."""
     lines, seen = [], set()
     for i, network in enumerate(config.networks):
-        if not network.is_tenant:
+        if network.is_tenant:
+            for line in _network_names(network, i):
+                if line.text not in seen:
+                    seen.add(line.text)
+                    lines.append(line)
+    return tuple(lines)
+
+
+@per_object
+def _network_names(network, index):
+    lines = []
+    order = sorted(range(len(network.allocations)),
+                   key=lambda k: (network.allocations[k].mac_address, k))
+    for k in order:
+        allocation = network.allocations[k]
+        if not allocation.hostname:
             continue
-        order = sorted(range(len(network.allocations)),
-                       key=lambda k: (network.allocations[k].mac_address, k))
-        for k in order:
-            allocation = network.allocations[k]
-            if not allocation.hostname:
-                continue
-            names = [allocation.hostname]
-            if _short_name(allocation.hostname) != allocation.hostname:
-                names.append(_short_name(allocation.hostname))
-            for ip, _ in allocation.ip_addresses:
-                text = " ".join([str(ip)] + names)
-                if text not in seen:
-                    seen.add(text)
-                    lines.append(Line(text, f"networks[{i}].allocations[{k}].hostname"))
+        names = [allocation.hostname]
+        if _short_name(allocation.hostname) != allocation.hostname:
+            names.append(_short_name(allocation.hostname))
+        for ip, _ in allocation.ip_addresses:
+            lines.append(Line(" ".join([str(ip)] + names),
+                              f"networks[{index}].allocations[{k}].hostname"))
     return tuple(lines)
 
 

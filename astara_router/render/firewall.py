@@ -235,6 +235,10 @@ def render_firewall(config, names, api_ports=(5000,), boot_management=None):
     return _Renderer(config, names, tuple(sorted(set(api_ports))), boot_management).render()
 
 
+def _by_floating(fip):
+    return int(fip.floating_ip)  # integer order: the same as sorting the addresses, faster
+
+
 def _collapse(networks, version):
     wanted = [ipaddress.ip_network(n) for n in networks if n is not None and n.version == version]
     return tuple(str(n) for n in sorted(ipaddress.collapse_addresses(wanted)))
@@ -296,10 +300,9 @@ class _Renderer:
                                   comment))
         return name
 
-    def add_map(self, name, version, pairs, comment=""):
-        typ = FAMILIES[version][1]
-        elements = tuple(f"{k} : {v}" for k, v in sorted(pairs))
-        self.sets.append(NamedSet(name, f"{typ} : {typ}", elements, False, comment))
+    def add_elements(self, name, typ, elements, comment=""):
+        """A map whose element texts are given in order."""
+        self.sets.append(NamedSet(name, typ, tuple(elements), False, comment))
         return name
 
     # -- the pieces -----------------------------------------------------------------------
@@ -414,12 +417,17 @@ class _Renderer:
             suffix = FAMILIES[version][2]
             snat = {}
             for fip in fips:  # a fixed IP with several floating IPs leaves as the first
-                snat.setdefault(fip.fixed_ip, fip.floating_ip)
-            self.fip_dnat[version] = self.add_map(
-                f"fip_dnat{suffix}", version, [(f.floating_ip, f.fixed_ip) for f in fips],
+                snat.setdefault(fip.fixed_ip, fip)
+            typ = FAMILIES[version][1]
+            self.fip_dnat[version] = self.add_elements(
+                f"fip_dnat{suffix}", f"{typ} : {typ}",
+                (f"{floating} : {fixed}" for floating, fixed in
+                 (fip.texts for fip in sorted(fips, key=_by_floating))),
                 comment="floating IPs: floating -> fixed (DNAT)")
-            self.fip_snat[version] = self.add_map(
-                f"fip_snat{suffix}", version, snat.items(),
+            self.fip_snat[version] = self.add_elements(
+                f"fip_snat{suffix}", f"{typ} : {typ}",
+                (f"{fip.texts[1]} : {fip.texts[0]}" for fixed, fip in
+                 sorted(snat.items(), key=lambda item: int(item[0]))),
                 comment="floating IPs: fixed -> floating (SNAT)")
         # IPsec: what the tunnels protect (never NATed) and who may speak IKE/ESP
         connections = [c for s in router.vpn if s.admin_state_up

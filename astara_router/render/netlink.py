@@ -41,8 +41,8 @@ def render_netlink(config):
     for i, network in enumerate(config.networks):
         addresses = set(network.interface.addresses)
         if network.is_external:
-            addresses |= {ip_interface(fip.floating_ip) for fip in config.floating_ips
-                          if config.external_interface_for(fip.floating_ip) is network}
+            addresses |= {fip.host for fip, external in config.floating_ip_networks
+                          if external is network}
         links.append(LinkSpec(network.interface.ifname,
                               network.interface.mtu or network.mtu,
                               frozenset(addresses), nodad=not network.is_external,
