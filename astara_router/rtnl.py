@@ -101,3 +101,64 @@ def addresses():
         if raw:
             found.setdefault(index, []).append(f"{ipaddress.ip_address(raw)}/{prefixlen}")
     return found
+
+
+# -- address changes -----------------------------------------------------------------------
+
+RTM_NEWADDR, RTM_DELADDR = 20, 21
+NLM_F_ACK = 0x4
+NLM_F_REPLACE, NLM_F_CREATE = 0x100, 0x400
+IFA_BROADCAST, IFA_FLAGS = 4, 8
+IFA_F_NODAD = 0x02
+BATCH = 256  # requests per datagram
+
+
+def _attribute(kind, value):
+    data = RTATTR.pack(RTATTR.size + len(value), kind) + value
+    return data + b"\0" * (-len(data) % 4)
+
+
+def address_request(seq, add, index, address, nodad=False):
+    """One RTM_NEWADDR ("address replace", with the broadcast address for IPv4 prefixes
+    shorter than /31, like ``ip ... broadcast +``) or RTM_DELADDR message."""
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    flags = IFA_F_NODAD if nodad else 0
+    packed = address.ip.packed
+    attrs = _attribute(IFA_LOCAL, packed) + _attribute(IFA_ADDRESS, packed)
+    if add and address.version == 4 and address.network.prefixlen < 31:
+        attrs += _attribute(IFA_BROADCAST, address.network.broadcast_address.packed)
+    if flags:
+        attrs += _attribute(IFA_FLAGS, struct.pack("=I", flags))
+    body = IFADDRMSG.pack(family, address.network.prefixlen, flags, 0, index) + attrs
+    kind = RTM_NEWADDR if add else RTM_DELADDR
+    request_flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE | NLM_F_REPLACE if add else 0)
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, request_flags, seq, 0) + body
+
+
+def change_addresses(changes):
+    """Apply ``changes`` — (add, link index, IPv4/6Interface, nodad) — in order, as netlink
+    requests in datagrams of ``BATCH``, each acknowledged. Returns (len(changes), None) or,
+    at the first refusal, (its position, OSError); later requests of the same datagram may
+    have been applied too (a failed transaction's rollback reads the live state), later
+    datagrams are not sent."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                       NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        for start in range(0, len(changes), BATCH):
+            chunk = changes[start:start + BATCH]
+            sock.send(b"".join(address_request(start + i + 1, *change)
+                               for i, change in enumerate(chunk)))
+            pending = {start + i + 1 for i in range(len(chunk))}
+            failed = None
+            while pending:
+                for kind, payload in messages(sock.recv(1 << 20)):
+                    if kind != NLMSG_ERROR:
+                        continue
+                    code = -struct.unpack_from("=i", payload)[0]
+                    seq = NLMSGHDR.unpack_from(payload, 4)[3]
+                    pending.discard(seq)
+                    if code and (failed is None or seq < failed[0]):
+                        failed = (seq, OSError(code, os.strerror(code)))
+            if failed is not None:
+                return failed[0] - 1, failed[1]
+    return len(changes), None

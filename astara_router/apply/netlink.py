@@ -7,7 +7,6 @@ import errno
 import json
 import logging
 import os
-import re
 import subprocess
 from dataclasses import dataclass, field, replace
 from ipaddress import ip_address, ip_interface, ip_network
@@ -15,6 +14,7 @@ from typing import Optional
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from .. import rtnl
 from ..errors import ApplyError
 from ..naming import list_nics
 from ..render.interfaces import kernel_name
@@ -149,22 +149,19 @@ class Converger:
             raise ApplyError(path, f"{what}: {os.strerror(exc.code)}") from exc
 
     def _batch(self, commands):
-        """Address changes go through one `ip -batch`: 5 000 floating IPs are 5 000
-        netlink requests, 0.1 s this way against ~5 s one pyroute2 call at a time. ip stops
-        at the first failing line and names it, which maps back to the payload field."""
+        """Address changes — (add, kernel name, address, nodad, what, path) — as netlink
+        requests written straight to a socket, many per datagram (rtnl.change_addresses):
+        5 000 floating IPs take about as long as one ``ip -batch`` and one floating IP no
+        process at all. The first refusal names its payload field."""
         if not commands:
             return
-        result = subprocess.run(["ip", "-batch", "-"], capture_output=True, text=True,
-                                input="".join(f"{line}\n" for line, _, _ in commands))
-        if result.returncode == 0:
-            self.changes += len(commands)
-            return
-        failed = re.search(r"Command failed -:(\d+)", result.stderr)
-        index = int(failed.group(1)) - 1 if failed else 0
-        self.changes += index
-        _, what, path = commands[min(index, len(commands) - 1)]
-        reason = result.stderr.splitlines()[0] if result.stderr else "ip -batch failed"
-        raise ApplyError(path, f"{what}: {reason.removeprefix('Error: ')}")
+        changes = [(add, self.by_name[name].index, address, nodad)
+                   for add, name, address, nodad, _, _ in commands]
+        done, error = rtnl.change_addresses(changes)
+        self.changes += done
+        if error is not None:
+            _, _, _, _, what, path = commands[done]
+            raise ApplyError(path, f"{what}: {error.strerror}")
 
     def converge(self, state, current):
         """Bring the kernel from ``current`` (a NetState: read just before, or the committed
@@ -185,23 +182,18 @@ class Converger:
                 self._call(f"set {name} up", "", "link", "set", index=nic.index, state="up")
             _ensure_sysctl(f"ipv4/conf/{name}/promote_secondaries", "1")
             have[name] = have_links[name].addresses if name in have_links else frozenset()
-        batch = []  # (ip command, what, path): adds first, so a replaced address never
-        removed = False  # leaves a gap
+        batch = []  # adds first, so a replaced address never leaves a gap
+        removed = False
         for name, want in state.links:
             for address in sorted(want.addresses - have.get(name, want.addresses),
                                   key=_sort_key):
-                options = ""
-                if address.version == 4 and address.network.prefixlen < 31:
-                    options = " broadcast +"
-                if address.version == 6 and want.nodad:
-                    options = " nodad"
-                batch.append((f"address replace {address} dev {name}{options}",
+                batch.append((True, name, address, address.version == 6 and want.nodad,
                               f"add address {address} to {name}", self.paths.get(name, "")))
         for name, want in state.links:
             for address in sorted(have.get(name, frozenset()) - want.addresses,
                                   key=_sort_key):
                 removed = True
-                batch.append((f"address del {address} dev {name}",
+                batch.append((False, name, address, False,
                               f"remove address {address} from {name}", ""))
         self._batch(batch)
         # Removing an address may take routes through it with it: read ours again then.
@@ -217,7 +209,7 @@ class Converger:
 
 
 def _sort_key(address):
-    return (address.version, address)
+    return (address.version, int(address), address.network.prefixlen)
 
 
 def _route_args(dst, gateway, oif):
