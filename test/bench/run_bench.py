@@ -33,6 +33,7 @@ import os
 import pathlib
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -217,12 +218,24 @@ class AgentLab:
         self.bare = BareApp(self.lab, self.ns, self.host, BARE_PORT, Settings().threads, sizes)
 
     def memory(self):
-        """(agent PSS, bare app PSS, agent processes) sampled together, once idle."""
+        """(agent PSS, bare app PSS, {process: PSS} of the agent's), sampled together once
+        the agent is idle."""
         self.settle()
-        agent = self.own_pids()
+        agent = {pid: self.process_name(pid, command)
+                 for pid, command in self.own_pids().items()}
         bare = [pid for pid, (session, _) in python_processes(self.ns).items()
                 if session == self.bare.proc.pid]
-        return pss_bytes(agent), pss_bytes(bare), sorted(agent.values())
+        each = {}
+        for pid, name in agent.items():
+            each[name] = each.get(name, 0) + pss_bytes([pid])
+        return sum(each.values()), pss_bytes(bare), each
+
+    def process_name(self, pid, command):
+        if "metadata" in command:
+            return "metadata proxy"
+        if pid == self.appliance.proc.pid:
+            return "gunicorn master"
+        return "gunicorn worker" if os.getsid(pid) == self.appliance.proc.pid else command
 
     def stop(self):
         """SIGQUIT, gunicorn's quick shutdown (SIGTERM waits for the graceful timeout and
@@ -261,10 +274,13 @@ def apply_pairs(name, payload, opts, results, key, memory_key=None):
                         f"(daemons: {', '.join(daemons) or 'none'})")
                 if memory_key:
                     agent.start_bare({"rules": 1})
-                    mine, bare, processes = agent.memory()
+                    mine, bare, each = agent.memory()
                     results.pair(memory_key, mine, bare)
-                    line += (f"; PSS {mine / 1e6:.1f} MB ({'; '.join(processes)}), "
-                             f"bare app {bare / 1e6:.1f} MB")
+                    for process, pss in each.items():
+                        results.add(f"{memory_key}/{process}", pss)
+                    line += (f"; PSS {mine / 1e6:.1f} MB ("
+                             + ", ".join(f"{n} {v / 1e6:.1f}" for n, v in each.items())
+                             + f"), bare app {bare / 1e6:.1f} MB")
             finally:
                 agent.stop()
         print(f"  run {run + 1}/{opts.repeat}: {line}", flush=True)
@@ -527,16 +543,30 @@ def machine_facts():
             "python": platform.python_version(), "load": os.getloadavg()}
 
 
-def section(facts, rows, opts, minutes):
-    load = " / ".join(f"{v:.2f}" for v in facts["load"])
+def memory_breakdown(results):
+    """``gunicorn master 20.1 MB, ...`` (medians) per memory scenario that ran."""
+    parts = []
+    for key, label in (("pss_basic", "idle after router-basic"), ("pss_5000", "5 000 FIPs")):
+        each = [f"{name.split('/', 1)[1]} {statistics.median(values) / 1e6:.1f} MB"
+                for name, values in results.values.items() if name.startswith(f"{key}/")]
+        if each:
+            parts.append(f"{label}: {', '.join(each)}")
+    return "; ".join(parts)
+
+
+def section(facts, results, opts, minutes):
+    def load(values):
+        return " / ".join(f"{v:.2f}" for v in values)
+    breakdown = memory_breakdown(results)
     return "\n".join([
         "## Agent: applies, reads and memory against their floors", "",
         f"`make bench` (test/bench/run_bench.py) on {facts['date']}, commit {facts['commit']}: "
-        f"{facts['cores']} cores, kernel {facts['kernel']}, Python {facts['python']}, load "
-        f"average at start {load} (1/5/15 min); the run took {minutes:.1f} min. "
+        f"{facts['cores']} cores, kernel {facts['kernel']}, Python {facts['python']}; load "
+        f"average (1/5/15 min) {load(facts['load'])} at the start, {load(os.getloadavg())} at "
+        f"the end (the machine is shared); the run took {minutes:.1f} min. "
         f"{opts.repeat} runs of each figure, the floor or peer measured in the same run, "
         "interleaved with the agent.", "",
-        markdown_table(rows), "",
+        markdown_table(table_rows(results)), "",
         "- **Applies**: round trip of `PUT /v1/system/config` from the orchestrator's "
         "namespace over the management network. router-basic and the full applies: each run "
         "is a fresh lab and a freshly started agent with no configuration (A), then the "
@@ -564,7 +594,8 @@ def section(facts, rows, opts, minutes):
         f"{opts.idle_seconds:g} s); p50/p99 per round (nearest rank).",
         "- **PSS**: sum of `Pss` in /proc/PID/smaps_rollup over the agent's own processes "
         "(gunicorn master and worker, metadata proxy; not dnsmasq or BIRD) beside the bare "
-        "app's master and worker, sampled together once the agent is idle; MB = 10⁶ bytes.",
+        "app's master and worker, sampled together once the agent is idle; MB = 10⁶ bytes."
+        + (f" Per process (median), {breakdown}." if breakdown else ""),
         "- **ratio** = median of the per-run ratios; **met** = that median (or the median "
         "value, for absolute goals; every run, for counts) meets the goal of issue 8.",
     ]) + "\n"
@@ -610,7 +641,7 @@ def main(argv=None):
                     run(opts, results, steady)
             finally:
                 steady.agent.stop()
-    text = section(facts, table_rows(results), opts, (time.monotonic() - started) / 60)
+    text = section(facts, results, opts, (time.monotonic() - started) / 60)
     print(text)
     if output:
         write_section(output, "agent", text)  # only this script's section
