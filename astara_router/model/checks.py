@@ -10,7 +10,7 @@ from .errors import FieldError, PayloadError
 
 # Parsed addresses are immutable: the same text gives the same object, and a push that
 # repeats thousands of addresses (every push repeats nearly all) parses only the new ones.
-CACHE_SIZE = 1 << 16
+CACHE_SIZE = 1 << 14
 
 
 @functools.lru_cache(maxsize=CACHE_SIZE)

@@ -54,6 +54,7 @@ def parse_payload(body, enabled_services=("router",)):
 def _build(payload, enabled_services):
     """The model of a decoded schema.Payload, after the checks the schema cannot make."""
     problems = Problems()
+    _RECENT_NETWORKS[:] = [{}, _RECENT_NETWORKS[0]]
     networks = _merge_duplicates(problems, [
         (f"networks[{i}]", _known_network(problems, spec, f"networks[{i}]"))
         for i, spec in enumerate(payload.networks)])
@@ -90,25 +91,24 @@ def _network_context(path, body):
 
 # -- networks -------------------------------------------------------------------------------
 
-_NETWORKS = {}  # (path, the network's JSON) -> its model, for the networks of recent pushes
-_NETWORKS_KEPT = 4096
+_RECENT_NETWORKS = [{}, {}]  # (path, network JSON) -> model: this parse's, the previous one's
 
 
 def _known_network(problems, spec, path):
     """``_network``, handing out the same model object for a network entry that is the same
-    as in a recent push (the usual case: a push changes one thing). Renderers memoize
+    as in the previous push (the usual case: a push changes one thing). Renderers memoize
     their per-network work on that object (render/memo.py), so an unchanged network costs
-    a dictionary lookup, not a re-render. Only valid networks are kept."""
+    a dictionary lookup, not a re-render. Only valid networks are kept, and only those of
+    the last two parses (memory stays bounded by the payload)."""
     key = (path, msgspec.json.encode(spec))
-    network = _NETWORKS.get(key)
-    if network is not None:
-        return network
-    before = len(problems.errors)
-    network = _network(problems, spec, path)
-    if len(problems.errors) == before:
-        if len(_NETWORKS) >= _NETWORKS_KEPT:
-            _NETWORKS.clear()
-        _NETWORKS[key] = network
+    current, previous = _RECENT_NETWORKS
+    network = current.get(key) or previous.get(key)
+    if network is None:
+        before = len(problems.errors)
+        network = _network(problems, spec, path)
+        if len(problems.errors) != before:
+            return network
+    current[key] = network
     return network
 
 
@@ -224,7 +224,7 @@ def _ha_config(problems, spec):
     return HAConfig(peers=_parsed(peers), priority=spec.priority)
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 14)
 def _floating_ip(floating_text, fixed_text):
     """The model of one valid floating IP, the same object for the same texts (its derived
     forms are computed once: types.FloatingIP); None when the pair is not valid."""

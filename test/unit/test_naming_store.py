@@ -69,8 +69,10 @@ def test_committed_view_redacts_secrets():
     from astara_lab.appliance import contract_payloads
     from astara_router.engine import REDACTED, Committed
     payload = contract_payloads()["router-vpn"]
-    view = Committed(3, payload, None, "h").view()
+    view = Committed(3, json.dumps(payload).encode(), None, "h").view()
     connection = view["configuration"]["vpn"]["ipsec"][0]["ipsec_connections"][0]
     assert connection["psk"] == REDACTED and "Xq7" not in str(view)
     assert payload["vpn"]["ipsec"][0]["ipsec_connections"][0]["psk"] == "Xq7-branch1-PSK-2016"
     assert (view["generation"], view["hash"]) == (3, "h")
+    plain = contract_payloads()["router-basic"]  # nothing to redact: the bytes as pushed
+    assert Committed(1, json.dumps(plain).encode(), None, "h").view()["configuration"] == plain
