@@ -456,7 +456,8 @@ def test_ctl_builds_a_router_and_shows_its_state(api, cloud):
     assert code == 0 and json.loads(out)["fixed_ips"][0]["ip_address"] == "10.1.0.1"
     assert run_ctl(url, "port", "create", "network_id=net1", "device_id=vm1",
                    'fixed_ips=[{"ip_address": "10.1.0.10"}]')[0] == 0
-    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED)
+    # configured with the VM port too: the port's update has been worked off
+    wait_for(lambda: o.scheduler.idle() and state_of(o, "r1") == st.CONFIGURED)
     code, out = run_ctl(url, "resource", "list")
     assert code == 0 and "r1" in out and "configured" in out
     code, out = run_ctl(url, "browse", "--once")
