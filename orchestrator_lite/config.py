@@ -16,7 +16,13 @@ the ``[netns]`` names the lab chose) is enough to run. Sections and keys::
            push_backoff_cap
   [workers] threads
   [webhook] url, timeout
-  [compute] driver                      (netns)
+  [compute] driver                      (netns, openstack)
+  [openstack] cloud, auth_url, username, password, project_name, user_domain_name,
+              project_domain_name, region_name, interface, image, flavor,
+              availability_zone, ssh_public_key, boot_command, port_security,
+              server_group_policy, api_timeout
+  [neutron] desired_state, resync_period, status, events_url, exchange, topic, queue,
+            queue_expires
   [netns] prefix, fabric, management_bridge, bridges, auto_bridges, state_root, python,
           enabled_services, management_mtu
 """
@@ -133,6 +139,40 @@ class NetnsSettings:
 
 
 @dataclass(frozen=True)
+class OpenStackSettings:
+    """The cloud (``[compute] driver = openstack`` and/or ``[neutron] desired_state``)."""
+    cloud: str = ""  # a clouds.yaml entry; else the explicit auth below
+    auth_url: str = ""
+    username: str = ""
+    password: str = ""
+    project_name: str = ""
+    user_domain_name: str = "Default"
+    project_domain_name: str = "Default"
+    region_name: str = ""
+    interface: str = "public"
+    image: str = ""  # Glance image name or id of the appliance
+    flavor: str = ""  # Nova flavor name or id
+    availability_zone: str = ""
+    ssh_public_key: str = ""  # file with the key for the astara user (optional)
+    boot_command: str = "astara-configure-management"
+    port_security: bool = False  # data ports: off (astara), or on with allowed-address-pairs
+    server_group_policy: str = "anti-affinity"  # HA pairs
+    api_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class NeutronSettings:
+    desired_state: bool = False  # read routers, ports, subnets, floating IPs from Neutron
+    resync_period: float = 300.0  # full re-read (the fallback for lost notifications)
+    status: bool = True  # write router and floating IP status back to Neutron
+    events_url: str = ""  # amqp://user:pass@host:5672/ of Neutron's notifications
+    exchange: str = "neutron"
+    topic: str = "notifications"
+    queue: str = ""  # default astara-orchestrator.<host>: one queue per orchestrator
+    queue_expires: float = 3600.0  # an orchestrator gone this long loses its queue
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = field(default_factory=socket.gethostname)
     state_dir: str = "/var/lib/astara-orchestrator"
@@ -149,6 +189,8 @@ class Settings:
     webhook_timeout: float = 2.0
     compute_driver: str = "netns"
     netns: NetnsSettings = field(default_factory=NetnsSettings)
+    openstack: OpenStackSettings = field(default_factory=OpenStackSettings)
+    neutron: NeutronSettings = field(default_factory=NeutronSettings)
 
     @property
     def database_path(self):
@@ -235,6 +277,8 @@ def from_parser(parser, **overrides):
             webhook_timeout=float(webhook.get("timeout", 2.0)),
             compute_driver=_own(parser, "compute").get("driver", "netns").strip(),
             netns=_typed(NetnsSettings, _own(parser, "netns"), "netns."),
+            openstack=_typed(OpenStackSettings, _own(parser, "openstack"), "openstack."),
+            neutron=_typed(NeutronSettings, _own(parser, "neutron"), "neutron."),
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

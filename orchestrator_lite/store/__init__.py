@@ -163,6 +163,12 @@ class Store:
             else:
                 self.update("subnet", subnet["id"], subnet)
 
+    def commit(self, changes):
+        """Persist changes validated elsewhere (OpenStack mode validates against Neutron's
+        objects plus ours: openstack/neutron.py)."""
+        with self._lock:
+            return self._commit(changes)
+
     def _commit(self, changes):
         """Persist ``changes`` atomically, publish the new snapshot, notify subscribers."""
         with self._lock:
