@@ -16,7 +16,7 @@ the ``[netns]`` names the lab chose) is enough to run. Sections and keys::
            push_backoff_cap
   [workers] threads
   [webhook] url, timeout
-  [compute] driver                      (netns, openstack)
+  [compute] driver, drivers             (netns, openstack; drivers: more for placements)
   [openstack] cloud, auth_url, username, password, project_name, user_domain_name,
               project_domain_name, region_name, interface, image, flavor,
               availability_zone, ssh_public_key, boot_command, port_security,
@@ -188,6 +188,7 @@ class Settings:
     webhook_url: str = ""
     webhook_timeout: float = 2.0
     compute_driver: str = "netns"
+    compute_drivers: tuple = ()  # more drivers placements may name ([compute] drivers)
     netns: NetnsSettings = field(default_factory=NetnsSettings)
     openstack: OpenStackSettings = field(default_factory=OpenStackSettings)
     neutron: NeutronSettings = field(default_factory=NeutronSettings)
@@ -276,6 +277,8 @@ def from_parser(parser, **overrides):
             webhook_url=webhook.get("url", "").strip(),
             webhook_timeout=float(webhook.get("timeout", 2.0)),
             compute_driver=_own(parser, "compute").get("driver", "netns").strip(),
+            compute_drivers=tuple(n for n in _own(parser, "compute").get(
+                "drivers", "").replace(",", " ").split()),
             netns=_typed(NetnsSettings, _own(parser, "netns"), "netns."),
             openstack=_typed(OpenStackSettings, _own(parser, "openstack"), "openstack."),
             neutron=_typed(NeutronSettings, _own(parser, "neutron"), "neutron."),
@@ -304,6 +307,10 @@ def validate(settings):
     if settings.compute_driver not in DRIVERS:
         raise ConfigError(f"compute.driver: unknown driver {settings.compute_driver!r} "
                           f"({', '.join(DRIVERS)})")
+    for name in settings.compute_drivers:
+        if name not in DRIVERS:
+            raise ConfigError(f"compute.drivers: unknown driver {name!r} "
+                              f"({', '.join(DRIVERS)})")
     if settings.threads < 1:
         raise ConfigError("workers.threads must be at least 1")
     if settings.health.period <= 0:

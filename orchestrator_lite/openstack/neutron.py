@@ -103,6 +103,7 @@ class NeutronStore:
     def __init__(self, local, reader, management_network_id, resync_period=300.0):
         self.local = local
         self.debug_flags = local.debug_flags
+        self.placements = local.placements
         self.reader = reader
         self.management_network_id = management_network_id
         self.resync_period = resync_period
@@ -260,9 +261,8 @@ class NeutronStore:
         self._from_neutron("router")
 
     def ensure_management_network(self, settings):
-        """The management network is Neutron's; say so when it is not there (yet)."""
-        if self.snapshot().get("network", settings.network_id) is None:
-            LOG.warning("management network %s is not (yet) in Neutron", settings.network_id)
+        """Nothing to make: the management network is Neutron's ([management] network_id
+        and subnet_id must name it)."""
 
     def create_appliance_port(self, body):
         port = validation.normalize(self.snapshot(), "appliance_port", body)
