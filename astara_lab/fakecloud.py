@@ -355,7 +355,8 @@ class FakeCloud:
         for nic in spec.get("networks", []):
             self.ports[nic["port"]].update(device_id=server_id, device_owner="compute:nova",
                                            status="ACTIVE")
-        group = (body.get("os:scheduler_hints") or {}).get("group")
+        hints = body.get("os:scheduler_hints") or body.get("OS-SCH-HNT:scheduler_hints") or {}
+        group = hints.get("group")
         if group:
             self.server_groups[group]["members"].append(server_id)
         self.servers[server_id] = {

@@ -193,20 +193,25 @@ class NeutronStore:
 
     # -- resync ----------------------------------------------------------------------------
     def start(self):
-        self._thread = threading.Thread(target=self._resync_loop, name="neutron-resync",
-                                        daemon=True)
+        """First read now (so the health monitor sees every router at once), then the
+        resync loop; a Neutron that does not answer yet is retried by the loop."""
+        delay = self._resync_once()
+        self._thread = threading.Thread(target=self._resync_loop, args=(delay,),
+                                        name="neutron-resync", daemon=True)
         self._thread.start()
 
-    def _resync_loop(self):
-        delay = 0.0
+    def _resync_once(self):
+        try:
+            self.load()
+            self.resyncs += 1
+            return self.resync_period
+        except Exception as exc:  # noqa: BLE001 - Neutron away: try again soon
+            LOG.warning("reading the desired state from Neutron failed: %s", exc)
+            return min(self.resync_period, 10.0)
+
+    def _resync_loop(self, delay):
         while not self._stop.wait(delay):
-            try:
-                self.load()
-                self.resyncs += 1
-                delay = self.resync_period
-            except Exception as exc:  # noqa: BLE001 - Neutron away: try again soon
-                LOG.warning("reading the desired state from Neutron failed: %s", exc)
-                delay = min(self.resync_period, 10.0)
+            delay = self._resync_once()
 
     def close(self):
         self._stop.set()
