@@ -7,6 +7,8 @@ dirs under ``workdir``, the AMQP port and the distribution port on 127.0.0.1, an
 the broker and then epmd by PID (the broker's own PID comes from its pid file). ``restart``
 keeps the data dir, node name and ports: clients see the same broker come back.
 """
+import datetime
+import json
 import os
 import pathlib
 import secrets
@@ -15,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 
 from astara_netns import pid_alive
 
@@ -187,3 +190,35 @@ class Broker:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def notification(event_type, payload, publisher="network.controller-1"):
+    """An oslo.messaging ``messagingv2`` notification envelope, as Neutron sends it."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    message = {"message_id": str(uuid.uuid4()), "publisher_id": publisher,
+               "event_type": event_type, "priority": "INFO", "payload": payload,
+               "timestamp": stamp, "_context_is_admin": False,
+               "_context_project_id": "baef51913f354071ab020eae853d4ffe",
+               "_context_request_id": f"req-{uuid.uuid4()}"}
+    return {"oslo.version": "2.0", "oslo.message": json.dumps(message)}
+
+
+class Publisher:
+    """Publishes notifications the way Neutron's notifier does: topic exchange
+    ``neutron``, routing key ``notifications.info``, JSON."""
+
+    def __init__(self, url, exchange="neutron", topic="notifications"):
+        import kombu
+        self.connection = kombu.Connection(url, connect_timeout=5)
+        self.exchange = kombu.Exchange(exchange, type="topic", durable=False,
+                                       auto_delete=False)
+        self.routing_key = f"{topic}.info"
+        self.producer = self.connection.Producer(serializer="json")
+
+    def publish(self, event_type, payload):
+        self.producer.publish(notification(event_type, payload), exchange=self.exchange,
+                              routing_key=self.routing_key, declare=[self.exchange],
+                              retry=True, retry_policy={"max_retries": 5})
+
+    def close(self):
+        self.connection.release()

@@ -9,20 +9,25 @@ expires ``queue_expires`` seconds after its orchestrator went away, so a retired
 no queue filling up. A lost connection is retried for ever (kombu's ConsumerMixin, with
 back-off); what was missed meanwhile is caught by NeutronStore's periodic resync.
 
-Each notification changes one object **by id** in NeutronStore (create/update: the object;
+Notifications are applied in batches, once the stream has been quiet for ``quiet`` seconds
+(at the latest ``max_delay`` after the first of a batch). Each changes one object **by id**
+in NeutronStore (create/update: the object;
 delete: its id; router/port events are re-read from Neutron because a tenant's
 notification hides admin-only fields such as ``ha`` and ``binding:*``), and the store's
-impact analysis turns that into update events for exactly the routers it affects, which
-the scheduler coalesces per resource: a burst costs one push per router, not one per event.
+impact analysis turns that into update events for exactly the routers it affects, one per
+router per batch however many notifications touched it; the scheduler coalesces further
+per resource. A burst costs a push per router, not one per notification.
 """
 import json
 import logging
 import threading
+import time
 import uuid
 
 import kombu
 from kombu.mixins import ConsumerMixin
 
+from ..events import UPDATE
 from .neutron import NEUTRON_KINDS
 
 LOG = logging.getLogger(__name__)
@@ -39,7 +44,7 @@ def unwrap(body):
     return body.get("event_type", ""), body.get("payload") or {}
 
 
-def apply_notification(store, event_type, payload):
+def apply_notification(store, event_type, payload, publish=True):
     """Apply one Neutron notification to ``store`` (a NeutronStore); returns the resource
     events it caused ([] for notifications that change nothing we render)."""
     parts = event_type.split(".")
@@ -47,7 +52,7 @@ def apply_notification(store, event_type, payload):
     if kind == "router" and len(parts) > 1 and parts[1] == "interface":
         interface = payload.get("router_interface") or {}
         port_id = interface.get("port_id")
-        return store.refresh("port", port_id) if port_id else []
+        return store.refresh("port", port_id, publish) if port_id else []
     if kind not in NEUTRON_KINDS or parts[-1] != "end" or len(parts) != 3:
         return []
     action = parts[1]
@@ -57,22 +62,30 @@ def apply_notification(store, event_type, payload):
         LOG.debug("%s without an id: ignored", event_type)
         return []
     if action == "delete":
-        return store.remove(kind, obj_id)
+        return store.remove(kind, obj_id, publish)
     if kind in REREAD_KINDS or not obj:
-        return store.refresh(kind, obj_id)
+        return store.refresh(kind, obj_id, publish)
     try:
-        return store.upsert(kind, obj)
+        return store.upsert(kind, obj, publish)
     except (KeyError, TypeError):  # not the whole object: read it
-        return store.refresh(kind, obj_id)
+        return store.refresh(kind, obj_id, publish)
 
 
 class NotificationListener(ConsumerMixin):
     """Consumes Neutron's notifications into a NeutronStore, in a thread of its own."""
 
     def __init__(self, url, store, queue, exchange="neutron", topic="notifications",
-                 expires=3600.0):
+                 expires=3600.0, quiet=0.05, max_delay=1.0):
         self.url = url
         self.store = store
+        self.quiet = quiet
+        self.max_delay = max_delay
+        self._pending = []  # (event type, payload) waiting for the stream to go quiet
+        self.batches = 0
+        self._first_pending = None
+        self._last_message = 0.0
+        self._pending_lock = threading.Lock()
+        self._flusher = None
         self.connection = kombu.Connection(url, heartbeat=10, connect_timeout=5)
         self.exchange = kombu.Exchange(exchange, type="topic", durable=False,
                                        auto_delete=False)
@@ -106,24 +119,64 @@ class NotificationListener(ConsumerMixin):
         self.received += 1
         try:
             event_type, payload = unwrap(body)
-            events = apply_notification(self.store, event_type, payload)
-            self.applied += bool(events)
-            if events:
-                LOG.debug("%s -> %s", event_type, [str(e.ref) for e in events])
-        except Exception:  # noqa: BLE001 - one bad message must not stop the listener
-            LOG.exception("cannot handle notification %r", body)
-        finally:
+        except (ValueError, TypeError, AttributeError):
+            LOG.warning("not a notification: %r", body)
             message.ack()
+            return
+        with self._pending_lock:
+            now = time.monotonic()
+            if not self._pending:
+                self._first_pending = now
+            self._last_message = now
+            self._pending.append((event_type, payload))
+        message.ack()
+
+    def _flush_loop(self):
+        while not self.should_stop:
+            time.sleep(min(self.quiet, 0.05))
+            now = time.monotonic()
+            with self._pending_lock:
+                if not self._pending:
+                    continue
+                if now - self._last_message < self.quiet and \
+                        now - self._first_pending < self.max_delay:
+                    continue
+                batch, self._pending = self._pending, []
+            self.flush(batch)
+
+    def flush(self, batch):
+        """Apply a batch of notifications, then hand the scheduler one event per resource:
+        the desired state and the events change together, so a health poll in between
+        never sees half a burst."""
+        events = {}
+        for event_type, payload in batch:
+            try:
+                for event in apply_notification(self.store, event_type, payload,
+                                                publish=False):
+                    previous = events.get(event.ref.key)
+                    if previous is None or event.action != UPDATE:
+                        events[event.ref.key] = event  # create/delete win over update
+            except Exception:  # noqa: BLE001 - one bad message must not stop the rest
+                LOG.exception("cannot apply %s", event_type)
+        self.applied += len(batch)
+        self.batches += 1
+        if events:
+            LOG.debug("%d notifications -> %s", len(batch), sorted(map(str, events)))
+            self.store.publish(list(events.values()))
 
     def start(self):
         self._thread = threading.Thread(target=self.run, name="neutron-events", daemon=True)
         self._thread.start()
+        self._flusher = threading.Thread(target=self._flush_loop, name="neutron-events-flush",
+                                         daemon=True)
+        self._flusher.start()
         return self
 
     def stop(self):
         self.should_stop = True
-        if self._thread is not None:
-            self._thread.join(10)
+        for thread in (self._thread, self._flusher):
+            if thread is not None:
+                thread.join(10)
         self.connection.release()
 
 
@@ -152,7 +205,7 @@ class L3RpcClient:
             producer = self._connection.Producer(serializer="json")
             publish = self._connection.ensure(producer, producer.publish, max_retries=3)
             publish(envelope, exchange=self.exchange, routing_key=self.topic,
-                    declare=[self.exchange], content_type="application/json")
+                    declare=[self.exchange])
 
     def update_floatingip_statuses(self, router_id, statuses):
         self.cast("update_floatingip_statuses", router_id=router_id, fip_statuses=statuses)

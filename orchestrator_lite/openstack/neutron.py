@@ -152,26 +152,32 @@ class NeutronStore:
                             if old.get(i) != obj]
             return self._apply(changes, replace=fresh)
 
-    def upsert(self, kind, raw):
-        """A created or updated object (a notification's payload)."""
+    def upsert(self, kind, raw, publish=True):
+        """A created or updated object (a notification's payload). Returns the events;
+        ``publish=False`` leaves telling the subscribers to the caller (batching)."""
         obj = canonical(kind, raw)
         with self._lock:
             old = self._objects[kind].get(raw["id"])
             if obj == old:
                 return []
-            return self._apply([(kind, old, obj)])
+            return self._apply([(kind, old, obj)], publish=publish)
 
-    def remove(self, kind, obj_id):
+    def remove(self, kind, obj_id, publish=True):
         with self._lock:
             old = self._objects[kind].get(obj_id)
-            return self._apply([(kind, old, None)]) if old else []
+            return self._apply([(kind, old, None)], publish=publish) if old else []
 
-    def refresh(self, kind, obj_id):
+    def refresh(self, kind, obj_id, publish=True):
         """Re-read one object (a notification that does not carry it whole)."""
         raw = self.reader.get(kind, obj_id)
-        return self.upsert(kind, raw) if raw is not None else self.remove(kind, obj_id)
+        if raw is None:
+            return self.remove(kind, obj_id, publish)
+        return self.upsert(kind, raw, publish)
 
-    def _apply(self, changes, replace=None):
+    def publish(self, events):
+        self._publish_events(events)
+
+    def _apply(self, changes, replace=None, publish=True):
         changes = [c for c in changes if c[1] is not None or c[2] is not None]
         if not changes:
             return []
@@ -188,7 +194,8 @@ class NeutronStore:
                         table[new["id"]] = new
             self._generation += 1
         events = affected(before, self.snapshot(), changes)
-        self._publish_events(events)
+        if publish:
+            self._publish_events(events)
         return events
 
     # -- resync ----------------------------------------------------------------------------

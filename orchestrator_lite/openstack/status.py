@@ -82,3 +82,5 @@ class StatusWriter:
     def close(self):
         self._queue.put(None)
         self._thread.join(5)
+        if self.l3_rpc is not None:
+            self.l3_rpc.close()
