@@ -208,6 +208,14 @@ class Orchestrator:
         delivered = [ref.id for ref in refs if self.scheduler.deliver(ref, POLL)]
         return {"polled": delivered}
 
+    def debug_session(self, resource_id, actions=(POLL,), follow=False, timeout=120.0):
+        """A Session (debugger.py) for one resource: iterate ``.stream()`` for its lines."""
+        from .debugger import Session
+        try:
+            return Session(self, self._ref(resource_id), actions, follow, timeout)
+        except ValueError as exc:
+            raise StoreError(str(exc), "actions") from None
+
     def placements(self):
         return {"placements": self.store.placements.all(),
                 "drivers": list(self.driver.names), "default_driver": self.driver.default}
