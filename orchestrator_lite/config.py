@@ -21,8 +21,8 @@ the ``[netns]`` names the lab chose) is enough to run. Sections and keys::
               project_domain_name, region_name, interface, image, flavor,
               availability_zone, ssh_public_key, boot_command, port_security,
               server_group_policy, api_timeout
-  [neutron] desired_state, resync_period, status, events_url, exchange, topic, queue,
-            queue_expires
+  [neutron] desired_state, router_flavor_id, resync_period, status, events_url, exchange,
+            topic, queue, queue_expires
   [netns] prefix, fabric, management_bridge, bridges, auto_bridges, state_root, python,
           enabled_services, management_mtu
 """
@@ -163,6 +163,7 @@ class OpenStackSettings:
 @dataclass(frozen=True)
 class NeutronSettings:
     desired_state: bool = False  # read routers, ports, subnets, floating IPs from Neutron
+    router_flavor_id: str = ""  # only routers of this Neutron L3 flavor (empty: all)
     resync_period: float = 300.0  # full re-read (the fallback for lost notifications)
     status: bool = True  # write router and floating IP status back to Neutron
     events_url: str = ""  # amqp://user:pass@host:5672/ of Neutron's notifications

@@ -54,7 +54,8 @@ class Orchestrator:
         from .openstack.cloud import connect
         from .openstack.neutron import NeutronReader, NeutronStore
         return NeutronStore(local, NeutronReader(connect(settings.openstack)),
-                            settings.management.network_id, settings.neutron.resync_period)
+                            settings.management.network_id, settings.neutron.resync_period,
+                            settings.neutron.router_flavor_id)
 
     def _start_openstack(self):
         """Neutron mode: resync loop, notifications listener, status write-back."""

@@ -100,8 +100,10 @@ class NeutronReader:
 class NeutronStore:
     """The Store surface over Neutron's objects plus the local store's own kinds."""
 
-    def __init__(self, local, reader, management_network_id, resync_period=300.0):
+    def __init__(self, local, reader, management_network_id, resync_period=300.0,
+                 router_flavor_id=""):
         self.local = local
+        self.router_flavor_id = router_flavor_id  # only routers of this flavor are ours
         self.debug_flags = local.debug_flags
         self.placements = local.placements
         self.reader = reader
@@ -139,7 +141,7 @@ class NeutronStore:
         for kind in NEUTRON_KINDS:
             objects = {}
             for raw in self.reader.list(kind):
-                obj = canonical(kind, raw)
+                obj = self._canonical(kind, raw)
                 if obj is not None:
                     objects[obj["id"]] = obj
             fresh[kind] = objects
@@ -152,15 +154,21 @@ class NeutronStore:
                             if old.get(i) != obj]
             return self._apply(changes, replace=fresh)
 
+    def _canonical(self, kind, raw):
+        if kind == "router" and self.router_flavor_id and \
+                raw.get("flavor_id") != self.router_flavor_id:
+            return None  # another provider's router (Neutron's L3 agent has it)
+        return canonical(kind, raw)
+
     def upsert(self, kind, raw, publish=True):
         """A created or updated object (a notification's payload). Returns the events;
         ``publish=False`` leaves telling the subscribers to the caller (batching)."""
-        obj = canonical(kind, raw)
+        obj = self._canonical(kind, raw)
         with self._lock:
             old = self._objects[kind].get(raw["id"])
             if obj == old:
                 return []
-            return self._apply([(kind, old, obj)], publish=publish)
+            return self._apply([(kind, old, obj)], publish=publish)  # obj None: not ours
 
     def remove(self, kind, obj_id, publish=True):
         with self._lock:

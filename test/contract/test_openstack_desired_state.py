@@ -28,12 +28,13 @@ HA_MACS = (CONTRACT_NIC_MACS["router-ha-primary"], CONTRACT_NIC_MACS["router-ha-
 def neutron_store(tmp_path, cloud, os_settings):
     stores = []
 
-    def make(topology):
+    def make(topology, **options):
         for collection, objects in topology.objects.items():
             for obj in objects:
                 cloud.add(collection[:-1], obj)
         local = Store(str(tmp_path / f"local{len(stores)}.sqlite"), topo.MGMT_NET)
-        store = NeutronStore(local, NeutronReader(connect(os_settings)), topo.MGMT_NET)
+        store = NeutronStore(local, NeutronReader(connect(os_settings)), topo.MGMT_NET,
+                             **options)
         stores.append(store)
         store.load()
         return store
@@ -128,3 +129,18 @@ def test_neutron_kinds_are_read_only_here(neutron_store):
     assert exc.value.status == 405 and "Neutron" in str(exc.value)
     with pytest.raises(StoreError):
         store.set_router_gateway(rid, topo.PUBLIC)
+
+
+def test_only_routers_of_the_configured_flavor_are_ours(neutron_store):
+    topology, (_, basic) = topo.router_basic()
+    other, (_, no_gw) = topo.router_no_gateway()
+    topology.objects["routers"][0]["flavor_id"] = "f-astara"
+    other.objects["routers"][0]["flavor_id"] = "f-l3-agent"
+    for collection, objects in other.objects.items():
+        have = {o["id"] for o in topology.objects[collection]}
+        topology.objects[collection] += [o for o in objects if o["id"] not in have]
+    store = neutron_store(topology, router_flavor_id="f-astara")
+    assert [r.id for r in store.snapshot().resources()] == [basic]
+    moved = dict(other.objects["routers"][0], flavor_id="f-astara")
+    assert [(e.ref.id, e.action) for e in store.upsert("router", moved)] == \
+        [(no_gw, "create")]
