@@ -106,7 +106,12 @@ class Session:
         if not was_paused:
             flags.set("resource", ref.id, DEBUG_REASON)
         events = queue.Queue()
-        automaton = o.scheduler.divert(ref, events.put)
+        try:
+            automaton = o.scheduler.divert(ref, events.put)
+        except TimeoutError:
+            if not was_paused:
+                flags.clear("resource", ref.id)
+            raise
         manager = automaton.manager
         saved = (manager.driver, manager.client_factory, dict(automaton._steps),
                  automaton._on_transition, {k: r.client for k, r in manager._runtimes.items()})

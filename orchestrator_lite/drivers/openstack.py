@@ -135,11 +135,13 @@ class OpenStackDriver(ComputeDriver):
             address = mgt[0].fixed_ips[0]["ip_address"]
         status = ACTIVE if server.status == "ACTIVE" else \
             BUILD if server.status in BUILDING else ERROR
+        image = server.image
+        image = image.get("id") if isinstance(image, dict) else getattr(image, "id", None)
         return Instance(id=server.id, name=server.name, status=status,
                         management_address=address, created_at=_epoch(server.created_at),
                         nics=nics, details={"nova_status": server.status,
                                             "availability_zone": server.availability_zone,
-                                            "image": (server.image or {}).get("id")})
+                                            "image": image})
 
     def get(self, instance_id):
         server = self.conn.compute.find_server(instance_id, ignore_missing=True)
@@ -217,7 +219,7 @@ class OpenStackDriver(ComputeDriver):
         nics = list(nics)
         if not nics or nics[0].role != "mgt":
             raise DriverError("the first NIC must be the management NIC")
-        if self.list(name) and any(i.name == name for i in self.list(name)):
+        if any(i.name == name for i in self.list(name)):
             raise DriverError(f"an instance named {name} exists")
         image_id = self._resolve("image", image or self.image)
         flavor_id = self._resolve("flavor", self.flavor)

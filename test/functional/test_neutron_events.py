@@ -27,13 +27,25 @@ pytestmark = pytest.mark.skipif(rabbit.available() is not None,
                                 reason=str(rabbit.available()))
 
 
+def _read(path):
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     b = rabbit.Broker(tmp_path_factory.mktemp("rabbitmq"))
     b.start()
     yield b
+    epmd = b._epmd.pid
     b.remove()
-    assert not rabbit.pid_alive(b._epmd.pid) if b._epmd else True
+    # Nothing of it is left: no VM with its node name, not its epmd.
+    assert not rabbit.pid_alive(epmd)
+    left = [p for p in pathlib.Path("/proc").glob("[0-9]*/cmdline")
+            if _read(p) and b.node.encode() in _read(p)]
+    assert left == [], left
 
 
 @pytest.fixture
