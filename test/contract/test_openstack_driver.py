@@ -189,8 +189,3 @@ def test_wrong_password_is_a_clear_error(cloud, os_settings):
 def test_user_data_is_what_the_server_got(cloud, os_settings):
     instance = driver_for(cloud, os_settings).create(NAME, nics(), cidr())
     assert "bootcmd:" in user_data_of(cloud.servers[instance.id])
-
-
-def test_fakecloud_is_not_shared_between_tests():
-    fresh = FakeCloud()
-    assert fresh.servers == {} and fresh.ports == {}
