@@ -14,14 +14,19 @@ Operations::
   POST /v1/resources/<id>/<rebuild|update|debug|manage|poll>   {reason?}
   POST /v1/tenants/<tenant>/<debug|manage>      POST /v1/global/<debug|manage>
   POST /v1/poll                                 GET  /v1/workers
+  POST /v1/resources/<id>/debug-session         {actions?, follow?, timeout?}: the state
+                                                machine in the foreground, JSON lines
+  GET  /v1/placements                           PUT|DELETE /v1/placements/<tenant|resource>/<id>
+                                                {driver?, image?}: per-tenant image/driver
 
 One Flask blueprint per route group (banner, operations, router helpers, collections);
 the token check and the JSON error handlers are the app's, so they cover every route.
 """
 import hmac
+import json
 import logging
 
-from flask import Blueprint, Flask, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .store import StoreError
@@ -118,6 +123,35 @@ def operation_routes(orchestrator):
     @routes.get("/v1/resources/<resource_id>")
     def show_resource(resource_id):
         return jsonify(resource=orchestrator.resource(resource_id))
+
+    @routes.post("/v1/resources/<resource_id>/debug-session")
+    def debug_session(resource_id):
+        data = body()
+        actions = data.get("actions", ["poll"])
+        if not isinstance(actions, list):
+            raise StoreError("actions must be a list", "actions")
+        timeout = data.get("timeout", 120)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or \
+                not 0 < timeout <= 3600:
+            raise StoreError("timeout must be a number of seconds in (0, 3600]", "timeout")
+        session = orchestrator.debug_session(resource_id, actions,
+                                             bool(data.get("follow")), float(timeout))
+        lines = (json.dumps(line) + "\n" for line in session.stream())
+        return Response(lines, mimetype="application/x-ndjson")
+
+    @routes.get("/v1/placements")
+    def placements():
+        return jsonify(orchestrator.placements())
+
+    @routes.put("/v1/placements/<scope>/<key>")
+    def set_placement(scope, key):
+        data = body()
+        return jsonify(orchestrator.set_placement(scope, key, data.get("driver", ""),
+                                                  data.get("image", "")))
+
+    @routes.delete("/v1/placements/<scope>/<key>")
+    def clear_placement(scope, key):
+        return jsonify(orchestrator.clear_placement(scope, key))
 
     @routes.post("/v1/resources/<resource_id>/<command>")
     def resource_command(resource_id, command):

@@ -16,7 +16,13 @@ the ``[netns]`` names the lab chose) is enough to run. Sections and keys::
            push_backoff_cap
   [workers] threads
   [webhook] url, timeout
-  [compute] driver                      (netns)
+  [compute] driver, drivers             (netns, openstack; drivers: more for placements)
+  [openstack] cloud, auth_url, username, password, project_name, user_domain_name,
+              project_domain_name, region_name, interface, image, flavor,
+              availability_zone, ssh_public_key, boot_command, port_security,
+              server_group_policy, api_timeout
+  [neutron] desired_state, router_flavor_id, resync_period, status, events_url, exchange,
+            topic, queue, queue_expires
   [netns] prefix, fabric, management_bridge, bridges, auto_bridges, state_root, python,
           enabled_services, management_mtu
 """
@@ -133,6 +139,41 @@ class NetnsSettings:
 
 
 @dataclass(frozen=True)
+class OpenStackSettings:
+    """The cloud (``[compute] driver = openstack`` and/or ``[neutron] desired_state``)."""
+    cloud: str = ""  # a clouds.yaml entry; else the explicit auth below
+    auth_url: str = ""
+    username: str = ""
+    password: str = ""
+    project_name: str = ""
+    user_domain_name: str = "Default"
+    project_domain_name: str = "Default"
+    region_name: str = ""
+    interface: str = "public"
+    image: str = ""  # Glance image name or id of the appliance
+    flavor: str = ""  # Nova flavor name or id
+    availability_zone: str = ""
+    ssh_public_key: str = ""  # file with the key for the astara user (optional)
+    boot_command: str = "astara-configure-management"
+    port_security: bool = False  # data ports: off (astara), or on with allowed-address-pairs
+    server_group_policy: str = "anti-affinity"  # HA pairs
+    api_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class NeutronSettings:
+    desired_state: bool = False  # read routers, ports, subnets, floating IPs from Neutron
+    router_flavor_id: str = ""  # only routers of this Neutron L3 flavor (empty: all)
+    resync_period: float = 300.0  # full re-read (the fallback for lost notifications)
+    status: bool = True  # write router and floating IP status back to Neutron
+    events_url: str = ""  # amqp://user:pass@host:5672/ of Neutron's notifications
+    exchange: str = "neutron"
+    topic: str = "notifications"
+    queue: str = ""  # default astara-orchestrator.<host>: one queue per orchestrator
+    queue_expires: float = 3600.0  # an orchestrator gone this long loses its queue
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = field(default_factory=socket.gethostname)
     state_dir: str = "/var/lib/astara-orchestrator"
@@ -148,7 +189,10 @@ class Settings:
     webhook_url: str = ""
     webhook_timeout: float = 2.0
     compute_driver: str = "netns"
+    compute_drivers: tuple = ()  # more drivers placements may name ([compute] drivers)
     netns: NetnsSettings = field(default_factory=NetnsSettings)
+    openstack: OpenStackSettings = field(default_factory=OpenStackSettings)
+    neutron: NeutronSettings = field(default_factory=NeutronSettings)
 
     @property
     def database_path(self):
@@ -234,7 +278,11 @@ def from_parser(parser, **overrides):
             webhook_url=webhook.get("url", "").strip(),
             webhook_timeout=float(webhook.get("timeout", 2.0)),
             compute_driver=_own(parser, "compute").get("driver", "netns").strip(),
+            compute_drivers=tuple(n for n in _own(parser, "compute").get(
+                "drivers", "").replace(",", " ").split()),
             netns=_typed(NetnsSettings, _own(parser, "netns"), "netns."),
+            openstack=_typed(OpenStackSettings, _own(parser, "openstack"), "openstack."),
+            neutron=_typed(NeutronSettings, _own(parser, "neutron"), "neutron."),
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -260,6 +308,10 @@ def validate(settings):
     if settings.compute_driver not in DRIVERS:
         raise ConfigError(f"compute.driver: unknown driver {settings.compute_driver!r} "
                           f"({', '.join(DRIVERS)})")
+    for name in settings.compute_drivers:
+        if name not in DRIVERS:
+            raise ConfigError(f"compute.drivers: unknown driver {name!r} "
+                              f"({', '.join(DRIVERS)})")
     if settings.threads < 1:
         raise ConfigError("workers.threads must be at least 1")
     if settings.health.period <= 0:

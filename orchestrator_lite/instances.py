@@ -88,7 +88,7 @@ class _Runtime:
 class InstanceManager:
     def __init__(self, ref, store, driver, payload_settings, client_factory,
                  management_network_id, clock=time.monotonic, sleep=time.sleep,
-                 hotplug_timeout=10.0):
+                 hotplug_timeout=10.0, placement=None):
         self.ref = ref
         self.store = store
         self.driver = driver
@@ -96,6 +96,7 @@ class InstanceManager:
         self.client_factory = client_factory
         self.management_network_id = management_network_id
         self.hotplug_timeout = hotplug_timeout
+        self.placement = placement  # ref -> store.placements.Placement (image, driver)
         self._clock = clock
         self._sleep = sleep
         self._runtimes = {}  # instance id -> _Runtime
@@ -284,6 +285,7 @@ class InstanceManager:
             else:
                 self._destroy(runtime.instance)
         names = [f"{self.prefix}{n}" for n in range(self.required(snapshot))]
+        hints = self.boot_hints(snapshot)
         for name in names:
             if name in keep:
                 continue
@@ -296,13 +298,27 @@ class InstanceManager:
             nics = [Nic(p["mac_address"], p["network_id"], p["role"],
                         networks[p["network_id"]]["mtu"]) for p in ports]
             try:
-                instance = self.driver.create(name, nics, cidr)
+                instance = self.driver.create(name, nics, cidr, **hints)
             except DriverError as exc:
                 self.store.delete_appliance_ports(ports)
                 raise BootError(f"{name}: {exc}") from exc
             LOG.info("%s: created %s (%s, management %s)", self.ref, name, instance.id,
                      instance.management_address)
         self._refresh()
+
+    def boot_hints(self, snapshot):
+        """Extra create() arguments: the placement's image and driver (only when it names
+        them, so a plain driver is called plainly), a server group for HA pairs."""
+        hints = {}
+        if self.required(snapshot) > 1:
+            hints["server_group"] = self.prefix.rstrip("_")
+        placement = self.placement(self.ref) if self.placement else None
+        if placement is not None:
+            if placement.image:
+                hints["image"] = placement.image
+            if placement.driver:
+                hints["driver"] = placement.driver
+        return hints
 
     def _create_ports(self, name):
         snapshot = self.store.snapshot()

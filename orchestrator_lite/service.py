@@ -10,7 +10,7 @@ import time
 from astara_router.store import payload_hash
 
 from .builder import PayloadSettings
-from .drivers import make_driver
+from .drivers import DriverSet, make_drivers
 from .events import MANAGE, POLL, REBUILD, UPDATE
 from .health import HealthMonitor
 from .instances import InstanceManager, default_client_factory
@@ -27,13 +27,16 @@ class Orchestrator:
     def __init__(self, settings, driver=None, client_factory=None, clock=time.monotonic):
         self.settings = settings
         os.makedirs(settings.state_dir, exist_ok=True)
-        self.store = Store(settings.database_path, settings.management.network_id)
+        self.store = self._make_store(settings)
         self.store.ensure_management_network(settings.management)
-        self.driver = driver or make_driver(settings)
+        self.driver = DriverSet({driver.name: driver}, driver.name) if driver else \
+            make_drivers(settings)
+        self.store.placements.drivers = self.driver.names
         self.payload_settings = PayloadSettings.from_settings(settings)
         self.client_factory = client_factory or default_client_factory(settings.appliance)
         self.webhook = Webhook(settings.webhook_url, settings.webhook_timeout) \
             if settings.webhook_url else None
+        self.neutron_events = self.neutron_status = None
         self._clock = clock
         self.managers = {}
         self.scheduler = Scheduler(self._make_automaton, self.store, settings.threads, clock)
@@ -42,11 +45,42 @@ class Orchestrator:
         self.store.subscribe(self.scheduler.handle_all)
         self.started_at = time.time()
 
+    @staticmethod
+    def _make_store(settings):
+        """The local store, or (``[neutron] desired_state``) Neutron's objects over it."""
+        local = Store(settings.database_path, settings.management.network_id)
+        if not settings.neutron.desired_state:
+            return local
+        from .openstack.cloud import connect
+        from .openstack.neutron import NeutronReader, NeutronStore
+        return NeutronStore(local, NeutronReader(connect(settings.openstack)),
+                            settings.management.network_id, settings.neutron.resync_period,
+                            settings.neutron.router_flavor_id)
+
+    def _start_openstack(self):
+        """Neutron mode: resync loop, notifications listener, status write-back."""
+        neutron = self.settings.neutron
+        if not neutron.desired_state:
+            return
+        from .openstack.events import L3RpcClient, NotificationListener
+        from .openstack.status import StatusWriter
+        self.store.start()
+        if neutron.events_url:
+            queue = neutron.queue or f"astara-orchestrator.{self.settings.host}"
+            self.neutron_events = NotificationListener(
+                neutron.events_url, self.store, queue, neutron.exchange, neutron.topic,
+                neutron.queue_expires).start()
+        if neutron.status:
+            l3_rpc = L3RpcClient(neutron.events_url, neutron.exchange) \
+                if neutron.events_url else None
+            self.neutron_status = StatusWriter(self.store.reader.conn, self.store, l3_rpc)
+
     def _make_automaton(self, ref):
         manager = InstanceManager(ref, self.store, self.driver, self.payload_settings,
                                   self.client_factory, self.settings.management.network_id,
                                   clock=self._clock,
-                                  hotplug_timeout=self.settings.health.hotplug_timeout)
+                                  hotplug_timeout=self.settings.health.hotplug_timeout,
+                                  placement=self.store.placements.resolve)
         self.managers[ref.key] = manager
         return Automaton(ref, manager, self.settings.health, clock=self._clock,
                          on_transition=self._on_transition)
@@ -54,16 +88,23 @@ class Orchestrator:
     def _on_transition(self, automaton, old, new):
         if self.webhook is not None:
             self.webhook.notify(automaton, old, new)
+        if self.neutron_status is not None:
+            self.neutron_status.transition(automaton, old, new)
 
     def start(self):
+        self._start_openstack()
         self.scheduler.start()
         self.health.start()
         LOG.info("orchestrator started: %d resources, driver %s",
                  len(self.store.snapshot().resources()), self.driver.name)
 
     def stop(self):
+        if self.neutron_events is not None:
+            self.neutron_events.stop()
         self.health.stop()
         self.scheduler.stop()
+        if self.neutron_status is not None:
+            self.neutron_status.close()
         if self.webhook is not None:
             self.webhook.close()
         self.driver.close()
@@ -115,8 +156,11 @@ class Orchestrator:
         desired = {}
         if manager is not None:
             desired = {name: payload_hash(p) for name, p in manager.desired_payloads().items()}
+        for instance in instances:
+            instance["driver"] = self.driver.driver_name_of(instance["id"])
         row.update(automaton=automaton, instances=instances, desired_hash=desired,
-                   inputs_digest=manager.inputs_digest() if manager else None)
+                   inputs_digest=manager.inputs_digest() if manager else None,
+                   placement=self.store.placements.resolve(ref).as_dict())
         return row
 
     def command(self, resource_id, command, reason=""):
@@ -164,6 +208,26 @@ class Orchestrator:
         refs = self.scheduler.known_refs()
         delivered = [ref.id for ref in refs if self.scheduler.deliver(ref, POLL)]
         return {"polled": delivered}
+
+    def debug_session(self, resource_id, actions=(POLL,), follow=False, timeout=120.0):
+        """A Session (debugger.py) for one resource: iterate ``.stream()`` for its lines."""
+        from .debugger import Session
+        try:
+            return Session(self, self._ref(resource_id), actions, follow, timeout)
+        except ValueError as exc:
+            raise StoreError(str(exc), "actions") from None
+
+    def placements(self):
+        return {"placements": self.store.placements.all(),
+                "drivers": list(self.driver.names), "default_driver": self.driver.default}
+
+    def set_placement(self, scope, key, driver="", image=""):
+        self.store.placements.set(scope, key, driver or "", image or "")
+        return self.placements()
+
+    def clear_placement(self, scope, key):
+        self.store.placements.clear(scope, key)
+        return self.placements()
 
     def workers_debug(self):
         info = self.scheduler.debug_info()

@@ -46,6 +46,7 @@ class Scheduler:
         self._timer_cond = threading.Condition(self._lock)
         self._threads = []
         self._stopping = False
+        self._diverted = {}  # key -> callable(action): a debug session takes the events
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self):
@@ -89,6 +90,10 @@ class Scheduler:
 
     def deliver(self, ref, action, force=False):
         """Queue ``action`` for ``ref``; False when the resource is paused."""
+        sink = self._diverted.get(ref.key)
+        if sink is not None:  # astara-ctl debug-resource has it: the event goes there
+            sink(action)
+            return True
         paused = self._debug_flags.paused_reason(ref)
         if paused and action != MANAGE:
             LOG.debug("%s: %s ignored (%s)", ref, action, paused)
@@ -118,6 +123,36 @@ class Scheduler:
             self._refs.setdefault(ref.key, ref)
             heapq.heappush(self._timers, (due, next(self._seq), ref.key))
             self._timer_cond.notify_all()
+
+    # -- debug sessions (astara-ctl debug-resource) --------------------------------------------
+    def divert(self, ref, sink, timeout=30.0):
+        """Send ``ref``'s events to ``sink`` instead of its automaton, once no worker holds
+        it (the caller has paused it, so queued work is dropped). Returns the automaton
+        (made if new) for the session to run, or raises TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if ref.key not in self._scheduled:
+                    self._diverted[ref.key] = sink
+                    automaton = self._automata.get(ref.key)
+                    if automaton is None:
+                        automaton = self._automata[ref.key] = self._factory(ref)
+                        self._refs[ref.key] = ref
+                    return automaton
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{ref} is still being worked on")
+            time.sleep(0.05)
+
+    def undivert(self, ref):
+        with self._lock:
+            self._diverted.pop(ref.key, None)
+
+    def forget(self, ref):
+        """Drop a resource's automaton (its state machine ended outside the workers)."""
+        with self._lock:
+            self._automata.pop(ref.key, None)
+            self._refs.pop(ref.key, None)
+            self._timer_due.pop(ref.key, None)
 
     # -- introspection ---------------------------------------------------------------------------
     def automaton(self, key):

@@ -8,6 +8,13 @@
   astara-ctl workers debug                           queues, running workers, debug flags
   astara-ctl ssh ID [--instance N]                   shell in the appliance (netns driver)
   astara-ctl browse [--once] [--interval S]          live table of resources (q quits)
+  astara-ctl debug-resource ID [--action A ...] [--follow] [--timeout S] [--json]
+                                                     its state machine in the foreground:
+                                                     events, steps, transitions, requests,
+                                                     answers (the workers leave it alone)
+  astara-ctl placement list                          per-tenant/per-resource image, driver
+  astara-ctl placement set tenant|resource ID [driver=D] [image=I]
+  astara-ctl placement clear tenant|resource ID
 
 Desired state (KIND = network subnet port router floatingip loadbalancer listener pool
 member; VALUE is JSON when it parses, else a string)::
@@ -64,6 +71,27 @@ class Client:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+
+    def stream(self, method, path, body=None):
+        """JSON lines of a streaming answer, as they arrive."""
+        try:
+            with requests.Session() as session:
+                session.trust_env = False
+                with session.request(method, self.url + path, json=body, stream=True,
+                                     timeout=(self.timeout, None),
+                                     headers={"Authorization": f"Bearer {self.token}"}) \
+                        as response:
+                    if response.status_code >= 400:
+                        try:
+                            message = response.json().get("message")
+                        except ValueError:
+                            message = response.text
+                        raise CtlError(f"{method} {path}: {response.status_code} {message}")
+                    for line in response.iter_lines():
+                        if line:
+                            yield json.loads(line)
+        except requests.RequestException as exc:
+            raise CtlError(f"cannot reach the orchestrator at {self.url}: {exc}") from None
 
     def call(self, method, path, body=None):
         try:
@@ -256,6 +284,52 @@ def cmd_ssh(client, args):
     return 0
 
 
+def trace_line(line):
+    """One debug-session line for people."""
+    kind = line.get("kind", "")
+    rest = {k: v for k, v in line.items() if k not in ("t", "kind")}
+    if kind == "step":
+        text = f"{rest['step']} [{rest['state']}] -> {rest['next']}"
+    elif kind == "transition":
+        text = f"{rest['old']} -> {rest['new']}" + \
+            (f"  ({rest['last_error']})" if rest.get("last_error") else "")
+    elif kind == "event":
+        text = f"{rest['action']} (from {rest['source']})"
+    elif kind == "request":
+        text = rest["call"]
+    elif kind == "answer":
+        text = f"{rest['call']} -> " + (f"ERROR {rest['error']}" if "error" in rest
+                                       else rest.get("result", ""))
+    else:
+        text = " ".join(f"{k}={v}" for k, v in rest.items())
+    return f"{line.get('t', 0):+9.3f}  {kind:<10} {text}"
+
+
+def cmd_debug_resource(client, args):
+    body = {"actions": args.action or ["poll"], "follow": args.follow,
+            "timeout": args.timeout}
+    code = 0
+    for line in client.stream("POST", f"/v1/resources/{args.id}/debug-session", body):
+        print(json.dumps(line, sort_keys=True) if args.json else trace_line(line), flush=True)
+        if line.get("kind") == "error":
+            code = 1
+    return code
+
+
+def cmd_placement(client, args):
+    if args.action == "list":
+        emit(client.call("GET", "/v1/placements"))
+        return 0
+    if args.scope not in ("tenant", "resource") or not args.id:
+        raise CtlError(f"placement {args.action} tenant|resource ID")
+    path = f"/v1/placements/{args.scope}/{args.id}"
+    if args.action == "clear":
+        emit(client.call("DELETE", path))
+        return 0
+    emit(client.call("PUT", path, parse_assignments(args.settings)))
+    return 0
+
+
 def render_browse(resources, color):
     stamp = time.strftime("%H:%M:%S")
     counts = {}
@@ -348,6 +422,22 @@ def build_parser():
     p.add_argument("id")
     p.add_argument("--instance", type=int, default=0)
     p.set_defaults(func=cmd_ssh)
+    p = sub.add_parser("debug-resource",
+                       help="run one resource's state machine in the foreground")
+    p.add_argument("id")
+    p.add_argument("--action", action="append", help="event(s) to start with (default "
+                                                     "poll): create update poll rebuild...")
+    p.add_argument("--follow", action="store_true",
+                   help="keep acting on events that arrive until --timeout")
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--json", action="store_true", help="print the raw JSON lines")
+    p.set_defaults(func=cmd_debug_resource)
+    p = sub.add_parser("placement", help="per-tenant/per-resource image and driver")
+    p.add_argument("action", choices=("list", "set", "clear"))
+    p.add_argument("scope", nargs="?", choices=("tenant", "resource"))
+    p.add_argument("id", nargs="?")
+    p.add_argument("settings", nargs="*", help="driver=NAME image=IMAGE")
+    p.set_defaults(func=cmd_placement)
     p = sub.add_parser("browse", help="live table of every resource and its state")
     p.add_argument("--once", action="store_true", help="print the table once and exit")
     p.add_argument("--interval", type=float, default=1.0)

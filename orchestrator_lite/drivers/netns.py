@@ -178,6 +178,7 @@ class NetnsDriver(ComputeDriver):
                         management_address=record["management_cidr"].split("/")[0],
                         created_at=record["created_at"], nics=nics,
                         details={"netns": record["id"], "agent_pid": record.get("agent_pid"),
+                                 "image": record.get("image", self.python),
                                  "state_dir": record["state_dir"], "log": record["log"]})
 
     def get(self, instance_id):
@@ -236,8 +237,13 @@ class NetnsDriver(ComputeDriver):
         return entry
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def create(self, name, nics, management_cidr):
+    def create(self, name, nics, management_cidr, image=None, server_group=None):
+        """``image`` for this driver: the Python interpreter (a virtualenv's) whose
+        astara_router runs as the agent, like booting another image's agent."""
         nics = list(nics)
+        python = image or self.python
+        if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+            raise DriverError(f"image {python!r} is not an executable Python interpreter")
         if not nics or nics[0].role != "mgt":
             raise DriverError("the first NIC must be the management NIC")
         with self._lock:
@@ -249,7 +255,8 @@ class NetnsDriver(ComputeDriver):
             record = {"id": ns_name, "name": name, "created_at": time.time(), "nics": [],
                       "management_cidr": management_cidr, "booting": True,
                       "state_dir": str(directory / "state"),
-                      "log": str(directory / "agent.log"), "agent_pid": None}
+                      "log": str(directory / "agent.log"), "agent_pid": None,
+                      "image": python}
             self._save(record)  # a half-built instance is listed, hence deletable
         ns = Netns(ns_name)
         try:
@@ -265,7 +272,7 @@ class NetnsDriver(ComputeDriver):
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(
                 filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
             boot = subprocess.run(
-                ["ip", "netns", "exec", ns_name, self.python, "-m",
+                ["ip", "netns", "exec", ns_name, python, "-m",
                  "astara_router.cli.management", nics[0].mac, management_cidr, "--mtu",
                  str(self.management_mtu), "--state-dir", record["state_dir"],
                  "--sshd-config", "none"], env=env, capture_output=True, text=True)
@@ -273,7 +280,7 @@ class NetnsDriver(ComputeDriver):
                 raise CommandError(boot.returncode, boot.args, boot.stdout, boot.stderr)
             with open(record["log"], "ab") as log:
                 child = subprocess.Popen(
-                    ["ip", "netns", "exec", ns_name, self.python, "-m",
+                    ["ip", "netns", "exec", ns_name, python, "-m",
                      "astara_router.cli.api", "--state-dir", record["state_dir"],
                      "--enabled-services", self.enabled_services],
                     env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -22,6 +22,7 @@ the routers/load balancers whose payload can change. ``debug_flags`` keeps the p
   snapshot.py     the immutable read model and its lookups
   impact.py       which routers/load balancers a change affects
   debug_flags.py  pause flags per resource, tenant or globally
+  placements.py   per-tenant/per-resource image and driver (BYONF)
   database.py     persistence: the only SQL
 """
 import logging
@@ -34,6 +35,7 @@ from .debug_flags import DebugFlags
 from .errors import Conflict, NotFound, StoreError
 from .impact import affected
 from .kinds import KINDS, ROUTER_GATEWAY_OWNER, ROUTER_INTERFACE_OWNERS
+from .placements import Placements
 from .snapshot import Snapshot
 
 __all__ = ["Store", "StoreError", "NotFound", "Conflict"]
@@ -54,6 +56,7 @@ class Store:
                 objects[kind][obj["id"]] = obj
         self._snapshot = Snapshot(objects, management_network_id)
         self.debug_flags = DebugFlags(self._database)
+        self.placements = Placements(self._database)
 
     def close(self):
         with self._lock:
@@ -162,6 +165,12 @@ class Store:
                                f"{existing['cidr']}, the config says {settings.prefix}")
             else:
                 self.update("subnet", subnet["id"], subnet)
+
+    def commit(self, changes):
+        """Persist changes validated elsewhere (OpenStack mode validates against Neutron's
+        objects plus ours: openstack/neutron.py)."""
+        with self._lock:
+            return self._commit(changes)
 
     def _commit(self, changes):
         """Persist ``changes`` atomically, publish the new snapshot, notify subscribers."""

@@ -2,7 +2,8 @@
 
 ``objects`` holds one row per object with its JSON document, in creation order (``seq``),
 which is Neutron's list order and therefore the order of ``allocations`` and
-``floating_ips`` in the payload. ``debug`` holds the pause flags. Callers hand in and get
+``floating_ips`` in the payload. ``debug`` holds the pause flags, ``placements`` the per-tenant/per-resource
+image and driver (placements.py). Callers hand in and get
 back plain dicts; validation, snapshots and events are the rest of the store's business.
 Every method is atomic and safe to call from any thread.
 """
@@ -22,6 +23,14 @@ CREATE TABLE IF NOT EXISTS debug (
     scope TEXT NOT NULL,
     key TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
+    since REAL NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+CREATE TABLE IF NOT EXISTS placements (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    driver TEXT NOT NULL DEFAULT '',
+    image TEXT NOT NULL DEFAULT '',
     since REAL NOT NULL,
     PRIMARY KEY (scope, key)
 );
@@ -85,3 +94,21 @@ class Database:
     def clear_debug_flag(self, scope, key):
         with self._lock:
             self._conn.execute("DELETE FROM debug WHERE scope=? AND key=?", (scope, key))
+
+    def load_placements(self):
+        """``{(scope, key): {"driver", "image", "since"}}``."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT scope, key, driver, image, since FROM placements").fetchall()
+        return {(scope, key): {"driver": driver, "image": image, "since": since}
+                for scope, key, driver, image, since in rows}
+
+    def set_placement(self, scope, key, driver, image, since):
+        with self._lock:
+            self._conn.execute("INSERT OR REPLACE INTO placements (scope, key, driver, image, "
+                               "since) VALUES (?, ?, ?, ?, ?)",
+                               (scope, key, driver, image, since))
+
+    def clear_placement(self, scope, key):
+        with self._lock:
+            self._conn.execute("DELETE FROM placements WHERE scope=? AND key=?", (scope, key))

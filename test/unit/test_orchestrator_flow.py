@@ -106,8 +106,8 @@ class SimCloud(FakeDriver):
         super().__init__()
         self.appliances = {}  # instance name -> SimAppliance
 
-    def create(self, name, nics, management_cidr):
-        instance = super().create(name, nics, management_cidr)
+    def create(self, name, nics, management_cidr, **hints):
+        instance = super().create(name, nics, management_cidr, **hints)
         self.appliances[name] = SimAppliance([n.mac for n in nics])
         return instance
 
