@@ -127,6 +127,7 @@ class Cloud:
         return next(r for r in self.routers if r.id == router_id)
 
     def router_address(self, router_id, version):
+        """A router's address on the external network."""
         return next(a for s, a in self.router(router_id).gateway.fixed_ips
                     if self.subnet(s).version == version)
 
@@ -149,8 +150,7 @@ class Cloud:
 
     def gateway_address(self, version):
         """The router's address on the external network (first router)."""
-        return next(a for s, a in self.routers[0].gateway.fixed_ips
-                    if self.subnet(s).version == version)
+        return self.router_address(self.routers[0].id, version)
 
     def upstream_address(self, version):
         """The internet's own address on the external network (the subnet gateway)."""

@@ -47,6 +47,17 @@ def public(store):
                             "enable_dhcp": False})
 
 
+def public_dualstack(store):
+    store.create("network", {"id": DUALSTACK, "name": "public-dualstack", "mtu": 1500,
+                             "external": True})
+    store.create("subnet", {"id": "fe2c6803-2026-4352-a176-2d1d92eeccf5",
+                            "network_id": DUALSTACK, "cidr": "198.51.100.0/24",
+                            "gateway_ip": "198.51.100.1", "enable_dhcp": False})
+    store.create("subnet", {"id": "1f237edc-e368-4b73-b761-a128c29933a2",
+                            "network_id": DUALSTACK, "cidr": "2001:db8:c0de:1::/64",
+                            "ipv6_address_mode": "slaac"})
+
+
 def tenant_net(store, tenant, net_id, subnet_id, cidr, dns=(), routes=(), **subnet):
     store.create("network", {"id": net_id, "tenant_id": tenant, "mtu": 1450})
     store.create("subnet", {"id": subnet_id, "network_id": net_id, "cidr": cidr,
@@ -130,14 +141,7 @@ def router_dual_stack(store):
     ds, v6, st = "31dabf46-6bb7-4803-9a7d-921e870945f4", \
         "b5de4686-53ea-467d-b695-6e0f4fa1f918", "0e758d09-f2c1-4d5d-9fe2-1444111aab9c"
     ds4, ds6 = "1ad9aedc-a689-4520-8933-0395753fd435", "6418461d-9bc2-478c-926a-4660eccb7749"
-    store.create("network", {"id": DUALSTACK, "name": "public-dualstack", "mtu": 1500,
-                             "external": True})
-    store.create("subnet", {"id": "fe2c6803-2026-4352-a176-2d1d92eeccf5",
-                            "network_id": DUALSTACK, "cidr": "198.51.100.0/24",
-                            "gateway_ip": "198.51.100.1", "enable_dhcp": False})
-    store.create("subnet", {"id": "1f237edc-e368-4b73-b761-a128c29933a2",
-                            "network_id": DUALSTACK, "cidr": "2001:db8:c0de:1::/64",
-                            "ipv6_address_mode": "slaac"})
+    public_dualstack(store)
     tenant_net(store, tenant, ds, ds4, "10.20.0.0/24", dns=["8.8.8.8"])
     store.create("subnet", {"id": ds6, "network_id": ds, "cidr": "fd4e:7a31:2c5b:1::/64",
                             "ipv6_ra_mode": "slaac", "ipv6_address_mode": "slaac",
@@ -392,14 +396,7 @@ def router_vpn(store):
     payload = CONTRACT["router-vpn"]
     tenant, rid = payload["tenant_id"], "f9c6be66-21b1-4a2d-b637-f32c4dd6d0a1"
     net, subnet = "ae0ef759-fb54-4d47-a971-89be15c91a59", "264a23fc-e18d-47fb-84c6-5ad81a1592be"
-    store.create("network", {"id": DUALSTACK, "name": "public-dualstack", "mtu": 1500,
-                             "external": True})
-    store.create("subnet", {"id": "fe2c6803-2026-4352-a176-2d1d92eeccf5",
-                            "network_id": DUALSTACK, "cidr": "198.51.100.0/24",
-                            "gateway_ip": "198.51.100.1", "enable_dhcp": False})
-    store.create("subnet", {"id": "1f237edc-e368-4b73-b761-a128c29933a2",
-                            "network_id": DUALSTACK, "cidr": "2001:db8:c0de:1::/64",
-                            "ipv6_address_mode": "slaac"})
+    public_dualstack(store)
     tenant_net(store, tenant, net, subnet, "10.8.0.0/24", dns=["8.8.8.8", "8.8.4.4"],
                routes=[{"destination": "192.168.202.0/24", "nexthop": "10.8.0.254"}])
     store.create("router", {"id": rid, "tenant_id": tenant, "name": "vpn-to-branch"})
