@@ -322,6 +322,7 @@ class VpnSubsystem:
             changes += 1
         if changes or force_load:
             self._load()
+            self._tear_down_unloaded()
         return max(changes, 1 if force_load else 0)
 
     @staticmethod
@@ -344,6 +345,22 @@ class VpnSubsystem:
         if result.returncode != 0:
             raise ApplyError("", f"swanctl --load-all failed: {output[-2000:]}", status=500)
         LOG.info("swanctl: %s", output.splitlines()[-1] if output else "loaded")
+
+    def _tear_down_unloaded(self):
+        """charon sends DELETE for the SAs of an unloaded connection but keeps them until
+        the peer answers (or its retransmissions give up): destroy them now, so the
+        tunnel is gone when the apply answers."""
+        with self.charon.session() as session:
+            loaded = {name for item in session.list_conns() for name in item}
+            orphans = {_text(sa["uniqueid"]) for item in session.list_sas()
+                       for name, sa in item.items() if name not in loaded}
+            for unique_id in sorted(orphans):
+                try:
+                    for _ in session.terminate({"ike-id": unique_id, "force": "yes",
+                                                "timeout": "-1"}):
+                        pass
+                except Exception as exc:  # vici's CommandException: already gone
+                    LOG.info("terminating IKE_SA %s: %s", unique_id, exc)
 
     def _remove(self):
         changes = 0

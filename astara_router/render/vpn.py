@@ -49,11 +49,12 @@ SOCKET = "charon.vici"
 LOG_FILE = "charon.log"
 RUN_DIR = "run"  # bound over /run in charon's private mount namespace (its pid file)
 
-# The critical ones ("!"): charon refuses to start without them. With kernel-libipsec,
-# kernel-netlink only does the networking (its IPsec feature is libipsec's): not critical.
+# The critical ones ("!"): charon refuses to start without them. kdf derives IKEv2's keys
+# (openssl's KDF does not cover every PRF). With kernel-libipsec, kernel-netlink only does
+# the networking (its IPsec feature is libipsec's): not critical then.
 PLUGINS = {
-    "kernel": "random! nonce! openssl! xcbc kernel-netlink! socket-default! vici!",
-    "libipsec": ("random! nonce! openssl! xcbc kernel-libipsec! kernel-netlink "
+    "kernel": "random! nonce! openssl! kdf! xcbc kernel-netlink! socket-default! vici!",
+    "libipsec": ("random! nonce! openssl! kdf! xcbc kernel-libipsec! kernel-netlink "
                  "socket-default! vici!"),
 }
 
