@@ -6,19 +6,22 @@ port each, with MAC and device id), routers (gateway + interfaces) and floating 
 ``DEFAULT_CLOUD`` is what ``astara-lab up`` builds (every box a namespace, every line a
 bridge in the fabric namespace)::
 
-    inet ── b-public ── demo-router ── b-private ──── vm0, vm1   10.1.0.0/24
-                           │       └── b-dualstack ── vm2, vm3   10.2.0.0/24,
-                         b-mgmt                                  2001:db8:2::/64 SLAAC
-                           └── ctl: orchestrator + metadata upstream, fdca:3ba5:a17a:acda::2
+    inet ── b-public ─┬─ demo-router ── b-private ──── vm0, vm1   10.1.0.0/24
+                      │    │       └── b-dualstack ── vm2, vm3   10.2.0.0/24,
+                      │  b-mgmt                                  2001:db8:2::/64 SLAAC
+                      │    └── ctl: orchestrator + metadata upstream, fdca:3ba5:a17a:acda::2
+                      └─ branch-router ── b-branch ── vm4        10.3.0.0/24
 
     public: 172.24.4.0/24, 2001:db8:c0de:1::/64; inet owns .1/::1 (the gateways), peers
     with the router by BGP, serves HTTP on 198.51.100.200 and 2001:db8:ffff::200 (on lo).
     demo-router: 172.24.4.7, 2001:db8:c0de:1::7; floating IP 172.24.4.101 -> vm0.
+    branch-router: 172.24.4.8, 2001:db8:c0de:1::8. An IPsec VPN (IKEv2, PSK) joins
+    10.1.0.0/24 behind demo-router and 10.3.0.0/24 behind branch-router.
 
 ``desired_state(cloud)`` turns it into the ordered admin-API calls, one function per
-resource kind (``network_calls``, ``vm_port_calls``, ``router_calls``, ``floatingip_calls``):
-load balancers, HA pairs and VPNs join as one more kind in ``Cloud`` and one more function
-in ``CALL_BUILDERS``. The ``build_*`` functions make the namespaces (the appliances
+resource kind (``network_calls``, ``vm_port_calls``, ``router_calls``, ``floatingip_calls``,
+``vpn_calls``): load balancers and HA pairs join as one more kind in ``Cloud`` and one more
+function in ``CALL_BUILDERS``. The ``build_*`` functions make the namespaces (the appliances
 themselves are the orchestrator's job, through its netns driver).
 """
 import dataclasses
@@ -102,11 +105,36 @@ class FloatingIp:
 
 
 @dataclasses.dataclass(frozen=True)
+class VpnConnection:
+    """One side of a site-to-site tunnel between two of the lab's routers."""
+    id: str
+    router_id: str
+    peer_router_id: str
+    local_subnet: str  # subnet id behind router_id
+    peer_subnet: str  # subnet id behind the peer router
+    psk: str = "astara-lab-demo-psk"
+
+
+@dataclasses.dataclass(frozen=True)
 class Cloud:
     networks: tuple
     vms: tuple
     routers: tuple
     floating_ips: tuple = ()
+    vpn_connections: tuple = ()
+
+    def router(self, router_id):
+        return next(r for r in self.routers if r.id == router_id)
+
+    def router_address(self, router_id, version):
+        """A router's address on the external network."""
+        return next(a for s, a in self.router(router_id).gateway.fixed_ips
+                    if self.subnet(s).version == version)
+
+    def router_of(self, vm):
+        """The router with an interface on ``vm``'s network."""
+        return next(r for r in self.routers
+                    if any(p.network_id == vm.network_id for p in r.interfaces))
 
     def network(self, network_id):
         return next(n for n in self.networks if n.id == network_id)
@@ -122,8 +150,7 @@ class Cloud:
 
     def gateway_address(self, version):
         """The router's address on the external network (first router)."""
-        return next(a for s, a in self.routers[0].gateway.fixed_ips
-                    if self.subnet(s).version == version)
+        return self.router_address(self.routers[0].id, version)
 
     def upstream_address(self, version):
         """The internet's own address on the external network (the subnet gateway)."""
@@ -168,7 +195,19 @@ def _default_cloud():
                     RouterPort("dualstack", (("dualstack-v4", "10.2.0.1"),
                                              ("dualstack-v6", "2001:db8:2::1")))))
     fips = (FloatingIp("fip-vm0", "demo-router", "172.24.4.101", "vm0"),)
-    return Cloud((public, private, dualstack), vms, (router,), fips)
+    branch = Network("branch", "b-branch", (Subnet("branch-v4", "10.3.0.0/24", "10.3.0.1"),))
+    branch_router = Router(
+        "branch-router",
+        gateway=RouterPort("public", (("public-v4", "172.24.4.8"),
+                                      ("public-v6", "2001:db8:c0de:1::8"))),
+        interfaces=(RouterPort("branch", (("branch-v4", "10.3.0.1"),)),))
+    vpn = (VpnConnection("vpn-demo-branch", "demo-router", "branch-router", "private-v4",
+                         "branch-v4"),
+           VpnConnection("vpn-branch-demo", "branch-router", "demo-router", "branch-v4",
+                         "private-v4"))
+    return Cloud((public, private, dualstack, branch),
+                 vms + (Vm("vm4", "branch", "fa:16:3e:1a:b0:04", "10.3.0.10"),),
+                 (router, branch_router), fips, vpn)
 
 
 DEFAULT_CLOUD = _default_cloud()
@@ -252,8 +291,23 @@ def floatingip_calls(cloud):
         f"floating IP {fip.address} → {fip.vm}") for fip in cloud.floating_ips]
 
 
+def vpn_calls(cloud):
+    """One IPsec site connection per side: IKEv2, AES-256/SHA-256, DH group 14."""
+    policy = {"encryption_algorithm": "aes-256", "auth_algorithm": "sha256", "pfs": "group14"}
+    calls = []
+    for vpn in cloud.vpn_connections:
+        peer = cloud.router_address(vpn.peer_router_id, 4)
+        calls.append(Call("POST", "/v1/ipsec_site_connections", {
+            "id": vpn.id, "name": vpn.id, "router_id": vpn.router_id, "peer_address": peer,
+            "psk": vpn.psk, "local_subnet_ids": [vpn.local_subnet],
+            "peer_cidrs": [cloud.subnet(vpn.peer_subnet).cidr],
+            "ikepolicy": dict(policy, ike_version="v2"), "ipsecpolicy": dict(policy)},
+            f"IPsec site connection {vpn.router_id} → {peer}"))
+    return calls
+
+
 # Order matters: what a resource refers to exists before it.
-CALL_BUILDERS = (network_calls, vm_port_calls, router_calls, floatingip_calls)
+CALL_BUILDERS = (network_calls, vm_port_calls, router_calls, floatingip_calls, vpn_calls)
 
 
 def desired_state(cloud):

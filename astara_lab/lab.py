@@ -239,7 +239,8 @@ def _build(lab, state, cloud, health, progress, path):
 
     calls = clouds.desired_state(cloud)
     progress.step(f"desired state: {len(calls)} admin API calls "
-                  "(networks, subnets, ports, router, floating IP)")
+                  "(networks, subnets, ports, routers, floating IP, IPsec site "
+                  "connections)")
     for call in calls:
         progress.detail(call.what)
         try:
@@ -441,6 +442,29 @@ def check_ipv6(view):
         f"{vm.role} → {PUBLIC_V6}: the internet saw {seen}"
 
 
+def check_vpn(view):
+    """A VM behind one end of the VPN reaches a VM behind the other with its own address
+    (through the tunnel: the internet has no route to either tenant network) while its
+    internet traffic still leaves SNATed as its router's address."""
+    cloud = view.cloud
+    vpn = cloud.vpn_connections[0]
+
+    def behind(subnet_id, **kwargs):
+        network = next(n for n in cloud.networks if any(s.id == subnet_id for s in n.subnets))
+        return next(v for v in cloud.vms if v.network_id == network.id
+                    and not (kwargs.get("no_fip") and cloud.floating_ip_of(v)))
+
+    local, remote = behind(vpn.local_subnet, no_fip=True), behind(vpn.peer_subnet)
+    answer = get_json(view.ns_of(local).name, remote.ipv4)
+    internet = get_json(view.ns_of(local).name, PUBLIC_V4)["client"]
+    router = cloud.router_address(vpn.router_id, 4)
+    ok = answer["server"] == remote.role and answer["client"] == local.ipv4 \
+        and internet == router
+    return ok, (f"{local.role} → {remote.role} {remote.ipv4} ({vpn.router_id} ⇄ "
+                f"{vpn.peer_router_id}): seen as {answer['client']}; {local.role} → "
+                f"internet: seen as {internet} (router: {router})")
+
+
 CHECKS = (
     ("router", "router appliance configured by the orchestrator", check_router),
     ("dhcp", "DHCP: VMs get their ports' addresses", check_dhcp),
@@ -450,6 +474,7 @@ CHECKS = (
     ("ra", "IPv6 RA: SLAAC address in the tenant prefix", check_ra),
     ("bgp", "BGP: the internet learned the tenant IPv6 prefix", check_bgp),
     ("ipv6", "IPv6: VM → internet, routed (no NAT)", check_ipv6),
+    ("vpn", "VPN: VM → VM behind another router (IPsec), internet still SNATed", check_vpn),
 )
 
 

@@ -27,6 +27,7 @@ class Settings:
     etc_dir: str = ""  # hostname/hosts files; empty: see apply/hostname.py default_etc_dir
     metadata_connect_timeout: float = 5.0  # metadata proxy → orchestrator, seconds
     metadata_read_timeout: float = 30.0
+    ipsec_backend: str = "auto"  # auto | kernel | libipsec (apply/vpn.py)
 
     def path(self, *parts):
         return os.path.join(self.state_dir, *parts)
@@ -43,7 +44,8 @@ def _services(text):
 
 
 def load(config_file=None, **overrides):
-    """Read the ini file ([DEFAULT], [api], [status], [metadata]) and apply overrides."""
+    """Read the ini file ([DEFAULT], [api], [status], [metadata], [vpn]) and apply
+    overrides."""
     settings = Settings()
     if config_file:
         parser = configparser.ConfigParser()
@@ -53,6 +55,7 @@ def load(config_file=None, **overrides):
         api = parser["api"] if parser.has_section("api") else parser.defaults()
         status = parser["status"] if parser.has_section("status") else parser.defaults()
         metadata = parser["metadata"] if parser.has_section("metadata") else parser.defaults()
+        vpn = parser["vpn"] if parser.has_section("vpn") else parser.defaults()
         values = {
             "state_dir": get("state_dir", settings.state_dir),
             "enabled_services": _services(get("enabled_services", "router")),
@@ -70,6 +73,7 @@ def load(config_file=None, **overrides):
                 "connect_timeout", settings.metadata_connect_timeout)),
             "metadata_read_timeout": float(metadata.get(
                 "read_timeout", settings.metadata_read_timeout)),
+            "ipsec_backend": vpn.get("ipsec_backend", settings.ipsec_backend),
         }
         settings = replace(settings, **values)
     clean = {k: v for k, v in overrides.items() if v not in (None, (), "")}

@@ -3,6 +3,7 @@ banner). Desired state::
 
   GET|POST            /v1/<kinds>                networks subnets ports routers floatingips
   GET|PUT|PATCH|DELETE /v1/<kinds>/<id>          loadbalancers listeners pools members
+                                                 ipsec_site_connections (psk: never shown)
   GET                 /v1/appliance_ports[/<id>] (read-only: the orchestrator's own ports)
   POST                /v1/routers/<id>/interfaces        {subnet_id|port_id, ip_address?}
   DELETE              /v1/routers/<id>/interfaces/<port>
@@ -30,7 +31,7 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .store import StoreError
-from .store.kinds import PLURALS
+from .store.kinds import PLURALS, shown
 
 LOG = logging.getLogger(__name__)
 READ_ONLY = {"appliance_port"}
@@ -219,22 +220,22 @@ def collection_routes(store):
     @routes.get("/v1/<plural>")
     def list_objects(plural):
         kind = kind_of(plural)
-        return jsonify({plural: store.snapshot().all(kind)})
+        return jsonify({plural: [shown(kind, o) for o in store.snapshot().all(kind)]})
 
     @routes.post("/v1/<plural>")
     def create_object(plural):
         kind = writable_kind_of(plural)
-        return jsonify({kind: store.create(kind, body())}), 201
+        return jsonify({kind: shown(kind, store.create(kind, body()))}), 201
 
     @routes.get("/v1/<plural>/<obj_id>")
     def show_object(plural, obj_id):
         kind = kind_of(plural)
-        return jsonify({kind: store.snapshot().require(kind, obj_id)})
+        return jsonify({kind: shown(kind, store.snapshot().require(kind, obj_id))})
 
     @routes.route("/v1/<plural>/<obj_id>", methods=["PUT", "PATCH"])
     def update_object(plural, obj_id):
         kind = writable_kind_of(plural)
-        return jsonify({kind: store.update(kind, obj_id, body())})
+        return jsonify({kind: shown(kind, store.update(kind, obj_id, body()))})
 
     @routes.delete("/v1/<plural>/<obj_id>")
     def delete_object(plural, obj_id):

@@ -4,7 +4,8 @@ original astara orchestrator sent in ``PUT /v1/system/config`` (reference ยง1.5โ
 Router: ``asn``, ``neighbor_asn``, ``default_v4_gateway``, ``networks`` (management, then
 external if the router has a gateway, then one entry per internal network in router-port
 order), ``labels``, ``floating_ips``, ``tenant_id``, ``hostname`` ("ak-" + tenant),
-``orchestrator``, ``ha_resource``, ``vpn`` ({}), and ``ha_config`` for HA routers.
+``orchestrator``, ``ha_resource``, ``vpn`` (the router's IPsec site connections, see
+``vpn_entry``; {} without), and ``ha_config`` for HA routers.
 Load balancer: ``hostname`` ("ak-loadbalancer-" + tenant), ``tenant_id``, ``networks``
 (the VIP network first, management second) and ``services.loadbalancer``.
 
@@ -221,11 +222,49 @@ def build_router(snapshot, router_id, settings, instance):
         "orchestrator": {"address": settings.orchestrator_address,
                          "metadata_port": settings.metadata_port, "host": settings.host},
         "ha_resource": bool(router["ha"]),
-        "vpn": {},
+        "vpn": vpn_entry(snapshot, router, gateway),
     }
     if router["ha"] and instance.ha_config is not None:
         payload["ha_config"] = dict(instance.ha_config)
     return payload
+
+
+def vpn_entry(snapshot, router, gateway):
+    """``vpn`` as Neutron VPNaaS with endpoint groups shows it: one VPN service for the
+    router (its external addresses from the gateway port) with every IPsec site connection
+    of the router; ``{}`` without connections."""
+    connections = [c for c in snapshot.all("ipsec_site_connection")
+                   if c["router_id"] == router["id"]]
+    if not connections:
+        return {}
+    external = {4: None, 6: None}
+    for fixed in (gateway or {}).get("fixed_ips", ()):
+        address = ipaddress.ip_address(fixed["ip_address"])
+        external[address.version] = external[address.version] or str(address)
+    service_id = f"vpn-{router['id']}"
+
+    def connection_entry(c):
+        tenant = c["tenant_id"]
+        return {
+            "id": c["id"], "name": c["name"], "tenant_id": tenant, "status": "ACTIVE",
+            "admin_state_up": c["admin_state_up"], "vpnservice_id": service_id,
+            "peer_address": c["peer_address"], "peer_id": c["peer_id"], "psk": c["psk"],
+            "auth_mode": "psk", "route_mode": "static", "initiator": c["initiator"],
+            "mtu": c["mtu"], "dpd": dict(c["dpd"]), "peer_cidrs": [],
+            "ikepolicy": dict(c["ikepolicy"], id=f"ike-{c['id']}", name="",
+                              tenant_id=tenant),
+            "ipsecpolicy": dict(c["ipsecpolicy"], id=f"ipsec-{c['id']}", name="",
+                                tenant_id=tenant),
+            "local_ep_group": {"id": f"local-{c['id']}", "name": "", "tenant_id": tenant,
+                               "type": "subnet", "endpoints": list(c["local_subnet_ids"])},
+            "peer_ep_group": {"id": f"peer-{c['id']}", "name": "", "tenant_id": tenant,
+                              "type": "cidr", "endpoints": list(c["peer_cidrs"])}}
+
+    return {"ipsec": [{"id": service_id, "name": router["name"], "status": "ACTIVE",
+                       "admin_state_up": True, "external_v4_ip": external[4],
+                       "external_v6_ip": external[6], "router_id": router["id"],
+                       "subnet_id": None,
+                       "ipsec_connections": [connection_entry(c) for c in connections]}]}
 
 
 # -- load balancer ------------------------------------------------------------------------------

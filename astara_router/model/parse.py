@@ -289,6 +289,6 @@ def _router(problems, spec, path, networks):
     return RouterConfig(asn=asn, neighbor_asn=spec.neighbor_asn or asn,
                         default_v4_gateway=gateway, static_routes=_parsed(static_routes),
                         floating_ips=tuple(fips), labels=labels, orchestrator=orchestrator,
-                        vpn=build_vpn(problems, spec.vpn, join(path, "vpn")),
+                        vpn=build_vpn(problems, spec.vpn, join(path, "vpn"), networks),
                         address_book=tuple(sorted(spec.address_book)),
                         anchors=tuple(anchor.name for anchor in spec.anchors))

@@ -6,10 +6,10 @@ Why this shape
   table's base chains, so other tables (ours never touches them) keep working, and the whole
   firewall is replaced or patched by one ``nft -f`` transaction: all or nothing.
 * Data lives in named sets and maps, rules only reference them. Floating IPs are two maps
-  (``fip_dnat``: floating → fixed, ``fip_snat``: fixed → floating), labels, VPN peer CIDRs,
-  tenant prefixes, BGP and HA peers are sets. The rules (the *skeleton*) depend only on the
+  (``fip_dnat``: floating → fixed, ``fip_snat``: fixed → floating), labels, VPN tunnels
+  (concatenated ``local . peer`` subnet pairs), tenant prefixes, BGP and HA peers are sets. The rules (the *skeleton*) depend only on the
   topology (interfaces and their addresses, metadata listeners, which features exist), so
-  adding or removing a floating IP, a label CIDR or a VPN peer CIDR is an element change
+  adding or removing a floating IP, a label CIDR or a VPN subnet pair is an element change
   (``add/delete element``) and no chain is rebuilt.
 * Interfaces are matched by kernel name strings (``iifname``), so a ruleset can be checked
   with ``nft -c`` anywhere, also where those interfaces do not exist.
@@ -29,14 +29,15 @@ Chain layout (policies: filter chains drop, NAT chains accept)
     TCP MSS clamped to the route MTU (tenant MTU 1450 vs external 1500); established/related;
     invalid dropped; new connections from tenant networks to the outside and to each other;
     from the outside only what was DNATed (``ct status dnat``: floating IPs), IPsec-protected
-    traffic from VPN peer CIDRs, ICMPv6 to the (routed, un-NATed) IPv6 tenant prefixes, and
+    traffic between the subnet pairs of the VPN tunnels (kernel IPsec: from the external
+    interface with a policy match; kernel-libipsec: through its TUN device, both ways), ICMPv6 to the (routed, un-NATed) IPv6 tenant prefixes, and
     new IPv6 connections from sources in a provider label (see "Labels").
 ``dstnat`` (nat prerouting)
     169.254.169.254:80 from each tenant network → that network's metadata listener; floating
     IP → fixed IP for packets from the external AND the tenant networks (hairpin).
 ``srcnat`` (nat postrouting)
-    traffic between tenant prefixes and VPN peer CIDRs is never NATed (IPsec policies match
-    the real tenant addresses); out of an external interface: a fixed IP with a floating IP
+    traffic between the subnet pairs a VPN tunnel protects is never NATed (IPsec policies
+    match the real addresses); every other tenant address still is; out of an external interface: a fixed IP with a floating IP
     leaves as its floating IP, any other tenant address as that external interface's first
     IPv4 address; hairpin (a tenant reached a floating IP, so the packet was DNATed back into
     a tenant network): the source becomes the sender's floating IP, or the router's external
@@ -61,7 +62,9 @@ import json
 import re
 from dataclasses import dataclass, replace
 
+from ..model.vpn import active_connections
 from .metadata import METADATA_ADDRESS, metadata_listeners
+from .vpn import LIBIPSEC_TUN
 
 FAMILY = "inet"
 TABLE = "astara"
@@ -295,9 +298,11 @@ class _Renderer:
                 found.append(name)
         return found
 
-    def add_set(self, name, version, elements, interval=True, comment=""):
-        self.sets.append(NamedSet(name, FAMILIES[version][1], tuple(elements), interval,
-                                  comment))
+    def add_set(self, name, version, elements, interval=True, comment="",
+                concatenated=False):
+        typ = FAMILIES[version][1]
+        self.sets.append(NamedSet(name, f"{typ} . {typ}" if concatenated else typ,
+                                  tuple(elements), interval, comment))
         return name
 
     def add_elements(self, name, typ, elements, comment=""):
@@ -429,18 +434,18 @@ class _Renderer:
                 (f"{fip.texts[1]} : {fip.texts[0]}" for fixed, fip in
                  sorted(snat.items(), key=lambda item: int(item[0]))),
                 comment="floating IPs: fixed -> floating (SNAT)")
-        # IPsec: what the tunnels protect (never NATed) and who may speak IKE/ESP
-        connections = [c for s in router.vpn if s.admin_state_up
-                       for c in s.connections if c.admin_state_up]
-        peer_cidrs = [n for c in connections for n in (
-            *c.peer_cidrs, *(c.peer_ep_group.endpoints if c.peer_ep_group and
-                             c.peer_ep_group.type == "cidr" else ()))]
-        self.vpn_peers, self.vpn_endpoints = {}, {}
+        # IPsec: the (local subnet . peer subnet) pairs the tunnels protect (never NATed,
+        # admitted from the peers) and who may speak IKE/ESP
+        connections = [c for _, c in active_connections(router)]
+        self.vpn_tunnels, self.vpn_endpoints = {}, {}
         for version in (4, 6) if router.vpn else ():
             suffix = FAMILIES[version][2]
-            self.vpn_peers[version] = self.add_set(
-                f"vpn_peers{suffix}", version, _collapse(peer_cidrs, version),
-                comment=f"IPsec peer CIDRs (IPv{version}): never NATed")
+            pairs = dict.fromkeys(f"{mine} . {theirs}" for c in connections
+                                  for mine in c.local_subnets if mine.version == version
+                                  for theirs in c.peer_subnets if theirs.version == version)
+            self.vpn_tunnels[version] = self.add_set(
+                f"vpn_tunnels{suffix}", version, sorted(pairs), concatenated=True,
+                comment=f"IPsec-protected (local . peer) subnets (IPv{version}): never NATed")
             self.vpn_endpoints[version] = self.add_set(
                 f"vpn_endpoints{suffix}", version,
                 _addresses((c.peer_address for c in connections), version), interval=False,
@@ -500,10 +505,15 @@ class _Renderer:
         ext = _one_or_set(self.ext_ifs)
         rules.append("# from outside only through floating IPs (DNATed)")
         rules.append(f"iifname {ext} oifname {ten} ct status dnat accept")
-        for version, name in self.vpn_peers.items():
+        for version, name in self.vpn_tunnels.items():
             kw = FAMILIES[version][0]
-            rules.append(f"iifname {ext} {kw} saddr @{name} {kw} daddr "
-                         f"@{self.tenant_set[version]} meta ipsec exists accept")
+            rules.append(f"# IPsec (IPv{version}): decrypted by the kernel (policy match) or "
+                         f"by kernel-libipsec (its TUN)")
+            rules.append(f"iifname {ext} {kw} daddr . {kw} saddr @{name} meta ipsec exists "
+                         f"accept")
+            rules.append(f'iifname "{LIBIPSEC_TUN}" {kw} daddr . {kw} saddr @{name} accept')
+            rules.append(f'iifname {ten} oifname "{LIBIPSEC_TUN}" {kw} saddr . {kw} daddr '
+                         f"@{name} accept")
         rules.append("# IPv6 tenant prefixes are routed: ICMPv6 and labelled sources only")
         rules.append(f"iifname {ext} oifname {ten} meta l4proto ipv6-icmp accept")
         for name in self.label_sets_v6:
@@ -526,9 +536,9 @@ class _Renderer:
 
     def srcnat(self):
         rules = []
-        for version, name in self.vpn_peers.items():
+        for version, name in self.vpn_tunnels.items():
             kw = FAMILIES[version][0]
-            rules.append(f"{kw} saddr @{self.tenant_set[version]} {kw} daddr @{name} accept")
+            rules.append(f"{kw} saddr . {kw} daddr @{name} accept")
         if not self.ext_ifs:
             return rules
         ext = _one_or_set(self.ext_ifs)

@@ -59,6 +59,8 @@ LIST_COLUMNS = {
     "listener": ("id", "loadbalancer_id", "protocol", "protocol_port", "default_pool_id"),
     "pool": ("id", "loadbalancer_id", "protocol", "lb_algorithm"),
     "member": ("id", "pool_id", "address", "protocol_port", "weight"),
+    "ipsec_site_connection": ("id", "router_id", "peer_address", "local_subnet_ids",
+                              "peer_cidrs", "admin_state_up"),
 }
 
 

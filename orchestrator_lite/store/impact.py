@@ -11,7 +11,7 @@ def affected(before, after, changes):
     """Events for exactly the routers/load balancers whose payload a change can alter.
 
     router/loadbalancer itself: create/update/delete. listener/pool/member: its LB.
-    floating IP: its router (old and new). port: routers with an *interface* on its network
+    floating IP, IPsec site connection: its router (old and new). port: routers with an *interface* on its network
     (allocations list every port there), the router owning it, the LB whose VIP it is.
     subnet/network: every router and LB attached to the network; the management network:
     every resource. Both snapshots are consulted so a detach still reaches the old router.
@@ -45,7 +45,7 @@ def affected(before, after, changes):
                     pool = snap.get("pool", o["pool_id"])
                     if pool:
                         touch(LOADBALANCER, pool["loadbalancer_id"], reason=what)
-        elif kind == "floatingip":
+        elif kind in ("floatingip", "ipsec_site_connection"):
             for o in filter(None, (old, new)):
                 touch(ROUTER, o["router_id"], reason=what)
         elif kind in ("network", "subnet", "port"):

@@ -20,6 +20,7 @@ IPV6_MODES = (None, "slaac", "dhcpv6-stateful", "dhcpv6-stateless")
 LB_ALGORITHMS = ("ROUND_ROBIN", "LEAST_CONNECTIONS", "SOURCE_IP")
 LB_PROTOCOLS = ("HTTP", "HTTPS", "TCP", "UDP", "TERMINATED_HTTPS", "PROXY")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+CONNECTION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 # -- entry points -----------------------------------------------------------------------------
@@ -420,10 +421,77 @@ def _appliance_port(snap, body, old):
                                     port_id)}
 
 
+IKE_POLICY = {"ike_version": "v1", "auth_algorithm": "sha1", "encryption_algorithm": "aes-128",
+              "pfs": "group5", "phase1_negotiation_mode": "main",
+              "lifetime": {"units": "seconds", "value": 3600}}
+IPSEC_POLICY = {"transform_protocol": "esp", "auth_algorithm": "sha1",
+                "encryption_algorithm": "aes-128", "encapsulation_mode": "tunnel",
+                "pfs": "group5", "lifetime": {"units": "seconds", "value": 3600}}
+DPD = {"action": "hold", "interval": 30, "timeout": 120}
+
+
+def _policy(body, key, defaults):
+    """A Neutron policy object: its known keys with Neutron's defaults. The values are the
+    appliance's to judge (it refuses, naming the field, what strongSwan cannot do)."""
+    value = body.get(key) or {}
+    if not isinstance(value, dict):
+        raise StoreError(f"{key} must be an object", key)
+    unknown = sorted(set(value) - set(defaults))
+    if unknown:
+        raise StoreError(f"{key}: unknown key(s) {', '.join(unknown)}", key)
+    return {**defaults, **value}
+
+
+def _ipsec_site_connection(snap, body, old):
+    """Neutron VPNaaS in one object: the connection with its policies inline, the local
+    side as subnet ids of the router (an endpoint group of type subnet), the peer side as
+    CIDRs."""
+    _unknown_keys(body, ("id", "tenant_id", "router_id", "name", "peer_address", "peer_id",
+                         "psk", "initiator", "admin_state_up", "mtu", "local_subnet_ids",
+                         "peer_cidrs", "ikepolicy", "ipsecpolicy", "dpd"),
+                  "ipsec_site_connection")
+    router = snap.require(ROUTER, _str(body, "router_id"), "router_id")
+    attached = {i["subnet_id"] for p in snap.interface_ports(router["id"])
+                for i in p["fixed_ips"]}
+    local = body.get("local_subnet_ids") or []
+    if not isinstance(local, list) or not local:
+        raise StoreError("local_subnet_ids must be a non-empty list", "local_subnet_ids")
+    for subnet_id in local:
+        snap.require("subnet", subnet_id, "local_subnet_ids")
+        if subnet_id not in attached:
+            raise StoreError(f"subnet {subnet_id} is not attached to router {router['id']}",
+                             "local_subnet_ids")
+    peers = body.get("peer_cidrs") or []
+    if not isinstance(peers, list) or not peers:
+        raise StoreError("peer_cidrs must be a non-empty list", "peer_cidrs")
+    try:
+        peers = [str(ipaddress.ip_network(c)) for c in peers]
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"peer_cidrs: {exc}", "peer_cidrs") from None
+    peer = str(_ip(body.get("peer_address"), "peer_address"))
+    psk = _str(body, "psk")
+    if not psk:
+        raise StoreError("psk is required", "psk")
+    conn_id = _new_id(body)
+    if not CONNECTION_ID_RE.match(conn_id):  # it names the appliance's swanctl connection
+        raise StoreError(f"id {conn_id!r} must be 1-64 characters [A-Za-z0-9_-]", "id")
+    return {"id": conn_id, "tenant_id": _str(body, "tenant_id", router["tenant_id"]),
+            "router_id": router["id"], "name": _str(body, "name"), "peer_address": peer,
+            "peer_id": _str(body, "peer_id") or peer, "psk": psk,
+            "initiator": _choice(body, "initiator", "bi-directional",
+                                 ("bi-directional", "response-only")),
+            "admin_state_up": _bool(body, "admin_state_up", True),
+            "mtu": _int(body, "mtu", 1500, 68, 65535), "local_subnet_ids": list(local),
+            "peer_cidrs": peers, "ikepolicy": _policy(body, "ikepolicy", IKE_POLICY),
+            "ipsecpolicy": _policy(body, "ipsecpolicy", IPSEC_POLICY),
+            "dpd": _policy(body, "dpd", DPD)}
+
+
 NORMALIZERS = {"network": _network, "subnet": _subnet, "port": _port, "router": _router,
                "floatingip": _floatingip, "loadbalancer": _loadbalancer,
                "listener": _listener, "pool": _pool, "member": _member,
-               "appliance_port": _appliance_port}
+               "appliance_port": _appliance_port,
+               "ipsec_site_connection": _ipsec_site_connection}
 
 
 # -- deletion rules -----------------------------------------------------------------------------
@@ -446,7 +514,9 @@ def delete_changes(snap, kind, obj):
             refuse(", ".join(users[:5]))
     elif kind == "subnet":
         users = [f"port {p['id']}" for p in snap.ports_on(obj["network_id"])
-                 if any(i["subnet_id"] == obj["id"] for i in p["fixed_ips"])]
+                 if any(i["subnet_id"] == obj["id"] for i in p["fixed_ips"])] + \
+            [f"IPsec site connection {c['id']}" for c in snap.all("ipsec_site_connection")
+             if obj["id"] in c["local_subnet_ids"]]
         if users:
             refuse(", ".join(users[:5]))
     elif kind == "port":
@@ -458,7 +528,9 @@ def delete_changes(snap, kind, obj):
             refuse(", ".join(users))
     elif kind == ROUTER:
         users = [f"interface port {p['id']}" for p in snap.interface_ports(obj["id"])] + \
-            [f"floating IP {f['id']}" for f in snap.floatingips_of(obj["id"])]
+            [f"floating IP {f['id']}" for f in snap.floatingips_of(obj["id"])] + \
+            [f"IPsec site connection {c['id']}" for c in snap.all("ipsec_site_connection")
+             if c["router_id"] == obj["id"]]
         if users:
             refuse(", ".join(users[:5]))
         gateway = snap.gateway_port(obj["id"])

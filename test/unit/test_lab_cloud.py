@@ -47,7 +47,7 @@ def router_payload(snapshot, orchestrator):
 def test_calls_come_in_dependency_order_one_builder_per_kind():
     calls = cloud.desired_state(CLOUD)
     assert [c.path for c in calls[:3]] == ["/v1/networks", "/v1/subnets", "/v1/subnets"]
-    assert calls[-1].path == "/v1/floatingips"
+    assert calls[-1].path == "/v1/ipsec_site_connections"
     assert len(calls) == sum(len(b(CLOUD)) for b in cloud.CALL_BUILDERS)
     kinds = [c.path.split("/")[2] for c in calls]
     assert kinds.index("routers") > max(i for i, k in enumerate(kinds) if k == "subnets")
@@ -68,7 +68,7 @@ def test_the_orchestrator_accepts_the_cloud_and_renders_a_valid_router(orchestra
     assert payload["hostname"] == "ak-demo"
     vms = {a["mac_address"]: a for n in (private, dualstack) for a in n["allocations"]
            if a["device_id"]}
-    for vm in CLOUD.vms:
+    for vm in (vm for vm in CLOUD.vms if CLOUD.router_of(vm).id == "demo-router"):
         allocation = vms[vm.mac]
         assert allocation["device_id"] == vm.device_id  # what metadata must report
         assert set(allocation["ip_addresses"]) == {vm.ipv4, *CLOUD.slaac_addresses(vm)}
@@ -94,7 +94,7 @@ def test_orchestrator_config_parses_and_names_every_bridge():
     parser.read_string(text)
     settings = from_parser(parser)
     assert settings.netns.bridges == {"public": "b-public", "private": "b-private",
-                                      "dualstack": "b-dualstack"}
+                                      "dualstack": "b-dualstack", "branch": "b-branch"}
     assert settings.netns.prefix == "ast0a1b2c" and settings.compute_driver == "netns"
     assert settings.health.period == 2 and settings.health.dead_grace == 10
     assert settings.api.token == "tok"
@@ -133,3 +133,26 @@ def test_udhcpc_scripts_are_private_and_only_configure_when_asked():
     assert "ip addr" not in record and "ip -4" not in record
     assert 'ip addr add "$ip/$mask" dev "$interface"' in configure
     assert 'route replace default via "${router%% *}"' in configure
+
+
+def test_the_vpn_joins_the_two_routers_mirrored(orchestrator):
+    """Each router's payload carries its side of the tunnel; the two sides mirror each
+    other (addresses and subnets swapped), and the agent's renderer accepts both."""
+    from astara_router.render.vpn import render_vpn
+    snapshot = declare(orchestrator)
+    sides = {}
+    for router in ("demo-router", "branch-router"):
+        ref = ResourceRef("router", router, "demo")
+        payload = builder.build(snapshot, ref, orchestrator.payload_settings,
+                                builder.placeholder_view(snapshot, ref))
+        config = parse_payload(payload, ("router",))
+        assert render_vpn(config, "libipsec", "/var/lib/astara/vpn") is not None
+        service = config.router.vpn[0]
+        (connection,) = service.connections
+        sides[router] = (str(service.external_v4_ip), str(connection.peer_address),
+                         [str(n) for n in connection.local_subnets],
+                         [str(n) for n in connection.peer_subnets])
+    assert sides["demo-router"] == ("172.24.4.7", "172.24.4.8", ["10.1.0.0/24"],
+                                    ["10.3.0.0/24"])
+    assert sides["branch-router"] == ("172.24.4.8", "172.24.4.7", ["10.3.0.0/24"],
+                                      ["10.1.0.0/24"])

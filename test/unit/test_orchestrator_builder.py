@@ -47,6 +47,17 @@ def public(store):
                             "enable_dhcp": False})
 
 
+def public_dualstack(store):
+    store.create("network", {"id": DUALSTACK, "name": "public-dualstack", "mtu": 1500,
+                             "external": True})
+    store.create("subnet", {"id": "fe2c6803-2026-4352-a176-2d1d92eeccf5",
+                            "network_id": DUALSTACK, "cidr": "198.51.100.0/24",
+                            "gateway_ip": "198.51.100.1", "enable_dhcp": False})
+    store.create("subnet", {"id": "1f237edc-e368-4b73-b761-a128c29933a2",
+                            "network_id": DUALSTACK, "cidr": "2001:db8:c0de:1::/64",
+                            "ipv6_address_mode": "slaac"})
+
+
 def tenant_net(store, tenant, net_id, subnet_id, cidr, dns=(), routes=(), **subnet):
     store.create("network", {"id": net_id, "tenant_id": tenant, "mtu": 1450})
     store.create("subnet", {"id": subnet_id, "network_id": net_id, "cidr": cidr,
@@ -130,14 +141,7 @@ def router_dual_stack(store):
     ds, v6, st = "31dabf46-6bb7-4803-9a7d-921e870945f4", \
         "b5de4686-53ea-467d-b695-6e0f4fa1f918", "0e758d09-f2c1-4d5d-9fe2-1444111aab9c"
     ds4, ds6 = "1ad9aedc-a689-4520-8933-0395753fd435", "6418461d-9bc2-478c-926a-4660eccb7749"
-    store.create("network", {"id": DUALSTACK, "name": "public-dualstack", "mtu": 1500,
-                             "external": True})
-    store.create("subnet", {"id": "fe2c6803-2026-4352-a176-2d1d92eeccf5",
-                            "network_id": DUALSTACK, "cidr": "198.51.100.0/24",
-                            "gateway_ip": "198.51.100.1", "enable_dhcp": False})
-    store.create("subnet", {"id": "1f237edc-e368-4b73-b761-a128c29933a2",
-                            "network_id": DUALSTACK, "cidr": "2001:db8:c0de:1::/64",
-                            "ipv6_address_mode": "slaac"})
+    public_dualstack(store)
     tenant_net(store, tenant, ds, ds4, "10.20.0.0/24", dns=["8.8.8.8"])
     store.create("subnet", {"id": ds6, "network_id": ds, "cidr": "fd4e:7a31:2c5b:1::/64",
                             "ipv6_ra_mode": "slaac", "ipv6_address_mode": "slaac",
@@ -382,3 +386,67 @@ def test_management_address_is_eui64_of_the_mgt_mac():
         "fdca:3ba5:a17a:acda:f816:3eff:fe67:416c"
     assert ipaddress.ip_address("fdca:3ba5:a17a:acda:f816:3eff:fe67:416c") in \
         ipaddress.ip_network(MGMT.prefix)
+
+
+# -- VPN: router-vpn.json from a router with one IPsec site connection ---------------------------
+
+def router_vpn(store):
+    """README "router-vpn.json": the basic topology with its gateway on public-dualstack and
+    one IPsec site connection (the VPN service, policies and endpoint groups inline)."""
+    payload = CONTRACT["router-vpn"]
+    tenant, rid = payload["tenant_id"], "f9c6be66-21b1-4a2d-b637-f32c4dd6d0a1"
+    net, subnet = "ae0ef759-fb54-4d47-a971-89be15c91a59", "264a23fc-e18d-47fb-84c6-5ad81a1592be"
+    public_dualstack(store)
+    tenant_net(store, tenant, net, subnet, "10.8.0.0/24", dns=["8.8.8.8", "8.8.4.4"],
+               routes=[{"destination": "192.168.202.0/24", "nexthop": "10.8.0.254"}])
+    store.create("router", {"id": rid, "tenant_id": tenant, "name": "vpn-to-branch"})
+    store.set_router_gateway(rid, DUALSTACK, [
+        {"ip_address": "198.51.100.17"}, {"ip_address": "2001:db8:c0de:1:f816:3eff:fe54:face"}])
+    interface = payload["networks"][2]["allocations"]
+    store.add_router_interface(rid, subnet_id=subnet, mac_address=interface[0]["mac_address"])
+    for allocation in interface[1:]:
+        vm(store, net, allocation["device_id"], allocation["mac_address"],
+           *allocation["ip_addresses"])
+    store.create("floatingip", {"router_id": rid, "floating_ip_address": "198.51.100.61",
+                                "fixed_ip_address": "10.8.0.8"})
+    contract = payload["vpn"]["ipsec"][0]["ipsec_connections"][0]
+    policy = {"ikepolicy": IKE_KEYS, "ipsecpolicy": IPSEC_KEYS}
+    store.create("ipsec_site_connection", {
+        "id": contract["id"], "router_id": rid, "name": contract["name"],
+        "peer_address": contract["peer_address"], "peer_id": contract["peer_id"],
+        "psk": contract["psk"], "initiator": contract["initiator"], "mtu": contract["mtu"],
+        "local_subnet_ids": [subnet],
+        "peer_cidrs": contract["peer_ep_group"]["endpoints"], "dpd": contract["dpd"],
+        **{key: {k: contract[key][k] for k in keys} for key, keys in policy.items()}})
+    return ResourceRef(ROUTER, rid, tenant)
+
+
+IKE_KEYS = ("ike_version", "auth_algorithm", "encryption_algorithm", "pfs",
+            "phase1_negotiation_mode", "lifetime")
+IPSEC_KEYS = ("transform_protocol", "auth_algorithm", "encryption_algorithm",
+              "encapsulation_mode", "pfs", "lifetime")
+
+
+def without_neutron_ids(payload):
+    """The VPN's Neutron-side identifiers and names (service, policies, endpoint groups),
+    which the orchestrator derives from the connection instead of storing objects for."""
+    payload = comparable(payload)
+    for service in payload["vpn"]["ipsec"]:
+        service.update(id=None, name=None)
+        for connection in service["ipsec_connections"]:
+            connection["vpnservice_id"] = None
+            for key in ("ikepolicy", "ipsecpolicy", "local_ep_group", "peer_ep_group"):
+                connection[key].update(id=None, name=None)
+    return payload
+
+
+def test_builder_reproduces_the_contract_vpn(store):
+    ref = router_vpn(store)
+    payload = builder.build(store.snapshot(), ref, SETTINGS,
+                            instance_view(store, ref, "router-vpn"))
+    assert without_neutron_ids(payload) == without_neutron_ids(CONTRACT["router-vpn"])
+    parse_payload(payload)
+    # without connections the router sends "vpn": {} as before
+    store.delete("ipsec_site_connection", "bf4655d2-27d0-4d9e-8578-62c5e5bf890f")
+    assert builder.build(store.snapshot(), ref, SETTINGS,
+                         instance_view(store, ref, "router-vpn"))["vpn"] == {}

@@ -288,3 +288,41 @@ def test_paused_reason(store):
     store.debug_flags.clear("tenant", "t1")
     store.debug_flags.set("resource", "ra")
     assert store.debug_flags.paused_reason(ref) == "resource debug"
+
+
+def test_ipsec_site_connection_validation_events_and_deletes(store):
+    import json
+
+    from orchestrator_lite.api import create_app
+    store.create("network", {"id": "ext", "external": True})
+    store.create("subnet", {"id": "ext4", "network_id": "ext", "cidr": "198.51.100.0/24"})
+    store.create("network", {"id": "net", "tenant_id": "t"})
+    store.create("subnet", {"id": "s1", "network_id": "net", "cidr": "10.8.0.0/24"})
+    store.create("subnet", {"id": "s2", "network_id": "net", "cidr": "10.9.0.0/24"})
+    store.create("router", {"id": "r1", "tenant_id": "t"})
+    store.set_router_gateway("r1", "ext")
+    store.add_router_interface("r1", subnet_id="s1")
+    good = {"id": "c1", "router_id": "r1", "peer_address": "198.51.100.18", "psk": "sekrit",
+            "local_subnet_ids": ["s1"], "peer_cidrs": ["192.168.240.0/24"]}
+    for changes, field in (({"local_subnet_ids": ["s2"]}, "local_subnet_ids"),
+                           ({"peer_cidrs": ["192.168.240.1/24"]}, "peer_cidrs"),
+                           ({"psk": ""}, "psk"), ({"peer_address": "nope"}, "peer_address"),
+                           ({"ikepolicy": {"bogus": 1}}, "ikepolicy"),
+                           ({"id": "a.b"}, "id")):
+        with pytest.raises(StoreError) as refused:
+            store.create("ipsec_site_connection", dict(good, **changes))
+        assert refused.value.field == field, changes
+    taken(store)
+    created = store.create("ipsec_site_connection", good)
+    assert created["peer_id"] == "198.51.100.18" and created["ikepolicy"]["pfs"] == "group5"
+    assert taken(store) == [("router", "r1", UPDATE)]
+    with pytest.raises(StoreError):
+        store.delete("router", "r1")  # still used by the connection
+    # the admin API never shows the PSK
+    client = create_app(type("O", (), {"store": store})(), "token").test_client()
+    headers = {"Authorization": "Bearer token"}
+    shown = client.get("/v1/ipsec_site_connections/c1", headers=headers).get_json()
+    listed = client.get("/v1/ipsec_site_connections", headers=headers).get_json()
+    assert shown["ipsec_site_connection"]["psk"] == "<redacted>"
+    assert "sekrit" not in json.dumps(listed) and listed["ipsec_site_connections"]
+    assert store.snapshot().get("ipsec_site_connection", "c1")["psk"] == "sekrit"

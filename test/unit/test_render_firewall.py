@@ -113,16 +113,37 @@ def test_no_gateway_router_routes_between_tenants_without_nat():
     assert 'iifname { "eth1", "eth2" } oifname { "eth1", "eth2" } accept' in forward
 
 
-def test_vpn_peer_cidrs_are_exempt_from_snat():
+def test_vpn_protected_pairs_are_exempt_from_snat():
     ruleset = ruleset_of(VALID["router-vpn"])
-    assert ruleset.set("vpn_peers").elements == ("192.168.240.0/23",)  # .240/24 + .241/24
+    assert ruleset.set("vpn_tunnels").type == "ipv4_addr . ipv4_addr"
+    assert ruleset.set("vpn_tunnels").elements == ("10.8.0.0/24 . 192.168.240.0/24",
+                                                   "10.8.0.0/24 . 192.168.241.0/24")
+    assert ruleset.set("vpn_tunnels_v6").elements == ()
     assert ruleset.set("vpn_endpoints").elements == ("203.0.113.10",)
     srcnat = chain(ruleset, "srcnat")
-    assert srcnat[0] == "ip saddr @tenants ip daddr @vpn_peers accept"  # before any SNAT
+    assert srcnat[0] == "ip saddr . ip daddr @vpn_tunnels accept"  # before any SNAT
+    assert 'oifname "eth1" ip saddr @tenants snat ip to 198.51.100.17' in srcnat
     assert 'iifname "eth1" ip saddr @vpn_endpoints udp dport { 500, 4500 } accept' in \
         chain(ruleset, "input")
-    assert 'iifname "eth1" ip saddr @vpn_peers ip daddr @tenants meta ipsec exists accept' \
-        in chain(ruleset, "forward")
+    forward = chain(ruleset, "forward")
+    assert 'iifname "eth1" ip daddr . ip saddr @vpn_tunnels meta ipsec exists accept' \
+        in forward
+    # kernel-libipsec: decrypted packets come out of its TUN, plaintext goes into it
+    assert 'iifname "ipsec0" ip daddr . ip saddr @vpn_tunnels accept' in forward
+    assert 'iifname "eth2" oifname "ipsec0" ip saddr . ip daddr @vpn_tunnels accept' \
+        in forward
+
+
+def test_vpn_pairs_follow_admin_state():
+    body = copy.deepcopy(VALID["router-vpn"])
+    body["vpn"]["ipsec"][0]["ipsec_connections"][0]["admin_state_up"] = False
+    ruleset = ruleset_of(body)
+    assert ruleset.set("vpn_tunnels").elements == ()
+    assert ruleset.set("vpn_endpoints").elements == ()
+    assert ruleset_of(VALID["router-vpn"]).element_script(ruleset).splitlines() == [
+        "delete element inet astara vpn_tunnels { 10.8.0.0/24 . 192.168.240.0/24, "
+        "10.8.0.0/24 . 192.168.241.0/24 }",
+        "delete element inet astara vpn_endpoints { 203.0.113.10 }"]
 
 
 def test_ha_admits_vrrp_and_conntrackd_from_the_peers_on_management():
@@ -303,3 +324,14 @@ def test_payload_text_cannot_inject_statements():
     assert "flush ruleset" not in lines(text)
     assert not [line for line in text.splitlines() if line.strip().startswith("flush")]
     nft_in_throwaway_netns(ruleset_of(body).replace_script())
+
+
+@needs_nft
+def test_vpn_pair_element_script_loads():
+    body = copy.deepcopy(VALID["router-vpn"])
+    body["vpn"]["ipsec"][0]["ipsec_connections"][0]["peer_ep_group"]["endpoints"] = [
+        "192.168.240.0/25", "192.168.242.0/24"]  # overlaps one of the old pairs
+    old, new = ruleset_of(VALID["router-vpn"]), ruleset_of(body)
+    patched = nft_in_throwaway_netns(old.replace_script(), old.element_script(new))
+    assert patched == nft_in_throwaway_netns(new.replace_script())
+    assert "10.8.0.0/24 . 192.168.242.0/24" in patched
