@@ -35,6 +35,7 @@ ORDER = (
     ("dhcp", "DhcpSubsystem"),            # dnsmasq: DHCPv4/v6, DNS
     ("metadata", "MetadataSubsystem"),    # the metadata proxy
     ("routing", "RoutingSubsystem"),      # BIRD 2: RA, BGP
+    ("loadbalancer", "LoadBalancerSubsystem"),  # nginx: HTTP and TCP listeners
     ("garp", "GarpSubsystem"),            # gratuitous ARP / unsolicited NA
 )
 
