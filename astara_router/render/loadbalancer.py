@@ -261,7 +261,7 @@ def _stream_listener(lb, listener):
 
 def _main(lb, digest):
     return f"""# nginx of load balancer {comment_id(lb.id)}, written by the astara agent.
-# Paths are relative to the prefix (-p); the agent starts, reloads and stops this nginx.
+# Paths are relative to the prefix (-p). The agent starts, reloads and stops this nginx.
 load_module {STREAM_MODULE};
 pid {PIDFILE};
 error_log {ERROR_LOG} warn;
@@ -282,7 +282,7 @@ http {{
     uwsgi_temp_path {TEMP_DIR}/uwsgi;
     scgi_temp_path {TEMP_DIR}/scgi;
     include {HTTP_DIR}/*.conf;
-    # The agent's check that this configuration is the running one (not on any network).
+    # How the agent checks that this configuration runs (a unix socket, on no network).
     server {{
         listen unix:{STATUS_SOCKET};
         default_type text/plain;
