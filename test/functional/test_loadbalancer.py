@@ -7,6 +7,7 @@ with a "web" namespace holding every member address (one server per address) and
 import copy
 import ipaddress
 import os
+import socket
 import threading
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from astara_lab.appliance import contract_appliance, contract_payloads
 from astara_lab.backends import HttpBackend, TcpBackend, http_get, tcp_name
 from astara_lab.peers import eventually
+from astara_netns import in_netns
 
 pytestmark = pytest.mark.netns
 
@@ -263,3 +265,28 @@ def test_state_stays_under_the_state_dir(lab):
                            "net.ipv6.ip_nonlocal_bind"]).stdout.split()
     assert sysctl == ["1", "1"]
     assert not os.path.exists(t.app.state_dir / "nginx.check")
+
+
+def test_open_tcp_connection_survives_a_member_change_and_an_agent_restart(lab):
+    t = LoadBalancerLab(lab, "loadbalancer-multi")
+    t.put()
+    eventually(lambda: t.listening(5432), 10, "the TCP listener")
+    source = t.sources[0]
+    with in_netns(t.client.name):
+        sock = socket.create_connection((t.vip, 5432), timeout=5, source_address=(
+            str(source), 0))
+    with sock, sock.makefile("rb") as lines:
+        member = lines.readline().decode().strip()
+        pool = t.service["listeners"][1]["default_pool"]
+        pool["members"] = [m for m in pool["members"] if m["address"] != member]
+        assert t.put()["changes"] >= 1
+        assert tcp_name(t.client, t.vip, 5432, source=source) != member  # new: the other
+        sock.sendall(b"?\n")
+        assert lines.readline().decode().strip() == member  # old: still served
+        pid = t.master_pid()
+        t.app.stop()
+        t.app.start()  # the boot re-apply finds nginx running the committed configuration
+        assert t.master_pid() == pid
+        assert t.put()["changes"] == 0
+        sock.sendall(b"?\n")
+        assert lines.readline().decode().strip() == member
