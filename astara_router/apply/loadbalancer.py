@@ -127,6 +127,7 @@ class LoadBalancerSubsystem:
         self.socket = os.path.join(self.directory, STATUS_SOCKET)
         self.log = os.path.join(self.directory, ERROR_LOG)
         self._log_offset = 0  # error log size before the last reload or start
+        self._old_workers = set()  # workers of the configuration a reload replaces
         self.daemon = NginxDaemon("nginx", os.path.join(self.directory, PIDFILE),
                                   nginx_argv(self.directory), cwd=self.directory)
 
@@ -194,7 +195,9 @@ class LoadBalancerSubsystem:
     def _run(self, running):
         """Reload the running master (SIGHUP: graceful) or start one."""
         self._log_offset = _size(self.log)
-        if running and self.daemon.signal(signal.SIGHUP):
+        master = self.daemon.pid() if running else None
+        self._old_workers = accepting_workers(master) if master else set()
+        if master and self.daemon.signal(signal.SIGHUP):
             LOG.info("nginx reloaded")
             return
         if len(self.socket.encode()) > SOCKET_PATH_MAX:
@@ -238,10 +241,19 @@ class LoadBalancerSubsystem:
         return body.decode(errors="replace").strip() if b" 200 " in head else None
 
     def _wait_for_digest(self, digest):
+        """The new workers answer the new digest, and the old ones have stopped accepting
+        (they close their listening sockets when they start shutting down; until then a
+        new connection may still land on the old configuration)."""
         deadline = time.monotonic() + RELOAD_TIMEOUT
         while True:
             loaded = self.loaded_digest()
             if loaded == digest:
+                while self._old_workers & accepting_workers(self.daemon.pid()):
+                    if time.monotonic() > deadline:
+                        LOG.warning("old nginx workers still accept after %.0f s",
+                                    RELOAD_TIMEOUT)
+                        break
+                    time.sleep(0.01)
                 return
             refused = self._new_errors()
             if refused or time.monotonic() > deadline:
@@ -259,6 +271,29 @@ class LoadBalancerSubsystem:
         except OSError:
             return ""
         return "; ".join(m.group(0) for m in NGINX_ERROR.finditer(text))
+
+
+def accepting_workers(master):
+    """PIDs of the master's workers that still accept connections: their title is
+    "nginx: worker process" (it becomes "... is shutting down" once they have closed their
+    listening sockets)."""
+    if master is None:
+        return set()
+    try:
+        with open(f"/proc/{master}/task/{master}/children") as handle:
+            children = handle.read().split()
+    except OSError:
+        return set()
+    accepting = set()
+    for child in children:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as handle:
+                title = handle.read().rstrip(b"\0").decode(errors="replace")
+        except OSError:
+            continue
+        if title.strip() == "nginx: worker process":
+            accepting.add(int(child))
+    return accepting
 
 
 def allow_nonlocal_bind():
