@@ -52,6 +52,7 @@ bench: deps
 	$(PY) test/bench/bench_orchestrator.py
 	$(PY) test/bench/bench_lab.py
 	$(PY) test/bench/bench_neutron_events.py
+	$(PY) test/bench/bench_loadbalancer.py
 
 leftovers:
 	$(VENV)/bin/astara-leftovers --remove

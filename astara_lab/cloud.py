@@ -17,10 +17,12 @@ bridge in the fabric namespace)::
     demo-router: 172.24.4.7, 2001:db8:c0de:1::7; floating IP 172.24.4.101 -> vm0.
     branch-router: 172.24.4.8, 2001:db8:c0de:1::8. An IPsec VPN (IKEv2, PSK) joins
     10.1.0.0/24 behind demo-router and 10.3.0.0/24 behind branch-router.
+    demo-lb: a load balancer appliance on b-private, VIP 10.1.0.100:80 (HTTP, round robin)
+    in front of vm0's and vm1's web servers, weights 1:3.
 
 ``desired_state(cloud)`` turns it into the ordered admin-API calls, one function per
 resource kind (``network_calls``, ``vm_port_calls``, ``router_calls``, ``floatingip_calls``,
-``vpn_calls``): load balancers and HA pairs join as one more kind in ``Cloud`` and one more
+``vpn_calls``, ``loadbalancer_calls``): HA pairs join as one more kind in ``Cloud`` and one more
 function in ``CALL_BUILDERS``. The ``build_*`` functions make the namespaces (the appliances
 themselves are the orchestrator's job, through its netns driver).
 """
@@ -116,12 +118,31 @@ class VpnConnection:
 
 
 @dataclasses.dataclass(frozen=True)
+class LbMember:
+    vm: str  # role of the VM whose web server (IPv4, WEB_PORT) it is
+    weight: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadBalancer:
+    """One HTTP listener on ``vip`` (a port on ``subnet_id``) with one pool."""
+    id: str
+    subnet_id: str
+    vip: str
+    members: tuple  # of LbMember
+    algorithm: str = "ROUND_ROBIN"
+    port: int = WEB_PORT
+    tenant_id: str = TENANT
+
+
+@dataclasses.dataclass(frozen=True)
 class Cloud:
     networks: tuple
     vms: tuple
     routers: tuple
     floating_ips: tuple = ()
     vpn_connections: tuple = ()
+    loadbalancers: tuple = ()
 
     def router(self, router_id):
         return next(r for r in self.routers if r.id == router_id)
@@ -168,6 +189,9 @@ class Cloud:
         return sorted(s.cidr for n in self.networks if n.id in attached
                       for s in n.subnets if s.version == 6)
 
+    def network_of_subnet(self, subnet_id):
+        return next(n for n in self.networks if any(s.id == subnet_id for s in n.subnets))
+
     def floating_ip_of(self, vm):
         return next((f.address for f in self.floating_ips if f.vm == vm.role), None)
 
@@ -205,9 +229,11 @@ def _default_cloud():
                          "branch-v4"),
            VpnConnection("vpn-branch-demo", "branch-router", "demo-router", "branch-v4",
                          "private-v4"))
+    lbs = (LoadBalancer("demo-lb", "private-v4", "10.1.0.100",
+                        (LbMember("vm0", 1), LbMember("vm1", 3))),)
     return Cloud((public, private, dualstack, branch),
                  vms + (Vm("vm4", "branch", "fa:16:3e:1a:b0:04", "10.3.0.10"),),
-                 (router, branch_router), fips, vpn)
+                 (router, branch_router), fips, vpn, lbs)
 
 
 DEFAULT_CLOUD = _default_cloud()
@@ -303,11 +329,41 @@ def vpn_calls(cloud):
             "peer_cidrs": [cloud.subnet(vpn.peer_subnet).cidr],
             "ikepolicy": dict(policy, ike_version="v2"), "ipsecpolicy": dict(policy)},
             f"IPsec site connection {vpn.router_id} → {peer}"))
+
+
+def loadbalancer_calls(cloud):
+    """VIP port, load balancer, pool, listener, members: as Neutron LBaaS v2 builds one."""
+    calls = []
+    for lb in cloud.loadbalancers:
+        network = cloud.network_of_subnet(lb.subnet_id)
+        vip_port, pool = f"{lb.id}-vip", f"{lb.id}-pool"
+        calls.append(Call("POST", "/v1/ports", {
+            "id": vip_port, "name": vip_port, "network_id": network.id,
+            "tenant_id": lb.tenant_id, "device_owner": "neutron:LOADBALANCERV2",
+            "fixed_ips": [{"subnet_id": lb.subnet_id, "ip_address": lb.vip}]},
+            f"VIP port of {lb.id} ({lb.vip})"))
+        calls.append(Call("POST", "/v1/loadbalancers", {
+            "id": lb.id, "name": lb.id, "tenant_id": lb.tenant_id, "vip_port_id": vip_port},
+            f"load balancer {lb.id}"))
+        calls.append(Call("POST", "/v1/pools", {
+            "id": pool, "name": pool, "loadbalancer_id": lb.id, "protocol": "HTTP",
+            "lb_algorithm": lb.algorithm}, f"pool of {lb.id} ({lb.algorithm})"))
+        calls.append(Call("POST", "/v1/listeners", {
+            "id": f"{lb.id}-http", "name": f"http-{lb.port}", "loadbalancer_id": lb.id,
+            "protocol": "HTTP", "protocol_port": lb.port, "default_pool_id": pool},
+            f"listener of {lb.id} (HTTP :{lb.port})"))
+        for member in lb.members:
+            calls.append(Call("POST", "/v1/members", {
+                "id": f"{lb.id}-{member.vm}", "pool_id": pool,
+                "address": cloud.vm(member.vm).ipv4, "protocol_port": WEB_PORT,
+                "weight": member.weight}, f"member {member.vm} of {lb.id} "
+                                           f"(weight {member.weight})"))
     return calls
 
 
 # Order matters: what a resource refers to exists before it.
-CALL_BUILDERS = (network_calls, vm_port_calls, router_calls, floatingip_calls, vpn_calls)
+CALL_BUILDERS = (network_calls, vm_port_calls, router_calls, floatingip_calls, vpn_calls,
+                 loadbalancer_calls)
 
 
 def desired_state(cloud):

@@ -3,8 +3,9 @@
 ``up`` builds a fabric namespace with one bridge per network, the "internet" (web server,
 BGP peer), tenant VMs, the controller node with the metadata upstream, and starts the
 orchestrator there; declares the cloud through the orchestrator's admin API (networks,
-subnets, VM ports, a router with its gateway and interfaces, a floating IP); waits while the
-orchestrator boots and configures the router appliance; lets the VMs take DHCP leases;
+subnets, VM ports, a router with its gateway and interfaces, a floating IP, a load balancer in
+front of two VMs' web servers); waits while the orchestrator boots and configures the router
+and load-balancer appliances; lets the VMs take DHCP leases;
 then runs a self-check and prints what works and how to explore. ``status`` re-runs the
 self-check and lists the orchestrator's resources; ``down`` removes everything (also
 after a half-failed ``up``).
@@ -240,7 +241,7 @@ def _build(lab, state, cloud, health, progress, path):
     calls = clouds.desired_state(cloud)
     progress.step(f"desired state: {len(calls)} admin API calls "
                   "(networks, subnets, ports, routers, floating IP, IPsec site "
-                  "connections)")
+                  "connections, load balancer)")
     for call in calls:
         progress.detail(call.what)
         try:
@@ -248,9 +249,9 @@ def _build(lab, state, cloud, health, progress, path):
         except AdminApiError as exc:
             raise LabError(f"{call.what}: the orchestrator refused it: {exc}") from None
 
-    for router in cloud.routers:
-        progress.step(f"orchestrator boots and configures {router.id}")
-        wait_configured(api, router.id, progress, state["orchestrator"]["log"])
+    for resource in (*cloud.routers, *cloud.loadbalancers):
+        progress.step(f"orchestrator boots and configures {resource.id}")
+        wait_configured(api, resource.id, progress, state["orchestrator"]["log"])
 
     progress.step("VMs: DHCP leases (udhcpc), router solicitations")
 
@@ -465,6 +466,34 @@ def check_vpn(view):
                 f"internet: seen as {internet} (router: {router})")
 
 
+LB_REQUESTS = 40
+
+
+def check_loadbalancing(view):
+    """The load-balancer appliance is in sync, and requests to its VIP from a VM on another
+    network (through the router) are all answered by members, spread by weight (nginx's
+    smooth weighted round robin, shared by its workers, deals exactly; ±2 allows for a
+    retried request)."""
+    ok, details = True, []
+    for lb in view.cloud.loadbalancers:
+        ok = ok and in_sync(view.api.resource(lb.id))
+        client = next(v for v in view.cloud.vms if v.role not in {m.vm for m in lb.members})
+        seen = {}
+        for _ in range(LB_REQUESTS):
+            server = get_json(view.ns_of(client).name, lb.vip, port=lb.port)["server"]
+            seen[server] = seen.get(server, 0) + 1
+        total = sum(m.weight for m in lb.members)
+        wanted = {m.vm: LB_REQUESTS * m.weight / total for m in lb.members}
+        ok = ok and set(seen) <= set(wanted) and all(
+            abs(seen.get(vm, 0) - count) <= 2 for vm, count in wanted.items())
+        spread = ", ".join(f"{m.vm} {seen.get(m.vm, 0)} (weight {m.weight})"
+                           for m in lb.members)
+        strays = ", ".join(f"{vm} {n}" for vm, n in seen.items() if vm not in wanted)
+        details.append(f"{client.role} → {lb.vip}:{lb.port} ×{LB_REQUESTS}: {spread}"
+                       + (f"; not members: {strays}" if strays else ""))
+    return ok, "; ".join(details)
+
+
 CHECKS = (
     ("router", "router appliance configured by the orchestrator", check_router),
     ("dhcp", "DHCP: VMs get their ports' addresses", check_dhcp),
@@ -475,6 +504,7 @@ CHECKS = (
     ("bgp", "BGP: the internet learned the tenant IPv6 prefix", check_bgp),
     ("ipv6", "IPv6: VM → internet, routed (no NAT)", check_ipv6),
     ("vpn", "VPN: VM → VM behind another router (IPsec), internet still SNATed", check_vpn),
+    ("lb", "load balancing: VIP → members by weight", check_loadbalancing),
 )
 
 
@@ -535,6 +565,8 @@ def hints(state):
         f"  ip netns exec {names['vms'][vm0.role]} bash   # tenant VM {vm0.role} "
         f"({vm0.ipv4}, floating IP {fip})",
         f"  ip netns exec {names['inet']} ping -c1 {fip}   # the internet",
+        *(f"  ip netns exec {names['vms'][spare.role]} curl -s http://{lb.vip}/   # load "
+          f"balancer {lb.id}" for lb in cloud.loadbalancers),
         f"  ip netns list | grep {state['prefix']}   # everything the lab made",
         f"  birdc -s {state['peer_bird']['socket']} show route   # what the internet learned "
         "by BGP",

@@ -36,6 +36,7 @@ ORDER = (
     ("metadata", "MetadataSubsystem"),    # the metadata proxy
     ("routing", "RoutingSubsystem"),      # BIRD 2: RA, BGP
     ("vpn", "VpnSubsystem"),              # strongSwan: IPsec site connections
+    ("loadbalancer", "LoadBalancerSubsystem"),  # nginx: HTTP and TCP listeners
     ("garp", "GarpSubsystem"),            # gratuitous ARP / unsolicited NA
 )
 

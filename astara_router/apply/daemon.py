@@ -19,10 +19,10 @@ from ..store import atomic_write
 LOG = logging.getLogger(__name__)
 
 
-def run_checked(cmd, what, path="", timeout=30):
+def run_checked(cmd, what, path="", timeout=30, cwd=None):
     """Run a checker or control command; a failure becomes an ApplyError with its output."""
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ApplyError(path, f"{what}: {exc}", status=500) from exc
     if result.returncode != 0:
@@ -89,11 +89,12 @@ class Daemon:
     """A daemon that writes its own pid file; we only ever signal the PID in that file,
     and only if that process still runs the expected program."""
 
-    def __init__(self, name, pidfile, argv, program=None):
+    def __init__(self, name, pidfile, argv, program=None, cwd=None):
         self.name = name
         self.pidfile = pidfile
         self.argv = list(argv)
         self.program = program or os.path.basename(argv[0])
+        self.cwd = cwd  # the working directory it starts in
 
     def pid(self):
         try:
@@ -117,7 +118,7 @@ class Daemon:
             os.unlink(self.pidfile)
         except FileNotFoundError:
             pass
-        run_checked(self.argv, f"starting {self.name}")
+        run_checked(self.argv, f"starting {self.name}", cwd=self.cwd)
         deadline = time.monotonic() + timeout
         while self.pid() is None:
             if time.monotonic() > deadline:

@@ -363,7 +363,19 @@ class _Renderer:
     def render_appliance(self, mgmt_if, mgmt_addresses):
         """Not a router (load balancer): protect the management interface, admit the
         listeners on the load-balancer network, route nothing."""
-        rules = self.input_common(mgmt_if, mgmt_addresses)
+        rules = self.input_common(mgmt_if, mgmt_addresses) + self.loadbalancer_input()
+        chains = (
+            Chain("input", "type filter hook input priority filter; policy drop;",
+                  tuple(rules)),
+            Chain("forward", "type filter hook forward priority filter; policy drop;",
+                  ("ct state vmap { established : accept, related : accept, "
+                   "invalid : drop }",)),
+        )
+        return Ruleset(tuple(self.sets), chains)
+
+    def loadbalancer_input(self):
+        """The enabled listeners' ports on the load-balancer networks."""
+        rules = []
         lb = self.config.loadbalancer
         lb_ifs = self.kernel_names(self.config.networks_of("loadbalancer"))
         if lb is not None and lb_ifs:
@@ -374,14 +386,7 @@ class _Renderer:
                     rules.append("# load balancer listeners")
                     rules.append(f"iifname {_one_or_set(lb_ifs)} {proto} dport "
                                  f"{_one_or_set(ports, False)} accept")
-        chains = (
-            Chain("input", "type filter hook input priority filter; policy drop;",
-                  tuple(rules)),
-            Chain("forward", "type filter hook forward priority filter; policy drop;",
-                  ("ct state vmap { established : accept, related : accept, "
-                   "invalid : drop }",)),
-        )
-        return Ruleset(tuple(self.sets), chains)
+        return rules
 
     def render_router(self, mgmt_if, mgmt_addresses):
         config = self.config
@@ -393,7 +398,8 @@ class _Renderer:
         self.router_sets()
         chains = (
             Chain("input", "type filter hook input priority filter; policy drop;",
-                  tuple(self.input_common(mgmt_if, mgmt_addresses) + self.router_input())),
+                  tuple(self.input_common(mgmt_if, mgmt_addresses) + self.router_input()
+                        + self.loadbalancer_input())),
             Chain("forward", "type filter hook forward priority filter; policy drop;",
                   tuple(self.forward())),
             Chain("dstnat", "type nat hook prerouting priority dstnat; policy accept;",

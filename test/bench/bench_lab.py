@@ -31,7 +31,7 @@ PHASES = (
     ("namespaces, internet, VMs, metadata upstream", "orchestrator:"),
     ("orchestrator start (admin API answers)", "desired state:"),
     ("desired state through the admin API", "orchestrator boots"),
-    ("router appliance booted and configured", "VMs:"),
+    ("router and load-balancer appliances booted and configured", "VMs:"),
     ("VMs: DHCP leases, router solicitations", "self-check"),
 )
 PATIENCE = 120  # seconds a row may take to turn green
@@ -87,9 +87,10 @@ def main(argv=None):
         f"`make bench` on {datetime.date.today()}, commit {commit}, {platform.node()}: "
         f"{os.cpu_count()} cores, kernel {platform.release()}, Python "
         f"{platform.python_version()}. {args.repeat} runs of the whole `astara-lab up` "
-        f"(fabric, internet with BGP peer, 4 VMs, orchestrator, one router appliance booted "
-        f"by the netns driver and configured through the admin API), then its self-check "
-        f"({rows} rows: router, DHCP, SNAT, floating IP, metadata, RA, BGP, IPv6), each row "
+        f"(fabric, internet with BGP peer, 4 VMs, orchestrator, a router and a load-balancer "
+        f"appliance booted by the netns driver and configured through the admin API), then "
+        f"its self-check ({rows} rows: router, DHCP, SNAT, floating IP, metadata, RA, BGP, "
+        f"IPv6, load balancing), each row "
         "retried until it passes; then `astara-lab down`.", "",
         "| phase | median | min | max |",
         "|---|---|---|---|"]

@@ -4,6 +4,7 @@ the agent's parser accepts, with the shape the self-check expects; the orchestra
 parses; the peer's bird.conf and the progress display."""
 import configparser
 import io
+import re
 
 import pytest
 
@@ -11,6 +12,7 @@ from astara_lab import cloud
 from astara_lab.lab import Progress
 from astara_lab.peers import peer_bird_config
 from astara_router.model import parse_payload
+from astara_router.render.loadbalancer import render_nginx
 from orchestrator_lite import builder
 from orchestrator_lite.api import create_app
 from orchestrator_lite.config import Settings, from_parser
@@ -47,7 +49,9 @@ def router_payload(snapshot, orchestrator):
 def test_calls_come_in_dependency_order_one_builder_per_kind():
     calls = cloud.desired_state(CLOUD)
     assert [c.path for c in calls[:3]] == ["/v1/networks", "/v1/subnets", "/v1/subnets"]
-    assert calls[-1].path == "/v1/ipsec_site_connections"
+    assert [c.path for c in calls[-6:]] == ["/v1/ports", "/v1/loadbalancers", "/v1/pools",
+                                           "/v1/listeners", "/v1/members", "/v1/members"]
+    assert [c.path for c in calls[-8:-6]] == ["/v1/ipsec_site_connections"] * 2
     assert len(calls) == sum(len(b(CLOUD)) for b in cloud.CALL_BUILDERS)
     kinds = [c.path.split("/")[2] for c in calls]
     assert kinds.index("routers") > max(i for i, k in enumerate(kinds) if k == "subnets")
@@ -74,6 +78,18 @@ def test_the_orchestrator_accepts_the_cloud_and_renders_a_valid_router(orchestra
         assert set(allocation["ip_addresses"]) == {vm.ipv4, *CLOUD.slaac_addresses(vm)}
     v6 = dualstack["subnets"][1]
     assert v6["cidr"] == "2001:db8:2::/64" and v6["dhcp_enabled"] is False  # SLAAC
+
+
+def test_the_load_balancer_payload_is_one_the_agent_carries_out(orchestrator):
+    snapshot = declare(orchestrator)
+    ref = ResourceRef("loadbalancer", "demo-lb", "demo")
+    payload = builder.build(snapshot, ref, orchestrator.payload_settings,
+                            builder.placeholder_view(snapshot, ref))
+    config = parse_payload(payload, ("loadbalancer",))
+    assert payload["networks"][0]["interface"]["addresses"] == ["10.1.0.100/24"]
+    conf = render_nginx(config).contents()["http/80.conf"]
+    assert re.findall(r"server (\S+) weight=(\d+);", conf) == [("10.1.0.10:80", "1"),
+                                                               ("10.1.0.11:80", "3")]
 
 
 def test_derived_addresses():

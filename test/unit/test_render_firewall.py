@@ -163,6 +163,15 @@ def test_load_balancer_filter_without_nat():
     assert ruleset.sets == ()
 
 
+def test_router_with_a_load_balancer_admits_its_listeners():
+    body = copy.deepcopy(VALID["router-basic"])
+    lb = VALID["loadbalancer-multi"]
+    body["networks"].append(dict(copy.deepcopy(lb["networks"][0]),
+                                 interface={"ifname": "ge3", "addresses": ["10.80.0.30/24"]}))
+    body["services"] = copy.deepcopy(lb["services"])
+    assert 'iifname "eth3" tcp dport { 80, 5432 } accept' in chain(ruleset_of(body), "input")
+
+
 def test_api_ports_follow_the_settings():
     rules = chain(ruleset_of(VALID["router-basic"], api_ports=(5000, 8443)), "input")
     assert 'iifname "eth0" tcp dport { 22, 5000, 8443 } accept' in rules
