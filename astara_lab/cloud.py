@@ -329,6 +329,7 @@ def vpn_calls(cloud):
             "peer_cidrs": [cloud.subnet(vpn.peer_subnet).cidr],
             "ikepolicy": dict(policy, ike_version="v2"), "ipsecpolicy": dict(policy)},
             f"IPsec site connection {vpn.router_id} → {peer}"))
+    return calls
 
 
 def loadbalancer_calls(cloud):
