@@ -31,7 +31,7 @@ FAMILY = {4: 2, 6: 10}
 @dataclass(frozen=True)
 class LinkState:
     mtu: Optional[int]  # None: leave as is
-    up: bool
+    up: Optional[bool]  # None: leave as is (a rollback also takes a link down again)
     addresses: frozenset
     nodad: bool = False
 
@@ -118,7 +118,7 @@ def with_cleared(state, names):
     """``state`` plus "no addresses" for the links ``names`` that it does not mention: what
     an earlier generation configured there is removed."""
     mentioned = {name for name, _ in state.links}
-    cleared = tuple((name, LinkState(None, False, frozenset()))
+    cleared = tuple((name, LinkState(None, None, frozenset()))
                     for name in sorted(set(names) - mentioned))
     return replace(state, links=state.links + cleared)
 
@@ -178,8 +178,10 @@ class Converger:
             if want.mtu is not None and nic.mtu != want.mtu:
                 self._call(f"set mtu {want.mtu} on {name}", "", "link", "set",
                            index=nic.index, mtu=want.mtu)
-            if want.up and not nic.up:
-                self._call(f"set {name} up", "", "link", "set", index=nic.index, state="up")
+            if want.up is not None and want.up != nic.up:
+                updown = "up" if want.up else "down"
+                self._call(f"set {name} {updown}", "", "link", "set", index=nic.index,
+                           state=updown)
             _ensure_sysctl(f"ipv4/conf/{name}/promote_secondaries", "1")
             have[name] = have_links[name].addresses if name in have_links else frozenset()
         batch = []  # adds first, so a replaced address never leaves a gap

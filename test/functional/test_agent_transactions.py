@@ -232,3 +232,28 @@ def wait_until(predicate, what, timeout=10):
     while not predicate():
         assert time.monotonic() < deadline, what
         time.sleep(0.01)
+
+
+def test_rollback_takes_a_link_it_brought_up_down_again(lab):
+    """A generation that first uses a NIC brings it up; when that generation fails later,
+    the rollback puts the NIC back down, as it found it (not only its addresses)."""
+    full = contract_payloads("original-orchestrator")["router-many-fips"]
+    first = copy.deepcopy(full)  # ge5 (eth5) exists but is not used yet
+    first["networks"] = [n for n in first["networks"] if n["interface"]["ifname"] != "ge5"]
+    first["floating_ips"] = [f for f in first["floating_ips"]
+                             if not f["fixed_ip"].startswith("10.40.4.")]
+    appliance = contract_appliance(lab, "router-many-fips", full)  # every NIC
+    response = appliance.client().put_json("/v1/system/config", first)
+    assert response.status == 200, appliance.log()
+
+    def eth5_up():
+        return "UP" in appliance.ns.ip_json("link", "show", "eth5")[0]["flags"]
+
+    assert not eth5_up()
+    before = appliance.dump()
+    broken = copy.deepcopy(full)  # uses ge5, then fails at the static route
+    broken["static_routes"] = [["198.19.50.0/24", "198.19.99.1"]]
+    response = appliance.client().put_json("/v1/system/config", broken)
+    assert response.status == 422, response.text
+    assert not eth5_up()
+    assert appliance.dump() == before
