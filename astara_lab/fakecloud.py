@@ -88,6 +88,12 @@ class FakeCloud:
         threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
+    def __enter__(self):
+        return self.serve()
+
+    def __exit__(self, *exc):
+        self.close()
+
     def close(self):
         if self._server is not None:
             self._server.shutdown()

@@ -63,6 +63,7 @@ import re
 from dataclasses import dataclass, replace
 
 from ..model.vpn import active_connections
+from .errors import RenderError
 from .metadata import METADATA_ADDRESS, metadata_listeners
 from .vpn import LIBIPSEC_TUN
 
@@ -82,13 +83,8 @@ DHCP_SERVER_PORTS = (67, 547)  # DHCPv4 and DHCPv6 server ports
 FAMILIES = {4: ("ip", "ipv4_addr", ""), 6: ("ip6", "ipv6_addr", "_v6")}
 
 
-class FirewallRenderError(ValueError):
+class FirewallRenderError(RenderError):
     """The configuration cannot be expressed safely (``path`` names the payload field)."""
-
-    def __init__(self, path, message):
-        super().__init__(f"{path}: {message}" if path else message)
-        self.path = path
-        self.message = message
 
 
 # -- the ruleset model ------------------------------------------------------------------------

@@ -38,6 +38,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..model.vpn import active_connections
+from .errors import RenderError
 
 BACKENDS = ("kernel", "libipsec")
 LIBIPSEC_TUN = "ipsec0"  # kernel-libipsec's TUN device (the first "ipsec%d")
@@ -84,13 +85,8 @@ IDENTITY = re.compile(r"[A-Za-z0-9.:@_=,/+-](?:[A-Za-z0-9.:@_=,/+ -]{0,253}[A-Za
 SAFE_PATH = re.compile(r"/[A-Za-z0-9_./+-]*")
 
 
-class VpnRenderError(ValueError):
+class VpnRenderError(RenderError):
     """The payload asks for something strongSwan cannot carry out (``path``: the field)."""
-
-    def __init__(self, path, message):
-        super().__init__(f"{path}: {message}" if path else message)
-        self.path = path
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -42,34 +42,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "test" / "contract"))
 
 from markdown_sections import write_section  # noqa: E402 (this directory)
+import neutron_topologies as topo  # noqa: E402 (test/contract)
 
 QUIET = 0.05  # NotificationListener's default quiet window
-
-
-def many_routers(count):
-    import neutron_topologies as topo
-    t = topo.Topology()
-    t.public()
-    routers = []
-    for k in range(1, count + 1):
-        tenant = f"{k:032x}"
-        rid = f"{0xa000 + k:04x}0000-0000-4000-8000-00000000beef"
-        net = f"{0xc000 + k:04x}0000-0000-4000-8000-0000000000ee"
-        sub = f"{0xd000 + k:04x}0000-0000-4000-8000-00000000005b"
-        t.network(f"net-{k}", net, tenant, 1450)
-        t.subnet(sub, net, f"10.100.{k}.0/24", f"10.100.{k}.1", tenant)
-        t.router(rid, tenant, gateway_net=topo.PUBLIC)
-        t.port(topo.PUBLIC, f"fa:16:3e:77:00:{k:02x}", [(topo.PUBLIC_SUBNET,
-                                                         f"172.24.4.{k}")], rid, topo.GATEWAY)
-        t.port(net, f"fa:16:3e:77:01:{k:02x}", [(sub, f"10.100.{k}.1")], rid, topo.INTERFACE,
-               tenant)
-        vm = t.port(net, f"fa:16:3e:77:02:{k:02x}", [(sub, f"10.100.{k}.10")], f"vm-{k}",
-                    tenant=tenant)
-        t.port(net, f"fa:16:3e:77:03:{k:02x}", [(sub, f"10.100.{k}.11")], f"vm-{k}b",
-               tenant=tenant)
-        t.floatingip(rid, tenant, f"172.24.4.{100 + k}", f"10.100.{k}.10", vm["id"])
-        routers.append((rid, k, sub))
-    return t, routers
 
 
 def inner(args):
@@ -90,7 +65,7 @@ def inner(args):
     cloud = FakeCloud().serve()
     orchestrator = None
     try:
-        topology, routers = many_routers(args.routers)
+        topology, routers = topo.many_routers(args.routers)
         for collection, objects in topology.objects.items():
             for obj in objects:
                 cloud.add(collection[:-1], obj)

@@ -13,9 +13,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 @pytest.fixture
 def cloud():
-    fake = FakeCloud().serve()
-    yield fake
-    fake.close()
+    with FakeCloud() as fake:
+        yield fake
 
 
 @pytest.fixture

@@ -287,3 +287,30 @@ TOPOLOGIES = {"router-basic": router_basic, "router-ha-primary": router_ha,
               "router-ha-secondary": router_ha, "router-no-gateway": router_no_gateway,
               "router-dual-stack": router_dual_stack, "router-many-fips": router_many_fips,
               "router-wide": router_wide, "loadbalancer-http": loadbalancer_http}
+
+
+def many_routers(count):
+    """``count`` routers, each with its tenant network, two VM ports and a floating IP:
+    (topology, [(router id, k, subnet id)])."""
+    t = Topology()
+    t.public()
+    routers = []
+    for k in range(1, count + 1):
+        tenant = f"{k:032x}"
+        rid = f"{0xa000 + k:04x}0000-0000-4000-8000-00000000beef"
+        net = f"{0xc000 + k:04x}0000-0000-4000-8000-0000000000ee"
+        sub = f"{0xd000 + k:04x}0000-0000-4000-8000-00000000005b"
+        t.network(f"net-{k}", net, tenant, 1450)
+        t.subnet(sub, net, f"10.100.{k}.0/24", f"10.100.{k}.1", tenant)
+        t.router(rid, tenant, gateway_net=PUBLIC)
+        t.port(PUBLIC, f"fa:16:3e:77:00:{k:02x}", [(PUBLIC_SUBNET,
+                                                         f"172.24.4.{k}")], rid, GATEWAY)
+        t.port(net, f"fa:16:3e:77:01:{k:02x}", [(sub, f"10.100.{k}.1")], rid, INTERFACE,
+               tenant)
+        vm = t.port(net, f"fa:16:3e:77:02:{k:02x}", [(sub, f"10.100.{k}.10")], f"vm-{k}",
+                    tenant=tenant)
+        t.port(net, f"fa:16:3e:77:03:{k:02x}", [(sub, f"10.100.{k}.11")], f"vm-{k}b",
+               tenant=tenant)
+        t.floatingip(rid, tenant, f"172.24.4.{100 + k}", f"10.100.{k}.10", vm["id"])
+        routers.append((rid, k, sub))
+    return t, routers

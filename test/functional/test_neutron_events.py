@@ -49,9 +49,8 @@ def broker(tmp_path_factory):
 
 @pytest.fixture
 def cloud():
-    fake = FakeCloud().serve()
-    yield fake
-    fake.close()
+    with FakeCloud() as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -175,31 +174,9 @@ def test_notifications_move_the_right_router(orchestrator, cloud, broker):
     assert {"router_id": rid, "fip_statuses": {fip_id: "ACTIVE"}} in statuses
 
 
-def many_routers(count):
-    t = topo.Topology()
-    t.public()
-    routers = []
-    for k in range(1, count + 1):
-        tenant, rid = f"{k:032x}", f"{k:08x}-0000-4000-8000-00000000beef"
-        net, sub = f"{k:08x}-0000-4000-8000-0000000000ee", f"{k:08x}-0000-4000-8000-00000000005b"
-        t.network(f"net-{k}", net, tenant, 1450)
-        t.subnet(sub, net, f"10.100.{k}.0/24", f"10.100.{k}.1", tenant)
-        t.router(rid, tenant, gateway_net=topo.PUBLIC)
-        t.port(topo.PUBLIC, f"fa:16:3e:77:00:{k:02x}", [(topo.PUBLIC_SUBNET, f"172.24.4.{k}")],
-               rid, topo.GATEWAY)
-        t.port(net, f"fa:16:3e:77:01:{k:02x}", [(sub, f"10.100.{k}.1")], rid, topo.INTERFACE,
-               tenant)
-        vm = t.port(net, f"fa:16:3e:77:02:{k:02x}", [(sub, f"10.100.{k}.10")], f"vm-{k}",
-                    tenant=tenant)
-        t.port(net, f"fa:16:3e:77:03:{k:02x}", [(sub, f"10.100.{k}.11")], f"vm-{k}b",
-               tenant=tenant)
-        t.floatingip(rid, tenant, f"172.24.4.{100 + k}", f"10.100.{k}.10", vm["id"])
-        routers.append(rid)
-    return t, routers
-
-
 def test_a_burst_of_1000_events_is_at_most_two_pushes_per_router(orchestrator, cloud, broker):
-    topology, routers = many_routers(20)
+    topology, routers = topo.many_routers(20)
+    routers = [rid for rid, _, _ in routers]
     o = orchestrator(topology)
     sims = orchestrator.sims
     wait_for(lambda: all(configured(o, r) for r in routers), timeout=60,
