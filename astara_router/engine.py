@@ -36,7 +36,6 @@ from functools import cached_property
 from typing import Mapping, Optional
 
 import msgspec
-from pyroute2 import IPRoute
 
 from .apply import default_subsystems
 from .errors import ApplyError
@@ -120,26 +119,18 @@ class Committed:
 @dataclass
 class ApplyContext:
     """What one transaction shares between subsystems: the NICs (read once), their geN
-    names, the configurations an earlier or interrupted generation may have left on the NICs
-    (the live path clears what they configured), and a pyroute2 socket for link and route
-    changes, opened on first use (most transactions change neither)."""
+    names, and the configurations an earlier or interrupted generation may have left on the
+    NICs (the live path clears what they configured)."""
     interface_names: InterfaceNames
     previous: tuple = ()
     nics: tuple = ()
     names: dict = field(default_factory=dict)  # geN -> naming.Nic
-    _ipr: Optional[IPRoute] = None
 
     @classmethod
     def open(cls, interface_names, previous=()):
         ctx = cls(interface_names, tuple(previous))
         ctx.refresh_nics()
         return ctx
-
-    @property
-    def ipr(self):
-        if self._ipr is None:
-            self._ipr = IPRoute(strict_check=True)  # the kernel filters dumps (table, proto)
-        return self._ipr
 
     def refresh_nics(self):
         self.nics = tuple(list_nics(with_addresses=False))
@@ -150,8 +141,7 @@ class ApplyContext:
         return {generic: nic.kernel_name for generic, nic in self.names.items()}
 
     def close(self):
-        if self._ipr is not None:
-            self._ipr.close()
+        pass  # nothing held open between requests (rtnl opens a socket per request batch)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from .. import nftables
 from ..errors import ApplyError
-from ..render.firewall import (TABLE_SPEC, FirewallRenderError, Ruleset,
+from ..render.firewall import (TABLE_SPEC, FirewallRenderError,
                                floating_ips_in_listing, render_firewall, replace_script)
 
 LOG = logging.getLogger(__name__)

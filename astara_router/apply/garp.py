@@ -13,12 +13,11 @@ the neighbours until their next ARP), so it never fails a transaction. IPv6 addr
 in duplicate address detection are announced once DAD succeeds (RFC 4862 forbids
 advertising tentative addresses). capture/restore do nothing: packets cannot be unsent.
 """
-import ipaddress
 import logging
 import time
 from dataclasses import dataclass
 
-from .. import garp
+from .. import garp, rtnl
 
 LOG = logging.getLogger(__name__)
 
@@ -45,17 +44,6 @@ def announced_addresses(config):
 
 # -- sending (shell) ----------------------------------------------------------------------
 
-def _ipv6_flags(ipr):
-    """{(link index, address): IFA flags} of every IPv6 address, in one dump."""
-    flags = {}
-    for msg in ipr.get_addr(family=10):
-        text = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
-        if text:
-            flags[(msg["index"], ipaddress.ip_address(text))] = \
-                msg.get_attr("IFA_FLAGS") or msg["flags"]
-    return flags
-
-
 def _send(nic, addresses, router):
     try:
         garp.announce(nic.kernel_name, addresses, mac=nic.mac, router=router)
@@ -68,24 +56,22 @@ def _send(nic, addresses, router):
 
 def _announce_after_dad(pending, router):
     """Thread body: announce each (nic, address) as soon as its DAD is over."""
-    from pyroute2 import IPRoute
     deadline = time.monotonic() + DAD_WAIT
-    with IPRoute() as ipr:
-        while pending and time.monotonic() < deadline:
-            waiting = []
-            live = _ipv6_flags(ipr)
-            for nic, address in pending:
-                flags = live.get((nic.index, address))
-                if flags is None or flags & IFA_F_DADFAILED:
-                    LOG.warning("not announcing %s on %s: %s", address, nic.kernel_name,
-                                "DAD failed" if flags else "address gone")
-                elif flags & IFA_F_TENTATIVE:
-                    waiting.append((nic, address))
-                else:
-                    _send(nic, [address], router)
-            pending = waiting
-            if pending:
-                time.sleep(0.05)
+    while pending and time.monotonic() < deadline:
+        waiting = []
+        live = rtnl.address_flags()
+        for nic, address in pending:
+            flags = live.get((nic.index, address))
+            if flags is None or flags & IFA_F_DADFAILED:
+                LOG.warning("not announcing %s on %s: %s", address, nic.kernel_name,
+                            "DAD failed" if flags else "address gone")
+            elif flags & IFA_F_TENTATIVE:
+                waiting.append((nic, address))
+            else:
+                _send(nic, [address], router)
+        pending = waiting
+        if pending:
+            time.sleep(0.05)
     for nic, address in pending:
         LOG.warning("not announcing %s on %s: still tentative after %.0f s", address,
                     nic.kernel_name, DAD_WAIT)
@@ -138,10 +124,8 @@ class GarpSubsystem:
 
 def announce(addresses, nics, router):
     """``addresses``: (geN, address); ``nics``: geN → naming.Nic."""
-    from pyroute2 import IPRoute
     by_nic, deferred = {}, []
-    with IPRoute() as ipr:
-        live = _ipv6_flags(ipr) if any(a.version == 6 for _, a in addresses) else {}
+    live = rtnl.address_flags() if any(a.version == 6 for _, a in addresses) else {}
     for generic, address in addresses:
         nic = nics.get(generic)
         if nic is None:

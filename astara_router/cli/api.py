@@ -119,24 +119,9 @@ def main(argv=None):
     except ValueError as exc:
         print(f"astara-router-api: {exc}", file=sys.stderr)
         return 2
-    preload_modules()
     AgentApplication(settings).run()
     return 0
 
-
-def preload_modules():
-    """Import the agent's code in the gunicorn master, before it forks the worker, and
-    freeze those objects out of the garbage collector: the worker then shares their memory
-    pages with the master instead of holding a second copy (the agent's PSS: make bench).
-    Nothing runs here — the engine and the app are built in the worker."""
-    import gc
-    import importlib
-    from .. import api, engine  # noqa: F401 - Flask, pyroute2, msgspec, the model
-    from ..apply import ORDER
-    for module, _ in ORDER:
-        importlib.import_module(f"astara_router.apply.{module}")
-    gc.collect()
-    gc.freeze()
 
 
 if __name__ == "__main__":

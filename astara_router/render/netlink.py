@@ -1,6 +1,6 @@
 """Pure rendering of the link/address/route part of a configuration."""
 from dataclasses import dataclass, field
-from ipaddress import ip_interface, ip_network
+from ipaddress import ip_network
 from typing import Optional
 
 DEFAULT = {4: ip_network("0.0.0.0/0"), 6: ip_network("::/0")}
