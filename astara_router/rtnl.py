@@ -57,10 +57,13 @@ def _string(value):
     return value.split(b"\0", 1)[0].decode(errors="replace")
 
 
-def dump(kind, header):
-    """Every message of one dump request (``header``: the family message), as payloads."""
+def dump(kind, header, strict=False):
+    """Every message of one dump request (``header``: the family message), as payloads;
+    ``strict``: the kernel filters by the header's fields (table, protocol)."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                        NETLINK_ROUTE) as sock:
+        if strict:
+            sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
         sock.bind((0, 0))
         request = NLMSGHDR.pack(NLMSGHDR.size + len(header), kind, NLM_F_REQUEST | NLM_F_DUMP,
                                 1, 0) + header
@@ -111,6 +114,7 @@ NLM_F_ACK = 0x4
 NLM_F_REPLACE, NLM_F_CREATE = 0x100, 0x400
 IFA_BROADCAST, IFA_FLAGS = 4, 8
 IFA_F_NODAD = 0x02
+IFA_F_PERMANENT = 0x80
 BATCH = 256  # requests per datagram
 
 
@@ -218,4 +222,51 @@ def address_flags(family=socket.AF_INET6):
             if IFA_FLAGS in attrs:
                 flags = struct.unpack("=I", attrs[IFA_FLAGS][:4])[0]
             found[(index, ipaddress.ip_address(raw))] = flags
+    return found
+
+
+def permanent_addresses():
+    """{link index: frozenset of IPv4/6Interface} of the permanent, non-link-local addresses
+    (dynamic ones — SLAAC, DHCP — and link-local ones belong to the kernel)."""
+    found = {}
+    for payload in dump(RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+        _family, prefixlen, flags, _scope, index = IFADDRMSG.unpack_from(payload)
+        attrs = attributes(payload, IFADDRMSG.size)
+        raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+        if not raw:
+            continue
+        if IFA_FLAGS in attrs:
+            flags = struct.unpack("=I", attrs[IFA_FLAGS][:4])[0]
+        address = ipaddress.ip_interface((ipaddress.ip_address(raw), prefixlen))
+        if flags & IFA_F_PERMANENT and not address.ip.is_link_local:
+            found.setdefault(index, set()).add(address)
+    return {index: frozenset(addresses) for index, addresses in found.items()}
+
+
+RTM_GETROUTE = 26
+NETLINK_GET_STRICT_CHK = 12
+SOL_NETLINK = 270
+
+
+def routes(table, protocol):
+    """(destination network, gateway or None, output link index or None) of the unicast
+    routes of ``table`` with ``protocol``, filtered by the kernel (strict dump check)."""
+    found = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        header = RTMSG.pack(family, 0, 0, 0, table, protocol, 0, 0, 0)
+        for payload in dump(RTM_GETROUTE, header, strict=True):
+            (msg_family, dst_len, _src, _tos, msg_table, msg_protocol, _scope, kind,
+             _flags) = RTMSG.unpack_from(payload)
+            attrs = attributes(payload, RTMSG.size)
+            if RTA_TABLE in attrs:
+                msg_table = struct.unpack("=I", attrs[RTA_TABLE][:4])[0]
+            if msg_table != table or msg_protocol != protocol or kind != RTN_UNICAST:
+                continue  # a kernel without the filter: filtered here
+            zero = b"\0" * (4 if msg_family == socket.AF_INET else 16)
+            destination = ipaddress.ip_network((ipaddress.ip_address(
+                attrs.get(RTA_DST, zero)), dst_len))
+            gateway = attrs.get(RTA_GATEWAY)
+            oif = attrs.get(RTA_OIF)
+            found.append((destination, ipaddress.ip_address(gateway) if gateway else None,
+                          struct.unpack("=I", oif[:4])[0] if oif else None))
     return found

@@ -32,7 +32,9 @@ def run_checked(cmd, what, path="", timeout=30, cwd=None):
 
 
 class FileSet:
-    """A group of config files owned by one subsystem, replaced together."""
+    """A group of config files owned by one subsystem, replaced together. Written
+    atomically but not fsync'd: they are derived from the committed generation, which is
+    (store.py), and the boot re-apply writes them again after a power loss."""
 
     def __init__(self, *paths, mode=0o644):
         self.paths = paths
@@ -58,7 +60,7 @@ class FileSet:
         current = self.capture()
         changed = []
         for path, text in contents.items():
-            atomic_write(self.candidate(path), text, self.mode)
+            atomic_write(self.candidate(path), text, self.mode, durable=False)
             if current.get(path) != text:
                 changed.append(path)
         return changed
@@ -82,7 +84,7 @@ class FileSet:
                 except FileNotFoundError:
                     pass
             else:
-                atomic_write(path, text, self.mode)
+                atomic_write(path, text, self.mode, durable=False)
 
 
 class Daemon:
@@ -124,7 +126,7 @@ class Daemon:
             if time.monotonic() > deadline:
                 raise ApplyError("", f"{self.name} did not start (no pid in {self.pidfile})",
                                  status=500)
-            time.sleep(0.02)
+            time.sleep(0.005)
 
     def signal(self, sig=signal.SIGHUP):
         pid = self.pid()
@@ -142,5 +144,5 @@ class Daemon:
         while time.monotonic() < deadline:
             if self.pid() is None:
                 return
-            time.sleep(0.02)
+            time.sleep(0.005)
         os.kill(pid, signal.SIGKILL)

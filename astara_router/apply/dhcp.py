@@ -44,7 +44,7 @@ def dnsmasq_test(files, path):
     written to ``path``). A refusal becomes an ApplyError naming the payload field of the
     refused line (422), or a 500 when dnsmasq itself cannot run."""
     lines = files.check_lines()
-    atomic_write(path, "".join(f"{line.text}\n" for line in lines), 0o600)
+    atomic_write(path, "".join(f"{line.text}\n" for line in lines), 0o600, durable=False)
     try:
         result = subprocess.run([DNSMASQ, "--test", f"--conf-file={path}"],
                                 capture_output=True, text=True, timeout=CHECK_TIMEOUT)
@@ -238,7 +238,7 @@ class DhcpSubsystem:
 
     def _remember(self, digests):
         atomic_write(self.loaded_path, json.dumps(dict(digests, pid=self.daemon.pid()),
-                                                  sort_keys=True), 0o600)
+                                                  sort_keys=True), 0o600, durable=False)
 
     def _forget(self):
         try:

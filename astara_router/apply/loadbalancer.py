@@ -76,7 +76,7 @@ def write_tree(directory, contents):
     changes = 0
     for relative, text in contents.items():
         if current.get(relative) != text:
-            atomic_write(os.path.join(directory, relative), text, 0o644)
+            atomic_write(os.path.join(directory, relative), text, 0o644, durable=False)
             changes += 1
     for relative in set(current) - set(contents):
         os.unlink(os.path.join(directory, relative))

@@ -5,11 +5,8 @@ state taken before an apply is just another desired state.
 """
 import errno
 import functools
-import json
 import logging
-import subprocess
 from dataclasses import dataclass, field, replace
-from ipaddress import ip_address, ip_interface, ip_network
 from typing import Optional
 
 
@@ -40,43 +37,21 @@ class NetState:
 
 
 # -- reading the kernel -----------------------------------------------------------------------
-# Full reads (the live path) go through iproute2's JSON output: the kernel filters the route
-# dump by table and protocol, and with 2 000 addresses an address dump is 17 ms and a route
-# dump 3 ms (pyroute2: 171 and 191 ms; README, "Decisions"). Writes are netlink requests
-# (rtnl.py).
-
-def ip_json(*args):
-    result = subprocess.run(["ip", "-j", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise ApplyError("", f"ip {' '.join(args)}: {result.stderr.strip()}", status=500)
-    return json.loads(result.stdout or "[]")
-
+# Full reads (the live path: boot, drift) are rtnetlink dumps read straight from the bytes
+# (rtnl.py): no process, and the kernel filters the route dump by table and protocol.
 
 def live_addresses():
     """``{link index: addresses}`` of the permanent, non-link-local addresses: the ones an
     apply owns. Dynamic (SLAAC/DHCP) and link-local addresses belong to the kernel and are
     never touched."""
-    found = {}
-    for link in ip_json("addr", "show"):
-        for info in link.get("addr_info", ()):
-            address = ip_interface(f"{info['local']}/{info['prefixlen']}")
-            if address.ip.is_link_local or info.get("dynamic"):
-                continue
-            found.setdefault(link["ifindex"], set()).add(address)
-    return {index: frozenset(addresses) for index, addresses in found.items()}
+    return rtnl.permanent_addresses()
 
 
 def live_routes():
     """Our routes (protocol RTPROT_ASTARA) in the main table: (destination, gateway, dev)."""
-    found = set()
-    for family, default in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
-        for route in ip_json(family, "route", "show", "table", "main",
-                             "proto", str(RTPROT_ASTARA)):
-            dst = default if route["dst"] == "default" else route["dst"]
-            gateway = route.get("gateway")
-            found.add((ip_network(dst), ip_address(gateway) if gateway else None,
-                       route.get("dev")))
-    return frozenset(found)
+    names = {index: name for index, name, *_ in rtnl.links()}
+    return frozenset((destination, gateway, names.get(oif))
+                     for destination, gateway, oif in rtnl.routes(MAIN_TABLE, RTPROT_ASTARA))
 
 
 def capture(nics):

@@ -55,7 +55,7 @@ class RoutingSubsystem:
             return
         os.makedirs(self.directory, exist_ok=True)
         candidate = FileSet.candidate(self.conf)
-        atomic_write(candidate, plan.text, 0o644)
+        atomic_write(candidate, plan.text, 0o644, durable=False)
         try:
             result = subprocess.run([BIRD, "-p", "-c", candidate], capture_output=True,
                                     text=True, timeout=30)
