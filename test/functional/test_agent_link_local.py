@@ -4,20 +4,14 @@ import copy
 
 import pytest
 
-from astara_lab.appliance import contract_appliance, contract_payloads
+from astara_lab.appliance import contract_payloads
+
+from .test_agent_transactions import appliance  # noqa: F401 - the fixture: BASIC applied
 
 pytestmark = pytest.mark.netns
 
 BASIC = contract_payloads("original-orchestrator")["router-basic"]
 UNREACHABLE_ROUTE = [["198.19.50.0/24", "198.19.99.1"]]  # refused late, after the addresses
-
-
-@pytest.fixture
-def appliance(lab):
-    appliance = contract_appliance(lab, "router-basic", BASIC)
-    response = appliance.client().put_json("/v1/system/config", BASIC)
-    assert response.status == 200, response.text
-    return appliance
 
 
 def addresses(appliance):
@@ -31,6 +25,13 @@ def addresses(appliance):
             found[(link["ifname"], f"{info['local']}/{info['prefixlen']}")] = bool(
                 info.get("nodad"))
     return found
+
+
+def push_changed(appliance, change, **extra):
+    body = copy.deepcopy(BASIC)
+    change(body)
+    body.update(extra)
+    return appliance.client().put_json("/v1/system/config", body)
 
 
 def with_fip(address):
@@ -53,9 +54,7 @@ LINK_LOCAL = {"fip 169.254.169.254": (with_fip("169.254.169.254"), "169.254.169.
 def test_a_link_local_address_goes_with_its_generation(appliance, case):
     change, address = LINK_LOCAL[case]
     before = addresses(appliance)
-    body = copy.deepcopy(BASIC)
-    change(body)
-    response = appliance.client().put_json("/v1/system/config", body)
+    response = push_changed(appliance, change)
     assert response.status == 200, response.text
     assert address in {a for _, a in addresses(appliance)}
     # Drift makes the next push read the live state instead of diffing the committed plan.
@@ -69,10 +68,7 @@ def test_a_link_local_address_goes_with_its_generation(appliance, case):
 def test_rollback_removes_a_link_local_address_it_added(appliance, case):
     change, address = LINK_LOCAL[case]
     before = addresses(appliance)
-    body = copy.deepcopy(BASIC)
-    change(body)
-    body["static_routes"] = UNREACHABLE_ROUTE
-    response = appliance.client().put_json("/v1/system/config", body)
+    response = push_changed(appliance, change, static_routes=UNREACHABLE_ROUTE)
     assert response.status == 422, response.text
     assert "static_routes[0]" in response.json()["message"]
     assert addresses(appliance) == before
