@@ -275,14 +275,20 @@ class Engine:
     def reconcile(self):
         """Compare the kernel and the daemons with the committed generation and repair
         what drifted by running the transaction again with the committed configuration:
-        the drifted subsystems read the live state, dead daemons are started again.
-        Returns the reasons repaired (empty: nothing to do); raises like ``apply`` when the
-        repair fails, leaving the state ``degraded`` with the reason."""
+        the drifted subsystems read the live state, dead daemons are started again (on an
+        HA backup the subsystems leave keepalived's part alone, as on any apply). Returns
+        the reasons repaired (empty: nothing to do); raises like ``apply`` when the repair
+        fails, leaving the state ``degraded`` with the reason."""
         with self._lock:
             committed = self.committed
-            if committed.config is None or not committed.plans:
-                return []  # nothing applied by this process yet (boot failed): push first
-            reasons = self._drift(committed) if self._trusted else ["after a failed rollback"]
+            if committed.config is None:
+                return []  # nothing valid committed: wait for a push
+            if not committed.plans:  # the boot re-apply failed
+                reasons = ["the committed generation is not applied"]
+            elif not self._trusted:  # a rollback failed
+                reasons = ["the last rollback failed"]
+            else:
+                reasons = self._drift(committed)
             if not reasons:
                 return []
             LOG.warning("reconcile: %s; re-applying generation %d", "; ".join(reasons),
@@ -295,8 +301,8 @@ class Engine:
                 self.last_error = f"{'; '.join(reasons)}; repair failed: {exc}"
                 raise
             self.committed = replace(repaired, raw_digest=committed.raw_digest)
+            self.repairs = self.repairs + Counter(reasons)  # one assignment: readers copy
             self.state, self.last_error = "ready", None
-            self.repairs.update(reasons)
             return reasons
 
     def _bases(self, previous, names):
