@@ -42,6 +42,7 @@ from pyroute2 import IPRoute
 
 from .apply import default_subsystems
 from .errors import ApplyError
+from .metrics import Metrics
 from .model import PayloadError, SystemConfig, parse_payload
 from .naming import InterfaceNames, list_nics
 from .render.firewall import TABLE
@@ -182,6 +183,7 @@ class Engine:
         self.state = "booting"
         self.last_error = None
         self.repairs = Counter()  # reconcile: drift reason -> times repaired
+        self.metrics = Metrics()
         self.committed = self._load()
 
     def _load(self):
@@ -205,6 +207,13 @@ class Engine:
         """Validate and apply a whole payload (``raw``: the bytes it was decoded from, for
         the identical-push fast path); raise PayloadError/ApplyError on failure with the
         previous generation left in place."""
+        try:
+            return self._apply(body, raw)
+        except (PayloadError, ApplyError) as exc:
+            self.metrics.refused(exc)
+            raise
+
+    def _apply(self, body, raw):
         raw_digest = body_digest(raw)
         if raw_digest is not None:
             with self._lock:
@@ -302,6 +311,7 @@ class Engine:
                 raise
             self.committed = replace(repaired, raw_digest=committed.raw_digest)
             self.repairs = self.repairs + Counter(reasons)  # one assignment: readers copy
+            self.metrics.repaired(reasons)
             self.state, self.last_error = "ready", None
             return reasons
 
@@ -319,7 +329,7 @@ class Engine:
         started = time.monotonic()
         earlier = [c for c in (previous.config, *leftovers) if c is not None]
         ctx = ApplyContext.open(self.names, earlier)
-        snapshots, counts, changes, plans = [], {}, 0, {}
+        snapshots, counts, changes, plans, spent = [], {}, 0, {}, {}
         succeeded = restored = False
         try:
             names = ctx.kernel_names()
@@ -335,8 +345,10 @@ class Engine:
                 base = bases[subsystem.name]
                 snapshot = subsystem.capture(ctx, plans[subsystem.name], base)
                 snapshots.append((subsystem, snapshot))
+                begun = time.monotonic()
                 counts[subsystem.name] = subsystem.apply(ctx, plans[subsystem.name], base,
                                                          snapshot) or 0
+                spent[subsystem.name] = time.monotonic() - begun
             for subsystem in self.subsystems:
                 subsystem.verify(ctx, plans[subsystem.name], bases[subsystem.name],
                                  counts[subsystem.name])
@@ -362,6 +374,7 @@ class Engine:
             self._trusted = succeeded or (restored and self._trusted)
             nics = dict(ctx.names)
             ctx.close()
+            self.metrics.transaction(succeeded, time.monotonic() - started, spent)
         committed = Committed(number, raw if raw is not None else msgspec.json.encode(body),
                               config, digest, committed_at, plans, names)
         self._after_commit(plans, bases, nics, len(committed.raw))

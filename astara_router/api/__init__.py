@@ -87,6 +87,12 @@ def base_routes(settings, engine, prober):
                               "generation": engine.committed.generation,
                               "enabled_services": list(settings.enabled_services)})
 
+    @routes.get("/metrics")
+    def metrics():
+        """Prometheus text format (``astara_router/metrics.py``)."""
+        return Response(engine.metrics.render(engine.committed.generation),
+                        content_type=engine.metrics.content_type)
+
     @routes.get("/v1/status/")
     def status():
         """``state``: booting, ready or degraded (``reasons`` says what is down now,

@@ -104,3 +104,33 @@ def test_status_is_degraded_while_a_daemon_cannot_come_back(appliance):
                timeout=20)
     assert status(appliance)["state"] == "ready"
     assert pid_alive(daemon_pid(appliance, pidfile))
+
+
+def metric(text, name, **labels):
+    """The value of one sample of a Prometheus text exposition (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v
+                                           for k, v in labels.items()):
+                return sample.value
+    return 0
+
+
+def test_metrics_count_applies_refusals_repairs_and_restarts(appliance):
+    client = appliance.client()
+    before = client.get("/metrics").text
+    assert metric(before, "astara_generation") == 1
+    assert metric(before, "astara_applies_total", result="applied") >= 1
+    assert metric(before, "astara_subsystem_apply_seconds_count", subsystem="dhcp") >= 1
+    bad = dict(BASIC, floating_ips=[{"floating_ip": "not an address", "fixed_ip": "x"}])
+    assert client.put_json("/v1/system/config", bad).status == 422
+    _, pidfile, reason = DAEMONS["dnsmasq"]
+    os.kill(daemon_pid(appliance, pidfile), signal.SIGKILL)
+    wait_until(lambda: status(appliance)["repairs"].get(reason, 0) >= 1, "repaired")
+    after = client.get("/metrics").text
+    assert metric(after, "astara_refusals_total", reason="invalid_payload") == 1
+    assert metric(after, "astara_reconcile_repairs_total", reason=reason) >= 1
+    assert metric(after, "astara_daemon_restarts_total", subsystem="dhcp") >= 1
+    assert metric(after, "astara_applies_total", result="applied") > metric(
+        before, "astara_applies_total", result="applied")
