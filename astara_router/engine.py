@@ -273,8 +273,13 @@ class Engine:
         return reasons + self.unhealthy(committed)
 
     def unhealthy(self, committed=None):
-        """The subsystems whose daemon (or proxy thread) is down: cheap, no lock needed."""
-        committed = committed or self.committed
+        """The subsystems whose daemon (or proxy thread) is down: cheap, no lock needed.
+        A reader (no ``committed``) learns nothing while an apply runs: it restarts daemons
+        on purpose."""
+        if committed is None:
+            if self._lock.locked():
+                return []
+            committed = self.committed
         if not committed.plans:
             return []
         return [f"{subsystem.name} is down" for subsystem in self.subsystems
