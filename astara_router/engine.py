@@ -24,6 +24,7 @@ swapped in by one assignment, so GETs never wait for an apply. Subsystems and th
 protocol: ``apply/__init__.py``.
 """
 import ctypes
+import errno
 import hashlib
 import json
 import logging
@@ -31,6 +32,7 @@ import os
 import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Mapping, Optional
@@ -39,6 +41,7 @@ import msgspec
 
 from .apply import default_subsystems
 from .errors import ApplyError
+from .metrics import Metrics
 from .model import PayloadError, SystemConfig, parse_payload
 from .naming import InterfaceNames, list_nics
 from .render.firewall import TABLE
@@ -60,6 +63,12 @@ def redact(value):
         return [redact(v) for v in value]
     return value
 
+
+# Free space the state directory must have before a new generation is applied: room for
+# pending.json and config.json (each about the payload's size, written next to the old one
+# before a rename) plus the daemons' configurations and leases.
+STATE_RESERVE = 256 * 1024
+STATE_SPACE_FACTOR = 3  # payload-sized files that may coexist during a commit
 
 TRIM_AFTER = 256 * 1024  # payload bytes: a push this large frees megabytes of temporaries
 
@@ -163,6 +172,8 @@ class Engine:
         self._trusted = False  # False: the next transaction reads the live state everywhere
         self.state = "booting"
         self.last_error = None
+        self.repairs = Counter()  # reconcile: drift reason -> times repaired
+        self.metrics = Metrics()
         self.committed = self._load()
 
     def _load(self):
@@ -186,6 +197,13 @@ class Engine:
         """Validate and apply a whole payload (``raw``: the bytes it was decoded from, for
         the identical-push fast path); raise PayloadError/ApplyError on failure with the
         previous generation left in place."""
+        try:
+            return self._apply(body, raw)
+        except (PayloadError, ApplyError) as exc:
+            self.metrics.refused(exc)
+            raise
+
+    def _apply(self, body, raw):
         raw_digest = body_digest(raw)
         if raw_digest is not None:
             with self._lock:
@@ -234,10 +252,63 @@ class Engine:
         tell): an identical push can return at once."""
         if not committed.plans or not self._trusted:
             return False
-        if any(self.watch.poll()):
-            return False
-        return all(subsystem.healthy(committed.plans.get(subsystem.name))
-                   for subsystem in self.subsystems if hasattr(subsystem, "healthy"))
+        return not self._drift(committed)
+
+    def _drift(self, committed):
+        """Why the kernel or the daemons may no longer hold ``committed``: the kernel
+        watch's findings and the subsystems that are not healthy (a dead daemon)."""
+        netlink_drift, nftables_drift = self.watch.poll()
+        reasons = [f"{kind} changed" for kind, drifted in
+                   (("netlink", netlink_drift), ("nftables", nftables_drift)) if drifted]
+        return reasons + self.unhealthy(committed)
+
+    def unhealthy(self, committed=None):
+        """The subsystems whose daemon (or proxy thread) is down: cheap, no lock needed.
+        A reader (no ``committed``) learns nothing while an apply runs: it restarts daemons
+        on purpose."""
+        if committed is None:
+            if self._lock.locked():
+                return []
+            committed = self.committed
+        if not committed.plans:
+            return []
+        return [f"{subsystem.name} is down" for subsystem in self.subsystems
+                if hasattr(subsystem, "healthy")
+                and not subsystem.healthy(committed.plans.get(subsystem.name))]
+
+    def reconcile(self):
+        """Compare the kernel and the daemons with the committed generation and repair
+        what drifted by running the transaction again with the committed configuration:
+        the drifted subsystems read the live state, dead daemons are started again (on an
+        HA backup the subsystems leave keepalived's part alone, as on any apply). Returns
+        the reasons repaired (empty: nothing to do); raises like ``apply`` when the repair
+        fails, leaving the state ``degraded`` with the reason."""
+        with self._lock:
+            committed = self.committed
+            if committed.config is None:
+                return []  # nothing valid committed: wait for a push
+            if not committed.plans:  # the boot re-apply failed
+                reasons = ["the committed generation is not applied"]
+            elif not self._trusted:  # a rollback failed
+                reasons = ["the last rollback failed"]
+            else:
+                reasons = self._drift(committed)
+            if not reasons:
+                return []
+            LOG.warning("reconcile: %s; re-applying generation %d", "; ".join(reasons),
+                        committed.generation)
+            try:
+                repaired, _ = self._transaction(committed.config, committed.payload,
+                                                committed.hash, committed, raw=committed.raw)
+            except Exception as exc:
+                self.state = "degraded"
+                self.last_error = f"{'; '.join(reasons)}; repair failed: {exc}"
+                raise
+            self.committed = replace(repaired, raw_digest=committed.raw_digest)
+            self.repairs = self.repairs + Counter(reasons)  # one assignment: readers copy
+            self.metrics.repaired(reasons)
+            self.state, self.last_error = "ready", None
+            return reasons
 
     def _bases(self, previous, names):
         """Per subsystem, the committed plan it may diff against, or None (read live)."""
@@ -253,7 +324,7 @@ class Engine:
         started = time.monotonic()
         earlier = [c for c in (previous.config, *leftovers) if c is not None]
         ctx = ApplyContext.open(self.names, earlier)
-        snapshots, counts, changes, plans = [], {}, 0, {}
+        snapshots, counts, changes, plans, spent = [], {}, 0, {}, {}
         succeeded = restored = False
         try:
             names = ctx.kernel_names()
@@ -263,18 +334,21 @@ class Engine:
                 subsystem.check(plans[subsystem.name], bases[subsystem.name])
             new_generation = digest != previous.hash
             if new_generation:
+                self._check_space(raw if raw is not None else msgspec.json.encode(body))
                 self.store.write_pending(body, raw)
             for subsystem in self.subsystems:
                 base = bases[subsystem.name]
                 snapshot = subsystem.capture(ctx, plans[subsystem.name], base)
                 snapshots.append((subsystem, snapshot))
+                begun = time.monotonic()
                 counts[subsystem.name] = subsystem.apply(ctx, plans[subsystem.name], base,
                                                          snapshot) or 0
+                spent[subsystem.name] = time.monotonic() - begun
             for subsystem in self.subsystems:
                 subsystem.verify(ctx, plans[subsystem.name], bases[subsystem.name],
                                  counts[subsystem.name])
             if new_generation:
-                stored = self.store.commit(previous.generation + 1, body, digest, raw)
+                stored = self._persist(previous.generation + 1, body, digest, raw)
                 number, committed_at = stored.number, stored.committed_at
             else:
                 number, committed_at = previous.generation, previous.committed_at
@@ -295,12 +369,32 @@ class Engine:
             self._trusted = succeeded or (restored and self._trusted)
             nics = dict(ctx.names)
             ctx.close()
+            self.metrics.transaction(succeeded, time.monotonic() - started, spent)
         committed = Committed(number, raw if raw is not None else msgspec.json.encode(body),
                               config, digest, committed_at, plans, names)
         self._after_commit(plans, bases, nics, len(committed.raw))
         LOG.info("generation %d applied in %.3f s with %d changes", number,
                  time.monotonic() - started, changes)
         return committed, changes
+
+    def _persist(self, number, body, digest, raw):
+        try:
+            return self.store.commit(number, body, digest, raw)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise ApplyError("", "the state directory is full: the configuration cannot be "
+                                 "persisted", status=507) from exc
+
+    def _check_space(self, raw):
+        """Refuse a new generation early when the state directory could not persist it
+        (the transaction would roll back at the commit otherwise, after all the work)."""
+        free, inodes = self.store.free_space()
+        needed = STATE_RESERVE + STATE_SPACE_FACTOR * len(raw)
+        if free < needed or (inodes is not None and inodes < 8):
+            raise ApplyError("", f"the state directory is full ({free} bytes, {inodes} "
+                                 f"inodes free; {needed} bytes needed): the configuration "
+                                 f"cannot be persisted", status=507)
 
     def _expected(self, plans, ctx):
         for subsystem in self.subsystems:

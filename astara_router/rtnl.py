@@ -225,10 +225,11 @@ def address_flags(family=socket.AF_INET6):
     return found
 
 
-def permanent_addresses():
-    """{link index: frozenset of IPv4/6Interface} of the permanent, non-link-local addresses
-    (dynamic ones — SLAAC, DHCP — and link-local ones belong to the kernel)."""
-    found = {}
+def permanent_addresses(link_local=frozenset()):
+    """({link index: frozenset of IPv4/6Interface}, {indexes of links with an IPv6 address
+    that skips DAD}) of the permanent addresses. Dynamic ones (SLAAC, DHCP) and link-local
+    ones belong to the kernel, except the link-local ones in ``link_local``."""
+    found, nodad = {}, set()
     for payload in dump(RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
         _family, prefixlen, flags, _scope, index = IFADDRMSG.unpack_from(payload)
         attrs = attributes(payload, IFADDRMSG.size)
@@ -238,9 +239,13 @@ def permanent_addresses():
         if IFA_FLAGS in attrs:
             flags = struct.unpack("=I", attrs[IFA_FLAGS][:4])[0]
         address = ipaddress.ip_interface((ipaddress.ip_address(raw), prefixlen))
-        if flags & IFA_F_PERMANENT and not address.ip.is_link_local:
-            found.setdefault(index, set()).add(address)
-    return {index: frozenset(addresses) for index, addresses in found.items()}
+        if not flags & IFA_F_PERMANENT or (address.ip.is_link_local
+                                           and address not in link_local):
+            continue
+        found.setdefault(index, set()).add(address)
+        if address.version == 6 and flags & IFA_F_NODAD:
+            nodad.add(index)
+    return {index: frozenset(addresses) for index, addresses in found.items()}, nodad
 
 
 RTM_GETROUTE = 26

@@ -28,6 +28,8 @@ class Settings:
     metadata_connect_timeout: float = 5.0  # metadata proxy → orchestrator, seconds
     metadata_read_timeout: float = 30.0
     ipsec_backend: str = "auto"  # auto | kernel | libipsec (apply/vpn.py)
+    reconcile_interval: float = 5.0  # seconds between supervisor rounds; 0 disables
+    reconcile_max_backoff: float = 60.0  # longest pause while repairs keep being needed
 
     def path(self, *parts):
         return os.path.join(self.state_dir, *parts)
@@ -44,8 +46,8 @@ def _services(text):
 
 
 def load(config_file=None, **overrides):
-    """Read the ini file ([DEFAULT], [api], [status], [metadata], [vpn]) and apply
-    overrides."""
+    """Read the ini file ([DEFAULT], [api], [status], [metadata], [vpn], [supervisor]) and
+    apply overrides."""
     settings = Settings()
     if config_file:
         parser = configparser.ConfigParser()
@@ -56,6 +58,8 @@ def load(config_file=None, **overrides):
         status = parser["status"] if parser.has_section("status") else parser.defaults()
         metadata = parser["metadata"] if parser.has_section("metadata") else parser.defaults()
         vpn = parser["vpn"] if parser.has_section("vpn") else parser.defaults()
+        supervisor = (parser["supervisor"] if parser.has_section("supervisor")
+                      else parser.defaults())
         values = {
             "state_dir": get("state_dir", settings.state_dir),
             "enabled_services": _services(get("enabled_services", "router")),
@@ -74,6 +78,10 @@ def load(config_file=None, **overrides):
             "metadata_read_timeout": float(metadata.get(
                 "read_timeout", settings.metadata_read_timeout)),
             "ipsec_backend": vpn.get("ipsec_backend", settings.ipsec_backend),
+            "reconcile_interval": float(supervisor.get(
+                "interval", settings.reconcile_interval)),
+            "reconcile_max_backoff": float(supervisor.get(
+                "max_backoff", settings.reconcile_max_backoff)),
         }
         settings = replace(settings, **values)
     clean = {k: v for k, v in overrides.items() if v not in (None, (), "")}

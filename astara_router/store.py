@@ -74,6 +74,12 @@ class Store:
         self.pending_path = os.path.join(state_dir, "pending.json")
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
 
+    def free_space(self):
+        """(bytes, inodes) an unprivileged writer may still use in the state directory;
+        inodes None when the file system does not count them (btrfs)."""
+        stats = os.statvfs(self.state_dir)
+        return stats.f_bavail * stats.f_frsize, (stats.f_favail if stats.f_files else None)
+
     def load(self) -> Optional[Generation]:
         try:
             with open(self.config_path) as handle:

@@ -96,6 +96,12 @@ class ApplianceClient:
             return False
         return response.status_code == 200
 
+    def status(self):
+        """The appliance's own health: ``state`` (booting/ready/degraded), ``reasons``,
+        ``last_error``, ``repairs``."""
+        body = self._json(self._call("GET", "/v1/status/", self.alive_timeout))
+        return body if isinstance(body, dict) else {}
+
     def get_interfaces(self):
         body = self._json(self._call("GET", "/v1/system/interfaces", self.timeout))
         interfaces = body.get("interfaces", []) if isinstance(body, dict) else []

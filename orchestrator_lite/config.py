@@ -10,7 +10,7 @@ the ``[netns]`` names the lab chose) is enough to run. Sections and keys::
   [router] asn, neighbor_asn, provider_rules_path
   [appliance] port, token, alive_timeout, interfaces_timeout, config_timeout,
               retry_attempts, retry_base, retry_cap
-  [health] period, jitter, dead_grace, boot_timeout, boot_check_interval,
+  [health] period, jitter, dead_grace, degraded_grace, boot_timeout, boot_check_interval,
            max_boot_attempts, boot_backoff_base, boot_backoff_cap, error_cooldown,
            delete_timeout, hotplug_timeout, max_push_failures, push_backoff_base,
            push_backoff_cap
@@ -108,6 +108,7 @@ class HealthSettings:
     period: float = 60.0  # health poll period per resource
     jitter: float = 0.2  # fraction of the period each poll is moved by, at random
     dead_grace: float = 30.0  # liveness lost this long -> rebuild
+    degraded_grace: float = 300.0  # appliance reports degraded this long -> rebuild
     boot_timeout: float = 300.0  # created but not answering this long -> failed boot
     boot_check_interval: float = 2.0
     max_boot_attempts: int = 5

@@ -56,6 +56,7 @@ class Observation:
     in_sync: int = 0  # alive instances whose committed hash is the desired one
     needs_replug: bool = False
     dead_for: tuple = ()  # per silent instance: seconds since last alive (inf = broken)
+    unhealthy: tuple = ()  # "<instance>: <reason>" of alive instances reporting degraded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,9 +153,15 @@ class InstanceManager:
             else:
                 dead_for.append(math.inf if broken else now - runtime.last_alive)
         needs_replug = False
+        unhealthy = []
         if check_sync:
             for runtime in runtimes:
                 if not runtime.alive:
+                    continue
+                problem = self._appliance_problem(runtime)
+                if problem is not None:  # not in sync: the next configure re-pushes it
+                    unhealthy.append(f"{runtime.instance.name}: {problem}")
+                    runtime.applied_hash = None
                     continue
                 try:
                     desired = payload_hash(self._payload(snapshot, runtime, runtimes))
@@ -172,7 +179,20 @@ class InstanceManager:
         return Observation(exists=True, required=self.required(snapshot),
                            instances=len(runtimes), addressed=addressed, alive=alive,
                            in_sync=in_sync, needs_replug=needs_replug,
-                           dead_for=tuple(dead_for))
+                           dead_for=tuple(dead_for), unhealthy=tuple(unhealthy))
+
+    def _appliance_problem(self, runtime):
+        """Why the appliance says it is degraded (a daemon down, a failed repair), or None.
+        An agent without a supervisor (the original) never says so."""
+        try:
+            status = runtime.client.status()
+        except ApplianceError as exc:
+            LOG.info("%s: cannot read %s's status: %s", self.ref, runtime.instance.name, exc)
+            return None
+        if status.get("state") != "degraded":
+            return None
+        return str(status.get("last_error") or "; ".join(map(str, status.get("reasons") or ()))
+                   or "degraded")
 
     def inputs_digest(self):
         """Hash of the resource's desired inputs (None when it is gone): a change means

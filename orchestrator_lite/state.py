@@ -10,7 +10,9 @@ gone, error. Steps (astara's automaton classes, ReadStats dropped since it was d
                     degraded/down -> CreateInstance; booting -> CheckBoot; down/degraded ->
                     CreateInstance; else (and before the first look) -> Alive
   Alive             observe: gone -> Stop; down/degraded -> Create; replug -> Replug;
-                    booting -> CheckBoot; nobody answers (within the grace) -> wait;
+                    booting -> CheckBoot; the appliance reports degraded past
+                    degraded_grace -> Rebuild (before: re-pushed as out of sync, the
+                    reason in last_error); nobody answers (within the grace) -> wait;
                     poll & configured -> done; else -> ConfigureInstance
   CreateInstance    too many boots -> error; back-off not over -> wait; boot ->
                     CheckBoot (a boot failure waits for the back-off instead of looping)
@@ -140,6 +142,7 @@ class Automaton:
         self.error = None
         self.last_error = None
         self.force_push = False
+        self.degraded_since = None  # when the appliance itself first reported degraded
         self.crashes = 0  # consecutive runs that raised: retried with back-off
         self.deleted = False
         self.state_since = time.time()
@@ -305,12 +308,34 @@ class Automaton:
             return REPLUG_INSTANCE
         if state == BOOTING:
             return CHECK_BOOT
+        if self._appliance_degraded(obs):
+            return REBUILD_INSTANCE
         if obs.alive == 0:  # lost, but within the grace period: look again when it ends
             silent = min(obs.dead_for) if obs.dead_for else 0.0
             return Wait(max(self.settings.dead_grace - silent, 0.1))
         if self.action == POLL and state == CONFIGURED:
             return CALC_ACTION
         return CONFIGURE_INSTANCE
+
+    def _appliance_degraded(self, obs):
+        """An appliance that reports degraded (a daemon down, drift it cannot repair) is
+        re-pushed (it is not in sync) and its reason shown; past ``degraded_grace`` it is
+        rebuilt. True: rebuild now."""
+        if not obs.unhealthy:
+            self.degraded_since = None
+            return False
+        now = self._clock()
+        if self.degraded_since is None:
+            self.degraded_since = now
+        reasons = "; ".join(obs.unhealthy)
+        grace = self.settings.degraded_grace
+        if now - self.degraded_since < grace:
+            self.last_error = f"appliance degraded: {reasons}"
+            return False
+        self.degraded_since = None
+        self.last_error = f"appliance degraded for {grace:g}s ({reasons}); rebuilding"
+        LOG.warning("%s: %s", self.ref, self.last_error)
+        return True
 
     def _create_instance(self):
         s = self.settings

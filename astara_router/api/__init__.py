@@ -87,11 +87,22 @@ def base_routes(settings, engine, prober):
                               "generation": engine.committed.generation,
                               "enabled_services": list(settings.enabled_services)})
 
+    @routes.get("/metrics")
+    def metrics():
+        """Prometheus text format (``astara_router/metrics.py``)."""
+        return Response(engine.metrics.render(engine.committed.generation),
+                        content_type=engine.metrics.content_type)
+
     @routes.get("/v1/status/")
     def status():
+        """``state``: booting, ready or degraded (``reasons`` says what is down now,
+        ``last_error`` what failed last); ``repairs``: the supervisor's, by reason."""
         result = dict(prober.result)
-        result.update(state=engine.state, generation=engine.committed.generation,
-                      last_error=engine.last_error)
+        reasons = engine.unhealthy()
+        state = "degraded" if reasons and engine.state == "ready" else engine.state
+        result.update(state=state, generation=engine.committed.generation,
+                      last_error=engine.last_error or ("; ".join(reasons) or None),
+                      reasons=reasons, repairs=dict(engine.repairs))
         return json_response(result)
 
     return routes

@@ -34,17 +34,22 @@ class LinkState:
 class NetState:
     links: tuple  # of (kernel_name, LinkState)
     routes: frozenset  # of (destination, gateway, kernel_name | None)
+    # Link-local addresses a configuration asked for (a snapshot's: those of the plan it
+    # was taken for), read back from the kernel like any other address; the kernel's own
+    # link-local addresses are never touched.
+    link_local: frozenset = frozenset()
 
 
 # -- reading the kernel -----------------------------------------------------------------------
 # Full reads (the live path: boot, drift) are rtnetlink dumps read straight from the bytes
 # (rtnl.py): no process, and the kernel filters the route dump by table and protocol.
 
-def live_addresses():
-    """``{link index: addresses}`` of the permanent, non-link-local addresses: the ones an
-    apply owns. Dynamic (SLAAC/DHCP) and link-local addresses belong to the kernel and are
-    never touched."""
-    return rtnl.permanent_addresses()
+def live_addresses(link_local=frozenset()):
+    """``{link index: addresses}`` of the permanent addresses an apply owns, and the indexes
+    of the links whose IPv6 addresses skip DAD. Dynamic (SLAAC/DHCP) and link-local
+    addresses belong to the kernel and are never touched, except the link-local ones in
+    ``link_local``: a configuration put those there."""
+    return rtnl.permanent_addresses(link_local)
 
 
 def live_routes():
@@ -54,13 +59,20 @@ def live_routes():
                      for destination, gateway, oif in rtnl.routes(MAIN_TABLE, RTPROT_ASTARA))
 
 
-def capture(nics):
-    """The live state of every NIC and of our routes."""
-    addresses = live_addresses()
+def capture(nics, link_local=frozenset()):
+    """The live state of every NIC (and of the ``link_local`` addresses a configuration
+    asked for) and of our routes."""
+    addresses, nodad = live_addresses(link_local)
     links = tuple((nic.kernel_name, LinkState(nic.mtu, nic.up,
-                                              addresses.get(nic.index, frozenset())))
+                                              addresses.get(nic.index, frozenset()),
+                                              nic.index in nodad))
                   for nic in nics)
-    return NetState(links, live_routes())
+    return NetState(links, live_routes(), link_local)
+
+
+def link_local_of(address_sets):
+    return frozenset(address for addresses in address_sets for address in addresses
+                     if address.ip.is_link_local)
 
 
 # -- desired state (pure) ---------------------------------------------------------------------
@@ -226,10 +238,15 @@ class NetlinkSubsystem:
     def capture(self, ctx, plan, base):
         """The committed state when intact and the plan touches no other link; else the
         live state of every NIC (rollback then also clears links the plan added)."""
+        states = [plan.state] + ([base.state] if base is not None else [])
+        link_local = link_local_of(
+            [link.addresses for state in states for _, link in state.links]
+            + [spec.addresses for config in ctx.previous
+               for spec in render_netlink(config).links])
         if base is not None and {n for n, _ in plan.state.links} <= {
                 n for n, _ in base.state.links}:
-            return base.state
-        return capture(ctx.nics)
+            return replace(base.state, link_local=link_local)
+        return capture(ctx.nics, link_local)
 
     def apply(self, ctx, plan, base, snapshot):
         if base is not None:  # the kernel holds base: only the difference
@@ -251,7 +268,7 @@ class NetlinkSubsystem:
         if changes == 0:
             return
         nics = ctx.refresh_nics()
-        Converger(ctx, nics).converge(snapshot, capture(nics))
+        Converger(ctx, nics).converge(snapshot, capture(nics, snapshot.link_local))
 
     def expected(self, plan, nics):
         """What the kernel watch compares its notifications with."""

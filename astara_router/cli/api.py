@@ -46,6 +46,7 @@ def default_bind(settings):
 def build_app(settings):
     from ..api import create_app
     from ..engine import Engine
+    from ..supervisor import Supervisor
     # A read waits for the interpreter lock while an apply computes: hand it over every
     # millisecond instead of every 5 (GET p99 during applies: make bench).
     sys.setswitchinterval(0.001)
@@ -53,6 +54,7 @@ def build_app(settings):
     engine.boot()
     app = create_app(settings, engine)
     app.extensions["astara"]["prober"].start()
+    Supervisor(settings, engine).start()
     return app
 
 
@@ -98,7 +100,8 @@ class AgentApplication(BaseApplication):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", help="ini file ([DEFAULT] state_dir, "
-                                              "enabled_services; [api]; [status])")
+                                              "enabled_services; [api]; [status]; "
+                                              "[supervisor])")
     parser.add_argument("--bind", action="append",
                         help="address:port or [v6]:port (repeatable); default: the "
                              "management address on port 5000")

@@ -21,6 +21,7 @@ from .vpn import build_vpn
 
 KNOWN_SERVICES = tuple(field.name for field in msgspec.structs.fields(schema.Services))
 DEFAULT_ASN = 64512
+IPV6_MIN_MTU = 1280  # RFC 8200; below it Linux disables IPv6 on the link
 _NETWORK_PATH = re.compile(r"^networks\[(\d+)\]\.")
 
 
@@ -119,6 +120,11 @@ def _network(problems, spec, path):
         address = problems.interface(text, f"{path}.interface.addresses[{i}]", f"({ifname}) ")
         if address is not None and address not in addresses:
             addresses.append(address)
+    mtu, mtu_path = ((spec.interface.mtu, f"{path}.interface.mtu") if spec.interface.mtu
+                     else (spec.mtu, f"{path}.mtu"))
+    if mtu is not None and mtu < IPV6_MIN_MTU and any(a.version == 6 for a in addresses):
+        problems.add(mtu_path, f"({ifname}) {mtu} is below {IPV6_MIN_MTU}, the minimum MTU "
+                               "of IPv6: the kernel would drop the interface's IPv6 addresses")
     interface = Interface(ifname=ifname, addresses=tuple(addresses), mtu=spec.interface.mtu,
                           description=spec.interface.description)
     return Network(

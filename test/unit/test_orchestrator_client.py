@@ -190,3 +190,13 @@ def test_ipv6_loopback_server():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_status_reads_the_appliances_own_health(server):
+    client, _ = client_for(server)
+    server.script[("GET", "/v1/status/")] = [(200, {
+        "state": "degraded", "reasons": ["dhcp is down"], "last_error": "dhcp is down",
+        "repairs": {"dhcp is down": 2}}, 0)]
+    status = client.status()
+    assert status["state"] == "degraded" and status["reasons"] == ["dhcp is down"]
+    assert [r[1] for r in server.requests] == ["/v1/status/"]

@@ -594,3 +594,53 @@ def test_a_crashing_step_is_retried_with_backoff(auto, manager):
     waits = [run(auto, POLL)[1] for _ in range(3)]
     assert "ip: command failed" in auto.last_error
     assert 0.5 <= waits[0] <= 1.0 and 1.0 <= waits[1] <= 2.0 and 2.0 <= waits[2] <= 4.0
+
+
+# -- the appliance reports degraded (its supervisor could not repair something) -------------
+
+DEGRADED_OBS = dataclasses.replace(UP_OBS, unhealthy=("ak-router-r1_0: dhcp is down",))
+
+
+def test_a_degraded_appliance_is_repushed(auto, manager):
+    at(auto, st.CONFIGURED)
+    manager.obs = DEGRADED_OBS
+    steps, _ = run(auto, POLL)
+    assert steps[:3] == [st.CALC_ACTION, st.ALIVE, st.CONFIGURE_INSTANCE]
+    assert ("configure", False) in manager.calls  # not in sync: pushed without forcing
+    assert auto.state == st.CONFIGURED and auto.last_error is None  # the push repaired it
+    assert not any(isinstance(c, tuple) and c[0] in ("boot", "stop") for c in manager.calls)
+
+
+def test_a_degraded_appliance_shows_the_reason_while_within_the_grace(auto, manager):
+    at(auto, st.UP)
+    manager.obs = DEGRADED_OBS
+    auto._observe()
+    assert auto._appliance_degraded(manager.obs) is False
+    assert auto.last_error == "appliance degraded: ak-router-r1_0: dhcp is down"
+
+
+def test_an_appliance_degraded_past_the_grace_is_rebuilt(auto, manager, clock):
+    at(auto, st.CONFIGURED)
+    manager.obs = DEGRADED_OBS
+    manager.configure_results = [ConfigureResult(outcome.FAILED, "500")] * 2
+    run(auto, POLL)  # first sight: re-pushed, the grace starts
+    clock.now += SETTINGS.degraded_grace
+    auto.next_push_at = 0.0
+    manager.obs = DEGRADED_OBS
+    steps, _ = run(auto, POLL)
+    assert steps[:3] == [st.CALC_ACTION, st.ALIVE, st.REBUILD_INSTANCE]
+    assert ("stop", SETTINGS.delete_timeout) in manager.calls
+    assert auto.last_error.startswith(f"appliance degraded for {SETTINGS.degraded_grace:g}s")
+    assert "dhcp is down" in auto.last_error and auto.state == st.BOOTING
+
+
+def test_a_repaired_appliance_resets_the_grace(auto, manager, clock):
+    at(auto, st.CONFIGURED)
+    manager.obs = DEGRADED_OBS
+    run(auto, POLL)
+    assert auto.degraded_since is not None
+    manager.obs = SYNCED
+    clock.now += SETTINGS.degraded_grace
+    steps, _ = run(auto, POLL)
+    assert auto.degraded_since is None and auto.state == st.CONFIGURED
+    assert st.REBUILD_INSTANCE not in steps

@@ -1,0 +1,154 @@
+"""The transaction is whole when the state directory fills up (issue 12, finding 4): the
+real agent runs with a small tmpfs over its state directory, mounted in a private mount
+namespace (nothing on the host's mounts changes); the fault comes from outside the
+product: a filler file, or strace injecting ENOSPC into the commit's rename."""
+import copy
+import os
+import pathlib
+import subprocess
+import time
+
+import pytest
+
+from astara_lab.appliance import contract_appliance, contract_payloads
+
+pytestmark = pytest.mark.netns
+
+BASIC = contract_payloads("original-orchestrator")["router-basic"]
+TMPFS_SIZE = 4 << 20
+
+
+def with_fips(count):
+    body = copy.deepcopy(BASIC)
+    body["floating_ips"] = body["floating_ips"] + [
+        {"floating_ip": f"198.18.{i // 250}.{i % 250 + 1}", "fixed_ip": "10.1.0.12"}
+        for i in range(count)]
+    return body
+
+
+def _generation(appliance):
+    config = appliance.client().get("/v1/system/config").json()
+    return config["generation"], config["configuration"]
+
+
+class TmpfsState:
+    """A process holding a private mount namespace (inside the appliance's network
+    namespace) with a tmpfs over the agent's state directory, seeded with its files. The
+    agent is started inside it with ``nsenter``, so a restart finds the same tmpfs."""
+
+    def __init__(self, lab, appliance):
+        self.appliance = appliance
+        state = str(appliance.state_dir)
+        seed = str(lab.tmpdir("state-seed"))
+        self.proc = lab.spawn(appliance.ns, [
+            "unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'cp -a "$1/." "$2" && mount -t tmpfs -o size=$3,mode=0700 tmpfs "$1" '
+            '&& cp -a "$2/." "$1" && touch "$1/.seeded" && exec sleep 3600',
+            "sh", state, seed, str(TMPFS_SIZE)])
+        self.root = pathlib.Path(f"/proc/{self.proc.pid}/root") / state.lstrip("/")
+        deadline = time.monotonic() + 10
+        while not (self.root / ".seeded").exists():
+            assert self.proc.poll() is None, "the tmpfs holder exited"
+            assert time.monotonic() < deadline, "the tmpfs was never seeded"
+            time.sleep(0.05)
+        self.filler = self.root / "filler"
+
+    def wrapper(self):
+        return ("nsenter", f"--mount=/proc/{self.proc.pid}/ns/mnt", "--")
+
+    def leave_free(self, keep):
+        """Fill the tmpfs so that about ``keep`` bytes stay free."""
+        if self.filler.exists():
+            self.filler.unlink()
+        stats = os.statvfs(self.root)
+        size = stats.f_bavail * stats.f_frsize - keep
+        if size > 0:
+            fd = os.open(self.filler, os.O_CREAT | os.O_WRONLY, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+
+
+@pytest.fixture
+def appliance(lab):
+    appliance = contract_appliance(lab, "router-basic", BASIC)
+    response = appliance.client().put_json("/v1/system/config", BASIC)
+    assert response.status == 200, response.text
+    appliance.stop()
+    return appliance
+
+
+def test_a_full_state_directory_refuses_early_and_keeps_the_generation(lab, appliance):
+    tmpfs = TmpfsState(lab, appliance)
+    appliance.start(wrapper=tmpfs.wrapper())
+    expected_generation, expected_config = _generation(appliance)
+    expected_dump = appliance.dump()
+    outcomes = []
+    for level, keep in enumerate((0, 8 << 10, 64 << 10, 200 << 10, 280 << 10, 320 << 10,
+                                  512 << 10, 1 << 20)):
+        tmpfs.leave_free(keep)
+        body = with_fips(200 + level)  # about 15 kB of JSON: 300 kB needed with the reserve
+        response = appliance.client().put_json("/v1/system/config", body)
+        outcomes.append(response.status)
+        if response.status == 200:
+            expected_generation, expected_config = expected_generation + 1, body
+            expected_dump = appliance.dump()
+            assert "198.18.0.201/32" in str(expected_dump) or response.json()["changes"]
+        else:
+            assert response.status == 507, response.text
+            assert "state directory is full" in response.json()["message"]
+            assert appliance.dump() == expected_dump  # the kernel runs the old generation
+        assert _generation(appliance) == (expected_generation, expected_config)
+    assert 507 in outcomes and 200 in outcomes, outcomes  # both paths were exercised
+    tmpfs.leave_free(0)
+    appliance.stop()
+    appliance.start(wrapper=tmpfs.wrapper())
+    assert _generation(appliance) == (expected_generation, expected_config)
+    assert appliance.dump() == expected_dump
+
+
+def _worker_pid(appliance):
+    """The gunicorn worker: the agent's (the master's) only child."""
+    pid = appliance.proc.pid
+    children = pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def _wait_traced(pid, timeout=10):
+    """Until strace has attached to every thread of ``pid``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        tracers = [line for task in pathlib.Path(f"/proc/{pid}/task").iterdir()
+                   for line in (task / "status").read_text().splitlines()
+                   if line.startswith("TracerPid:")]
+        if tracers and all(line.split()[1] != "0" for line in tracers):
+            return
+        assert time.monotonic() < deadline, "strace did not attach"
+        time.sleep(0.05)
+
+
+def test_a_failed_commit_rolls_the_kernel_back(lab, appliance):
+    """Space for the pre-check, but persisting fails: strace, attached to the running
+    agent, makes fsync fail with ENOSPC (the commit is the only durable write of a
+    floating-IP change). The kernel goes back to the previous generation."""
+    appliance.start()
+    before = appliance.dump()
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync",
+                               "-e", "inject=fsync:error=ENOSPC",
+                               "-p", str(_worker_pid(appliance))])
+    try:
+        _wait_traced(_worker_pid(appliance))
+        response = appliance.client().put_json("/v1/system/config", with_fips(20))
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+    assert response.status == 507, response.text
+    assert "state directory is full" in response.json()["message"]
+    assert appliance.dump() == before
+    assert _generation(appliance) == (1, BASIC)
+    appliance.stop()
+    appliance.start()
+    assert _generation(appliance) == (1, BASIC)
+    assert appliance.dump() == before

@@ -1,0 +1,136 @@
+"""The supervisor and the reconcile loop (issue 12, finding 5): with no push at all, dead
+daemons come back and the kernel returns to the committed generation; the status says
+``degraded`` with the reason while something stays down."""
+import os
+import signal
+
+import pytest
+
+from astara_lab.appliance import contract_appliance, contract_payloads
+from astara_netns import pid_alive
+
+from .test_agent_transactions import _ruleset, wait_until
+
+pytestmark = pytest.mark.netns
+
+CONTRACT = contract_payloads("original-orchestrator")
+BASIC = CONTRACT["router-basic"]
+
+
+def supervised(lab, name):
+    """Contract body ``name`` applied by an agent whose supervisor looks every 0.3 s
+    (back-off up to 2 s)."""
+    appliance = contract_appliance(lab, name, CONTRACT[name])
+    appliance.stop()
+    config = lab.tmpdir("agent-config") / "agent.ini"
+    config.write_text("[supervisor]\ninterval = 0.3\nmax_backoff = 2\n")
+    appliance.start(extra_args=("--config-file", str(config)))
+    response = appliance.client().put_json("/v1/system/config", CONTRACT[name])
+    assert response.status == 200, response.text
+    return appliance
+
+
+@pytest.fixture
+def appliance(lab):
+    return supervised(lab, "router-basic")
+
+
+def status(appliance):
+    return appliance.client().get("/v1/status/").json()
+
+
+def daemon_pid(appliance, pidfile):
+    try:
+        return int((appliance.state_dir / pidfile).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# daemon: (contract body that runs it, its pid file, the supervisor's reason)
+DAEMONS = {"dnsmasq": ("router-basic", "dnsmasq/dnsmasq.pid", "dhcp is down"),
+           "bird": ("router-dual-stack", "bird/bird.pid", "routing is down")}
+
+
+@pytest.mark.parametrize("daemon", sorted(DAEMONS))
+def test_a_killed_daemon_is_restarted(lab, daemon):
+    name, pidfile, reason = DAEMONS[daemon]
+    appliance = supervised(lab, name)
+    old = daemon_pid(appliance, pidfile)
+    assert old is not None and pid_alive(old)
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: daemon_pid(appliance, pidfile) not in (None, old)
+               and pid_alive(daemon_pid(appliance, pidfile)), f"{daemon} restarted")
+    wait_until(lambda: status(appliance)["repairs"].get(reason, 0) >= 1, "repair counted")
+    assert status(appliance)["state"] == "ready"
+    assert appliance.client().get("/v1/system/config").json()["generation"] == 1
+
+
+DRIFT = {
+    "address": (lambda a: a.ns.ip("addr", "del", "10.1.0.1/24", "dev", "eth2"),
+                lambda a: "10.1.0.1/24" in str(a.dump()), "netlink changed"),
+    "nft element": (lambda a: a.ns.run(["nft", "delete element inet astara fip_dnat "
+                                        "{ 172.24.4.228 }"]),
+                    lambda a: "172.24.4.228" in _ruleset(a), "nftables changed"),
+}
+
+
+@pytest.mark.parametrize("drift", sorted(DRIFT))
+def test_kernel_drift_is_repaired_without_a_push(appliance, drift):
+    tamper, present, reason = DRIFT[drift]
+    assert present(appliance)
+    tamper(appliance)
+    wait_until(lambda: present(appliance), f"{drift} repaired")
+    wait_until(lambda: status(appliance)["repairs"].get(reason, 0) >= 1, "repair counted")
+
+
+def test_status_is_degraded_while_a_daemon_cannot_come_back(appliance):
+    """dnsmasq dies and cannot start again while its lease file is a directory: the status
+    says degraded and why, until the file system is fixed and the supervisor restarts it."""
+    _, pidfile, reason = DAEMONS["dnsmasq"]
+    leases = appliance.state_dir / "dnsmasq" / "leases"
+    old = daemon_pid(appliance, pidfile)
+    leases.rename(leases.with_name("leases.aside"))
+    leases.mkdir()
+    try:
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda: status(appliance)["state"] == "degraded", "status degraded")
+        report = status(appliance)
+        assert reason in report["reasons"] and reason in report["last_error"]
+        assert report["repairs"].get(reason, 0) == 0
+    finally:
+        leases.rmdir()
+        leases.with_name("leases.aside").rename(leases)
+    wait_until(lambda: status(appliance)["repairs"].get(reason, 0) == 1, "repaired",
+               timeout=20)
+    assert status(appliance)["state"] == "ready"
+    assert pid_alive(daemon_pid(appliance, pidfile))
+
+
+def metric(text, name, **labels):
+    """The value of one sample of a Prometheus text exposition (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v
+                                           for k, v in labels.items()):
+                return sample.value
+    return 0
+
+
+def test_metrics_count_applies_refusals_repairs_and_restarts(appliance):
+    client = appliance.client()
+    before = client.get("/metrics").text
+    assert metric(before, "astara_generation") == 1
+    assert metric(before, "astara_applies_total", result="applied") >= 1
+    assert metric(before, "astara_subsystem_apply_seconds_count", subsystem="dhcp") >= 1
+    bad = dict(BASIC, floating_ips=[{"floating_ip": "not an address", "fixed_ip": "x"}])
+    assert client.put_json("/v1/system/config", bad).status == 422
+    _, pidfile, reason = DAEMONS["dnsmasq"]
+    os.kill(daemon_pid(appliance, pidfile), signal.SIGKILL)
+    wait_until(lambda: status(appliance)["repairs"].get(reason, 0) >= 1, "repaired")
+    after = client.get("/metrics").text
+    assert metric(after, "astara_refusals_total", reason="invalid_payload") == 1
+    assert metric(after, "astara_reconcile_repairs_total", reason=reason) >= 1
+    assert metric(after, "astara_daemon_restarts_total", subsystem="dhcp") >= 1
+    assert metric(after, "astara_applies_total", result="applied") > metric(
+        before, "astara_applies_total", result="applied")
