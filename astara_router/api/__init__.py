@@ -4,6 +4,7 @@ uses as its liveness probe. One blueprint per route group (base, firewall, inter
 config); the token check and the JSON error handlers are the app's, so they cover every
 route."""
 import hmac
+import ipaddress
 import json
 import logging
 
@@ -22,6 +23,27 @@ LOG = logging.getLogger(__name__)
 BANNER = "Astara appliance API service is active"
 PUBLIC_PATHS = ("/v1/", "/v1/base/")  # the banner: no token needed
 MAX_BODY = 16 * 1024 * 1024
+MAX_CONFIRM_TIMEOUT = 3600  # seconds
+
+
+def _address(text):
+    """An IP address from the WSGI environment (peer or listener), or None."""
+    try:
+        return ipaddress.ip_address((text or "").split("%")[0].strip("[]"))
+    except ValueError:
+        return None
+
+
+def confirm_timeout_of(args):
+    """``?confirm_timeout=N`` (whole seconds, 1..MAX_CONFIRM_TIMEOUT) or None; ValueError
+    with the reason otherwise."""
+    text = args.get("confirm_timeout")
+    if text is None:
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= MAX_CONFIRM_TIMEOUT:
+        raise ValueError(f"confirm_timeout must be a whole number of seconds from 1 to "
+                         f"{MAX_CONFIRM_TIMEOUT}, not {text[:40]!r}")
+    return int(text)
 
 
 def json_response(body, status=200, headers=None):
@@ -91,7 +113,8 @@ def base_routes(settings, engine, prober):
     def status():
         result = dict(prober.result)
         result.update(state=engine.state, generation=engine.committed.generation,
-                      last_error=engine.last_error)
+                      last_error=engine.last_error,
+                      awaiting_confirmation=engine.awaiting_confirmation)
         return json_response(result)
 
     return routes
@@ -147,18 +170,32 @@ def config_routes(engine):
             return error_response(415, "Unsupported Media Type",
                                   "the body must be sent as application/json, not "
                                   f"{request.content_type or 'no content type'!r}")
+        try:
+            confirm_timeout = confirm_timeout_of(request.args)
+        except ValueError as exc:
+            return error_response(400, "Bad Request", str(exc),
+                                  [{"path": "confirm_timeout", "message": str(exc)}])
         raw = request.get_data(cache=False)
         try:
             body = msgspec.json.decode(raw or b"")
         except msgspec.DecodeError as exc:
             return error_response(400, "Bad Request", f"the body is not valid JSON: {exc}")
-        try:
-            outcome = engine.apply(body, raw)
+        try:  # the management path: where the request came from and where it arrived
+            outcome = engine.apply(body, raw, source=_address(request.remote_addr),
+                                   local=_address(request.environ.get("SERVER_NAME")),
+                                   confirm_timeout=confirm_timeout)
         except (PayloadError, ApplyError) as exc:
             return json_response(exc.to_dict(), exc.status)
         # The generation's view, rendered once, with the change count spliced in front.
         answer = b'{"changes": %d, ' % outcome.changes + outcome.committed.view_json[1:]
         return Response(answer, mimetype="application/json",
                         headers={"ETag": f'"{outcome.committed.hash}"'})
+
+    @routes.post("/v1/system/config/confirm")
+    def confirm_config():
+        """Keep the generation pushed with ?confirm_timeout (a no-op when none awaits)."""
+        confirmed = engine.confirm()
+        return json_response({"confirmed": confirmed,
+                              "generation": engine.committed.generation})
 
     return routes
