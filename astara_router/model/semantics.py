@@ -169,7 +169,23 @@ def check_management(problems, config, locate, router_path, sources=()):
             if ours is None or destination.prefixlen >= ours:
                 problems.add(path, f"{destination} via {device or 'another interface'} "
                                    f"would take {what} away from the management interface "
-                                   f"{ifname}" + ONLY_UNDER_CONFIRM)
+                                   f"{ifname}")
+        for i, address in _floating_ips_in(config, target, ifname):  # local /32s, /128s
+            problems.add(_join(router_path, f"floating_ips[{i}].floating_ip"),
+                         f"{address} would take {what} away from the management "
+                         f"interface {ifname}")
+
+
+def _floating_ips_in(config, target, ifname):
+    """(index, address) of the floating IPs (on a NIC other than ``ifname``) inside
+    ``target``: thousands of host routes, checked without building a network for each."""
+    if config.router is None or ifname in (n.interface.ifname for n in
+                                           config.external_networks):
+        return
+    for i, fip in enumerate(config.router.floating_ips):
+        address = fip.floating_ip
+        if address.version == target.version and address in target:
+            yield i, address
 
 
 def management_change(problems, previous, config, locate, local=None):
@@ -199,9 +215,9 @@ def management_change(problems, previous, config, locate, local=None):
 
 
 def _routes(config, locate, router_path):
-    """(path, destination, ifname or None) for everything that steers the kernel's route
-    lookup: connected prefixes of every interface address, floating IPs (local /32s on the
-    external NIC), default routes, subnet host routes and static routes."""
+    """(path, destination, ifname or None) for what steers the kernel's route lookup besides
+    floating IPs (``_floating_ips_in``): connected prefixes of every interface address,
+    default routes, subnet host routes and static routes."""
     for network in config.networks:
         ifname = network.interface.ifname
         for k, address in enumerate(network.interface.addresses):
@@ -210,11 +226,6 @@ def _routes(config, locate, router_path):
             for k, route in enumerate(subnet.host_routes):
                 yield (f"{locate(ifname, subnet)}.host_routes[{k}]", route.destination,
                        ifname)
-        if network.is_external:
-            for i, (fip, external) in enumerate(config.floating_ip_networks):
-                if external is network:
-                    yield (_join(router_path, f"floating_ips[{i}].floating_ip"),
-                           ipaddress.ip_network(fip.floating_ip), ifname)
     router = config.router
     if router is not None:
         if router.default_v4_gateway is not None:

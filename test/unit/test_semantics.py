@@ -157,3 +157,21 @@ def test_the_address_the_request_came_in_on_must_stay():
         check_management_path(config, body, local=local)
     assert "answers on" in info.value.errors[0].message
     check_management_path(config, body, local=local, confirming=True)
+
+
+def test_a_floating_ip_on_the_orchestrators_address_is_refused():
+    """The floating address becomes local on the external NIC: answers to the orchestrator
+    would never leave through the management interface."""
+    body = copy.deepcopy(BASIC)
+    body["floating_ips"].append({"floating_ip": "198.18.7.9", "fixed_ip": "10.1.0.12"})
+    config = parse_payload(body, BOTH)
+    with pytest.raises(PayloadError) as info:
+        check_management_path(config, body, (ipaddress.ip_address("198.18.7.9"),))
+    assert "floating_ips[1].floating_ip" in {error.path for error in info.value.errors}
+
+
+def test_only_the_management_change_asks_for_commit_confirm():
+    body = changed(DUAL, lambda b: b.__setitem__(
+        "static_routes", [[ORCHESTRATOR + "/128", "fd4e:7a31:2c5b:1::99"]]))
+    errors = refused(body)
+    assert "confirm" not in errors["static_routes[0]"]
