@@ -34,6 +34,16 @@ def _address(text):
         return None
 
 
+def local_address(environ):
+    """The address the request arrived on, from the connection itself (gunicorn's socket;
+    SERVER_NAME follows the client's Host header), or None."""
+    sock = environ.get("gunicorn.socket")
+    try:
+        return _address(sock.getsockname()[0]) if sock is not None else None
+    except (OSError, IndexError, TypeError):
+        return None
+
+
 def confirm_timeout_of(args):
     """``?confirm_timeout=N`` (whole seconds, 1..MAX_CONFIRM_TIMEOUT) or None; ValueError
     with the reason otherwise."""
@@ -182,7 +192,7 @@ def config_routes(engine):
             return error_response(400, "Bad Request", f"the body is not valid JSON: {exc}")
         try:  # the management path: where the request came from and where it arrived
             outcome = engine.apply(body, raw, source=_address(request.remote_addr),
-                                   local=_address(request.environ.get("SERVER_NAME")),
+                                   local=local_address(request.environ),
                                    confirm_timeout=confirm_timeout)
         except (PayloadError, ApplyError) as exc:
             return json_response(exc.to_dict(), exc.status)

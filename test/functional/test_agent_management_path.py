@@ -131,3 +131,15 @@ def test_a_bad_confirm_timeout_is_a_400_naming_it(lab):
                                           json.dumps(BASIC).encode(), "application/json")
     assert response.status == 400
     assert response.json()["errors"][0]["path"] == "confirm_timeout"
+
+
+def test_a_first_push_must_keep_the_address_the_agent_answers_on(lab):
+    """No generation committed yet: the address the request arrived on (the one
+    astara-configure-management set at boot) is the management path to keep."""
+    appliance = contract_appliance(lab, "router-basic", BASIC)
+    response = appliance.client().put_json("/v1/system/config", re_addressed(BASIC))
+    assert response.status == 422, response.text
+    (error,) = response.json()["errors"]
+    assert error["path"] == "networks[0].interface.addresses"
+    assert "answers on" in error["message"]
+    assert committed(appliance)["generation"] == 0
