@@ -85,12 +85,12 @@ def test_the_management_interface_needs_an_address():
 
 @pytest.mark.parametrize("mutate, path", [
     # a static route to the orchestrator's address via a tenant next hop
-    (lambda b: b.__setitem__("static_routes", [[ORCHESTRATOR + "/128",
-                                                 "fd4e:7a31:2c5b:1::99"]]),
+    (lambda b: b.__setitem__("static_routes",
+                             [[ORCHESTRATOR + "/128", "fd4e:7a31:2c5b:1::99"]]),
      "static_routes[0]"),
     # a longer prefix of the management network via the external gateway
-    (lambda b: b.__setitem__("static_routes", [["fdca:3ba5:a17a:acda::/96",
-                                                 "2001:db8:c0de:1::1"]]),
+    (lambda b: b.__setitem__("static_routes",
+                             [["fdca:3ba5:a17a:acda::/96", "2001:db8:c0de:1::1"]]),
      "static_routes[0]"),
     # a subnet host route covering the orchestrator (installed on the router too)
     (lambda b: b["networks"][2]["subnets"][1]["host_routes"].append(
