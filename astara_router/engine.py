@@ -15,6 +15,12 @@
 * **commit**: the new generation is persisted atomically. Persisting is part of the
   transaction: if it fails, everything is rolled back like any other failure.
 
+Before the lock is taken, the payload is checked against the management path of the
+request (its source and the address it came in on: ``model.check_management_path``).
+**Commit-confirm**: ``apply(..., confirm_timeout=N)`` commits a generation that reverts to
+the last confirmed one (a transaction of its own) unless ``confirm()`` comes within N
+seconds; only such a push may re-address or move the management network.
+
 If any step fails, every subsystem that changed something is restored from the snapshot it
 took first, and the last good generation stays committed. An identical push whose base is
 intact returns at once, before even parsing (the raw body's digest is compared).
@@ -42,7 +48,7 @@ import msgspec
 from .apply import default_subsystems
 from .errors import ApplyError
 from .metrics import Metrics
-from .model import PayloadError, SystemConfig, parse_payload
+from .model import PayloadError, SystemConfig, check_management_path, parse_payload
 from .naming import InterfaceNames, list_nics
 from .render.firewall import TABLE
 from .store import Store, payload_hash
@@ -174,6 +180,7 @@ class Engine:
         self.last_error = None
         self.repairs = Counter()  # reconcile: drift reason -> times repaired
         self.metrics = Metrics()
+        self._revert_timer = None  # commit-confirm: reverts the generation awaiting it
         self.committed = self._load()
 
     def _load(self):
@@ -193,17 +200,19 @@ class Engine:
         return parse_payload(body, self.enabled_services)
 
     # -- writers -------------------------------------------------------------------------
-    def apply(self, body, raw=None) -> Outcome:
+    def apply(self, body, raw=None, source=None, local=None, confirm_timeout=None) -> Outcome:
         """Validate and apply a whole payload (``raw``: the bytes it was decoded from, for
         the identical-push fast path); raise PayloadError/ApplyError on failure with the
-        previous generation left in place."""
+        previous generation left in place. ``source``/``local``: the request's peer address
+        and the address it arrived on (the management path to keep); ``confirm_timeout``:
+        seconds before a new generation reverts unless ``confirm()`` is called."""
         try:
-            return self._apply(body, raw)
+            return self._apply(body, raw, source, local, confirm_timeout)
         except (PayloadError, ApplyError) as exc:
             self.metrics.refused(exc)
             raise
 
-    def _apply(self, body, raw):
+    def _apply(self, body, raw, source, local, confirm_timeout):
         raw_digest = body_digest(raw)
         if raw_digest is not None:
             with self._lock:
@@ -214,13 +223,69 @@ class Engine:
         digest = payload_hash(body)
         with self._lock:
             previous = self.committed
+            check_management_path(config, body, (source,) if source else (), previous.config,
+                                  local, confirming=confirm_timeout is not None)
             if digest == previous.hash and self._intact(previous):
                 self.committed = replace(previous, raw_digest=raw_digest)
                 return Outcome(self.committed, 0)
-            committed, changes = self._transaction(config, body, digest, previous, raw=raw)
+            awaiting = confirm_timeout is not None
+            committed, changes = self._transaction(config, body, digest, previous, raw=raw,
+                                                   awaiting=awaiting)
             self.committed = replace(committed, raw_digest=raw_digest)
             self.state, self.last_error = "ready", None
+            if committed.generation != previous.generation:
+                self._arm_revert(committed.generation, confirm_timeout)
             return Outcome(self.committed, changes)
+
+    # -- commit-confirm ------------------------------------------------------------------
+    @property
+    def awaiting_confirmation(self):
+        """The generation that reverts unless confirmed, or None."""
+        return self.store.awaiting()
+
+    def confirm(self):
+        """Keep the generation that awaits confirmation; returns its number or None."""
+        with self._lock:
+            generation = self.store.awaiting()
+            self._arm_revert(None, None)
+            self.store.confirm()
+            return generation
+
+    def _arm_revert(self, generation, timeout):
+        """Under the lock: cancel any pending revert; with a timeout, arm one for
+        ``generation``."""
+        if self._revert_timer is not None:
+            self._revert_timer.cancel()
+            self._revert_timer = None
+        if timeout is not None:
+            self._revert_timer = threading.Timer(timeout, self._revert, (generation,))
+            self._revert_timer.name = f"revert-{generation}"
+            self._revert_timer.daemon = True
+            self._revert_timer.start()
+
+    def _revert(self, generation):
+        """The confirmation did not come: apply the last confirmed generation again (as a
+        new generation, so readers and the orchestrator see the change)."""
+        with self._lock:
+            if self.store.awaiting() != generation or self.committed.generation != generation:
+                return  # confirmed, or superseded, meanwhile
+            stored = self.store.load_previous()
+            if stored is None:
+                LOG.error("generation %d was not confirmed but no previous one is kept",
+                          generation)
+                return
+            LOG.warning("generation %d was not confirmed in time: reverting to the "
+                        "configuration of generation %d", generation, stored.number)
+            try:
+                config = self.parse(stored.payload)
+                raw = msgspec.json.encode(stored.payload)
+                self.committed, _ = self._transaction(config, stored.payload, stored.hash,
+                                                      self.committed, raw=raw)
+                self._revert_timer = None
+                self.state, self.last_error = "ready", None
+            except Exception as exc:  # keep serving; the orchestrator pushes again
+                LOG.exception("revert of generation %d failed", generation)
+                self.state, self.last_error = "degraded", f"revert failed: {exc}"
 
     def boot(self):
         """Re-apply the persisted generation before the API reports ready, from the live
@@ -320,7 +385,8 @@ class Engine:
                                  else previous.plans.get(subsystem.name))
                 for subsystem in self.subsystems}
 
-    def _transaction(self, config, body, digest, previous, leftovers=(), raw=None):
+    def _transaction(self, config, body, digest, previous, leftovers=(), raw=None,
+                     awaiting=False):
         started = time.monotonic()
         earlier = [c for c in (previous.config, *leftovers) if c is not None]
         ctx = ApplyContext.open(self.names, earlier)
@@ -348,7 +414,8 @@ class Engine:
                 subsystem.verify(ctx, plans[subsystem.name], bases[subsystem.name],
                                  counts[subsystem.name])
             if new_generation:
-                stored = self._persist(previous.generation + 1, body, digest, raw)
+                stored = self._persist(previous.generation + 1, body, digest, raw,
+                                       awaiting=awaiting)
                 number, committed_at = stored.number, stored.committed_at
             else:
                 number, committed_at = previous.generation, previous.committed_at
@@ -377,9 +444,9 @@ class Engine:
                  time.monotonic() - started, changes)
         return committed, changes
 
-    def _persist(self, number, body, digest, raw):
+    def _persist(self, number, body, digest, raw, awaiting=False):
         try:
-            return self.store.commit(number, body, digest, raw)
+            return self.store.commit(number, body, digest, raw, awaiting=awaiting)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise

@@ -3,6 +3,13 @@
 ``config.json`` holds the committed generation; ``pending.json`` is written before an apply
 starts and removed when it ends, so after a crash the boot re-apply knows which interfaces
 the interrupted apply may have touched.
+
+Commit-confirm (README, "Commit-confirm"): ``previous.json`` keeps the generation before the
+committed one (a hard link, no copy) — while a generation awaits confirmation, the last
+confirmed one. ``confirm.json`` names the generation that awaits confirmation; it is written
+before that generation's config.json, so a crash in between leaves a marker naming a
+generation that was never committed, which is ignored. An agent that starts while
+config.json's generation awaits confirmation comes back on ``previous.json``.
 """
 import hashlib
 import json
@@ -72,6 +79,8 @@ class Store:
         self.state_dir = state_dir
         self.config_path = os.path.join(state_dir, "config.json")
         self.pending_path = os.path.join(state_dir, "pending.json")
+        self.previous_path = os.path.join(state_dir, "previous.json")
+        self.confirm_path = os.path.join(state_dir, "confirm.json")
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
 
     def free_space(self):
@@ -81,23 +90,75 @@ class Store:
         return stats.f_bavail * stats.f_frsize, (stats.f_favail if stats.f_files else None)
 
     def load(self) -> Optional[Generation]:
+        """The committed generation; when it still awaits confirmation (the agent restarted
+        before the orchestrator confirmed it), the previous one, committed again under the
+        next number."""
+        current = self._read(self.config_path)
+        if current is None or self.awaiting() != current.number:
+            return current
+        previous = self._read(self.previous_path)
+        if previous is None:
+            return current
+        reverted = self.commit(current.number + 1, previous.payload, previous.hash,
+                               keep_previous=False)
+        self.confirm()
+        return reverted
+
+    def load_previous(self) -> Optional[Generation]:
+        return self._read(self.previous_path)
+
+    @staticmethod
+    def _read(path):
         try:
-            with open(self.config_path) as handle:
+            with open(path) as handle:
                 data = json.load(handle)
-            return Generation(int(data["generation"]), data["payload"], data["hash"],
-                              float(data.get("committed_at", 0)))
         except FileNotFoundError:
             return None
+        return Generation(int(data["generation"]), data["payload"], data["hash"],
+                          float(data.get("committed_at", 0)))
 
-    def commit(self, number, payload, digest=None, raw=None) -> Generation:
+    def commit(self, number, payload, digest=None, raw=None, awaiting=False,
+               keep_previous=True) -> Generation:
         """Persist a generation, durably. ``raw``: the JSON bytes the payload was decoded
-        from, written as they are instead of encoding the payload again."""
+        from, written as they are instead of encoding the payload again. ``awaiting``: the
+        generation awaits confirmation (previous.json then keeps the last confirmed one)."""
         generation = Generation(number, payload, digest or payload_hash(payload), time.time())
         header = json.dumps({"generation": generation.number, "hash": generation.hash,
                              "committed_at": generation.committed_at}, sort_keys=True)
         body = raw if raw is not None else msgspec.json.encode(payload)
+        if keep_previous and not (awaiting and self.awaiting() is not None):
+            self._keep_previous()
+        if awaiting:
+            atomic_write(self.confirm_path, json.dumps({"generation": number}))
         atomic_write(self.config_path, header[:-1].encode() + b', "payload": ' + body + b"}")
+        if not awaiting:
+            self.confirm()
         return generation
+
+    def _keep_previous(self):
+        """previous.json := the committed config.json, by a hard link (atomic, no copy)."""
+        link = self.previous_path + ".new"
+        try:
+            if os.path.lexists(link):
+                os.unlink(link)
+            os.link(self.config_path, link)
+        except FileNotFoundError:
+            return
+        os.replace(link, self.previous_path)
+
+    def awaiting(self) -> Optional[int]:
+        """The generation that awaits confirmation, or None."""
+        try:
+            with open(self.confirm_path) as handle:
+                return int(json.load(handle)["generation"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def confirm(self):
+        try:
+            os.unlink(self.confirm_path)
+        except FileNotFoundError:
+            pass
 
     def load_pending(self):
         try:

@@ -5,8 +5,11 @@ config hash for drift detection).
 * ``get_interfaces()``: ``GET /v1/system/interfaces`` -> ``{mac: geN}``.
 * ``committed()``: ``GET /v1/system/config`` -> ``(generation, hash)``; with
   ``if_none_match`` a 304 answer means "already at that hash" and costs no body.
-* ``put_config(payload)``: ``PUT /v1/system/config`` with ``Content-type:
-  application/json`` (exactly the original's header).
+* ``put_config(payload, confirm_timeout=None)``: ``PUT /v1/system/config`` with
+  ``Content-type: application/json`` (exactly the original's header); with a timeout,
+  ``?confirm_timeout=N`` (commit-confirm: the agent reverts unless confirmed).
+* ``confirm()``: ``POST /v1/system/config/confirm`` over the same path; False when the
+  appliance does not know commit-confirm (404/405: an original appliance).
 
 Retries (all but ``is_alive``): timeouts, connection errors and 5xx are retried with
 exponential back-off and jitter, then raise ``ApplianceUnavailable``. A 4xx is never
@@ -67,7 +70,7 @@ def base_url(host, port):
 class ApplianceClient:
     def __init__(self, host, port=5000, token="", alive_timeout=3.0, timeout=30.0,
                  config_timeout=90.0, attempts=4, backoff_base=0.5, backoff_cap=8.0,
-                 sleep=time.sleep):
+                 sleep=time.sleep, confirm_timeout=None):
         self.url = base_url(host, port)
         self.token = token
         self.alive_timeout = alive_timeout
@@ -77,12 +80,14 @@ class ApplianceClient:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self._sleep = sleep
+        self.confirm_timeout = confirm_timeout  # None: plain PUTs, as the original
 
     @classmethod
     def from_settings(cls, host, appliance_settings):
         s = appliance_settings
         return cls(host, s.port, s.token, s.alive_timeout, s.interfaces_timeout,
-                   s.config_timeout, s.retry_attempts, s.retry_base, s.retry_cap)
+                   s.config_timeout, s.retry_attempts, s.retry_base, s.retry_cap,
+                   confirm_timeout=s.confirm_timeout or None)
 
     def __repr__(self):
         return f"ApplianceClient({self.url})"
@@ -119,10 +124,27 @@ class ApplianceClient:
         return body.get("generation"), body.get("hash")
 
     def put_config(self, payload):
+        """Push ``payload``; under commit-confirm, confirm it over the same path at once
+        (the push reverts by itself when the appliance can no longer be reached)."""
         data = json.dumps(payload).encode()
-        response = self._call("PUT", "/v1/system/config", self.config_timeout, data=data,
+        path = "/v1/system/config"
+        if self.confirm_timeout:
+            path += f"?confirm_timeout={int(self.confirm_timeout)}"
+        response = self._call("PUT", path, self.config_timeout, data=data,
                               headers={"Content-type": "application/json"})
-        return self._json(response)
+        body = self._json(response)
+        if self.confirm_timeout:
+            self.confirm()
+        return body
+
+    def confirm(self):
+        try:
+            self._call("POST", "/v1/system/config/confirm", self.timeout)
+        except ApplianceRejected as exc:
+            if exc.status in (404, 405):
+                return False  # an original appliance: its PUT needs no confirmation
+            raise
+        return True
 
     # -- plumbing ------------------------------------------------------------------------------
     def _send(self, method, path, timeout, data=None, headers=None):

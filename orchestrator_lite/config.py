@@ -9,7 +9,8 @@ the ``[netns]`` names the lab chose) is enough to run. Sections and keys::
                metadata_port
   [router] asn, neighbor_asn, provider_rules_path
   [appliance] port, token, alive_timeout, interfaces_timeout, config_timeout,
-              retry_attempts, retry_base, retry_cap
+              confirm_timeout (commit-confirm seconds; 0: plain PUTs), retry_attempts,
+              retry_base, retry_cap
   [health] period, jitter, dead_grace, degraded_grace, boot_timeout, boot_check_interval,
            max_boot_attempts, boot_backoff_base, boot_backoff_cap, error_cooldown,
            delete_timeout, hotplug_timeout, max_push_failures, push_backoff_base,
@@ -98,6 +99,7 @@ class ApplianceSettings:
     alive_timeout: float = 3.0
     interfaces_timeout: float = 30.0
     config_timeout: float = 90.0
+    confirm_timeout: int = 60  # commit-confirm: the agent reverts unless confirmed in time
     retry_attempts: int = 4
     retry_base: float = 0.5
     retry_cap: float = 8.0

@@ -4,6 +4,7 @@ uses as its liveness probe. One blueprint per route group (base, firewall, inter
 config); the token check and the JSON error handlers are the app's, so they cover every
 route."""
 import hmac
+import ipaddress
 import json
 import logging
 
@@ -22,6 +23,37 @@ LOG = logging.getLogger(__name__)
 BANNER = "Astara appliance API service is active"
 PUBLIC_PATHS = ("/v1/", "/v1/base/")  # the banner: no token needed
 MAX_BODY = 16 * 1024 * 1024
+MAX_CONFIRM_TIMEOUT = 3600  # seconds
+
+
+def _address(text):
+    """An IP address from the WSGI environment (peer or listener), or None."""
+    try:
+        return ipaddress.ip_address((text or "").split("%")[0].strip("[]"))
+    except ValueError:
+        return None
+
+
+def local_address(environ):
+    """The address the request arrived on, from the connection itself (gunicorn's socket;
+    SERVER_NAME follows the client's Host header), or None."""
+    sock = environ.get("gunicorn.socket")
+    try:
+        return _address(sock.getsockname()[0]) if sock is not None else None
+    except (OSError, IndexError, TypeError):
+        return None
+
+
+def confirm_timeout_of(args):
+    """``?confirm_timeout=N`` (whole seconds, 1..MAX_CONFIRM_TIMEOUT) or None; ValueError
+    with the reason otherwise."""
+    text = args.get("confirm_timeout")
+    if text is None:
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= MAX_CONFIRM_TIMEOUT:
+        raise ValueError(f"confirm_timeout must be a whole number of seconds from 1 to "
+                         f"{MAX_CONFIRM_TIMEOUT}, not {text[:40]!r}")
+    return int(text)
 
 
 def json_response(body, status=200, headers=None):
@@ -102,7 +134,8 @@ def base_routes(settings, engine, prober):
         state = "degraded" if reasons and engine.state == "ready" else engine.state
         result.update(state=state, generation=engine.committed.generation,
                       last_error=engine.last_error or ("; ".join(reasons) or None),
-                      reasons=reasons, repairs=dict(engine.repairs))
+                      reasons=reasons, repairs=dict(engine.repairs),
+                      awaiting_confirmation=engine.awaiting_confirmation)
         return json_response(result)
 
     return routes
@@ -158,18 +191,32 @@ def config_routes(engine):
             return error_response(415, "Unsupported Media Type",
                                   "the body must be sent as application/json, not "
                                   f"{request.content_type or 'no content type'!r}")
+        try:
+            confirm_timeout = confirm_timeout_of(request.args)
+        except ValueError as exc:
+            return error_response(400, "Bad Request", str(exc),
+                                  [{"path": "confirm_timeout", "message": str(exc)}])
         raw = request.get_data(cache=False)
         try:
             body = msgspec.json.decode(raw or b"")
         except msgspec.DecodeError as exc:
             return error_response(400, "Bad Request", f"the body is not valid JSON: {exc}")
-        try:
-            outcome = engine.apply(body, raw)
+        try:  # the management path: where the request came from and where it arrived
+            outcome = engine.apply(body, raw, source=_address(request.remote_addr),
+                                   local=local_address(request.environ),
+                                   confirm_timeout=confirm_timeout)
         except (PayloadError, ApplyError) as exc:
             return json_response(exc.to_dict(), exc.status)
         # The generation's view, rendered once, with the change count spliced in front.
         answer = b'{"changes": %d, ' % outcome.changes + outcome.committed.view_json[1:]
         return Response(answer, mimetype="application/json",
                         headers={"ETag": f'"{outcome.committed.hash}"'})
+
+    @routes.post("/v1/system/config/confirm")
+    def confirm_config():
+        """Keep the generation pushed with ?confirm_timeout (a no-op when none awaits)."""
+        confirmed = engine.confirm()
+        return json_response({"confirmed": confirmed,
+                              "generation": engine.committed.generation})
 
     return routes

@@ -11,8 +11,8 @@ import re
 
 import msgspec
 
-from . import schema
-from .checks import Problems, parse_ip
+from . import schema, semantics
+from .checks import Problems, parse_ip, parse_network
 from .errors import FieldError, PayloadError, UnsupportedService, join, schema_error
 from .loadbalancer import build_loadbalancer
 from .types import (Allocation, FloatingIP, HAConfig, Interface, Label, Network, Orchestrator,
@@ -49,7 +49,49 @@ def parse_payload(body, enabled_services=("router",)):
         payload = msgspec.convert(body, schema.Payload)
     except msgspec.ValidationError as exc:
         raise PayloadError([schema_error(exc, body, schema.Payload, _network_context)]) from None
-    return _build(payload, enabled_services)
+    config = _build(payload, enabled_services)
+    problems = Problems()
+    locate = Locator(body)
+    router_path = "" if payload.asn else "services.router"
+    semantics.check_addresses(problems, config, locate, router_path)
+    semantics.check_management(problems, config, locate, router_path)
+    problems.raise_if_any()
+    return config
+
+
+def check_management_path(config, body, sources=(), previous=None, local=None,
+                          confirming=False):
+    """Raise PayloadError when applying ``config`` (parsed from ``body``) would cut the
+    management path of a request from ``sources`` that arrived on ``local``; re-addressing
+    or moving the management network (compared with ``previous``) passes only when
+    ``confirming`` (commit-confirm reverts it unless the orchestrator confirms)."""
+    problems = Problems()
+    locate = Locator(body)
+    router_path = "" if body.get("asn") else "services.router"
+    semantics.check_management(problems, config, locate, router_path, sources)
+    if not confirming:
+        semantics.management_change(problems, previous, config, locate, local)
+    problems.raise_if_any()
+
+
+class Locator:
+    """The payload path of a network (``networks[i]``, its first entry) or of one of its
+    subnets by interface name: the model merges duplicate network entries, error messages
+    name the field as it was pushed."""
+
+    def __init__(self, body):
+        self.networks, self.subnets = {}, {}
+        for i, spec in enumerate(body.get("networks") or ()):
+            ifname = spec["interface"]["ifname"]
+            self.networks.setdefault(ifname, f"networks[{i}]")
+            for j, subnet in enumerate(spec.get("subnets") or ()):
+                key = (ifname, subnet.get("id"), parse_network(subnet["cidr"]))
+                self.subnets.setdefault(key, f"networks[{i}].subnets[{j}]")
+
+    def __call__(self, ifname, subnet=None):
+        if subnet is None:
+            return self.networks.get(ifname, "networks")
+        return self.subnets.get((ifname, subnet.id, subnet.cidr), self.networks.get(ifname))
 
 
 def _build(payload, enabled_services):

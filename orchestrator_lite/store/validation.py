@@ -168,6 +168,8 @@ def _subnet(snap, body, old):
             raise StoreError(f"host_routes: {exc}", "host_routes") from None
         clean_routes.append({"destination": str(destination),
                              "nexthop": str(_ip(route["nexthop"], "host_routes"))})
+        if network["id"] != snap.management_network_id:
+            _keep_management_path(snap, destination)
     subnet = {"id": _new_id(body), "network_id": network["id"],
               "tenant_id": _str(body, "tenant_id", network["tenant_id"]),
               "name": _str(body, "name"), "cidr": str(cidr), "ip_version": cidr.version,
@@ -177,6 +179,20 @@ def _subnet(snap, body, old):
               "dns_nameservers": [str(_ip(d, "dns_nameservers")) for d in dns],
               "host_routes": clean_routes}
     return subnet
+
+
+def _keep_management_path(snap, destination):
+    """The appliance installs subnet host routes on itself: one that would win the route
+    lookup for (part of) the management network — where the orchestrator speaks from —
+    would cut the orchestrator off; the agent refuses such a payload too."""
+    for subnet in snap.subnets_of(snap.management_network_id):
+        management = ipaddress.ip_network(subnet["cidr"])
+        if destination.version == management.version and \
+                destination.subnet_of(management):
+            raise StoreError(f"host_routes: {destination} would take the management "
+                             f"network {management} (the orchestrator's path to the "
+                             "appliance) away from the management interface",
+                             "host_routes")
 
 
 def _macs_in_use(snap, except_kind=None, except_id=None):

@@ -303,8 +303,9 @@ def many_routers(count):
         t.network(f"net-{k}", net, tenant, 1450)
         t.subnet(sub, net, f"10.100.{k}.0/24", f"10.100.{k}.1", tenant)
         t.router(rid, tenant, gateway_net=PUBLIC)
-        t.port(PUBLIC, f"fa:16:3e:77:00:{k:02x}", [(PUBLIC_SUBNET,
-                                                         f"172.24.4.{k}")], rid, GATEWAY)
+        # .1 is the upstream gateway: router addresses start at .11 (never a gateway)
+        t.port(PUBLIC, f"fa:16:3e:77:00:{k:02x}", [(PUBLIC_SUBNET, f"172.24.4.{10 + k}")],
+               rid, GATEWAY)
         t.port(net, f"fa:16:3e:77:01:{k:02x}", [(sub, f"10.100.{k}.1")], rid, INTERFACE,
                tenant)
         vm = t.port(net, f"fa:16:3e:77:02:{k:02x}", [(sub, f"10.100.{k}.10")], f"vm-{k}",

@@ -34,7 +34,7 @@ class Handler(QuietHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    do_GET = do_PUT = _answer
+    do_GET = do_PUT = do_POST = _answer
 
 
 class Server(http.server.ThreadingHTTPServer):
@@ -98,6 +98,26 @@ def test_put_config_sends_the_original_header(server):
     assert headers["Content-type"] == "application/json"
     assert json.loads(body) == {"hostname": "ak-x"}
     assert "Authorization" not in headers
+
+
+def test_commit_confirm_pushes_with_a_timeout_and_confirms(server):
+    client, _ = client_for(server, confirm_timeout=60)
+    server.script[("PUT", "/v1/system/config?confirm_timeout=60")] = [
+        (200, {"generation": 2, "hash": "h"}, 0)]
+    server.script[("POST", "/v1/system/config/confirm")] = [(200, {"confirmed": 2}, 0)]
+    assert client.put_config({"hostname": "ak-x"})["generation"] == 2
+    assert [(m, p) for m, p, _, _ in server.requests] == [
+        ("PUT", "/v1/system/config?confirm_timeout=60"),
+        ("POST", "/v1/system/config/confirm")]
+
+
+def test_an_original_appliance_without_commit_confirm_is_still_configured(server):
+    """Its agent ignores the query and has no confirm route (404): nothing to confirm."""
+    client, _ = client_for(server, confirm_timeout=60)
+    server.script[("PUT", "/v1/system/config?confirm_timeout=60")] = [
+        (200, {"generation": 2, "hash": "h"}, 0)]
+    assert client.put_config({})["generation"] == 2
+    assert client.confirm() is False
 
 
 def test_bearer_token_when_configured(server):

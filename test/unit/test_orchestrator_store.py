@@ -326,3 +326,24 @@ def test_ipsec_site_connection_validation_events_and_deletes(store):
     assert shown["ipsec_site_connection"]["psk"] == "<redacted>"
     assert "sekrit" not in json.dumps(listed) and listed["ipsec_site_connections"]
     assert store.snapshot().get("ipsec_site_connection", "c1")["psk"] == "sekrit"
+
+
+@pytest.mark.parametrize("destination", [MGMT.orchestrator_address + "/128", MGMT.prefix,
+                                         str(next(MGMT.network.subnets(new_prefix=80)))])
+def test_a_host_route_covering_the_management_path_is_refused(store, destination):
+    """The appliance installs subnet host routes on itself (README, "The management
+    path"): one covering the orchestrator's network would cut it off."""
+    world(store)
+    store.create("subnet", {"id": "n1s6", "network_id": "n1", "cidr": "fd4e:7a31:2c5b:1::/64"})
+    with pytest.raises(StoreError) as error:
+        store.update("subnet", "n1s6", {"host_routes": [{"destination": destination,
+                                                        "nexthop": "fd4e:7a31:2c5b:1::99"}]})
+    assert error.value.field == "host_routes"
+    assert "management network" in str(error.value)
+
+
+def test_a_shorter_host_route_around_the_management_network_is_accepted(store):
+    world(store)
+    store.create("subnet", {"id": "n1s6", "network_id": "n1", "cidr": "fd4e:7a31:2c5b:1::/64"})
+    store.update("subnet", "n1s6", {"host_routes": [{"destination": "fdca::/16",
+                                                    "nexthop": "fd4e:7a31:2c5b:1::99"}]})

@@ -216,8 +216,9 @@ def test_duplicate_reservation_is_refused_and_named(tmp_path):
 def test_dhcpv6_range_shorter_than_64_is_refused_and_named(tmp_path):
     body = copy.deepcopy(VALID["router-dual-stack"])
     ge3 = network(body, "ge3")
-    ge3["subnets"][0]["cidr"] = "fd4e:7a31:2c5b::/48"
-    ge3["interface"]["addresses"] = ["fd4e:7a31:2c5b::1/48"]
+    ge3["subnets"][0]["cidr"] = "fd4e:7a32::/48"  # overlapping no other network's subnet
+    ge3["subnets"][0]["gateway_ip"] = "fd4e:7a32::1"
+    ge3["interface"]["addresses"] = ["fd4e:7a32::1/48"]
     with pytest.raises(ApplyError) as error:
         check(render(body), str(tmp_path / "check.conf"))
     assert (error.value.status, error.value.path) == (422, "networks[3].subnets[0].cidr")

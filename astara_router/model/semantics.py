@@ -1,0 +1,259 @@
+"""Checks on what the addresses of a well-formed payload *mean* (after parse.py built the
+model): addresses that would poison a network, and the management path.
+
+* **Addresses**: a floating IP is never a gateway, a router (interface) address or a
+  subnet's network/broadcast address; subnets of different networks never overlap; a
+  gateway lies in a subnet of its own network (or is an IPv6 link-local router address);
+  ``default_v4_gateway`` is on an external network; link-local, loopback, multicast and
+  unspecified addresses are refused as interface addresses and floating IPs, as is a
+  prefix length of 0 on an interface.
+* **The management path** (README, "The management path"): the management network's
+  interface and addresses, and the addresses the orchestrator speaks from — the payload's
+  ``orchestrator.address`` and the source of the request being applied. No route
+  (default, subnet host route, static route) and no address on another interface may win
+  the kernel's route lookup for any of them.
+
+Every function here is pure: problems are added to a ``checks.Problems`` with their field.
+"""
+import functools
+import ipaddress
+
+from .types import Route
+
+ONLY_UNDER_CONFIRM = (" (possible only under commit-confirm: PUT "
+                      "/v1/system/config?confirm_timeout=SECONDS)")
+DEFAULTS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def unusable(address):
+    """Why ``address`` cannot be a host's own unicast address, or ''."""
+    if address.is_unspecified:
+        return "is the unspecified address"
+    if address.is_loopback:
+        return "is a loopback address"
+    if address.is_multicast:
+        return "is a multicast address"
+    if address.is_link_local:
+        return "is a link-local address"
+    return ""
+
+
+def subnet_edges(cidr):
+    """The addresses of an IPv4 ``cidr`` (up to /30) no host may take: its network and
+    broadcast addresses. (IPv6 has no broadcast; Neutron hands out the subnet-router
+    anycast address as an ordinary port address, so it is not refused.)"""
+    if cidr.version != 4 or cidr.prefixlen >= 31:
+        return ()
+    return (cidr.network_address, cidr.broadcast_address)
+
+
+def check_addresses(problems, config, locate, router_path):
+    """Finding 3 of issue 12. ``locate(ifname, subnet=None)``: the payload path of a network
+    (or one of its subnets) by interface name; ``router_path``: where the router's fields
+    are ('' or 'services.router')."""
+    _interface_addresses(problems, config, locate)
+    _subnets(problems, config, locate)
+    router = config.router
+    if router is None:
+        return
+    gateway = router.default_v4_gateway
+    if gateway is not None:
+        # On no subnet at all it goes onto the external NIC (render/netlink.py).
+        network = config.network_for(gateway)
+        if network is not None and not network.is_external:
+            problems.add(_join(router_path, "default_v4_gateway"),
+                         f"{gateway} must be on an external network (it is on the "
+                         f"{network.network_type} network {network.interface.ifname})")
+        elif network is None and not config.external_networks:
+            problems.add(_join(router_path, "default_v4_gateway"),
+                         f"{gateway} must be on an external network (the router has none)")
+        elif unusable(gateway) or gateway in {a.ip for n in config.networks
+                                              for a in n.interface.addresses}:
+            problems.add(_join(router_path, "default_v4_gateway"),
+                         f"{gateway} is not a usable next hop (an address of the router's "
+                         "own, or not unicast)")
+    _floating_ips(problems, config, locate, router_path)
+
+
+def _interface_addresses(problems, config, locate):
+    for network in config.networks:
+        for k, address in enumerate(network.interface.addresses):
+            path = f"{locate(network.interface.ifname)}.interface.addresses[{k}]"
+            why = unusable(address.ip)
+            if why:
+                problems.add(path, f"({network.interface.ifname}) {address} {why}")
+            elif address.network.prefixlen == 0:
+                problems.add(path, f"({network.interface.ifname}) {address} has a prefix "
+                                   "length of 0 (it would claim every address)")
+            elif address.ip in subnet_edges(address.network):
+                problems.add(path, f"({network.interface.ifname}) {address} is the network "
+                                   "or broadcast address of its prefix")
+
+
+def _subnets(problems, config, locate):
+    seen = []  # (cidr, network, path)
+    for network in config.networks:
+        ifname = network.interface.ifname
+        for subnet in network.subnets:
+            path = locate(ifname, subnet)
+            for cidr, other, other_path in seen:
+                if other is not network and cidr.version == subnet.cidr.version \
+                        and cidr.overlaps(subnet.cidr):
+                    problems.add(f"{path}.cidr", f"({ifname}) {subnet.cidr} overlaps "
+                                                 f"{cidr} of {other.interface.ifname} "
+                                                 f"({other_path})")
+            seen.append((subnet.cidr, network, path))
+            gateway = subnet.gateway_ip
+            if gateway is None:
+                continue
+            if gateway.version == 6 and gateway.is_link_local:
+                continue  # an IPv6 router may be announced by its link-local address
+            if not any(gateway in s.cidr for s in network.subnets):
+                problems.add(f"{path}.gateway_ip", f"({ifname}) {gateway} is not on the "
+                                                   f"network (no subnet of it holds it)")
+            elif gateway in subnet_edges(subnet.cidr):
+                problems.add(f"{path}.gateway_ip", f"({ifname}) {gateway} is the network "
+                                                   f"or broadcast address of {subnet.cidr}")
+
+
+def _floating_ips(problems, config, locate, router_path):
+    taken = {}  # address -> what it is, for the message
+    for network in config.networks:
+        for address in network.interface.addresses:
+            taken[address.ip] = f"the router's address on {network.interface.ifname}"
+        for subnet in network.subnets:
+            for edge in subnet_edges(subnet.cidr):
+                taken.setdefault(edge, f"the network or broadcast address of {subnet.cidr}")
+            if subnet.gateway_ip is not None:
+                taken[subnet.gateway_ip] = f"the gateway of {subnet.cidr}"
+    if config.router.default_v4_gateway is not None:
+        taken[config.router.default_v4_gateway] = "the default_v4_gateway"
+    for i, fip in enumerate(config.router.floating_ips):
+        address = fip.floating_ip
+        why = taken.get(address) or unusable(address)
+        if why:
+            problems.add(_join(router_path, f"floating_ips[{i}].floating_ip"),
+                         f"{address} {'is ' if address in taken else ''}{why}")
+
+
+# -- the management path ------------------------------------------------------------------
+
+def check_management(problems, config, locate, router_path, sources=()):
+    """The management network exists, has an address, and nothing in the payload takes the
+    kernel's route lookup for its prefixes or for ``sources`` away from its interface."""
+    management = config.management_network
+    if management is None:
+        problems.add("networks", "there is no management network (network_type "
+                                 "'management'): the orchestrator could not reach the "
+                                 "appliance any more")
+        return
+    ifname = management.interface.ifname
+    if not management.interface.addresses:
+        problems.add(f"{locate(ifname)}.interface.addresses",
+                     f"({ifname}) the management interface needs an address")
+        return
+    orchestrator = config.router.orchestrator.address if config.router else None
+    targets = [(a.network, f"the management network {a.network}")
+               for a in management.interface.addresses]
+    targets += [(ipaddress.ip_network(s), f"the orchestrator's address {s}")
+                for s in (orchestrator, *sources)
+                if s is not None and not s.is_loopback and not s.is_unspecified]
+    routes = list(_routes(config, locate, router_path))
+    for target, what in targets:
+        ours = _best(routes, target, ifname, mine=True)
+        for path, destination, device in routes:
+            if device == ifname or not _covers(destination, target):
+                continue
+            # The kernel takes the longest prefix; a tie with a foreign route is refused.
+            if ours is None or destination.prefixlen >= ours:
+                problems.add(path, f"{destination} via {device or 'another interface'} "
+                                   f"would take {what} away from the management interface "
+                                   f"{ifname}")
+        for i, address in _floating_ips_in(config, target, ifname):  # local /32s, /128s
+            problems.add(_join(router_path, f"floating_ips[{i}].floating_ip"),
+                         f"{address} would take {what} away from the management "
+                         f"interface {ifname}")
+
+
+def _floating_ips_in(config, target, ifname):
+    """(index, address) of the floating IPs (on a NIC other than ``ifname``) inside
+    ``target``: thousands of host routes, checked without building a network for each."""
+    if config.router is None or ifname in (n.interface.ifname for n in
+                                           config.external_networks):
+        return
+    for i, fip in enumerate(config.router.floating_ips):
+        address = fip.floating_ip
+        if address.version == target.version and address in target:
+            yield i, address
+
+
+def management_change(problems, previous, config, locate, local=None):
+    """The management network is re-addressed or moved compared with ``previous`` (the
+    committed model) or no longer carries ``local`` (the address the request came in on):
+    allowed only under commit-confirm, so the caller decides what these problems mean."""
+    management = config.management_network
+    if management is None:
+        return
+    ifname = management.interface.ifname
+    before = previous.management_network if previous is not None else None
+    if before is not None and before.interface.ifname != ifname:
+        problems.add(f"{locate(ifname)}.interface.ifname",
+                     f"the management network moves from {before.interface.ifname} to "
+                     f"{ifname}" + ONLY_UNDER_CONFIRM)
+    elif before is not None and set(before.interface.addresses) != \
+            set(management.interface.addresses):
+        problems.add(f"{locate(ifname)}.interface.addresses",
+                     f"({ifname}) the management address changes from "
+                     f"{_texts(before.interface.addresses)} to "
+                     f"{_texts(management.interface.addresses)}" + ONLY_UNDER_CONFIRM)
+    elif local is not None and not local.is_unspecified and not local.is_loopback and \
+            local not in {a.ip for a in management.interface.addresses}:
+        problems.add(f"{locate(ifname)}.interface.addresses",
+                     f"({ifname}) the appliance answers on {local}, which the management "
+                     f"interface would no longer carry" + ONLY_UNDER_CONFIRM)
+
+
+def _routes(config, locate, router_path):
+    """(path, destination, ifname or None) for what steers the kernel's route lookup besides
+    floating IPs (``_floating_ips_in``): connected prefixes of every interface address,
+    default routes, subnet host routes and static routes."""
+    for network in config.networks:
+        ifname = network.interface.ifname
+        for k, address in enumerate(network.interface.addresses):
+            yield (f"{locate(ifname)}.interface.addresses[{k}]", address.network, ifname)
+        for subnet in network.subnets:
+            for k, route in enumerate(subnet.host_routes):
+                yield (f"{locate(ifname, subnet)}.host_routes[{k}]", route.destination,
+                       ifname)
+    router = config.router
+    if router is not None:
+        if router.default_v4_gateway is not None:
+            yield from _via(config, _join(router_path, "default_v4_gateway"),
+                            Route(DEFAULTS[0], router.default_v4_gateway))
+        for route in router.static_routes:
+            yield from _via(config, route.path, route)
+
+
+def _via(config, path, route):
+    network = config.network_for(route.nexthop)
+    yield (path, route.destination, network.interface.ifname if network else None)
+
+
+def _best(routes, target, ifname, mine):
+    lengths = [destination.prefixlen for _, destination, device in routes
+               if (device == ifname) == mine and _covers(destination, target)]
+    return max(lengths) if lengths else None
+
+
+def _covers(destination, target):
+    return destination.version == target.version and (
+        target.subnet_of(destination) or destination.subnet_of(target))
+
+
+def _texts(addresses):
+    return ", ".join(str(a) for a in sorted(addresses, key=lambda a: (a.version, a)))
+
+
+def _join(prefix, name):
+    return f"{prefix}.{name}" if prefix else name
