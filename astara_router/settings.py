@@ -27,6 +27,9 @@ class Settings:
     etc_dir: str = ""  # hostname/hosts files; empty: see apply/hostname.py default_etc_dir
     metadata_connect_timeout: float = 5.0  # metadata proxy → orchestrator, seconds
     metadata_read_timeout: float = 30.0
+    ha_advert_interval: float = 1.0  # VRRP advertisement interval, seconds (0.01-40.95)
+    ha_preempt: bool = True  # the higher-priority instance takes the addresses back
+    ha_preempt_delay: float = 0.0  # seconds it waits before it does
 
     def path(self, *parts):
         return os.path.join(self.state_dir, *parts)
@@ -42,8 +45,33 @@ def _services(text):
     return names
 
 
+def _boolean(text, default):
+    if text is None:
+        return default
+    try:
+        return configparser.ConfigParser.BOOLEAN_STATES[text.strip().lower()]
+    except KeyError:
+        raise ValueError(f"not a boolean: {text!r}") from None
+
+
+def _ha(section, settings):
+    """[ha]: the VRRP advertisement interval and preemption (README, "ha")."""
+    try:
+        interval = float(section.get("advert_interval", settings.ha_advert_interval))
+        preempt = _boolean(section.get("preempt"), settings.ha_preempt)
+        delay = float(section.get("preempt_delay", settings.ha_preempt_delay))
+    except ValueError as exc:
+        raise ValueError(f"[ha]: {exc}") from None
+    if not 0.01 <= interval <= 40.95:
+        raise ValueError(f"[ha] advert_interval must be 0.01-40.95 seconds, not {interval}")
+    if not 0 <= delay <= 1000:
+        raise ValueError(f"[ha] preempt_delay must be 0-1000 seconds, not {delay}")
+    return {"ha_advert_interval": interval, "ha_preempt": preempt, "ha_preempt_delay": delay}
+
+
 def load(config_file=None, **overrides):
-    """Read the ini file ([DEFAULT], [api], [status], [metadata]) and apply overrides."""
+    """Read the ini file ([DEFAULT], [api], [status], [metadata], [ha]) and apply
+    overrides."""
     settings = Settings()
     if config_file:
         parser = configparser.ConfigParser()
@@ -53,6 +81,7 @@ def load(config_file=None, **overrides):
         api = parser["api"] if parser.has_section("api") else parser.defaults()
         status = parser["status"] if parser.has_section("status") else parser.defaults()
         metadata = parser["metadata"] if parser.has_section("metadata") else parser.defaults()
+        ha = parser["ha"] if parser.has_section("ha") else parser.defaults()
         values = {
             "state_dir": get("state_dir", settings.state_dir),
             "enabled_services": _services(get("enabled_services", "router")),
@@ -70,6 +99,7 @@ def load(config_file=None, **overrides):
                 "connect_timeout", settings.metadata_connect_timeout)),
             "metadata_read_timeout": float(metadata.get(
                 "read_timeout", settings.metadata_read_timeout)),
+            **_ha(ha, settings),
         }
         settings = replace(settings, **values)
     clean = {k: v for k, v in overrides.items() if v not in (None, (), "")}

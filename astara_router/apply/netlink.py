@@ -39,6 +39,8 @@ class LinkState:
 class NetState:
     links: tuple  # of (kernel_name, LinkState)
     routes: frozenset  # of (destination, gateway, kernel_name | None)
+    # (kernel_name, address) keepalived owns on an HA router: neither read, added nor removed
+    ignored: frozenset = frozenset()
 
 
 # -- reading the kernel -----------------------------------------------------------------------
@@ -81,13 +83,16 @@ def live_routes():
     return frozenset(found)
 
 
-def capture(nics):
-    """The live state of every NIC and of our routes."""
+def capture(nics, ignored=frozenset()):
+    """The live state of every NIC and of our routes (``ignored`` addresses left out)."""
     addresses = live_addresses()
-    links = tuple((nic.kernel_name, LinkState(nic.mtu, nic.up,
-                                              addresses.get(nic.index, frozenset())))
-                  for nic in nics)
-    return NetState(links, live_routes())
+    links = tuple((nic.kernel_name, LinkState(nic.mtu, nic.up, _own(
+        addresses.get(nic.index, frozenset()), nic.kernel_name, ignored))) for nic in nics)
+    return NetState(links, live_routes(), ignored)
+
+
+def _own(addresses, name, ignored):
+    return frozenset(a for a in addresses if (name, a) not in ignored) if ignored else addresses
 
 
 # -- desired state (pure) ---------------------------------------------------------------------
@@ -101,16 +106,22 @@ class NetlinkPlan:
 
 def plan_netlink(config, names):
     """The links, addresses and routes ``config`` wants, by kernel name (``names``: geN →
-    kernel name)."""
+    kernel name). What keepalived owns (HA) is planned out: not ours to add or remove."""
     plan = render_netlink(config)
-    links = []
+    links, ignored = [], set()
     for spec in plan.links:
         name = kernel_name(names, spec.generic, spec.path.removesuffix(".interface"))
-        links.append((name, LinkState(spec.mtu, True, spec.addresses, spec.nodad)))
-    routes = frozenset((r.destination, r.gateway, names.get(r.generic)) for r in plan.routes)
-    paths = {(r.destination, r.gateway): r.path for r in plan.routes}
+        if spec.keepalived:
+            ignored.update((name, address) for address in spec.addresses)
+        links.append((name, LinkState(spec.mtu, True,
+                                      frozenset() if spec.keepalived else spec.addresses,
+                                      spec.nodad)))
+    own = [r for r in plan.routes if not r.keepalived]
+    routes = frozenset((r.destination, r.gateway, names.get(r.generic)) for r in own)
+    paths = {(r.destination, r.gateway): r.path for r in own}
     paths.update({names[s.generic]: f"{s.path}.addresses" for s in plan.links})
-    return NetlinkPlan(NetState(tuple(links), routes), config.router is not None, paths)
+    return NetlinkPlan(NetState(tuple(links), routes, frozenset(ignored)),
+                       config.router is not None, paths)
 
 
 def with_cleared(state, names):
@@ -183,7 +194,8 @@ class Converger:
             if want.up and not nic.up:
                 self._call(f"set {name} up", "", ipr.link, "set", index=nic.index, state="up")
             _ensure_sysctl(f"ipv4/conf/{name}/promote_secondaries", "1")
-            have[name] = have_links[name].addresses if name in have_links else frozenset()
+            have[name] = (_own(have_links[name].addresses, name, state.ignored)
+                          if name in have_links else frozenset())  # keepalived's: not ours
         batch = []  # (ip command, what, path): adds first, so a replaced address never
         removed = False  # leaves a gap
         for name, want in state.links:
@@ -228,7 +240,7 @@ class Converger:
                 problems.append(f"{name} mtu is {nic.mtu}, wanted {want.mtu}")
             if want.up and not nic.up:
                 problems.append(f"{name} is down")
-            got = live.get(nic.index, frozenset())
+            got = _own(live.get(nic.index, frozenset()), name, state.ignored)
             if got != want.addresses:
                 problems.append(f"{name} addresses {sorted(map(str, got))} != "
                                 f"{sorted(map(str, want.addresses))}")
@@ -300,7 +312,7 @@ class NetlinkSubsystem:
         if base is not None and {n for n, _ in plan.state.links} <= {
                 n for n, _ in base.state.links}:
             return base.state
-        return capture(ctx.nics)
+        return capture(ctx.nics, plan.state.ignored)
 
     def apply(self, ctx, plan, base, snapshot):
         if base is not None:  # the kernel holds base: only the difference
@@ -324,7 +336,7 @@ class NetlinkSubsystem:
         if changes == 0:
             return
         nics = ctx.refresh_nics()
-        Converger(ctx.ipr, nics).converge(snapshot, capture(nics))
+        Converger(ctx.ipr, nics).converge(snapshot, capture(nics, snapshot.ignored))
 
     def expected(self, plan, nics):
         """What the kernel watch compares its notifications with."""
@@ -334,4 +346,6 @@ class NetlinkSubsystem:
             addresses=frozenset((index[name], address) for name, link in links.items()
                                 for address in link.addresses),
             links={index[name]: (link.mtu, link.up) for name, link in links.items()},
-            indexes=frozenset(index.values()))
+            indexes=frozenset(index.values()),
+            ignored=frozenset((index[name], address) for name, address in plan.state.ignored
+                              if name in index))
