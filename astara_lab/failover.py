@@ -68,3 +68,15 @@ def holder(namespaces, address):
     address = ipaddress.ip_address(address)
     found = [ns for ns in namespaces if address in addresses(ns)]
     return found[0] if len(found) == 1 else None
+
+
+def ha_daemons(ns):
+    """Which of keepalived and conntrackd run in ``ns``."""
+    found = set()
+    for pid in netns_pids(ns.name):
+        try:
+            with open(f"/proc/{pid}/comm") as handle:
+                found.add(handle.read().strip())
+        except OSError:
+            pass
+    return found & {"keepalived", "conntrackd"}

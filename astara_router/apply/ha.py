@@ -128,9 +128,9 @@ class HaSubsystem:
             [KEEPALIVED, "-n", "-l", "-G", "-P", "-f", self.keepalived_conf,
              "-p", path("keepalived.pid"), "-r", self.vrrp_pidfile],
             self.keepalived_log, writes_pidfile=True)
-        self.conntrackd = DetachedDaemon(CONNTRACKD, path("conntrackd.pid"),
-                                      [CONNTRACKD, "-C", self.conntrackd_conf], os.devnull,
-                                      writes_pidfile=False)
+        self.conntrackd = DetachedDaemon(
+            CONNTRACKD, path("conntrackd.pid"), [CONNTRACKD, "-C", self.conntrackd_conf],
+            os.devnull, writes_pidfile=False)  # it logs to its LogFile
 
     # -- engine interface ------------------------------------------------------------------
     def plan(self, config, names):

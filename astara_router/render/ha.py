@@ -185,7 +185,7 @@ def render_ha(config, names, directory, options=HaOptions()):
                    if route.generic in names else None)
             routes.append((route, dev))
 
-    lines = [Line("# keepalived for this HA router, written by the astara agent (render/ha.py)"),
+    lines = [Line("# keepalived of this HA router, written by the astara agent"),
              Line("global_defs {"),
              Line("    script_user root"),
              Line("    enable_script_security"),
