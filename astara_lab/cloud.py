@@ -7,13 +7,16 @@ port each, with MAC and device id), routers (gateway + interfaces) and floating 
 bridge in the fabric namespace)::
 
     inet ── b-public ── demo-router ── b-private ──── vm0, vm1   10.1.0.0/24
-                           │       └── b-dualstack ── vm2, vm3   10.2.0.0/24,
-                         b-mgmt                                  2001:db8:2::/64 SLAAC
-                           └── ctl: orchestrator + metadata upstream, fdca:3ba5:a17a:acda::2
+              │            │       └── b-dualstack ── vm2, vm3   10.2.0.0/24,
+              │          b-mgmt                                  2001:db8:2::/64 SLAAC
+              │            └── ctl: orchestrator + metadata upstream, fdca:3ba5:a17a:acda::2
+              └─────────── ha-router (two instances, VRRP) ── b-ha ── vm4   10.3.0.0/24
 
     public: 172.24.4.0/24, 2001:db8:c0de:1::/64; inet owns .1/::1 (the gateways), peers
     with the router by BGP, serves HTTP on 198.51.100.200 and 2001:db8:ffff::200 (on lo).
     demo-router: 172.24.4.7, 2001:db8:c0de:1::7; floating IP 172.24.4.101 -> vm0.
+    ha-router (HA: the orchestrator boots two instances, the VRRP master holds the
+    addresses): 172.24.4.9; floating IP 172.24.4.103 -> vm4.
 
 ``desired_state(cloud)`` turns it into the ordered admin-API calls, one function per
 resource kind (``network_calls``, ``vm_port_calls``, ``router_calls``, ``floatingip_calls``):
@@ -91,6 +94,7 @@ class Router:
     gateway: RouterPort
     interfaces: tuple  # of RouterPort
     tenant_id: str = TENANT
+    ha: bool = False  # two instances, keepalived between them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +148,13 @@ class Cloud:
     def floating_ip_of(self, vm):
         return next((f.address for f in self.floating_ips if f.vm == vm.role), None)
 
+    def router(self, router_id):
+        return next(r for r in self.routers if r.id == router_id)
+
+    def vms_behind(self, router):
+        networks = {port.network_id for port in router.interfaces}
+        return [vm for vm in self.vms if vm.network_id in networks]
+
 
 def _default_cloud():
     public = Network("public", "b-public", (
@@ -156,10 +167,13 @@ def _default_cloud():
         Subnet("dualstack-v4", "10.2.0.0/24", "10.2.0.1"),
         Subnet("dualstack-v6", "2001:db8:2::/64", "2001:db8:2::1", ipv6_mode="slaac"),
     ))
+    ha_net = Network("ha-private", "b-ha", (
+        Subnet("ha-private-v4", "10.3.0.0/24", "10.3.0.1"),))
     vms = (Vm("vm0", "private", "fa:16:3e:1a:b0:00", "10.1.0.10"),
            Vm("vm1", "private", "fa:16:3e:1a:b0:01", "10.1.0.11"),
            Vm("vm2", "dualstack", "fa:16:3e:1a:b0:02", "10.2.0.10"),
-           Vm("vm3", "dualstack", "fa:16:3e:1a:b0:03", "10.2.0.11"))
+           Vm("vm3", "dualstack", "fa:16:3e:1a:b0:03", "10.2.0.11"),
+           Vm("vm4", "ha-private", "fa:16:3e:1a:b0:04", "10.3.0.10"))
     router = Router(
         "demo-router",
         gateway=RouterPort("public", (("public-v4", "172.24.4.7"),
@@ -167,8 +181,12 @@ def _default_cloud():
         interfaces=(RouterPort("private", (("private-v4", "10.1.0.1"),)),
                     RouterPort("dualstack", (("dualstack-v4", "10.2.0.1"),
                                              ("dualstack-v6", "2001:db8:2::1")))))
-    fips = (FloatingIp("fip-vm0", "demo-router", "172.24.4.101", "vm0"),)
-    return Cloud((public, private, dualstack), vms, (router,), fips)
+    ha_router = Router(
+        "ha-router", gateway=RouterPort("public", (("public-v4", "172.24.4.9"),)),
+        interfaces=(RouterPort("ha-private", (("ha-private-v4", "10.3.0.1"),)),), ha=True)
+    fips = (FloatingIp("fip-vm0", "demo-router", "172.24.4.101", "vm0"),
+            FloatingIp("fip-vm4", "ha-router", "172.24.4.103", "vm4"))
+    return Cloud((public, private, dualstack, ha_net), vms, (router, ha_router), fips)
 
 
 DEFAULT_CLOUD = _default_cloud()
@@ -225,9 +243,11 @@ def _fixed_ips(port):
 def router_calls(cloud):
     calls = []
     for router in cloud.routers:
-        calls.append(Call("POST", "/v1/routers", {
-            "id": router.id, "name": router.id, "tenant_id": router.tenant_id},
-            f"router {router.id}"))
+        body = {"id": router.id, "name": router.id, "tenant_id": router.tenant_id}
+        if router.ha:
+            body["ha"] = True
+        calls.append(Call("POST", "/v1/routers", body,
+                          f"{'HA ' if router.ha else ''}router {router.id}"))
         calls.append(Call("PUT", f"/v1/routers/{router.id}/gateway", {
             "network_id": router.gateway.network_id,
             "fixed_ips": _fixed_ips(router.gateway)},

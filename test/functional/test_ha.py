@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from astara_lab.appliance import Appliance, contract_payloads, management_cidr, nic_macs
-from astara_lab.failover import addresses, crash, ha_daemons, holder, reconnect
+from astara_lab.appliance import contract_payloads, management_cidr
+from astara_lab.failover import HaPair, crash, ha_bodies, ha_daemons, holder
 from astara_lab.peers import Connection, PeerServer, eventually
 from astara_lab.topology import RouterTopology
 from astara_netns import in_netns
@@ -27,90 +27,20 @@ pytestmark = pytest.mark.netns
 VALID = contract_payloads("original-orchestrator")
 PRIMARY, SECONDARY = VALID["router-ha-primary"], VALID["router-ha-secondary"]
 ROUTER = ipaddress.ip_address("172.24.4.9")
-INTERNAL = ipaddress.ip_address("10.2.0.1")
 FIP = ipaddress.ip_address("172.24.4.231")
-VIRTUAL = (ROUTER, INTERNAL, FIP)
 ADVERT = 0.2  # seconds: elections in about a second (the default, 1 s, is benchmarked)
 PORT = 7000
 
 
-def ha_config(lab, preempt=True):
-    path = lab.tmpdir("ha-settings") / f"astara-{'preempt' if preempt else 'nopreempt'}.ini"
-    path.write_text(f"[ha]\nadvert_interval = {ADVERT}\npreempt = {str(preempt).lower()}\n")
-    return path
+class Pair(HaPair):
+    """The contract pair with a TCP server in the VM behind the floating IP."""
 
-
-def ha_bodies(body):
-    """An HA pair of ``body`` (a router payload): the second instance gets the next
-    management address; each names the other as its peer."""
-    primary, secondary = copy.deepcopy(body), copy.deepcopy(body)
-    first = ipaddress.ip_interface(management_cidr(body))
-    second = ipaddress.ip_interface(f"{first.ip + 1}/{first.network.prefixlen}")
-    management = next(n for n in secondary["networks"] if n["network_type"] == "management")
-    management["interface"]["addresses"] = [str(second)]
-    for payload, peer, priority in ((primary, second, 100), (secondary, first, 50)):
-        payload.update(ha_resource=True, ha_config={"peers": [str(peer.ip)],
-                                                    "priority": priority})
-    return primary, secondary
-
-
-class Pair:
-    """The HA topology: RouterTopology around the primary, the secondary on the same
-    bridges, a TCP server in the VM behind the floating IP."""
-
-    def __init__(self, lab, preempt=True, names=("router-ha-primary", "router-ha-secondary"),
-                 bodies=(PRIMARY, SECONDARY)):
-        self.lab = lab
-        self.bodies = bodies
-        self.topology = RouterTopology(lab, names[0], bodies[0])
-        self.primary = self.topology.appliance
-        self.secondary = Appliance(lab, "sec", nic_macs(names[1], bodies[1]),
-                                   management_cidr(bodies[1]), "b-mgmt",
-                                   bridges=self.topology.bridges,
-                                   controller=self.topology.ctl)
-        self.fabric = lab.fabric()
-        self.config = ha_config(lab, preempt)
-        for appliance in (self.primary, self.secondary):
-            appliance.configure_management()
-            appliance.start(extra_args=("--config-file", str(self.config)))
-        self.vm = self.topology.vms[0]
+    def __init__(self, lab, preempt=True, **kwargs):
+        super().__init__(lab, advert_interval=ADVERT, preempt=preempt, **kwargs)
         self.server = PeerServer(self.vm.ns, PORT, bind="0.0.0.0")
-
-    def push(self, primary=None, secondary=None):
-        """PUT each instance its body; their change counts."""
-        changes = []
-        for appliance, payload in ((self.primary, primary or self.bodies[0]),
-                                   (self.secondary, secondary or self.bodies[1])):
-            response = appliance.client().put_json("/v1/system/config", payload)
-            assert response.status == 200, response.text
-            changes.append(response.json()["changes"])
-        return changes
-
-    def master(self, timeout=30):
-        """The appliance holding every virtual address (and the other none of them)."""
-        def settled():
-            owners = {holder([self.primary.ns, self.secondary.ns], a) for a in VIRTUAL}
-            return owners.pop() if len(owners) == 1 and None not in owners else None
-        ns = eventually(settled, timeout, "one appliance holds every virtual address")
-        return self.primary if ns is self.primary.ns else self.secondary
-
-    def takes_over(self, appliance, timeout=30):
-        """``appliance`` holds every virtual address (the crashed one may still hold
-        them too: nothing cleaned up after it, but its links are cut)."""
-        eventually(lambda: set(VIRTUAL) <= addresses(appliance.ns), timeout,
-                   f"{appliance.ns.role} holds every virtual address")
 
     def connect(self):
         return Connection(self.topology.inet, FIP, PORT)
-
-    def restore(self, appliance, ends):
-        """The crashed appliance comes back: management link, agent (its boot re-apply
-        clears the addresses the killed keepalived left, restarts both daemons), then the
-        data links."""
-        appliance.proc.wait(5)  # reap the killed agent (a zombie looks alive to gunicorn)
-        reconnect(self.fabric, ends[:1])
-        appliance.start(extra_args=("--config-file", str(self.config)))
-        reconnect(self.fabric, ends[1:])
 
 
 def test_primary_owns_then_crash_moves_addresses_and_flows_survive(lab):
@@ -125,6 +55,13 @@ def test_primary_owns_then_crash_moves_addresses_and_flows_survive(lab):
     assert not pair.secondary.ns.ip_json("-4", "route", "show", "default")
     # keepalived adding the addresses was no drift: an identical push changes nothing
     assert pair.push() == [0, 0]
+    # The agent restarting (its boot re-apply) leaves keepalived and the master alone.
+    keepalived = (pair.primary.state_dir / "ha" / "keepalived.pid").read_text()
+    pair.primary.stop()
+    pair.primary.start(extra_args=("--config-file", str(pair.config)))
+    assert (pair.primary.state_dir / "ha" / "keepalived.pid").read_text() == keepalived
+    assert (pair.primary.state_dir / "ha" / "vrrp.state").read_text() == "MASTER\n"
+    assert pair.master() is pair.primary
 
     flow = pair.connect()
     assert flow.ask() == "172.24.4.1"  # the internet's address: DNAT, no SNAT
