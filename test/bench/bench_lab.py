@@ -31,7 +31,7 @@ PHASES = (
     ("namespaces, internet, VMs, metadata upstream", "orchestrator:"),
     ("orchestrator start (admin API answers)", "desired state:"),
     ("desired state through the admin API", "orchestrator boots"),
-    ("router appliance booted and configured", "VMs:"),
+    ("router appliances booted and configured (demo, HA pair)", "VMs:"),
     ("VMs: DHCP leases, router solicitations", "self-check"),
 )
 PATIENCE = 120  # seconds a row may take to turn green

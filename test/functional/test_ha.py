@@ -112,9 +112,10 @@ def test_without_preemption_the_backup_stays_master(lab):
     assert pair.master is not None
 
 
-def test_conntrackd_that_cannot_start_rolls_the_apply_back(lab):
-    """conntrackd has no checker: its load is verified against the running daemon. With
-    its sync port taken it cannot start, and the whole apply is undone."""
+def test_becoming_ha_and_back_and_a_failed_conntrackd_rolls_back(lab):
+    """A router becomes HA and stops being HA: the addresses pass between netlink and
+    keepalived. conntrackd has no checker: its load is verified against the running
+    daemon; with its sync port taken it cannot start, and the whole apply is undone."""
     topology = RouterTopology(lab, "router-ha-primary", PRIMARY)
     appliance = topology.appliance
     appliance.configure_management()
@@ -141,6 +142,18 @@ def test_conntrackd_that_cannot_start_rolls_the_apply_back(lab):
         squatter.close()
     assert client.put_json("/v1/system/config", PRIMARY).status == 200
     assert ha_daemons(appliance.ns) == {"keepalived", "conntrackd"}
+    routes = eventually(lambda: appliance.ns.ip_json("-4", "route", "show", "default"), 20,
+                        "alone, the instance becomes master and keepalived adds the route")
+    assert routes[0]["protocol"] == "keepalived"
+    assert {link["ifname"]: link["addresses"] for link in appliance.dump()["links"]} == \
+        {link["ifname"]: link["addresses"] for link in before["links"]}
+
+    response = client.put_json("/v1/system/config", plain)  # not HA any more
+    assert response.status == 200, response.text
+    assert ha_daemons(appliance.ns) == set()
+    assert appliance.dump() == before  # netlink's again (protocol 211 routes)
+    assert not (appliance.state_dir / "ha" / "keepalived.conf").exists()
+    assert client.put_json("/v1/system/config", plain).json()["changes"] == 0
 
 
 def tracked(appliance, address, port):
