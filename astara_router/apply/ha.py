@@ -137,7 +137,7 @@ class HaSubsystem:
         return render_ha(config, names, self.directory, self.options)
 
     def check(self, plan, base):
-        """``keepalived -t`` on the candidate (the notify script it names must exist)."""
+        """``keepalived -t`` on a candidate next to the live file."""
         if plan is None or plan == base:
             return
         if len(self.socket.encode()) > SOCKET_PATH_MAX:
@@ -145,7 +145,6 @@ class HaSubsystem:
                                  f"{SOCKET_PATH_MAX} bytes; use a shorter state_dir",
                              status=500)
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        self.script.converge({self.notify: plan.notify})
         candidate = FileSet.candidate(self.keepalived_conf)
         atomic_write(candidate, plan.keepalived_text, 0o644)
         try:
@@ -245,6 +244,7 @@ class HaSubsystem:
             return 1
         if pid is not None and loaded.get(CONNTRACKD) == [pid, conf_digest]:
             return 0
+        self._forget(loaded, CONNTRACKD)
         if pid is not None:  # conntrackd cannot reload: restart (it re-reads the kernel
             LOG.info("conntrackd configuration changed: restarting")  # table at start)
             self.conntrackd.stop()
@@ -252,8 +252,7 @@ class HaSubsystem:
             os.unlink(self.lock)  # left by a conntrackd that was killed: it would not start
         except FileNotFoundError:
             pass
-        self._start(self.conntrackd, self.conntrackd_log)
-        self._conntrackd_serves(None)
+        self._start(self.conntrackd, self.conntrackd_log, lambda: self._conntrackd_serves(None))
         loaded[CONNTRACKD] = [self.conntrackd.pid(), conf_digest]
         return 1
 
@@ -261,15 +260,16 @@ class HaSubsystem:
         pid = self.keepalived.pid()
         if pid is not None and loaded.get(KEEPALIVED) == [pid, conf_digest]:
             return 0
+        self._forget(loaded, KEEPALIVED)  # what it runs is unknown until confirmed
         if pid is None:
             cleared.extend(clear_stale(virtual_addresses))
             try:
                 os.unlink(self.vrrp_pidfile)
             except FileNotFoundError:
                 pass
-            self._start(self.keepalived, self.keepalived_log)
-            self._wait(lambda: self._vrrp_child() is not None, "keepalived did not start "
-                       "its VRRP process")
+            self._start(self.keepalived, self.keepalived_log, lambda: self._wait(
+                lambda: self._vrrp_child() is not None,
+                "keepalived did not start its VRRP process"))
         else:
             self._reload_keepalived()
         loaded[KEEPALIVED] = [self.keepalived.pid(), conf_digest]
@@ -291,9 +291,11 @@ class HaSubsystem:
         self._wait(reloaded, "keepalived did not confirm the SIGHUP reload")
         LOG.info("keepalived reloaded")
 
-    def _start(self, daemon, log):
+    def _start(self, daemon, log, ready):
+        """Start ``daemon`` and wait until ``ready()`` passes; a failure quotes its log."""
         try:
             daemon.start()
+            ready()
         except ApplyError as exc:
             raise ApplyError("", f"{exc.message}; {log}: {tail(log)}", status=500) from exc
 
@@ -314,6 +316,8 @@ class HaSubsystem:
     def _conntrackd_serves(self, interface, timeout=5.0):
         """conntrackd answers on our socket; its sync channel runs on ``interface``."""
         def answers():
+            if self.conntrackd.pid() is None:
+                raise ApplyError("", "conntrackd exited", status=500)
             try:
                 output = run_checked([CONNTRACKD, "-C", self.conntrackd_conf, "-s"],
                                      "conntrackd -s", timeout=5)
@@ -342,6 +346,12 @@ class HaSubsystem:
                 return dict(json.load(handle))
         except (OSError, ValueError, TypeError):
             return {}
+
+    def _forget(self, loaded, daemon):
+        """Persist "``daemon``'s configuration unknown" before acting on it: an apply that
+        fails halfway must not leave a record claiming the old one is loaded."""
+        if loaded.pop(daemon, None) is not None:
+            self._remember(loaded)
 
     def _remember(self, loaded):
         if loaded:

@@ -28,7 +28,7 @@ VALID = contract_payloads("original-orchestrator")
 PRIMARY, SECONDARY = VALID["router-ha-primary"], VALID["router-ha-secondary"]
 ROUTER = ipaddress.ip_address("172.24.4.9")
 FIP = ipaddress.ip_address("172.24.4.231")
-ADVERT = 0.2  # seconds: elections in about a second (the default, 1 s, is benchmarked)
+ADVERT = 0.5  # seconds: a failover in about 2 s (the default, 1 s, is benchmarked)
 PORT = 7000
 
 
@@ -134,7 +134,7 @@ def test_becoming_ha_and_back_and_a_failed_conntrackd_rolls_back(lab):
         response = client.put_json("/v1/system/config", PRIMARY)
         assert response.status == 500, response.text
         message = response.json()["message"]
-        assert "conntrackd exited at once" in message and "already in use" in message
+        assert "conntrackd" in message and "already in use" in message  # its log
         assert appliance.dump() == before
         assert client.get("/v1/system/config").json()["generation"] == 1
         assert ha_daemons(appliance.ns) == set()
@@ -177,8 +177,9 @@ def test_only_the_master_advertises_itself_as_an_ipv6_router(lab):
     router = ipaddress.ip_address("10.20.0.1")
     eventually(lambda: holder([pair.primary.ns, pair.secondary.ns], router) is not None,
                30, "a master")
-    lifetimes = eventually(lambda: router_lifetimes(pair.vm.ns, 2), 30,
-                           "RAs from both instances")
+    lifetimes = {}  # BIRD rate-limits its answers: collect them over several solicitations
+    eventually(lambda: len(router_lifetimes(pair.vm.ns, lifetimes)) >= 2, 30,
+               "RAs from both instances")
     master = holder([pair.primary.ns, pair.secondary.ns], router)
     by_node = {node: lifetimes.get(link_local(node.ns, "eth2"))
                for node in (pair.primary, pair.secondary)}
@@ -186,17 +187,18 @@ def test_only_the_master_advertises_itself_as_an_ipv6_router(lab):
     assert by_node[pair.secondary if master is pair.primary.ns else pair.primary] == 0
 
 
-def router_lifetimes(ns, count):
-    """{router link-local: router lifetime} of the RAs answering one solicitation."""
+def router_lifetimes(ns, found):
+    """``found`` updated with {router link-local: router lifetime} of the RAs answering
+    one solicitation."""
     output = ns.run(["rdisc6", "-m", "-n", "-w", "1500", "-r", "1", "eth0"],
                     check=False).stdout
-    found, current = {}, None
+    current = None
     for line in output.splitlines():
         if "Router lifetime" in line:
             current = int(line.split(":")[1].split()[0])
         if line.startswith(" from "):
             found[ipaddress.ip_address(line.split()[1].split("%")[0])] = current
-    return found if len(found) >= count else None
+    return found
 
 
 def link_local(ns, ifname):
