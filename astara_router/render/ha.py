@@ -204,9 +204,9 @@ def render_ha(config, names, directory, options=HaOptions()):
     if tracked:
         lines += [Line("    track_interface {"),
                   *(Line(f"        {dev}") for dev in tracked), Line("    }")]
-    lines.append(Line(f"    unicast_src_ip {local}"))
-    if peers:
-        lines += [Line("    check_unicast_src"), Line("    unicast_peer {"),
+    if peers:  # without one, multicast (keepalived refuses a unicast source alone)
+        lines += [Line(f"    unicast_src_ip {local}"), Line("    check_unicast_src"),
+                  Line("    unicast_peer {"),
                   *(Line(f"        {peer}", f"ha_config.peers[{i}]")
                     for i, peer in enumerate(peers)),
                   Line("    }")]

@@ -228,3 +228,18 @@ def test_keepalived_addresses_coming_and_going_are_not_drift(lab):
         assert watch.poll()[0] is True
     finally:
         watch.close()
+
+
+def test_an_instance_without_a_peer_runs_keepalived_alone(lab):
+    """peers empty (an orchestrator between losing one instance and making the next):
+    keepalived alone (multicast), no conntrackd; alone, it becomes master."""
+    topology = RouterTopology(lab, "router-ha-primary", PRIMARY)
+    appliance = topology.appliance
+    appliance.configure_management()
+    appliance.start()
+    alone = copy.deepcopy(PRIMARY)
+    alone["ha_config"] = {"peers": [], "priority": 100}
+    response = appliance.client().put_json("/v1/system/config", alone)
+    assert response.status == 200, response.text
+    assert ha_daemons(appliance.ns) == {"keepalived"}
+    eventually(lambda: holder([appliance.ns], FIP) is not None, 20, "master, alone")
