@@ -10,7 +10,8 @@ bridge in the fabric namespace)::
                       │    │       └── b-dualstack ── vm2, vm3   10.2.0.0/24,
                       │  b-mgmt                                  2001:db8:2::/64 SLAAC
                       │    └── ctl: orchestrator + metadata upstream, fdca:3ba5:a17a:acda::2
-                      └─ branch-router ── b-branch ── vm4        10.3.0.0/24
+                      ├─ branch-router ── b-branch ── vm4        10.3.0.0/24
+                      └─ ha-router (two instances, VRRP) ── b-ha ── vm5   10.4.0.0/24
 
     public: 172.24.4.0/24, 2001:db8:c0de:1::/64; inet owns .1/::1 (the gateways), peers
     with the router by BGP, serves HTTP on 198.51.100.200 and 2001:db8:ffff::200 (on lo).
@@ -19,6 +20,8 @@ bridge in the fabric namespace)::
     10.1.0.0/24 behind demo-router and 10.3.0.0/24 behind branch-router.
     demo-lb: a load balancer appliance on b-private, VIP 10.1.0.100:80 (HTTP, round robin)
     in front of vm0's and vm1's web servers, weights 1:3.
+    ha-router (HA: the orchestrator boots two instances, the VRRP master holds the
+    addresses): 172.24.4.9; floating IP 172.24.4.103 -> vm5.
 
 ``desired_state(cloud)`` turns it into the ordered admin-API calls, one function per
 resource kind (``network_calls``, ``vm_port_calls``, ``router_calls``, ``floatingip_calls``,
@@ -96,6 +99,7 @@ class Router:
     gateway: RouterPort
     interfaces: tuple  # of RouterPort
     tenant_id: str = TENANT
+    ha: bool = False  # two instances, keepalived between them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +199,13 @@ class Cloud:
     def floating_ip_of(self, vm):
         return next((f.address for f in self.floating_ips if f.vm == vm.role), None)
 
+    def router(self, router_id):
+        return next(r for r in self.routers if r.id == router_id)
+
+    def vms_behind(self, router):
+        networks = {port.network_id for port in router.interfaces}
+        return [vm for vm in self.vms if vm.network_id in networks]
+
 
 def _default_cloud():
     public = Network("public", "b-public", (
@@ -207,10 +218,13 @@ def _default_cloud():
         Subnet("dualstack-v4", "10.2.0.0/24", "10.2.0.1"),
         Subnet("dualstack-v6", "2001:db8:2::/64", "2001:db8:2::1", ipv6_mode="slaac"),
     ))
+    ha_net = Network("ha-private", "b-ha", (
+        Subnet("ha-private-v4", "10.4.0.0/24", "10.4.0.1"),))
     vms = (Vm("vm0", "private", "fa:16:3e:1a:b0:00", "10.1.0.10"),
            Vm("vm1", "private", "fa:16:3e:1a:b0:01", "10.1.0.11"),
            Vm("vm2", "dualstack", "fa:16:3e:1a:b0:02", "10.2.0.10"),
-           Vm("vm3", "dualstack", "fa:16:3e:1a:b0:03", "10.2.0.11"))
+           Vm("vm3", "dualstack", "fa:16:3e:1a:b0:03", "10.2.0.11"),
+           Vm("vm5", "ha-private", "fa:16:3e:1a:b0:05", "10.4.0.10"))
     router = Router(
         "demo-router",
         gateway=RouterPort("public", (("public-v4", "172.24.4.7"),
@@ -218,7 +232,11 @@ def _default_cloud():
         interfaces=(RouterPort("private", (("private-v4", "10.1.0.1"),)),
                     RouterPort("dualstack", (("dualstack-v4", "10.2.0.1"),
                                              ("dualstack-v6", "2001:db8:2::1")))))
-    fips = (FloatingIp("fip-vm0", "demo-router", "172.24.4.101", "vm0"),)
+    ha_router = Router(
+        "ha-router", gateway=RouterPort("public", (("public-v4", "172.24.4.9"),)),
+        interfaces=(RouterPort("ha-private", (("ha-private-v4", "10.4.0.1"),)),), ha=True)
+    fips = (FloatingIp("fip-vm0", "demo-router", "172.24.4.101", "vm0"),
+            FloatingIp("fip-vm5", "ha-router", "172.24.4.103", "vm5"))
     branch = Network("branch", "b-branch", (Subnet("branch-v4", "10.3.0.0/24", "10.3.0.1"),))
     branch_router = Router(
         "branch-router",
@@ -231,9 +249,9 @@ def _default_cloud():
                          "private-v4"))
     lbs = (LoadBalancer("demo-lb", "private-v4", "10.1.0.100",
                         (LbMember("vm0", 1), LbMember("vm1", 3))),)
-    return Cloud((public, private, dualstack, branch),
+    return Cloud((public, private, dualstack, branch, ha_net),
                  vms + (Vm("vm4", "branch", "fa:16:3e:1a:b0:04", "10.3.0.10"),),
-                 (router, branch_router), fips, vpn, lbs)
+                 (router, branch_router, ha_router), fips, vpn, lbs)
 
 
 DEFAULT_CLOUD = _default_cloud()
@@ -290,9 +308,11 @@ def _fixed_ips(port):
 def router_calls(cloud):
     calls = []
     for router in cloud.routers:
-        calls.append(Call("POST", "/v1/routers", {
-            "id": router.id, "name": router.id, "tenant_id": router.tenant_id},
-            f"router {router.id}"))
+        body = {"id": router.id, "name": router.id, "tenant_id": router.tenant_id}
+        if router.ha:
+            body["ha"] = True
+        calls.append(Call("POST", "/v1/routers", body,
+                          f"{'HA ' if router.ha else ''}router {router.id}"))
         calls.append(Call("PUT", f"/v1/routers/{router.id}/gateway", {
             "network_id": router.gateway.network_id,
             "fixed_ips": _fixed_ips(router.gateway)},

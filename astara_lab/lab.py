@@ -34,6 +34,7 @@ import tempfile
 import time
 
 from . import cloud as clouds
+from . import failover
 from .cloud import ORCHESTRATOR_ADDRESS, PUBLIC_V4, PUBLIC_V6, WEB_PORT, in_sync
 from .leftovers import find_leftovers, remove_leftovers
 from astara_netns import Lab, Netns, NetnsHTTPClient, list_netns
@@ -312,6 +313,7 @@ class View:
         names = state["namespaces"]
         self.ctl = Netns(names["ctl"], "ctl")
         self.inet = Netns(names["inet"], "inet")
+        self.fabric = Netns(names["fabric"], "fab")
         self.vms = {role: Netns(name, role) for role, name in names["vms"].items()}
         self.api = admin_api(state)
         self._scratch = None
@@ -494,6 +496,62 @@ def check_loadbalancing(view):
     return ok, "; ".join(details)
 
 
+def _until(predicate, timeout, interval=0.1):
+    """Poll ``predicate`` until true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def check_ha_failover(view):
+    """Crash the HA router's VRRP master (every process SIGKILLed, links cut) while a TCP
+    connection through a floating IP is open; the backup must take over and the same
+    connection keep working. Then wait until the orchestrator has rebuilt the crashed
+    instance (it replaces a lost HA member), so the check can run again."""
+    router = next(r for r in view.cloud.routers if r.ha)
+    vm = view.cloud.vms_behind(router)[0]
+    fip = view.cloud.floating_ip_of(vm)
+    address = next(a for _, a in router.gateway.fixed_ips if ":" not in a)
+    resource = view.api.resource(router.id)
+    instances = resource["instances"]
+    if not in_sync(resource) or len(instances) != 2:
+        return False, (f"{router.id}: waiting for both instances ({resource['state']}, "
+                       f"{len(instances)} instance(s))")
+    pair = [Netns(i["details"]["netns"]) for i in instances]
+    master = failover.holder(pair, address)
+    if master is None:
+        return False, f"{router.id}: not exactly one instance holds {address}"
+    backup = next(ns for ns in pair if ns is not master)
+    lost = next(i["details"]["agent_pid"] for i in instances
+                if i["details"]["netns"] == master.name)
+    flow = failover.KeepAlive(view.inet.name, fip)
+    try:
+        if flow.get()["server"] != vm.role:
+            return False, f"{fip} did not reach {vm.role}"
+        started = time.monotonic()
+        failover.crash(master, view.fabric)
+        moved = _until(lambda: {ipaddress.ip_address(address), ipaddress.ip_address(fip)}
+                       <= failover.addresses(backup), 30)
+        took = time.monotonic() - started
+        if not moved:
+            return False, f"{master.name} crashed; {backup.name} did not take over in 30 s"
+        answer = flow.get()
+    finally:
+        flow.close()
+    if answer["server"] != vm.role:
+        return False, f"after the failover {fip} reached {answer['server']}"
+    rebuilt = _until(lambda: in_sync(r := view.api.resource(router.id)) and
+                     len(r["instances"]) == 2 and lost not in
+                     {i["details"]["agent_pid"] for i in r["instances"]}, 180, interval=0.5)
+    return rebuilt, (f"master {master.name} crashed (killed, links cut); {backup.name} took "
+                     f"over in {took:.1f} s; a connection to {fip} ({vm.role}) opened before "
+                     "kept working" + ("; the orchestrator rebuilt the lost instance"
+                                       if rebuilt else "; no rebuild within 180 s"))
+
+
 CHECKS = (
     ("router", "router appliance configured by the orchestrator", check_router),
     ("dhcp", "DHCP: VMs get their ports' addresses", check_dhcp),
@@ -505,6 +563,7 @@ CHECKS = (
     ("ipv6", "IPv6: VM → internet, routed (no NAT)", check_ipv6),
     ("vpn", "VPN: VM → VM behind another router (IPsec), internet still SNATed", check_vpn),
     ("lb", "load balancing: VIP → members by weight", check_loadbalancing),
+    ("ha", "HA failover: master crashes, a connection survives", check_ha_failover),
 )
 
 
@@ -559,6 +618,8 @@ def hints(state):
         "  astara-ctl browse                      # live table of resources and states (q quits)",
         f"  astara-ctl resource show {router}   # state, last error, instances, hashes",
         f"  astara-ctl ssh {router}             # a shell inside the router appliance",
+        "  astara-ctl resource show ha-router   # the HA pair: two instances, the VRRP "
+        "master holds 172.24.4.9",
         f"  astara-ctl floatingip create router_id={router} floating_ip_address=172.24.4.102 "
         f"fixed_ip_address={spare.ipv4}",
         "Namespaces:",

@@ -24,6 +24,7 @@ class QuietHandler(BaseHTTPRequestHandler):
 
 class EchoHandler(QuietHandler):
     server_version = "astara-lab-echo"
+    protocol_version = "HTTP/1.1"  # keep-alive: a connection can outlive a router failover
     name = "echo"
 
     def _answer(self):

@@ -30,6 +30,9 @@ class Settings:
     ipsec_backend: str = "auto"  # auto | kernel | libipsec (apply/vpn.py)
     reconcile_interval: float = 5.0  # seconds between supervisor rounds; 0 disables
     reconcile_max_backoff: float = 60.0  # longest pause while repairs keep being needed
+    ha_advert_interval: float = 1.0  # VRRP advertisement interval, seconds (0.01-40.95)
+    ha_preempt: bool = True  # the higher-priority instance takes the addresses back
+    ha_preempt_delay: float = 0.0  # seconds it waits before it does
 
     def path(self, *parts):
         return os.path.join(self.state_dir, *parts)
@@ -45,9 +48,33 @@ def _services(text):
     return names
 
 
+def _boolean(text, default):
+    if text is None:
+        return default
+    try:
+        return configparser.ConfigParser.BOOLEAN_STATES[text.strip().lower()]
+    except KeyError:
+        raise ValueError(f"not a boolean: {text!r}") from None
+
+
+def _ha(section, settings):
+    """[ha]: the VRRP advertisement interval and preemption (README, "ha")."""
+    try:
+        interval = float(section.get("advert_interval", settings.ha_advert_interval))
+        preempt = _boolean(section.get("preempt"), settings.ha_preempt)
+        delay = float(section.get("preempt_delay", settings.ha_preempt_delay))
+    except ValueError as exc:
+        raise ValueError(f"[ha]: {exc}") from None
+    if not 0.01 <= interval <= 40.95:
+        raise ValueError(f"[ha] advert_interval must be 0.01-40.95 seconds, not {interval}")
+    if not 0 <= delay <= 1000:
+        raise ValueError(f"[ha] preempt_delay must be 0-1000 seconds, not {delay}")
+    return {"ha_advert_interval": interval, "ha_preempt": preempt, "ha_preempt_delay": delay}
+
+
 def load(config_file=None, **overrides):
-    """Read the ini file ([DEFAULT], [api], [status], [metadata], [vpn], [supervisor]) and
-    apply overrides."""
+    """Read the ini file ([DEFAULT], [api], [status], [metadata], [vpn], [supervisor], [ha])
+    and apply overrides."""
     settings = Settings()
     if config_file:
         parser = configparser.ConfigParser()
@@ -60,6 +87,7 @@ def load(config_file=None, **overrides):
         vpn = parser["vpn"] if parser.has_section("vpn") else parser.defaults()
         supervisor = (parser["supervisor"] if parser.has_section("supervisor")
                       else parser.defaults())
+        ha = parser["ha"] if parser.has_section("ha") else parser.defaults()
         values = {
             "state_dir": get("state_dir", settings.state_dir),
             "enabled_services": _services(get("enabled_services", "router")),
@@ -82,6 +110,7 @@ def load(config_file=None, **overrides):
                 "interval", settings.reconcile_interval)),
             "reconcile_max_backoff": float(supervisor.get(
                 "max_backoff", settings.reconcile_max_backoff)),
+            **_ha(ha, settings),
         }
         settings = replace(settings, **values)
     clean = {k: v for k, v in overrides.items() if v not in (None, (), "")}

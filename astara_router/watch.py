@@ -14,6 +14,8 @@ mistaken for drift), and before the next one it reads whatever arrived meanwhile
 * a route of ours (protocol ``RTPROT_ASTARA``) was added or removed → the same;
 * anything touched the agent's nftables table → the firewall re-reads and reloads it.
 
+On an HA router keepalived adds and removes the data-plane addresses as the VRRP state
+changes: those (``Expected.ignored``) are not drift, and its routes carry its own protocol.
 Unmanaged links and their addresses (the kernel's loopback, say) are not watched. A full
 receive queue (the kernel drops notifications then) counts as drift. Changes that
 happen *during* an apply are not seen here (the subscriptions are renewed after it); the
@@ -79,10 +81,12 @@ def _open(protocol, groups=0, group=None):
 class Expected:
     """What the committed plan put on the links: ``addresses`` ``{(link index, address)}``,
     ``links`` ``{link index: (mtu or None, up)}`` of the managed NICs, ``indexes`` every
-    NIC the agent saw."""
+    NIC the agent saw; ``ignored`` ``{(link index, address)}`` another daemon adds and
+    removes (keepalived's virtual addresses on an HA router): never drift."""
     addresses: frozenset = frozenset()
     links: Mapping = field(default_factory=dict)
     indexes: frozenset = frozenset()
+    ignored: frozenset = frozenset()
 
 
 class KernelWatch:
@@ -186,6 +190,8 @@ class KernelWatch:
             return False  # the kernel's (link-local, SLAAC) or a DHCP client's
         if kind == RTM_NEWADDR and (index, address) in self.expected.addresses:
             return False  # one of ours changed state (e.g. DAD finished)
+        if (index, address) in self.expected.ignored:
+            return False  # keepalived's: the VRRP master holds it, a backup does not
         LOG.debug("drift: address %s on link %d %s", address, index,
                   "added" if kind == RTM_NEWADDR else "removed")
         return True

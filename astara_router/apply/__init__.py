@@ -29,6 +29,8 @@ import importlib
 import pkgutil
 
 ORDER = (
+    ("ha", "HaSubsystem"),                # HA router: keepalived (VRRP) + conntrackd; first,
+                                          # so addresses move between it and netlink cleanly
     ("netlink", "NetlinkSubsystem"),      # links, MTU, addresses, routes
     ("hostname", "HostnameSubsystem"),    # hostname, /etc/hosts
     ("firewall", "FirewallSubsystem"),    # nftables filter + NAT, one transaction

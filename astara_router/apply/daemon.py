@@ -76,6 +76,14 @@ class FileSet:
             except FileNotFoundError:
                 pass
 
+    def converge(self, contents):
+        """Make each file hold ``contents[path]`` (None: absent), rewriting only those
+        that differ; returns how many did."""
+        current = self.capture()
+        changed = {path: text for path, text in contents.items() if current.get(path) != text}
+        self.restore(changed)
+        return len(changed)
+
     def restore(self, snapshot):
         for path, text in snapshot.items():
             if text is None:
@@ -146,3 +154,26 @@ class Daemon:
                 return
             time.sleep(0.005)
         os.kill(pid, signal.SIGKILL)
+
+
+class ExactDaemon(Daemon):
+    """A Daemon whose PID only counts while that process runs exactly ``command`` (default:
+    the argv it is started with): another appliance's daemon on the same host never
+    matches, even after PID reuse."""
+
+    def __init__(self, name, pidfile, argv, program=None, command=None):
+        super().__init__(name, pidfile, argv, program)
+        self.command = list(command or argv)
+
+    def pid(self):
+        pid = super().pid()
+        return pid if pid is not None and self.runs_command(pid) else None
+
+    def runs_command(self, pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                argv = [part.decode(errors="replace")
+                        for part in handle.read().split(b"\0") if part]
+        except OSError:
+            return False
+        return argv == self.command

@@ -25,7 +25,7 @@ import time
 from ..errors import ApplyError
 from ..render.dhcp import CONF, HOSTS, LOG as LOG_FILE, NAMES, PIDFILE, render_dnsmasq
 from ..store import atomic_write
-from .daemon import Daemon, FileSet
+from .daemon import ExactDaemon, FileSet
 
 LOG = logging.getLogger(__name__)
 
@@ -68,23 +68,6 @@ def dnsmasq_test(files, path):
     raise ApplyError("", f"dnsmasq --test failed: {output}", status=500)
 
 
-class DnsmasqDaemon(Daemon):
-    """A Daemon whose PID only counts while its command line is exactly ours: another
-    appliance's dnsmasq on the same host never matches, even after PID reuse."""
-
-    def pid(self):
-        pid = super().pid()
-        if pid is None:
-            return None
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                argv = [part.decode(errors="replace")
-                        for part in handle.read().split(b"\0") if part]
-        except OSError:
-            return None
-        return pid if argv == self.argv else None
-
-
 class DhcpSubsystem:
     name = "dhcp"
 
@@ -98,8 +81,8 @@ class DhcpSubsystem:
         self.check_path = os.path.join(self.directory, "dnsmasq.check.conf")
         self.files = FileSet(self.conf, self.hosts, self.names)
         # --conf-file alone: dnsmasq reads neither /etc/dnsmasq.conf nor /etc/dnsmasq.d.
-        self.daemon = DnsmasqDaemon(DNSMASQ, os.path.join(self.directory, PIDFILE),
-                                    [DNSMASQ, f"--conf-file={self.conf}"])
+        self.daemon = ExactDaemon(DNSMASQ, os.path.join(self.directory, PIDFILE),
+                                  [DNSMASQ, f"--conf-file={self.conf}"])
 
     # -- engine interface ------------------------------------------------------------------
     def plan(self, config, names):
@@ -151,10 +134,7 @@ class DhcpSubsystem:
     def _converge(self, contents, running):
         """Make the files hold ``contents`` ({path: text or None}) and the process match:
         running with exactly those files loaded, or stopped. Returns the change count."""
-        current = self.files.capture()
-        changed = {path: text for path, text in contents.items() if current[path] != text}
-        self._write(changed)
-        changes = len(changed)
+        changes = self.files.converge(contents)
         pid = self.daemon.pid()
         if not running or contents.get(self.conf) is None:
             if pid is not None:
@@ -178,19 +158,6 @@ class DhcpSubsystem:
             self._start()
         self._remember(want)
         return changes + 1
-
-    def _write(self, changed):
-        """Replace each changed file atomically (staged candidate + rename)."""
-        present = {path: text for path, text in changed.items() if text is not None}
-        if present:
-            self.files.stage(present)
-            self.files.commit(present)
-        for path, text in changed.items():
-            if text is None:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
 
     def _start(self):
         try:

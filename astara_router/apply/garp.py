@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from .. import garp, rtnl
+from ..render.netlink import keepalived_owns
 
 LOG = logging.getLogger(__name__)
 
@@ -30,14 +31,17 @@ DAD_WAIT = 10.0  # DAD takes 1-2 s with the default sysctls
 
 def announced_addresses(config):
     """Every (geN, address) the configuration puts on the appliance, link-local excluded
-    (the kernel owns those)."""
+    (the kernel owns those) and, on an HA router, keepalived's (it announces them when its
+    instance becomes master; a backup must stay silent)."""
     found = set()
     for network in config.networks:
+        if keepalived_owns(config, network):
+            continue
         for address in network.interface.addresses:
             if not address.ip.is_link_local:
                 found.add((network.interface.ifname, address.ip))
     for fip, network in config.floating_ip_networks:
-        if network is not None:
+        if network is not None and not keepalived_owns(config, network):
             found.add((network.interface.ifname, fip.floating_ip))
     return frozenset(found)
 

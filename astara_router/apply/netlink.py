@@ -38,6 +38,8 @@ class NetState:
     # was taken for), read back from the kernel like any other address; the kernel's own
     # link-local addresses are never touched.
     link_local: frozenset = frozenset()
+    # (kernel_name, address) keepalived owns on an HA router: neither read, added nor removed
+    ignored: frozenset = frozenset()
 
 
 # -- reading the kernel -----------------------------------------------------------------------
@@ -59,15 +61,18 @@ def live_routes():
                      for destination, gateway, oif in rtnl.routes(MAIN_TABLE, RTPROT_ASTARA))
 
 
-def capture(nics, link_local=frozenset()):
+def capture(nics, link_local=frozenset(), ignored=frozenset()):
     """The live state of every NIC (and of the ``link_local`` addresses a configuration
-    asked for) and of our routes."""
+    asked for; ``ignored`` addresses — keepalived's — left out) and of our routes."""
     addresses, nodad = live_addresses(link_local)
-    links = tuple((nic.kernel_name, LinkState(nic.mtu, nic.up,
-                                              addresses.get(nic.index, frozenset()),
-                                              nic.index in nodad))
-                  for nic in nics)
-    return NetState(links, live_routes(), link_local)
+    links = tuple((nic.kernel_name, LinkState(nic.mtu, nic.up, _own(
+        addresses.get(nic.index, frozenset()), nic.kernel_name, ignored), nic.index in nodad))
+        for nic in nics)
+    return NetState(links, live_routes(), link_local, ignored)
+
+
+def _own(addresses, name, ignored):
+    return frozenset(a for a in addresses if (name, a) not in ignored) if ignored else addresses
 
 
 def link_local_of(address_sets):
@@ -86,16 +91,22 @@ class NetlinkPlan:
 
 def plan_netlink(config, names):
     """The links, addresses and routes ``config`` wants, by kernel name (``names``: geN →
-    kernel name)."""
+    kernel name). What keepalived owns (HA) is planned out: not ours to add or remove."""
     plan = render_netlink(config)
-    links = []
+    links, ignored = [], set()
     for spec in plan.links:
         name = kernel_name(names, spec.generic, spec.path.removesuffix(".interface"))
-        links.append((name, LinkState(spec.mtu, True, spec.addresses, spec.nodad)))
-    routes = frozenset((r.destination, r.gateway, names.get(r.generic)) for r in plan.routes)
-    paths = {(r.destination, r.gateway): r.path for r in plan.routes}
+        if spec.keepalived:
+            ignored.update((name, address) for address in spec.addresses)
+        links.append((name, LinkState(spec.mtu, True,
+                                      frozenset() if spec.keepalived else spec.addresses,
+                                      spec.nodad)))
+    own = [r for r in plan.routes if not r.keepalived]
+    routes = frozenset((r.destination, r.gateway, names.get(r.generic)) for r in own)
+    paths = {(r.destination, r.gateway): r.path for r in own}
     paths.update({names[s.generic]: f"{s.path}.addresses" for s in plan.links})
-    return NetlinkPlan(NetState(tuple(links), routes), config.router is not None, paths)
+    return NetlinkPlan(NetState(tuple(links), routes, ignored=frozenset(ignored)),
+                       config.router is not None, paths)
 
 
 def with_cleared(state, names):
@@ -165,7 +176,8 @@ class Converger:
                               functools.partial(rtnl.link_request, index=nic.index,
                                                 up=want.up))
             _ensure_sysctl(f"ipv4/conf/{name}/promote_secondaries", "1")
-            have[name] = have_links[name].addresses if name in have_links else frozenset()
+            have[name] = (_own(have_links[name].addresses, name, state.ignored)
+                          if name in have_links else frozenset())  # keepalived's: not ours
         batch = []  # adds first, so a replaced address never leaves a gap
         removed = False
         for name, want in state.links:
@@ -246,7 +258,7 @@ class NetlinkSubsystem:
         if base is not None and {n for n, _ in plan.state.links} <= {
                 n for n, _ in base.state.links}:
             return replace(base.state, link_local=link_local)
-        return capture(ctx.nics, link_local)
+        return capture(ctx.nics, link_local, plan.state.ignored)
 
     def apply(self, ctx, plan, base, snapshot):
         if base is not None:  # the kernel holds base: only the difference
@@ -268,7 +280,8 @@ class NetlinkSubsystem:
         if changes == 0:
             return
         nics = ctx.refresh_nics()
-        Converger(ctx, nics).converge(snapshot, capture(nics, snapshot.link_local))
+        Converger(ctx, nics).converge(snapshot, capture(nics, snapshot.link_local,
+                                                        snapshot.ignored))
 
     def expected(self, plan, nics):
         """What the kernel watch compares its notifications with."""
@@ -278,4 +291,6 @@ class NetlinkSubsystem:
             addresses=frozenset((index[name], address) for name, link in links.items()
                                 for address in link.addresses),
             links={index[name]: (link.mtu, link.up) for name, link in links.items()},
-            indexes=frozenset(index.values()))
+            indexes=frozenset(index.values()),
+            ignored=frozenset((index[name], address) for name, address in plan.state.ignored
+                              if name in index))

@@ -1,4 +1,11 @@
-"""Pure rendering of the link/address/route part of a configuration."""
+"""Pure rendering of the link/address/route part of a configuration.
+
+On an HA router (``ha_resource``) keepalived owns the data plane: every address of a
+non-management network, the floating IPs and the routes through those networks are marked
+``keepalived``; the netlink subsystem leaves them alone and render/ha.py makes them
+keepalived's virtual addresses and routes, present on the VRRP master only. The management
+network stays each instance's own.
+"""
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 from typing import Optional
@@ -13,6 +20,7 @@ class LinkSpec:
     addresses: frozenset  # of IPv4Interface | IPv6Interface
     nodad: bool  # tenant/management v6 addresses are ours alone: skip DAD so they work at once
     path: str = field(default="", compare=False)
+    keepalived: bool = False  # HA: the addresses are keepalived's (on the master only)
 
 
 @dataclass(frozen=True)
@@ -21,6 +29,7 @@ class RouteSpec:
     gateway: object
     generic: Optional[str]  # None: let the kernel pick the device
     path: str = field(default="", compare=False)
+    keepalived: bool = False  # HA: a virtual route of keepalived's (on the master only)
 
     @property
     def key(self):
@@ -46,8 +55,16 @@ def render_netlink(config):
         links.append(LinkSpec(network.interface.ifname,
                               network.interface.mtu or network.mtu,
                               frozenset(addresses), nodad=not network.is_external,
-                              path=f"networks[{i}].interface"))
+                              path=f"networks[{i}].interface",
+                              keepalived=keepalived_owns(config, network)))
     return NetlinkPlan(tuple(links), _routes(config))
+
+
+def keepalived_owns(config, network):
+    """Whether keepalived holds ``network``'s addresses and the routes through it (HA
+    router, any network but the management one); ``network`` None: the kernel picks the
+    device, so on an HA router that route is keepalived's too."""
+    return config.ha and (network is None or not network.is_management)
 
 
 def _routes(config):
@@ -58,7 +75,8 @@ def _routes(config):
             return
         seen.add(destination)
         routes.append(RouteSpec(destination, gateway,
-                                network.interface.ifname if network else None, path))
+                                network.interface.ifname if network else None, path,
+                                keepalived=keepalived_owns(config, network)))
 
     for version in (4, 6):
         gateway, network, path = _default_gateway(config, version)

@@ -25,6 +25,10 @@ Decisions (see also README, "Routing"):
 * Tenant VMs learn the appliance as their IPv6 default router (router lifetime 3 × max RA
   interval), also when it has no upstream IPv6: it still routes between tenant networks.
 * No BGP and no RA ⇒ no plan: the applier stops BIRD.
+* HA router: both instances run BIRD, but only the VRRP master holds the tenant addresses
+  (render/ha.py). RAs are "triggered" by the connected route of the first tenant IPv6
+  address: on the backup it is missing and BIRD's RAs say router lifetime 0, so hosts never
+  route through the backup; on becoming master, BIRD announces itself at once.
 """
 import hashlib
 import ipaddress
@@ -98,6 +102,7 @@ class BirdPlan:
     peers: tuple  # of BgpPeer
     neighbor_asn: int = 0
     asn_path: str = field(default="", compare=False)
+    ha_trigger: Optional[tuple] = None  # HA: (prefix, kernel name) present on the master only
 
 
 def bird_plan(config, kernel_names):
@@ -116,7 +121,20 @@ def bird_plan(config, kernel_names):
     return BirdPlan(router_id=router_id, router_id_source=source,
                     local_asn=config.router.asn, neighbor_asn=config.router.neighbor_asn,
                     ra_interfaces=ra_interfaces, exported_prefixes=exported,
-                    export_interfaces=export_ifaces, peers=peers, asn_path="asn")
+                    export_interfaces=export_ifaces, peers=peers, asn_path="asn",
+                    ha_trigger=_ha_trigger(config, ra_interfaces))
+
+
+def _ha_trigger(config, ra_interfaces):
+    """HA: the first RA prefix holding a router address (keepalived's, master only)."""
+    if not config.ha:
+        return None
+    addresses = {n.interface.ifname: n.interface.addresses for n in config.networks}
+    for iface in ra_interfaces:
+        for prefix in iface.prefixes:
+            if any(a.ip in prefix.cidr for a in addresses.get(iface.generic, ())):
+                return prefix.cidr, iface.kernel_name
+    return None
 
 
 def _kernel_name(kernel_names, network, path):
@@ -254,7 +272,7 @@ def render_bird(plan, log_path=None):
     if plan.ra_interfaces:
         out.add()
         _radv(out, plan)
-        protocols.append("tenant_ra")
+        protocols += ["tenant_ra"] + (["ha_master"] if plan.ha_trigger else [])
     if plan.peers:
         out.add()
         _bgp(out, plan)
@@ -276,8 +294,19 @@ def _switch(value):
 
 
 def _radv(out, plan):
+    if plan.ha_trigger:
+        prefix, name = plan.ha_trigger
+        out.add("# HA: the master alone holds the tenant addresses, so this connected route;")
+        out.add("# without it (backup) RAs carry router lifetime 0.")
+        out.add("protocol direct ha_master {")
+        out.add(f"ipv6 {{ import where net = {prefix}; }};", indent=1)
+        out.add(f'interface "{name}";', indent=1)
+        out.add("}")
     out.add("# Router advertisements on tenant networks: only the subnets' own prefixes.")
     out.add("protocol radv tenant_ra {")
+    if plan.ha_trigger:
+        out.add(f"ipv6 {{ export where net = {plan.ha_trigger[0]}; }};", indent=1)
+        out.add(f"trigger {plan.ha_trigger[0]};", indent=1)
     for iface in plan.ra_interfaces:
         out.add(f'interface "{iface.kernel_name}" {{  # {iface.generic}', iface.path, 1)
         out.add(f"min ra interval {MIN_RA_INTERVAL};", iface.path, 2)

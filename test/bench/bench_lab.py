@@ -31,7 +31,8 @@ PHASES = (
     ("namespaces, internet, VMs, metadata upstream", "orchestrator:"),
     ("orchestrator start (admin API answers)", "desired state:"),
     ("desired state through the admin API", "orchestrator boots"),
-    ("router and load-balancer appliances booted and configured", "VMs:"),
+    ("router (demo, branch, HA pair) and load-balancer appliances booted and configured",
+     "VMs:"),
     ("VMs: DHCP leases, router solicitations", "self-check"),
 )
 PATIENCE = 120  # seconds a row may take to turn green

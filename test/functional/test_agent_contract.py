@@ -7,6 +7,8 @@ import json
 import pytest
 
 from astara_lab.appliance import contract_appliance, contract_payloads
+from astara_lab.failover import ha_daemons
+from astara_lab.peers import eventually
 
 pytestmark = pytest.mark.netns
 
@@ -59,29 +61,38 @@ def test_contract_payload_is_applied(lab, name):
     assert response.json()["generation"] == 1
 
     names = kernel_names(appliance)
-    dump = {link["ifname"]: link for link in appliance.dump()["links"]}
-    for ifname, addresses in expected_addresses(payload).items():
-        live = dump[names[ifname]]
-        assert addresses <= set(live["addresses"]), (ifname, live)
-        assert set(live["addresses"]) == addresses, (ifname, live)
-        assert live["up"]
-    for network in payload["networks"]:
-        mtu = network["interface"].get("mtu") or network.get("mtu")
-        if mtu:
-            assert dump[names[network["interface"]["ifname"]]]["mtu"] == mtu
 
-    routes = routes_by_dst(appliance.dump())
-    if payload.get("default_v4_gateway"):
-        assert ("default", payload["default_v4_gateway"], names["ge1"]) in routes
-    for network in payload["networks"]:
-        for subnet in network["subnets"]:
-            for hr in subnet["host_routes"]:
-                assert (hr["destination"], hr["nexthop"],
-                        names[network["interface"]["ifname"]]) in routes
-    if name == "router-dual-stack":
-        assert ("default", "2001:db8:c0de:1::1", names["ge1"]) in routes
-    if name == "router-no-gateway":
-        assert not any(r[0] == "default" for r in routes)
+    def dataplane():
+        dump = {link["ifname"]: link for link in appliance.dump()["links"]}
+        for ifname, addresses in expected_addresses(payload).items():
+            live = dump[names[ifname]]
+            assert addresses <= set(live["addresses"]), (ifname, live)
+            assert set(live["addresses"]) == addresses, (ifname, live)
+            assert live["up"]
+        for network in payload["networks"]:
+            mtu = network["interface"].get("mtu") or network.get("mtu")
+            if mtu:
+                assert dump[names[network["interface"]["ifname"]]]["mtu"] == mtu
+
+        routes = routes_by_dst(appliance.dump())
+        if payload.get("default_v4_gateway"):
+            assert ("default", payload["default_v4_gateway"], names["ge1"]) in routes
+        for network in payload["networks"]:
+            for subnet in network["subnets"]:
+                for hr in subnet["host_routes"]:
+                    assert (hr["destination"], hr["nexthop"],
+                            names[network["interface"]["ifname"]]) in routes
+        if name == "router-dual-stack":
+            assert ("default", "2001:db8:c0de:1::1", names["ge1"]) in routes
+        if name == "router-no-gateway":
+            assert not any(r[0] == "default" for r in routes)
+        return True
+
+    ha = bool(payload.get("ha_resource"))
+    # HA: alone, the instance becomes VRRP master 3 adverts later and keepalived adds the
+    # data plane; otherwise it is there when the answer comes.
+    eventually(dataplane, 20 if ha else 0, f"{name}: the dataplane of its README")
+    assert ha_daemons(appliance.ns) == ({"keepalived", "conntrackd"} if ha else set())
 
     config = client.get("/v1/system/config")
     assert config.status == 200

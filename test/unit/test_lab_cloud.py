@@ -40,8 +40,8 @@ def declare(orchestrator):
     return orchestrator.store.snapshot()
 
 
-def router_payload(snapshot, orchestrator):
-    ref = ResourceRef("router", "demo-router", "demo")
+def router_payload(snapshot, orchestrator, router_id="demo-router"):
+    ref = ResourceRef("router", router_id, "demo")
     return builder.build(snapshot, ref, orchestrator.payload_settings,
                          builder.placeholder_view(snapshot, ref))
 
@@ -72,7 +72,7 @@ def test_the_orchestrator_accepts_the_cloud_and_renders_a_valid_router(orchestra
     assert payload["hostname"] == "ak-demo"
     vms = {a["mac_address"]: a for n in (private, dualstack) for a in n["allocations"]
            if a["device_id"]}
-    for vm in (vm for vm in CLOUD.vms if CLOUD.router_of(vm).id == "demo-router"):
+    for vm in CLOUD.vms_behind(CLOUD.router("demo-router")):
         allocation = vms[vm.mac]
         assert allocation["device_id"] == vm.device_id  # what metadata must report
         assert set(allocation["ip_addresses"]) == {vm.ipv4, *CLOUD.slaac_addresses(vm)}
@@ -90,6 +90,19 @@ def test_the_load_balancer_payload_is_one_the_agent_carries_out(orchestrator):
     conf = render_nginx(config).contents()["http/80.conf"]
     assert re.findall(r"server (\S+) weight=(\d+);", conf) == [("10.1.0.10:80", "1"),
                                                                ("10.1.0.11:80", "3")]
+
+
+def test_the_ha_router_is_an_ha_pair_with_its_own_network(orchestrator):
+    snapshot = declare(orchestrator)
+    payload = router_payload(snapshot, orchestrator, "ha-router")
+    parse_payload(payload, ("router",))
+    assert payload["ha_resource"] is True and "ha_config" in payload
+    assert [n["interface"]["addresses"] for n in payload["networks"][1:]] == [
+        ["172.24.4.9/24"], ["10.4.0.1/24"]]
+    assert payload["floating_ips"] == [{"floating_ip": "172.24.4.103",
+                                        "fixed_ip": "10.4.0.10"}]
+    assert [vm.role for vm in CLOUD.vms_behind(CLOUD.router("ha-router"))] == ["vm5"]
+    assert orchestrator.store.snapshot().get("router", "ha-router")["ha"] is True
 
 
 def test_derived_addresses():
@@ -110,7 +123,8 @@ def test_orchestrator_config_parses_and_names_every_bridge():
     parser.read_string(text)
     settings = from_parser(parser)
     assert settings.netns.bridges == {"public": "b-public", "private": "b-private",
-                                      "dualstack": "b-dualstack", "branch": "b-branch"}
+                                      "dualstack": "b-dualstack", "branch": "b-branch",
+                                      "ha-private": "b-ha"}
     assert settings.netns.prefix == "ast0a1b2c" and settings.compute_driver == "netns"
     assert settings.health.period == 2 and settings.health.dead_grace == 10
     assert settings.api.token == "tok"
