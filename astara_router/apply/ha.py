@@ -36,12 +36,13 @@ import signal
 import subprocess
 import time
 
+from .. import rtnl
 from ..errors import ApplyError
 from ..render.ha import (CONNTRACKD_CONF, CONNTRACKD_LOCK, CONNTRACKD_LOG, CONNTRACKD_SOCKET,
                          KEEPALIVED_CONF, NOTIFY, HaOptions, render_ha)
 from ..store import atomic_write
 from .daemon import ExactDaemon, FileSet, run_checked
-from .netlink import _ensure_sysctl, ip_json
+from .netlink import _ensure_sysctl
 
 LOG = logging.getLogger(__name__)
 
@@ -367,8 +368,9 @@ def clear_stale(virtual_addresses):
     """Remove the virtual addresses already on the links — left by a keepalived that died,
     or by a generation that was not HA — and keepalived's routes: a new keepalived starts
     as backup and would leave them there. Returns the (dev, address) removed."""
-    present = {(link["ifname"], ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}"))
-               for link in ip_json("addr", "show") for a in link.get("addr_info", ())}
+    names = {index: name for index, name, *_ in rtnl.links()}
+    present = {(names.get(index), ipaddress.ip_interface(text))
+               for index, texts in rtnl.addresses().items() for text in texts}
     removed = [item for item in virtual_addresses if item in present]
     _ip_batch(f"address del {address} dev {dev}" for dev, address in removed)
     for family in ("-4", "-6"):
