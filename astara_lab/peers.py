@@ -155,13 +155,16 @@ def protocols(socket_path):
 
 
 def bgp_session(socket_path):
-    """(name, since) of the single established BGP session, or None."""
+    """(name, since) of the single established BGP session, or None. ``since`` to the
+    second: BIRD converts its monotonic clock to wall time on each query, so the
+    milliseconds it prints can move by one while the session stays up (a session that went
+    down and up again takes seconds: its connect retry)."""
     bgp = {name: value for name, value in protocols(socket_path).items()
            if value[2].startswith("Established")}
     if len(bgp) != 1:
         return None
     name, (_, since, _) = next(iter(bgp.items()))
-    return name, since
+    return name, since.split(".")[0]
 
 
 def learned_prefixes(socket_path, protocol):
