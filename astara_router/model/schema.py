@@ -92,7 +92,8 @@ NonEmpty = _text(TEXT, "non-empty " + TEXT_RULE, min_length=1, max_length=MAX_NA
 
 
 def _list(item, limit):
-    return Annotated[list[item], Meta(max_length=limit)]
+    return Annotated[list[item], Meta(max_length=limit,
+                                      description=f"a list of at most {limit} items")]
 
 MTU = _int(68, 65535)
 Port = _int(1, 65535)
@@ -312,10 +313,12 @@ class RouterSection(_Object):
         description="[destination, next_hop] or {destination, next_hop}")], MAX_ROUTES)] = []
     floating_ips: Optional[_list(FloatingIP, MAX_FLOATING_IPS)] = []
     labels: Optional[Annotated[dict[NonEmpty, _list(NetworkCIDR, MAX_LIST)], Meta(
-        max_length=MAX_LABELS, description="provider label -> CIDRs")]] = {}
+        max_length=MAX_LABELS,
+        description=f"provider label -> CIDRs (at most {MAX_LABELS} labels)")]] = {}
     orchestrator: Optional[Orchestrator] = None
     vpn: Optional[Vpn] = None
-    address_book: Optional[Annotated[dict[Text, Any], Meta(max_length=MAX_LIST)]] = {}
+    address_book: Optional[Annotated[dict[Text, Any], Meta(
+        max_length=MAX_LIST, description=f"name -> entry (at most {MAX_LIST} entries)")]] = {}
     anchors: Optional[_list(Anchor, MAX_LIST)] = []
 
 
