@@ -54,6 +54,11 @@ def parse_payload(body, enabled_services=("router",)):
 def _build(payload, enabled_services):
     """The model of a decoded schema.Payload, after the checks the schema cannot make."""
     problems = Problems()
+    allocations = sum(len(spec.allocations) for spec in payload.networks)
+    if allocations > schema.MAX_ALLOCATIONS_TOTAL:
+        raise PayloadError([FieldError("networks", f"at most {schema.MAX_ALLOCATIONS_TOTAL} "
+                                                   f"allocations in all networks together, "
+                                                   f"not {allocations}")])
     _RECENT_NETWORKS[:] = [{}, _RECENT_NETWORKS[0]]
     networks = _merge_duplicates(problems, [
         (f"networks[{i}]", _known_network(problems, spec, f"networks[{i}]"))

@@ -174,6 +174,15 @@ def test_list_limits_are_refused_naming_the_limit():
     assert error.path == "networks" and str(schema.MAX_NETWORKS) in error.message
 
 
+def test_allocations_are_limited_in_all_networks_together():
+    body = synthetic_router(networks=30, floating_ips=30, vms_per_network=1)
+    allocation = body["networks"][2]["allocations"][0]
+    for network in body["networks"][2:]:
+        network["allocations"] = [allocation] * (schema.MAX_ALLOCATIONS_TOTAL // 28 + 1)
+    error = refusal(body)
+    assert error.path == "networks" and str(schema.MAX_ALLOCATIONS_TOTAL) in error.message
+
+
 def test_the_5000_fip_benchmark_router_is_accepted():
     config = parse_payload(synthetic_router(50, 5000), SERVICES)
     assert len(config.router.floating_ips) == 5000
