@@ -99,6 +99,7 @@ def _list(item, limit):
     return Annotated[list[item], Meta(max_length=limit,
                                       description=f"a list of at most {limit} items")]
 
+
 MTU = _int(68, 65535)
 Port = _int(1, 65535)
 ASN = _int(1, 4294967295)

@@ -242,7 +242,7 @@ HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-def admin(orch):
+def admin(orch):  # noqa: F811 - the fixture
     o = orch()
     o.store.create("network", {"id": "n1", "tenant_id": "t1"})
     return create_admin_app(o, TOKEN).test_client()
@@ -279,10 +279,10 @@ def test_the_orchestrator_refuses_huge_and_deep_bodies(admin):
     answer = admin.post("/v1/routers", data=deep, headers=HEADERS,
                         content_type="application/json")
     assert answer.status_code == 400 and "deep" in answer.get_json()["message"]
-    answer = admin.post("/v1/routers", data=b'{"id": "r1", "tenant_id": "t1", "name": '
-                                             b'"\\ud800"}', headers=HEADERS,
+    surrogate = b'{"id": "r1", "tenant_id": "t1", "name": "\\ud800"}'
+    answer = admin.post("/v1/routers", data=surrogate, headers=HEADERS,
                         content_type="application/json")
     assert answer.status_code == 400
-    ok = admin.post("/v1/routers", json={"id": "r1", "tenant_id": "t1",
-                                          "name": "routeur d'équipe"}, headers=HEADERS)
+    named = {"id": "r1", "tenant_id": "t1", "name": "routeur d'équipe"}
+    ok = admin.post("/v1/routers", json=named, headers=HEADERS)
     assert ok.status_code == 201
