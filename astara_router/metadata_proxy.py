@@ -21,8 +21,8 @@ timeouts 504; otherwise the upstream status, content type and body pass through.
 A new configuration (the agent's ``serve``, or SIGHUP for the standalone program) swaps
 listeners, instance maps and upstream without dropping the listeners that stay; one that
 cannot be applied leaves the previous one serving. The standalone program writes a status
-file after every load (its PID and the SHA-256 of the configuration it serves). Standard
-library only: threads, no eventlet.
+file after every load (its PID and the SHA-256 of the configuration it serves). Threads,
+no eventlet; its id grammar is the payload schema's.
 """
 import argparse
 import hashlib
@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType
 
+from .model.schema import ID_RULE, IDENTIFIER, MAX_ID
 from .store import atomic_write
 
 LOG = logging.getLogger("astara-metadata-proxy")
@@ -58,8 +59,8 @@ JSON = "application/json"
 PASSED_HEADERS = ("Content-Type", "Accept", "Accept-Encoding", "User-Agent",
                   "If-None-Match", "If-Modified-Since")
 FORWARDED_METHODS = ("GET", "HEAD", "POST")  # what the metadata service needs
-# Ids that become header values: the payload schema's identifier grammar (model/schema.py).
-HEADER_ID = re.compile(r"[A-Za-z0-9_.:-]{1,255}")
+# Ids that become header values: the payload schema's identifier grammar.
+HEADER_ID = re.compile(f"(?:{IDENTIFIER})")
 HEADER_VALUE = re.compile(r"[\x20-\x7e]{0,1024}")  # visible ASCII and space: no CR/LF
 
 
@@ -113,9 +114,9 @@ def _address(text, where):
 
 
 def _header_id(value, where):
-    if not HEADER_ID.fullmatch(value):
-        raise ConfigError(f"{where}: {value[:80]!r} is not an id (1 to 255 characters from "
-                          f"[A-Za-z0-9_.:-]): it would go into a header")
+    if len(value) > MAX_ID or not HEADER_ID.fullmatch(value):
+        raise ConfigError(f"{where}: {value[:80]!r} is not {ID_RULE}: it would go into a "
+                          f"header")
     return value
 
 
