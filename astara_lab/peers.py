@@ -246,9 +246,10 @@ class MetadataHandler(QuietHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
-        self.wfile.write(answer.encode())
+        if self.command != "HEAD":
+            self.wfile.write(answer.encode())
 
-    do_POST = do_PUT = do_GET
+    do_POST = do_PUT = do_HEAD = do_GET
 
 
 def _metadata_server(address, port):

@@ -9,17 +9,20 @@ change). The same code runs standalone, for diagnosis, from a configuration file
 One listener per tenant network, each bound to the router's own
 address on that network (never 0.0.0.0: the firewall DNATs 169.254.169.254:80 there). A
 request is identified by its source address *on that listener's network*; an address no
-allocation owns gets a 404 and never reaches the orchestrator. Everything else (any
-method, with its body) goes to ``http://<orchestrator>:<metadata_port><path>?<query>`` with
+allocation owns gets a 404 and never reaches the orchestrator. GET, HEAD and POST (with its
+body) go to ``http://<orchestrator>:<metadata_port><path>?<query>``; any other method gets
+405 and is never forwarded. The upstream request carries only headers the proxy built:
 X-Forwarded-For, X-Instance-ID, X-Tenant-ID, X-Neutron-Network-ID and X-Quantum-Network-ID
-set by the proxy (a client cannot supply its own). Upstream failures answer 502, upstream
+(a client cannot supply its own; the configuration is refused unless every id is an
+identifier) and the client's values of a short allow-list (``PASSED_HEADERS``) that contain
+only visible ASCII and spaces. Upstream failures answer 502, upstream
 timeouts 504; otherwise the upstream status, content type and body pass through.
 
 A new configuration (the agent's ``serve``, or SIGHUP for the standalone program) swaps
 listeners, instance maps and upstream without dropping the listeners that stay; one that
 cannot be applied leaves the previous one serving. The standalone program writes a status
-file after every load (its PID and the SHA-256 of the configuration it serves). Standard
-library only: threads, no eventlet.
+file after every load (its PID and the SHA-256 of the configuration it serves). Threads,
+no eventlet; its id grammar is the payload schema's.
 """
 import argparse
 import hashlib
@@ -29,6 +32,7 @@ import json
 import logging
 import logging.handlers
 import os
+import re
 import signal
 import socket
 import socketserver
@@ -39,6 +43,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType
 
+from .model.schema import ID_RULE, IDENTIFIER, MAX_ID
 from .store import atomic_write
 
 LOG = logging.getLogger("astara-metadata-proxy")
@@ -53,6 +58,10 @@ JSON = "application/json"
 # and any identity header (X-Instance-ID, ...) a client tries to supply itself.
 PASSED_HEADERS = ("Content-Type", "Accept", "Accept-Encoding", "User-Agent",
                   "If-None-Match", "If-Modified-Since")
+FORWARDED_METHODS = ("GET", "HEAD", "POST")  # what the metadata service needs
+# Ids that become header values: the payload schema's identifier grammar.
+HEADER_ID = re.compile(f"(?:{IDENTIFIER})")
+HEADER_VALUE = re.compile(r"[\x20-\x7e]{0,1024}")  # visible ASCII and space: no CR/LF
 
 
 # -- configuration (pure) ---------------------------------------------------------------------
@@ -104,6 +113,13 @@ def _address(text, where):
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+def _header_id(value, where):
+    if len(value) > MAX_ID or not HEADER_ID.fullmatch(value):
+        raise ConfigError(f"{where}: {value[:80]!r} is not {ID_RULE}: it would go into a "
+                          f"header")
+    return value
+
+
 def _port(value, where):
     if not 0 < value < 65536:
         raise ConfigError(f"{where}: port {value} out of range")
@@ -125,7 +141,7 @@ def parse_config(text):
         raise ConfigError(f"not JSON: {exc}") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigError(f"not a format {FORMAT} metadata proxy configuration")
-    tenant_id = _require(data, "tenant_id", str, "")
+    tenant_id = _header_id(_require(data, "tenant_id", str, ""), "tenant_id")
     up = _require(data, "upstream", dict, "")
     upstream = Upstream(
         _address(_require(up, "address", str, "upstream."), "upstream.address"),
@@ -141,8 +157,10 @@ def parse_config(text):
         for address, device_id in _require(item, "instances", dict, where).items():
             if not isinstance(device_id, str) or not device_id:
                 raise ConfigError(f"{where}instances[{address}]: empty device id")
-            instances[_address(address, f"{where}instances").compressed] = device_id
-        listener = Listener(_require(item, "network_id", str, where),
+            instances[_address(address, f"{where}instances").compressed] = _header_id(
+                device_id, f"{where}instances[{address}]")
+        listener = Listener(_header_id(_require(item, "network_id", str, where),
+                                       f"{where}network_id"),
                             _require(item, "interface", str, where),
                             _address(_require(item, "address", str, where), f"{where}address"),
                             _port(_require(item, "port", int, where), f"{where}port"),
@@ -196,7 +214,7 @@ def forward_headers(tenant_id, listener, client_ip, instance_id, incoming=()):
     headers = {}
     for name, value in incoming:
         canonical = next((h for h in PASSED_HEADERS if h.lower() == name.lower()), None)
-        if canonical and canonical not in headers:
+        if canonical and canonical not in headers and HEADER_VALUE.fullmatch(value):
             headers[canonical] = value
     headers.update({
         "X-Forwarded-For": client_key(client_ip),
@@ -273,10 +291,22 @@ class MetadataHandler(BaseHTTPRequestHandler):
     def do_GET(self):
         self._proxy()
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_GET
+    do_POST = do_HEAD = do_GET
 
-    def _reply(self, status, content_type, body):
+    def do_PUT(self):
+        self._reply(405, JSON, error_body(
+            405, "method not allowed", f"the metadata service answers only "
+                                       f"{', '.join(FORWARDED_METHODS)}", method=self.command),
+                    {"Allow": ", ".join(FORWARDED_METHODS)})
+        LOG.info("%s %s %s -> 405 (not forwarded)", self.client_address[0], self.command,
+                 self.path)
+
+    do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = do_PUT
+
+    def _reply(self, status, content_type, body, headers=None):
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

@@ -36,12 +36,14 @@ from .store.kinds import PLURALS, shown
 LOG = logging.getLogger(__name__)
 READ_ONLY = {"appliance_port"}
 PUBLIC_PATHS = ("/v1", "/v1/")  # the banner: liveness without a token
+MAX_BODY = 1 << 20  # admin objects are small (names and ids are at most 255 characters)
 
 
 def create_app(orchestrator, token):
     if not token:
         raise ValueError("the admin API needs a token ([api] token)")
     app = Flask("orchestrator_lite")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     require_token(app, token)
     json_errors(app)
     app.register_blueprint(banner_routes(orchestrator))
@@ -77,11 +79,15 @@ def json_errors(app):
     @app.errorhandler(Exception)
     def internal_error(exc):
         LOG.exception("admin API: %s %s failed", request.method, request.path)
-        return jsonify(error="Internal Server Error", message=str(exc)), 500
+        return jsonify(error="Internal Server Error",
+                       message="the orchestrator hit an internal error; see its log"), 500
 
 
 def body():
-    data = request.get_json(silent=True) if request.data else {}
+    try:
+        data = request.get_json(silent=True) if request.data else {}
+    except RecursionError:
+        raise StoreError("the body nests JSON too deeply") from None
     if data is None:
         raise StoreError("the body must be JSON (Content-Type: application/json)")
     if not isinstance(data, dict):

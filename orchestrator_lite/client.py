@@ -14,7 +14,10 @@ config hash for drift detection).
 Retries (all but ``is_alive``): timeouts, connection errors and 5xx are retried with
 exponential back-off and jitter, then raise ``ApplianceUnavailable``. A 4xx is never
 retried: it raises ``ApplianceRejected`` carrying the agent's JSON ``error``/``message``/
-``errors``; the caller parks the resource in ``error`` and never reboots for it.
+``errors``; the caller parks the resource in ``error`` and never reboots for it. The agent
+answers every input problem with a 4xx (README, "Input grammar and limits"), so a 5xx means
+the appliance itself failed (a daemon, a full disk) with its previous generation still in
+place: worth a few retries, as a transient failure.
 IPv6 hosts are bracketed in URLs. Proxy environment variables are ignored (direct
 management network, as the original did).
 """

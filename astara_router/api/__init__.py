@@ -68,6 +68,17 @@ def error_response(status, error, message, errors=None):
     return json_response(body, status)
 
 
+def decode_json(raw):
+    """A request body's JSON, or ValueError saying why not (not JSON, not UTF-8, a lone
+    surrogate, or nested deeper than the decoder recurses)."""
+    try:
+        return msgspec.json.decode(raw or b"")
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("the body nests JSON too deeply") from None
+
+
 def create_app(settings, engine=None, prober=None):
     app = Flask("astara_router")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
@@ -198,15 +209,24 @@ def config_routes(engine):
                                   [{"path": "confirm_timeout", "message": str(exc)}])
         raw = request.get_data(cache=False)
         try:
-            body = msgspec.json.decode(raw or b"")
-        except msgspec.DecodeError as exc:
-            return error_response(400, "Bad Request", f"the body is not valid JSON: {exc}")
+            body = decode_json(raw)
+        except ValueError as exc:
+            return error_response(400, "Bad Request", str(exc))
         try:  # the management path: where the request came from and where it arrived
             outcome = engine.apply(body, raw, source=_address(request.remote_addr),
                                    local=local_address(request.environ),
                                    confirm_timeout=confirm_timeout)
-        except (PayloadError, ApplyError) as exc:
+        except PayloadError as exc:
             return json_response(exc.to_dict(), exc.status)
+        except ApplyError as exc:
+            if exc.status < 500:
+                return json_response(exc.to_dict(), exc.status)
+            # The appliance's own failure: its detail (paths of the state directory, a
+            # daemon's or nft's output) goes to the log, not to the client.
+            LOG.error("apply failed (%s): %s", exc.status, exc)
+            return error_response(exc.status, "The configuration could not be applied; the "
+                                  "previous one is still in place",
+                                  "the appliance failed to apply it; see its log")
         # The generation's view, rendered once, with the change count spliced in front.
         answer = b'{"changes": %d, ' % outcome.changes + outcome.committed.view_json[1:]
         return Response(answer, mimetype="application/json",

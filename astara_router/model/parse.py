@@ -97,6 +97,11 @@ class Locator:
 def _build(payload, enabled_services):
     """The model of a decoded schema.Payload, after the checks the schema cannot make."""
     problems = Problems()
+    allocations = sum(len(spec.allocations) for spec in payload.networks)
+    if allocations > schema.MAX_ALLOCATIONS_TOTAL:
+        raise PayloadError([FieldError("networks", f"at most {schema.MAX_ALLOCATIONS_TOTAL} "
+                                                   f"allocations in all networks together, "
+                                                   f"not {allocations}")])
     _RECENT_NETWORKS[:] = [{}, _RECENT_NETWORKS[0]]
     networks = _merge_duplicates(problems, [
         (f"networks[{i}]", _known_network(problems, spec, f"networks[{i}]"))
@@ -330,8 +335,8 @@ def _router(problems, spec, path, networks):
 
     orch = spec.orchestrator or schema.Orchestrator()
     orchestrator = Orchestrator(
-        address=(problems.ip(orch.address, join(path, "orchestrator.address"))
-                 if orch.address else None),
+        address=_upstream(problems, orch.address, join(path, "orchestrator.address"),
+                          networks),
         metadata_port=orch.metadata_port, host=orch.host)
 
     return RouterConfig(asn=asn, neighbor_asn=spec.neighbor_asn or asn,
@@ -340,3 +345,25 @@ def _router(problems, spec, path, networks):
                         vpn=build_vpn(problems, spec.vpn, join(path, "vpn"), networks),
                         address_book=tuple(sorted(spec.address_book)),
                         anchors=tuple(anchor.name for anchor in spec.anchors))
+
+
+def _upstream(problems, text, path, networks):
+    """The metadata proxy's upstream: never the appliance itself (a tenant VM would reach
+    the agent's own API through 169.254.169.254), nor loopback or an unspecified address."""
+    if not text:
+        return None
+    address = problems.ip(text, path)
+    if address is None:
+        return None
+    own = next((n for n in networks
+                if any(a.ip == address for a in n.interface.addresses)), None)
+    if own is not None:
+        problems.add(path, f"{address} is the appliance's own address on "
+                           f"{own.interface.ifname}: the metadata proxy would forward "
+                           f"instances' requests to the appliance itself")
+        return None
+    if address.is_loopback or address.is_unspecified or address.is_link_local:
+        problems.add(path, f"{address} is not an orchestrator's address (loopback, "
+                           f"unspecified or link-local)")
+        return None
+    return address

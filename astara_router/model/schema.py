@@ -40,6 +40,28 @@ HOSTNAME = rf"{_LABEL}(?:\.{_LABEL})*"
 GENERIC_IFNAME = r"ge(?:0|[1-9][0-9]{0,3})"
 MAC = r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}"
 DESCRIPTION = r"[A-Za-z0-9_]*"
+# Ids (Neutron's are UUIDs; the original orchestrator's tests use other tokens): a safe
+# charset with no space, quote, slash, brace, semicolon or control character, so an id can
+# sit in a file, a command line or a header as it is.
+IDENTIFIER = r"[A-Za-z0-9_.:-]+"
+# Free text (names, descriptions): anything printable. No C0/C1 control character (no
+# newline: nothing can start a new line of a config file or fold a header) and no lone
+# surrogate (it cannot be encoded as UTF-8).
+TEXT = r"[^\x00-\x1f\x7f-\x9f\ud800-\udfff]*"
+MAX_ID = MAX_NAME = 255  # Neutron's limit for ids and names
+# List bounds: the worst accepted payload still applies well within the orchestrator's
+# 90 s timeout (the 5 000-FIP benchmark router is half the floating IP limit).
+MAX_FLOATING_IPS = 10_000
+MAX_NETWORKS = 100
+MAX_ALLOCATIONS = 1_000  # per network
+# In all networks together (checked in parse.py): dnsmasq's check of its dhcp-host lines
+# grows with their square. Measured first PUT with 100 networks and 10 000 floating IPs:
+# 19 600 allocations 12 s, 39 200 allocations 45 s, 98 000: dnsmasq --test times out.
+MAX_ALLOCATIONS_TOTAL = 20_000
+MAX_SUBNETS = 32  # per network
+MAX_ROUTES = 1_000  # static routes of the router; host routes per subnet
+MAX_LABELS = 100
+MAX_LIST = 1_000  # any other list (CIDRs of a label, DNS servers, members, tunnels...)
 
 
 def _text(pattern, description, **constraints):
@@ -65,7 +87,19 @@ IPv6OrEmpty = _text(f"(?:{IPV6})?", "an IPv6 address, or empty", max_length=45)
 AddressWithPrefix = _text(CIDR, "an address with its prefix length (CIDR), e.g. 10.1.0.1/24",
                           max_length=49)
 NetworkCIDR = _text(CIDR, "a network CIDR, e.g. 10.1.0.0/24", max_length=49)
-NonEmpty = Annotated[str, Meta(min_length=1, description="a non-empty string")]
+ID_RULE = f"an id: 1 to {MAX_ID} characters from [A-Za-z0-9_.:-]"
+TEXT_RULE = f"text of at most {MAX_NAME} characters without control characters"
+Identifier = _text(IDENTIFIER, ID_RULE, max_length=MAX_ID)
+IdentifierOrEmpty = _text(f"(?:{IDENTIFIER})?", ID_RULE + ", or empty", max_length=MAX_ID)
+Text = _text(TEXT, TEXT_RULE, max_length=MAX_NAME)
+NonEmpty = _text(TEXT, "non-empty " + TEXT_RULE, min_length=1, max_length=MAX_NAME)
+
+
+def _list(item, limit):
+    return Annotated[list[item], Meta(max_length=limit,
+                                      description=f"a list of at most {limit} items")]
+
+
 MTU = _int(68, 65535)
 Port = _int(1, 65535)
 ASN = _int(1, 4294967295)
@@ -100,7 +134,7 @@ class Interface(_Object):
     """The appliance's NIC on a network, by its generic name."""
 
     ifname: IfName
-    addresses: Optional[list[AddressWithPrefix]] = []
+    addresses: Optional[_list(AddressWithPrefix, MAX_LIST)] = []
     mtu: Optional[MTU] = None
     description: Optional[Description] = ""
 
@@ -115,14 +149,14 @@ class HostRoute(_Required):
 class Subnet(_Object, kw_only=True):
     """A Neutron subnet of the network."""
 
-    id: NonEmpty
+    id: Identifier
     cidr: NetworkCIDR
     gateway_ip: Optional[IPAddressOrEmpty] = None
     dhcp_enabled: bool
-    dns_nameservers: Optional[list[IPAddress]] = []
-    host_routes: Optional[list[HostRoute]] = []
-    ipv6_ra_mode: Optional[str] = None
-    ipv6_address_mode: Optional[str] = None
+    dns_nameservers: Optional[_list(IPAddress, MAX_LIST)] = []
+    host_routes: Optional[_list(HostRoute, MAX_ROUTES)] = []
+    ipv6_ra_mode: Optional[Text] = None
+    ipv6_address_mode: Optional[Text] = None
 
 
 class Allocation(_Required):
@@ -132,18 +166,18 @@ class Allocation(_Required):
     ip_addresses: Annotated[dict[IPAddress, bool], Meta(
         description="address -> whether DHCP hands it out")]
     hostname: HostNameOrEmpty
-    device_id: str
+    device_id: IdentifierOrEmpty
 
 
 class Network(_Object, kw_only=True):
     """One network the appliance is attached to."""
 
-    network_id: NonEmpty
-    name: Optional[str] = ""
+    network_id: Identifier
+    name: Optional[Text] = ""
     network_type: Optional[Literal[NETWORK_TYPES]] = "isolated"
     interface: Interface
-    subnets: Optional[list[Subnet]] = []
-    allocations: Optional[list[Allocation]] = []
+    subnets: Optional[_list(Subnet, MAX_SUBNETS)] = []
+    allocations: Optional[_list(Allocation, MAX_ALLOCATIONS)] = []
     v4_conf_service: Optional[Literal["dhcp", "static"]] = "static"
     v6_conf_service: Optional[Literal["dhcp", "ra", "static"]] = "static"
     mtu: Optional[MTU] = None
@@ -170,13 +204,13 @@ class Orchestrator(_Object):
 
     address: Optional[IPAddressOrEmpty] = None
     metadata_port: Optional[Port] = 9697
-    host: Optional[str] = ""
+    host: Optional[Text] = ""
 
 
 class Anchor(_Required):
     """A named rule anchor of the original firewall (only the name is kept)."""
 
-    name: str
+    name: Text
 
 
 class Lifetime(_Object):
@@ -189,12 +223,12 @@ class Lifetime(_Object):
 class IkePolicy(_Object):
     """Phase 1 proposal."""
 
-    id: Optional[str] = ""
-    name: Optional[str] = ""
+    id: Optional[IdentifierOrEmpty] = ""
+    name: Optional[Text] = ""
     ike_version: Optional[Literal["v1", "v2"]] = "v1"
-    auth_algorithm: Optional[str] = "sha1"
-    encryption_algorithm: Optional[str] = "aes-128"
-    pfs: Optional[str] = "group5"
+    auth_algorithm: Optional[Text] = "sha1"
+    encryption_algorithm: Optional[Text] = "aes-128"
+    pfs: Optional[Text] = "group5"
     phase1_negotiation_mode: Optional[Literal["main", "aggressive"]] = "main"
     lifetime: Optional[Lifetime] = None
 
@@ -202,23 +236,23 @@ class IkePolicy(_Object):
 class IpsecPolicy(_Object):
     """Phase 2 (ESP/AH) proposal."""
 
-    id: Optional[str] = ""
-    name: Optional[str] = ""
+    id: Optional[IdentifierOrEmpty] = ""
+    name: Optional[Text] = ""
     transform_protocol: Optional[Literal["esp", "ah", "ah-esp"]] = "esp"
-    auth_algorithm: Optional[str] = "sha1"
-    encryption_algorithm: Optional[str] = "aes-128"
+    auth_algorithm: Optional[Text] = "sha1"
+    encryption_algorithm: Optional[Text] = "aes-128"
     encapsulation_mode: Optional[Literal["tunnel", "transport"]] = "tunnel"
-    pfs: Optional[str] = "group5"
+    pfs: Optional[Text] = "group5"
     lifetime: Optional[Lifetime] = None
 
 
 class EndpointGroup(_Object):
     """Local subnets (type subnet: subnet ids) or peer networks (type cidr: CIDRs)."""
 
-    id: Optional[str] = ""
-    name: Optional[str] = ""
+    id: Optional[IdentifierOrEmpty] = ""
+    name: Optional[Text] = ""
     type: Optional[Literal["subnet", "cidr"]] = "cidr"
-    endpoints: Optional[list[NonEmpty]] = []
+    endpoints: Optional[_list(NonEmpty, MAX_LIST)] = []
 
 
 class DeadPeerDetection(_Object):
@@ -232,18 +266,18 @@ class DeadPeerDetection(_Object):
 class IpsecSiteConnection(_Object, kw_only=True):
     """One site-to-site tunnel."""
 
-    id: str
-    name: Optional[str] = ""
+    id: Identifier
+    name: Optional[Text] = ""
     peer_address: IPAddress
-    peer_id: Optional[str] = ""
+    peer_id: Optional[Text] = ""
     admin_state_up: Optional[bool] = True
-    route_mode: Optional[str] = "static"
+    route_mode: Optional[Text] = "static"
     mtu: Optional[MTU] = 1500
     initiator: Optional[Literal["bi-directional", "response-only"]] = "bi-directional"
     auth_mode: Optional[Literal["psk"]] = "psk"
     psk: NonEmpty
     dpd: Optional[DeadPeerDetection] = None
-    peer_cidrs: Optional[list[NetworkCIDR]] = []
+    peer_cidrs: Optional[_list(NetworkCIDR, MAX_LIST)] = []
     ikepolicy: IkePolicy
     ipsecpolicy: IpsecPolicy
     local_ep_group: Optional[EndpointGroup] = None
@@ -253,20 +287,20 @@ class IpsecSiteConnection(_Object, kw_only=True):
 class VpnService(_Object, kw_only=True):
     """A Neutron VPN service: the router's external addresses and its tunnels."""
 
-    id: str
-    name: Optional[str] = ""
+    id: Identifier
+    name: Optional[Text] = ""
     admin_state_up: Optional[bool] = True
     external_v4_ip: Optional[IPv4OrEmpty] = None
     external_v6_ip: Optional[IPv6OrEmpty] = None
-    router_id: Optional[str] = ""
-    subnet_id: Optional[str] = None
-    ipsec_connections: Optional[list[IpsecSiteConnection]] = []
+    router_id: Optional[IdentifierOrEmpty] = ""
+    subnet_id: Optional[IdentifierOrEmpty] = None
+    ipsec_connections: Optional[_list(IpsecSiteConnection, MAX_LIST)] = []
 
 
 class Vpn(_Object):
     """VPN services of the router."""
 
-    ipsec: Optional[list[VpnService]] = []
+    ipsec: Optional[_list(VpnService, MAX_LIST)] = []
 
 
 RoutePair = Annotated[tuple[NetworkCIDR, IPAddress], Meta(
@@ -280,15 +314,17 @@ class RouterSection(_Object):
     asn: Optional[ASN] = None
     neighbor_asn: Optional[ASN] = None
     default_v4_gateway: Optional[IPv4OrEmpty] = None
-    static_routes: Optional[list[Annotated[Union[RoutePair, StaticRoute], Meta(
-        description="[destination, next_hop] or {destination, next_hop}")]]] = []
-    floating_ips: Optional[list[FloatingIP]] = []
-    labels: Optional[Annotated[dict[str, list[NetworkCIDR]], Meta(
-        description="provider label -> CIDRs")]] = {}
+    static_routes: Optional[_list(Annotated[Union[RoutePair, StaticRoute], Meta(
+        description="[destination, next_hop] or {destination, next_hop}")], MAX_ROUTES)] = []
+    floating_ips: Optional[_list(FloatingIP, MAX_FLOATING_IPS)] = []
+    labels: Optional[Annotated[dict[NonEmpty, _list(NetworkCIDR, MAX_LIST)], Meta(
+        max_length=MAX_LABELS,
+        description=f"provider label -> CIDRs (at most {MAX_LABELS} labels)")]] = {}
     orchestrator: Optional[Orchestrator] = None
     vpn: Optional[Vpn] = None
-    address_book: Optional[dict[str, Any]] = {}
-    anchors: Optional[list[Anchor]] = []
+    address_book: Optional[Annotated[dict[Text, Any], Meta(
+        max_length=MAX_LIST, description=f"name -> entry (at most {MAX_LIST} entries)")]] = {}
+    anchors: Optional[_list(Anchor, MAX_LIST)] = []
 
 
 # -- load balancer ----------------------------------------------------------------------------
@@ -299,7 +335,7 @@ ALGORITHMS = ("ROUND_ROBIN", "LEAST_CONNECTIONS", "SOURCE_IP")
 class Member(_Object, kw_only=True):
     """A backend of a pool."""
 
-    id: Optional[str] = ""
+    id: Optional[IdentifierOrEmpty] = ""
     address: IPAddress
     protocol_port: Port
     weight: Optional[_int(0, 256)] = 1
@@ -313,8 +349,8 @@ class HealthMonitor(_Object):
     delay: Optional[_int(1, 3600)] = 5
     timeout: Optional[_int(1, 3600)] = 3
     max_retries: Optional[_int(1, 10)] = 3
-    url_path: Optional[str] = "/"
-    expected_codes: Optional[str] = "200"
+    url_path: Optional[Text] = "/"
+    expected_codes: Optional[Text] = "200"
 
 
 class SessionPersistence(_Object):
@@ -326,12 +362,12 @@ class SessionPersistence(_Object):
 class Pool(_Object):
     """A listener's members and how to balance them."""
 
-    id: Optional[str] = ""
-    name: Optional[str] = ""
+    id: Optional[IdentifierOrEmpty] = ""
+    name: Optional[Text] = ""
     protocol: Optional[Literal[PROTOCOLS]] = "TCP"
     lb_algorithm: Optional[Literal[ALGORITHMS]] = "ROUND_ROBIN"
     admin_state_up: Optional[bool] = True
-    members: Optional[list[Member]] = []
+    members: Optional[_list(Member, MAX_LIST)] = []
     healthmonitor: Optional[HealthMonitor] = None
     session_persistence: Optional[SessionPersistence] = None
 
@@ -339,8 +375,8 @@ class Pool(_Object):
 class Listener(_Object, kw_only=True):
     """A port on the VIP."""
 
-    id: Optional[str] = ""
-    name: Optional[str] = ""
+    id: Optional[IdentifierOrEmpty] = ""
+    name: Optional[Text] = ""
     protocol: Optional[Literal[PROTOCOLS]] = "TCP"
     protocol_port: Port
     admin_state_up: Optional[bool] = True
@@ -350,13 +386,13 @@ class Listener(_Object, kw_only=True):
 class LoadBalancer(_Object, kw_only=True):
     """A Neutron LBaaS v2 load balancer."""
 
-    id: NonEmpty
-    name: Optional[str] = ""
-    tenant_id: Optional[str] = ""
+    id: Identifier
+    name: Optional[Text] = ""
+    tenant_id: Optional[IdentifierOrEmpty] = ""
     admin_state_up: Optional[bool] = True
-    status: Optional[str] = ""
+    status: Optional[Text] = ""
     vip_address: IPAddress
-    listeners: list[Listener]
+    listeners: _list(Listener, MAX_LIST)
 
 
 class Services(msgspec.Struct, kw_only=True, gc=False, forbid_unknown_fields=True):
@@ -370,16 +406,16 @@ class Services(msgspec.Struct, kw_only=True, gc=False, forbid_unknown_fields=Tru
 class HAConfig(_Object):
     """VRRP peers (management addresses) and this instance's priority."""
 
-    peers: Optional[list[IPAddress]] = []
+    peers: Optional[_list(IPAddress, MAX_LIST)] = []
     priority: Optional[_int(1, 254)] = 50
 
 
 class Payload(RouterSection, kw_only=True):
     """The whole desired state of one appliance (``PUT /v1/system/config``)."""
 
-    tenant_id: NonEmpty
+    tenant_id: Identifier
     hostname: HostName
-    networks: Optional[list[Network]] = []
+    networks: Optional[_list(Network, MAX_NETWORKS)] = []
     ha_resource: Optional[bool] = False
     ha_config: Optional[HAConfig] = None
     services: Optional[Services] = None

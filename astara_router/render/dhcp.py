@@ -30,6 +30,7 @@ from ipaddress import ip_network
 from .interfaces import kernel_name
 from .ipv6 import DHCPV6_STATEFUL, SLAAC, ipv6_mode
 from .memo import per_object
+from .text import comment
 
 CONF = "dnsmasq.conf"
 HOSTS = "dhcp-hosts"
@@ -169,7 +170,7 @@ def render_dnsmasq(config, interfaces, directory):
 def _network_lines(network, index, served, interfaces):
     generic = network.interface.ifname
     kernel = kernel_name(interfaces, generic, f"networks[{index}]")
-    lines = [Line(f"# {generic} = {kernel}: network {network.network_id} "
+    lines = [Line(f"# {generic} = {kernel}: network {comment(network.network_id)} "
                   f"({network.network_type})"),
              Line(f"interface={kernel}", f"networks[{index}].interface.ifname")]
     mtu = network.interface.mtu or network.mtu

@@ -65,6 +65,7 @@ from dataclasses import dataclass, replace
 from ..model.vpn import active_connections
 from .errors import RenderError
 from .metadata import METADATA_ADDRESS, metadata_listeners
+from .text import comment
 from .vpn import LIBIPSEC_TUN
 
 FAMILY = "inet"
@@ -247,24 +248,22 @@ def _addresses(addresses, version):
     return tuple(str(a) for a in sorted({a for a in addresses if a.version == version}))
 
 
-def _comment(text):
-    """Payload text (network names...) inside a ``#`` comment: one line, nothing nft could
-    read as a statement."""
-    return re.sub(r"[^A-Za-z0-9 _.:/,()'-]", "?", str(text))[:80]
-
-
 def _one_or_set(items, quote=True):
     texts = [f'"{i}"' if quote else str(i) for i in items]
     return texts[0] if len(texts) == 1 else "{ " + ", ".join(texts) + " }"
 
 
 def label_set_name(name):
-    """``label_<name>``: provider label names are free text, set names are identifiers;
-    anything unusual is replaced and a digest keeps distinct labels distinct."""
-    if re.fullmatch(r"[A-Za-z0-9_]{1,32}", name):
+    """``label_<name>`` (its IPv6 twin adds ``_v6``): provider label names are free text, set
+    names are identifiers. A name is used as it is only when it cannot collide: letters and
+    digits in single-'_'-separated words, not ending in ``_v6`` (label ``x_v6`` would be
+    label ``x``'s IPv6 set). Any other name is made safe and gets ``__`` and a digest, a
+    form no name used as it is can take."""
+    if re.fullmatch(r"[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*", name) and len(name) <= 32 \
+            and not name.endswith("_v6"):
         return f"label_{name}"
-    safe = re.sub(r"[^A-Za-z0-9_]", "_", name)[:24]
-    return f"label_{safe}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    safe = re.sub(r"[^A-Za-z0-9]+", "_", name)[:24]
+    return f"label_{safe}__{hashlib.sha256(name.encode()).hexdigest()[:16]}"
 
 
 class _Renderer:
@@ -461,7 +460,7 @@ class _Renderer:
         for label in router.labels:
             name = label_set_name(label.name)
             self.add_set(name, 4, _collapse(label.cidrs, 4),
-                         comment=f"provider label {_comment(label.name)}")
+                         comment=f"provider label {comment(label.name)}")
             self.label_sets_v6.append(self.add_set(f"{name}_v6", 6, _collapse(label.cidrs, 6)))
 
     def router_input(self):
@@ -469,7 +468,7 @@ class _Renderer:
         listeners = {listener.generic: listener for listener in self.listeners}
         for network in self.tenants:
             kif = self.kernel_name(network)
-            rules.append(f"# tenant network {_comment(network.name or network.network_id)}: "
+            rules.append(f"# tenant network {comment(network.name or network.network_id)}: "
                          f"DHCP, DNS, metadata")
             rules.append(f'iifname "{kif}" udp dport '
                          f"{_one_or_set((DNS_PORT, *DHCP_SERVER_PORTS), False)} accept")

@@ -11,6 +11,8 @@ import ipaddress
 import re
 import uuid
 
+from astara_router.model import schema
+
 from .. import ipam
 from ..events import LOADBALANCER, ROUTER
 from .errors import Conflict, NotFound, StoreError
@@ -73,6 +75,19 @@ def _str(body, key, default=""):
         value = ""
     if not isinstance(value, str):
         raise StoreError(f"{key} must be a string", key)
+    # The appliance's grammar (one schema): what the orchestrator stores, the agent accepts.
+    if key.endswith("_id"):
+        if not schema.conforms(value, schema.IdentifierOrEmpty):
+            raise StoreError(f"{key} must be {schema.ID_RULE}", key)
+    elif not schema.conforms(value, schema.Text):
+        raise StoreError(f"{key} must be {schema.TEXT_RULE}", key)
+    return value
+
+
+def _required_str(body, key):
+    value = _str(body, key)
+    if not value:
+        raise StoreError(f"{key} is required", key)
     return value
 
 
@@ -143,6 +158,9 @@ def _subnet(snap, body, old):
         cidr = ipaddress.ip_network(_str(body, "cidr"))
     except ValueError as exc:
         raise StoreError(f"cidr: {exc}", "cidr") from None
+    if cidr.prefixlen == 0 or cidr.is_loopback or cidr.is_multicast or cidr.is_unspecified:
+        raise StoreError(f"cidr: {cidr} cannot be a subnet (the whole address space, "
+                         f"loopback or multicast)", "cidr")
     gateway = body.get("gateway_ip", str(cidr.network_address + 1))
     if gateway not in (None, ""):
         gateway = _ip(gateway, "gateway_ip")
@@ -166,8 +184,11 @@ def _subnet(snap, body, old):
             destination = ipaddress.ip_network(route["destination"])
         except ValueError as exc:
             raise StoreError(f"host_routes: {exc}", "host_routes") from None
-        clean_routes.append({"destination": str(destination),
-                             "nexthop": str(_ip(route["nexthop"], "host_routes"))})
+        nexthop = _ip(route["nexthop"], "host_routes")
+        if destination.version != cidr.version or nexthop.version != cidr.version:
+            raise StoreError(f"host_routes: {destination} via {nexthop} is not in the "
+                             f"address family of {cidr}", "host_routes")
+        clean_routes.append({"destination": str(destination), "nexthop": str(nexthop)})
         if network["id"] != snap.management_network_id:
             _keep_management_path(snap, destination)
     subnet = {"id": _new_id(body), "network_id": network["id"],
@@ -295,7 +316,8 @@ def _port(snap, body, old):
 
 def _router(snap, body, old):
     _unknown_keys(body, ("id", "tenant_id", "name", "ha", "admin_state_up"), "router")
-    return {"id": _new_id(body), "tenant_id": _str(body, "tenant_id"),
+    # The appliance refuses a payload without tenant_id: refuse the router here instead.
+    return {"id": _new_id(body), "tenant_id": _required_str(body, "tenant_id"),
             "name": _str(body, "name"), "ha": _bool(body, "ha", False),
             "admin_state_up": _bool(body, "admin_state_up", True)}
 

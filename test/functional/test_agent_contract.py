@@ -164,3 +164,36 @@ def test_protocol_errors(lab):
     assert rules.status == 200 and rules.headers["Content-Type"].startswith("text/plain")
     status = client.get("/v1/status/").json()
     assert set(status) >= {"v4", "v6", "state", "generation"}
+
+
+def test_hostile_input_is_4xx_never_5xx_and_changes_nothing(lab):
+    """Issue 12, findings 9 and 10, against the real agent: input that passes type checks
+    never gets a 5xx, and a refusal leaves the kernel as it was."""
+    good = VALID["router-basic"]
+    appliance = contract_appliance(lab, "router-basic", good)
+    client = appliance.client()
+    assert client.put_json("/v1/system/config", good).status == 200
+    before = appliance.dump()
+    hostile = [
+        (b"[" * 100_000 + b"]" * 100_000, 400),
+        (b'{"tenant_id": "\\ud800", "hostname": "r"}', 400),
+        (json.dumps({**good, "tenant_id": "t" * 100_000}).encode(), 422),
+        (json.dumps({**good, "hostname": "h" * 300}).encode(), 422),
+        (json.dumps({**good, "labels": {"x\ny": ["10.9.0.0/16"]}}).encode(), 422),
+    ]
+    for body, status in hostile:
+        response = client.put_raw("/v1/system/config", body, "application/json")
+        assert response.status == status, (body[:60], response.text)
+        assert response.json()["message"]
+    assert appliance.dump() == before
+    assert client.get("/v1/system/config").json()["generation"] == 1
+
+    # Label names that used to collide as nft set names (label_x_v6) now apply.
+    labelled = {**good, "labels": {"x": ["10.9.0.0/16", "2001:db8:9::/48"],
+                                   "x_v6": ["10.8.0.0/16", "2001:db8:8::/48"]}}
+    response = client.put_json("/v1/system/config", labelled)
+    assert response.status == 200, response.text
+    listing = appliance.ns.run(["nft", "list", "table", "inet", "astara"]).stdout
+    sets = [line.split()[1] for line in listing.splitlines()
+            if line.strip().startswith("set label_")]
+    assert len(sets) == len(set(sets)) == 4, sets

@@ -399,3 +399,23 @@ def test_router_wide_serves_dhcp_on_ge10_to_ge12_like_ge2(lab):
         offer = udhcpc(lab, vm_with(t, f"10.60.{k}.10"))
         assert offer is not None, f"no lease on net-{k:02d}"
         assert (offer["ip"], offer["router"]) == (f"10.60.{k}.10", f"10.60.{k}.1")
+
+
+def test_a_network_id_cannot_inject_dnsmasq_options(lab):
+    """Issue 12, finding 1: ``networks[].network_id`` reached a comment line of dnsmasq.conf
+    unescaped, so ``\\ndhcp-script=<path>\\n#`` made the next lease run <path> as root."""
+    t = router(lab, "router-basic", BASIC)
+    pid, stamps = dnsmasq_pid(t), file_stamps(t)
+    marker = lab.tmpdir("dhcp-script") / "ran"
+    script = marker.parent / "pwn.sh"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    script.chmod(0o755)
+    for field in ("network_id", "name"):
+        hostile = copy.deepcopy(BASIC)
+        hostile["networks"][2][field] = f"x\ndhcp-script={script}\n#"
+        error = put(t, hostile, status=422)
+        assert error["errors"][0]["path"] == f"networks[2].{field}"
+    assert dnsmasq_pid(t) == pid and file_stamps(t) == stamps
+    assert "dhcp-script" not in state(t, "dnsmasq.conf").read_text()
+    assert udhcpc(lab, vm_with(t, "10.1.0.12"))["ip"] == "10.1.0.12"
+    assert not marker.exists()

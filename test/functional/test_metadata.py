@@ -181,7 +181,9 @@ def test_a_listener_that_cannot_bind_rolls_the_whole_apply_back(world):
         moved["networks"][2]["interface"]["addresses"] = ["10.1.0.2/24"]
         response = appliance.client().put_json("/v1/system/config", moved)
         assert response.status == 500, response.text
-        assert "10.1.0.2:9602" in response.text
+        # The detail goes to the agent's log, not to the client (issue 12, finding 9).
+        assert "10.1.0.2:9602" not in response.text
+        assert "10.1.0.2:9602" in appliance.log()
     finally:
         squatter.close()
     assert appliance.dump() == before
@@ -207,3 +209,61 @@ def test_each_request_is_logged_with_its_instance(world):
     while "instance=" + WEB1 not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert f"10.1.0.8 GET /latest/meta-data/ instance={WEB1}" in log.read_text()
+
+
+def test_only_get_head_and_post_are_forwarded(world):
+    """Issue 12, finding 8: a tenant VM PUT a whole configuration through 169.254.169.254
+    when the upstream was the agent itself. Other methods now get 405 and never leave."""
+    topology, upstream = world
+    vm = web1(topology)
+    for method in ("PUT", "DELETE", "PATCH", "OPTIONS"):
+        status, content_type, body = request(vm, method, *LISTENER, "/v1/system/config",
+                                             body=b"{}",
+                                             headers={"Content-Type": "application/json"})
+        assert status == 405 and content_type == "application/json", (method, body)
+        assert json.loads(body)["error"] == "method not allowed"
+    assert upstream.seen == []
+    status, _, body = request(vm, "HEAD", *LISTENER, "/latest/meta-data/")
+    assert status == 200 and body == b""
+    assert [seen["method"] for seen in upstream.seen] == ["HEAD"]
+
+
+def test_client_headers_are_allow_listed(world):
+    topology, upstream = world
+    status, _, body = request(web1(topology), "GET", *LISTENER, "/latest/meta-data/", headers={
+        "Accept": "application/json", "Cookie": "session=1", "Authorization": "Bearer x",
+        "X-Forwarded-Host": "evil", "User-Agent": "cloud-init\x7f"})
+    assert status == 200, body
+    headers = upstream.seen[0]["headers"]
+    assert headers["Accept"] == "application/json"
+    for dropped in ("Cookie", "Authorization", "X-Forwarded-Host", "User-Agent"):
+        assert dropped not in headers
+
+
+def test_an_upstream_that_is_the_appliance_itself_is_refused(world):
+    topology, upstream = world
+    appliance = topology.appliance
+    body = copy.deepcopy(BASIC)
+    own = body["networks"][0]["interface"]["addresses"][0].split("/")[0]
+    body["orchestrator"]["address"] = own
+    response = appliance.client().put_json("/v1/system/config", body)
+    assert response.status == 422, response.text
+    assert [e["path"] for e in response.json()["errors"]] == ["orchestrator.address"]
+    status, _, _ = request(web1(topology), "GET", *LISTENER, "/latest/meta-data/")
+    assert status == 200 and len(upstream.seen) == 1  # still the configured orchestrator
+
+
+def test_identifiers_with_cr_lf_are_refused_and_metadata_keeps_working(world):
+    """Issue 12, finding 7: a device id with CR/LF was accepted, then every metadata request
+    502'd (or a folded header reached the upstream)."""
+    topology, upstream = world
+    appliance = topology.appliance
+    for bad in ("vm\r\nX-Tenant-ID: other", "vm\u00e9"):
+        body = copy.deepcopy(BASIC)
+        body["networks"][2]["allocations"][0]["device_id"] = bad
+        response = appliance.client().put_json("/v1/system/config", body)
+        assert response.status == 422, response.text
+        assert response.json()["errors"][0]["path"].endswith(".device_id")
+    status, _, body = request(web1(topology), "GET", *LISTENER, "/latest/meta-data/")
+    assert status == 200, body
+    assert upstream.seen[0]["headers"]["X-Instance-ID"] == WEB1

@@ -12,10 +12,11 @@ import subprocess
 import pytest
 
 from astara_lab.appliance import contract_payloads
-from astara_router.model import parse_payload
+from astara_router.model import PayloadError, parse_payload
 from astara_router.render.firewall import (FirewallRenderError, Ruleset,
                                            floating_ips_in_listing, label_set_name,
                                            render_firewall, replace_script)
+from unchecked import PLACEHOLDER, with_text
 
 VALID = contract_payloads("original-orchestrator")
 SERVICES = ("router", "loadbalancer")
@@ -220,6 +221,22 @@ def test_label_names_become_safe_distinct_identifiers():
     odd = label_set_name('bad name"; flush ruleset')
     assert odd.startswith("label_bad_name") and odd.replace("_", "").isalnum()
     assert label_set_name("a-b") != label_set_name("a_b")
+    # No name used as it is can be another label's set: not the IPv6 twin (x / x_v6), not
+    # the digest form of an odd name.
+    assert label_set_name("x_v6") != label_set_name("x") + "_v6"
+    digest_form = label_set_name("a-b")
+    assert label_set_name(digest_form[len("label_"):]) != digest_form
+
+
+@pytest.mark.parametrize("labels", [("x", "x_v6"), ("a-b", "a_b"), ("ext", "ext__v6")])
+def test_colliding_label_names_get_distinct_sets(labels):
+    body = copy.deepcopy(VALID["router-basic"])
+    body["labels"] = {name: [f"10.{i}.0.0/16", f"2001:db8:{i}::/48"]
+                      for i, name in enumerate(labels, 10)}
+    ruleset = ruleset_of(body)
+    names = [s.name for s in ruleset.sets if s.name.startswith("label_")]
+    assert len(names) == len(set(names)) == 2 * len(labels)
+    nft_in_throwaway_netns(ruleset.replace_script())
     body = copy.deepcopy(VALID["router-basic"])
     body["labels"] = {"mixed": ["10.0.0.0/8", "10.1.0.0/16", "2001:db8:1::/48"]}
     ruleset = ruleset_of(body)
@@ -328,14 +345,32 @@ def test_nft_rejects_a_broken_ruleset():
 
 
 @needs_nft
-def test_payload_text_cannot_inject_statements():
+@pytest.mark.parametrize("evil", ['private\n}\nflush ruleset\n#', 'x"; flush ruleset; #',
+                                  "x { } ; flush ruleset", "../../etc/nftables.conf"])
+def test_payload_text_cannot_inject_statements(evil):
+    """Network names and label names reach comments and set names; the schema refuses
+    control characters in them, and the renderer escapes whatever it gets."""
     body = copy.deepcopy(VALID["router-basic"])
-    body["networks"][2]["name"] = 'private\n}\nflush ruleset\n#'
-    body["labels"] = {'x\nflush ruleset': ["10.9.0.0/16"]}
-    text = ruleset_of(body).text()
+    body["networks"][2]["name"] = PLACEHOLDER
+    body["labels"] = {PLACEHOLDER: ["10.9.0.0/16"]}
+    ruleset = render_firewall(with_text(parse_payload(body, SERVICES), evil), NAMES)
+    text = ruleset.text()
     assert "flush ruleset" not in lines(text)
     assert not [line for line in text.splitlines() if line.strip().startswith("flush")]
-    nft_in_throwaway_netns(ruleset_of(body).replace_script())
+    nft_in_throwaway_netns(ruleset.replace_script())
+
+
+def test_control_characters_in_names_are_refused_by_the_schema():
+    body = copy.deepcopy(VALID["router-basic"])
+    body["networks"][2]["name"] = 'private\n}\nflush ruleset\n#'
+    with pytest.raises(PayloadError) as refused:
+        ruleset_of(body)
+    assert refused.value.errors[0].path == "networks[2].name"
+    body = copy.deepcopy(VALID["router-basic"])
+    body["labels"] = {"x\nflush ruleset": ["10.9.0.0/16"]}
+    with pytest.raises(PayloadError) as refused:
+        ruleset_of(body)
+    assert refused.value.errors[0].path.startswith("labels")
 
 
 @needs_nft

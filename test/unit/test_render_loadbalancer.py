@@ -1,6 +1,7 @@
 """The pure nginx rendering of ``services.loadbalancer``: what maps to what, what is refused
 (422 naming the field), and that nothing from the payload can reach nginx.conf unescaped."""
 import copy
+import json
 import re
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from astara_lab.appliance import contract_payloads
 from astara_router.model import PayloadError, parse_payload
 from astara_router.render.loadbalancer import render_nginx
+from unchecked import PLACEHOLDER, with_text
 
 VALID = contract_payloads("original-orchestrator")
 SERVICES = ("router", "loadbalancer")
@@ -217,15 +219,22 @@ LINE = re.compile("|".join(f"(?:{p})" for p in (
 
 @pytest.mark.parametrize("evil", EVIL)
 def test_payload_strings_never_reach_the_config(evil):
+    """Ids and names are refused by the schema when they hold anything outside their grammar;
+    the renderer escapes them on its own all the same."""
     payload = body()
     lb = service(payload)
-    lb["id"] = lb["name"] = evil
+    lb["id"] = lb["name"] = PLACEHOLDER
     for listener in lb["listeners"]:
-        listener["id"] = listener["name"] = evil
-        listener["default_pool"]["id"] = listener["default_pool"]["name"] = evil
+        listener["id"] = listener["name"] = PLACEHOLDER
+        listener["default_pool"]["id"] = listener["default_pool"]["name"] = PLACEHOLDER
         for member in listener["default_pool"]["members"]:
-            member["id"] = evil
-    tree = files(payload)
+            member["id"] = PLACEHOLDER
+    hostile = json.loads(json.dumps(payload).replace(PLACEHOLDER, json.dumps(evil)[1:-1]))
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", evil):
+        with pytest.raises(PayloadError) as refused:
+            parse_payload(hostile, SERVICES)
+        assert refused.value.errors[0].path.startswith("services.loadbalancer.")
+    tree = render_nginx(with_text(parse_payload(payload, SERVICES), evil)).contents()
     assert sorted(tree) == ["http/80.conf", "nginx.conf", "stream/5432.conf"]
     for path, text in tree.items():
         assert [line for line in text.splitlines() if not LINE.fullmatch(line)] == [], path

@@ -11,6 +11,7 @@ from astara_lab.appliance import contract_payloads
 from astara_router.model import PayloadError, parse_payload
 from astara_router.render.vpn import (AEAD, DH_GROUPS, ENCRYPTION, INTEGRITY, VpnRenderError,
                                       render_vpn, retransmit_timeout)
+from unchecked import PLACEHOLDER, with_text
 
 VPN = contract_payloads()["router-vpn"]
 DIRECTORY = "/var/lib/astara/vpn"
@@ -253,12 +254,18 @@ INJECTIONS = ["x\ninclude /etc/passwd", 'x" }\nconnections { evil {', "x { } ; y
 def test_injection_through_identities_and_ids_is_refused(text):
     """A connection id becomes a section name: only [A-Za-z0-9_-]. A peer id is a quoted
     value: refused when it holds anything but the identity alphabet, else it is that one
-    value ("../" is harmless there: an identity is never a path)."""
-    with pytest.raises(VpnRenderError) as refused:
+    value ("../" is harmless there: an identity is never a path). The schema's id grammar
+    refuses such ids first, and control characters in any text; the renderer refuses them
+    on its own all the same."""
+    with pytest.raises(PayloadError) as refused:
         plan_of(body(id=text))
+    assert refused.value.errors[0].path == f"{PATH}.id"
+    with pytest.raises(VpnRenderError) as refused:
+        render_vpn(with_text(parse_payload(body(id=PLACEHOLDER)), text), "libipsec", DIRECTORY)
     assert refused.value.path == f"{PATH}.id"
     try:
-        plan = plan_of(body(peer_id=text))
+        plan = render_vpn(with_text(parse_payload(body(peer_id=PLACEHOLDER)), text),
+                          "libipsec", DIRECTORY)
     except VpnRenderError as exc:
         assert exc.path == f"{PATH}.peer_id"
     else:
@@ -271,7 +278,9 @@ def test_injection_through_identities_and_ids_is_refused(text):
 def test_psk_and_names_never_reach_the_syntax(text):
     """Free-text fields are either not rendered (names) or hex-encoded (the PSK): the output
     stays inside the grammar and the secret round-trips exactly."""
-    plan = plan_of(body(psk=text, name=text, **{"ikepolicy.name": text}))
+    plan = render_vpn(with_text(parse_payload(body(
+        psk=PLACEHOLDER, name=PLACEHOLDER, **{"ikepolicy.name": PLACEHOLDER})), text),
+        "libipsec", DIRECTORY)
     swanctl = settings_of(plan.swanctl)
     assert bytes.fromhex(swanctl[f"secrets.ike-{CONN}.secret"][2:]).decode() == text
     assert text not in plan.swanctl and text not in plan.strongswan
