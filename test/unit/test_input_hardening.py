@@ -215,7 +215,7 @@ def test_a_failure_of_the_appliance_leaks_no_detail(agent, tmp_path):
     engine = agent.extensions["astara"]["engine"]
     secret = f"{tmp_path}/state/nft: Error: Could not process rule"
 
-    def failing_apply(body, raw):
+    def failing_apply(body, raw, **management_path):
         raise ApplyError("", secret, status=500)
     engine.apply = failing_apply
     answer = put(agent.test_client(), json.dumps(basic()))
@@ -223,7 +223,7 @@ def test_a_failure_of_the_appliance_leaks_no_detail(agent, tmp_path):
     assert str(tmp_path) not in answer.get_data(as_text=True)
     assert "nft" not in answer.get_data(as_text=True)
 
-    def refusing_apply(body, raw):  # a 422 names the field and says why
+    def refusing_apply(body, raw, **management_path):  # a 422 names the field and why
         raise ApplyError("networks[2].interface.ifname", "no NIC ge9")
     engine.apply = refusing_apply
     answer = put(agent.test_client(), json.dumps(basic()))
