@@ -219,7 +219,7 @@ def config_routes(engine):
         except PayloadError as exc:
             return json_response(exc.to_dict(), exc.status)
         except ApplyError as exc:
-            if exc.status < 500:
+            if exc.status < 500 or exc.status == 507:  # the caller's problem, or a full disk
                 return json_response(exc.to_dict(), exc.status)
             # The appliance's own failure: its detail (paths of the state directory, a
             # daemon's or nft's output) goes to the log, not to the client.
