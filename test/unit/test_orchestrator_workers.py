@@ -79,7 +79,7 @@ def test_one_worker_per_resource_and_a_bounded_pool(tmp_path):
     Recorder.total_running = Recorder.max_total = 0
     automata = {}
 
-    def factory(ref):
+    def factory(ref, claim=None):
         automata[ref.key] = Recorder(ref)
         return automata[ref.key]
 
@@ -110,7 +110,7 @@ def test_one_worker_per_resource_and_a_bounded_pool(tmp_path):
 def test_timer_comes_back_as_a_poll(tmp_path):
     automata = {}
 
-    def factory(ref):
+    def factory(ref, claim=None):
         automata[ref.key] = Recorder(ref, work_time=0, wait=0.05)
         return automata[ref.key]
 
@@ -134,7 +134,7 @@ def test_resources_in_flight_go_before_new_ones(tmp_path):
             time.sleep(0.01)
             return 0.0 if action == CREATE else None  # a create asks for a boot check
 
-    scheduler = Scheduler(lambda ref: Logged(ref), make_store(tmp_path), threads=1)
+    scheduler = Scheduler(lambda ref, claim=None: Logged(ref), make_store(tmp_path), threads=1)
     refs = [ResourceRef("router", f"r{i}", "t") for i in range(20)]
     for ref in refs:  # queued before any worker runs, like a cold start
         scheduler.deliver(ref, CREATE)
@@ -148,7 +148,7 @@ def test_resources_in_flight_go_before_new_ones(tmp_path):
 def test_deleted_automaton_is_forgotten_and_recreated_for_new_work(tmp_path):
     created = []
 
-    def factory(ref):
+    def factory(ref, claim=None):
         created.append(Recorder(ref, work_time=0.05))
         return created[-1]
 
@@ -168,7 +168,7 @@ def test_paused_resources_only_take_manage(tmp_path):
     store = make_store(tmp_path)
     automata = {}
 
-    def factory(ref):
+    def factory(ref, claim=None):
         automata[ref.key] = Recorder(ref, work_time=0)
         return automata[ref.key]
 
