@@ -8,7 +8,8 @@ store by mistake is fenced instead of fighting silently.
 
 In a cluster (``ClusterOwnership``), every orchestrator joins one tooz group (its member
 id is ``[DEFAULT] host``, which must be unique) and heartbeats it. A consistent hash ring
-(``tooz.hashring.HashRing``) over the *live* members maps each resource to one member.
+(``tooz.hashring.HashRing``, ``make_ring``) over the *live* members maps each resource to
+one member.
 Every ``heartbeat`` seconds each member:
 
 1. heartbeats (membership and its locks) and reads the live members; a new member set
@@ -20,7 +21,9 @@ Every ``heartbeat`` seconds each member:
 3. checks that it still holds the lock of every resource it works on (a backend restart
    loses them: it takes the lock again, and keeps working only if the store still names it
    owner at its epoch — nobody took over meanwhile);
-4. takes the resources the ring gives it: the lock (non-blocking: while the old owner
+4. takes the resources the ring gives it (not in a round in which it had to join the group
+   again: after a backend restart everybody rejoins, and the first one back must not grab
+   the others' resources before they took their locks back): the lock (non-blocking: while the old owner
    holds it, try again next round; a dead owner's lock expires after ``lock_timeout``),
    then the claim in the store (the epoch goes up: the fencing token), then a forced
    update: the first step *observes* — the running appliances are adopted (the drivers'
@@ -46,6 +49,20 @@ from .store import Fenced
 
 LOG = logging.getLogger(__name__)
 LEASE_MARGIN = 0.7  # act only within this fraction of the lock timeout after a heartbeat
+# Points per member on the ring: tooz's default (32) left one of 3 members with 3 of 30
+# routers; 256 spreads them within what chance gives for that many (10/7/13).
+RING_PARTITIONS = 256
+
+
+def make_ring(members):
+    """The consistent hash ring over ``members`` (identities), as every member builds it."""
+    from tooz.hashring import HashRing
+    return HashRing(sorted(members), partitions=RING_PARTITIONS)
+
+
+def ring_owner(ring, kind, obj_id):
+    """The member ``ring`` gives resource ``kind``/``obj_id`` to."""
+    return next(iter(ring.get_nodes(f"{kind}/{obj_id}".encode())), None)
 
 
 class SoleOwnership:
@@ -127,6 +144,7 @@ class ClusterOwnership:
         self._wake = threading.Event()
         self._thread = None
         self._errors = 0
+        self._rejoined = False
         self.rounds = 0
         self.handovers = 0
 
@@ -234,6 +252,12 @@ class ClusterOwnership:
             self._let_go_of_others()
             self._check_locks()
             self._last_ok = started  # every lock we still hold was confirmed this round
+            if self._rejoined:
+                # The group was gone (backend restarted) or had dropped us: the others are
+                # rejoining too and taking back their own locks. Claim nothing new before
+                # the next round, or the first one back would grab everything.
+                self._rejoined = False
+                return
             self._claim_ours()
 
     def _live_members(self):
@@ -253,20 +277,17 @@ class ClusterOwnership:
             except coordination.MemberAlreadyExist:
                 pass
             members = set(members) | {self.identity.encode()}
+            self._rejoined = self._ring is not None
         return frozenset(m.decode() for m in members)
 
     def _rebuild_ring(self, members):
-        from tooz.hashring import HashRing
         LOG.info("members: %s (were %s)", ", ".join(sorted(members)),
                  ", ".join(sorted(self._members)) or "none")
         self._members = members
-        self._ring = HashRing(sorted(members))
+        self._ring = make_ring(members)
 
     def _ring_owner(self, ref):
-        if self._ring is None:
-            return None
-        nodes = self._ring.get_nodes(f"{ref.kind}/{ref.id}".encode())
-        return next(iter(nodes), None)
+        return None if self._ring is None else ring_owner(self._ring, ref.kind, ref.id)
 
     def _wanted(self):
         refs = {ref.key: ref for ref in self.store.snapshot().resources()}
