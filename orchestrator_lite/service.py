@@ -125,7 +125,9 @@ class Orchestrator:
                 "owner": record.get("owner") or None, "epoch": record.get("epoch"),
                 "local": manager is not None,
                 "paused": self.store.debug_flags.paused_reason(ref),
-                "instances": len(manager.status()) if manager else 0}
+                # Another member's resource: its instances are known to its owner only.
+                "instances": len(manager.status()) if manager else
+                (None if record.get("owner") not in (None, "", self.identity) else 0)}
 
     def resources(self):
         snapshot = self.store.snapshot()
