@@ -29,6 +29,7 @@ bench: deps
 	$(PY) test/bench/run_bench.py
 	$(PY) test/bench/bench_orchestrator.py
 	$(PY) test/bench/bench_lab.py
+	$(PY) test/bench/bench_cluster.py
 
 leftovers:
 	$(VENV)/bin/astara-leftovers --remove

@@ -54,7 +54,9 @@ def standin_interpreter(directory):
 
 
 class Cluster:
-    """``count`` orchestrators in ``ctl`` (a Netns) against PostgreSQL + ``backend``.
+    """``count`` orchestrators in ``ctl`` (a Netns) against PostgreSQL + ``backend``
+    ("redis", "etcd"; None: one orchestrator alone on its SQLite file, no servers — the
+    default deployment, for comparisons).
 
     ``sections``: extra ini sections for every member (health, management, netns
     bridges...); ``standin``: stand-in appliances instead of real agents."""
@@ -75,10 +77,13 @@ class Cluster:
         self.log_level = log_level
         self.python = standin_interpreter(self.dir) if standin else None
         self.appliances = self.dir / "appliances"
-        self.postgres = PostgresServer(self.dir / "postgres", POSTGRES_PORT, ctl.name)
-        self.coordination = (RedisServer(self.dir / "redis", REDIS_PORT, ctl.name)
-                             if backend == "redis" else
-                             EtcdServer(self.dir / "etcd", ETCD_PORT, ctl.name))
+        self.postgres = PostgresServer(self.dir / "postgres", POSTGRES_PORT, ctl.name) \
+            if backend else None
+        self.coordination = {"redis": lambda: RedisServer(self.dir / "redis", REDIS_PORT,
+                                                          ctl.name),
+                             "etcd": lambda: EtcdServer(self.dir / "etcd", ETCD_PORT,
+                                                        ctl.name),
+                             None: lambda: None}[backend]()
         self.members = {}  # identity -> OrchestratorProcess
 
     # -- servers and members -------------------------------------------------------------------
@@ -87,8 +92,9 @@ class Cluster:
         return f"orch-{index}"
 
     def start_servers(self):
-        self.postgres.start(timeout=60)
-        self.coordination.start(timeout=30)
+        if self.backend:
+            self.postgres.start(timeout=60)
+            self.coordination.start(timeout=30)
 
     def write_configs(self):
         for index in range(1, self.count + 1):
@@ -105,15 +111,16 @@ class Cluster:
                         "log_level": self.log_level},
             "api": {"listen": "127.0.0.1", "port": ADMIN_PORT + index - 1,
                     "token": self.token},
-            "database": {"connection": self.postgres.url},
-            "coordination": {"backend_url": coordination_url(self.coordination,
-                                                             self.timeout),
-                             "heartbeat": self.heartbeat},
             "compute": {"driver": "netns"},
             "netns": {"prefix": self.prefix, "fabric": self.fabric,
                       "management_bridge": "b-mgmt", "state_root": str(self.appliances),
                       "python": self.python},
         }
+        if self.backend:
+            sections["database"] = {"connection": self.postgres.url}
+            sections["coordination"] = {
+                "backend_url": coordination_url(self.coordination, self.timeout),
+                "heartbeat": self.heartbeat}
         for section, values in self.sections.items():
             sections[section] = dict(sections.get(section, {}), **values)
         ini = write_config(directory / "orchestrator.ini", sections)
@@ -124,6 +131,8 @@ class Cluster:
 
     def upgrade_store(self):
         """``astara-orchestrator db upgrade`` once, before any member starts."""
+        if not self.backend:
+            return "SQLite: upgraded by the orchestrator at start"
         member = self.member(1)
         result = self.ctl.run([sys.executable, "-m", "orchestrator_lite.cli.server", "db",
                                "upgrade", "--config", str(member.config)], check=False)
@@ -161,8 +170,9 @@ class Cluster:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(self.member(index).pid, signal.SIGCONT)
                 self.member(index).stop(timeout=20)
-        self.coordination.stop()
-        self.postgres.stop()
+        if self.backend:
+            self.coordination.stop()
+            self.postgres.stop()
         delete_appliances(self.prefix, self.appliances, self.fabric)
 
     # -- the admin APIs --------------------------------------------------------------------------
