@@ -166,7 +166,7 @@ class ClusterOwnership:
             self._thread.join(10)
         with self._lock:
             for key in list(self._held):
-                self._let_go(key, release=True)
+                self._let_go(key, release=True, wait=5.0)
         try:
             self._coordinator.leave_group(self.group).get()
         except Exception as exc:  # noqa: BLE001 - leaving is best effort; it expires anyway
@@ -351,11 +351,11 @@ class ClusterOwnership:
             # appliance refuses the previous owner from now on.
             self._scheduler.deliver(ref, UPDATE, force=True)
 
-    def _let_go(self, key, release):
+    def _let_go(self, key, release, wait=60.0):
         held = self._held.pop(key, None)
         if held is None:
             return
-        self._scheduler.forget(key)  # waits for the step in progress
+        self._scheduler.forget(key, timeout=wait)  # waits for the step in progress
         if not release:
             return
         try:

@@ -112,7 +112,7 @@ class Database:
             sa.event.listen(self.engine, "connect", _sqlite_connect)
             sa.event.listen(self.engine, "begin", _sqlite_begin)
         else:
-            self.engine = sa.create_engine(self.url, pool_size=4, max_overflow=8,
+            self.engine = sa.create_engine(self.url, pool_size=5, max_overflow=20,
                                            pool_pre_ping=True)
 
     def close(self):

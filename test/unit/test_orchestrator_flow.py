@@ -446,6 +446,20 @@ def test_api_requires_the_token(api):
     assert bad.status_code == 400 and "does not exist" in bad.json()["message"]
 
 
+def test_a_500_never_shows_the_exception(api, monkeypatch):
+    import requests
+    o, url = api
+
+    def broken():
+        raise RuntimeError("password=hunter2 at /var/lib/secret")
+
+    monkeypatch.setattr(o, "resources", broken)
+    answer = requests.get(f"{url}/v1/resources", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 500
+    assert "hunter2" not in answer.text and "secret" not in answer.text
+    assert answer.json()["error"] == "Internal Server Error"
+
+
 def test_ctl_builds_a_router_and_shows_its_state(api, cloud):
     o, url = api
     assert run_ctl(url, "network", "create", "id=net1", "mtu=1450", "tenant_id=t1")[0] == 0
