@@ -470,7 +470,12 @@ def test_ctl_builds_a_router_and_shows_its_state(api, cloud):
     assert code == 0 and json.loads(out)["fixed_ips"][0]["ip_address"] == "10.1.0.1"
     assert run_ctl(url, "port", "create", "network_id=net1", "device_id=vm1",
                    'fixed_ips=[{"ip_address": "10.1.0.10"}]')[0] == 0
-    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED)
+    def pushed_with_the_vm():  # configured *after* the VM port's update was pushed
+        appliance = cloud.appliances.get("ak-router-r1_0")
+        return state_of(o, "r1") == st.CONFIGURED and appliance and appliance.payload and \
+            "10.1.0.10" in json.dumps(appliance.payload["networks"])
+
+    wait_for(pushed_with_the_vm)
     code, out = run_ctl(url, "resource", "list")
     assert code == 0 and "r1" in out and "configured" in out
     code, out = run_ctl(url, "browse", "--once")
