@@ -241,6 +241,9 @@ class NetnsDriver(ComputeDriver):
         entry = {"mac": nic.mac, "network_id": nic.network_id, "role": nic.role,
                  "mtu": nic.mtu, "index": index, "ifname": ifname, "bridge": bridge,
                  "fabric_end": fab_end}
+        # A namespace of the same name deleted a moment ago may still be torn down by the
+        # kernel (asynchronously), its fabric end still there: that end is ours, remove it.
+        self.fabric.ip("link", "del", fab_end, check=False)
         self.fabric.ip("link", "add", fab_end, "type", "veth", "peer", "name", ifname,
                        "netns", ns.name)
         record["nics"].append(entry)  # recorded as soon as it exists
