@@ -14,6 +14,8 @@ from werkzeug.exceptions import HTTPException
 
 from ..engine import Engine
 from ..errors import ApplyError
+from ..fencing import (EPOCH_HEADER, ORCHESTRATOR_HEADER, EpochFence, StaleEpoch,
+                       parse_epoch)
 from ..model import PayloadError
 from ..naming import interface_view, list_nics
 from ..status import StatusProber
@@ -48,7 +50,7 @@ def create_app(settings, engine=None, prober=None):
     app.register_blueprint(base_routes(settings, engine, prober))
     app.register_blueprint(firewall_routes(engine))
     app.register_blueprint(interface_routes(engine))
-    app.register_blueprint(config_routes(engine))
+    app.register_blueprint(config_routes(engine, EpochFence(settings.state_dir)))
     return app
 
 
@@ -140,7 +142,7 @@ def interface_routes(engine):
     return routes
 
 
-def config_routes(engine):
+def config_routes(engine, fence):
     routes = Blueprint("config", __name__)
 
     @routes.get("/v1/system/config")
@@ -158,15 +160,30 @@ def config_routes(engine):
             return error_response(415, "Unsupported Media Type",
                                   "the body must be sent as application/json, not "
                                   f"{request.content_type or 'no content type'!r}")
+        orchestrator = request.headers.get(ORCHESTRATOR_HEADER, "")[:255]
+        try:
+            epoch = parse_epoch(request.headers.get(EPOCH_HEADER))
+        except ValueError as exc:
+            return error_response(400, "Bad Request", str(exc))
         raw = request.get_data(cache=False)
         try:
             body = msgspec.json.decode(raw or b"")
         except msgspec.DecodeError as exc:
             return error_response(400, "Bad Request", f"the body is not valid JSON: {exc}")
         try:
-            outcome = engine.apply(body, raw)
+            with fence.admitted(epoch, orchestrator):
+                outcome = engine.apply(body, raw)
+        except StaleEpoch as exc:
+            LOG.warning("config push from orchestrator=%s epoch=%s refused: %s",
+                        orchestrator or "-", epoch, exc)
+            return json_response(exc.to_dict(), 409)
         except (PayloadError, ApplyError) as exc:
+            LOG.info("config push from orchestrator=%s epoch=%s refused: %s",
+                     orchestrator or "-", epoch, exc.status)
             return json_response(exc.to_dict(), exc.status)
+        LOG.info("config push from orchestrator=%s epoch=%s accepted: generation %s, "
+                 "%d changes", orchestrator or "-", "-" if epoch is None else epoch,
+                 outcome.committed.generation, outcome.changes)
         # The generation's view, rendered once, with the change count spliced in front.
         answer = b'{"changes": %d, ' % outcome.changes + outcome.committed.view_json[1:]
         return Response(answer, mimetype="application/json",
