@@ -4,6 +4,8 @@ appliances than real agents can boot on a small machine (bench_orchestrator.py).
 It answers exactly the agent API the orchestrator's health loop and config push use, with
 the real semantics, and nothing else (no dataplane):
 
+* ``GET /v1/status/``: always ready; ``POST /v1/system/config/confirm``: nothing awaits
+  (``?confirm_timeout=N`` on a PUT is accepted: the stand-in never reverts)
 * ``GET /v1/firewall/rules``: 200, a plain-text ruleset of a real appliance's size
   (the liveness probe);
 * ``GET /v1/system/interfaces``: the namespace's ``ethN`` as ``geN`` with their MACs,
@@ -98,6 +100,11 @@ def make_handler(state, fence):
                     self.json(200, {"service": BANNER, "state": "ready",
                                     "generation": state.generation,
                                     "enabled_services": ["router", "loadbalancer"]})
+            elif self.path == "/v1/status/":  # always healthy: no daemons to supervise
+                with state.lock:
+                    self.json(200, {"state": "ready", "generation": state.generation,
+                                    "reasons": [], "last_error": None,
+                                    "awaiting_confirmation": None})
             elif self.path == "/v1/firewall/rules":
                 self.send(200, RULES.encode(), "text/plain; charset=utf-8")
             elif self.path == "/v1/system/interfaces":
@@ -112,10 +119,19 @@ def make_handler(state, fence):
             else:
                 self.json(404, {"error": "Not Found", "message": self.path})
 
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            if self.path != "/v1/system/config/confirm":
+                return self.json(404, {"error": "Not Found", "message": self.path})
+            with state.lock:
+                self.json(200, {"confirmed": None, "generation": state.generation})
+
         def do_PUT(self):
             length = int(self.headers.get("Content-Length") or 0)
             data = self.rfile.read(length)
-            if self.path != "/v1/system/config":
+            # ?confirm_timeout=N: a stand-in's generation never reverts (confirmed at once)
+            if self.path.split("?", 1)[0] != "/v1/system/config":
                 return self.json(404, {"error": "Not Found", "message": self.path})
             if self.headers.get_content_type() != "application/json":
                 return self.json(415, {"error": "Unsupported Media Type",
