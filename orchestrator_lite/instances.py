@@ -11,8 +11,14 @@ state, keeps no timers and never retries on its own beyond the client's HTTP bac
 * Config: NIC discovery (``GET /v1/system/interfaces``, MAC -> geN) must list exactly the
   instance's port MACs, else a replug (hot-plug) is needed; the payload is built per
   instance (own management address, own NIC map, HA peers/priority) and its hash is
-  compared with the appliance's committed hash (drift detection).
+  compared with the appliance's committed hash (drift detection) when the appliance
+  advertises it (capabilities.py: an old image's appliance is trusted to hold what was last
+  pushed to it).
+* Images: boots use the image a rebuild or upgrade asked for (``image``), else the image
+  the resource's instances already run, else the driver's default; so a replaced HA
+  member or a rebuilt appliance stays on its image until an upgrade moves it.
 """
+import collections
 import dataclasses
 import ipaddress
 import logging
@@ -22,6 +28,7 @@ import time
 from astara_router.store import payload_hash
 
 from . import builder
+from .capabilities import CONFIG_HASH, ApplianceApi
 from .client import ApplianceClient, ApplianceError, ApplianceRejected
 from .drivers.base import ERROR as COMPUTE_ERROR
 from .drivers.base import DriverError, Nic
@@ -56,6 +63,7 @@ class Observation:
     in_sync: int = 0  # alive instances whose committed hash is the desired one
     needs_replug: bool = False
     dead_for: tuple = ()  # per silent instance: seconds since last alive (inf = broken)
+    booting: int = 0  # silent instances never seen alive, younger than the boot timeout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,14 +89,16 @@ class _Runtime:
     client: object
     last_alive: float
     alive: bool = False
+    seen_alive: bool = False
     reported: dict = None  # {mac: geN} from the last NIC discovery
     applied_hash: str = None
+    api: ApplianceApi = None  # from the banner, once it answered
 
 
 class InstanceManager:
     def __init__(self, ref, store, driver, payload_settings, client_factory,
                  management_network_id, clock=time.monotonic, sleep=time.sleep,
-                 hotplug_timeout=10.0):
+                 hotplug_timeout=10.0, boot_timeout=300.0, wall_clock=time.time):
         self.ref = ref
         self.store = store
         self.driver = driver
@@ -96,10 +106,14 @@ class InstanceManager:
         self.client_factory = client_factory
         self.management_network_id = management_network_id
         self.hotplug_timeout = hotplug_timeout
+        self.boot_timeout = boot_timeout
+        self._wall_clock = wall_clock
         self._clock = clock
         self._sleep = sleep
         self._runtimes = {}  # instance id -> _Runtime
         self.prefix = instance_prefix(ref)
+        self.image = None  # asked for by a rebuild/upgrade: the image the next boots use
+        self._replace = None  # instance name a member rebuild replaces (HA: one at a time)
 
     # -- reading ---------------------------------------------------------------------------------
     def _resource(self, snapshot):
@@ -137,7 +151,7 @@ class InstanceManager:
         if self._resource(snapshot) is None:
             return Observation(exists=False, instances=len(runtimes))
         now = self._clock()
-        alive = addressed = in_sync = 0
+        alive = addressed = in_sync = booting = 0
         dead_for = []
         for runtime in runtimes:
             instance = runtime.instance
@@ -147,9 +161,14 @@ class InstanceManager:
             runtime.alive = bool(not broken and runtime.client and runtime.client.is_alive())
             if runtime.alive:
                 runtime.last_alive = now
+                runtime.seen_alive = True
                 alive += 1
+                if runtime.api is None:
+                    runtime.api = self._appliance_api(runtime)
             else:
                 dead_for.append(math.inf if broken else now - runtime.last_alive)
+                age = self._wall_clock() - instance.created_at
+                booting += not broken and not runtime.seen_alive and age < self.boot_timeout
         needs_replug = False
         if check_sync:
             for runtime in runtimes:
@@ -157,6 +176,9 @@ class InstanceManager:
                     continue
                 try:
                     desired = payload_hash(self._payload(snapshot, runtime, runtimes))
+                    if runtime.api is None or not runtime.api.has(CONFIG_HASH):
+                        in_sync += runtime.applied_hash == desired
+                        continue
                     _, committed = runtime.client.committed(if_none_match=desired)
                 except (NeedsReplug, builder.BuildError) as exc:
                     LOG.info("%s: %s needs a replug: %s", self.ref, runtime.instance.name, exc)
@@ -171,7 +193,18 @@ class InstanceManager:
         return Observation(exists=True, required=self.required(snapshot),
                            instances=len(runtimes), addressed=addressed, alive=alive,
                            in_sync=in_sync, needs_replug=needs_replug,
-                           dead_for=tuple(dead_for))
+                           dead_for=tuple(dead_for), booting=booting)
+
+    def _appliance_api(self, runtime):
+        """What the appliance advertises; None (ask again later) when the banner does not
+        answer; the original API when it answers 4xx (no banner of ours)."""
+        try:
+            return ApplianceApi.from_banner(runtime.client.banner())
+        except ApplianceRejected:
+            return ApplianceApi()
+        except ApplianceError as exc:
+            LOG.info("%s: no banner from %s yet: %s", self.ref, runtime.instance.name, exc)
+            return None
 
     def inputs_digest(self):
         """Hash of the resource's desired inputs (None when it is gone): a change means
@@ -203,6 +236,8 @@ class InstanceManager:
                  "management_address": r.instance.management_address, "alive": r.alive,
                  "committed_hash": r.applied_hash, "created_at": r.instance.created_at,
                  "nics": [dataclasses.asdict(n) for n in r.instance.nics],
+                 "image": r.instance.details.get("image", ""),
+                 "api": r.api.as_dict() if r.api else None,
                  "details": dict(r.instance.details)}
                 for r in sorted(self._runtimes.values(), key=lambda r: r.instance.name)]
 
@@ -278,7 +313,9 @@ class InstanceManager:
         if self._resource(snapshot) is None:
             raise BootError("the resource no longer exists")
         keep = set()
-        for runtime in self._refresh():
+        runtimes = self._refresh()
+        image = self.boot_image(runtimes)
+        for runtime in runtimes:
             if only_missing and runtime.alive:
                 keep.add(runtime.instance.name)
             else:
@@ -296,13 +333,33 @@ class InstanceManager:
             nics = [Nic(p["mac_address"], p["network_id"], p["role"],
                         networks[p["network_id"]]["mtu"]) for p in ports]
             try:
-                instance = self.driver.create(name, nics, cidr)
+                instance = self.driver.create(name, nics, cidr, image=image)
             except DriverError as exc:
                 self.store.delete_appliance_ports(ports)
                 raise BootError(f"{name}: {exc}") from exc
-            LOG.info("%s: created %s (%s, management %s)", self.ref, name, instance.id,
-                     instance.management_address)
+            LOG.info("%s: created %s (%s, management %s, image %s)", self.ref, name,
+                     instance.id, instance.management_address, image or "default")
         self._refresh()
+
+    def boot_image(self, runtimes):
+        """The image of the next boot: what a rebuild asked for, else the one most of the
+        resource's instances run (None: the driver's default)."""
+        if self.image is not None:
+            return self.image
+        running = collections.Counter(r.instance.details.get("image") or None
+                                      for r in runtimes)
+        return running.most_common(1)[0][0] if running else None
+
+    def request_rebuild(self, image=None, member=None):
+        """Ask the next rebuild to boot ``image`` (None: keep the current one) and, with
+        ``member`` (an instance name), to replace only that instance."""
+        if image is not None:
+            self.image = image
+        self._replace = member
+
+    def take_member_to_replace(self):
+        member, self._replace = self._replace, None
+        return member
 
     def _create_ports(self, name):
         snapshot = self.store.snapshot()
@@ -383,21 +440,25 @@ class InstanceManager:
                 return False
             self._sleep(0.5)
 
-    def stop(self, timeout):
-        """Destroy every instance of the resource; True once none is left (bounded)."""
+    def stop(self, timeout, only=None):
+        """Destroy every instance of the resource (``only``: just the instance of that
+        name, an HA member replaced on its own); True once none is left (bounded)."""
         deadline = self._clock() + timeout
+
+        def left():
+            return [i for i in self.driver.list(self.prefix) if only in (None, i.name)]
+
         while True:
-            left = self.driver.list(self.prefix)
-            for instance in left:
+            for instance in left():
                 try:
                     self._destroy(instance)
                 except DriverError as exc:
                     LOG.warning("%s: cannot delete %s: %s", self.ref, instance.name, exc)
-            left = self.driver.list(self.prefix)
-            if not left:
-                self.store.delete_appliance_ports(
-                    self.store.snapshot().appliance_ports(self.ref.id))
-                self._runtimes.clear()
+            if not left():
+                if only is None:
+                    self.store.delete_appliance_ports(
+                        self.store.snapshot().appliance_ports(self.ref.id))
+                    self._runtimes.clear()
                 return True
             if self._clock() >= deadline:
                 return False

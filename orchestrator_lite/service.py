@@ -11,9 +11,11 @@ from astara_router.store import payload_hash
 
 from .builder import PayloadSettings
 from .drivers import make_driver
+from .drivers.base import DriverError
 from .events import MANAGE, POLL, REBUILD, UPDATE
 from .health import HealthMonitor
-from .instances import InstanceManager, default_client_factory
+from .instances import InstanceManager, default_client_factory, instance_prefix
+from .rollout import Rollout
 from .state import Automaton
 from .store import NotFound, Store, StoreError
 from .webhook import Webhook
@@ -41,12 +43,14 @@ class Orchestrator:
                                     settings.health.period, settings.health.jitter, clock)
         self.store.subscribe(self.scheduler.handle_all)
         self.started_at = time.time()
+        self.rollout = None  # the fleet upgrade under way or last run (rollout.py)
 
     def _make_automaton(self, ref):
         manager = InstanceManager(ref, self.store, self.driver, self.payload_settings,
                                   self.client_factory, self.settings.management.network_id,
                                   clock=self._clock,
-                                  hotplug_timeout=self.settings.health.hotplug_timeout)
+                                  hotplug_timeout=self.settings.health.hotplug_timeout,
+                                  boot_timeout=self.settings.health.boot_timeout)
         self.managers[ref.key] = manager
         return Automaton(ref, manager, self.settings.health, clock=self._clock,
                          on_transition=self._on_transition)
@@ -62,6 +66,8 @@ class Orchestrator:
                  len(self.store.snapshot().resources()), self.driver.name)
 
     def stop(self):
+        if self.rollout is not None:
+            self.rollout.stop()
         self.health.stop()
         self.scheduler.stop()
         if self.webhook is not None:
@@ -119,9 +125,13 @@ class Orchestrator:
                    inputs_digest=manager.inputs_digest() if manager else None)
         return row
 
-    def command(self, resource_id, command, reason=""):
+    def command(self, resource_id, command, reason="", image=None, instance=None):
         if command not in RESOURCE_COMMANDS:
             raise StoreError(f"unknown command {command!r} ({', '.join(RESOURCE_COMMANDS)})")
+        if (image is not None or instance is not None) and command != "rebuild":
+            raise StoreError(f"{command} takes no image or instance (rebuild does)", "image")
+        if command == "rebuild":
+            return self.rebuild(resource_id, image, instance)
         ref = self._ref(resource_id)
         if command == "debug":
             self.store.debug_flags.set("resource", ref.id, reason)
@@ -129,14 +139,58 @@ class Orchestrator:
         if command == "manage":
             self.store.debug_flags.clear("resource", ref.id)
             delivered = self.scheduler.deliver(ref, MANAGE)
-        elif command == "rebuild":
-            delivered = self.scheduler.deliver(ref, REBUILD)
         elif command == "update":
             delivered = self.scheduler.deliver(ref, UPDATE, force=True)
         else:
             delivered = self.scheduler.deliver(ref, POLL)
         return {"id": ref.id, "command": command, "delivered": delivered,
                 "paused": self.store.debug_flags.paused_reason(ref)}
+
+    def rebuild(self, resource_id, image=None, instance=None):
+        """Replace the resource's appliances (``instance``: only that one, by name, e.g.
+        one HA member), booting ``image`` (None: the image they run now). The image
+        sticks: later boots of the resource use it too."""
+        ref = self._ref(resource_id)
+        if image is not None:
+            if not isinstance(image, str):
+                raise StoreError("image must be a string", "image")
+            try:
+                self.driver.image_id(image)
+            except DriverError as exc:
+                raise StoreError(str(exc), "image") from None
+        if instance is not None:
+            names = {i.name for i in self.driver.list(instance_prefix(ref))}
+            if instance not in names:
+                raise StoreError(f"{ref} has no instance {instance!r} "
+                                 f"({', '.join(sorted(names)) or 'none'})", "instance")
+        if ref.key not in self.managers:
+            self.scheduler.deliver(ref, POLL)  # makes the automaton and its manager
+        manager = self.managers.get(ref.key)
+        if manager is not None:
+            manager.request_rebuild(image, instance)
+        delivered = self.scheduler.deliver(ref, REBUILD)
+        return {"id": ref.id, "command": "rebuild", "delivered": delivered,
+                "image": image, "instance": instance,
+                "paused": self.store.debug_flags.paused_reason(ref)}
+
+    # -- fleet upgrades (rollout.py) -------------------------------------------------------------
+    def start_upgrade(self, image, max_unavailable=1, tenant_id=None, resource_ids=None,
+                      unit_timeout=None):
+        if self.rollout is not None and self.rollout.running():
+            raise StoreError("an upgrade is under way (astara-ctl upgrade status; "
+                             "upgrade stop ends it)", status=409)
+        self.rollout = Rollout(self, image, max_unavailable, tenant_id, resource_ids,
+                               unit_timeout).start()
+        return self.rollout.status()
+
+    def upgrade_status(self):
+        return self.rollout.status() if self.rollout is not None else None
+
+    def stop_upgrade(self):
+        if self.rollout is None:
+            raise StoreError("no upgrade has been started", status=404)
+        self.rollout.stop()
+        return self.rollout.status()
 
     def tenant_command(self, tenant_id, command, reason=""):
         refs = [r for r in self.store.snapshot().resources() if r.tenant_id == tenant_id]

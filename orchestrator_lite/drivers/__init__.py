@@ -1,6 +1,6 @@
 """Compute drivers: where appliance instances run (``[compute] driver``)."""
 
-DRIVERS = ("netns",)
+DRIVERS = ("netns", "qemu")
 
 
 def make_driver(settings):
@@ -9,4 +9,7 @@ def make_driver(settings):
     if name == "netns":
         from .netns import NetnsDriver
         return NetnsDriver.from_settings(settings)
+    if name == "qemu":
+        from .qemu import QemuDriver
+        return QemuDriver.from_settings(settings)
     raise ValueError(f"[compute] driver: unknown driver {name!r} ({', '.join(DRIVERS)})")

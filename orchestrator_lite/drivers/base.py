@@ -42,9 +42,12 @@ class ComputeDriver(abc.ABC):
     name = "base"
 
     @abc.abstractmethod
-    def create(self, name, nics, management_cidr):
+    def create(self, name, nics, management_cidr, image=None, server_group=None):
         """Boot instance ``name`` with ``nics`` (MGT first); its boot command configures
-        ``management_cidr`` ("address/prefixlen") on the MGT NIC. Returns an Instance.
+        ``management_cidr`` ("address/prefixlen") on the MGT NIC. Returns an Instance
+        whose ``details["image"]`` records ``image``. ``image``: the appliance image to boot
+        (None or "": the driver's default). ``server_group``: instances given the same
+        group must not share a host (the two of an HA pair), where the driver can say so.
         Raises DriverError when an instance of that name already exists."""
 
     @abc.abstractmethod
@@ -66,6 +69,12 @@ class ComputeDriver(abc.ABC):
     @abc.abstractmethod
     def detach(self, instance_id, mac):
         """Hot-unplug the NIC with ``mac``; returns the updated Instance."""
+
+    def image_id(self, image=None):
+        """What ``image`` resolves to now, as recorded in ``details["image_id"]`` of the
+        instances booted from it (a fleet upgrade replaces the instances whose id
+        differs). Drivers whose images are only labels return the label."""
+        return image or ""
 
     def shell_command(self, instance_id):
         """argv that opens a shell on the instance (astara-ctl ssh), or None."""

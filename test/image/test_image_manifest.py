@@ -2,24 +2,18 @@
 
 The astara element records every distribution in the image's ``/opt/astara`` venv in
 ``/etc/dib-manifests/astara-python-packages``, which diskimage-builder copies to
-``out/<image>.d/dib-manifests/``. Opt-in like the boot test (``make image-test``), which
+``out/<image>.d/dib-manifests/``. ``make test`` builds the image first; the boot test
 also reads the list in the booted VM.
 """
-import os
-import pathlib
-
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-IMAGE_NAME = os.environ.get("ASTARA_IMAGE_NAME", "astara")
-MANIFEST = REPO / "out" / f"{IMAGE_NAME}.d" / "dib-manifests" / "astara-python-packages"
+from astara_lab.image import REPO_ROOT, outputs
 
-pytestmark = [
-    pytest.mark.skipif(os.environ.get("ASTARA_IMAGE_TEST") != "1",
-                       reason="image tests are opt-in: ASTARA_IMAGE_TEST=1 (make image-test)"),
-    pytest.mark.skipif(not MANIFEST.exists(), reason=f"no {MANIFEST}: make image"),
-]
+MANIFEST = outputs()["manifests"] / "astara-python-packages"
+
+pytestmark = pytest.mark.skipif(not MANIFEST.exists(),
+                                reason=f"no {MANIFEST}: make image (make test builds it)")
 
 
 def test_image_venv_holds_exactly_the_agent_lock(assert_agent_set):
-    assert_agent_set(MANIFEST.read_text(), MANIFEST.relative_to(REPO))
+    assert_agent_set(MANIFEST.read_text(), MANIFEST.relative_to(REPO_ROOT))

@@ -19,7 +19,7 @@ class FakeDriver(ComputeDriver):
         self.fail_create = None  # set to a message to make create() fail
         self.calls = []  # (method, name or id) in call order
 
-    def create(self, name, nics, management_cidr):
+    def create(self, name, nics, management_cidr, image=None, server_group=None):
         with self._lock:
             self.calls.append(("create", name))
             if self.fail_create:
@@ -28,7 +28,8 @@ class FakeDriver(ComputeDriver):
                 raise DriverError(f"an instance named {name} exists")
             instance = Instance(id=f"fake-{next(self._ids)}", name=name, status=ACTIVE,
                                 management_address=management_cidr.split("/")[0],
-                                created_at=self._clock(), nics=tuple(nics))
+                                created_at=self._clock(), nics=tuple(nics),
+                                details={"image": image or "", "image_id": image or ""})
             self._instances[instance.id] = instance
             return instance
 
@@ -62,6 +63,6 @@ class FakeDriver(ComputeDriver):
                 raise DriverError(f"no instance {instance_id}")
             new = Instance(instance.id, instance.name, status or instance.status,
                            instance.management_address, instance.created_at,
-                           nics(instance) if nics else instance.nics)
+                           nics(instance) if nics else instance.nics, instance.details)
             self._instances[instance_id] = new
             return new

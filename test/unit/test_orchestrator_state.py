@@ -52,6 +52,7 @@ class Manager:
         self.calls = []
         self.on_boot = BOOTED  # observation after a successful boot
         self.on_stop = NONE
+        self.member = None  # what take_member_to_replace() hands out once
 
     def observe(self):
         self.calls.append("observe")
@@ -75,8 +76,12 @@ class Manager:
         self.calls.append("replug")
         return self.replug_ok
 
-    def stop(self, timeout):
-        self.calls.append(("stop", timeout))
+    def take_member_to_replace(self):
+        member, self.member = self.member, None
+        return member
+
+    def stop(self, timeout, only=None):
+        self.calls.append(("stop", timeout) if only is None else ("stop", timeout, only))
         if self.stop_ok:
             self.obs = self.on_stop
         return self.stop_ok
