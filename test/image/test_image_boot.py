@@ -30,33 +30,23 @@ Boot-to-API and apply times are printed (no timing assertions).
 
 import ipaddress
 import os
-import pathlib
 import shlex
 import shutil
 import time
 
 import pytest
 
-from astara_lab.appliance import (
-    CONTRACT_NIC_MACS, contract_payloads, controller_node, management_cidr)
 from astara_lab.image import outputs
-from astara_lab.peers import DEFAULT_ORCHESTRATOR_ADDRESS, NtpServer, eventually
-from astara_netns import Lab, NetnsHTTPClient, netns_unavailable_reason, pid_alive, run
+from astara_lab.peers import DEFAULT_ORCHESTRATOR_ADDRESS, eventually
+from astara_lab.vm import MACS, MGMT_MTU, NAME, VmAppliance
+from astara_netns import Lab, netns_unavailable_reason, pid_alive
 from orchestrator_lite.drivers.base import ACTIVE, Nic
 from orchestrator_lite.drivers.qemu import QemuDriver
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 IMAGE = outputs()
 FAILED_CONSOLE = IMAGE["qcow2"].with_name(IMAGE["qcow2"].stem + "-image-test.console.log")
-
-PAYLOAD_NAME = "router-basic"
-MACS = CONTRACT_NIC_MACS[PAYLOAD_NAME]  # ge0 (management), ge1 (external), ge2 (internal)
 HOTPLUG_MAC = "fa:16:3e:00:be:ef"
-MGMT_MTU = 1450
-API_PORT = 5000
-PUT_TIMEOUT = 300  # the original client waits 90 s; TCG on a busy machine needs more
 BOOT_TIMEOUT = float(os.environ.get("ASTARA_IMAGE_BOOT_TIMEOUT", "900"))
-NAME = "ak-router-imagetest_0"
 
 pytestmark = [
     pytest.mark.netns,
@@ -76,92 +66,25 @@ def require_tools():
                          "run scripts/install-deps --image (make test does)")
 
 
-class Appliance:
-    """The VM under test and what the tests need to reach it."""
-
-    def __init__(self, lab, driver, instance, ctl, mgmt, ntp):
-        self.lab = lab
-        self.driver = driver
-        self.instance = instance
-        self.ctl = ctl
-        self.mgmt = mgmt
-        self.ntp = ntp
-        self.client = NetnsHTTPClient(ctl.name, str(mgmt.ip), API_PORT, timeout=PUT_TIMEOUT)
-        self.probe = NetnsHTTPClient(ctl.name, str(mgmt.ip), API_PORT, timeout=10)
-        self.times = {}
-
-    def console(self, tail=6000):
-        try:
-            return pathlib.Path(self.instance.details["console"]).read_text(
-                errors="replace")[-tail:]
-        except OSError:
-            return ""
-
-    def ssh(self, *command):
-        """The driver's own shell command (what ``astara-ctl ssh`` runs), with a command."""
-        argv = self.driver.shell_command(self.instance.id)
-        return self.ctl.run([*argv, "-o", "BatchMode=yes", "-o", "ConnectTimeout=20",
-                             "-o", "LogLevel=ERROR", *command], check=False)
-
-    def interfaces(self):
-        response = self.client.get("/v1/system/interfaces")
-        assert response.status == 200, response.text
-        return {i["ifname"]: i for i in response.json()["interfaces"]}
-
-
-def wait_for_api(appliance, started):
-    def answers():
-        assert appliance.driver.get(appliance.instance.id).status == ACTIVE, \
-            "QEMU is not running"
-        try:
-            return appliance.probe.get("/v1/firewall/rules").status == 200
-        except OSError as exc:  # refused, unreachable, timed out: not up yet
-            raise AssertionError(repr(exc)) from None
-    eventually(answers, BOOT_TIMEOUT, "the liveness probe on the management address",
-               interval=2)
-    return time.monotonic() - started
-
-
 @pytest.fixture(scope="module")
 def appliance():
     require_tools()
     lab = Lab()
-    driver = instance = ntp = None
+    vm = None
     try:
-        payload = contract_payloads("original-orchestrator")[PAYLOAD_NAME]
-        mgmt = ipaddress.ip_interface(management_cidr(payload))
-        for bridge in ("b-mgmt", "b-ge1", "b-ge2", "b-ge3"):
-            lab.bridge(bridge)
-        ctl = controller_node(lab, "b-mgmt")
-        ntp = NtpServer(DEFAULT_ORCHESTRATOR_ADDRESS, ns=ctl).start()
-        keys = lab.tmpdir("keys")
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "astara-image-test",
-             "-f", keys / "id_ed25519"])
-        driver = QemuDriver(
-            lab.tmpdir("qemu"), lab.fabric().name,
-            bridges={"ext": "b-ge1", "int": "b-ge2", "spare": "b-ge3"},
-            auto_bridges=False, image=str(IMAGE["qcow2"]), management_mtu=MGMT_MTU,
-            ssh_public_key=str(keys / "id_ed25519.pub"),
-            ssh_identity=str(keys / "id_ed25519"),
-            ntp_servers=[DEFAULT_ORCHESTRATOR_ADDRESS])
-        nics = [Nic(MACS[0], "mgmt", "mgt", MGMT_MTU), Nic(MACS[1], "ext", "data", 1500),
-                Nic(MACS[2], "int", "data", 1450)]
-        started = time.monotonic()
-        instance = driver.create(NAME, nics, str(mgmt))
-        vm = Appliance(lab, driver, instance, ctl, mgmt, ntp)
+        vm = VmAppliance(lab)
+        vm.times = {}
         try:
-            vm.times["boot_to_api"] = wait_for_api(vm, started)
+            vm.times["boot_to_api"] = vm.boot(BOOT_TIMEOUT)
         except AssertionError:
             FAILED_CONSOLE.write_text(vm.console(tail=200000))
             raise
         yield vm
         summary = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in vm.times.items())
-        print(f"\nimage test ({instance.details['accel']}): {summary}")
+        print(f"\nimage test ({vm.instance.details['accel']}): {summary}")
     finally:
-        if driver is not None and instance is not None:
-            driver.delete(instance.id)
-        if ntp is not None:
-            ntp.stop()
+        if vm is not None:
+            vm.close()
         lab.close()
 
 
@@ -178,7 +101,6 @@ def keep_console(request, appliance):
 
 def test_image_boots_and_applies_router_basic(appliance):
     vm = appliance
-    payload = contract_payloads("original-orchestrator")[PAYLOAD_NAME]
     banner = vm.client.get("/v1/").json()
     assert banner["api_version"] and "config-hash" in banner["capabilities"]
 
@@ -188,9 +110,7 @@ def test_image_boots_and_applies_router_basic(appliance):
     assert str(vm.mgmt) in before["ge0"]["addresses"]
     assert before["ge0"]["mtu"] == MGMT_MTU
 
-    put_started = time.monotonic()
-    response = vm.client.put_json("/v1/system/config", payload)
-    vm.times["put_router_basic"] = time.monotonic() - put_started
+    vm.times["put_router_basic"], response = vm.configure()
     assert response.status == 200, response.text
     assert response.json()["generation"] == 1
 
@@ -204,7 +124,7 @@ def test_image_boots_and_applies_router_basic(appliance):
     assert {"172.24.4.7/24", "172.24.4.228/32"} <= set(after["ge1"]["addresses"])
     assert "10.1.0.1/24" in after["ge2"]["addresses"]
 
-    again = vm.client.put_json("/v1/system/config", payload)
+    again = vm.client.put_json("/v1/system/config", vm.payload)
     assert again.status == 200, again.text
     assert (again.json()["generation"], again.json()["changes"]) == (1, 0)
 
