@@ -3,8 +3,8 @@
 ``out/astara.qcow2`` (+ ``.vmlinuz``, ``.initrd``, ``.d/dib-manifests/``) is current when
 ``out/astara.inputs`` holds the digest of everything the image is made of:
 
-* ``diskimage-builder/`` (the elements), ``scripts/build-image`` and
-  ``scripts/build-agent-wheel``;
+* ``diskimage-builder/`` (the elements; not their documentation), ``scripts/build-image``
+  and ``scripts/build-agent-wheel``;
 * the agent's wheel inputs: ``packaging/astara-router/``, ``requirements.txt`` and
   ``astara_router/`` (sources and data, not caches);
 * ``locks/agent.txt`` (the agent's dependencies);
@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -35,7 +36,7 @@ INPUT_FILES = ("scripts/build-image", "scripts/build-agent-wheel", "requirements
 BUILD_SETTINGS = ("DIB_RELEASE", "DIB_DISTRIBUTION_MIRROR", "DIB_DEBIAN_SECURITY_MIRROR",
                   "ASTARA_IMAGE_TYPES", "DIB_ASTARA_ENABLED_SERVICES")
 SKIPPED_PARTS = {"__pycache__", ".pytest_cache"}
-SKIPPED_SUFFIXES = (".pyc", ".pyo")
+SKIPPED_SUFFIXES = (".pyc", ".pyo", ".rst", ".md")  # caches and documentation
 
 
 class ImageError(Exception):
@@ -128,6 +129,13 @@ def ensure(force=False, progress=None, log_path=None, root=REPO_ROOT):
         started = time.monotonic()
         stamp = stamp_path()
         stamp.unlink(missing_ok=True)
+        # The old image is stale: gone before the build, so diskimage-builder does not
+        # keep it as out/<name>-<date>.qcow2 (its default).
+        for path in outputs().values():
+            if path.is_dir():
+                shutil.rmtree(path.parent)
+            else:
+                path.unlink(missing_ok=True)
         log = open(log_path, "w") if log_path else None
         try:
             proc = subprocess.Popen(["bash", str(root / "scripts" / "build-image")],

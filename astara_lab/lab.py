@@ -504,13 +504,43 @@ CHECKS = (
 )
 
 
+def check_clock(view):
+    """Over ssh as astara (the driver's own shell command): timesyncd synchronised with
+    the controller's NTP server, which the user data named."""
+    good, problems = [], []
+    for router in view.cloud.routers:
+        for instance in view.api.resource(router.id)["instances"]:
+            result = view.ctl.run([*instance["shell"], "-o", "BatchMode=yes", "-o",
+                                   "ConnectTimeout=10", "timedatectl", "show-timesync",
+                                   "-p", "ServerAddress", "--value", "&&", "timedatectl",
+                                   "show", "-p", "NTPSynchronized", "--value"], check=False)
+            server, _, synced = result.stdout.strip().partition("\n")
+            if result.returncode == 0 and synced == "yes" and \
+                    ipaddress.ip_address(server) == ipaddress.ip_address(ORCHESTRATOR_ADDRESS):
+                good.append(f"{instance['id']} ← {server}")
+            else:
+                problems.append(f"{instance['id']}: {result.stdout.strip()!r} "
+                                f"{result.stderr.strip()[-100:]}")
+    return bool(good) and not problems, ", ".join(good + problems)
+
+
+# Rows of labs whose appliances are VMs (their own clock, reached over ssh).
+VM_CHECKS = (
+    ("clock", "clock: the router VM synchronised with the controller's NTP", check_clock),
+)
+
+
+def checks_for(state):
+    return CHECKS + (VM_CHECKS if state.get("driver", "netns") != "netns" else ())
+
+
 def self_check(state, patience=0.0, progress=None, only=None):
     """Run the checks (``only``: keys); a failing one is retried for ``patience`` seconds
     (things still converging: BGP, SLAAC). Returns [Row]."""
     view = View(state)
     rows = []
     try:
-        for key, name, check in CHECKS:
+        for key, name, check in checks_for(state):
             if only and key not in only:
                 continue
             if progress:

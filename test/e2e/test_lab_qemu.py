@@ -99,6 +99,36 @@ def test_astara_ctl_ssh_logs_in_as_astara(qemu_lab):
     assert result.stdout.strip() == "astara"
 
 
+def test_new_network_is_hot_plugged_into_the_vm(qemu_lab):
+    """An interface on a new network: the orchestrator hot-plugs a NIC into the running VM
+    (QMP), configures it, and unplugs it when the interface goes; the VM stays."""
+    state, _, _ = qemu_lab
+    api = astara_lab.admin_api(state)
+    before = instance_of(state)
+    api.call("POST", "/v1/networks", {"id": "extra", "tenant_id": "demo", "mtu": 1450})
+    api.call("POST", "/v1/subnets", {"id": "extra-v4", "network_id": "extra",
+                                     "cidr": "10.9.0.0/24", "gateway_ip": "10.9.0.1"})
+    port = api.call("POST", f"/v1/routers/{ROUTER}/interfaces",
+                    {"subnet_id": "extra-v4"})["port"]
+
+    def nics_in_sync(count):
+        resource = api.resource(ROUTER)
+        return astara_lab.in_sync(resource) and \
+            len(resource["instances"][0]["nics"]) == count and resource
+    resource = eventually(lambda: nics_in_sync(4), 300, "hot-plugged and configured",
+                          interval=2)
+    [after] = resource["instances"]
+    assert after["details"]["pid"] == before["details"]["pid"]
+    agent = astara_lab.get_json(state["namespaces"]["ctl"], after["management_address"],
+                                "/v1/system/interfaces", port=5000, timeout=30)
+    assert any("10.9.0.1/24" in i["addresses"] for i in agent["interfaces"])
+    api.call("DELETE", f"/v1/routers/{ROUTER}/interfaces/{port['id']}")
+    eventually(lambda: nics_in_sync(3), 300, "unplugged and configured", interval=2)
+    assert instance_of(state)["details"]["pid"] == before["details"]["pid"]
+    api.call("DELETE", "/v1/subnets/extra-v4")
+    api.call("DELETE", "/v1/networks/extra")
+
+
 def test_rolling_upgrade_onto_another_image(qemu_lab):
     state, _, _ = qemu_lab
     before = instance_of(state)

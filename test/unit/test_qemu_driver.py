@@ -246,6 +246,11 @@ def test_image_inputs_digest_follows_what_the_image_holds(source_tree):
     cache.mkdir()
     (cache / "x.cpython-311.pyc").write_bytes(b"\0")
     assert images.inputs_digest(source_tree, environ={}) == digest, "caches are no input"
+    (source_tree / "diskimage-builder/elements/astara/README.rst").write_text("reworded")
+    assert images.inputs_digest(source_tree, environ={}) == digest, "nor documentation"
+    (source_tree / "diskimage-builder/elements/astara/element-deps").write_text("vm")
+    assert images.inputs_digest(source_tree, environ={}) != digest
+    (source_tree / "diskimage-builder/elements/astara/element-deps").unlink()
     assert images.inputs_digest(source_tree, environ={"DIB_RELEASE": "trixie"}) != digest
     (source_tree / "locks" / "agent.txt").write_text("flask==9")
     changed = images.inputs_digest(source_tree, environ={})
