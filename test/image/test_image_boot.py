@@ -130,9 +130,13 @@ def test_image_boots_and_applies_router_basic(appliance):
 
 
 def test_ssh_with_the_operators_key_through_the_firewall(appliance):
-    result = appliance.ssh("id", "-un")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "astara"
+    def logged_in():  # sshd starts once cloud-init made the instance's host keys
+        result = appliance.ssh("id", "-un")
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+    started = time.monotonic()
+    assert eventually(logged_in, 300, "ssh as astara", interval=2) == "astara"
+    appliance.times["ssh_after_api"] = time.monotonic() - started
 
 
 def test_clock_synchronised_with_the_configured_ntp_server(appliance):
