@@ -8,6 +8,7 @@ import pytest
 
 from orchestrator_lite import state as st
 from orchestrator_lite.api import create_app
+from orchestrator_lite.rollout import in_sync
 from orchestrator_lite.service import Orchestrator
 
 from test_orchestrator_flow import (  # noqa: F401 - cloud and orch are fixtures
@@ -211,3 +212,20 @@ def test_upgrade_api_refuses_bad_requests(slow_orch):
     o.rollout.wait(20)
     status = client.get("/v1/upgrades", headers=auth).get_json()["upgrade"]
     assert status["state"] == "finished" and status["counts"] == {"done": 1}
+
+
+def test_ha_member_booting_longer_than_the_grace_is_not_replaced_again(slow_orch):
+    """A VM boots for minutes, far past dead_grace: a replaced HA member that has not
+    answered yet is booting, not lost, so it is not destroyed and booted again."""
+    o, slow = slow_orch(boot_delay=2.0)  # dead_grace is 0.6 s here
+    simple_router(o.store, ha=True)
+    wait_for(lambda: configured(o, "r1"), timeout=20, what="pair configured")
+    creates = [c[0] for c in slow.calls].count("create")
+    with slow.lock:
+        slow.down.clear()
+        slow.pair_down = False
+    o.command("r1", "rebuild", image="v2", instance="ak-router-r1_1")
+    wait_for(lambda: images_of(slow, "r1") == ["", "v2"] and in_sync(o.resource("r1")),
+             timeout=20, what="member replaced, answering and configured")
+    assert [c[0] for c in slow.calls].count("create") == creates + 1
+    assert not slow.pair_down
