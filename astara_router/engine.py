@@ -155,9 +155,6 @@ class ApplyContext:
     def kernel_names(self):
         return {generic: nic.kernel_name for generic, nic in self.names.items()}
 
-    def close(self):
-        pass  # nothing held open between requests (rtnl opens a socket per request batch)
-
 
 @dataclass
 class Outcome:
@@ -213,12 +210,13 @@ class Engine:
             raise
 
     def _apply(self, body, raw, source, local, confirm_timeout):
+        if raw is None:  # a caller with only the decoded body (tests, tools)
+            raw = msgspec.json.encode(body)
         raw_digest = body_digest(raw)
-        if raw_digest is not None:
-            with self._lock:
-                previous = self.committed
-                if raw_digest == previous.raw_digest and self._intact(previous):
-                    return Outcome(previous, 0)
+        with self._lock:
+            previous = self.committed
+            if raw_digest == previous.raw_digest and self._intact(previous):
+                return Outcome(previous, 0)
         config = self.parse(body)  # before the lock: invalid bodies never wait or touch
         digest = payload_hash(body)
         with self._lock:
@@ -229,7 +227,7 @@ class Engine:
                 self.committed = replace(previous, raw_digest=raw_digest)
                 return Outcome(self.committed, 0)
             awaiting = confirm_timeout is not None
-            committed, changes = self._transaction(config, body, digest, previous, raw=raw,
+            committed, changes = self._transaction(config, digest, previous, raw,
                                                    awaiting=awaiting)
             self.committed = replace(committed, raw_digest=raw_digest)
             self.state, self.last_error = "ready", None
@@ -278,9 +276,8 @@ class Engine:
                         "configuration of generation %d", generation, stored.number)
             try:
                 config = self.parse(stored.payload)
-                raw = msgspec.json.encode(stored.payload)
-                self.committed, _ = self._transaction(config, stored.payload, stored.hash,
-                                                      self.committed, raw=raw)
+                self.committed, _ = self._transaction(config, stored.hash, self.committed,
+                                                      msgspec.json.encode(stored.payload))
                 self._revert_timer = None
                 self.state, self.last_error = "ready", None
             except Exception as exc:  # keep serving; the orchestrator pushes again
@@ -303,8 +300,8 @@ class Engine:
             try:
                 if committed.config is not None:
                     self.committed, _ = self._transaction(
-                        committed.config, committed.payload, committed.hash,
-                        replace(committed, plans={}), leftovers, raw=committed.raw)
+                        committed.config, committed.hash, replace(committed, plans={}),
+                        committed.raw, leftovers)
                 self.store.clear_pending()
                 self.state = "ready" if self.last_error is None else "degraded"
             except Exception as exc:  # keep serving: the orchestrator will push again
@@ -363,8 +360,8 @@ class Engine:
             LOG.warning("reconcile: %s; re-applying generation %d", "; ".join(reasons),
                         committed.generation)
             try:
-                repaired, _ = self._transaction(committed.config, committed.payload,
-                                                committed.hash, committed, raw=committed.raw)
+                repaired, _ = self._transaction(committed.config, committed.hash, committed,
+                                                committed.raw)
             except Exception as exc:
                 self.state = "degraded"
                 self.last_error = f"{'; '.join(reasons)}; repair failed: {exc}"
@@ -385,8 +382,9 @@ class Engine:
                                  else previous.plans.get(subsystem.name))
                 for subsystem in self.subsystems}
 
-    def _transaction(self, config, body, digest, previous, leftovers=(), raw=None,
-                     awaiting=False):
+    def _transaction(self, config, digest, previous, raw, leftovers=(), awaiting=False):
+        """Apply ``config`` (whose payload is the JSON bytes ``raw`` with hash ``digest``)
+        over ``previous``; a new generation when the hash differs."""
         started = time.monotonic()
         earlier = [c for c in (previous.config, *leftovers) if c is not None]
         ctx = ApplyContext.open(self.names, earlier)
@@ -400,8 +398,8 @@ class Engine:
                 subsystem.check(plans[subsystem.name], bases[subsystem.name])
             new_generation = digest != previous.hash
             if new_generation:
-                self._check_space(raw if raw is not None else msgspec.json.encode(body))
-                self.store.write_pending(body, raw)
+                self._check_space(raw)
+                self.store.write_pending(raw)
             for subsystem in self.subsystems:
                 base = bases[subsystem.name]
                 snapshot = subsystem.capture(ctx, plans[subsystem.name], base)
@@ -414,8 +412,7 @@ class Engine:
                 subsystem.verify(ctx, plans[subsystem.name], bases[subsystem.name],
                                  counts[subsystem.name])
             if new_generation:
-                stored = self._persist(previous.generation + 1, body, digest, raw,
-                                       awaiting=awaiting)
+                stored = self._persist(previous.generation + 1, digest, raw, awaiting)
                 number, committed_at = stored.number, stored.committed_at
             else:
                 number, committed_at = previous.generation, previous.committed_at
@@ -435,18 +432,16 @@ class Engine:
             # A clean rollback leaves the kernel as committed: the old plans stay the base.
             self._trusted = succeeded or (restored and self._trusted)
             nics = dict(ctx.names)
-            ctx.close()
             self.metrics.transaction(succeeded, time.monotonic() - started, spent)
-        committed = Committed(number, raw if raw is not None else msgspec.json.encode(body),
-                              config, digest, committed_at, plans, names)
+        committed = Committed(number, raw, config, digest, committed_at, plans, names)
         self._after_commit(plans, bases, nics, len(committed.raw))
         LOG.info("generation %d applied in %.3f s with %d changes", number,
                  time.monotonic() - started, changes)
         return committed, changes
 
-    def _persist(self, number, body, digest, raw, awaiting=False):
+    def _persist(self, number, digest, raw, awaiting):
         try:
-            return self.store.commit(number, body, digest, raw, awaiting=awaiting)
+            return self.store.commit(number, digest=digest, raw=raw, awaiting=awaiting)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise

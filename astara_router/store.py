@@ -117,11 +117,12 @@ class Store:
         return Generation(int(data["generation"]), data["payload"], data["hash"],
                           float(data.get("committed_at", 0)))
 
-    def commit(self, number, payload, digest=None, raw=None, awaiting=False,
+    def commit(self, number, payload=None, digest=None, raw=None, awaiting=False,
                keep_previous=True) -> Generation:
-        """Persist a generation, durably. ``raw``: the JSON bytes the payload was decoded
-        from, written as they are instead of encoding the payload again. ``awaiting``: the
-        generation awaits confirmation (previous.json then keeps the last confirmed one)."""
+        """Persist a generation, durably: its ``payload`` or the JSON bytes ``raw`` it was
+        decoded from (written as they are; the engine passes these and the ``digest``).
+        ``awaiting``: the generation awaits confirmation (previous.json then keeps the last
+        confirmed one)."""
         generation = Generation(number, payload, digest or payload_hash(payload), time.time())
         header = json.dumps({"generation": generation.number, "hash": generation.hash,
                              "committed_at": generation.committed_at}, sort_keys=True)
@@ -167,11 +168,11 @@ class Store:
         except (FileNotFoundError, ValueError):
             return None
 
-    def write_pending(self, payload, raw=None):
-        """Not fsync'd: it only matters after the agent itself died mid-apply, when the
-        page cache still holds it; after a power loss the kernel state is gone anyway."""
-        atomic_write(self.pending_path, raw if raw is not None else msgspec.json.encode(payload),
-                     durable=False)
+    def write_pending(self, raw):
+        """The JSON bytes of the payload being applied. Not fsync'd: it only matters after
+        the agent itself died mid-apply, when the page cache still holds it; after a power
+        loss the kernel state is gone anyway."""
+        atomic_write(self.pending_path, raw, durable=False)
 
     def clear_pending(self):
         try:

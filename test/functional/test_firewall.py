@@ -378,31 +378,28 @@ def test_rejected_ruleset_leaves_the_previous_one_and_restore_puts_it_back(lab, 
         snapshot = _in_appliance(app, subsystem.capture, ctx, plan, base)
         return plan, snapshot, _in_appliance(app, subsystem.apply, ctx, plan, base, snapshot)
 
-    try:
-        good = FirewallSubsystem(settings)
-        plan, snapshot_empty, changes = apply(good, config, None)
-        assert snapshot_empty.listing is None and changes == 1
-        committed = handles(app)
+    good = FirewallSubsystem(settings)
+    plan, snapshot_empty, changes = apply(good, config, None)
+    assert snapshot_empty.listing is None and changes == 1
+    committed = handles(app)
 
-        with pytest.raises(ApplyError) as error:
-            apply(BrokenRenderFirewall(settings), config, plan)
-        assert "nftables refused" in str(error.value) and "no_such_set" in str(error.value)
-        assert handles(app) == committed  # not one handle moved
+    with pytest.raises(ApplyError) as error:
+        apply(BrokenRenderFirewall(settings), config, plan)
+    assert "nftables refused" in str(error.value) and "no_such_set" in str(error.value)
+    assert handles(app) == committed  # not one handle moved
 
-        # a good change, then the engine's rollback path
-        changed = parse_payload(dict(payload, floating_ips=payload["floating_ips"] + [
-            {"floating_ip": "172.24.4.229", "fixed_ip": "10.1.0.12"}]), SERVICES)
-        _, snapshot, changes = apply(good, changed, plan)
-        assert changes == 1 and "172.24.4.229" in _in_appliance(app, live_listing)
-        _in_appliance(app, good.restore, ctx, snapshot, changes)
-        assert "172.24.4.229" not in _in_appliance(app, live_listing)
-        assert apply(good, config, plan)[2] == 0  # the committed ruleset is in place
+    # a good change, then the engine's rollback path
+    changed = parse_payload(dict(payload, floating_ips=payload["floating_ips"] + [
+        {"floating_ip": "172.24.4.229", "fixed_ip": "10.1.0.12"}]), SERVICES)
+    _, snapshot, changes = apply(good, changed, plan)
+    assert changes == 1 and "172.24.4.229" in _in_appliance(app, live_listing)
+    _in_appliance(app, good.restore, ctx, snapshot, changes)
+    assert "172.24.4.229" not in _in_appliance(app, live_listing)
+    assert apply(good, config, plan)[2] == 0  # the committed ruleset is in place
 
-        # restoring the "none" snapshot removes the table
-        _in_appliance(app, good.restore, ctx, snapshot_empty, 1)
-        assert _in_appliance(app, live_listing) is None
-    finally:
-        ctx.close()
+    # restoring the "none" snapshot removes the table
+    _in_appliance(app, good.restore, ctx, snapshot_empty, 1)
+    assert _in_appliance(app, live_listing) is None
 
 
 def test_live_table_edited_by_hand_is_replaced(lab):

@@ -243,4 +243,3 @@ def test_restore_brings_back_the_previous_daemon_state(lab):
             assert converge("none")[1] == 0
         finally:
             subsystem.daemon.stop()
-            ctx.close()

@@ -51,7 +51,7 @@ def test_store_commit_and_pending(tmp_path):
     assert loaded.number == 1 and loaded.payload == {"b": 1, "a": [1, 2]}
     assert loaded.hash == generation.hash == payload_hash({"a": [1, 2], "b": 1})
     assert oct(os.stat(store.config_path).st_mode & 0o777) == "0o600"
-    store.write_pending({"x": 1})
+    store.write_pending(b'{"x": 1}')
     assert store.load_pending() == {"x": 1}
     store.clear_pending()
     assert store.load_pending() is None
