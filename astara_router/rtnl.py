@@ -17,10 +17,14 @@ NETLINK_ROUTE = 0
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-RTM_GETLINK, RTM_GETADDR = 18, 22
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO = 1, 3, 4, 18
 IFLA_INFO_KIND = 1
-IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST, IFA_FLAGS = 1, 2, 4, 8
+IFA_F_NODAD, IFA_F_PERMANENT = 0x02, 0x80
 IFF_UP = 0x1
 NLA_TYPE_MASK = 0x3FFF
 
@@ -95,26 +99,40 @@ def links():
     return found
 
 
+def address_record(payload):
+    """(link index, IPv4/6Interface, IFA flags) of one RTM_NEWADDR/RTM_DELADDR message (a
+    dump's or a notification's), or None without an address."""
+    _family, prefixlen, flags, _scope, index = IFADDRMSG.unpack_from(payload)
+    attrs = attributes(payload, IFADDRMSG.size)
+    raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)  # the local end of a peer
+    if not raw:
+        return None
+    if IFA_FLAGS in attrs:
+        flags = struct.unpack("=I", attrs[IFA_FLAGS][:4])[0]
+    return index, ipaddress.ip_interface((ipaddress.ip_address(raw), prefixlen)), flags
+
+
+def address_records(family=socket.AF_UNSPEC):
+    """``address_record`` of every address of ``family``, in one dump: the one reader
+    behind the views below."""
+    records = (address_record(payload) for payload in
+               dump(RTM_GETADDR, IFADDRMSG.pack(family, 0, 0, 0, 0))
+               if family == socket.AF_UNSPEC or payload[0] == family)
+    return [record for record in records if record is not None]
+
+
 def addresses():
     """{link index: ["address/prefix", ...]} in the kernel's order."""
     found = {}
-    for payload in dump(RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
-        _family, prefixlen, _flags, _scope, index = IFADDRMSG.unpack_from(payload)
-        attrs = attributes(payload, IFADDRMSG.size)
-        raw = attrs.get(IFA_ADDRESS) or attrs.get(IFA_LOCAL)
-        if raw:
-            found.setdefault(index, []).append(f"{ipaddress.ip_address(raw)}/{prefixlen}")
+    for index, address, _flags in address_records():
+        found.setdefault(index, []).append(str(address))
     return found
 
 
 # -- address changes -----------------------------------------------------------------------
 
-RTM_NEWADDR, RTM_DELADDR = 20, 21
 NLM_F_ACK = 0x4
 NLM_F_REPLACE, NLM_F_CREATE = 0x100, 0x400
-IFA_BROADCAST, IFA_FLAGS = 4, 8
-IFA_F_NODAD = 0x02
-IFA_F_PERMANENT = 0x80
 BATCH = 256  # requests per datagram
 
 
@@ -147,7 +165,6 @@ def change_addresses(changes):
                      for change in changes])
 
 
-RTM_NEWLINK, RTM_NEWROUTE, RTM_DELROUTE = 16, 24, 25
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
 RT_TABLE_UNSPEC, RTN_UNICAST, RT_SCOPE_UNIVERSE = 0, 1, 0
 RTMSG = struct.Struct("=BBBBBBBBI")
@@ -210,19 +227,8 @@ def transact(builders):
 
 
 def address_flags(family=socket.AF_INET6):
-    """{(link index, address): IFA flags} of every address of ``family``, in one dump."""
-    found = {}
-    for payload in dump(RTM_GETADDR, IFADDRMSG.pack(family, 0, 0, 0, 0)):
-        msg_family, _prefixlen, flags, _scope, index = IFADDRMSG.unpack_from(payload)
-        if msg_family != family:
-            continue
-        attrs = attributes(payload, IFADDRMSG.size)
-        raw = attrs.get(IFA_ADDRESS) or attrs.get(IFA_LOCAL)
-        if raw:
-            if IFA_FLAGS in attrs:
-                flags = struct.unpack("=I", attrs[IFA_FLAGS][:4])[0]
-            found[(index, ipaddress.ip_address(raw))] = flags
-    return found
+    """{(link index, address): IFA flags} of every address of ``family``."""
+    return {(index, address.ip): flags for index, address, flags in address_records(family)}
 
 
 def permanent_addresses(link_local=frozenset()):
@@ -230,15 +236,7 @@ def permanent_addresses(link_local=frozenset()):
     that skips DAD}) of the permanent addresses. Dynamic ones (SLAAC, DHCP) and link-local
     ones belong to the kernel, except the link-local ones in ``link_local``."""
     found, nodad = {}, set()
-    for payload in dump(RTM_GETADDR, IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
-        _family, prefixlen, flags, _scope, index = IFADDRMSG.unpack_from(payload)
-        attrs = attributes(payload, IFADDRMSG.size)
-        raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
-        if not raw:
-            continue
-        if IFA_FLAGS in attrs:
-            flags = struct.unpack("=I", attrs[IFA_FLAGS][:4])[0]
-        address = ipaddress.ip_interface((ipaddress.ip_address(raw), prefixlen))
+    for index, address, flags in address_records():
         if not flags & IFA_F_PERMANENT or (address.ip.is_link_local
                                            and address not in link_local):
             continue
@@ -248,9 +246,6 @@ def permanent_addresses(link_local=frozenset()):
     return {index: frozenset(addresses) for index, addresses in found.items()}, nodad
 
 
-RTM_GETROUTE = 26
-NETLINK_GET_STRICT_CHK = 12
-SOL_NETLINK = 270
 
 
 def routes(table, protocol):

@@ -22,20 +22,19 @@ happen *during* an apply are not seen here (the subscriptions are renewed after 
 periodic reconcile compares the whole state. Only the writer uses a watch (no locking).
 """
 import errno
-import ipaddress
 import logging
 import socket
 import struct
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from .rtnl import IFADDRMSG, IFINFOMSG, attributes, messages
+from .rtnl import (IFA_F_PERMANENT, IFF_UP, IFINFOMSG, IFLA_MTU, NETLINK_ROUTE, RTM_DELADDR,
+                   RTM_DELLINK, RTM_DELROUTE, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE,
+                   SOL_NETLINK, address_record, attributes, messages)
 
 LOG = logging.getLogger(__name__)
 
-NETLINK_ROUTE = 0
 NETLINK_NETFILTER = 12
-SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 SO_RCVBUFFORCE = 33
 RECEIVE_BUFFER = 4 << 20
@@ -49,13 +48,6 @@ ROUTE_GROUPS = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_I
                 | RTMGRP_IPV6_ROUTE)
 NFNLGRP_NFTABLES = 7
 
-RTM_NEWLINK, RTM_DELLINK = 16, 17
-RTM_NEWADDR, RTM_DELADDR = 20, 21
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
-IFA_F_PERMANENT = 0x80
-IFLA_MTU = 4
-IFF_UP = 0x1
 NFNL_SUBSYS_NFTABLES = 10
 NFPROTO_INET = 1
 LOOPBACK_INDEX = 1
@@ -178,14 +170,10 @@ class KernelWatch:
         return False
 
     def _address_drift(self, kind, payload):
-        family, prefixlen, flags, _scope, index = IFADDRMSG.unpack_from(payload)
-        attrs = attributes(payload, IFADDRMSG.size)
-        raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
-        if raw is None or index not in self.expected.links:
+        record = address_record(payload)
+        if record is None or record[0] not in self.expected.links:
             return False
-        if IFA_FLAGS in attrs:
-            flags = struct.unpack("=I", attrs[IFA_FLAGS][:4])[0]
-        address = ipaddress.ip_interface((ipaddress.ip_address(raw), prefixlen))
+        index, address, flags = record
         if address.ip.is_link_local or not flags & IFA_F_PERMANENT:
             return False  # the kernel's (link-local, SLAAC) or a DHCP client's
         if kind == RTM_NEWADDR and (index, address) in self.expected.addresses:

@@ -9,7 +9,6 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
-
 from .. import rtnl
 from ..errors import ApplyError
 from ..render.interfaces import kernel_name
@@ -19,7 +18,6 @@ from ..watch import RTPROT_ASTARA, Expected  # RTPROT: marks the routes this age
 LOG = logging.getLogger(__name__)
 
 MAIN_TABLE = 254
-IFA_F_NODAD = 0x02
 
 
 @dataclass(frozen=True)
@@ -46,14 +44,6 @@ class NetState:
 # Full reads (the live path: boot, drift) are rtnetlink dumps read straight from the bytes
 # (rtnl.py): no process, and the kernel filters the route dump by table and protocol.
 
-def live_addresses(link_local=frozenset()):
-    """``{link index: addresses}`` of the permanent addresses an apply owns, and the indexes
-    of the links whose IPv6 addresses skip DAD. Dynamic (SLAAC/DHCP) and link-local
-    addresses belong to the kernel and are never touched, except the link-local ones in
-    ``link_local``: a configuration put those there."""
-    return rtnl.permanent_addresses(link_local)
-
-
 def live_routes():
     """Our routes (protocol RTPROT_ASTARA) in the main table: (destination, gateway, dev)."""
     names = {index: name for index, name, *_ in rtnl.links()}
@@ -62,9 +52,11 @@ def live_routes():
 
 
 def capture(nics, link_local=frozenset(), ignored=frozenset()):
-    """The live state of every NIC (and of the ``link_local`` addresses a configuration
-    asked for; ``ignored`` addresses — keepalived's — left out) and of our routes."""
-    addresses, nodad = live_addresses(link_local)
+    """The live state of every NIC and of our routes. Addresses: the permanent ones an
+    apply owns; dynamic ones (SLAAC/DHCP) and link-local ones belong to the kernel and are
+    never touched, except the ``link_local`` addresses a configuration asked for;
+    ``ignored`` addresses (keepalived's) are left out."""
+    addresses, nodad = rtnl.permanent_addresses(link_local)
     links = tuple((nic.kernel_name, LinkState(nic.mtu, nic.up, _own(
         addresses.get(nic.index, frozenset()), nic.kernel_name, ignored), nic.index in nodad))
         for nic in nics)
