@@ -6,17 +6,14 @@ the MTU, adds the address (IPv6 without DAD so the API can bind at once), record
 ``astara-router-api``'s default bind, and points sshd at it. Idempotent.
 """
 import argparse
-import errno
+import functools
 import ipaddress
 import json
 import re
 import sys
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
+from .. import rtnl
 from .. import settings as settings_mod
-from ..apply.netlink import IFA_F_NODAD
 from ..naming import list_nics
 from ..store import atomic_write
 
@@ -25,21 +22,20 @@ SSHD_KEYS = re.compile(r"^\s*#?\s*(ListenAddress|AddressFamily|UseDNS)\s", re.I)
 
 def configure(mac, address, mtu, state_dir, sshd_config=None):
     mac = mac.lower()
-    with IPRoute() as ipr:
-        nic = next((n for n in list_nics() if n.mac == mac), None)
-        if nic is None:
-            raise SystemExit(f"astara-configure-management: no NIC with MAC {mac}")
-        if not nic.up or nic.mtu != mtu:
-            ipr.link("set", index=nic.index, state="up", mtu=mtu)
-        kwargs = {"flags": IFA_F_NODAD} if address.version == 6 else {
-            "broadcast": str(address.network.broadcast_address)}
-        try:
-            ipr.addr("add", index=nic.index, address=str(address.ip),
-                     prefixlen=address.network.prefixlen, **kwargs)
-            print(f"{address} added to {nic.kernel_name}", file=sys.stderr)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise
+    nic = next((n for n in list_nics() if n.mac == mac), None)
+    if nic is None:
+        raise SystemExit(f"astara-configure-management: no NIC with MAC {mac}")
+    if not nic.up or nic.mtu != mtu:
+        _, error = rtnl.transact([functools.partial(rtnl.link_request, index=nic.index,
+                                                    mtu=mtu, up=True)])
+        if error is not None:
+            raise SystemExit(f"astara-configure-management: {nic.kernel_name}: {error}")
+    # "address replace": idempotent on every boot; IPv6 without DAD, so it answers at once
+    _, error = rtnl.change_addresses([(True, nic.index, address, address.version == 6)])
+    if error is not None:
+        raise SystemExit(f"astara-configure-management: {address} on {nic.kernel_name}: "
+                         f"{error}")
+    print(f"{address} on {nic.kernel_name}", file=sys.stderr)
     atomic_write(f"{state_dir}/management.json",
                  json.dumps({"address": str(address.ip), "prefixlen": address.network.prefixlen,
                              "mac": mac, "kernel_name": nic.kernel_name}), mode=0o644)
