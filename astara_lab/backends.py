@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.parse
 
-from astara_netns import in_netns
+from astara_netns import in_netns, wait_for_tcp
 
 from .webserver import QuietHandler, make_server
 
@@ -169,13 +169,4 @@ class NginxBackend:
         subprocess.run(["ip", "netns", "exec", ns.name, *map(str, argv), "-t", "-q"],
                        check=True, capture_output=True)
         self.proc = lab.spawn(ns, argv, log_path=self.directory / "stdout.log")
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with in_netns(ns.name):
-                    socket.create_connection((str(address), port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_for_tcp(ns.name, str(address), port)

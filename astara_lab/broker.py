@@ -7,19 +7,19 @@ dirs under ``workdir``, the AMQP port and the distribution port on 127.0.0.1, an
 the broker and then epmd by PID (the broker's own PID comes from its pid file). ``restart``
 keeps the data dir, node name and ports: clients see the same broker come back.
 """
+import contextlib
 import datetime
 import json
 import os
 import pathlib
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import time
 import uuid
 
-from astara_netns import pid_alive
+from astara_netns import terminate
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # the script, not the su wrapper
 EPMD = "/usr/bin/epmd"
@@ -52,21 +52,11 @@ def _wait_port(port, timeout, alive):
     return False
 
 
-def _stop_pid(pid, grace):
-    if not pid or not pid_alive(pid):
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if pid_alive(pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+def _stop_child(proc, grace):
+    """Stop a child process by PID (SIGTERM, SIGKILL after ``grace``) and reap it."""
+    terminate(proc.pid, grace, alive=lambda: proc.poll() is None)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
 
 
 class Broker:
@@ -155,13 +145,10 @@ class Broker:
         """Stop the broker only (epmd stays): the shell wrapper by PID, then the VM."""
         beam = self._beam_pid()
         if self._server is not None:
-            _stop_pid(self._server.pid, 30)
-            try:
-                self._server.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
+            _stop_child(self._server, 30)
             self._server = None
-        _stop_pid(beam, 10)
+        if beam:
+            terminate(beam, 10)
         try:
             (self.workdir / "rabbit.pid").unlink()
         except OSError:
@@ -174,11 +161,7 @@ class Broker:
     def stop(self):
         self.stop_broker()
         if self._epmd is not None:
-            _stop_pid(self._epmd.pid, 5)
-            try:
-                self._epmd.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
+            _stop_child(self._epmd, 5)
             self._epmd = None
 
     def remove(self):

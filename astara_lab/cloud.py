@@ -25,8 +25,9 @@ bridge in the fabric namespace)::
 
 ``desired_state(cloud)`` turns it into the ordered admin-API calls, one function per
 resource kind (``network_calls``, ``vm_port_calls``, ``router_calls``, ``floatingip_calls``,
-``vpn_calls``, ``loadbalancer_calls``): HA pairs join as one more kind in ``Cloud`` and one more
-function in ``CALL_BUILDERS``. The ``build_*`` functions make the namespaces (the appliances
+``vpn_calls``, ``loadbalancer_calls``; an HA router is a router with ``ha=True``): a new kind
+is one more field of ``Cloud`` and one more function in ``CALL_BUILDERS``. The ``build_*``
+functions make the namespaces (the appliances
 themselves are the orchestrator's job, through its netns driver).
 """
 import dataclasses
@@ -36,6 +37,7 @@ import uuid
 from typing import Optional
 
 from orchestrator_lite.ipam import eui64
+from orchestrator_lite.store.kinds import LB_VIP_OWNER
 
 from .appliance import REPO_ROOT, controller_node
 from .orchestrator import ADMIN_PORT, ini_text
@@ -156,11 +158,6 @@ class Cloud:
         return next(a for s, a in self.router(router_id).gateway.fixed_ips
                     if self.subnet(s).version == version)
 
-    def router_of(self, vm):
-        """The router with an interface on ``vm``'s network."""
-        return next(r for r in self.routers
-                    if any(p.network_id == vm.network_id for p in r.interfaces))
-
     def network(self, network_id):
         return next(n for n in self.networks if n.id == network_id)
 
@@ -198,9 +195,6 @@ class Cloud:
 
     def floating_ip_of(self, vm):
         return next((f.address for f in self.floating_ips if f.vm == vm.role), None)
-
-    def router(self, router_id):
-        return next(r for r in self.routers if r.id == router_id)
 
     def vms_behind(self, router):
         networks = {port.network_id for port in router.interfaces}
@@ -360,7 +354,7 @@ def loadbalancer_calls(cloud):
         vip_port, pool = f"{lb.id}-vip", f"{lb.id}-pool"
         calls.append(Call("POST", "/v1/ports", {
             "id": vip_port, "name": vip_port, "network_id": network.id,
-            "tenant_id": lb.tenant_id, "device_owner": "neutron:LOADBALANCERV2",
+            "tenant_id": lb.tenant_id, "device_owner": LB_VIP_OWNER,
             "fixed_ips": [{"subnet_id": lb.subnet_id, "ip_address": lb.vip}]},
             f"VIP port of {lb.id} ({lb.vip})"))
         calls.append(Call("POST", "/v1/loadbalancers", {

@@ -452,10 +452,10 @@ def check_vpn(view):
     cloud = view.cloud
     vpn = cloud.vpn_connections[0]
 
-    def behind(subnet_id, **kwargs):
-        network = next(n for n in cloud.networks if any(s.id == subnet_id for s in n.subnets))
+    def behind(subnet_id, no_fip=False):
+        network = cloud.network_of_subnet(subnet_id)
         return next(v for v in cloud.vms if v.network_id == network.id
-                    and not (kwargs.get("no_fip") and cloud.floating_ip_of(v)))
+                    and not (no_fip and cloud.floating_ip_of(v)))
 
     local, remote = behind(vpn.local_subnet, no_fip=True), behind(vpn.peer_subnet)
     answer = get_json(view.ns_of(local).name, remote.ipv4)
@@ -514,7 +514,7 @@ def check_ha_failover(view):
     router = next(r for r in view.cloud.routers if r.ha)
     vm = view.cloud.vms_behind(router)[0]
     fip = view.cloud.floating_ip_of(vm)
-    address = next(a for _, a in router.gateway.fixed_ips if ":" not in a)
+    address = view.cloud.router_address(router.id, 4)
     resource = view.api.resource(router.id)
     instances = resource["instances"]
     if not in_sync(resource) or len(instances) != 2:

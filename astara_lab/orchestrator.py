@@ -18,14 +18,13 @@ import contextlib
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import time
 import urllib.parse
 
 from .appliance import REPO_ROOT
-from astara_netns import NetnsHTTPClient, pid_alive
+from astara_netns import NetnsHTTPClient, pid_alive, terminate
 
 ADMIN_PORT = 44250
 _children = {}  # pid -> Popen of orchestrators this process started (reaped when stopped)
@@ -224,17 +223,8 @@ class OrchestratorProcess:
                 child.poll()  # reap it if it died on its own
             return False
 
-        def alive():
-            return child.poll() is None if child is not None else pid_alive(pid)
-
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        terminate(pid, timeout,
+                  alive=(lambda: child.poll() is None) if child is not None else None)
         if child is not None:
             child.wait(5)
         return True

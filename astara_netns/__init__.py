@@ -94,6 +94,22 @@ def pid_alive(pid):
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
+def terminate(pid, grace=TERM_GRACE, alive=None):
+    """SIGTERM ``pid``, SIGKILL it if it still runs after ``grace`` seconds. ``alive``: how
+    to tell it still runs (default ``pid_alive``; a child's ``poll() is None`` reaps it)."""
+    alive = alive or (lambda: pid_alive(pid))
+    if not pid or not alive():
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def kill_netns_processes(names, grace=TERM_GRACE):
     """SIGTERM, then SIGKILL after `grace` s, every process inside the named
     namespaces. Returns the PIDs that were signalled."""

@@ -5,8 +5,8 @@ config hash for drift detection).
 * ``get_interfaces()``: ``GET /v1/system/interfaces`` -> ``{mac: geN}``.
 * ``committed()``: ``GET /v1/system/config`` -> ``(generation, hash)``; with
   ``if_none_match`` a 304 answer means "already at that hash" and costs no body.
-* ``put_config(payload, confirm_timeout=None)``: ``PUT /v1/system/config`` with
-  ``Content-type: application/json`` (exactly the original's header); with a timeout,
+* ``put_config(payload)``: ``PUT /v1/system/config`` with ``Content-type:
+  application/json`` (exactly the original's header); with the client's confirm timeout,
   ``?confirm_timeout=N`` (commit-confirm: the agent reverts unless confirmed).
 * ``confirm()``: ``POST /v1/system/config/confirm`` over the same path; False when the
   appliance does not know commit-confirm (404/405: an original appliance).
@@ -106,8 +106,15 @@ class ApplianceClient:
 
     def status(self):
         """The appliance's own health: ``state`` (booting/ready/degraded), ``reasons``,
-        ``last_error``, ``repairs``."""
-        body = self._json(self._call("GET", "/v1/status/", self.alive_timeout))
+        ``last_error``, ``repairs``; ``{}`` when it has none to tell. One attempt, like
+        ``is_alive``: it is read on every health poll, right after the liveness check (no
+        retries and back-off there, and an original appliance's 404 is simply no answer)."""
+        try:
+            response = self._send("GET", "/v1/status/", timeout=self.alive_timeout)
+            body = response.json() if response.status_code == 200 else {}
+        except (requests.RequestException, ValueError) as exc:
+            LOG.debug("%s: no status: %s", self.url, exc)
+            return {}
         return body if isinstance(body, dict) else {}
 
     def get_interfaces(self):

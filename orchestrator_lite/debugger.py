@@ -107,7 +107,7 @@ class Session:
             flags.set("resource", ref.id, DEBUG_REASON)
         events = queue.Queue()
         try:
-            automaton = o.scheduler.divert(ref, events.put)
+            automaton = o.scheduler.divert(ref, lambda action, force: events.put((action, force)))
         except TimeoutError:
             if not was_paused:
                 flags.clear("resource", ref.id)
@@ -178,21 +178,23 @@ class Session:
             if now >= deadline:
                 self.emit("timeout", seconds=self.timeout)
                 return
-            if pending:
+            if pending:  # the operator's own: an update is pushed, as resource update does
                 action, source = pending.pop(0), "debugger"
+                force = action == UPDATE
             else:
                 if wake_at is None and not self.follow:
                     return  # the machine is quiet: done
                 limit = min(deadline, wake_at) if wake_at else min(deadline, now + 0.5)
                 try:
-                    action, source = events.get(timeout=max(0.0, limit - now)), "orchestrator"
+                    (action, force), source = (events.get(timeout=max(0.0, limit - now)),
+                                               "orchestrator")
                 except queue.Empty:
                     if wake_at is None or time.monotonic() < wake_at:
                         continue
-                    action, source = POLL, "wait over"
+                    action, force, source = POLL, False, "wait over"
             self.emit("event", action=action, source=source)
-            if action == UPDATE:
-                automaton.force_push = True  # as astara-ctl resource update does
+            if force:  # forced as the workers would force it, no more
+                automaton.force_push = True
             automaton.send(action)
             delay = None
             while automaton.has_work() and not automaton.deleted:

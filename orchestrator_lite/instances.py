@@ -184,11 +184,7 @@ class InstanceManager:
     def _appliance_problem(self, runtime):
         """Why the appliance says it is degraded (a daemon down, a failed repair), or None.
         An agent without a supervisor (the original) never says so."""
-        try:
-            status = runtime.client.status()
-        except ApplianceError as exc:
-            LOG.info("%s: cannot read %s's status: %s", self.ref, runtime.instance.name, exc)
-            return None
+        status = runtime.client.status()
         if status.get("state") != "degraded":
             return None
         return str(status.get("last_error") or "; ".join(map(str, status.get("reasons") or ()))

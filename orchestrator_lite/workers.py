@@ -92,7 +92,7 @@ class Scheduler:
         """Queue ``action`` for ``ref``; False when the resource is paused."""
         sink = self._diverted.get(ref.key)
         if sink is not None:  # astara-ctl debug-resource has it: the event goes there
-            sink(action)
+            sink(action, force)
             return True
         paused = self._debug_flags.paused_reason(ref)
         if paused and action != MANAGE:

@@ -17,7 +17,7 @@
   astara-ctl placement clear tenant|resource ID
 
 Desired state (KIND = network subnet port router floatingip loadbalancer listener pool
-member; VALUE is JSON when it parses, else a string)::
+member ipsec_site_connection; VALUE is JSON when it parses, else a string)::
 
   astara-ctl KIND list [--json] | show ID | delete ID
   astara-ctl KIND create [key=VALUE ...] [--data JSON-OBJECT]
@@ -31,6 +31,7 @@ The API URL and token come from the ini file (``--config``, else $ASTARA_CTL_CON
 /etc/astara/orchestrator.ini): ``[api] url``, or ``listen`` + ``port``; ``[api] token``.
 """
 import argparse
+import contextlib
 import json
 import os
 import select
@@ -74,46 +75,44 @@ class Client:
         self.token = token
         self.timeout = timeout
 
-    def stream(self, method, path, body=None):
-        """JSON lines of a streaming answer, as they arrive."""
+    @contextlib.contextmanager
+    def _request(self, method, path, body=None, stream=False):
+        """One request to the admin API (no proxies, the bearer token); an answer of 400
+        or more becomes a CtlError with the API's message."""
         try:
             with requests.Session() as session:
                 session.trust_env = False
-                with session.request(method, self.url + path, json=body, stream=True,
-                                     timeout=(self.timeout, None),
+                with session.request(method, self.url + path, json=body, stream=stream,
+                                     timeout=(self.timeout, None) if stream else self.timeout,
                                      headers={"Authorization": f"Bearer {self.token}"}) \
                         as response:
                     if response.status_code >= 400:
                         try:
-                            message = response.json().get("message")
+                            data = response.json()
                         except ValueError:
-                            message = response.text
+                            data = {"message": response.text}
+                        message = data.get("message") or data if isinstance(data, dict) \
+                            else data
                         raise CtlError(f"{method} {path}: {response.status_code} {message}")
-                    for line in response.iter_lines():
-                        if line:
-                            yield json.loads(line)
+                    yield response
         except requests.RequestException as exc:
             raise CtlError(f"cannot reach the orchestrator at {self.url}: {exc}") from None
 
+    def stream(self, method, path, body=None):
+        """JSON lines of a streaming answer, as they arrive."""
+        with self._request(method, path, body, stream=True) as response:
+            for line in response.iter_lines():
+                if line:
+                    yield json.loads(line)
+
     def call(self, method, path, body=None):
-        try:
-            with requests.Session() as session:
-                session.trust_env = False
-                response = session.request(
-                    method, self.url + path, json=body, timeout=self.timeout,
-                    headers={"Authorization": f"Bearer {self.token}"})
-        except requests.RequestException as exc:
-            raise CtlError(f"cannot reach the orchestrator at {self.url}: {exc}") from None
-        if response.status_code == 204:
-            return None
-        try:
-            data = response.json()
-        except ValueError:
-            data = {"message": response.text}
-        if response.status_code >= 400:
-            raise CtlError(f"{method} {path}: {response.status_code} "
-                           f"{data.get('message') or data}")
-        return data
+        with self._request(method, path, body) as response:
+            if response.status_code == 204:
+                return None
+            try:
+                return response.json()
+            except ValueError:
+                return {"message": response.text}
 
 
 def api_settings(path):

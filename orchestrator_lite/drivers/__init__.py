@@ -19,10 +19,9 @@ def make_driver(settings, name=None):
     raise ValueError(f"[compute] driver: unknown driver {name!r} ({', '.join(DRIVERS)})")
 
 
-def make_drivers(settings, default=None):
-    """A DriverSet: the default driver (``default`` if given, else from the settings) and
-    every other enabled one."""
-    default = default or make_driver(settings)
+def make_drivers(settings):
+    """A DriverSet: the default driver (from the settings) and every other enabled one."""
+    default = make_driver(settings)
     drivers = {default.name: default}
     for name in settings.compute_drivers:
         if name not in drivers:

@@ -175,8 +175,7 @@ class OpenStackDriver(ComputeDriver):
                  "admin_state_up": True}
         if nic.role == "mgt":
             attrs.update(port_security_enabled=False, security_groups=[])
-            network = self.conn.network.get_network(nic.network_id)
-            prefix = next((s.cidr for s in self.conn.network.subnets(network_id=network.id)
+            prefix = next((s.cidr for s in self.conn.network.subnets(network_id=nic.network_id)
                            if s.ipv6_address_mode == "slaac"), None)
             if prefix is None or str(ipam.eui64(prefix, nic.mac)) != management_address:
                 attrs["fixed_ips"] = [{"ip_address": management_address}]

@@ -81,7 +81,6 @@ class NotificationListener(ConsumerMixin):
         self.quiet = quiet
         self.max_delay = max_delay
         self._pending = []  # (event type, payload) waiting for the stream to go quiet
-        self.batches = 0
         self._first_pending = None
         self._last_message = 0.0
         self._pending_lock = threading.Lock()
@@ -93,7 +92,6 @@ class NotificationListener(ConsumerMixin):
                                  durable=False, auto_delete=False,
                                  queue_arguments={"x-expires": int(expires * 1000)})
         self.received = 0
-        self.applied = 0
         self.connected = threading.Event()
         self.connections = 0  # successful (re)connections
         self._thread = None
@@ -158,8 +156,6 @@ class NotificationListener(ConsumerMixin):
                         events[event.ref.key] = event  # create/delete win over update
             except Exception:  # noqa: BLE001 - one bad message must not stop the rest
                 LOG.exception("cannot apply %s", event_type)
-        self.applied += len(batch)
-        self.batches += 1
         if events:
             LOG.debug("%d notifications -> %s", len(batch), sorted(map(str, events)))
             self.store.publish(list(events.values()))

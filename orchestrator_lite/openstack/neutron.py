@@ -116,7 +116,6 @@ class NeutronStore:
         self._subscribers = []
         self._stop = threading.Event()
         self._thread = None
-        self.resyncs = 0
         local.subscribe(self._publish_events)
 
     # -- reading ---------------------------------------------------------------------------
@@ -218,7 +217,6 @@ class NeutronStore:
     def _resync_once(self):
         try:
             self.load()
-            self.resyncs += 1
             return self.resync_period
         except Exception as exc:  # noqa: BLE001 - Neutron away: try again soon
             LOG.warning("reading the desired state from Neutron failed: %s", exc)

@@ -32,7 +32,6 @@ class StatusWriter:
         self._last = {}  # router id -> status written
         self._extension = True
         self._queue = queue.Queue(10000)
-        self.written = 0
         self._thread = threading.Thread(target=self._loop, name="neutron-status", daemon=True)
         self._thread.start()
 
@@ -57,7 +56,6 @@ class StatusWriter:
             router_id, status = item
             try:
                 self._write(router_id, status)
-                self.written += 1
             except Exception as exc:  # noqa: BLE001 - status out is best effort
                 LOG.warning("router %s: status %s not written to Neutron: %s", router_id,
                             status, exc)

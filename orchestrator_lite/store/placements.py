@@ -25,11 +25,11 @@ class Placement:
 
 
 class Placements:
-    def __init__(self, database, drivers=None):
+    def __init__(self, database):
         self._database = database
         self._lock = threading.Lock()
         self._entries = database.load_placements()
-        self.drivers = drivers  # names a placement may use (None: not checked)
+        self.drivers = None  # names a placement may use (None: not checked); the service sets it
 
     def set(self, scope, key, driver="", image=""):
         if scope not in PLACEMENT_SCOPES:

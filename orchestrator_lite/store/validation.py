@@ -537,40 +537,32 @@ NORMALIZERS = {"network": _network, "subnet": _subnet, "port": _port, "router": 
 def delete_changes(snap, kind, obj):
     """The changes a delete implies (cascades), or Conflict if something depends on it."""
     changes = [(kind, obj, None)]
-
-    def refuse(what):
-        raise Conflict(f"{kind} {obj['id']} is in use by {what}")
-
+    users = []  # what still depends on it: refused, naming the first five
     if kind == "network":
         if obj["id"] == snap.management_network_id:
-            refuse("the orchestrator (it is the management network)")
-        users = [f"subnet {s['id']}" for s in snap.subnets_of(obj["id"])] + \
+            users = ["the orchestrator (it is the management network)"]
+        users += [f"subnet {s['id']}" for s in snap.subnets_of(obj["id"])] + \
             [f"port {p['id']}" for p in snap.ports_on(obj["id"])] + \
             [f"appliance port {a['id']}" for a in snap.all("appliance_port")
              if a["network_id"] == obj["id"]]
-        if users:
-            refuse(", ".join(users[:5]))
     elif kind == "subnet":
         users = [f"port {p['id']}" for p in snap.ports_on(obj["network_id"])
                  if any(i["subnet_id"] == obj["id"] for i in p["fixed_ips"])] + \
             [f"IPsec site connection {c['id']}" for c in snap.all("ipsec_site_connection")
              if obj["id"] in c["local_subnet_ids"]]
-        if users:
-            refuse(", ".join(users[:5]))
     elif kind == "port":
         users = [f"load balancer {lb['id']}" for lb in snap.all(LOADBALANCER)
                  if lb["vip_port_id"] == obj["id"]] + \
             [f"floating IP {f['id']}" for f in snap.all("floatingip")
              if f["port_id"] == obj["id"]]
-        if users:
-            refuse(", ".join(users))
     elif kind == ROUTER:
         users = [f"interface port {p['id']}" for p in snap.interface_ports(obj["id"])] + \
             [f"floating IP {f['id']}" for f in snap.floatingips_of(obj["id"])] + \
             [f"IPsec site connection {c['id']}" for c in snap.all("ipsec_site_connection")
              if c["router_id"] == obj["id"]]
-        if users:
-            refuse(", ".join(users[:5]))
+    if users:
+        raise Conflict(f"{kind} {obj['id']} is in use by {', '.join(users[:5])}")
+    if kind == ROUTER:
         gateway = snap.gateway_port(obj["id"])
         if gateway:
             changes.insert(0, ("port", gateway, None))
