@@ -26,7 +26,7 @@ ASTARA_ELEMENT = ELEMENTS_DIR / "astara"
 VENV_IN_IMAGE = "/opt/astara/bin/"
 
 # Test-only clients that scripts/install-deps installs but the image does not need.
-TEST_ONLY_PACKAGES = {"udhcpc", "isc-dhcp-client", "ndisc6", "wrk",
+TEST_ONLY_PACKAGES = {"udhcpc", "isc-dhcp-client", "ndisc6", "wrk", "strace",
                       "rabbitmq-server"}  # the broker the Neutron event tests start
 
 
