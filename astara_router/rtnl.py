@@ -231,21 +231,18 @@ def address_flags(family=socket.AF_INET6):
     return {(index, address.ip): flags for index, address, flags in address_records(family)}
 
 
-def permanent_addresses(link_local=frozenset()):
+def permanent_addresses():
     """({link index: frozenset of IPv4/6Interface}, {indexes of links with an IPv6 address
-    that skips DAD}) of the permanent addresses. Dynamic ones (SLAAC, DHCP) and link-local
-    ones belong to the kernel, except the link-local ones in ``link_local``."""
+    that skips DAD}) of the permanent addresses; dynamic ones (SLAAC, DHCP) and link-local
+    ones belong to the kernel."""
     found, nodad = {}, set()
     for index, address, flags in address_records():
-        if not flags & IFA_F_PERMANENT or (address.ip.is_link_local
-                                           and address not in link_local):
+        if not flags & IFA_F_PERMANENT or address.ip.is_link_local:
             continue
         found.setdefault(index, set()).add(address)
         if address.version == 6 and flags & IFA_F_NODAD:
             nodad.add(index)
     return {index: frozenset(addresses) for index, addresses in found.items()}, nodad
-
-
 
 
 def routes(table, protocol):

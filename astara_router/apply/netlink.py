@@ -32,10 +32,6 @@ class LinkState:
 class NetState:
     links: tuple  # of (kernel_name, LinkState)
     routes: frozenset  # of (destination, gateway, kernel_name | None)
-    # Link-local addresses a configuration asked for (a snapshot's: those of the plan it
-    # was taken for), read back from the kernel like any other address; the kernel's own
-    # link-local addresses are never touched.
-    link_local: frozenset = frozenset()
     # (kernel_name, address) keepalived owns on an HA router: neither read, added nor removed
     ignored: frozenset = frozenset()
 
@@ -51,25 +47,20 @@ def live_routes():
                      for destination, gateway, oif in rtnl.routes(MAIN_TABLE, RTPROT_ASTARA))
 
 
-def capture(nics, link_local=frozenset(), ignored=frozenset()):
+def capture(nics, ignored=frozenset()):
     """The live state of every NIC and of our routes. Addresses: the permanent ones an
     apply owns; dynamic ones (SLAAC/DHCP) and link-local ones belong to the kernel and are
-    never touched, except the ``link_local`` addresses a configuration asked for;
-    ``ignored`` addresses (keepalived's) are left out."""
-    addresses, nodad = rtnl.permanent_addresses(link_local)
+    never touched (the model refuses link-local addresses in a payload); ``ignored``
+    addresses (keepalived's) are left out."""
+    addresses, nodad = rtnl.permanent_addresses()
     links = tuple((nic.kernel_name, LinkState(nic.mtu, nic.up, _own(
         addresses.get(nic.index, frozenset()), nic.kernel_name, ignored), nic.index in nodad))
         for nic in nics)
-    return NetState(links, live_routes(), link_local, ignored)
+    return NetState(links, live_routes(), ignored)
 
 
 def _own(addresses, name, ignored):
     return frozenset(a for a in addresses if (name, a) not in ignored) if ignored else addresses
-
-
-def link_local_of(address_sets):
-    return frozenset(address for addresses in address_sets for address in addresses
-                     if address.ip.is_link_local)
 
 
 # -- desired state (pure) ---------------------------------------------------------------------
@@ -242,15 +233,10 @@ class NetlinkSubsystem:
     def capture(self, ctx, plan, base):
         """The committed state when intact and the plan touches no other link; else the
         live state of every NIC (rollback then also clears links the plan added)."""
-        states = [plan.state] + ([base.state] if base is not None else [])
-        link_local = link_local_of(
-            [link.addresses for state in states for _, link in state.links]
-            + [spec.addresses for config in ctx.previous
-               for spec in render_netlink(config).links])
         if base is not None and {n for n, _ in plan.state.links} <= {
                 n for n, _ in base.state.links}:
-            return replace(base.state, link_local=link_local)
-        return capture(ctx.nics, link_local, plan.state.ignored)
+            return base.state
+        return capture(ctx.nics, plan.state.ignored)
 
     def apply(self, ctx, plan, base, snapshot):
         if base is not None:  # the kernel holds base: only the difference
@@ -272,8 +258,7 @@ class NetlinkSubsystem:
         if changes == 0:
             return
         nics = ctx.refresh_nics()
-        Converger(ctx, nics).converge(snapshot, capture(nics, snapshot.link_local,
-                                                        snapshot.ignored))
+        Converger(ctx, nics).converge(snapshot, capture(nics, snapshot.ignored))
 
     def expected(self, plan, nics):
         """What the kernel watch compares its notifications with."""
