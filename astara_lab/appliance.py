@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 
-from astara_netns import NetnsHTTPClient, wait_for_tcp
+from astara_netns import NetnsHTTPClient, pid_alive, wait_for_tcp
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 ORCHESTRATOR_ADDRESS = "fdca:3ba5:a17a:acda::2"  # the contract's orchestrator address
@@ -138,6 +138,18 @@ class Appliance:
         return NetnsHTTPClient(self.controller.name, str(self.mgmt.ip), API_PORT, timeout)
 
     # -- live state, for assertions ---------------------------------------------------------
+    def daemon_pid(self, pidfile):
+        """The PID in ``<state_dir>/<pidfile>`` while that process lives, else None."""
+        try:
+            pid = int((self.state_dir / pidfile).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def ruleset(self):
+        """The agent's nftables table as nft lists it."""
+        return self.ns.run(["nft", "list", "table", "inet", "astara"]).stdout
+
     def dump(self):
         """Addresses, MTUs, link states and routes, the way `ip` shows them."""
         links = self.ns.ip_json("addr", "show")

@@ -2,6 +2,7 @@
 
 import pytest
 
+from astara_lab.appliance import contract_appliance, contract_payloads
 from astara_netns import Lab, netns_unavailable_reason
 
 _UNSET = object()
@@ -31,3 +32,13 @@ def lab():
         yield lab
     finally:
         lab.close()
+
+
+@pytest.fixture
+def appliance(lab):
+    """The real agent in a namespace with router-basic's NICs, router-basic applied."""
+    body = contract_payloads("original-orchestrator")["router-basic"]
+    appliance = contract_appliance(lab, "router-basic", body)
+    response = appliance.client().put_json("/v1/system/config", body)
+    assert response.status == 200, response.text
+    return appliance

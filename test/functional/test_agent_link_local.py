@@ -1,17 +1,16 @@
-"""Link-local addresses and address flags through apply and rollback (issue 12, finding 6):
-never an address left behind, never a flag lost."""
+"""Link-local addresses and IPv6 address flags (issue 12, finding 6): the model refuses a
+link-local address in a payload, so none reaches a link, and a refused push keeps the
+management address's nodad flag."""
 import copy
 
 import pytest
 
 from astara_lab.appliance import contract_payloads
 
-from .test_agent_transactions import appliance  # noqa: F401 - the fixture: BASIC applied
-
 pytestmark = pytest.mark.netns
 
 BASIC = contract_payloads("original-orchestrator")["router-basic"]
-UNREACHABLE_ROUTE = [["198.19.50.0/24", "198.19.99.1"]]  # refused late, after the addresses
+UNREACHABLE_ROUTE = [["198.19.50.0/24", "198.19.99.1"]]  # would fail late, after the addresses
 
 
 def addresses(appliance):

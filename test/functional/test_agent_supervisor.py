@@ -7,9 +7,7 @@ import signal
 import pytest
 
 from astara_lab.appliance import contract_appliance, contract_payloads
-from astara_netns import pid_alive
-
-from .test_agent_transactions import _ruleset, wait_until
+from astara_lab.peers import eventually
 
 pytestmark = pytest.mark.netns
 
@@ -39,13 +37,6 @@ def status(appliance):
     return appliance.client().get("/v1/status/").json()
 
 
-def daemon_pid(appliance, pidfile):
-    try:
-        return int((appliance.state_dir / pidfile).read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 # daemon: (contract body that runs it, its pid file, the supervisor's reason)
 DAEMONS = {"dnsmasq": ("router-basic", "dnsmasq/dnsmasq.pid", "dhcp is down"),
            "bird": ("router-dual-stack", "bird/bird.pid", "routing is down")}
@@ -55,12 +46,11 @@ DAEMONS = {"dnsmasq": ("router-basic", "dnsmasq/dnsmasq.pid", "dhcp is down"),
 def test_a_killed_daemon_is_restarted(lab, daemon):
     name, pidfile, reason = DAEMONS[daemon]
     appliance = supervised(lab, name)
-    old = daemon_pid(appliance, pidfile)
-    assert old is not None and pid_alive(old)
+    old = appliance.daemon_pid(pidfile)
+    assert old is not None
     os.kill(old, signal.SIGKILL)
-    wait_until(lambda: daemon_pid(appliance, pidfile) not in (None, old)
-               and pid_alive(daemon_pid(appliance, pidfile)), f"{daemon} restarted")
-    wait_until(lambda: status(appliance)["repairs"].get(reason, 0) >= 1, "repair counted")
+    eventually(lambda: appliance.daemon_pid(pidfile) not in (None, old), 10, f"{daemon} restarted")
+    eventually(lambda: status(appliance)["repairs"].get(reason, 0) >= 1, 10, "repair counted")
     assert status(appliance)["state"] == "ready"
     assert appliance.client().get("/v1/system/config").json()["generation"] == 1
 
@@ -70,7 +60,7 @@ DRIFT = {
                 lambda a: "10.1.0.1/24" in str(a.dump()), "netlink changed"),
     "nft element": (lambda a: a.ns.run(["nft", "delete element inet astara fip_dnat "
                                         "{ 172.24.4.228 }"]),
-                    lambda a: "172.24.4.228" in _ruleset(a), "nftables changed"),
+                    lambda a: "172.24.4.228" in a.ruleset(), "nftables changed"),
 }
 
 
@@ -79,8 +69,8 @@ def test_kernel_drift_is_repaired_without_a_push(appliance, drift):
     tamper, present, reason = DRIFT[drift]
     assert present(appliance)
     tamper(appliance)
-    wait_until(lambda: present(appliance), f"{drift} repaired")
-    wait_until(lambda: status(appliance)["repairs"].get(reason, 0) >= 1, "repair counted")
+    eventually(lambda: present(appliance), 10, f"{drift} repaired")
+    eventually(lambda: status(appliance)["repairs"].get(reason, 0) >= 1, 10, "repair counted")
 
 
 def test_status_is_degraded_while_a_daemon_cannot_come_back(appliance):
@@ -88,22 +78,21 @@ def test_status_is_degraded_while_a_daemon_cannot_come_back(appliance):
     says degraded and why, until the file system is fixed and the supervisor restarts it."""
     _, pidfile, reason = DAEMONS["dnsmasq"]
     leases = appliance.state_dir / "dnsmasq" / "leases"
-    old = daemon_pid(appliance, pidfile)
+    old = appliance.daemon_pid(pidfile)
     leases.rename(leases.with_name("leases.aside"))
     leases.mkdir()
     try:
         os.kill(old, signal.SIGKILL)
-        wait_until(lambda: status(appliance)["state"] == "degraded", "status degraded")
+        eventually(lambda: status(appliance)["state"] == "degraded", 10, "status degraded")
         report = status(appliance)
         assert reason in report["reasons"] and reason in report["last_error"]
         assert report["repairs"].get(reason, 0) == 0
     finally:
         leases.rmdir()
         leases.with_name("leases.aside").rename(leases)
-    wait_until(lambda: status(appliance)["repairs"].get(reason, 0) == 1, "repaired",
-               timeout=20)
+    eventually(lambda: status(appliance)["repairs"].get(reason, 0) == 1, 20, "repaired")
     assert status(appliance)["state"] == "ready"
-    assert pid_alive(daemon_pid(appliance, pidfile))
+    assert appliance.daemon_pid(pidfile) is not None
 
 
 def metric(text, name, **labels):
@@ -126,8 +115,8 @@ def test_metrics_count_applies_refusals_repairs_and_restarts(appliance):
     bad = dict(BASIC, floating_ips=[{"floating_ip": "not an address", "fixed_ip": "x"}])
     assert client.put_json("/v1/system/config", bad).status == 422
     _, pidfile, reason = DAEMONS["dnsmasq"]
-    os.kill(daemon_pid(appliance, pidfile), signal.SIGKILL)
-    wait_until(lambda: status(appliance)["repairs"].get(reason, 0) >= 1, "repaired")
+    os.kill(appliance.daemon_pid(pidfile), signal.SIGKILL)
+    eventually(lambda: status(appliance)["repairs"].get(reason, 0) >= 1, 10, "repaired")
     after = client.get("/metrics").text
     assert metric(after, "astara_refusals_total", reason="invalid_payload") == 1
     assert metric(after, "astara_reconcile_repairs_total", reason=reason) >= 1

@@ -11,6 +11,7 @@ import pytest
 
 from astara_lab.appliance import contract_appliance, contract_payloads
 from astara_lab.monitors import NetlinkMonitor
+from astara_lab.peers import eventually
 from astara_netns import in_netns, pid_alive
 from astara_router import settings as settings_mod
 from astara_router.api import create_app
@@ -19,14 +20,6 @@ from astara_router.engine import Engine
 pytestmark = pytest.mark.netns
 
 BASIC = contract_payloads("original-orchestrator")["router-basic"]
-
-
-@pytest.fixture
-def appliance(lab):
-    appliance = contract_appliance(lab, "router-basic", BASIC)
-    response = appliance.client().put_json("/v1/system/config", BASIC)
-    assert response.status == 200, response.text
-    return appliance
 
 
 def with_many_fips(payload, count):
@@ -182,12 +175,13 @@ def _swallow(func, *args):
 # -- drift: what changed behind the agent's back is repaired by the next identical push ------
 
 def _kill_dnsmasq(appliance):
-    pid = int((appliance.state_dir / "dnsmasq" / "dnsmasq.pid").read_text().split()[0])
+    pid = appliance.daemon_pid(DNSMASQ_PID)
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not pid_alive(pid), "dnsmasq gone")
+    eventually(lambda: not pid_alive(pid), 10, "dnsmasq gone", interval=0.01)
     return pid
 
 
+DNSMASQ_PID = "dnsmasq/dnsmasq.pid"
 TAMPERING = {
     "address": lambda a: a.ns.ip("addr", "del", "10.1.0.1/24", "dev", "eth2"),
     "route": lambda a: a.ns.ip("route", "del", "default", "proto", "211"),
@@ -200,38 +194,19 @@ TAMPERING = {
 @pytest.mark.parametrize("tamper", sorted(TAMPERING))
 def test_an_identical_push_repairs_drift(lab, appliance, tamper):
     wait_for_dad(appliance)
-    before, ruleset = appliance.dump(), _ruleset(appliance)
-    dnsmasq = _dnsmasq_pid(appliance)
+    before, ruleset = appliance.dump(), appliance.ruleset()
+    dnsmasq = appliance.daemon_pid(DNSMASQ_PID)
     assert appliance.client().put_json("/v1/system/config", BASIC).json()["changes"] == 0
     TAMPERING[tamper](appliance)
-    assert (appliance.dump(), _ruleset(appliance), _dnsmasq_pid(appliance)) != (
+    assert (appliance.dump(), appliance.ruleset(), appliance.daemon_pid(DNSMASQ_PID)) != (
         before, ruleset, dnsmasq)
     response = appliance.client().put_json("/v1/system/config", BASIC)
     assert response.status == 200 and response.json()["changes"] > 0, response.text
     assert response.json()["generation"] == 1  # the same generation, repaired
     assert appliance.dump() == before
-    assert _ruleset(appliance) == ruleset
-    assert _dnsmasq_pid(appliance) is not None
+    assert appliance.ruleset() == ruleset
+    assert appliance.daemon_pid(DNSMASQ_PID) is not None
     assert appliance.client().put_json("/v1/system/config", BASIC).json()["changes"] == 0
-
-
-def _ruleset(appliance):
-    return appliance.ns.run(["nft", "list", "table", "inet", "astara"]).stdout
-
-
-def _dnsmasq_pid(appliance):
-    try:
-        pid = int((appliance.state_dir / "dnsmasq" / "dnsmasq.pid").read_text().split()[0])
-    except (OSError, ValueError):
-        return None
-    return pid if pid_alive(pid) else None
-
-
-def wait_until(predicate, what, timeout=10):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
 
 
 def test_rollback_takes_a_link_it_brought_up_down_again(lab):
