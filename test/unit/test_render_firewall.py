@@ -4,7 +4,6 @@ The ``nft -c`` tests run nft inside a throwaway network namespace (``unshare -n`
 the host's; they are skipped where that is impossible (not root, no nft)."""
 import copy
 import dataclasses
-import ipaddress
 import os
 import shutil
 import subprocess
@@ -226,22 +225,27 @@ def test_label_names_become_safe_distinct_identifiers():
     assert label_set_name("x_v6") != label_set_name("x") + "_v6"
     digest_form = label_set_name("a-b")
     assert label_set_name(digest_form[len("label_"):]) != digest_form
-
-
-@pytest.mark.parametrize("labels", [("x", "x_v6"), ("a-b", "a_b"), ("ext", "ext__v6")])
-def test_colliding_label_names_get_distinct_sets(labels):
-    body = copy.deepcopy(VALID["router-basic"])
-    body["labels"] = {name: [f"10.{i}.0.0/16", f"2001:db8:{i}::/48"]
-                      for i, name in enumerate(labels, 10)}
-    ruleset = ruleset_of(body)
-    names = [s.name for s in ruleset.sets if s.name.startswith("label_")]
-    assert len(names) == len(set(names)) == 2 * len(labels)
-    nft_in_throwaway_netns(ruleset.replace_script())
     body = copy.deepcopy(VALID["router-basic"])
     body["labels"] = {"mixed": ["10.0.0.0/8", "10.1.0.0/16", "2001:db8:1::/48"]}
     ruleset = ruleset_of(body)
     assert ruleset.set("label_mixed").elements == ("10.0.0.0/8",)  # overlap collapsed
     assert ruleset.set("label_mixed_v6").elements == ("2001:db8:1::/48",)
+
+
+COLLIDING_LABELS = [("x", "x_v6"), ("a-b", "a_b"), ("ext", "ext__v6")]
+
+
+def with_labels(names):
+    body = copy.deepcopy(VALID["router-basic"])
+    body["labels"] = {name: [f"10.{i}.0.0/16", f"2001:db8:{i}::/48"]
+                      for i, name in enumerate(names, 10)}
+    return ruleset_of(body)
+
+
+@pytest.mark.parametrize("labels", COLLIDING_LABELS)
+def test_colliding_label_names_get_distinct_sets(labels):
+    names = [s.name for s in with_labels(labels).sets if s.name.startswith("label_")]
+    assert len(names) == len(set(names)) == 2 * len(labels)
 
 
 # -- element-only changes -----------------------------------------------------------------------
@@ -290,8 +294,8 @@ def _nft_unavailable():
     return None if probe.returncode == 0 else "cannot run nft in a new network namespace"
 
 
-needs_nft = pytest.mark.skipif(_nft_unavailable() is not None,
-                               reason=str(_nft_unavailable()))
+NFT_UNAVAILABLE = _nft_unavailable()
+needs_nft = pytest.mark.skipif(NFT_UNAVAILABLE is not None, reason=str(NFT_UNAVAILABLE))
 
 
 def nft_in_throwaway_netns(*scripts, listing=True):
@@ -307,6 +311,12 @@ def nft_in_throwaway_netns(*scripts, listing=True):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+@needs_nft
+@pytest.mark.parametrize("labels", COLLIDING_LABELS)
+def test_colliding_label_sets_load_in_nft(labels):
+    nft_in_throwaway_netns(with_labels(labels).replace_script())
 
 
 @needs_nft
