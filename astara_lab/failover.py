@@ -171,10 +171,12 @@ class HaPair:
         return (self.primary, self.secondary)
 
     def push(self, primary=None, secondary=None):
-        """PUT each instance its body; their change counts."""
+        """PUT each instance its body; their change counts. The virtual addresses are
+        from then on those of the primary's body."""
         changes = []
-        for appliance, payload in zip(self.appliances, (primary or self.bodies[0],
-                                                        secondary or self.bodies[1])):
+        bodies = (primary or self.bodies[0], secondary or self.bodies[1])
+        self.virtual = virtual_addresses(bodies[0])
+        for appliance, payload in zip(self.appliances, bodies):
             response = appliance.client().put_json("/v1/system/config", payload)
             if response.status != 200:
                 raise AssertionError(f"{appliance.ns.role}: {response.status} {response.text}")

@@ -381,7 +381,7 @@ def test_rejected_ruleset_leaves_the_previous_one_and_restore_puts_it_back(lab, 
     good = FirewallSubsystem(settings)
     plan, snapshot_empty, changes = apply(good, config, None)
     assert snapshot_empty.listing is None and changes == 1
-    committed = handles(app)
+    committed, committed_listing = handles(app), _in_appliance(app, live_listing)
 
     with pytest.raises(ApplyError) as error:
         apply(BrokenRenderFirewall(settings), config, plan)
@@ -395,7 +395,8 @@ def test_rejected_ruleset_leaves_the_previous_one_and_restore_puts_it_back(lab, 
     assert changes == 1 and "172.24.4.229" in _in_appliance(app, live_listing)
     _in_appliance(app, good.restore, ctx, snapshot, changes)
     assert "172.24.4.229" not in _in_appliance(app, live_listing)
-    assert apply(good, config, plan)[2] == 0  # the committed ruleset is in place
+    assert _in_appliance(app, live_listing) == committed_listing  # the committed ruleset
+    assert apply(good, config, plan)[2] == 0  # and the subsystem sees nothing to do
 
     # restoring the "none" snapshot removes the table
     _in_appliance(app, good.restore, ctx, snapshot_empty, 1)
