@@ -3,6 +3,7 @@ BIRD on the "internet" side and carries exactly the tenant IPv6 prefixes, re-app
 disturb it, a configuration BIRD rejects leaves the running one alone, and a rollback puts
 the previous daemon state back."""
 import copy
+import dataclasses
 import ipaddress
 import os
 import re
@@ -14,6 +15,7 @@ from astara_netns import in_netns
 from astara_lab.peers import PeerBird, bgp_session, birdc, eventually, learned_prefixes
 from astara_lab.topology import RouterTopology
 from astara_router.engine import ApplyContext
+from astara_router.errors import ApplyError
 from astara_router.model import parse_payload
 from astara_router.naming import InterfaceNames
 from astara_router.settings import Settings
@@ -151,12 +153,11 @@ def test_config_rejected_by_bird_leaves_the_running_one(dual_stack):
     socket = appliance_socket(topology)
     session = eventually(lambda: bgp_session(socket), 60, "BGP Established")
     pid, text = bird_pid(topology), appliance_conf(topology).read_text()
+    files = sorted(os.listdir(appliance_conf(topology).parent))
     digest = birdc(socket, "eval", "astara_config_digest")
 
     # A second external IPv6 subnet whose gateway is "::": BIRD would refuse "neighbor ::",
-    # and the model now refuses it first (model/semantics.py: a gateway lies on its
-    # network). bird -p's own refusal, mapped to the field, is covered on a model built past
-    # the parser (test/unit/test_render_routing.py); here: nothing running is touched.
+    # and the model refuses it first (model/semantics.py: a gateway lies on its network).
     broken = copy.deepcopy(DUAL)
     external = next(n for n in broken["networks"] if n["network_type"] == "external")
     external["subnets"].append({"id": "bad-v6", "cidr": "2001:db8:c0de:2::/64",
@@ -169,9 +170,29 @@ def test_config_rejected_by_bird_leaves_the_running_one(dual_stack):
     assert "is not on the network" in error["message"]
     assert error["errors"][0]["path"] == f"networks[{index}].subnets[2].gateway_ip"
 
+    # The same gateway on a model built past the parser reaches the routing subsystem's
+    # check: the real `bird -p` refuses it, mapped to the field, beside the running BIRD.
+    from astara_router.apply.routing import RoutingSubsystem
+    external["subnets"][2]["gateway_ip"] = "2001:db8:c0de:2::1"
+    config = parse_payload(broken, SERVICES)
+    net = config.networks[index]
+    bad = dataclasses.replace(net.subnets[2], gateway_ip=ipaddress.ip_address("::"))
+    config = dataclasses.replace(config, networks=tuple(
+        dataclasses.replace(n, subnets=n.subnets[:2] + (bad,)) if n is net else n
+        for n in config.networks))
+    state = topology.appliance.state_dir
+    subsystem = RoutingSubsystem(Settings(state_dir=str(state)))
+    with in_netns(topology.appliance.ns.name):
+        names = ApplyContext.open(InterfaceNames(str(state / "interfaces.json"))).kernel_names()
+        with pytest.raises(ApplyError) as refused:
+            subsystem.check(subsystem.plan(config, names), None)
+    assert refused.value.status == 422 and "bird -p rejected" in refused.value.message
+    assert refused.value.path == f"networks[{index}].subnets[2].gateway_ip"
+
     assert bird_pid(topology) == pid
     assert appliance_conf(topology).read_text() == text
     assert not os.path.exists(f"{appliance_conf(topology)}.new")
+    assert sorted(os.listdir(appliance_conf(topology).parent)) == files  # no candidate left
     assert birdc(socket, "eval", "astara_config_digest") == digest
     assert bgp_session(socket) == session
     assert learned_prefixes(peer.socket, "appliance") == TENANT_PREFIXES
