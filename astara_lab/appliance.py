@@ -138,13 +138,17 @@ class Appliance:
         return NetnsHTTPClient(self.controller.name, str(self.mgmt.ip), API_PORT, timeout)
 
     # -- live state, for assertions ---------------------------------------------------------
-    def daemon_pid(self, pidfile):
-        """The PID in ``<state_dir>/<pidfile>`` while that process lives, else None."""
+    def recorded_pid(self, pidfile):
+        """The PID in ``<state_dir>/<pidfile>``; None when there is no such file."""
         try:
-            pid = int((self.state_dir / pidfile).read_text().split()[0])
+            return int((self.state_dir / pidfile).read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        return pid if pid_alive(pid) else None
+
+    def daemon_pid(self, pidfile):
+        """The PID in ``<state_dir>/<pidfile>`` while that process lives, else None."""
+        pid = self.recorded_pid(pidfile)
+        return pid if pid is not None and pid_alive(pid) else None
 
     def ruleset(self):
         """The agent's nftables table as nft lists it."""

@@ -23,6 +23,7 @@ from astara_lab.appliance import (REPO_ROOT, Appliance, contract_appliance,
                                   nic_macs)
 from astara_lab.peers import Connection, PeerServer, eventually
 from astara_lab.topology import PUBLIC_V4
+from astara_netns import pid_alive
 from astara_router.model import parse_payload
 from astara_router.render.vpn import AEAD, DH_GROUPS, ENCRYPTION, INTEGRITY
 
@@ -134,10 +135,7 @@ class Site:
         return (self.appliance.state_dir / "vpn" / "charon.log").read_text()
 
     def charon_pid(self):
-        try:
-            return int((self.appliance.state_dir / "vpn" / "run" / "charon.pid").read_text())
-        except (OSError, ValueError):
-            return None
+        return self.appliance.recorded_pid("vpn/run/charon.pid")
 
 
 @pytest.fixture(params=["v1", "v2", "v2-both-initiate"])
@@ -256,17 +254,9 @@ def test_mirrored_appliances_carry_tenant_traffic_through_the_tunnel(sites):
     # no connection left: charon stops, its TUN and files go
     response = a.appliance.client().put_json("/v1/system/config", dict(remaining, vpn={}))
     assert response.status == 200, response.text
-    assert a.charon_pid() is None and not pid_running(pid)
+    assert a.charon_pid() is None and not pid_alive(pid)
     assert "ipsec0" not in a.appliance.ns.link_names()
     assert not (a.appliance.state_dir / "vpn" / "swanctl.conf").exists()
-
-
-def pid_running(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def test_contract_vpn_body_loads_its_connection(lab):
