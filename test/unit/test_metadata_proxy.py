@@ -155,7 +155,9 @@ def test_error_bodies_are_json():
 
 # -- the agent side ----------------------------------------------------------------------------
 
-def test_a_configuration_the_proxy_refuses_is_never_swapped_in(tmp_path):
+def test_the_check_phase_refuses_what_the_proxy_cannot_parse(tmp_path):
+    """The proxy's own parser is the checker, run before any change (the engine's check
+    phase): the refusal leaves the subsystem serving nothing new."""
     subsystem = MetadataSubsystem(settings_mod.Settings(state_dir=str(tmp_path)))
     live = render_proxy_config(model(BASIC))
     with pytest.raises(ApplyError, match="rejected"):  # the check phase, before any change
