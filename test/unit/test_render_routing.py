@@ -2,8 +2,6 @@
 import copy
 import dataclasses
 import ipaddress
-import shutil
-import subprocess
 
 import pytest
 
@@ -15,9 +13,10 @@ from astara_router.model.types import Subnet
 from astara_router.render.routing import bird_plan, render_bird, router_id_for
 from astara_router.render.ipv6 import ipv6_mode
 
+from bird_checker import bird_parse, needs_bird  # test/unit
+
 VALID = contract_payloads("original-orchestrator")
 SERVICES = ("router", "loadbalancer")
-needs_bird = pytest.mark.skipif(shutil.which("bird") is None, reason="bird is not installed")
 
 
 def config_of(body):
@@ -44,13 +43,6 @@ def plan_of(body):
 
 def text_of(body, log_path="/var/lib/astara/bird/bird.log"):
     return render_bird(plan_of(body), log_path)
-
-
-def bird_parse(tmp_path, text):
-    conf = tmp_path / "bird.conf"
-    conf.write_text(text)
-    return subprocess.run(["bird", "-p", "-c", str(conf)], capture_output=True, text=True,
-                          timeout=30)
 
 
 def network(body, ifname):
