@@ -73,7 +73,7 @@ image-test:
 		echo "image-test: no image at $(IMAGE_OUT).qcow2, building it"; \
 		bash scripts/build-image; \
 	fi
-	ASTARA_IMAGE_TEST=1 $(PY) -m pytest -v -s test/image
+	$(PY) -m pytest -v -s test/image
 
 # Build and test debris. Refuses to touch .dibtmp while a failed image build
 # still has something mounted below it (rm -rf would follow into /dev, /proc...).
