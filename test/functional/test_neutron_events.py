@@ -4,6 +4,7 @@ afterwards). The orchestrator runs in OpenStack mode (desired state from a small
 on loopback, events from the broker) with simulated appliances, so what is tested is the
 event path: notification -> object by id -> the right router -> its payload."""
 import contextlib
+import json
 import pathlib
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 
 from astara_lab import broker as rabbit
 from astara_lab.fakecloud import FakeCloud
+from astara_netns import pid_alive
 from orchestrator_lite.config import (ApiSettings, NeutronSettings, OpenStackSettings,
                                       Settings)
 from orchestrator_lite.service import Orchestrator
@@ -41,7 +43,7 @@ def broker(tmp_path_factory):
     epmd = b._epmd.pid
     b.remove()
     # Nothing of it is left: no VM with its node name, not its epmd.
-    assert not rabbit.pid_alive(epmd)
+    assert not pid_alive(epmd)
     left = [p for p in pathlib.Path("/proc").glob("[0-9]*/cmdline")
             if _read(p) and b.node.encode() in _read(p)]
     assert left == [], left
@@ -168,7 +170,7 @@ def test_notifications_move_the_right_router(orchestrator, cloud, broker):
             with contextlib.suppress(TimeoutError, OSError):
                 while True:
                     conn.drain_events(timeout=1)
-    messages = [rabbit.json.loads(c["oslo.message"]) for c in casts]
+    messages = [json.loads(c["oslo.message"]) for c in casts]
     statuses = [m["args"] for m in messages if m["method"] == "update_floatingip_statuses"]
     fip_id = basic.objects["floatingips"][0]["id"]
     assert {"router_id": rid, "fip_statuses": {fip_id: "ACTIVE"}} in statuses
