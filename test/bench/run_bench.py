@@ -48,7 +48,7 @@ from astara_lab.appliance import (Appliance, contract_payloads, controller_node,
                                   management_cidr, nic_macs)
 from astara_lab.monitors import NetlinkMonitor, NftMonitor  # noqa: E402
 from astara_lab.synthetic import synthetic_router  # noqa: E402
-from astara_netns import Lab, NetnsHTTPClient, pid_alive  # noqa: E402
+from astara_netns import Lab, pid_alive  # noqa: E402
 from astara_router.settings import Settings  # noqa: E402 (the agent's default thread count)
 
 from agent_floor import (FloorNamespace, element_script, process_argv,  # noqa: E402
