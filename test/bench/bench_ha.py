@@ -20,15 +20,12 @@ section of BENCHMARKS.md (markdown_sections.py).
     .venv/bin/python test/bench/bench_ha.py [--repeat 3] [--output BENCHMARKS.md]
 """
 import argparse
-import datetime
 import ipaddress
 import os
 import pathlib
-import platform
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -41,6 +38,8 @@ from astara_lab.failover import HaPair, crash, fabric_ends  # noqa: E402
 from astara_netns import Lab, in_netns, pid_alive as alive  # noqa: E402
 from astara_router.watch import (IFA_ADDRESS, IFA_LOCAL, IFADDRMSG, NETLINK_ROUTE,  # noqa: E402
                                  RTM_NEWADDR, RTMGRP_IPV4_IFADDR, attributes, messages)
+from bench_common import (add_output_option, machine_facts, machine_line,  # noqa: E402
+                          require_root)
 from markdown_sections import write_section  # noqa: E402 (this directory)
 
 INTERVALS = (1.0, 0.1)
@@ -187,11 +186,10 @@ def summary(values):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"))
+    add_output_option(parser)
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("benchmarks need root (network namespaces)", file=sys.stderr)
-        return 2
+    require_root()
+    facts = machine_facts()
     rows = []
     for interval in INTERVALS:
         print(f"benchmark: HA failover, advert interval {interval} s", flush=True)
@@ -202,13 +200,10 @@ def main(argv=None):
             rows.append((label, interval, anchor, appliance[how]))
             print(f"  {label}: anchor {summary(anchor)}, appliance "
                   f"{summary(appliance[how])}", flush=True)
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
     lines = [
         "## HA: VRRP failover time", "",
-        f"`make bench` on {datetime.date.today()}, commit {commit}, {platform.node()}: "
-        f"{os.cpu_count()} cores, kernel {platform.release()}. From the master going away "
-        "until the backup's kernel holds the router's address (rtnetlink). *Appliance*: two "
+        f"`make bench` {machine_line(facts)}. From the master going away until the "
+        "backup's kernel holds the router's address (rtnetlink). *Appliance*: two "
         "agents with the contract HA bodies (priorities 100/50, unicast VRRPv3 over the "
         "IPv6 management network, every data-plane address in "
         "`virtual_ipaddress_excluded`, conntrackd syncing); *anchor*: keepalived alone, "

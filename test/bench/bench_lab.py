@@ -10,12 +10,8 @@ markdown_sections.py); the other benchmarks' sections are left alone.
     .venv/bin/python test/bench/bench_lab.py [--repeat 3] [--output BENCHMARKS.md]
 """
 import argparse
-import datetime
-import os
 import pathlib
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -24,6 +20,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from astara_lab import lab as astara_lab  # noqa: E402
+from bench_common import (add_output_option, machine_facts, machine_line,  # noqa: E402
+                          require_root)
 from markdown_sections import write_section  # noqa: E402 (this directory)
 
 # (label, step prefix that ends the phase); the first phase starts at 0.
@@ -70,24 +68,19 @@ def fmt(values):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"))
+    add_output_option(parser)
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("benchmarks need root (network namespaces)", file=sys.stderr)
-        return 2
+    require_root()
+    facts = machine_facts()
     runs, rows = [], 0
     for attempt in range(args.repeat):
         times, rows = one_run()
         runs.append(times)
         print(f"  lab: run {attempt + 1}/{args.repeat}: all {rows} rows green after "
               f"{times['total: `astara-lab up` start → all rows green']:.1f} s", flush=True)
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
     lines = [
         "## Lab: `astara-lab up` until every check is green", "",
-        f"`make bench` on {datetime.date.today()}, commit {commit}, {platform.node()}: "
-        f"{os.cpu_count()} cores, kernel {platform.release()}, Python "
-        f"{platform.python_version()}. {args.repeat} runs of the whole `astara-lab up` "
+        f"`make bench` {machine_line(facts)}. {args.repeat} runs of the whole `astara-lab up` "
         f"(fabric, internet with BGP peer, 4 VMs, orchestrator, a router and a load-balancer "
         f"appliance booted by the netns driver and configured through the admin API), then "
         f"its self-check ({rows} rows: router, DHCP, SNAT, floating IP, metadata, RA, BGP, "

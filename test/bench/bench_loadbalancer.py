@@ -20,10 +20,7 @@ wrk runs in a "client" namespace there. Every run is bounded in time (wrk ``-d``
 import argparse
 import asyncio
 import copy
-import datetime
-import os
 import pathlib
-import platform
 import re
 import socket
 import statistics
@@ -40,6 +37,8 @@ from astara_lab.appliance import contract_appliance, contract_payloads  # noqa: 
 from astara_lab.backends import NginxBackend, http_get  # noqa: E402
 from astara_lab.peers import eventually  # noqa: E402
 from astara_netns import Lab, in_netns  # noqa: E402
+from bench_common import (add_output_option, machine_facts, machine_line,  # noqa: E402
+                          require_root)
 from markdown_sections import write_section  # noqa: E402 (this directory)
 
 NAME = "loadbalancer-http"
@@ -211,28 +210,24 @@ def run(seconds):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"))
+    add_output_option(parser)
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("benchmarks need root (network namespaces)", file=sys.stderr)
-        return 2
+    require_root()
+    facts = machine_facts()
     result = run(args.seconds)
     direct, through, loaded = result["direct"], result["through"], result["under_load"]
     direct_rps = sum(r.rps for r in direct)
     through_rps = sum(r.rps for r in through)
     changes, clients = result["changes"], result["clients"]
     failed = clients.failed
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
     lines = [
         "## Load balancer: requests per second, member changes under load", "",
-        f"`make bench` on {datetime.date.today()}, commit {commit}, {platform.node()}: "
-        f"{os.cpu_count()} cores, kernel {platform.release()}, nginx "
-        f"{nginx_version()}. The appliance runs the real agent with `{NAME}` (HTTP :80, round "
-        "robin over 2 members); members are nginx processes answering their name, in a "
-        "namespace on the same bridge; the load generator is wrk (two processes of 1 thread, "
-        f"keep-alive, {args.seconds} s per run) in a third namespace. Everything shares the same "
-        f"{os.cpu_count()} cores, so the direct figure is the ceiling the machine allows.",
+        f"`make bench` {machine_line(facts)}, nginx {nginx_version()}. The appliance runs "
+        f"the real agent with `{NAME}` (HTTP :80, round robin over 2 members); members are "
+        "nginx processes answering their name, in a namespace on the same bridge; the load "
+        "generator is wrk (two processes of 1 thread, keep-alive, "
+        f"{args.seconds} s per run) in a third namespace. Everything shares the same "
+        f"{facts['cores']} cores, so the direct figure is the ceiling the machine allows.",
         "",
         "| path | connections | requests/s | p50 | p99 | failed |",
         "|---|---|---|---|---|---|",

@@ -26,10 +26,8 @@ appliance received (its generation count).
 Writes only its own section of BENCHMARKS.md (markdown_sections.py). ~1-2 minutes.
 """
 import argparse
-import datetime
 import json
 import pathlib
-import platform
 import shutil
 import statistics
 import subprocess
@@ -41,6 +39,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "test" / "contract"))
 
+from bench_common import (add_output_option, machine_facts, machine_line,  # noqa: E402
+                          require_root)
 from markdown_sections import write_section  # noqa: E402 (this directory)
 import neutron_topologies as topo  # noqa: E402 (test/contract)
 
@@ -163,7 +163,7 @@ def ms(values):
             f"{values[-1] * 1000:.0f} ms")
 
 
-def outer(args):
+def outer(args, facts):
     from astara_lab.appliance import controller_node
     from astara_netns import Lab
     from orchestrator_lite.drivers.netns import NetnsDriver
@@ -193,7 +193,7 @@ def outer(args):
     body = "\n".join([
         "## Neutron events through RabbitMQ (event-to-configured latency)",
         "",
-        f"{datetime.date.today()}, {platform.node()}, {args.routers} routers (real agents in "
+        f"`make bench` {machine_line(facts)}. {args.routers} routers (real agents in "
         "namespaces, netns driver), desired state from a small OpenStack on loopback, "
         "events through a private rabbitmq-server; `test/bench/bench_neutron_events.py`.",
         "From just before the notification is published until the appliance's committed "
@@ -218,7 +218,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--routers", type=int, default=5)
     parser.add_argument("--samples", type=int, default=20)
-    parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"))
+    add_output_option(parser)
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--netns", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
@@ -227,7 +227,8 @@ def main():
     if args.inner:
         inner(args)
     else:
-        outer(args)
+        require_root()
+        outer(args, machine_facts())
 
 
 if __name__ == "__main__":

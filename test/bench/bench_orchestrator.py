@@ -33,11 +33,9 @@ Writes only its own section of BENCHMARKS.md (markdown_sections.py). 100 real ag
 """
 import argparse
 import concurrent.futures
-import datetime
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -50,6 +48,8 @@ from astara_lab.appliance import controller_node  # noqa: E402
 from astara_lab.leftovers import find_leftovers  # noqa: E402
 from astara_netns import Lab, NetnsHTTPClient  # noqa: E402
 from astara_lab.orchestrator import OrchestratorProcess, errors_as, write_config  # noqa: E402
+from bench_common import (add_output_option, machine_facts, machine_line,  # noqa: E402
+                          require_root)
 from markdown_sections import write_section  # noqa: E402 (this directory)
 from orchestrator_lite.config import DEFAULT_MGMT_NETWORK_ID  # noqa: E402
 from orchestrator_lite.drivers.netns import NetnsDriver  # noqa: E402
@@ -402,15 +402,11 @@ def scenario(agents, count, period, rounds, timeout, profile_to=None, keep_logs=
             "rss_mib": max(rss, convergence["rss_mib"]), "clean": clean, "load": load}
 
 
-def render(results, period, rounds):
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
+def render(facts, results, period, rounds):
     label = {"real": "real agents", "standin": "stand-ins"}
     lines = [
         "## Orchestrator: cold-start convergence and health-round CPU", "",
-        f"`make bench` on {datetime.date.today()}, commit {commit}, {platform.node()}: "
-        f"{os.cpu_count()} cores, kernel {platform.release()}, Python "
-        f"{platform.python_version()}. `astara-orchestrator` (netns driver, 4 worker "
+        f"`make bench` {machine_line(facts)}. `astara-orchestrator` (netns driver, 4 worker "
         "threads, default timeouts, health period "
         f"{period:g} s) in a lab's ctl namespace. Each router: a gateway on one shared "
         "external network, one tenant network/subnet, one VM port; created through the "
@@ -473,11 +469,10 @@ def main(argv=None):
     parser.add_argument("--profile", help="py-spy the biggest scenario's steady state into "
                                           "this file (needs py-spy; $PY_SPY)")
     parser.add_argument("--keep-logs", help="copy each orchestrator log into this dir")
-    parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"))
+    add_output_option(parser)
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("benchmarks need root (network namespaces)", file=sys.stderr)
-        return 2
+    require_root()
+    facts = machine_facts()
     results = []
     plan = [("real", n) for n in parse_counts(args.real)] + \
         [("standin", n) for n in parse_counts(args.standin)]
@@ -486,7 +481,7 @@ def main(argv=None):
         results.append(scenario(agents, count, args.period, args.rounds, args.timeout,
                                 args.profile if (agents, count) == biggest else None,
                                 args.keep_logs))
-    text = render(results, args.period, args.rounds)
+    text = render(facts, results, args.period, args.rounds)
     write_section(args.output, "orchestrator", text)
     print(text)
     if not all(r["clean"] for r in results):

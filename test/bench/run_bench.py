@@ -26,12 +26,10 @@ only prints its table unless ``--output`` is given.
 """
 import argparse
 import copy
-import datetime
 import ipaddress
 import json
 import os
 import pathlib
-import platform
 import signal
 import statistics
 import subprocess
@@ -54,6 +52,7 @@ from astara_router.settings import Settings  # noqa: E402 (the agent's default t
 from agent_floor import (FloorNamespace, element_script, process_argv,  # noqa: E402
                          read_kernel_state, running_daemons)
 from bare_app import BareApp, KeepAliveReader  # noqa: E402
+from bench_common import BENCHMARKS, machine_facts, machine_line, require_root  # noqa: E402
 from bench_report import (Goal, markdown_table, measured_row, percentile,  # noqa: E402
                           ratio_goal)
 from markdown_sections import write_section  # noqa: E402
@@ -531,18 +530,6 @@ SCENARIOS = (
 )
 
 
-def machine_facts():
-    def git(*args):
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
-                              text=True).stdout.strip()
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    if git("status", "--porcelain", "--untracked-files=no"):
-        commit += " (with uncommitted changes)"
-    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "commit": commit, "cores": os.cpu_count(), "kernel": platform.release(),
-            "python": platform.python_version(), "load": os.getloadavg()}
-
-
 def memory_breakdown(results):
     """``gunicorn master 20.1 MB, ...`` (medians) per memory scenario that ran."""
     parts = []
@@ -560,8 +547,7 @@ def section(facts, results, opts, minutes):
     breakdown = memory_breakdown(results)
     return "\n".join([
         "## Agent: applies, reads and memory against their floors", "",
-        f"`make bench` (test/bench/run_bench.py) on {facts['date']}, commit {facts['commit']}: "
-        f"{facts['cores']} cores, kernel {facts['kernel']}, Python {facts['python']}; load "
+        f"`make bench` (test/bench/run_bench.py) {machine_line(facts)}; load "
         f"average (1/5/15 min) {load(facts['load'])} at the start, {load(os.getloadavg())} at "
         f"the end (the machine is shared); the run took {minutes:.1f} min. "
         f"{opts.repeat} runs of each figure, the floor or peer measured in the same run, "
@@ -613,9 +599,7 @@ def main(argv=None):
     parser.add_argument("--output", help="Markdown file to write the section to (default: "
                                          "BENCHMARKS.md after a full run, none otherwise)")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("benchmarks need root (network namespaces)", file=sys.stderr)
-        return 2
+    require_root()
     repeat = args.repeat or (2 if args.quick else 5)
     opts = Options(repeat=max(repeat, 1), get_seconds=2.0 if args.quick else 6.0,
                    idle_seconds=1.0 if args.quick else 2.0)
@@ -623,7 +607,7 @@ def main(argv=None):
               if not args.only or args.only.lower() in name.lower()]
     if not chosen:
         parser.error(f"no scenario matches {args.only!r}")
-    output = args.output or (None if args.quick or args.only else REPO / "BENCHMARKS.md")
+    output = args.output or (None if args.quick or args.only else BENCHMARKS)
     facts = machine_facts()
     started = time.monotonic()
     results = Results()
