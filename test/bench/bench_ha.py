@@ -36,8 +36,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from astara_lab.failover import HaPair, crash, fabric_ends  # noqa: E402
 from astara_netns import Lab, in_netns, pid_alive as alive  # noqa: E402
-from astara_router.watch import (IFA_ADDRESS, IFA_LOCAL, IFADDRMSG, NETLINK_ROUTE,  # noqa: E402
-                                 RTM_NEWADDR, RTMGRP_IPV4_IFADDR, attributes, messages)
+from astara_router.rtnl import (IFA_ADDRESS, IFA_LOCAL, IFADDRMSG, NETLINK_ROUTE,  # noqa: E402
+                                RTM_NEWADDR, attributes, messages)
+from astara_router.watch import RTMGRP_IPV4_IFADDR  # noqa: E402
 from bench_common import (add_output_option, machine_facts, machine_line,  # noqa: E402
                           require_root)
 from markdown_sections import write_section  # noqa: E402 (this directory)
