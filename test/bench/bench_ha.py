@@ -25,7 +25,6 @@ import os
 import pathlib
 import signal
 import socket
-import statistics
 import sys
 import threading
 import time
@@ -41,6 +40,7 @@ from astara_router.rtnl import (IFA_ADDRESS, IFA_LOCAL, IFADDRMSG, NETLINK_ROUTE
 from astara_router.watch import RTMGRP_IPV4_IFADDR  # noqa: E402
 from bench_common import (add_output_option, machine_facts, machine_line,  # noqa: E402
                           require_root)
+from bench_report import Summary  # noqa: E402
 from markdown_sections import write_section  # noqa: E402 (this directory)
 
 INTERVALS = (1.0, 0.1)
@@ -180,8 +180,10 @@ def anchor_run(interval, how):
 # -- report -----------------------------------------------------------------------------------
 
 def summary(values):
-    return (f"{statistics.median(values):.2f} s ({min(values):.2f}–{max(values):.2f})"
-            if values else "–")
+    if not values:
+        return "–"
+    s = Summary.of(values)
+    return f"{s.median:.2f} s ({s.low:.2f}–{s.high:.2f})"
 
 
 def main(argv=None):

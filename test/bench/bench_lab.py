@@ -11,7 +11,6 @@ markdown_sections.py); the other benchmarks' sections are left alone.
 """
 import argparse
 import pathlib
-import statistics
 import sys
 import tempfile
 
@@ -22,6 +21,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from astara_lab import lab as astara_lab  # noqa: E402
 from bench_common import (add_output_option, machine_facts, machine_line,  # noqa: E402
                           require_root)
+from bench_report import Summary  # noqa: E402
 from markdown_sections import write_section  # noqa: E402 (this directory)
 
 # (label, step prefix that ends the phase); the first phase starts at 0.
@@ -62,7 +62,8 @@ def one_run():
 
 
 def fmt(values):
-    return f"{statistics.median(values):.1f} s | {min(values):.1f} s | {max(values):.1f} s"
+    s = Summary.of(values)
+    return f"{s.median:.1f} s | {s.low:.1f} s | {s.high:.1f} s"
 
 
 def main(argv=None):

@@ -36,7 +36,6 @@ import concurrent.futures
 import json
 import os
 import pathlib
-import statistics
 import subprocess
 import sys
 import time
@@ -50,6 +49,7 @@ from astara_netns import Lab, NetnsHTTPClient  # noqa: E402
 from astara_lab.orchestrator import OrchestratorProcess, errors_as, write_config  # noqa: E402
 from bench_common import (add_output_option, machine_facts, machine_line,  # noqa: E402
                           require_root)
+from bench_report import Summary  # noqa: E402
 from markdown_sections import write_section  # noqa: E402 (this directory)
 from orchestrator_lite.config import DEFAULT_MGMT_NETWORK_ID  # noqa: E402
 from orchestrator_lite.drivers.netns import NetnsDriver  # noqa: E402
@@ -417,13 +417,13 @@ def render(facts, results, period, rounds):
         "same driver.", "",
         "Cold start: from starting the orchestrator until every router is `configured` "
         "and its appliance's committed hash is the desired one (polled every 0.5 s).", "",
-        "| routers | appliances | all converged | first router | per router p50 "
+        "| routers | appliances | all converged | first router | per router median "
         "| per router max | orchestrator peak RSS |",
         "|---|---|---|---|---|---|---|"]
     for r in results:
-        per = r["convergence"]["per_router"]
+        per = Summary.of(r["convergence"]["per_router"])
         lines.append(f"| {r['count']} | {label[r['agents']]} | {r['convergence']['total']:.1f} s"
-                     f" | {min(per):.1f} s | {statistics.median(per):.1f} s | {max(per):.1f} s "
+                     f" | {per.low:.1f} s | {per.median:.1f} s | {per.high:.1f} s "
                      f"| {r['rss_mib']:.0f} MiB |")
     lines += [
         "", f"Health CPU: orchestrator utime+stime (all threads) over {rounds} health "
