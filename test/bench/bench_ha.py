@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from astara_lab.failover import HaPair, crash, fabric_ends  # noqa: E402
+from astara_lab.peers import eventually  # noqa: E402
 from astara_netns import Lab, in_netns, pid_alive as alive  # noqa: E402
 from astara_router.rtnl import (IFA_ADDRESS, IFA_LOCAL, IFADDRMSG, NETLINK_ROUTE,  # noqa: E402
                                 RTM_NEWADDR, attributes, messages)
@@ -96,11 +97,8 @@ def holds(ns, address):
 
 
 def until(predicate, what, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    """``eventually`` polling every 50 ms, for up to a minute by default."""
+    eventually(predicate, timeout, what, interval=0.05)
 
 
 # -- the appliance pair -----------------------------------------------------------------------

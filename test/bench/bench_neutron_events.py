@@ -53,6 +53,7 @@ def inner(args):
 
     from astara_lab import broker as rabbit
     from astara_lab.fakecloud import FakeCloud
+    from astara_lab.peers import eventually
     from orchestrator_lite.config import (ApiSettings, HealthSettings, ManagementSettings,
                                           NetnsSettings, NeutronSettings,
                                           OpenStackSettings, Settings)
@@ -85,11 +86,9 @@ def inner(args):
         session = requests.Session()
         session.trust_env = False
 
-        deadline = time.monotonic() + 300
-        while not all(orchestrator.resource(r)["state"] == "configured" for r, _, _ in routers):
-            if time.monotonic() > deadline:
-                raise RuntimeError("routers not configured in 300 s")
-            time.sleep(0.2)
+        eventually(lambda: all(orchestrator.resource(r)["state"] == "configured"
+                               for r, _, _ in routers), 300, "every router configured",
+                   interval=0.2)
         boot = time.monotonic() - started
         addresses = {rid: orchestrator.resource(rid)["instances"][0]["management_address"]
                      for rid, _, _ in routers}
@@ -99,13 +98,8 @@ def inner(args):
                                timeout=2).json()
 
         def wait_until(rid, check, limit=30):
-            end = time.monotonic() + limit
-            while time.monotonic() < end:
-                body = config(rid)
-                if check(body["configuration"]):
-                    return body
-                time.sleep(0.005)
-            raise RuntimeError(f"{rid}: change not configured in {limit} s")
+            eventually(lambda: check(config(rid)["configuration"]), limit,
+                       f"{rid}: the change configured", interval=0.005)
 
         publisher = rabbit.Publisher(broker.url)
         fips = {f["router_id"]: f for f in topology.objects["floatingips"]}
