@@ -104,7 +104,10 @@ def until(predicate, what, timeout=60):
 # -- the appliance pair -----------------------------------------------------------------------
 
 def keepalived_pid(appliance):
-    return int((appliance.state_dir / "ha" / "keepalived.pid").read_text().split()[0])
+    pid = appliance.daemon_pid("ha/keepalived.pid")
+    if pid is None:
+        raise RuntimeError(f"{appliance.ns.role}: keepalived is not running")
+    return pid
 
 
 def appliance_runs(interval, repeat):
