@@ -221,6 +221,12 @@ def main(argv=None):
     changes, clients = result["changes"], result["clients"]
     put_times = Summary.of(changes)
     failed = clients.failed
+    if failed == 0 and loaded.non_2xx == 0:
+        verdict = "No request that nginx read failed or was cut."
+    else:
+        verdict = (f"Beyond that race, {failed} requests of the retrying clients failed (a "
+                   "refused or reset new connection, a cut or non-200 answer) and wrk got "
+                   f"{loaded.non_2xx} non-2xx responses.")
     lines = [
         "## Load balancer: requests per second, member changes under load", "",
         f"`make bench` {machine_line(facts)}, nginx {nginx_version()}. The appliance runs "
@@ -258,7 +264,7 @@ def main(argv=None):
         "The retried requests (and wrk's socket errors) are the keep-alive race every "
         "graceful nginx reload has: an old worker closes its *idle* keep-alive connections "
         "at once, and a request the client sent at that moment is never read; HTTP clients "
-        "resend it on a new connection. No request that nginx read failed or was cut. "
+        f"resend it on a new connection. {verdict} "
         f"PUT round trip under load: median {put_times.median * 1000:.0f} ms, max "
         f"{put_times.high * 1000:.0f} ms (first apply, nginx started: "
         f"{result['first_apply'] * 1000:.0f} ms).",
