@@ -83,7 +83,9 @@ class NotificationListener(ConsumerMixin):
         self._pending = []  # (event type, payload) waiting for the stream to go quiet
         self._first_pending = None
         self._last_message = 0.0
-        self._pending_lock = threading.Lock()
+        # on_message notifies when the queue stops being empty, stop() when it is time to
+        # go: the flusher sleeps without a timeout while nothing is pending
+        self._pending_changed = threading.Condition()
         self._flusher = None
         self.connection = kombu.Connection(url, heartbeat=10, connect_timeout=5)
         self.exchange = kombu.Exchange(exchange, type="topic", durable=False,
@@ -121,25 +123,33 @@ class NotificationListener(ConsumerMixin):
             LOG.warning("not a notification: %r", body)
             message.ack()
             return
-        with self._pending_lock:
+        with self._pending_changed:
             now = time.monotonic()
             if not self._pending:
                 self._first_pending = now
+                self._pending_changed.notify()  # later messages only push the deadline back
             self._last_message = now
             self._pending.append((event_type, payload))
         message.ack()
 
-    def _flush_loop(self):
-        while not self.should_stop:
-            time.sleep(min(self.quiet / 4, 0.0125))  # a quarter of the window late at most
-            now = time.monotonic()
-            with self._pending_lock:
+    def _next_batch(self):
+        """Wait until the pending notifications are due (the stream quiet for ``quiet``
+        seconds, or ``max_delay`` after the first) and take them; None once stopping."""
+        with self._pending_changed:
+            while not self.should_stop:
                 if not self._pending:
+                    self._pending_changed.wait()
                     continue
-                if now - self._last_message < self.quiet and \
-                        now - self._first_pending < self.max_delay:
-                    continue
-                batch, self._pending = self._pending, []
+                due = min(self._last_message + self.quiet, self._first_pending + self.max_delay)
+                now = time.monotonic()
+                if now >= due:
+                    batch, self._pending = self._pending, []
+                    return batch
+                self._pending_changed.wait(due - now)
+            return None
+
+    def _flush_loop(self):
+        while (batch := self._next_batch()) is not None:
             self.flush(batch)
 
     def flush(self, batch):
@@ -169,7 +179,9 @@ class NotificationListener(ConsumerMixin):
         return self
 
     def stop(self):
-        self.should_stop = True
+        with self._pending_changed:
+            self.should_stop = True
+            self._pending_changed.notify_all()
         for thread in (self._thread, self._flusher):
             if thread is not None:
                 thread.join(10)
