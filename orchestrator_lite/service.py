@@ -27,10 +27,11 @@ class Orchestrator:
     def __init__(self, settings, driver=None, client_factory=None, clock=time.monotonic):
         self.settings = settings
         os.makedirs(settings.state_dir, exist_ok=True)
-        self.store = self._make_store(settings)
+        self.cloud = self._connect(settings, driver)
+        self.store = self._make_store(settings, self.cloud)
         self.store.ensure_management_network(settings.management)
         self.driver = DriverSet({driver.name: driver}, driver.name) if driver else \
-            make_drivers(settings)
+            make_drivers(settings, self.cloud)
         self.store.placements.drivers = self.driver.names
         self.payload_settings = PayloadSettings.from_settings(settings)
         self.client_factory = client_factory or default_client_factory(settings.appliance)
@@ -46,14 +47,24 @@ class Orchestrator:
         self.started_at = time.time()
 
     @staticmethod
-    def _make_store(settings):
+    def _connect(settings, driver):
+        """One openstacksdk Connection, so one Keystone auth, for everything that talks to
+        the cloud (Neutron desired state, status write-back, openstack driver); None when
+        nothing does."""
+        drivers = () if driver else (settings.compute_driver, *settings.compute_drivers)
+        if not settings.neutron.desired_state and "openstack" not in drivers:
+            return None
+        from .openstack.cloud import connect
+        return connect(settings.openstack)
+
+    @staticmethod
+    def _make_store(settings, cloud):
         """The local store, or (``[neutron] desired_state``) Neutron's objects over it."""
         local = Store(settings.database_path, settings.management.network_id)
         if not settings.neutron.desired_state:
             return local
-        from .openstack.cloud import connect
         from .openstack.neutron import NeutronReader, NeutronStore
-        return NeutronStore(local, NeutronReader(connect(settings.openstack)),
+        return NeutronStore(local, NeutronReader(cloud),
                             settings.management.network_id, settings.neutron.resync_period,
                             settings.neutron.router_flavor_id)
 
@@ -73,7 +84,7 @@ class Orchestrator:
         if neutron.status:
             l3_rpc = L3RpcClient(neutron.events_url, neutron.exchange) \
                 if neutron.events_url else None
-            self.neutron_status = StatusWriter(self.store.reader.conn, self.store, l3_rpc)
+            self.neutron_status = StatusWriter(self.cloud, self.store, l3_rpc)
 
     def _make_automaton(self, ref):
         manager = InstanceManager(ref, self.store, self.driver, self.payload_settings,
@@ -109,6 +120,8 @@ class Orchestrator:
             self.webhook.close()
         self.driver.close()
         self.store.close()
+        if self.cloud is not None:  # last: the resync thread has stopped with the store
+            self.cloud.close()
 
     # -- operator surface ------------------------------------------------------------------------
     def _ref(self, resource_id):

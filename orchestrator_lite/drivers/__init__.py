@@ -7,25 +7,26 @@ from .base import ComputeDriver, DriverError
 DRIVERS = ("netns", "openstack")
 
 
-def make_driver(settings, name=None):
-    """The driver named ``name`` (default ``settings.compute_driver``)."""
+def make_driver(settings, name=None, cloud=None):
+    """The driver named ``name`` (default ``settings.compute_driver``); ``cloud`` is the
+    openstacksdk Connection the openstack driver uses (its caller closes it)."""
     name = name or settings.compute_driver
     if name == "netns":
         from .netns import NetnsDriver
         return NetnsDriver.from_settings(settings)
     if name == "openstack":
         from .openstack import OpenStackDriver
-        return OpenStackDriver.from_settings(settings)
+        return OpenStackDriver.from_settings(settings, cloud)
     raise ValueError(f"[compute] driver: unknown driver {name!r} ({', '.join(DRIVERS)})")
 
 
-def make_drivers(settings):
+def make_drivers(settings, cloud=None):
     """A DriverSet: the default driver (from the settings) and every other enabled one."""
-    default = make_driver(settings)
+    default = make_driver(settings, cloud=cloud)
     drivers = {default.name: default}
     for name in settings.compute_drivers:
         if name not in drivers:
-            drivers[name] = make_driver(settings, name)
+            drivers[name] = make_driver(settings, name, cloud)
     return DriverSet(drivers, default.name)
 
 

@@ -82,8 +82,9 @@ class OpenStackDriver(ComputeDriver):
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings):
-        from ..openstack.cloud import connect
+    def from_settings(cls, settings, conn):
+        """``conn``: the orchestrator's openstacksdk Connection, shared with the Neutron
+        desired state; whoever connected it closes it."""
         o = settings.openstack
         if not o.image or not o.flavor:
             raise DriverError("[openstack] image and flavor are required for the openstack "
@@ -95,7 +96,7 @@ class OpenStackDriver(ComputeDriver):
                     key = handle.read().strip()
             except OSError as exc:
                 raise DriverError(f"[openstack] ssh_public_key: {exc}") from None
-        return cls(connect(o), settings.management.network_id, o.image, o.flavor,
+        return cls(conn, settings.management.network_id, o.image, o.flavor,
                    o.availability_zone, key, o.boot_command, o.port_security,
                    o.server_group_policy, settings.management.mtu)
 
@@ -294,9 +295,3 @@ class OpenStackDriver(ComputeDriver):
             raise DriverError(f"detaching {mac} from {instance.name}: {exc}") from exc
         self._delete_ports([port])
         return self.get(instance_id)
-
-    def close(self):
-        try:
-            self.conn.close()
-        except Exception:  # noqa: BLE001
-            pass

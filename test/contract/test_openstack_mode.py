@@ -94,6 +94,9 @@ def test_router_from_neutron_is_booted_on_nova_and_reported_active(openstack_mod
     wait_for(lambda: not cloud.servers, timeout=20, what="server deleted")
     wait_for(lambda: not [p for p in cloud.ports.values() if p["name"].startswith("ASTARA")],
              what="appliance ports deleted")
+    # Desired state, status write-back and Nova driver shared one Connection: one Keystone
+    # auth for all of it (its token lasts until 2099).
+    assert len(cloud.requests_to("POST", "/identity/v3/auth/tokens")) == 1
 
 
 def test_operator_writes_of_neutron_objects_are_refused(openstack_mode, cloud):
