@@ -20,7 +20,7 @@ refer to Neutron's VIP ports and networks by id.
 import logging
 import threading
 
-from ..store import validation
+from ..store import notify, validation
 from ..store.errors import StoreError
 from ..store.impact import affected
 from ..store.kinds import KINDS
@@ -109,28 +109,23 @@ class NeutronStore:
         self.reader = reader
         self.management_network_id = management_network_id
         self.resync_period = resync_period
-        self._objects = {kind: {} for kind in NEUTRON_KINDS}  # canonical, Neutron's order
-        self._generation = 0
-        self._cached = (None, -1, None)  # (local snapshot, generation, combined)
+        # Neutron's kinds only (canonical, Neutron's order); replaced, never mutated
+        self._neutron = Snapshot({kind: {} for kind in NEUTRON_KINDS}, management_network_id)
+        self._cached = (None, None, None)  # (local snapshot, Neutron snapshot, combined)
         self._lock = threading.RLock()
         self._subscribers = []
         self._stop = threading.Event()
         self._thread = None
-        local.subscribe(self._publish_events)
+        local.subscribe(self.publish)
 
     # -- reading ---------------------------------------------------------------------------
     def snapshot(self):
-        local = self.local.snapshot()
-        cached_local, generation, combined = self._cached
-        if cached_local is local and generation == self._generation:
+        local, neutron = self.local.snapshot(), self._neutron
+        cached_local, cached_neutron, combined = self._cached
+        if cached_local is local and cached_neutron is neutron:
             return combined
-        with self._lock:
-            objects = {kind: dict(self._objects[kind]) for kind in NEUTRON_KINDS}
-            generation = self._generation
-        for kind in LOCAL_KINDS:
-            objects[kind] = {o["id"]: o for o in local.all(kind)}
-        combined = Snapshot(objects, self.management_network_id)
-        self._cached = (local, generation, combined)
+        combined = neutron.merged(local, LOCAL_KINDS)
+        self._cached = (local, neutron, combined)
         return combined
 
     # -- Neutron -> cache ------------------------------------------------------------------
@@ -147,10 +142,11 @@ class NeutronStore:
         with self._lock:
             changes = []
             for kind in NEUTRON_KINDS:
-                old, new = self._objects[kind], fresh[kind]
-                changes += [(kind, old[i], None) for i in old if i not in new]
-                changes += [(kind, old.get(i), obj) for i, obj in new.items()
-                            if old.get(i) != obj]
+                new = fresh[kind]
+                changes += [(kind, old, None) for old in self._neutron.all(kind)
+                            if old["id"] not in new]
+                changes += [(kind, self._neutron.get(kind, i), obj) for i, obj in new.items()
+                            if self._neutron.get(kind, i) != obj]
             return self._apply(changes, replace=fresh)
 
     def _canonical(self, kind, raw):
@@ -164,14 +160,14 @@ class NeutronStore:
         ``publish=False`` leaves telling the subscribers to the caller (batching)."""
         obj = self._canonical(kind, raw)
         with self._lock:
-            old = self._objects[kind].get(raw["id"])
+            old = self._neutron.get(kind, raw["id"])
             if obj == old:
                 return []
             return self._apply([(kind, old, obj)], publish=publish)  # obj None: not ours
 
     def remove(self, kind, obj_id, publish=True):
         with self._lock:
-            old = self._objects[kind].get(obj_id)
+            old = self._neutron.get(kind, obj_id)
             return self._apply([(kind, old, None)], publish=publish) if old else []
 
     def refresh(self, kind, obj_id, publish=True):
@@ -182,7 +178,7 @@ class NeutronStore:
         return self.upsert(kind, raw, publish)
 
     def publish(self, events):
-        self._publish_events(events)
+        notify(self._subscribers, events)
 
     def _apply(self, changes, replace=None, publish=True):
         changes = [c for c in changes if c[1] is not None or c[2] is not None]
@@ -190,19 +186,11 @@ class NeutronStore:
             return []
         before = self.snapshot()
         with self._lock:
-            if replace is not None:
-                self._objects = replace
-            else:
-                for kind, old, new in changes:
-                    table = self._objects[kind]
-                    if new is None:
-                        table.pop(old["id"], None)
-                    else:
-                        table[new["id"]] = new
-            self._generation += 1
+            self._neutron = self._neutron.with_changes(changes) if replace is None else \
+                Snapshot(replace, self.management_network_id)
         events = affected(before, self.snapshot(), changes)
         if publish:
-            self._publish_events(events)
+            self.publish(events)
         return events
 
     # -- resync ----------------------------------------------------------------------------
@@ -235,14 +223,6 @@ class NeutronStore:
     # -- the Store surface -----------------------------------------------------------------
     def subscribe(self, callback):
         self._subscribers.append(callback)
-
-    def _publish_events(self, events):
-        for callback in self._subscribers:
-            if events:
-                try:
-                    callback(events)
-                except Exception:  # noqa: BLE001
-                    LOG.exception("store subscriber failed")
 
     @staticmethod
     def _from_neutron(kind):

@@ -38,9 +38,21 @@ from .kinds import KINDS, ROUTER_GATEWAY_OWNER, ROUTER_INTERFACE_OWNERS
 from .placements import Placements
 from .snapshot import Snapshot
 
-__all__ = ["Store", "StoreError", "NotFound", "Conflict"]
+__all__ = ["Store", "StoreError", "NotFound", "Conflict", "notify"]
 
 LOG = logging.getLogger(__name__)
+
+
+def notify(subscribers, events):
+    """``callback(events)`` for each subscriber when there are events; one that fails is
+    logged and the others still hear (a subscriber must not undo a commit)."""
+    if not events:
+        return
+    for callback in subscribers:
+        try:
+            callback(events)
+        except Exception:  # noqa: BLE001
+            LOG.exception("store subscriber failed")
 
 
 class Store:
@@ -180,12 +192,7 @@ class Store:
             self._database.write(changes)
             self._snapshot = after
             events = affected(before, after, changes)
-        for callback in self._subscribers:
-            if events:
-                try:
-                    callback(events)
-                except Exception:  # noqa: BLE001 - a subscriber must not undo a commit
-                    LOG.exception("store subscriber failed")
+        notify(self._subscribers, events)
         return [new for _, _, new in changes]
 
     # -- appliance ports (orchestrator-internal: no events) -------------------------------------

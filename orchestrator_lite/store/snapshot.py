@@ -41,6 +41,13 @@ class Snapshot:
                 table[new["id"]] = new
         return Snapshot(objects, self.management_network_id)
 
+    def merged(self, other, kinds):
+        """This snapshot with the objects of ``kinds`` taken from ``other`` (OpenStack
+        mode: Neutron's objects plus the local store's own kinds). Shares their tables:
+        neither is ever mutated."""
+        return Snapshot({**self._objects, **{kind: other._objects[kind] for kind in kinds}},
+                        self.management_network_id)
+
     # -- indexes (built once per snapshot, on first use) --------------------------------------
     @functools.cached_property
     def _by(self):

@@ -75,6 +75,21 @@ def test_sqlite_wal_and_reload_keeps_creation_order(path, store):
     again.close()
 
 
+def test_a_failing_subscriber_neither_undoes_the_commit_nor_silences_the_others(store):
+    heard = []
+
+    def broken(events):
+        raise RuntimeError("subscriber bug")
+
+    store.subscribe(broken)
+    store.subscribe(heard.append)  # after the broken one
+    store.create("router", {"id": "r1", "tenant_id": "t1"})
+    assert store.snapshot().get("router", "r1") is not None
+    assert [[(e.ref.id, e.action) for e in events] for events in heard] == [[("r1", CREATE)]]
+    store.create("network", {"id": "lonely", "tenant_id": "t1"})  # affects no resource
+    assert len(heard) == 1  # no call with an empty list
+
+
 def test_debug_flags_persist(path, store):
     store.debug_flags.set("tenant", "t1", "maintenance")
     store.close()
