@@ -233,8 +233,7 @@ def vpn_entry(snapshot, router, gateway):
     """``vpn`` as Neutron VPNaaS with endpoint groups shows it: one VPN service for the
     router (its external addresses from the gateway port) with every IPsec site connection
     of the router; ``{}`` without connections."""
-    connections = [c for c in snapshot.all("ipsec_site_connection")
-                   if c["router_id"] == router["id"]]
+    connections = snapshot.vpn_connections_of(router["id"])
     if not connections:
         return {}
     external = {4: None, 6: None}

@@ -52,7 +52,7 @@ class Snapshot:
     @functools.cached_property
     def _by(self):
         index = {"subnets": {}, "ports": {}, "router_ports": {}, "fips": {}, "aports": {},
-                 "listeners": {}, "pools": {}, "members": {}}
+                 "listeners": {}, "pools": {}, "members": {}, "vpn": {}}
         for subnet in self.all("subnet"):
             index["subnets"].setdefault(subnet["network_id"], []).append(subnet)
         for port in self.all("port"):
@@ -69,6 +69,8 @@ class Snapshot:
             index["pools"].setdefault(pool["loadbalancer_id"], []).append(pool)
         for member in self.all("member"):
             index["members"].setdefault(member["pool_id"], []).append(member)
+        for connection in self.all("ipsec_site_connection"):
+            index["vpn"].setdefault(connection["router_id"], []).append(connection)
         return index
 
     def subnets_of(self, network_id):
@@ -102,6 +104,10 @@ class Snapshot:
 
     def members_of(self, pool_id):
         return self._by["members"].get(pool_id, [])
+
+    def vpn_connections_of(self, router_id):
+        """The router's IPsec site connections, in creation order."""
+        return self._by["vpn"].get(router_id, [])
 
     def routers_on_network(self, network_id, interfaces_only=False):
         owners = ROUTER_INTERFACE_OWNERS if interfaces_only else ROUTER_PORT_OWNERS

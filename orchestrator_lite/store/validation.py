@@ -558,8 +558,7 @@ def delete_changes(snap, kind, obj):
     elif kind == ROUTER:
         users = [f"interface port {p['id']}" for p in snap.interface_ports(obj["id"])] + \
             [f"floating IP {f['id']}" for f in snap.floatingips_of(obj["id"])] + \
-            [f"IPsec site connection {c['id']}" for c in snap.all("ipsec_site_connection")
-             if c["router_id"] == obj["id"]]
+            [f"IPsec site connection {c['id']}" for c in snap.vpn_connections_of(obj["id"])]
     if users:
         raise Conflict(f"{kind} {obj['id']} is in use by {', '.join(users[:5])}")
     if kind == ROUTER:
