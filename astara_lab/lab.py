@@ -39,7 +39,7 @@ from .cloud import ORCHESTRATOR_ADDRESS, PUBLIC_V4, PUBLIC_V6, WEB_PORT, in_sync
 from .leftovers import find_leftovers, remove_leftovers
 from astara_netns import Lab, Netns, NetnsHTTPClient, list_netns
 from .orchestrator import AdminApi, AdminApiError, OrchestratorProcess, errors_as, log_tail
-from .peers import PeerBird, learned_prefixes, udhcpc
+from .peers import PeerBird, eventually, learned_prefixes, udhcpc
 
 DEFAULT_STATE = "/run/astara-lab/lab.json"
 CLOUDS = {"default": clouds.DEFAULT_CLOUD}
@@ -497,13 +497,12 @@ def check_loadbalancing(view):
 
 
 def _until(predicate, timeout, interval=0.1):
-    """Poll ``predicate`` until true (True) or ``timeout`` seconds pass (False)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
+    """peers.eventually for a self-check row: True once ``predicate`` holds, False when
+    ``timeout`` seconds pass first (the row reports it; nothing raises)."""
+    try:
+        return bool(eventually(predicate, timeout, "", interval))
+    except AssertionError:
+        return False
 
 
 def check_ha_failover(view):
