@@ -43,7 +43,9 @@ class HealthMonitor:
         self._rng = rng
         self._tick = tick
         self._due = {}  # resource key -> monotonic due time
-        self.polls_sent = collections.Counter()  # resource key -> polls sent (paused or not)
+        # resource key -> polls sent, paused or not; /v1/workers shows it, so beside the
+        # polls a resource's state machine handled (resource show) the dropped ones show
+        self.polls_sent = collections.Counter()
         self._next_sweep = 0.0
         self._stop = threading.Event()
         self._thread = None
@@ -68,9 +70,9 @@ class HealthMonitor:
         snapshot = self.store.snapshot()
         refs = snapshot.resources()
         present = {ref.key for ref in refs}
-        for key in list(self._due):
-            if key not in present:
-                del self._due[key]
+        for key in (self._due.keys() | self.polls_sent.keys()) - present:
+            self._due.pop(key, None)
+            self.polls_sent.pop(key, None)
         polled = []
         for ref in refs:
             due = self._due.get(ref.key)

@@ -246,6 +246,8 @@ class Orchestrator:
         info = self.scheduler.debug_info()
         info["debug_flags"] = [{"scope": scope, "key": key, **flag}
                                for (scope, key), flag in self.store.debug_flags.all().items()]
+        info["polls_sent"] = {f"{kind} {rid}": n
+                              for (kind, rid), n in dict(self.health.polls_sent).items()}
         info["driver"] = self.driver.name
         info["started_at"] = self.started_at
         return info

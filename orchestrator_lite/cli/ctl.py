@@ -5,7 +5,7 @@
   astara-ctl tenant debug|manage TENANT [--reason R]
   astara-ctl global debug|manage [--reason R]
   astara-ctl poll                                    poll every resource now
-  astara-ctl workers debug                           queues, running workers, debug flags
+  astara-ctl workers debug                           queues, workers, debug flags, polls sent
   astara-ctl ssh ID [--instance N]                   shell in the appliance (netns driver)
   astara-ctl browse [--once] [--interval S]          live table of resources (q quits)
   astara-ctl debug-resource ID [--action A ...] [--follow] [--timeout S] [--json]

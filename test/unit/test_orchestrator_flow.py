@@ -405,10 +405,16 @@ def test_debug_pauses_and_manage_resumes(orch, cloud):
     appliance = cloud.appliances["ak-router-r1_0"]
     wait_for(o.scheduler.idle, what="idle")  # an action in flight finishes even if paused
     o.command("r1", "debug", "hands off")
+    wait_for(o.scheduler.idle, what="idle")  # a poll delivered just before the pause
+    handled = o.resource("r1")["automaton"]["polls"]
+    sent = o.workers_debug()["polls_sent"].get("router r1", 0)  # none before the first
     o.store.create("floatingip", {"router_id": "r1", "floating_ip_address": "172.24.4.60",
                                   "fixed_ip_address": "10.1.0.10"})
     polls_sent(o, "r1")
     assert appliance.payload["floating_ips"] == []  # paused: not pushed
+    # /v1/workers shows the polls sent while paused; the state machine handled none
+    assert o.workers_debug()["polls_sent"]["router r1"] >= sent + 3
+    assert o.resource("r1")["automaton"]["polls"] == handled
     assert o.resource("r1")["paused"] == "resource debug: hands off"
     o.command("r1", "manage")
     wait_for(lambda: appliance.payload["floating_ips"] != [], what="resumed")

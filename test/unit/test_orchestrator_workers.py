@@ -203,6 +203,25 @@ def test_health_polls_each_resource_on_a_jittered_schedule(tmp_path):
     assert len(health.check(now=81)) == 20
 
 
+def test_polls_sent_are_counted_per_resource_and_forgotten_with_it(tmp_path):
+    store = make_store(tmp_path)
+    for n in range(3):
+        store.create("router", {"id": f"r{n}", "tenant_id": "t"})
+    store.debug_flags.set("resource", "r1")
+
+    class Sink:
+        def deliver(self, ref, action):
+            return ref.id != "r1"  # the scheduler drops a paused resource's polls
+
+    health = HealthMonitor(Sink(), store, FakeDriver(), period=60, jitter=0)
+    for now in (0, 60, 120):
+        health.check(now=now)
+    assert health.polls_sent == {("router", f"r{n}"): 3 for n in range(3)}  # paused or not
+    store.delete("router", "r0")
+    health.check(now=121)
+    assert health.polls_sent == {("router", "r1"): 3, ("router", "r2"): 3}
+
+
 def test_orphan_sweep(tmp_path):
     store = make_store(tmp_path)
     store.create("router", {"id": "alive", "tenant_id": "t"})
