@@ -308,12 +308,10 @@ def validate(settings):
             ipaddress.ip_address(settings.management.orchestrator_address)
     except ValueError as exc:
         raise ConfigError(f"management: {exc}") from None
-    if settings.compute_driver not in DRIVERS:
-        raise ConfigError(f"compute.driver: unknown driver {settings.compute_driver!r} "
-                          f"({', '.join(DRIVERS)})")
-    for name in settings.compute_drivers:
+    for key, name in [("driver", settings.compute_driver),
+                      *(("drivers", n) for n in settings.compute_drivers)]:
         if name not in DRIVERS:
-            raise ConfigError(f"compute.drivers: unknown driver {name!r} "
+            raise ConfigError(f"compute.{key}: unknown driver {name!r} "
                               f"({', '.join(DRIVERS)})")
     if settings.threads < 1:
         raise ConfigError("workers.threads must be at least 1")

@@ -19,6 +19,12 @@ LOG = logging.getLogger(__name__)
 INSTANCE_NAME = re.compile(r"^ak-(?P<kind>[a-z]+)-(?P<id>.+)_(?P<n>\d+)$")
 
 
+def server_group_name(kind, resource_id):
+    """``ak-<kind>-<id>``: the resource's instance names without ``_<n>``, and the server
+    group of its HA pair (the instance managers and the OpenStack driver must agree)."""
+    return f"ak-{kind}-{resource_id}"
+
+
 def orphan_refs(instance_names, snapshot):
     """Resources that have instances but are not in the store (any more)."""
     known = {ref.key for ref in snapshot.resources()}

@@ -26,6 +26,7 @@ from .client import ApplianceClient, ApplianceError, ApplianceRejected
 from .drivers.base import ERROR as COMPUTE_ERROR
 from .drivers.base import DriverError, Nic
 from .events import ROUTER
+from .health import server_group_name
 
 LOG = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class ConfigureResult:
 
 
 def instance_prefix(ref):
-    return f"ak-{ref.kind}-{ref.id}_"
+    return f"{server_group_name(ref.kind, ref.id)}_"
 
 
 def interface_map(reported, ports):
@@ -327,7 +328,7 @@ class InstanceManager:
         them, so a plain driver is called plainly), a server group for HA pairs."""
         hints = {}
         if self.required(snapshot) > 1:
-            hints["server_group"] = self.prefix.rstrip("_")
+            hints["server_group"] = server_group_name(self.ref.kind, self.ref.id)
         placement = self.placement(self.ref) if self.placement else None
         if placement is not None:
             if placement.image:

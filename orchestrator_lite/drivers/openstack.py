@@ -27,7 +27,7 @@ import re
 import threading
 
 from .. import ipam
-from ..health import INSTANCE_NAME
+from ..health import INSTANCE_NAME, server_group_name
 from .base import ACTIVE, BUILD, ERROR, ComputeDriver, DriverError, Instance, Nic
 
 LOG = logging.getLogger(__name__)
@@ -267,7 +267,7 @@ class OpenStackDriver(ComputeDriver):
         self._delete_ports(ports)
         match = INSTANCE_NAME.match(name or "")
         if match:
-            self._drop_empty_group(f"ak-{match['kind']}-{match['id']}")
+            self._drop_empty_group(server_group_name(match["kind"], match["id"]))
 
     def attach(self, instance_id, nic):
         instance = self.get(instance_id)

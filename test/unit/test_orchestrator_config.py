@@ -65,6 +65,7 @@ def test_load(tmp_path):
     ("management", "prefix = not-a-prefix", "management"),
     ("workers", "threads = 0", "threads"),
     ("compute", "driver = fake", "compute.driver"),
+    ("compute", "drivers = netns, fake", "compute.drivers: unknown driver 'fake'"),
 ])
 def test_bad_values_name_the_key(tmp_path, section, line, message):
     path = tmp_path / "o.ini"

@@ -336,6 +336,10 @@ def test_ha_router_gets_two_instances_with_peers(orch, cloud):
                  for p in (first, second)]
     assert first.payload["ha_config"] == {"peers": [addresses[1]], "priority": 100}
     assert second.payload["ha_config"] == {"peers": [addresses[0]], "priority": 50}
+    # One server group for the pair, named as the OpenStack driver drops it (its contract
+    # test): the instance names without _<n>
+    assert [cloud.hints[f"ak-router-r1_{n}"]["server_group"] for n in (0, 1)] == \
+        ["ak-router-r1"] * 2
     # Losing one member: degraded, only the missing one is booted again.
     cloud.appliances["ak-router-r1_1"].alive = False
     wait_for(lambda: [c[0] for c in cloud.calls].count("create") == 3, what="member rebuilt")
