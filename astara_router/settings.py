@@ -4,6 +4,7 @@ Every path the agent writes (state, pid files, sockets, daemon configs) derives 
 ``state_dir``, so several appliances can share a host without touching each other.
 """
 import configparser
+import glob
 import os
 from dataclasses import dataclass, replace
 
@@ -72,14 +73,28 @@ def _ha(section, settings):
     return {"ha_advert_interval": interval, "ha_preempt": preempt, "ha_preempt_delay": delay}
 
 
+def drop_ins(config_file):
+    """``<config_file>.d/*.ini`` in name order: what boot data adds to the image's ini
+    (the orchestrator's [api] TLS files, README "Mutual TLS"); later files win."""
+    return sorted(glob.glob(os.path.join(glob.escape(config_file + ".d"), "*.ini")))
+
+
+def _check_tls(settings):
+    if (settings.keyfile or settings.ca_certs) and not settings.certfile:
+        raise ValueError("[api] keyfile and ca_certs need certfile (the API's certificate)")
+
+
 def load(config_file=None, **overrides):
     """Read the ini file ([DEFAULT], [api], [status], [metadata], [vpn], [supervisor], [ha])
-    and apply overrides."""
+    and its drop-ins, and apply overrides."""
     settings = Settings()
     if config_file:
         parser = configparser.ConfigParser()
         if not parser.read(config_file):
             raise ValueError(f"cannot read config file {config_file}")
+        for extra in drop_ins(config_file):
+            if not parser.read(extra):
+                raise ValueError(f"cannot read config file {extra}")
         get = parser.defaults().get
         api = parser["api"] if parser.has_section("api") else parser.defaults()
         status = parser["status"] if parser.has_section("status") else parser.defaults()
@@ -116,4 +131,6 @@ def load(config_file=None, **overrides):
     clean = {k: v for k, v in overrides.items() if v not in (None, (), "")}
     if "enabled_services" in clean and isinstance(clean["enabled_services"], str):
         clean["enabled_services"] = _services(clean["enabled_services"])
-    return replace(settings, **clean)
+    settings = replace(settings, **clean)
+    _check_tls(settings)
+    return settings

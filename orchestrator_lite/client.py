@@ -20,6 +20,11 @@ the appliance itself failed (a daemon, a full disk) with its previous generation
 place: worth a few retries, as a transient failure.
 IPv6 hosts are bracketed in URLs. Proxy environment variables are ignored (direct
 management network, as the original did).
+
+TLS (``tls``: a ``pki.ClientTls``, with ``server_name`` the instance name): HTTPS with the
+orchestrator's client certificate, the appliance's certificate verified against the CA
+and that name (README, "Mutual TLS"); ``renew_certificate(bundle)`` pushes a new one.
+Without ``tls``: plain HTTP, the original orchestrator's way.
 """
 import ipaddress
 import json
@@ -60,21 +65,25 @@ class ApplianceRejected(ApplianceError):
         super().__init__(text)
 
 
-def base_url(host, port):
+def base_url(host, port, scheme="http"):
     host = str(host).strip("[]")
     try:
         if ipaddress.ip_address(host).version == 6:
             host = f"[{host}]"
     except ValueError:
         pass  # a host name
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 class ApplianceClient:
     def __init__(self, host, port=5000, token="", alive_timeout=3.0, timeout=30.0,
                  config_timeout=90.0, attempts=4, backoff_base=0.5, backoff_cap=8.0,
-                 sleep=time.sleep, confirm_timeout=None):
-        self.url = base_url(host, port)
+                 sleep=time.sleep, confirm_timeout=None, tls=None, server_name=None):
+        if tls is not None and not server_name:
+            raise ValueError("TLS needs the appliance's name to verify")
+        self.url = base_url(host, port, "https" if tls is not None else "http")
+        self.tls = tls
+        self.server_name = server_name
         self.token = token
         self.alive_timeout = alive_timeout
         self.timeout = timeout
@@ -86,11 +95,12 @@ class ApplianceClient:
         self.confirm_timeout = confirm_timeout  # None: plain PUTs, as the original
 
     @classmethod
-    def from_settings(cls, host, appliance_settings):
+    def from_settings(cls, host, appliance_settings, tls=None, server_name=None):
         s = appliance_settings
         return cls(host, s.port, s.token, s.alive_timeout, s.interfaces_timeout,
                    s.config_timeout, s.retry_attempts, s.retry_base, s.retry_cap,
-                   confirm_timeout=s.confirm_timeout or None)
+                   confirm_timeout=s.confirm_timeout or None, tls=tls,
+                   server_name=server_name)
 
     def __repr__(self):
         return f"ApplianceClient({self.url})"
@@ -147,6 +157,13 @@ class ApplianceClient:
             self.confirm()
         return body
 
+    def renew_certificate(self, bundle):
+        """``PUT /v1/system/tls`` with the bundle's certificate and key; the appliance
+        reloads its API with them right after answering."""
+        data = json.dumps(bundle.renewal_body()).encode()
+        return self._json(self._call("PUT", "/v1/system/tls", self.timeout, data=data,
+                                     headers={"Content-type": "application/json"}))
+
     def confirm(self):
         try:
             self._call("POST", "/v1/system/config/confirm", self.timeout)
@@ -163,6 +180,8 @@ class ApplianceClient:
             headers["Authorization"] = f"Bearer {self.token}"
         with requests.Session() as session:
             session.trust_env = False  # no proxies: the management network is direct
+            if self.tls is not None:
+                session.mount("https://", self.tls.adapter(self.server_name))
             return session.request(method, self.url + path, data=data, headers=headers,
                                    timeout=timeout, allow_redirects=False)
 

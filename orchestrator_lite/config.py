@@ -26,6 +26,7 @@ the ``[netns]`` names the lab chose) is enough to run. Sections and keys::
             topic, queue, queue_expires
   [netns] prefix, fabric, management_bridge, bridges, auto_bridges, state_root, python,
           enabled_services, management_mtu
+  [tls] enabled, directory, lifetime_days, renew_before_days   (pki.py, README "Mutual TLS")
 """
 import configparser
 import ipaddress
@@ -177,6 +178,16 @@ class NeutronSettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """Mutual TLS with the appliances (orchestrator_lite/pki.py). Off: plain HTTP, the
+    original orchestrator's way, for appliance images that know no TLS."""
+    enabled: bool = True
+    directory: str = ""  # the CA and the client certificate; default <state_dir>/pki
+    lifetime_days: float = 30.0  # of each appliance certificate (and the client's)
+    renew_before_days: float = 10.0  # re-issued when this close to expiry
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = field(default_factory=socket.gethostname)
     state_dir: str = "/var/lib/astara-orchestrator"
@@ -196,10 +207,15 @@ class Settings:
     netns: NetnsSettings = field(default_factory=NetnsSettings)
     openstack: OpenStackSettings = field(default_factory=OpenStackSettings)
     neutron: NeutronSettings = field(default_factory=NeutronSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     @property
     def database_path(self):
         return self.database or os.path.join(self.state_dir, "orchestrator.sqlite")
+
+    @property
+    def pki_directory(self):
+        return self.tls.directory or os.path.join(self.state_dir, "pki")
 
 
 def _typed(section_cls, section, prefix):
@@ -286,6 +302,7 @@ def from_parser(parser, **overrides):
             netns=_typed(NetnsSettings, _own(parser, "netns"), "netns."),
             openstack=_typed(OpenStackSettings, _own(parser, "openstack"), "openstack."),
             neutron=_typed(NeutronSettings, _own(parser, "neutron"), "neutron."),
+            tls=_typed(TlsSettings, _own(parser, "tls"), "tls."),
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -319,3 +336,7 @@ def validate(settings):
         raise ConfigError("health.period must be positive")
     if not 0 <= settings.health.jitter < 1:
         raise ConfigError("health.jitter must be in [0, 1)")
+    if settings.tls.lifetime_days <= 0 or \
+            not 0 <= settings.tls.renew_before_days < settings.tls.lifetime_days:
+        raise ConfigError("tls.renew_before_days must be at least 0 and less than "
+                          "tls.lifetime_days (which must be positive)")

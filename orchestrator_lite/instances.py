@@ -90,8 +90,9 @@ class _Runtime:
 class InstanceManager:
     def __init__(self, ref, store, driver, payload_settings, client_factory,
                  management_network_id, clock=time.monotonic, sleep=time.sleep,
-                 hotplug_timeout=10.0, placement=None):
+                 hotplug_timeout=10.0, placement=None, certificates=None):
         self.ref = ref
+        self.certificates = certificates  # pki.CertificateAuthority, or None: plain HTTP
         self.store = store
         self.driver = driver
         self.payload_settings = payload_settings
@@ -177,10 +178,28 @@ class InstanceManager:
                     continue
                 runtime.applied_hash = committed
                 in_sync += committed == desired
+                self._renew_certificate(runtime)
         return Observation(exists=True, required=self.required(snapshot),
                            instances=len(runtimes), addressed=addressed, alive=alive,
                            in_sync=in_sync, needs_replug=needs_replug,
                            dead_for=tuple(dead_for), unhealthy=tuple(unhealthy))
+
+    def _renew_certificate(self, runtime):
+        """Re-issue the instance's API certificate when it nears expiry (pki.py). A push
+        that fails is tried again at the next observation; one whose certificate has
+        already expired cannot reach the appliance, which then is rebuilt as dead."""
+        name = runtime.instance.name
+        if self.certificates is None or not self.certificates.due(name):
+            return
+        bundle = self.certificates.issue(name)
+        try:
+            runtime.client.renew_certificate(bundle)
+        except ApplianceError as exc:
+            LOG.warning("%s: renewing %s's certificate failed: %s", self.ref, name,
+                        exc.message)
+            return
+        LOG.info("%s: %s has a new certificate (until %s)", self.ref, name,
+                 time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(bundle.not_after)))
 
     def _appliance_problem(self, runtime):
         """Why the appliance says it is degraded (a daemon down, a failed repair), or None.
@@ -314,6 +333,8 @@ class InstanceManager:
             networks = {n["id"]: n for n in self.store.snapshot().all("network")}
             nics = [Nic(p["mac_address"], p["network_id"], p["role"],
                         networks[p["network_id"]]["mtu"]) for p in ports]
+            if self.certificates is not None:
+                hints["tls"] = self.certificates.issue(name)
             try:
                 instance = self.driver.create(name, nics, cidr, **hints)
             except DriverError as exc:
@@ -360,6 +381,8 @@ class InstanceManager:
     def _destroy(self, instance):
         LOG.info("%s: destroying %s (%s)", self.ref, instance.name, instance.id)
         self.driver.delete(instance.id)
+        if self.certificates is not None:
+            self.certificates.forget(instance.name)
         self.store.delete_appliance_ports(self._ports_of(self.store.snapshot(), instance.name))
         self._runtimes.pop(instance.id, None)
 
@@ -437,7 +460,13 @@ class InstanceManager:
             self._sleep(min(1.0, max(0.0, deadline - self._clock())))
 
 
-def default_client_factory(appliance_settings):
+def default_client_factory(appliance_settings, certificates=None):
+    """Clients over plain HTTP, or (``certificates``: the CA) mutual TLS verifying each
+    instance's name."""
     def factory(instance):
-        return ApplianceClient.from_settings(instance.management_address, appliance_settings)
+        if certificates is None:
+            return ApplianceClient.from_settings(instance.management_address,
+                                                 appliance_settings)
+        return ApplianceClient.from_settings(instance.management_address, appliance_settings,
+                                             certificates.client_tls(), instance.name)
     return factory

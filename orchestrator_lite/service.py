@@ -34,7 +34,11 @@ class Orchestrator:
             make_drivers(settings, self.cloud)
         self.store.placements.drivers = self.driver.names
         self.payload_settings = PayloadSettings.from_settings(settings)
-        self.client_factory = client_factory or default_client_factory(settings.appliance)
+        # An injected client factory (simulated appliances) chooses its own transport:
+        # certificates are issued only for the orchestrator's own clients.
+        self.certificates = None if client_factory else self._make_certificates(settings)
+        self.client_factory = client_factory or default_client_factory(settings.appliance,
+                                                                       self.certificates)
         self.webhook = Webhook(settings.webhook_url, settings.webhook_timeout) \
             if settings.webhook_url else None
         self.neutron_events = self.neutron_status = None
@@ -56,6 +60,17 @@ class Orchestrator:
             return None
         from .openstack.cloud import connect
         return connect(settings.openstack)
+
+    @staticmethod
+    def _make_certificates(settings):
+        """The appliance CA (mutual TLS), or None: plain HTTP, logged as such."""
+        if not settings.tls.enabled:
+            LOG.warning("[tls] enabled = false: appliance APIs are called over plain HTTP")
+            return None
+        from .pki import CertificateAuthority
+        return CertificateAuthority(settings.pki_directory, settings.tls.lifetime_days,
+                                    settings.tls.renew_before_days,
+                                    common_name=f"astara orchestrator {settings.host}")
 
     @staticmethod
     def _make_store(settings, cloud):
@@ -91,7 +106,8 @@ class Orchestrator:
                                   self.client_factory, self.settings.management.network_id,
                                   clock=self._clock,
                                   hotplug_timeout=self.settings.health.hotplug_timeout,
-                                  placement=self.store.placements.resolve)
+                                  placement=self.store.placements.resolve,
+                                  certificates=self.certificates)
         self.managers[ref.key] = manager
         return Automaton(ref, manager, self.settings.health, clock=self._clock,
                          on_transition=self._on_transition)

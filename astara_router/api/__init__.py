@@ -92,6 +92,8 @@ def create_app(settings, engine=None, prober=None):
     app.register_blueprint(firewall_routes(engine))
     app.register_blueprint(interface_routes(engine))
     app.register_blueprint(config_routes(engine))
+    from .tls import tls_routes
+    app.register_blueprint(tls_routes(settings))
     return app
 
 

@@ -5,16 +5,21 @@ from the committed snapshot while an apply runs. The worker re-applies the persi
 configuration before it answers anything (also when gunicorn respawns it after a crash).
 """
 import argparse
+import fcntl
 import ipaddress
 import json
 import logging
 import os
+import signal
 import sys
 
 from gunicorn.app.base import BaseApplication
 
 from .. import settings as settings_mod
+from .. import tls
 from ..store import Store
+
+LOG = logging.getLogger("astara_router.api")
 
 
 def format_bind(address, port):
@@ -43,16 +48,36 @@ def default_bind(settings):
     return f"[::]:{settings.port}"
 
 
+def hold_writer_lock(settings):
+    """One writer across processes: on SIGHUP gunicorn starts the new worker while the
+    old one still finishes its requests (an apply, perhaps); the new one waits here until
+    the old one has exited. The lock goes with the process (the fd is never closed)."""
+    fd = os.open(settings.path("run", "writer.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def reload_master(master_pid):
+    """SIGHUP to this worker's gunicorn master: a new worker, new certificate."""
+    def reload():
+        if os.getppid() == master_pid:
+            os.kill(master_pid, signal.SIGHUP)
+    return reload
+
+
 def build_app(settings):
     from ..api import create_app
     from ..engine import Engine
     from ..supervisor import Supervisor
+    os.makedirs(settings.path("run"), exist_ok=True)
+    hold_writer_lock(settings)
     # A read waits for the interpreter lock while an apply computes: hand it over every
     # millisecond instead of every 5 (GET p99 during applies: make bench).
     sys.setswitchinterval(0.001)
     engine = Engine(settings)
     engine.boot()
     app = create_app(settings, engine)
+    app.extensions["astara"]["reload_server"] = reload_master(os.getppid())
     app.extensions["astara"]["prober"].start()
     Supervisor(settings, engine).start()
     return app
@@ -86,10 +111,13 @@ class AgentApplication(BaseApplication):
             "control_socket_mode": 0o600,
         }
         if s.certfile:
-            options.update(certfile=s.certfile, keyfile=s.keyfile)
+            options.update(certfile=s.certfile, keyfile=s.keyfile or None,
+                           ssl_context=tls.server_context)
             if s.ca_certs:
                 import ssl
                 options.update(ca_certs=s.ca_certs, cert_reqs=ssl.CERT_REQUIRED)
+        LOG.log(logging.WARNING if tls.mode(s) == tls.PLAIN else logging.INFO,
+                tls.describe(s))
         for key, value in options.items():
             self.cfg.set(key, value)
 

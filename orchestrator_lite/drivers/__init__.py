@@ -65,12 +65,13 @@ class DriverSet(ComputeDriver):
         return self.drivers[name]
 
     def create(self, name, nics, management_cidr, image=None, server_group=None,
-               driver=None):
+               driver=None, tls=None):
         driver_name = driver or self.default
         if driver_name not in self.drivers:
             raise DriverError(f"driver {driver_name!r} is not enabled ([compute] drivers)")
+        extra = {"tls": tls} if tls is not None else {}
         instance = self.drivers[driver_name].create(name, nics, management_cidr, image=image,
-                                                    server_group=server_group)
+                                                    server_group=server_group, **extra)
         self._note(driver_name, [instance])
         return instance
 

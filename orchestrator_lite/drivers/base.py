@@ -42,13 +42,15 @@ class ComputeDriver(abc.ABC):
     name = "base"
 
     @abc.abstractmethod
-    def create(self, name, nics, management_cidr, image=None, server_group=None):
+    def create(self, name, nics, management_cidr, image=None, server_group=None, tls=None):
         """Boot instance ``name`` with ``nics`` (MGT first); its boot command configures
         ``management_cidr`` ("address/prefixlen") on the MGT NIC. Returns an Instance.
         ``image``: the appliance image to boot (None: the driver's default; a placement,
         placements.py, may name another). ``server_group``: instances given the same
         group must not share a host (the two of an HA pair), where the driver can say so.
-        Raises DriverError when an instance of that name already exists."""
+        ``tls``: a pki.Bundle the boot data must deliver (its ``boot_files``: certificate,
+        key, CA, and the agent's [api] settings for them); None: the agent serves plain
+        HTTP. Raises DriverError when an instance of that name already exists."""
 
     @abc.abstractmethod
     def get(self, instance_id):

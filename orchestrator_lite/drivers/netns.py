@@ -10,6 +10,10 @@ config), and the real agent, started the way a VM boots it::
   python -m astara_router.cli.management <mgt mac> <addr>/<len> --mtu M --state-dir D
       --sshd-config none
   python -m astara_router.cli.api --state-dir D --enabled-services router,loadbalancer
+      [--config-file <instance dir>/tls/agent.ini]
+
+With a TLS bundle (mutual TLS, pki.py) its files are written under the instance's
+directory first (``tls/``, 0700, the key 0600) and the agent reads them from that ini.
 
 The root namespace is never touched: veths are created from inside the fabric namespace
 with their peer moved straight into the appliance namespace (as astara_netns's Lab.plug
@@ -237,7 +241,7 @@ class NetnsDriver(ComputeDriver):
         return entry
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def create(self, name, nics, management_cidr, image=None, server_group=None):
+    def create(self, name, nics, management_cidr, image=None, server_group=None, tls=None):
         """``image`` for this driver: the Python interpreter (a virtualenv's) whose
         astara_router runs as the agent, like booting another image's agent."""
         nics = list(nics)
@@ -269,6 +273,11 @@ class NetnsDriver(ComputeDriver):
                 self._plug(ns, record, nic)
                 self._save(record)
             os.makedirs(record["state_dir"], exist_ok=True)
+            agent_args = []
+            if tls is not None:
+                from ..pki import AGENT_INI, write_files
+                write_files(tls.boot_files(directory))
+                agent_args = ["--config-file", str(directory / AGENT_INI)]
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(
                 filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
             boot = subprocess.run(
@@ -282,7 +291,7 @@ class NetnsDriver(ComputeDriver):
                 child = subprocess.Popen(
                     ["ip", "netns", "exec", ns_name, python, "-m",
                      "astara_router.cli.api", "--state-dir", record["state_dir"],
-                     "--enabled-services", self.enabled_services],
+                     "--enabled-services", self.enabled_services, *agent_args],
                     env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True)  # survives an orchestrator restart
             self._children[ns_name] = child

@@ -13,7 +13,9 @@ its VIPs and floating IPs, which no narrower pair would allow. Then the server b
 the Glance image (by name or id; a placement may name another) with the flavor,
 availability zone, a config drive and cloud-init user data: ``bootcmd`` runs
 ``astara-configure-management <mgt MAC> <address/prefix> --mtu N`` and the ``astara`` user
-gets the operator's ssh key. The two instances of an HA router go into an anti-affinity
+gets the operator's ssh key; with mutual TLS (pki.py) ``write_files`` puts the instance's
+certificate, key (0600) and CA under /etc/astara/tls and the drop-in
+/etc/astara/astara.ini.d/50-tls.ini that points the agent at them. The two instances of an HA router go into an anti-affinity
 server group named after the resource. When any step fails, what was created is deleted.
 
 Instances are found again by name (``list(prefix)``: Nova's name filter) and their NICs
@@ -44,13 +46,21 @@ def port_name(instance_name, role):
     return f"ASTARA:{label}:{match['id']}"
 
 
-def user_data(boot_command, mgt_mac, management_cidr, mtu, ssh_key):
-    """cloud-config: configure the management NIC on every boot, then the astara user."""
+def user_data(boot_command, mgt_mac, management_cidr, mtu, ssh_key, tls=None):
+    """cloud-config: configure the management NIC on every boot, then the astara user,
+    then (``tls``: a pki.Bundle) the API's certificate files."""
     lines = ["#cloud-config", "bootcmd:",
              f"  - [{boot_command}, '{mgt_mac}', '{management_cidr}', --mtu, '{mtu}']"]
     if ssh_key:
         lines += ["users:", "  - name: astara", "    lock_passwd: true",
                   "    shell: /bin/bash", "    ssh_authorized_keys:", f"      - {ssh_key}"]
+    if tls is not None:
+        from ..pki import IMAGE_BASE, IMAGE_INI
+        lines.append("write_files:")
+        for path, content, mode in tls.boot_files(IMAGE_BASE, IMAGE_INI):
+            lines += [f"  - path: {path}", f"    permissions: '{mode:04o}'",
+                      "    owner: root:root", "    encoding: b64",
+                      f"    content: {base64.b64encode(content.encode()).decode()}"]
     return "\n".join(lines) + "\n"
 
 
@@ -215,7 +225,7 @@ class OpenStackDriver(ComputeDriver):
                 self.conn.compute.delete_server_group(group, ignore_missing=True)
 
     # -- lifecycle -------------------------------------------------------------------------
-    def create(self, name, nics, management_cidr, image=None, server_group=None):
+    def create(self, name, nics, management_cidr, image=None, server_group=None, tls=None):
         nics = list(nics)
         if not nics or nics[0].role != "mgt":
             raise DriverError("the first NIC must be the management NIC")
@@ -232,7 +242,7 @@ class OpenStackDriver(ComputeDriver):
             if server_group:
                 hints["group"] = self._server_group(server_group)
             data = user_data(self.boot_command, nics[0].mac, management_cidr,
-                             nics[0].mtu or self.management_mtu, self.ssh_public_key)
+                             nics[0].mtu or self.management_mtu, self.ssh_public_key, tls)
             attrs = {"name": name, "image_id": image_id, "flavor_id": flavor_id,
                      "networks": [{"port": p.id} for p in ports], "config_drive": True,
                      "user_data": base64.b64encode(data.encode()).decode(),

@@ -18,12 +18,12 @@ class FakeDriver(ComputeDriver):
         self._clock = clock
         self.fail_create = None  # set to a message to make create() fail
         self.calls = []  # (method, name or id) in call order
-        self.hints = {}  # instance name -> {"image", "server_group"} it was created with
+        self.hints = {}  # instance name -> {"image", "server_group", "tls"} it was created with
 
-    def create(self, name, nics, management_cidr, image=None, server_group=None):
+    def create(self, name, nics, management_cidr, image=None, server_group=None, tls=None):
         with self._lock:
             self.calls.append(("create", name))
-            self.hints[name] = {"image": image, "server_group": server_group}
+            self.hints[name] = {"image": image, "server_group": server_group, "tls": tls}
             if self.fail_create:
                 raise DriverError(self.fail_create)
             if any(i.name == name for i in self._instances.values()):
