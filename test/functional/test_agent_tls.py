@@ -104,12 +104,10 @@ def agent(lab, ca):
 def test_mutual_tls_admits_only_the_orchestrators_client(agent, ca, tmp_path):
     assert agent.exchange(client_context(ca, ca)) == "HTTP/1.1 200 OK"
     refused = agent.exchange(client_context(ca))  # no client certificate
-    print("no certificate:", refused)
     assert isinstance(refused, ssl.SSLError), refused
     assert "CERTIFICATE_REQUIRED" in str(refused).upper()
     stranger = CertificateAuthority(tmp_path / "other-pki")  # a client cert of another CA
     refused = agent.exchange(client_context(ca, stranger))
-    print("another CA:", refused)
     assert isinstance(refused, ssl.SSLError) and "UNKNOWN_CA" in str(refused).upper(), refused
     assert "mutual TLS" in agent.app.log()
 
@@ -121,7 +119,6 @@ def test_tls_below_1_2_is_refused(agent, ca):
     old.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer TLS 1.1
     old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
     refused = agent.exchange(old)
-    print("TLS 1.1:", refused)
     assert isinstance(refused, ssl.SSLError), refused
     assert "PROTOCOL_VERSION" in str(refused).upper() or \
         "UNSUPPORTED_PROTOCOL" in str(refused).upper(), refused

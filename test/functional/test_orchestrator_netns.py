@@ -30,9 +30,11 @@ HEALTH = {"period": 1, "jitter": 0.1, "dead_grace": 3, "boot_timeout": 40,
 
 
 class World:
-    """Lab + orchestrator process + astara-ctl, all in the ctl namespace."""
+    """Lab + orchestrator process + astara-ctl, all in the ctl namespace. Plain HTTP to
+    the appliances (the original orchestrator's mode, so the tests can read the agents
+    directly) unless ``tls`` gives the orchestrator's [tls] section."""
 
-    def __init__(self, lab):
+    def __init__(self, lab, tls=None):
         self.lab = lab
         self.fabric = lab.fabric()
         lab.bridge("b-mgmt")
@@ -44,7 +46,7 @@ class World:
             "compute": {"driver": "netns"},
             "netns": {"prefix": lab.prefix, "fabric": self.fabric.name,
                       "management_bridge": "b-mgmt", "state_root": f"{self.dir}/appliances"},
-            "health": HEALTH})
+            "health": HEALTH, "tls": tls or {"enabled": "false"}})
         self.orchestrator = OrchestratorProcess(self.ctl.name, self.ini,
                                                 self.dir / "orchestrator.log",
                                                 extra_args=["--log-level", "DEBUG"])
