@@ -5,10 +5,12 @@ import json
 import os
 import pathlib
 import signal
+import socket
+import ssl
 import sys
 import time
 
-from astara_netns import NetnsHTTPClient, pid_alive, wait_for_tcp
+from astara_netns import NetnsHTTPClient, in_netns, pid_alive, wait_for_tcp
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 ORCHESTRATOR_ADDRESS = "fdca:3ba5:a17a:acda::2"  # the contract's orchestrator address
@@ -190,3 +192,23 @@ def contract_appliance(lab, name, payload, enabled_services=("router", "loadbala
     appliance.configure_management()
     appliance.start()
     return appliance
+
+
+def tls_get(netns_name, host, context, server_name, port=API_PORT, path="/v1/", timeout=10):
+    """One GET over TLS from inside ``netns_name``: ``(status line, the server's DER
+    certificate)``. A refused handshake raises ``ssl.SSLError`` (a client without the
+    certificate an agent requires gets the server's alert, at the latest on reading)."""
+    with in_netns(netns_name):
+        raw = socket.create_connection((host, port), timeout=timeout)
+    with raw, context.wrap_socket(raw, server_hostname=server_name) as tls:
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        status = tls.recv(200).split(b"\r\n")[0].decode()
+        return status, tls.getpeercert(binary_form=True)
+
+
+def tls_client_context(ca_file, cert_file=None, key_file=None):
+    """A TLS client trusting ``ca_file``, presenting ``cert_file`` when given."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    if cert_file:
+        context.load_cert_chain(str(cert_file), str(key_file))
+    return context

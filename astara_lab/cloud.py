@@ -403,6 +403,7 @@ def orchestrator_config(prefix, fabric, directory, cloud, token, health=None):
                        "metadata_port": METADATA_PORT},
         "health": dict(LAB_HEALTH, **(health or {})),
         "compute": {"driver": "netns"},
+        "tls": {"enabled": "true"},  # mutual TLS with the appliances (pki.py)
         "netns": {"prefix": prefix, "fabric": fabric, "management_bridge": MGMT_BRIDGE,
                   "bridges": ", ".join(f"{n.id}={n.bridge}" for n in cloud.networks),
                   "auto_bridges": "true", "state_root": f"{directory}/appliances",

@@ -28,6 +28,7 @@ import os
 import pathlib
 import secrets
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,7 @@ import time
 
 from . import cloud as clouds
 from . import failover
+from .appliance import API_PORT, tls_client_context, tls_get
 from .cloud import ORCHESTRATOR_ADDRESS, PUBLIC_V4, PUBLIC_V6, WEB_PORT, in_sync
 from .leftovers import find_leftovers, remove_leftovers
 from astara_netns import Lab, Netns, NetnsHTTPClient, list_netns
@@ -551,8 +553,54 @@ def check_ha_failover(view):
                                        if rebuilt else "; no rebuild within 180 s"))
 
 
+def orchestrator_tls(state, client_certificate=True):
+    """A TLS client context as the lab's orchestrator has it: its CA, and (unless
+    ``client_certificate`` is False) its client certificate."""
+    pki = pathlib.Path(state["orchestrator"]["dir"]) / "state" / "pki"
+    if not client_certificate:
+        return tls_client_context(pki / "ca.crt")
+    return tls_client_context(pki / "ca.crt", pki / "client.crt", pki / "client.key")
+
+
+def agent_client(state, instance, timeout=10):
+    """An appliance's API as the orchestrator calls it (HTTPS verifying the instance's
+    name, with the orchestrator's client certificate), from the controller namespace."""
+    return NetnsHTTPClient(state["namespaces"]["ctl"], instance["management_address"],
+                           API_PORT, timeout, context=orchestrator_tls(state),
+                           server_name=instance["name"])
+
+
+def check_tls(view):
+    """Every appliance's API, from the controller: refused at the TLS layer without the
+    orchestrator's client certificate, 200 with it (and the certificate names the
+    instance: ``server_hostname`` is its name, not its address)."""
+    with_cert = orchestrator_tls(view.state)
+    without = orchestrator_tls(view.state, client_certificate=False)
+    count = 0
+    for resource in (*view.cloud.routers, *view.cloud.loadbalancers):
+        for instance in view.api.resource(resource.id)["instances"]:
+            name, address = instance["name"], instance["management_address"]
+            try:
+                status = tls_get(view.ctl.name, address, with_cert, name)[0]
+            except OSError as exc:
+                return False, f"{name}: with the orchestrator's certificate: {exc}"
+            if not status.endswith(" 200 OK"):
+                return False, f"{name}: {status!r} with the orchestrator's certificate"
+            try:
+                status = tls_get(view.ctl.name, address, without, name)[0]
+            except ssl.SSLError as exc:
+                refusal = exc.reason or str(exc)
+            else:
+                return False, f"{name} answered a client without certificate: {status!r}"
+            count += 1
+    return count > 0, (f"{count} appliance APIs: 200 with the orchestrator's client "
+                       f"certificate, refused without it ({refusal})" if count else
+                       "no appliance instances")
+
+
 CHECKS = (
     ("router", "router appliance configured by the orchestrator", check_router),
+    ("tls", "mutual TLS: orchestrator → appliance APIs", check_tls),
     ("dhcp", "DHCP: VMs get their ports' addresses", check_dhcp),
     ("snat", "SNAT: VM → internet, as the router's address", check_snat),
     ("fip", "floating IP: internet → VM", check_fip),
@@ -608,6 +656,7 @@ def hints(state):
     config = state["orchestrator"]["config"]
     router = cloud.routers[0].id
     appliances = pathlib.Path(state["orchestrator"]["dir"]) / "appliances"
+    pki = pathlib.Path(state["orchestrator"]["dir"]) / "state" / "pki"
     vm0, spare = cloud.vms[0], cloud.vms[2]
     fip = cloud.floating_ip_of(vm0)
     lines = [
@@ -628,6 +677,10 @@ def hints(state):
         *(f"  ip netns exec {names['vms'][spare.role]} curl -s http://{lb.vip}/   # load "
           f"balancer {lb.id}" for lb in cloud.loadbalancers),
         f"  ip netns list | grep {state['prefix']}   # everything the lab made",
+        "An appliance's API speaks mutual TLS; call it with the orchestrator's certificate",
+        f"(<name>, <address>: astara-ctl resource show {router}):",
+        f"  ip netns exec {names['ctl']} curl --cacert {pki}/ca.crt --cert {pki}/client.crt "
+        f"--key {pki}/client.key --resolve '<name>:5000:[<address>]' https://<name>:5000/v1/",
         f"  birdc -s {state['peer_bird']['socket']} show route   # what the internet learned "
         "by BGP",
         "Logs:",

@@ -483,9 +483,11 @@ class Response:
 
 
 class _NetnsHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, netns_name, host, port, timeout):
+    def __init__(self, netns_name, host, port, timeout, context=None, server_name=None):
         super().__init__(host, port, timeout=timeout)
         self._netns_name = netns_name
+        self._context = context
+        self._server_name = server_name
 
     def connect(self):
         # Only socket creation needs the namespace; it sticks to the socket.
@@ -493,24 +495,31 @@ class _NetnsHTTPConnection(http.client.HTTPConnection):
             self.sock = socket.create_connection(
                 (self.host, self.port), self.timeout, self.source_address)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._context is not None:
+            self.sock = self._context.wrap_socket(
+                self.sock, server_hostname=self._server_name or self.host)
 
 
 class NetnsHTTPClient:
     """Tiny HTTP client whose TCP connections are made inside a namespace.
 
     host is a literal address (IPv6 without brackets). A new connection per
-    request keeps it stateless, hence thread-safe.
+    request keeps it stateless, hence thread-safe. With an ``ssl.SSLContext``
+    as ``context`` it speaks HTTPS, verifying ``server_name`` (default: host).
     """
 
-    def __init__(self, netns_name, host, port, timeout=10):
+    def __init__(self, netns_name, host, port, timeout=10, context=None,
+                 server_name=None):
         self.netns_name = _check_name(netns_name)
         self.host = host.strip("[]")
         self.port = int(port)
         self.timeout = timeout
+        self.context = context
+        self.server_name = server_name
 
     def request(self, method, path, body=None, headers=None):
         conn = _NetnsHTTPConnection(self.netns_name, self.host, self.port,
-                                    self.timeout)
+                                    self.timeout, self.context, self.server_name)
         try:
             conn.request(method, path, body=body, headers=headers or {})
             resp = conn.getresponse()

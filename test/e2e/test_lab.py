@@ -20,7 +20,7 @@ import pytest
 from astara_lab import lab as astara_lab
 from astara_lab.cloud import in_sync
 from astara_lab.leftovers import find_leftovers
-from astara_netns import Netns, NetnsHTTPClient, list_netns, netns_pids, pid_alive
+from astara_netns import Netns, list_netns, netns_pids, pid_alive
 from astara_lab.peers import Connection, PeerServer, eventually
 
 from .conftest import E2E_HEALTH
@@ -29,7 +29,6 @@ pytestmark = pytest.mark.netns
 
 PERIOD = E2E_HEALTH["period"]
 ROUTER = "demo-router"
-AGENT_PORT = 5000
 TCP_PORT = 7000
 
 
@@ -72,8 +71,7 @@ class World:
         return instance
 
     def agent(self, instance):
-        return NetnsHTTPClient(self.ctl.name, instance["management_address"], AGENT_PORT,
-                               timeout=10)
+        return astara_lab.agent_client(self.state, instance)
 
     def committed(self, instance):
         return self.agent(instance).get("/v1/system/config").json()

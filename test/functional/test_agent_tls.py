@@ -3,14 +3,13 @@ CA (orchestrator_lite/pki.py), delivered as the netns driver delivers them, call
 controller namespace by raw TLS sockets and by the orchestrator's own client."""
 import os
 import signal
-import socket
 import ssl
 import stat
 
 import pytest
 
 from astara_lab.appliance import (Appliance, controller_node, contract_payloads,
-                                  management_cidr, nic_macs)
+                                  management_cidr, nic_macs, tls_client_context, tls_get)
 from astara_lab.peers import eventually
 from astara_netns import in_netns
 from orchestrator_lite.client import ApplianceClient, ApplianceUnavailable
@@ -50,28 +49,18 @@ class TlsAppliance:
         with in_netns(self.ctl.name):
             return function(*args)
 
-    def connect(self):
-        with in_netns(self.ctl.name):
-            return socket.create_connection((self.address, PORT), timeout=10)
-
     def exchange(self, context, server_name=NAME):
-        """One GET over a TLS socket: the status line, or the exception that ended it."""
-        with self.connect() as raw:
-            try:
-                with context.wrap_socket(raw, server_hostname=server_name) as tls:
-                    tls.sendall(b"GET /v1/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    answer = tls.recv(200)
-                    return answer.split(b"\r\n")[0].decode() if answer else "EOF"
-            except (ssl.SSLError, ConnectionResetError) as exc:
-                return exc
+        """One GET over TLS: the status line, or the exception that ended it."""
+        try:
+            return tls_get(self.ctl.name, self.address, context, server_name)[0]
+        except (ssl.SSLError, ConnectionResetError) as exc:
+            return exc
 
     def served_certificate(self):
         """The DER certificate the agent presents (verified against the CA)."""
-        context = ssl.create_default_context(cafile=str(self.ca.ca_file))
-        context.load_cert_chain(str(self.ca.client_cert_file), str(self.ca.client_key_file))
         try:
-            with self.connect() as raw, context.wrap_socket(raw, server_hostname=NAME) as tls:
-                return tls.getpeercert(binary_form=True)
+            return tls_get(self.ctl.name, self.address, client_context(self.ca, self.ca),
+                           NAME)[1]
         except OSError:
             return None
 
@@ -83,12 +72,11 @@ def der(pem):
     return ssl.PEM_cert_to_DER_cert(pem)
 
 
-def client_context(ca=None, cert_ca=None):
+def client_context(ca, cert_ca=None):
     """A TLS client trusting ``ca``; with ``cert_ca``, presenting its client certificate."""
-    context = ssl.create_default_context(cafile=str(ca.ca_file))
-    if cert_ca is not None:
-        context.load_cert_chain(str(cert_ca.client_cert_file), str(cert_ca.client_key_file))
-    return context
+    if cert_ca is None:
+        return tls_client_context(ca.ca_file)
+    return tls_client_context(ca.ca_file, cert_ca.client_cert_file, cert_ca.client_key_file)
 
 
 @pytest.fixture

@@ -1,14 +1,13 @@
 """The orchestrator with mutual TLS, for real: its netns driver delivers each appliance's
 certificate as files, its client speaks HTTPS, and a short certificate lifetime makes it
 renew them while the test watches (test_orchestrator_netns.py runs the plain-HTTP mode)."""
-import socket
 import ssl
 import stat
 
 import pytest
 
+from astara_lab.appliance import tls_client_context, tls_get
 from astara_lab.cloud import in_sync
-from astara_netns import in_netns
 from .test_orchestrator_netns import ROUTER, World, build_router
 
 pytestmark = pytest.mark.netns
@@ -31,15 +30,10 @@ def served_certificate(world, address, name, client=True):
     """The DER certificate the agent presents to a client in the ctl namespace (with the
     orchestrator's client certificate unless ``client`` is False)."""
     pki = world.dir / "state" / "pki"
-    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-    if client:
-        context.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
-    with in_netns(world.ctl.name):
-        raw = socket.create_connection((address, 5000), timeout=10)
-    with raw, context.wrap_socket(raw, server_hostname=name) as tls:
-        tls.sendall(b"GET /v1/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        status = tls.recv(100).split(b"\r\n")[0]
-        return tls.getpeercert(binary_form=True), status
+    context = tls_client_context(pki / "ca.crt", *((pki / "client.crt", pki / "client.key")
+                                                   if client else ()))
+    status, certificate = tls_get(world.ctl.name, address, context, name)
+    return certificate, status
 
 
 def mode(path):
@@ -56,7 +50,7 @@ def test_orchestrator_uses_mutual_tls_and_renews_certificates(world):
     pki = world.dir / "state" / "pki"
     issued = pki / "issued" / f"{name}.crt"
     first, status = served_certificate(world, address, name)
-    assert status == b"HTTP/1.1 200 OK"
+    assert status == "HTTP/1.1 200 OK"
     assert first == ssl.PEM_cert_to_DER_cert(issued.read_text())
 
     # Plain HTTP and a client without the orchestrator's certificate get nothing.
