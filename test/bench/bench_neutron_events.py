@@ -56,7 +56,7 @@ def inner(args):
     from astara_lab.peers import eventually
     from orchestrator_lite.config import (ApiSettings, HealthSettings, ManagementSettings,
                                           NetnsSettings, NeutronSettings,
-                                          OpenStackSettings, Settings)
+                                          OpenStackSettings, Settings, TlsSettings)
     from orchestrator_lite.service import Orchestrator
 
     work = pathlib.Path(args.workdir)
@@ -79,7 +79,8 @@ def inner(args):
             openstack=OpenStackSettings(auth_url=cloud.auth_url, username="astara",
                                         password="secret", project_name="service"),
             neutron=NeutronSettings(desired_state=True, resync_period=3600,
-                                    events_url=broker.url, status=False))
+                                    events_url=broker.url, status=False),
+            tls=TlsSettings(enabled=False))  # it reads the agents over plain HTTP
         orchestrator = Orchestrator(settings)
         started = time.monotonic()
         orchestrator.start()

@@ -105,6 +105,7 @@ class OrchestratorRun:
             "api": {"listen": "127.0.0.1", "port": API_PORT, "token": TOKEN},
             "health": {"period": period},
             "compute": {"driver": "netns"},
+            "tls": {"enabled": "false"},  # the agents are read over plain HTTP here
             "netns": {"prefix": lab.prefix, "fabric": self.fabric.name,
                       "management_bridge": "b-mgmt", "state_root": f"{self.dir}/appliances",
                       "python": python}})
