@@ -191,13 +191,14 @@ class InstanceManager:
         name = runtime.instance.name
         if self.certificates is None or not self.certificates.due(name):
             return
-        bundle = self.certificates.issue(name)
+        bundle = self.certificates.issue(name, record=False)
         try:
             runtime.client.renew_certificate(bundle)
         except ApplianceError as exc:
             LOG.warning("%s: renewing %s's certificate failed: %s", self.ref, name,
                         exc.message)
             return
+        self.certificates.record(bundle)
         LOG.info("%s: %s has a new certificate (until %s)", self.ref, name,
                  time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(bundle.not_after)))
 

@@ -223,15 +223,23 @@ class CertificateAuthority:
             return self._client
 
     # -- appliance certificates ------------------------------------------------------------
-    def issue(self, name):
-        """A new Bundle for instance ``name``; its certificate is recorded (not its key)."""
+    def issue(self, name, record=True):
+        """A new Bundle for instance ``name``. Its certificate (not its key) is recorded
+        as the instance's current one, unless ``record`` is False: a renewal records it
+        (``record``) only once the appliance has it, so a failed push stays due."""
         with self._lock:
             cert, key = self._sign(name, name, ExtendedKeyUsageOID.SERVER_AUTH)
-            atomic_write(str(self._issued(name)), _pem(cert), mode=0o644)
-            self._not_after[name] = _epoch(cert)
+        bundle = Bundle(name, _pem(cert), _key_pem(key), self.ca_pem, _epoch(cert))
         LOG.info("issued a certificate for %s (valid until %s)", name,
                  cert.not_valid_after_utc.isoformat())
-        return Bundle(name, _pem(cert), _key_pem(key), self.ca_pem, _epoch(cert))
+        if record:
+            self.record(bundle)
+        return bundle
+
+    def record(self, bundle):
+        with self._lock:
+            atomic_write(str(self._issued(bundle.name)), bundle.certificate, mode=0o644)
+            self._not_after[bundle.name] = bundle.not_after
 
     def not_after(self, name):
         """When the last certificate issued to ``name`` expires (epoch), or None."""

@@ -17,6 +17,7 @@ from astara_router import tls
 from astara_router.api import create_app
 from astara_router.cli.api import AgentApplication
 from orchestrator_lite import config
+from orchestrator_lite.client import ApplianceUnavailable
 from orchestrator_lite.drivers.openstack import user_data
 from orchestrator_lite.pki import DAY, CertificateAuthority, write_files
 
@@ -259,3 +260,41 @@ def test_no_renewal_over_plain_http(renewal):
     ca, app, tls_dir, reloads = renewal
     response = app.test_client().put("/v1/system/tls", json=ca.issue(NAME).renewal_body())
     assert response.status_code == 409 and reloads == []
+
+
+# -- renewal from the orchestrator's side ------------------------------------------------------
+
+class Appliance:
+    """What the instance manager calls: renew_certificate, failing ``failures`` times."""
+
+    def __init__(self, failures):
+        self.failures = failures
+        self.received = []
+
+    def renew_certificate(self, bundle):
+        if self.failures:
+            self.failures -= 1
+            raise ApplianceUnavailable("connection refused")
+        self.received.append(bundle)
+
+
+def test_a_failed_renewal_stays_due_and_is_pushed_again(tmp_path):
+    from types import SimpleNamespace
+
+    from orchestrator_lite.instances import InstanceManager
+    clock = Clock()
+    ca = CertificateAuthority(tmp_path / "pki", 30, 10, clock=clock)
+    first = ca.issue(NAME)
+    ref = SimpleNamespace(kind="router", id="5a3b7c1e-0000-4000-8000-000000000001")
+    manager = InstanceManager(ref, None, None, None, None, None, certificates=ca)
+    appliance = Appliance(failures=1)
+    runtime = SimpleNamespace(instance=SimpleNamespace(name=NAME), client=appliance)
+    manager._renew_certificate(runtime)
+    assert appliance.received == []  # not due yet
+    clock.now += 25 * DAY
+    manager._renew_certificate(runtime)  # due; the push fails
+    assert appliance.received == [] and ca.due(NAME)
+    manager._renew_certificate(runtime)
+    [bundle] = appliance.received
+    assert bundle.certificate != first.certificate and not ca.due(NAME)
+    assert ca.not_after(NAME) == pytest.approx(clock.now + 30 * DAY)
