@@ -189,3 +189,13 @@ def test_wrong_password_is_a_clear_error(cloud, os_settings):
 def test_user_data_is_what_the_server_got(cloud, os_settings):
     instance = driver_for(cloud, os_settings).create(NAME, nics(), cidr())
     assert "bootcmd:" in user_data_of(cloud.servers[instance.id])
+
+
+def test_tls_files_travel_in_the_servers_user_data(cloud, os_settings, tmp_path):
+    from orchestrator_lite.pki import CertificateAuthority
+    bundle = CertificateAuthority(tmp_path / "pki").issue(NAME)
+    instance = driver_for(cloud, os_settings).create(NAME, nics(), cidr(), tls=bundle)
+    text = user_data_of(cloud.servers[instance.id])
+    assert "write_files:" in text and "/etc/astara/tls/server.key" in text
+    assert base64.b64encode(bundle.private_key.encode()).decode() in text
+    assert cloud.servers[instance.id]["config_drive"] in (True, "True", "true")
