@@ -12,7 +12,7 @@ from astara_lab.appliance import (Appliance, controller_node, contract_payloads,
                                   management_cidr, nic_macs, tls_client_context, tls_get)
 from astara_lab.peers import eventually
 from astara_netns import in_netns
-from orchestrator_lite.client import ApplianceClient, ApplianceUnavailable
+from orchestrator_lite.client import ApplianceClient, ApplianceRejected, ApplianceUnavailable
 from orchestrator_lite.pki import AGENT_INI, SERVER_KEY, CertificateAuthority, write_files
 
 pytestmark = pytest.mark.netns
@@ -165,7 +165,7 @@ def test_a_bad_renewal_is_refused_and_changes_nothing(agent, ca):
     before = (agent.directory / SERVER_KEY).read_text()
     other = ca.issue("ak-router-5a3b7c1e-0000-4000-8000-000000000003_0")
     mismatched = type(other)(NAME, agent.bundle.certificate, other.private_key)
-    with pytest.raises(Exception) as refused:
+    with pytest.raises(ApplianceRejected) as refused:
         agent.call(client.renew_certificate, mismatched)
     assert refused.value.status == 422 and refused.value.errors[0]["path"] == "private_key"
     assert other.private_key.splitlines()[1] not in refused.value.message
