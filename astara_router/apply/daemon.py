@@ -1,11 +1,13 @@
 """Shared plumbing for subsystems that drive a daemon through config files.
 
 The pattern every daemon subsystem follows:
+  check:    in the engine's check phase, before anything live changes, the daemon's own
+            checker validates the rendered text written as a candidate next to the live
+            file (``FileSet.candidate``), removed again with ``FileSet.discard``
   capture:  ``FileSet.capture()`` remembers the current file contents
-  apply:    render → ``FileSet.stage`` writes candidates next to the live files → the
-            daemon's own checker validates the candidates → ``FileSet.commit`` renames
-            them over the live files (atomic) → reload with the gentlest signal
-  restore:  ``FileSet.restore(snapshot)`` puts the old contents back → reload
+  apply:    ``FileSet.converge`` rewrites (atomically) the files whose content differs →
+            reload with the gentlest signal
+  restore:  ``FileSet.converge``/``restore`` puts the snapshot's contents back → reload
 """
 import logging
 import os
@@ -53,21 +55,6 @@ class FileSet:
     @staticmethod
     def candidate(path):
         return f"{path}.new"
-
-    def stage(self, contents):
-        """Write ``{path: text}`` as candidates (``path.new``); return the paths whose
-        content differs from the live file."""
-        current = self.capture()
-        changed = []
-        for path, text in contents.items():
-            atomic_write(self.candidate(path), text, self.mode, durable=False)
-            if current.get(path) != text:
-                changed.append(path)
-        return changed
-
-    def commit(self, contents):
-        for path in contents:
-            os.replace(self.candidate(path), path)
 
     def discard(self, contents):
         for path in contents:

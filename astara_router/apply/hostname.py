@@ -103,14 +103,9 @@ class HostnameSubsystem:
                 "kernel": socket.gethostname() if self.set_kernel else None}
 
     def apply(self, ctx, plan, base, snapshot):
-        current = snapshot["files"]  # two small files: always read, so hand edits are undone
-        changed = {path: text for path, text in plan.files if current[path] != text}
-        changes = 0
-        if changed:
-            os.makedirs(self.etc_dir, exist_ok=True)
-            self.files.stage(changed)
-            self.files.commit(changed)
-            changes += len(changed)
+        # two small files: always read, so hand edits are undone
+        os.makedirs(self.etc_dir, exist_ok=True)
+        changes = self.files.converge(dict(plan.files))
         if self.set_kernel and snapshot["kernel"] != plan.hostname:
             self._sethostname(plan.hostname)
             changes += 1
@@ -130,10 +125,7 @@ class HostnameSubsystem:
     def restore(self, ctx, snapshot, changes):
         if changes == 0:
             return
-        current = self.files.capture()
-        changed = {path: text for path, text in snapshot["files"].items()
-                   if current.get(path) != text}
-        self.files.restore(changed)
+        self.files.converge(snapshot["files"])
         kernel = snapshot["kernel"]
         if kernel is not None and socket.gethostname() != kernel:
             self._sethostname(kernel)

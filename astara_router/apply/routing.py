@@ -80,9 +80,7 @@ class RoutingSubsystem:
         running = snapshot["running"]
         if live == plan.text and running:
             return 0
-        if live != plan.text:
-            self.files.stage({self.conf: plan.text})
-            self.files.commit({self.conf: plan.text})
+        self.files.converge({self.conf: plan.text})
         if running:
             self._reconfigure(plan)
         else:

@@ -307,15 +307,12 @@ class VpnSubsystem:
         """charon running with ``settings`` and ``secrets`` loaded; the change count."""
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         changes = 0
-        if self.conf_files.capture()[self.charon.conf] != settings:
-            self._write(self.conf_files, self.charon.conf, settings)
+        if self.conf_files.converge({self.charon.conf: settings}):
             if self.charon.running():
                 LOG.info("strongswan.conf changed: restarting charon")
                 self.charon.stop()
             changes += 1
-        if self.secrets.capture()[self.swanctl] != secrets:
-            self._write(self.secrets, self.swanctl, secrets)
-            changes += 1
+        changes += self.secrets.converge({self.swanctl: secrets})
         started = not self.charon.running()
         if started:
             self.charon.start()
@@ -324,11 +321,6 @@ class VpnSubsystem:
             self._load()
             self._tear_down_unloaded()
         return max(changes, 1 if force_load else 0)
-
-    @staticmethod
-    def _write(files, path, text):
-        files.stage({path: text})
-        files.commit({path: text})
 
     def _load(self):
         """``swanctl --load-all --clear``: connections and secrets as in swanctl.conf."""
@@ -367,8 +359,5 @@ class VpnSubsystem:
         if self.charon.running():
             self.charon.stop()
             changes += 1
-        for files, path in ((self.secrets, self.swanctl), (self.conf_files, self.charon.conf)):
-            if os.path.exists(path):
-                files.restore({path: None})
-                changes += 1
-        return changes
+        changes += self.secrets.converge({self.swanctl: None})
+        return changes + self.conf_files.converge({self.charon.conf: None})
