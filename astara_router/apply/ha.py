@@ -147,7 +147,7 @@ class HaSubsystem:
                              status=500)
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         candidate = FileSet.candidate(self.keepalived_conf)
-        atomic_write(candidate, plan.keepalived_text, 0o644)
+        atomic_write(candidate, plan.keepalived_text, 0o644, durable=False)
         try:
             result = subprocess.run([KEEPALIVED, "-t", "-f", candidate], capture_output=True,
                                     text=True, timeout=CHECK_TIMEOUT)
@@ -356,7 +356,8 @@ class HaSubsystem:
 
     def _remember(self, loaded):
         if loaded:
-            atomic_write(self.loaded_path, json.dumps(loaded, sort_keys=True), 0o600)
+            atomic_write(self.loaded_path, json.dumps(loaded, sort_keys=True), 0o600,
+                         durable=False)
         else:
             try:
                 os.unlink(self.loaded_path)
