@@ -9,6 +9,8 @@ The pattern every daemon subsystem follows:
             reload with the gentlest signal
   restore:  ``FileSet.converge``/``restore`` puts the snapshot's contents back → reload
 """
+import hashlib
+import json
 import logging
 import os
 import signal
@@ -19,6 +21,8 @@ from ..errors import ApplyError
 from ..store import atomic_write
 
 LOG = logging.getLogger(__name__)
+
+SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes including the NUL
 
 
 def run_checked(cmd, what, path="", timeout=30, cwd=None):
@@ -31,6 +35,84 @@ def run_checked(cmd, what, path="", timeout=30, cwd=None):
         output = (result.stderr.strip() or result.stdout.strip())[-2000:]
         raise ApplyError(path, f"{what} failed: {output}", status=500)
     return result.stdout
+
+
+def digest(text):
+    """sha256 of a file's text; None for an absent file."""
+    return None if text is None else hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_socket_path(path, what):
+    """A unix socket path a daemon can bind, or an ApplyError naming ``what`` it is."""
+    if len(path.encode()) > SOCKET_PATH_MAX:
+        raise ApplyError("", f"{what} path {path} is longer than {SOCKET_PATH_MAX} bytes; "
+                             "use a shorter state_dir", status=500)
+
+
+def log_tail(path, lines, sep="", missing=""):
+    """The last ``lines`` lines of a log, joined by ``sep`` (each stripped unless ``sep`` is
+    empty), or ``missing`` when the log cannot be read."""
+    try:
+        with open(path, errors="replace") as handle:
+            last = handle.readlines()[-lines:]
+    except OSError:
+        return missing
+    return sep.join(line.strip() for line in last) if sep else "".join(last)
+
+
+class LogWatch:
+    """What a daemon logs from now on: the log's size is remembered when the watch is made
+    (before a signal or a start), ``new()`` is what was appended since."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            self.offset = os.path.getsize(path)
+        except OSError:
+            self.offset = 0
+
+    def new(self):
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                return handle.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_for(self, marker, timeout, interval=0.01):
+        """Whether ``marker`` is logged within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while marker not in self.new():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(interval)
+        return True
+
+
+class LoadedRecord:
+    """``loaded.json``: the pid and file digests of what a running daemon has loaded, so an
+    apply knows the gentlest action, after an agent restart too. Not fsync'd: a power loss
+    takes the daemons, and with them what the record is about."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def read(self):
+        try:
+            with open(self.path) as handle:
+                return dict(json.load(handle))
+        except (OSError, ValueError, TypeError):
+            return {}
+
+    def write(self, record):
+        """Replace the record; an empty one removes the file."""
+        if record:
+            atomic_write(self.path, json.dumps(record, sort_keys=True), 0o600, durable=False)
+        else:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
 
 
 class FileSet:

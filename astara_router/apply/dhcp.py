@@ -13,19 +13,16 @@ lease file (kept across restarts, so no lease is lost), the pid file, the log an
 Candidates are checked with ``dnsmasq --test`` in the engine's check phase, before anything
 live is changed; a refusal names the payload field at fault.
 """
-import hashlib
-import json
 import logging
 import os
 import re
 import signal
 import subprocess
-import time
 
 from ..errors import ApplyError
 from ..render.dhcp import CONF, HOSTS, LOG as LOG_FILE, NAMES, PIDFILE, render_dnsmasq
 from ..store import atomic_write
-from .daemon import ExactDaemon, FileSet
+from .daemon import ExactDaemon, FileSet, LoadedRecord, LogWatch, digest, log_tail
 
 LOG = logging.getLogger(__name__)
 
@@ -33,10 +30,6 @@ DNSMASQ = "dnsmasq"
 CHECK_TIMEOUT = 30
 RELOAD_TIMEOUT = 5.0
 LINE_REF = re.compile(r"\s+at line (\d+) of \S+")
-
-
-def digest(text):
-    return None if text is None else hashlib.sha256(text.encode()).hexdigest()
 
 
 def dnsmasq_test(files, path):
@@ -77,7 +70,7 @@ class DhcpSubsystem:
         self.hosts = os.path.join(self.directory, HOSTS)
         self.names = os.path.join(self.directory, NAMES)
         self.log = os.path.join(self.directory, LOG_FILE)
-        self.loaded_path = os.path.join(self.directory, "loaded.json")
+        self.record = LoadedRecord(os.path.join(self.directory, "loaded.json"))
         self.check_path = os.path.join(self.directory, "dnsmasq.check.conf")
         self.files = FileSet(self.conf, self.hosts, self.names)
         # --conf-file alone: dnsmasq reads neither /etc/dnsmasq.conf nor /etc/dnsmasq.d.
@@ -140,7 +133,7 @@ class DhcpSubsystem:
             if pid is not None:
                 self.daemon.stop()
                 changes += 1
-            self._forget()
+            self.record.write({})
             return changes
         want = self._digests(contents)
         loaded = self._loaded(pid) if pid is not None else None
@@ -163,29 +156,15 @@ class DhcpSubsystem:
         try:
             self.daemon.start()
         except ApplyError as exc:
-            raise ApplyError("", f"dnsmasq did not start: {exc.message}\n{self._log_tail()}",
-                             status=500) from exc
+            raise ApplyError("", f"dnsmasq did not start: {exc.message}\n"
+                                 f"{log_tail(self.log, 5)}", status=500) from exc
 
     def _reload(self):
         """SIGHUP, then wait until dnsmasq logs that it re-read the reservations, so the
         next DHCP request is answered from the new ones."""
-        try:
-            offset = os.path.getsize(self.log)
-        except OSError:
-            offset = 0
+        log = LogWatch(self.log)
         self.daemon.signal(signal.SIGHUP)
-        marker = f"read {self.hosts}".encode()
-        deadline = time.monotonic() + RELOAD_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                with open(self.log, "rb") as handle:
-                    handle.seek(offset)
-                    if marker in handle.read():
-                        return True
-            except OSError:
-                pass
-            time.sleep(0.01)
-        return False
+        return log.wait_for(f"read {self.hosts}", RELOAD_TIMEOUT)
 
     def _digests(self, contents):
         return {"conf": digest(contents.get(self.conf)),
@@ -194,28 +173,10 @@ class DhcpSubsystem:
 
     def _loaded(self, pid):
         """The digests the running dnsmasq has loaded, if ``loaded.json`` is about it."""
-        try:
-            with open(self.loaded_path) as handle:
-                loaded = json.load(handle)
-        except (OSError, ValueError):
-            return None
+        loaded = self.record.read()
         if loaded.get("pid") != pid:
             return None
         return {key: loaded.get(key) for key in ("conf", "hosts", "names")}
 
     def _remember(self, digests):
-        atomic_write(self.loaded_path, json.dumps(dict(digests, pid=self.daemon.pid()),
-                                                  sort_keys=True), 0o600, durable=False)
-
-    def _forget(self):
-        try:
-            os.unlink(self.loaded_path)
-        except FileNotFoundError:
-            pass
-
-    def _log_tail(self):
-        try:
-            with open(self.log, errors="replace") as handle:
-                return "".join(handle.readlines()[-5:])
-        except OSError:
-            return ""
+        self.record.write(dict(digests, pid=self.daemon.pid()))

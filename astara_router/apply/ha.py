@@ -26,9 +26,7 @@ Both daemons run in the agent's network namespace, detached (their own session, 
 stopping the agent stops neither: keepalived keeps serving while the agent restarts), with
 every path under the state directory: two appliances on one host never meet.
 """
-import hashlib
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -41,7 +39,8 @@ from ..errors import ApplyError
 from ..render.ha import (CONNTRACKD_CONF, CONNTRACKD_LOCK, CONNTRACKD_LOG, CONNTRACKD_SOCKET,
                          KEEPALIVED_CONF, NOTIFY, HaOptions, render_ha)
 from ..store import atomic_write
-from .daemon import ExactDaemon, FileSet, run_checked
+from .daemon import (ExactDaemon, FileSet, LoadedRecord, LogWatch, check_socket_path, digest,
+                     log_tail, run_checked)
 from .netlink import _ensure_sysctl
 
 LOG = logging.getLogger(__name__)
@@ -50,9 +49,8 @@ KEEPALIVED = "keepalived"
 CONNTRACKD = "conntrackd"
 CHECK_TIMEOUT = 30
 RELOAD_TIMEOUT = 10.0
-RELOADED = b"Reload complete"
+RELOADED = "Reload complete"
 LINE_REF = re.compile(r"\(([^():]*): Line (\d+)\)\s*(.*)")
-SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes including the NUL
 # Start a program detached: its own session, output to a log, no controlling terminal;
 # "$!" (printed, and written to the pid file unless the program writes its own) is the
 # program itself: a background job of a shell without job control is no process-group
@@ -63,10 +61,6 @@ DETACH = ('log=$1; pidfile=$2; shift 2; setsid "$@" </dev/null >>"$log" 2>&1 & '
 
 def detached(argv, log, pidfile=None):
     return ["sh", "-c", DETACH, "sh", log, pidfile or "-", *argv]
-
-
-def digest(text):
-    return None if text is None else hashlib.sha256(text.encode()).hexdigest()
 
 
 class DetachedDaemon(ExactDaemon):
@@ -117,7 +111,7 @@ class HaSubsystem:
         self.keepalived_log = path("keepalived.log")
         self.conntrackd_log = path(CONNTRACKD_LOG)
         self.vrrp_pidfile = path("keepalived-vrrp.pid")
-        self.loaded_path = path("loaded.json")
+        self.record = LoadedRecord(path("loaded.json"))
         self.socket = path(CONNTRACKD_SOCKET)
         self.lock = path(CONNTRACKD_LOCK)
         self.config_files = FileSet(self.keepalived_conf, self.conntrackd_conf)
@@ -141,10 +135,7 @@ class HaSubsystem:
         """``keepalived -t`` on a candidate next to the live file."""
         if plan is None or plan == base:
             return
-        if len(self.socket.encode()) > SOCKET_PATH_MAX:
-            raise ApplyError("", f"conntrackd socket path {self.socket} is longer than "
-                                 f"{SOCKET_PATH_MAX} bytes; use a shorter state_dir",
-                             status=500)
+        check_socket_path(self.socket, "conntrackd socket")
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         candidate = FileSet.candidate(self.keepalived_conf)
         atomic_write(candidate, plan.keepalived_text, 0o644, durable=False)
@@ -220,7 +211,7 @@ class HaSubsystem:
         changes = self.config_files.converge({p: contents[p] for p in
                                               (self.keepalived_conf, self.conntrackd_conf)})
         changes += self.script.converge({self.notify: contents[self.notify]})
-        loaded = self._loaded()
+        loaded = self.record.read()
         if not keepalived:
             loaded.pop(KEEPALIVED, None)
             if self.keepalived.running():
@@ -232,7 +223,7 @@ class HaSubsystem:
             changes += self._converge_keepalived(
                 loaded, digest(contents[self.keepalived_conf]), virtual_addresses,
                 cleared if cleared is not None else [])
-        self._remember(loaded)
+        self.record.write(loaded)
         return changes
 
     def _converge_conntrackd(self, wanted, loaded, conf_digest):
@@ -279,17 +270,10 @@ class HaSubsystem:
     def _reload_keepalived(self):
         """SIGHUP, then wait until keepalived logs that the reload is complete: from then on
         it runs the new configuration (state and addresses kept)."""
-        try:
-            offset = os.path.getsize(self.keepalived_log)
-        except OSError:
-            offset = 0
+        log = LogWatch(self.keepalived_log)
         self.keepalived.signal(signal.SIGHUP)
-
-        def reloaded():
-            with open(self.keepalived_log, "rb") as handle:
-                handle.seek(offset)
-                return RELOADED in handle.read()
-        self._wait(reloaded, "keepalived did not confirm the SIGHUP reload")
+        if not log.wait_for(RELOADED, RELOAD_TIMEOUT, interval=0.02):
+            raise ApplyError("", "keepalived did not confirm the SIGHUP reload", status=500)
         LOG.info("keepalived reloaded")
 
     def _start(self, daemon, log, ready):
@@ -298,7 +282,9 @@ class HaSubsystem:
             daemon.start()
             ready()
         except ApplyError as exc:
-            raise ApplyError("", f"{exc.message}; {log}: {tail(log)}", status=500) from exc
+            raise ApplyError("", f"{exc.message}; {log}: "
+                                 f"{log_tail(log, 3, sep=' | ', missing=f'no {log}')}",
+                             status=500) from exc
 
     def _vrrp_child(self):
         try:
@@ -341,28 +327,11 @@ class HaSubsystem:
                 raise ApplyError("", failure, status=500)
             time.sleep(0.02)
 
-    def _loaded(self):
-        try:
-            with open(self.loaded_path) as handle:
-                return dict(json.load(handle))
-        except (OSError, ValueError, TypeError):
-            return {}
-
     def _forget(self, loaded, daemon):
         """Persist "``daemon``'s configuration unknown" before acting on it: an apply that
         fails halfway must not leave a record claiming the old one is loaded."""
         if loaded.pop(daemon, None) is not None:
-            self._remember(loaded)
-
-    def _remember(self, loaded):
-        if loaded:
-            atomic_write(self.loaded_path, json.dumps(loaded, sort_keys=True), 0o600,
-                         durable=False)
-        else:
-            try:
-                os.unlink(self.loaded_path)
-            except FileNotFoundError:
-                pass
+            self.record.write(loaded)
 
 
 def clear_stale(virtual_addresses):
@@ -385,14 +354,6 @@ def _ip_batch(lines):
     if text:
         subprocess.run(["ip", "-force", "-batch", "-"], input=text, capture_output=True,
                        text=True)
-
-
-def tail(path, lines=3):
-    try:
-        with open(path, errors="replace") as handle:
-            return " | ".join(line.strip() for line in handle.readlines()[-lines:])
-    except OSError:
-        return f"no {path}"
 
 
 def refusal(output, plan):

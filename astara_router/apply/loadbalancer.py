@@ -29,7 +29,7 @@ from ..errors import ApplyError
 from ..render.loadbalancer import (CONF, ERROR_LOG, HTTP_DIR, PIDFILE, STATUS_SOCKET,
                                    STREAM_DIR, TEMP_DIR, render_nginx)
 from ..store import atomic_write
-from .daemon import Daemon
+from .daemon import Daemon, LogWatch, check_socket_path
 from .netlink import _ensure_sysctl
 
 LOG = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ LOG = logging.getLogger(__name__)
 NGINX = "nginx"
 CHECK_TIMEOUT = 30
 RELOAD_TIMEOUT = 10.0
-SOCKET_PATH_MAX = 107
 # "[emerg] <message> in <file>:<line>", as nginx -t and a failed reload report errors.
 NGINX_ERROR = re.compile(r"\[(?:emerg|alert|crit)\] (?P<message>.*?)"
                          r"(?: in (?P<file>\S+):(?P<line>\d+))?$", re.M)
@@ -126,7 +125,7 @@ class LoadBalancerSubsystem:
         self.check_dir = settings.path("nginx.check")
         self.socket = os.path.join(self.directory, STATUS_SOCKET)
         self.log = os.path.join(self.directory, ERROR_LOG)
-        self._log_offset = 0  # error log size before the last reload or start
+        self._log = LogWatch(self.log)  # what nginx logged since the last reload or start
         self._old_workers = set()  # workers of the configuration a reload replaces
         self.daemon = NginxDaemon("nginx", os.path.join(self.directory, PIDFILE),
                                   nginx_argv(self.directory), cwd=self.directory)
@@ -194,16 +193,13 @@ class LoadBalancerSubsystem:
     # -- helpers ---------------------------------------------------------------------------
     def _run(self, running):
         """Reload the running master (SIGHUP: graceful) or start one."""
-        self._log_offset = _size(self.log)
+        self._log = LogWatch(self.log)
         master = self.daemon.pid() if running else None
         self._old_workers = accepting_workers(master) if master else set()
         if master and self.daemon.signal(signal.SIGHUP):
             LOG.info("nginx reloaded")
             return
-        if len(self.socket.encode()) > SOCKET_PATH_MAX:
-            raise ApplyError("", f"nginx status socket path {self.socket} is longer than "
-                                 f"{SOCKET_PATH_MAX} bytes; use a shorter state_dir",
-                             status=500)
+        check_socket_path(self.socket, "nginx status socket")
         try:
             os.unlink(self.socket)  # left by a killed nginx: it would refuse to bind
         except FileNotFoundError:
@@ -264,13 +260,7 @@ class LoadBalancerSubsystem:
 
     def _new_errors(self):
         """[emerg]/[alert]/[crit] lines nginx logged since the last reload or start."""
-        try:
-            with open(self.log, errors="replace") as handle:
-                handle.seek(self._log_offset)
-                text = handle.read()
-        except OSError:
-            return ""
-        return "; ".join(m.group(0) for m in NGINX_ERROR.finditer(text))
+        return "; ".join(m.group(0) for m in NGINX_ERROR.finditer(self._log.new()))
 
 
 def accepting_workers(master):
@@ -300,10 +290,3 @@ def allow_nonlocal_bind():
     """nginx (and nginx -t) may bind a VIP before it is on a NIC (this namespace only)."""
     for key in NONLOCAL_BIND:
         _ensure_sysctl(key, "1")
-
-
-def _size(path):
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0

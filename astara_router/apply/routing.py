@@ -17,7 +17,7 @@ import time
 from ..errors import ApplyError
 from ..render.routing import DIGEST_SYMBOL, bird_plan, render_bird
 from ..store import atomic_write
-from .daemon import Daemon, FileSet, run_checked
+from .daemon import Daemon, FileSet, check_socket_path, run_checked
 
 LOG = logging.getLogger(__name__)
 
@@ -28,7 +28,6 @@ CONFIGURE_OK = ("Reconfigured", "Reconfiguration in progress",
                 "Reconfiguration already in progress, queueing")
 # "<file>:<line>:<column> <message>", as bird -p and birdc configure report parse errors.
 PARSE_ERROR = re.compile(r":(\d+):(\d+)\s+(.*)")
-SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes including the NUL
 
 
 class RoutingSubsystem:
@@ -139,9 +138,7 @@ class RoutingSubsystem:
 
     def _start(self):
         os.makedirs(self.directory, exist_ok=True)
-        if len(self.socket.encode()) > SOCKET_PATH_MAX:
-            raise ApplyError("", f"bird control socket path {self.socket} is longer than "
-                                 f"{SOCKET_PATH_MAX} bytes; use a shorter state_dir", status=500)
+        check_socket_path(self.socket, "bird control socket")
         self.daemon.start()
         deadline = time.monotonic() + 10
         while True:  # the pid file comes before the control socket answers

@@ -40,7 +40,7 @@ import time
 
 from ..errors import ApplyError
 from ..render.vpn import (LOG_FILE, RUN_DIR, SOCKET, VpnRenderError, render_vpn)
-from .daemon import Daemon, FileSet
+from .daemon import Daemon, FileSet, check_socket_path, log_tail
 
 LOG = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ CHARON = "/usr/lib/ipsec/charon"
 SWANCTL = "swanctl"
 TUN_DEVICE = "/dev/net/tun"
 START_TIMEOUT = 15.0
-SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes including the NUL
 # swanctl's chatter about credential folders and plugins we do not use
 NOISE = ("opening directory", "plugin '", "loading '")
 LOAD_FAILED = re.compile(r"loading connection '([^']+)' failed")
@@ -101,10 +100,7 @@ class Charon(Daemon):
         return pid if f"STRONGSWAN_CONF={self.conf}".encode() in environ else None
 
     def start(self, timeout=START_TIMEOUT):
-        if len(self.socket.encode()) > SOCKET_PATH_MAX:
-            raise ApplyError("", f"charon's vici socket path {self.socket} is longer than "
-                                 f"{SOCKET_PATH_MAX} bytes; use a shorter state_dir",
-                             status=500)
+        check_socket_path(self.socket, "charon's vici socket")
         os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
         for stale in (self.pidfile, self.socket):
             try:
@@ -156,12 +152,8 @@ class Charon(Daemon):
     def session(self):
         return _ViciSession(self.socket)
 
-    def log_tail(self, lines=8):
-        try:
-            with open(self.log, errors="replace") as handle:
-                return "".join(handle.readlines()[-lines:])
-        except OSError:
-            return ""
+    def log_tail(self):
+        return log_tail(self.log, 8)
 
 
 class _ViciSession:
