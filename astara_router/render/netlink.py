@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from ipaddress import ip_network
 from typing import Optional
 
+from .memo import per_object
+
 DEFAULT = {4: ip_network("0.0.0.0/0"), 6: ip_network("::/0")}
 
 
@@ -45,6 +47,7 @@ class NetlinkPlan:
         return next((link for link in self.links if link.generic == generic), None)
 
 
+@per_object  # once per config: netlink's plan, the HA plan and the status view all use it
 def render_netlink(config):
     links = []
     for i, network in enumerate(config.networks):

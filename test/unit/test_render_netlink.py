@@ -57,3 +57,13 @@ def test_static_routes_and_first_route_per_prefix_wins():
     assert ("192.168.200.0/24", "10.1.0.254", "ge2") in routes(plan)
     assert next(r for r in plan.routes if str(r.destination) == "198.18.0.0/16").path == \
         "static_routes[0]"
+
+
+def test_one_plan_per_config_object():
+    # netlink's plan, the HA plan and the status view share one rendering of a config;
+    # another config object, even an equal one, gets its own.
+    config = parse_payload(VALID["router-basic"], ("router", "loadbalancer"))
+    again = parse_payload(VALID["router-basic"], ("router", "loadbalancer"))
+    assert render_netlink(config) is render_netlink(config)
+    assert render_netlink(again) is not render_netlink(config)
+    assert render_netlink(again) == render_netlink(config)
