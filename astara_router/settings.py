@@ -2,13 +2,18 @@
 
 Every path the agent writes (state, pid files, sockets, daemon configs) derives from
 ``state_dir``, so several appliances can share a host without touching each other.
+Settings are checked once, here: the renderers take them as valid.
 """
 import configparser
 import glob
 import os
+import re
 from dataclasses import dataclass, replace
 
 DEFAULT_PORT = 5000
+# state_dir is written into keepalived, conntrackd and strongSwan configurations: one
+# plain token of their grammars.
+STATE_DIR = re.compile(r"/[A-Za-z0-9_.+/-]*")
 
 
 @dataclass(frozen=True)
@@ -28,10 +33,10 @@ class Settings:
     etc_dir: str = ""  # hostname/hosts files; empty: see apply/hostname.py default_etc_dir
     metadata_connect_timeout: float = 5.0  # metadata proxy → orchestrator, seconds
     metadata_read_timeout: float = 30.0
-    ipsec_backend: str = "auto"  # auto | kernel | libipsec (apply/vpn.py)
+    ipsec_backend: str = "auto"  # auto | render.vpn.BACKENDS (apply/vpn.py)
     reconcile_interval: float = 5.0  # seconds between supervisor rounds; 0 disables
     reconcile_max_backoff: float = 60.0  # longest pause while repairs keep being needed
-    ha_advert_interval: float = 1.0  # VRRP advertisement interval, seconds (0.01-40.95)
+    ha_advert_interval: float = 1.0  # VRRP advertisement interval, seconds (ADVERT_MIN-MAX)
     ha_preempt: bool = True  # the higher-priority instance takes the addresses back
     ha_preempt_delay: float = 0.0  # seconds it waits before it does
 
@@ -66,8 +71,10 @@ def _ha(section, settings):
         delay = float(section.get("preempt_delay", settings.ha_preempt_delay))
     except ValueError as exc:
         raise ValueError(f"[ha]: {exc}") from None
-    if not 0.01 <= interval <= 40.95:
-        raise ValueError(f"[ha] advert_interval must be 0.01-40.95 seconds, not {interval}")
+    from .render.ha import ADVERT_MAX, ADVERT_MIN
+    if not ADVERT_MIN <= interval <= ADVERT_MAX:
+        raise ValueError(f"[ha] advert_interval must be {ADVERT_MIN}-{ADVERT_MAX} seconds, "
+                         f"not {interval}")
     if not 0 <= delay <= 1000:
         raise ValueError(f"[ha] preempt_delay must be 0-1000 seconds, not {delay}")
     return {"ha_advert_interval": interval, "ha_preempt": preempt, "ha_preempt_delay": delay}
@@ -131,6 +138,18 @@ def load(config_file=None, **overrides):
     clean = {k: v for k, v in overrides.items() if v not in (None, (), "")}
     if "enabled_services" in clean and isinstance(clean["enabled_services"], str):
         clean["enabled_services"] = _services(clean["enabled_services"])
-    settings = replace(settings, **clean)
+    return _checked(replace(settings, **clean))
+
+
+def _checked(settings):
+    """``settings``, or a ValueError naming the value the daemons could not use."""
     _check_tls(settings)
+    if not STATE_DIR.fullmatch(settings.state_dir) or "/../" in f"{settings.state_dir}/":
+        raise ValueError(f"state_dir: {settings.state_dir!r} must be an absolute path of "
+                         "letters, digits, '_', '.', '+', '-' and '/' without '..' (daemon "
+                         "configurations name paths under it)")
+    from .render.vpn import BACKENDS
+    if settings.ipsec_backend not in ("auto", *BACKENDS):
+        raise ValueError(f"[vpn] ipsec_backend: {settings.ipsec_backend!r} is not one of "
+                         f"auto, {', '.join(BACKENDS)}")
     return settings

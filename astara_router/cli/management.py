@@ -71,7 +71,10 @@ def main(argv=None):
             raise ValueError("a prefix length is required")
     except ValueError as exc:
         parser.error(f"ip_address: {exc}")
-    settings = settings_mod.load(args.config_file, state_dir=args.state_dir)
+    try:
+        settings = settings_mod.load(args.config_file, state_dir=args.state_dir)
+    except ValueError as exc:
+        parser.error(str(exc))
     configure(args.mac_address, address, args.mtu, settings.state_dir,
               None if args.sshd_config == "none" else args.sshd_config)
     return 0

@@ -54,8 +54,7 @@ INSTANCE = "astara"
 
 # A NIC name keepalived and conntrackd read as one token (no space, brace, quote, '#', '!').
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,15}\Z")
-SAFE_PATH = re.compile(r"/[A-Za-z0-9_.+/-]*\Z")
-ADVERT_MIN, ADVERT_MAX = 0.01, 40.95  # VRRPv3: centiseconds in 12 bits
+ADVERT_MIN, ADVERT_MAX = 0.01, 40.95  # VRRPv3: centiseconds in 12 bits (settings.py checks)
 
 
 @dataclass(frozen=True)
@@ -124,14 +123,6 @@ def _name(value, what):
     return value
 
 
-def _path(value):
-    if not SAFE_PATH.fullmatch(value) or "/../" in f"{value}/":
-        raise ApplyError("", f"state_dir: {value!r} cannot be written into the keepalived "
-                             "and conntrackd configuration (an absolute path of letters, "
-                             "digits, '_', '.', '+', '-' and '/' only)", status=500)
-    return value
-
-
 def _transport(config):
     """(management network, local address, peers): where VRRP and the state sync run;
     what the payload asks for and they cannot do is refused (422)."""
@@ -160,10 +151,10 @@ def _transport(config):
 
 def render_ha(config, names, directory, options=HaOptions()):
     """The HA plan of ``config`` (``names``: geN → kernel name; ``directory``: where the
-    files live), or None when the router is not HA."""
+    files live, under the state_dir settings.load checked), or None when the router is not
+    HA."""
     if not config.ha:
         return None
-    _path(directory)
     network, local, peers = _transport(config)
     mgmt_if = _name(kernel_name(names, network.interface.ifname,
                                 f"networks[{config.networks.index(network)}]"),

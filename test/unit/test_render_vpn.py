@@ -287,8 +287,21 @@ def test_psk_and_names_never_reach_the_syntax(text):
 
 
 def test_state_directory_must_be_a_plain_path():
-    with pytest.raises(ValueError):
-        render_vpn(parse_payload(VPN), "kernel", "/var/lib/x\ninclude /etc/passwd")
+    # charon's directory is under state_dir, which the agent refuses at start unless plain.
+    from astara_router import settings
+    with pytest.raises(ValueError, match="state_dir"):
+        settings.load(state_dir="/var/lib/x\ninclude /etc/passwd")
+
+
+def test_unknown_ipsec_backend_is_refused_at_start(tmp_path):
+    from astara_router import settings
+    ini = tmp_path / "astara.ini"
+    for backend in ("auto", "kernel", "libipsec"):
+        ini.write_text(f"[vpn]\nipsec_backend = {backend}\n")
+        assert settings.load(str(ini)).ipsec_backend == backend
+    ini.write_text("[vpn]\nipsec_backend = kernal\n")
+    with pytest.raises(ValueError, match=re.escape("[vpn] ipsec_backend: 'kernal'")):
+        settings.load(str(ini))
 
 
 def test_tables_have_no_holes():
