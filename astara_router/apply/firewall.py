@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from .. import nftables
 from ..errors import ApplyError
-from ..render.firewall import (TABLE_SPEC, FirewallRenderError,
-                               floating_ips_in_listing, render_firewall, replace_script)
+from ..render.firewall import (TABLE_SPEC, floating_ips_in_listing, render_firewall,
+                               replace_script)
 
 LOG = logging.getLogger(__name__)
 
@@ -125,10 +125,7 @@ class FirewallSubsystem:
 
     # -- the transaction protocol -----------------------------------------------------------
     def plan(self, config, names):
-        try:
-            return render_firewall(config, names, self.api_ports(), self.boot_management())
-        except FirewallRenderError as exc:
-            raise ApplyError(exc.path, exc.message) from exc
+        return render_firewall(config, names, self.api_ports(), self.boot_management())
 
     def check(self, plan, base):
         pass  # nft -f is all-or-nothing: a refused ruleset changes nothing

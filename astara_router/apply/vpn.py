@@ -39,7 +39,7 @@ import subprocess
 import time
 
 from ..errors import ApplyError
-from ..render.vpn import (LOG_FILE, RUN_DIR, SOCKET, VpnRenderError, render_vpn)
+from ..render.vpn import LOG_FILE, RUN_DIR, SOCKET, render_vpn
 from .daemon import Daemon, FileSet, check_socket_path, log_tail
 
 LOG = logging.getLogger(__name__)
@@ -224,10 +224,7 @@ class VpnSubsystem:
     def plan(self, config, names):
         if config.router is None or not any(s.active_connections for s in config.router.vpn):
             return None  # no probe, no charon for appliances without a VPN
-        try:
-            return render_vpn(config, self.backend(), self.directory)
-        except VpnRenderError as exc:
-            raise ApplyError(exc.path, exc.message) from exc
+        return render_vpn(config, self.backend(), self.directory)
 
     def check(self, plan, base):
         """No offline checker exists for swanctl.conf (the renderer's grammar is pinned by

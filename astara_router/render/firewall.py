@@ -62,8 +62,8 @@ import json
 import re
 from dataclasses import dataclass, replace
 
+from ..errors import ApplyError
 from ..model.vpn import active_connections
-from .errors import RenderError
 from .metadata import METADATA_ADDRESS, metadata_listeners
 from .text import comment
 from .vpn import LIBIPSEC_TUN
@@ -82,10 +82,6 @@ DHCP_SERVER_PORTS = (67, 547)  # DHCPv4 and DHCPv6 server ports
 
 # per IP version: nft payload keyword, address type, set-name suffix
 FAMILIES = {4: ("ip", "ipv4_addr", ""), 6: ("ip6", "ipv6_addr", "_v6")}
-
-
-class FirewallRenderError(RenderError):
-    """The configuration cannot be expressed safely (``path`` names the payload field)."""
 
 
 # -- the ruleset model ------------------------------------------------------------------------
@@ -281,7 +277,7 @@ class _Renderer:
             return self.names[generic]
         except KeyError:
             index = self.config.networks.index(network)
-            raise FirewallRenderError(
+            raise ApplyError(
                 f"networks[{index}].interface.ifname",
                 f"{generic} does not exist on this appliance") from None
 
@@ -313,7 +309,7 @@ class _Renderer:
             return self.kernel_name(network), network.interface.addresses
         if self.boot_management:
             return self.boot_management, ()
-        raise FirewallRenderError(
+        raise ApplyError(
             "networks", "no management network in the payload and no boot-time management "
                         "interface: refusing a firewall that would cut the API off")
 

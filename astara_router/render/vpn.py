@@ -25,7 +25,7 @@ administratively up), named after the connection's id:
   kernel subtracts the ESP overhead from that route MTU itself; with kernel-libipsec the
   route leads into its TUN device, so the overhead is subtracted here.
 
-What strongSwan cannot carry out is refused with :class:`VpnRenderError` naming the field:
+What strongSwan cannot carry out is refused with an ApplyError (422) naming the field:
 algorithms outside the tables below (they are what the plugins we load provide), AEAD
 ciphers for an IKEv1 IKE SA, kilobyte IKE lifetimes, ``restart-by-peer``, ``ah-esp``
 bundles, AH over kernel-libipsec (userspace ESP only), transport mode, route modes other
@@ -37,8 +37,8 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
+from ..errors import ApplyError
 from ..model.vpn import active_connections
-from .errors import RenderError
 
 BACKENDS = ("kernel", "libipsec")
 LIBIPSEC_TUN = "ipsec0"  # kernel-libipsec's TUN device (the first "ipsec%d")
@@ -82,10 +82,6 @@ RETRANSMIT_TRIES = 5
 
 CONNECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 IDENTITY = re.compile(r"[A-Za-z0-9.:@_=,/+-](?:[A-Za-z0-9.:@_=,/+ -]{0,253}[A-Za-z0-9.:@_=,/+-])?")
-
-
-class VpnRenderError(RenderError):
-    """The payload asks for something strongSwan cannot carry out (``path``: the field)."""
 
 
 @dataclass(frozen=True)
@@ -135,38 +131,38 @@ def render_vpn(config, backend, directory):
         path = connection.path
         name = connection.id
         if not CONNECTION_NAME.fullmatch(name or ""):
-            raise VpnRenderError(f"{path}.id", f"{name!r} is not usable as a connection "
+            raise ApplyError(f"{path}.id", f"{name!r} is not usable as a connection "
                                                f"name (letters, digits, '_' and '-')")
         if name in names:
-            raise VpnRenderError(f"{path}.id", f"{name!r} is also the id of {names[name]}")
+            raise ApplyError(f"{path}.id", f"{name!r} is also the id of {names[name]}")
         names[name] = path
         _refuse_unsupported(connection, backend)
         version = connection.peer_address.version
         local = service.external_ip(version)
         which = f"external_v{version}_ip"
         if local is None:
-            raise VpnRenderError(f"{service.path}.{which}",
+            raise ApplyError(f"{service.path}.{which}",
                                  f"is needed for the IPv{version} peer "
                                  f"{connection.peer_address}")
         if local not in external:
-            raise VpnRenderError(f"{service.path}.{which}",
+            raise ApplyError(f"{service.path}.{which}",
                                  f"{local} is not an address of this router's external "
                                  f"interfaces")
         remote_id = connection.peer_id or str(connection.peer_address)
         if not IDENTITY.fullmatch(remote_id):
-            raise VpnRenderError(f"{path}.peer_id", "must be an IP address, a host name or a "
+            raise ApplyError(f"{path}.peer_id", "must be an IP address, a host name or a "
                                                     "distinguished name (letters, digits, "
                                                     "spaces and . : @ _ = , / + -)")
         ids = (str(local), remote_id)
         if ids in secrets and secrets[ids][0] != connection.psk:
-            raise VpnRenderError(f"{path}.psk", f"differs from the PSK of {secrets[ids][1]}, "
+            raise ApplyError(f"{path}.psk", f"differs from the PSK of {secrets[ids][1]}, "
                                                 f"which has the same identities {ids}")
         secrets.setdefault(ids, (connection.psk, path))
         if connection.ikepolicy.ike_version == "v2" and connection.dpd_action != "disabled":
             ikev2_timeouts.setdefault(connection.dpd_timeout, path)
             if len(ikev2_timeouts) > 1:
                 first = next(iter(ikev2_timeouts.items()))
-                raise VpnRenderError(
+                raise ApplyError(
                     f"{path}.dpd.timeout",
                     f"IKEv2 DPD timeouts are strongSwan's global retransmission schedule: "
                     f"{connection.dpd_timeout} s differs from {first[0]} s of {first[1]}")
@@ -189,41 +185,41 @@ def _refuse_unsupported(connection, backend):
     path = connection.path
     ike, esp = connection.ikepolicy, connection.ipsecpolicy
     if connection.route_mode != "static":
-        raise VpnRenderError(f"{path}.route_mode", f"{connection.route_mode!r}: only static "
+        raise ApplyError(f"{path}.route_mode", f"{connection.route_mode!r}: only static "
                                                    f"routing of the subnets is supported")
     if connection.mtu < MIN_MTU:
-        raise VpnRenderError(f"{path}.mtu", f"{connection.mtu} is below {MIN_MTU}, too small "
+        raise ApplyError(f"{path}.mtu", f"{connection.mtu} is below {MIN_MTU}, too small "
                                             f"to carry IPsec packets")
     if connection.dpd_action == "restart-by-peer":
-        raise VpnRenderError(f"{path}.dpd.action", "restart-by-peer has no strongSwan "
+        raise ApplyError(f"{path}.dpd.action", "restart-by-peer has no strongSwan "
                                                    "equivalent (hold, clear, restart, "
                                                    "disabled)")
     if connection.dpd_action != "disabled" and connection.dpd_timeout <= connection.dpd_interval:
-        raise VpnRenderError(f"{path}.dpd.timeout", f"{connection.dpd_timeout} must be longer "
+        raise ApplyError(f"{path}.dpd.timeout", f"{connection.dpd_timeout} must be longer "
                                                     f"than the interval "
                                                     f"({connection.dpd_interval})")
     if ike.phase1_negotiation_mode == "aggressive" and ike.ike_version == "v2":
-        raise VpnRenderError(f"{path}.ikepolicy.phase1_negotiation_mode",
+        raise ApplyError(f"{path}.ikepolicy.phase1_negotiation_mode",
                              "aggressive mode exists in IKEv1 only")
     if ike.lifetime.units != "seconds":
-        raise VpnRenderError(f"{path}.ikepolicy.lifetime.units",
+        raise ApplyError(f"{path}.ikepolicy.lifetime.units",
                              "strongSwan limits IKE SAs by time only (seconds)")
     if ike.ike_version == "v1" and ike.encryption_algorithm in AEAD:
-        raise VpnRenderError(f"{path}.ikepolicy.encryption_algorithm",
+        raise ApplyError(f"{path}.ikepolicy.encryption_algorithm",
                              f"{ike.encryption_algorithm}: AEAD ciphers protect IKEv2 SAs "
                              f"only")
     if esp.transform_protocol == "ah-esp":
-        raise VpnRenderError(f"{path}.ipsecpolicy.transform_protocol",
+        raise ApplyError(f"{path}.ipsecpolicy.transform_protocol",
                              "AH+ESP bundles are not supported by strongSwan")
     if esp.transform_protocol == "ah" and backend == "libipsec":
-        raise VpnRenderError(f"{path}.ipsecpolicy.transform_protocol",
+        raise ApplyError(f"{path}.ipsecpolicy.transform_protocol",
                              "this appliance's kernel has no IPsec; its userspace IPsec "
                              "(kernel-libipsec) carries ESP only")
     if esp.transform_protocol == "ah" and esp.encryption_algorithm in AEAD:
-        raise VpnRenderError(f"{path}.ipsecpolicy.encryption_algorithm",
+        raise ApplyError(f"{path}.ipsecpolicy.encryption_algorithm",
                              "AH authenticates only: an AEAD cipher has no use")
     if esp.encapsulation_mode != "tunnel":
-        raise VpnRenderError(f"{path}.ipsecpolicy.encapsulation_mode",
+        raise ApplyError(f"{path}.ipsecpolicy.encapsulation_mode",
                              "site-to-site connections protect subnets behind the gateways, "
                              "which needs tunnel mode")
 
@@ -232,7 +228,7 @@ def _keyword(table, value, path, what):
     try:
         return table[value]
     except KeyError:
-        raise VpnRenderError(path, f"{value!r} is not a supported {what} (supported: "
+        raise ApplyError(path, f"{value!r} is not a supported {what} (supported: "
                                    f"{', '.join(sorted(table))})") from None
 
 

@@ -11,9 +11,9 @@ import subprocess
 import pytest
 
 from astara_lab.appliance import contract_payloads
+from astara_router.errors import ApplyError
 from astara_router.model import PayloadError, parse_payload
-from astara_router.render.firewall import (FirewallRenderError, Ruleset,
-                                           floating_ips_in_listing, label_set_name,
+from astara_router.render.firewall import (Ruleset, floating_ips_in_listing, label_set_name,
                                            render_firewall, replace_script)
 from unchecked import PLACEHOLDER, with_text
 
@@ -183,7 +183,7 @@ def test_management_interface_from_boot_when_the_payload_has_none():
     full = parse_payload(VALID["router-no-gateway"], SERVICES)
     config = dataclasses.replace(full, networks=tuple(
         n for n in full.networks if not n.is_management))
-    with pytest.raises(FirewallRenderError) as error:
+    with pytest.raises(ApplyError) as error:
         render_firewall(config, NAMES)
     assert error.value.path == "networks" and "API" in error.value.message
     rules = chain(render_firewall(config, NAMES, boot_management="eth0"), "input")
@@ -191,7 +191,7 @@ def test_management_interface_from_boot_when_the_payload_has_none():
 
 
 def test_unknown_interface_names_the_payload_field():
-    with pytest.raises(FirewallRenderError) as error:
+    with pytest.raises(ApplyError) as error:
         ruleset_of(VALID["router-basic"], {"ge0": "eth0", "ge1": "eth1"})
     assert error.value.path == "networks[2].interface.ifname"
 

@@ -8,9 +8,10 @@ import re
 import pytest
 
 from astara_lab.appliance import contract_payloads
+from astara_router.errors import ApplyError
 from astara_router.model import PayloadError, parse_payload
-from astara_router.render.vpn import (AEAD, DH_GROUPS, ENCRYPTION, INTEGRITY, VpnRenderError,
-                                      render_vpn, retransmit_timeout)
+from astara_router.render.vpn import (AEAD, DH_GROUPS, ENCRYPTION, INTEGRITY, render_vpn,
+                                      retransmit_timeout)
 from unchecked import PLACEHOLDER, with_text
 
 VPN = contract_payloads()["router-vpn"]
@@ -200,7 +201,7 @@ def test_what_strongswan_cannot_carry_out_is_refused_naming_the_field(
         changes, backend, path, words):
     try:
         plan_of(body(**changes), backend)
-    except VpnRenderError as exc:
+    except ApplyError as exc:
         error = exc
     except PayloadError as exc:  # found by the model already
         error = exc.errors[0]
@@ -218,11 +219,11 @@ def test_ah_is_rendered_for_kernel_ipsec():
 def test_external_address_must_be_ours_and_of_the_peer_family():
     payload = copy.deepcopy(VPN)
     payload["vpn"]["ipsec"][0]["external_v4_ip"] = "198.51.100.99"
-    with pytest.raises(VpnRenderError) as not_ours:
+    with pytest.raises(ApplyError) as not_ours:
         plan_of(payload)
     assert not_ours.value.path == "vpn.ipsec[0].external_v4_ip"
     payload["vpn"]["ipsec"][0]["external_v4_ip"] = None
-    with pytest.raises(VpnRenderError) as missing:
+    with pytest.raises(ApplyError) as missing:
         plan_of(payload)
     assert missing.value.path == "vpn.ipsec[0].external_v4_ip"
     assert "IPv4 peer" in missing.value.message
@@ -236,12 +237,12 @@ def test_unknown_local_subnet_and_duplicate_identities_are_refused():
     twin = copy.deepcopy(payload["vpn"]["ipsec"][0]["ipsec_connections"][0])
     twin.update(id="twin", psk="another-secret")
     payload["vpn"]["ipsec"][0]["ipsec_connections"].append(twin)
-    with pytest.raises(VpnRenderError) as ambiguous:
+    with pytest.raises(ApplyError) as ambiguous:
         plan_of(payload)
     assert ambiguous.value.path == "vpn.ipsec[0].ipsec_connections[1].psk"
     assert "another-secret" not in str(ambiguous.value)
     twin["id"] = CONN
-    with pytest.raises(VpnRenderError) as duplicate:
+    with pytest.raises(ApplyError) as duplicate:
         plan_of(payload)
     assert duplicate.value.path == "vpn.ipsec[0].ipsec_connections[1].id"
 
@@ -260,13 +261,13 @@ def test_injection_through_identities_and_ids_is_refused(text):
     with pytest.raises(PayloadError) as refused:
         plan_of(body(id=text))
     assert refused.value.errors[0].path == f"{PATH}.id"
-    with pytest.raises(VpnRenderError) as refused:
+    with pytest.raises(ApplyError) as refused:
         render_vpn(with_text(parse_payload(body(id=PLACEHOLDER)), text), "libipsec", DIRECTORY)
     assert refused.value.path == f"{PATH}.id"
     try:
         plan = render_vpn(with_text(parse_payload(body(peer_id=PLACEHOLDER)), text),
                           "libipsec", DIRECTORY)
-    except VpnRenderError as exc:
+    except ApplyError as exc:
         assert exc.path == f"{PATH}.peer_id"
     else:
         swanctl = settings_of(plan.swanctl)
