@@ -41,7 +41,7 @@ from ..render.ha import (CONNTRACKD_CONF, CONNTRACKD_LOCK, CONNTRACKD_LOG, CONNT
 from ..store import atomic_write
 from .daemon import (ExactDaemon, FileSet, LoadedRecord, LogWatch, check_socket_path, digest,
                      log_tail, run_checked)
-from .netlink import _ensure_sysctl
+from .netlink import allow_nonlocal_bind
 
 LOG = logging.getLogger(__name__)
 
@@ -167,8 +167,7 @@ class HaSubsystem:
         if plan is None:
             return self._converge(dict.fromkeys(
                 (self.keepalived_conf, self.conntrackd_conf, self.notify)), False, False)
-        _ensure_sysctl("ipv4/ip_nonlocal_bind", "1")  # daemons bind to addresses the
-        _ensure_sysctl("ipv6/ip_nonlocal_bind", "1")  # master holds, on the backup too
+        allow_nonlocal_bind()  # daemons bind to addresses the master holds, on the backup too
         contents = dict.fromkeys((self.keepalived_conf, self.conntrackd_conf))
         contents.update(plan.contents(self.directory))
         return self._converge(contents, True, plan.conntrackd is not None,

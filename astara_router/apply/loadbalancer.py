@@ -30,7 +30,7 @@ from ..render.loadbalancer import (CONF, ERROR_LOG, HTTP_DIR, PIDFILE, STATUS_SO
                                    STREAM_DIR, TEMP_DIR, render_nginx)
 from ..store import atomic_write
 from .daemon import Daemon, LogWatch, check_socket_path
-from .netlink import _ensure_sysctl
+from .netlink import allow_nonlocal_bind
 
 LOG = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ RELOAD_TIMEOUT = 10.0
 # "[emerg] <message> in <file>:<line>", as nginx -t and a failed reload report errors.
 NGINX_ERROR = re.compile(r"\[(?:emerg|alert|crit)\] (?P<message>.*?)"
                          r"(?: in (?P<file>\S+):(?P<line>\d+))?$", re.M)
-NONLOCAL_BIND = ("ipv4/ip_nonlocal_bind", "ipv6/ip_nonlocal_bind")
 
 
 def nginx_argv(directory, *extra):
@@ -284,9 +283,3 @@ def accepting_workers(master):
         if title.strip() == "nginx: worker process":
             accepting.add(int(child))
     return accepting
-
-
-def allow_nonlocal_bind():
-    """nginx (and nginx -t) may bind a VIP before it is on a NIC (this namespace only)."""
-    for key in NONLOCAL_BIND:
-        _ensure_sysctl(key, "1")

@@ -213,6 +213,13 @@ def enable_forwarding():
     _ensure_sysctl("ipv6/conf/all/forwarding", "1")
 
 
+def allow_nonlocal_bind():
+    """Daemons may bind an address before it is on a NIC (nginx a VIP, keepalived's and
+    conntrackd's the master's addresses on the backup too); this namespace only."""
+    _ensure_sysctl("ipv4/ip_nonlocal_bind", "1")
+    _ensure_sysctl("ipv6/ip_nonlocal_bind", "1")
+
+
 # -- the subsystem ---------------------------------------------------------------------------
 
 class NetlinkSubsystem:
