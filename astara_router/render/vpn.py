@@ -33,7 +33,6 @@ than static, aggressive mode with IKEv2, DPD timeouts not above the interval, MT
 1280, identities or connection ids outside a safe grammar, and two connections with the
 same identities but different PSKs (strongSwan could not tell their secrets apart).
 """
-import hashlib
 import re
 from dataclasses import dataclass, field
 
@@ -108,10 +107,6 @@ class VpnPlan:
     strongswan: str
     swanctl: str = field(repr=False)  # holds the PSKs
     connections: tuple = ()  # of Connection
-
-    @property
-    def strongswan_digest(self):
-        return hashlib.sha256(self.strongswan.encode()).hexdigest()
 
     def connection_named(self, name):
         return next((c for c in self.connections if c.name == name), None)
