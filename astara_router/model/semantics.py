@@ -18,6 +18,7 @@ Every function here is pure: problems are added to a ``checks.Problems`` with th
 import functools
 import ipaddress
 
+from .errors import join
 from .types import Route
 
 ONLY_UNDER_CONFIRM = (" (possible only under commit-confirm: PUT "
@@ -62,15 +63,15 @@ def check_addresses(problems, config, locate, router_path):
         # On no subnet at all it goes onto the external NIC (render/netlink.py).
         network = config.network_for(gateway)
         if network is not None and not network.is_external:
-            problems.add(_join(router_path, "default_v4_gateway"),
+            problems.add(join(router_path, "default_v4_gateway"),
                          f"{gateway} must be on an external network (it is on the "
                          f"{network.network_type} network {network.interface.ifname})")
         elif network is None and not config.external_networks:
-            problems.add(_join(router_path, "default_v4_gateway"),
+            problems.add(join(router_path, "default_v4_gateway"),
                          f"{gateway} must be on an external network (the router has none)")
         elif unusable(gateway) or gateway in {a.ip for n in config.networks
                                               for a in n.interface.addresses}:
-            problems.add(_join(router_path, "default_v4_gateway"),
+            problems.add(join(router_path, "default_v4_gateway"),
                          f"{gateway} is not a usable next hop (an address of the router's "
                          "own, or not unicast)")
     _floating_ips(problems, config, locate, router_path)
@@ -133,7 +134,7 @@ def _floating_ips(problems, config, locate, router_path):
         address = fip.floating_ip
         why = taken.get(address) or unusable(address)
         if why:
-            problems.add(_join(router_path, f"floating_ips[{i}].floating_ip"),
+            problems.add(join(router_path, f"floating_ips[{i}].floating_ip"),
                          f"{address} {'is ' if address in taken else ''}{why}")
 
 
@@ -171,7 +172,7 @@ def check_management(problems, config, locate, router_path, sources=()):
                                    f"would take {what} away from the management interface "
                                    f"{ifname}")
         for i, address in _floating_ips_in(config, target, ifname):  # local /32s, /128s
-            problems.add(_join(router_path, f"floating_ips[{i}].floating_ip"),
+            problems.add(join(router_path, f"floating_ips[{i}].floating_ip"),
                          f"{address} would take {what} away from the management "
                          f"interface {ifname}")
 
@@ -229,7 +230,7 @@ def _routes(config, locate, router_path):
     router = config.router
     if router is not None:
         if router.default_v4_gateway is not None:
-            yield from _via(config, _join(router_path, "default_v4_gateway"),
+            yield from _via(config, join(router_path, "default_v4_gateway"),
                             Route(DEFAULTS[0], router.default_v4_gateway))
         for route in router.static_routes:
             yield from _via(config, route.path, route)
@@ -253,7 +254,3 @@ def _covers(destination, target):
 
 def _texts(addresses):
     return ", ".join(str(a) for a in sorted(addresses, key=lambda a: (a.version, a)))
-
-
-def _join(prefix, name):
-    return f"{prefix}.{name}" if prefix else name
