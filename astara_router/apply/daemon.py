@@ -213,16 +213,18 @@ class Daemon:
         return True
 
     def stop(self, timeout=5):
+        """SIGTERM, SIGKILL after ``timeout`` seconds; whether there was a daemon to stop."""
         pid = self.pid()
         if pid is None:
-            return
+            return False
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.pid() is None:
-                return
+                return True
             time.sleep(0.005)
         os.kill(pid, signal.SIGKILL)
+        return True
 
 
 class ExactDaemon(Daemon):

@@ -213,9 +213,7 @@ class HaSubsystem:
         loaded = self.record.read()
         if not keepalived:
             loaded.pop(KEEPALIVED, None)
-            if self.keepalived.running():
-                self.keepalived.stop()  # SIGTERM: it releases its addresses and routes
-                changes += 1
+            changes += int(self.keepalived.stop())  # SIGTERM: it releases its addresses, routes
         changes += self._converge_conntrackd(conntrackd, loaded,
                                              digest(contents[self.conntrackd_conf]))
         if keepalived:

@@ -212,10 +212,7 @@ class LoadBalancerSubsystem:
         LOG.info("nginx started (pid %s)", self.daemon.pid())
 
     def _stop_and_remove(self):
-        changes = 0
-        if self.daemon.running():
-            self.daemon.stop()
-            changes += 1
+        changes = int(self.daemon.stop())
         if os.path.isdir(self.directory):
             changes += write_tree(self.directory, {})
         return changes

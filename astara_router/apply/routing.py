@@ -119,14 +119,7 @@ class RoutingSubsystem:
 
     # -- steps --------------------------------------------------------------------------------
     def _stop_and_remove(self):
-        changes = 0
-        if self.daemon.running():
-            self.daemon.stop()
-            changes += 1
-        if os.path.exists(self.conf):
-            os.unlink(self.conf)
-            changes += 1
-        return changes
+        return int(self.daemon.stop()) + self.files.converge({self.conf: None})
 
     def _reconfigure(self, rendered):
         """``birdc configure``: BIRD re-reads its file; on an error it keeps running the old

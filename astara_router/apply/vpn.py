@@ -127,6 +127,7 @@ class Charon(Daemon):
         LOG.info("charon started (pid %s)", self.pid())
 
     def stop(self, timeout=10):
+        """As Daemon.stop, and the process we started is reaped."""
         pid = self.pid()
         if pid is not None:
             os.kill(pid, signal.SIGTERM)  # charon tears its SAs, routes and TUN down
@@ -141,6 +142,7 @@ class Charon(Daemon):
             except subprocess.TimeoutExpired:
                 pass
             self.process = None
+        return pid is not None
 
     def answers(self):
         try:
@@ -344,9 +346,5 @@ class VpnSubsystem:
                     LOG.info("terminating IKE_SA %s: %s", unique_id, exc)
 
     def _remove(self):
-        changes = 0
-        if self.charon.running():
-            self.charon.stop()
-            changes += 1
-        changes += self.secrets.converge({self.swanctl: None})
-        return changes + self.conf_files.converge({self.charon.conf: None})
+        return (int(self.charon.stop()) + self.secrets.converge({self.swanctl: None})
+                + self.conf_files.converge({self.charon.conf: None}))
