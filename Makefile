@@ -55,6 +55,7 @@ bench: deps
 	$(PY) test/bench/bench_neutron_events.py
 	$(PY) test/bench/bench_loadbalancer.py
 	$(PY) test/bench/bench_ha.py
+	$(PY) test/bench/bench_cluster.py
 
 leftovers:
 	$(VENV)/bin/astara-leftovers --remove

@@ -395,7 +395,14 @@ LAB_HEALTH = {"period": 5, "jitter": 0.2, "dead_grace": 10, "boot_timeout": 60,
 def orchestrator_config(prefix, fabric, directory, cloud, token, health=None):
     """The ini of the lab's orchestrator: netns driver on the lab's fabric, every network's
     bridge named, a short health period (a lab should react while you watch)."""
-    return ini_text({
+    return ini_text(orchestrator_sections(prefix, fabric, directory, cloud, token, health),
+                    header="# astara-lab's orchestrator (written by astara-lab up; removed "
+                           "by astara-lab down)")
+
+
+def orchestrator_sections(prefix, fabric, directory, cloud, token, health=None):
+    """The ini sections of ``orchestrator_config`` ({section: {key: value}})."""
+    return {
         "DEFAULT": {"host": "astara-lab", "state_dir": f"{directory}/state",
                     "log_level": "INFO"},
         "api": {"listen": "127.0.0.1", "port": ADMIN_PORT, "token": token},
@@ -408,8 +415,7 @@ def orchestrator_config(prefix, fabric, directory, cloud, token, health=None):
                   "bridges": ", ".join(f"{n.id}={n.bridge}" for n in cloud.networks),
                   "auto_bridges": "true", "state_root": f"{directory}/appliances",
                   "python": sys.executable},
-    }, header="# astara-lab's orchestrator (written by astara-lab up; removed by "
-              "astara-lab down)")
+    }
 
 
 def in_sync(resource):

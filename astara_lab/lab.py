@@ -15,6 +15,11 @@ the lab's prefix, namespaces, scratch root and the orchestrator's PID, so ``stat
 ``down`` find everything. The functions below are the in-process API the end-to-end tests
 and the benchmark use: ``up()``, ``self_check()``, ``status()``, ``down()``,
 ``restart_orchestrator()``.
+
+``up --orchestrators N`` (N > 1) runs N orchestrators (``orch-1``...) in the controller
+namespace against a real PostgreSQL store and a real redis-server started there by the
+lab (``astara_lab/cluster.py``); ``status`` shows which orchestrator owns each resource and
+``down`` stops the servers too.
 """
 import argparse
 import atexit
@@ -40,7 +45,8 @@ from .appliance import API_PORT, tls_client_context, tls_get
 from .cloud import ORCHESTRATOR_ADDRESS, PUBLIC_V4, PUBLIC_V6, WEB_PORT, in_sync
 from .leftovers import find_leftovers, remove_leftovers
 from astara_netns import Lab, Netns, NetnsHTTPClient, list_netns
-from .orchestrator import AdminApi, AdminApiError, OrchestratorProcess, errors_as, log_tail
+from .orchestrator import (ADMIN_PORT, AdminApi, AdminApiError, OrchestratorProcess,
+                           errors_as, log_tail)
 from .peers import PeerBird, eventually, learned_prefixes, udhcpc
 
 DEFAULT_STATE = "/run/astara-lab/lab.json"
@@ -164,14 +170,41 @@ def restart_orchestrator(state, path=None):
 
 
 def admin_api(state):
-    return AdminApi(state["namespaces"]["ctl"], state["orchestrator"]["token"])
+    api = AdminApi(state["namespaces"]["ctl"], state["orchestrator"]["token"])
+    members = (state.get("cluster") or {}).get("members")
+    return ClusterAdminApi(api, state, members) if members else api
+
+
+class ClusterAdminApi:
+    """The admin API of a lab cluster: any member answers; a resource's details
+    (instances, hashes) come from its owner."""
+
+    def __init__(self, api, state, members):
+        self._api = api
+        self._apis = {m["identity"]: AdminApi(state["namespaces"]["ctl"],
+                                              state["orchestrator"]["token"], m["port"])
+                      for m in members}
+
+    def call(self, method, path, body=None):
+        return self._api.call(method, path, body)
+
+    def resources(self):
+        return self._api.resources()
+
+    def resource(self, resource_id):
+        row = self._api.resource(resource_id)
+        owner = row.get("owner")
+        if row.get("local") or owner not in self._apis:
+            return row
+        return self._apis[owner].resource(resource_id)
 
 
 # -- up -----------------------------------------------------------------------------------------
 
-def up(path=None, health=None, progress=None, cloud_name="default"):
+def up(path=None, health=None, progress=None, cloud_name="default", orchestrators=1):
     """Build the lab; returns its state (also saved to the state file). On failure the
-    half-built lab is left for inspection: ``down()`` removes it."""
+    half-built lab is left for inspection: ``down()`` removes it. ``orchestrators`` > 1:
+    a cluster on PostgreSQL and redis-server."""
     path = state_path(path)
     existing = load_state(path)
     if existing and lab_exists(existing):
@@ -185,14 +218,14 @@ def up(path=None, health=None, progress=None, cloud_name="default"):
              "orchestrator": {}, "peer_bird": {}}
     save_state(state, path)  # from now on `down` finds whatever gets made
     try:
-        _build(lab, state, cloud, health, progress, path)
+        _build(lab, state, cloud, health, progress, path, orchestrators)
     finally:
         atexit.unregister(lab.close)  # the lab outlives this process; `down` removes it
         progress.finish()
     return state
 
 
-def _build(lab, state, cloud, health, progress, path):
+def _build(lab, state, cloud, health, progress, path, orchestrators=1):
     names = state["namespaces"]
     progress.step("fabric: bridges for the management, external and tenant networks")
     fabric = clouds.build_fabric(lab, cloud)
@@ -225,20 +258,25 @@ def _build(lab, state, cloud, health, progress, path):
                   "(controller namespace)")
     clouds.metadata_upstream(lab, ctl, logs / "metadata-upstream.log")
 
-    progress.step(f"orchestrator: astara-orchestrator --netns {ctl.name}")
-    directory = lab.tmpdir("orchestrator")
-    config = directory / "orchestrator.ini"
     token = secrets.token_hex(16)
-    config.touch(mode=0o600)  # holds the admin API token
-    config.write_text(clouds.orchestrator_config(lab.prefix, fabric.name, directory, cloud,
-                                                 token, health))
-    state["orchestrator"] = {"config": str(config), "token": token, "dir": str(directory),
-                             "log": str(directory / "orchestrator.log"), "pid": None}
-    save_state(state, path)
-    try:
-        start_orchestrator(state)
-    finally:
+    if orchestrators > 1:
+        start_cluster(lab, state, cloud, fabric, ctl, token, health, orchestrators, progress,
+                      path)
+    else:
+        progress.step(f"orchestrator: astara-orchestrator --netns {ctl.name}")
+        directory = lab.tmpdir("orchestrator")
+        config = directory / "orchestrator.ini"
+        config.touch(mode=0o600)  # holds the admin API token
+        config.write_text(clouds.orchestrator_config(lab.prefix, fabric.name, directory,
+                                                     cloud, token, health))
+        state["orchestrator"] = {"config": str(config), "token": token,
+                                 "dir": str(directory),
+                                 "log": str(directory / "orchestrator.log"), "pid": None}
         save_state(state, path)
+        try:
+            start_orchestrator(state)
+        finally:
+            save_state(state, path)
     api = admin_api(state)
 
     calls = clouds.desired_state(cloud)
@@ -269,6 +307,61 @@ def _build(lab, state, cloud, health, progress, path):
         progress.detail(", ".join(pool.map(boot_vm, cloud.vms)))
     state["phase"] = "up"
     save_state(state, path)
+
+
+def start_cluster(lab, state, cloud, fabric, ctl, token, health, count, progress, path):
+    """``count`` orchestrators on PostgreSQL + redis-server, all in ``ctl``."""
+    from .cluster import Cluster
+    directory = lab.tmpdir("cluster")
+    sections = clouds.orchestrator_sections(lab.prefix, fabric.name, directory, cloud,
+                                            token, health)
+    cluster = Cluster(lab.prefix, fabric.name, ctl, directory, count=count, token=token,
+                      sections={k: v for k, v in sections.items()
+                                if k in ("management", "health", "netns")},
+                      timeout=10, heartbeat=1.0)
+    progress.step(f"cluster store and coordination: PostgreSQL on 127.0.0.1:"
+                  f"{cluster.postgres.port}, redis-server on 127.0.0.1:"
+                  f"{cluster.coordination.port} (in {ctl.name})")
+    state["cluster"] = {"postgres": {"directory": str(cluster.postgres.directory)},
+                        "redis": {"directory": str(cluster.coordination.directory)},
+                        "members": []}
+    save_state(state, path)
+    try:
+        cluster.start_servers()
+    finally:
+        state["cluster"]["postgres"] = cluster.postgres.state()
+        state["cluster"]["redis"] = cluster.coordination.state()
+        save_state(state, path)
+    cluster.write_configs()
+    progress.detail(cluster.upgrade_store())
+    first = cluster.member(1)
+    state["orchestrator"] = {"config": str(first.config), "token": token,
+                             "dir": str(directory), "log": str(first.log), "pid": None}
+    progress.step(f"orchestrators: {', '.join(cluster.members)} "
+                  f"(astara-orchestrator --netns {ctl.name})")
+    try:
+        for index, (identity, member) in enumerate(cluster.members.items(), 1):
+            progress.detail(identity)
+            with errors_as(LabError):
+                member.start(timeout=60)
+            state["cluster"]["members"].append({
+                "identity": identity, "config": str(member.config), "log": str(member.log),
+                "pid": member.pid, "port": ADMIN_PORT + index - 1})
+    finally:
+        state["orchestrator"]["pid"] = first.pid
+        save_state(state, path)
+
+
+def stop_cluster(state):
+    """Stop a lab cluster's members (by PID), then its PostgreSQL and redis-server."""
+    from .services import stop_recorded
+    cluster = state.get("cluster") or {}
+    for member in cluster.get("members", []):
+        OrchestratorProcess(state["namespaces"].get("ctl"), member["config"], member["log"],
+                            pid=member["pid"]).stop()
+    for name in ("redis", "postgres"):
+        if cluster.get(name):
+            stop_recorded(cluster[name])
 
 
 def wait_configured(api, resource_id, progress, log, timeout=CONFIGURE_TIMEOUT):
@@ -351,7 +444,10 @@ def check_router(view):
         ok = ok and in_sync(resource)
         where = ", ".join(f"{i['details'].get('netns')} (agent pid "
                           f"{i['details'].get('agent_pid')})" for i in resource["instances"])
-        details.append(f"{router.id}: {resource['state']}" + (f" in {where}" if where else "")
+        owner = f" by {resource['owner']} (epoch {resource['epoch']})" \
+            if resource.get("owner") and view.state.get("cluster") else ""
+        details.append(f"{router.id}: {resource['state']}{owner}" +
+                       (f" in {where}" if where else "")
                        + (f"; {resource['last_error']}" if resource.get("last_error") else ""))
     return ok, "; ".join(details)
 
@@ -719,7 +815,10 @@ def down(path=None, quiet=False):
             print(f"no lab is up (no {path}); `astara-leftovers` lists what crashed labs "
                   "left behind")
         return False
-    orchestrator(state).stop()
+    if state.get("cluster"):
+        stop_cluster(state)
+    else:
+        orchestrator(state).stop()
     found = find_leftovers(state["prefix"])
     if quiet:
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
@@ -743,7 +842,7 @@ def cmd_up(args):
     progress = Progress()
     print("astara-lab: building a small cloud out of network namespaces")
     try:
-        state = up(progress=progress)
+        state = up(progress=progress, orchestrators=args.orchestrators)
     except AlreadyUp as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -787,7 +886,12 @@ def cmd_down(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="astara-lab", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("up", "status", "down"))
+    parser.add_argument("--orchestrators", type=int, default=1, metavar="N",
+                        help="up: N orchestrators sharing a PostgreSQL store, coordinated "
+                             "through redis-server (default 1: one, on SQLite)")
     args = parser.parse_args(argv)
+    if args.orchestrators < 1:
+        parser.error("--orchestrators must be at least 1")
     if os.geteuid() != 0:
         print("astara-lab needs root (it creates network namespaces)", file=sys.stderr)
         return 2

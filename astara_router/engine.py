@@ -30,7 +30,6 @@ swapped in by one assignment, so GETs never wait for an apply. Subsystems and th
 protocol: ``apply/__init__.py``.
 """
 import ctypes
-import errno
 import hashlib
 import json
 import logging
@@ -46,7 +45,7 @@ from typing import Mapping, Optional
 import msgspec
 
 from .apply import default_subsystems
-from .errors import ApplyError
+from .errors import ApplyError, state_full_is_507
 from .metrics import Metrics
 from .model import PayloadError, SystemConfig, check_management_path, parse_payload
 from .naming import InterfaceNames, list_nics
@@ -440,13 +439,8 @@ class Engine:
         return committed, changes
 
     def _persist(self, number, digest, raw, awaiting):
-        try:
+        with state_full_is_507("the configuration"):
             return self.store.commit(number, digest=digest, raw=raw, awaiting=awaiting)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            raise ApplyError("", "the state directory is full: the configuration cannot be "
-                                 "persisted", status=507) from exc
 
     def _check_space(self, raw):
         """Refuse a new generation early when the state directory could not persist it

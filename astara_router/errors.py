@@ -1,4 +1,6 @@
 """Errors of the apply phase (the model's own errors live in model/errors.py)."""
+import contextlib
+import errno
 
 
 class ApplyError(Exception):
@@ -20,3 +22,16 @@ class ApplyError(Exception):
                          "still in place",
                 "message": str(self),
                 "errors": [{"path": self.path, "message": self.message}]}
+
+
+@contextlib.contextmanager
+def state_full_is_507(what):
+    """An ENOSPC/EDQUOT while persisting ``what`` in the state directory becomes a 507
+    ApplyError (the previous configuration stays); other OSErrors pass through."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise ApplyError("", f"the state directory is full: {what} cannot be persisted",
+                         status=507) from exc

@@ -77,7 +77,7 @@ def json_errors(app):
         return jsonify(error=exc.name, message=exc.description), exc.code
 
     @app.errorhandler(Exception)
-    def internal_error(exc):
+    def internal_error(exc):  # a bug or a database outage: log it, leak nothing
         LOG.exception("admin API: %s %s failed", request.method, request.path)
         return jsonify(error="Internal Server Error",
                        message="the orchestrator hit an internal error; see its log"), 500

@@ -5,11 +5,16 @@ config hash for drift detection).
 * ``get_interfaces()``: ``GET /v1/system/interfaces`` -> ``{mac: geN}``.
 * ``committed()``: ``GET /v1/system/config`` -> ``(generation, hash)``; with
   ``if_none_match`` a 304 answer means "already at that hash" and costs no body.
-* ``put_config(payload)``: ``PUT /v1/system/config`` with ``Content-type:
-  application/json`` (exactly the original's header); with the client's confirm timeout,
-  ``?confirm_timeout=N`` (commit-confirm: the agent reverts unless confirmed).
+* ``put_config(payload, epoch)``: ``PUT /v1/system/config`` with ``Content-type:
+  application/json`` (exactly the original's header) and the owner's ownership epoch
+  (``X-Astara-Epoch``); the appliance refuses an epoch older than one it accepted with a
+  409 (``ApplianceFenced``). With the client's confirm timeout, ``?confirm_timeout=N``
+  (commit-confirm: the agent reverts unless confirmed).
 * ``confirm()``: ``POST /v1/system/config/confirm`` over the same path; False when the
   appliance does not know commit-confirm (404/405: an original appliance).
+
+Every request says which orchestrator sends it (``X-Astara-Orchestrator``: ``[DEFAULT]
+host``); the agent logs it with each push.
 
 Retries (all but ``is_alive``): timeouts, connection errors and 5xx are retried with
 exponential back-off and jitter, then raise ``ApplianceUnavailable``. A 4xx is never
@@ -65,6 +70,19 @@ class ApplianceRejected(ApplianceError):
         super().__init__(text)
 
 
+class ApplianceFenced(ApplianceRejected):
+    """409: the appliance accepted a higher ownership epoch (``accepted_epoch``) before."""
+
+    def __init__(self, status, error, message, accepted_epoch, accepted_from=""):
+        super().__init__(status, error, message)
+        self.accepted_epoch = accepted_epoch
+        self.accepted_from = accepted_from
+
+
+EPOCH_HEADER = "X-Astara-Epoch"
+ORCHESTRATOR_HEADER = "X-Astara-Orchestrator"
+
+
 def base_url(host, port, scheme="http"):
     host = str(host).strip("[]")
     try:
@@ -78,13 +96,15 @@ def base_url(host, port, scheme="http"):
 class ApplianceClient:
     def __init__(self, host, port=5000, token="", alive_timeout=3.0, timeout=30.0,
                  config_timeout=90.0, attempts=4, backoff_base=0.5, backoff_cap=8.0,
-                 sleep=time.sleep, confirm_timeout=None, tls=None, server_name=None):
+                 sleep=time.sleep, confirm_timeout=None, tls=None, server_name=None,
+                 identity=""):
         if tls is not None and not server_name:
             raise ValueError("TLS needs the appliance's name to verify")
         self.url = base_url(host, port, "https" if tls is not None else "http")
         self.tls = tls
         self.server_name = server_name
         self.token = token
+        self.identity = identity
         self.alive_timeout = alive_timeout
         self.timeout = timeout
         self.config_timeout = config_timeout
@@ -95,12 +115,12 @@ class ApplianceClient:
         self.confirm_timeout = confirm_timeout  # None: plain PUTs, as the original
 
     @classmethod
-    def from_settings(cls, host, appliance_settings, tls=None, server_name=None):
+    def from_settings(cls, host, appliance_settings, tls=None, server_name=None, identity=""):
         s = appliance_settings
         return cls(host, s.port, s.token, s.alive_timeout, s.interfaces_timeout,
                    s.config_timeout, s.retry_attempts, s.retry_base, s.retry_cap,
                    confirm_timeout=s.confirm_timeout or None, tls=tls,
-                   server_name=server_name)
+                   server_name=server_name, identity=identity)
 
     def __repr__(self):
         return f"ApplianceClient({self.url})"
@@ -143,15 +163,18 @@ class ApplianceClient:
         body = self._json(response)
         return body.get("generation"), body.get("hash")
 
-    def put_config(self, payload):
-        """Push ``payload``; under commit-confirm, confirm it over the same path at once
-        (the push reverts by itself when the appliance can no longer be reached)."""
+    def put_config(self, payload, epoch=None):
+        """Push ``payload`` (with the ownership ``epoch``); under commit-confirm, confirm it
+        over the same path at once (the push reverts by itself when the appliance can no
+        longer be reached)."""
         data = json.dumps(payload).encode()
+        headers = {"Content-type": "application/json"}
+        if epoch is not None:
+            headers[EPOCH_HEADER] = str(epoch)
         path = "/v1/system/config"
         if self.confirm_timeout:
             path += f"?confirm_timeout={int(self.confirm_timeout)}"
-        response = self._call("PUT", path, self.config_timeout, data=data,
-                              headers={"Content-type": "application/json"})
+        response = self._call("PUT", path, self.config_timeout, data=data, headers=headers)
         body = self._json(response)
         if self.confirm_timeout:
             self.confirm()
@@ -176,6 +199,8 @@ class ApplianceClient:
     # -- plumbing ------------------------------------------------------------------------------
     def _send(self, method, path, timeout, data=None, headers=None):
         headers = dict(headers or {})
+        if self.identity:
+            headers[ORCHESTRATOR_HEADER] = self.identity
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         with requests.Session() as session:
@@ -223,6 +248,9 @@ class ApplianceClient:
             body = None
         if not isinstance(body, dict):
             body = {"error": response.reason or "", "message": response.text.strip()[:500]}
+        if response.status_code == 409 and isinstance(body.get("accepted_epoch"), int):
+            return ApplianceFenced(409, body.get("error", ""), body.get("message", ""),
+                                   body["accepted_epoch"], body.get("accepted_from") or "")
         return ApplianceRejected(response.status_code, body.get("error", ""),
                                  body.get("message", ""), body.get("errors") or ())
 

@@ -4,7 +4,7 @@ Every knob has a default, so an ini with only ``[api] token`` (and, for the netn
 the ``[netns]`` names the lab chose) is enough to run. Sections and keys::
 
   [DEFAULT] host, state_dir, database, log_file, log_level
-  [api] listen, port, token, url
+  [api] listen, port, token, url, threads
   [management] network_id, subnet_id, prefix, gateway_ip, mtu, orchestrator_address,
                metadata_port
   [router] asn, neighbor_asn, provider_rules_path
@@ -16,6 +16,8 @@ the ``[netns]`` names the lab chose) is enough to run. Sections and keys::
            delete_timeout, hotplug_timeout, max_push_failures, push_backoff_base,
            push_backoff_cap
   [workers] threads
+  [database] connection, watch_interval
+  [coordination] backend_url, group, heartbeat
   [webhook] url, timeout
   [compute] driver, drivers             (netns, openstack; drivers: more for placements)
   [openstack] cloud, auth_url, username, password, project_name, user_domain_name,
@@ -52,6 +54,7 @@ class ApiSettings:
     port: int = 44250
     token: str = ""
     url: str = ""  # what astara-ctl calls; default derived from listen/port
+    threads: int = 8  # the admin API server's thread pool
 
     @property
     def base_url(self):
@@ -123,6 +126,19 @@ class HealthSettings:
     max_push_failures: int = 5  # transient push failures in a row -> error
     push_backoff_base: float = 2.0
     push_backoff_cap: float = 60.0
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    connection: str = ""  # sqlite:///PATH or postgresql://...; default the SQLite file
+    watch_interval: float = 0.5  # catching up with other writers: poll (SQLite) / safety net
+
+
+@dataclass(frozen=True)
+class CoordinationSettings:
+    backend_url: str = ""  # tooz URL; empty: this orchestrator runs alone
+    group: str = "astara-orchestrators"
+    heartbeat: float = 1.0  # seconds between coordination rounds
 
 
 @dataclass(frozen=True)
@@ -208,6 +224,8 @@ class Settings:
     openstack: OpenStackSettings = field(default_factory=OpenStackSettings)
     neutron: NeutronSettings = field(default_factory=NeutronSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    db: DatabaseSettings = field(default_factory=DatabaseSettings)
+    coordination: CoordinationSettings = field(default_factory=CoordinationSettings)
 
     @property
     def database_path(self):
@@ -216,6 +234,11 @@ class Settings:
     @property
     def pki_directory(self):
         return self.tls.directory or os.path.join(self.state_dir, "pki")
+
+    @property
+    def database_connection(self):
+        """The store's URL: ``[database] connection``, else the SQLite file."""
+        return self.db.connection or f"sqlite:///{os.path.abspath(self.database_path)}"
 
 
 def _typed(section_cls, section, prefix):
@@ -303,6 +326,9 @@ def from_parser(parser, **overrides):
             openstack=_typed(OpenStackSettings, _own(parser, "openstack"), "openstack."),
             neutron=_typed(NeutronSettings, _own(parser, "neutron"), "neutron."),
             tls=_typed(TlsSettings, _own(parser, "tls"), "tls."),
+            db=_typed(DatabaseSettings, _own(parser, "database"), "database."),
+            coordination=_typed(CoordinationSettings, _own(parser, "coordination"),
+                                "coordination."),
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -340,3 +366,12 @@ def validate(settings):
             not 0 <= settings.tls.renew_before_days < settings.tls.lifetime_days:
         raise ConfigError("tls.renew_before_days must be at least 0 and less than "
                           "tls.lifetime_days (which must be positive)")
+    connection = settings.db.connection
+    if connection and not connection.startswith(("sqlite:///", "postgresql://",
+                                                 "postgresql+psycopg://", "postgres://")):
+        raise ConfigError("database.connection must be sqlite:///PATH or postgresql://...")
+    if settings.coordination.heartbeat <= 0:
+        raise ConfigError("coordination.heartbeat must be positive")
+    if settings.coordination.backend_url and "://" not in settings.coordination.backend_url:
+        raise ConfigError("coordination.backend_url must be a tooz URL, e.g. "
+                          "redis://127.0.0.1:6379")

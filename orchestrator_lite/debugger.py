@@ -12,6 +12,12 @@ machine through its waits (a boot until configured) and, with ``follow``, on eve
 that arrives until the time limit. At the end the wrappers come off, the flag is cleared
 (unless the resource was paused before) and the workers get the resource back with a
 poll. Lines are dicts, streamed to astara-ctl as JSON lines.
+
+Several orchestrators: only the resource's owner runs a session. A member that does not
+own it refuses at once (409 naming the owner: ask that member's admin API); the session's
+automaton carries the owner's claim, so if the ownership moves during a session its
+writes and pushes are fenced (the session ends with that error) and the new owner, which
+sees the same shared pause flag, leaves the resource alone until the flag is cleared.
 """
 import logging
 import queue
@@ -19,6 +25,7 @@ import threading
 import time
 
 from .events import ACTIONS, POLL, UPDATE
+from .workers import NotOwner
 
 LOG = logging.getLogger(__name__)
 DEBUG_REASON = "astara-ctl debug-resource session"
@@ -108,7 +115,7 @@ class Session:
         events = queue.Queue()
         try:
             automaton = o.scheduler.divert(ref, lambda action, force: events.put((action, force)))
-        except TimeoutError:
+        except (TimeoutError, NotOwner):  # NotOwner: the ownership moved meanwhile
             if not was_paused:
                 flags.clear("resource", ref.id)
             raise
@@ -132,7 +139,7 @@ class Session:
             if not was_paused:
                 flags.clear("resource", ref.id)
             if automaton.deleted:
-                o.scheduler.forget(ref)
+                o.scheduler.forget(ref.key)
             elif not was_paused:
                 o.scheduler.deliver(ref, POLL)  # the workers take it back from here
             self.emit("end", state=automaton.state, last_error=automaton.last_error,

@@ -51,10 +51,12 @@ class ResourceRef:
 
 @dataclasses.dataclass(frozen=True)
 class Event:
-    """``ref`` None means every resource (a broadcast, e.g. ``astara-ctl poll``)."""
+    """``ref`` None means every resource (a broadcast, e.g. ``astara-ctl poll``);
+    ``force``: push even when the appliance already has the desired config."""
     ref: object
     action: str
     reason: str = ""
+    force: bool = False
 
     def __post_init__(self):
         if self.action not in ACTIONS:

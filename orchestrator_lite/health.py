@@ -2,6 +2,9 @@
 jittered schedule (no thundering herd of polls every 60 s as in astara), plus a sweep for
 orphan instances (named ``ak-<kind>-<id>_<n>`` for a resource no longer in the store).
 
+Each orchestrator polls only the resources it owns (``coordination``); orphan instances
+are deleted by the member the ring gives them to.
+
 A poll makes the state machine check liveness *and* drift (the appliance's committed hash
 against the desired payload's), so an appliance that came back unconfigured, or whose
 config was changed behind our back, is configured again within one period.
@@ -39,8 +42,9 @@ def orphan_refs(instance_names, snapshot):
 
 class HealthMonitor:
     def __init__(self, scheduler, store, driver, period, jitter, clock=time.monotonic,
-                 rng=None, tick=0.5):
+                 rng=None, tick=0.5, ownership=None):
         self.scheduler = scheduler
+        self.ownership = ownership
         self.store = store
         self.driver = driver
         self.period = period
@@ -74,7 +78,8 @@ class HealthMonitor:
         """One pass: poll the resources that are due; sweep orphans once per period."""
         now = self._clock() if now is None else now
         snapshot = self.store.snapshot()
-        refs = snapshot.resources()
+        refs = [ref for ref in snapshot.resources()
+                if self.ownership is None or self.ownership.owns(ref)]
         present = {ref.key for ref in refs}
         for key in (self._due.keys() | self.polls_sent.keys()) - present:
             self._due.pop(key, None)
@@ -98,7 +103,10 @@ class HealthMonitor:
                 names = []
             for ref in orphan_refs(names, snapshot):
                 LOG.info("orphan instances of %s: deleting them", ref)
-                self.scheduler.deliver(ref, DELETE)
+                if self.ownership is not None:
+                    self.ownership.orphan(ref)
+                else:
+                    self.scheduler.deliver(ref, DELETE)
         return polled
 
     def _loop(self):

@@ -12,6 +12,10 @@ state, keeps no timers and never retries on its own beyond the client's HTTP bac
   instance's port MACs, else a replug (hot-plug) is needed; the payload is built per
   instance (own management address, own NIC map, HA peers/priority) and its hash is
   compared with the appliance's committed hash (drift detection).
+* Fencing: with a ``claim`` (the resource's owner and epoch), every store write checks it
+  in its transaction, every driver action that creates or destroys checks it first, and
+  every push carries its epoch; ``store.Fenced`` means another orchestrator owns the
+  resource now and ends the step.
 """
 import dataclasses
 import ipaddress
@@ -22,11 +26,12 @@ import time
 from astara_router.store import payload_hash
 
 from . import builder
-from .client import ApplianceClient, ApplianceError, ApplianceRejected
+from .client import ApplianceClient, ApplianceError, ApplianceFenced, ApplianceRejected
 from .drivers.base import ERROR as COMPUTE_ERROR
 from .drivers.base import DriverError, Nic
 from .events import ROUTER
 from .health import server_group_name
+from .store import Fenced
 
 LOG = logging.getLogger(__name__)
 
@@ -90,9 +95,10 @@ class _Runtime:
 class InstanceManager:
     def __init__(self, ref, store, driver, payload_settings, client_factory,
                  management_network_id, clock=time.monotonic, sleep=time.sleep,
-                 hotplug_timeout=10.0, placement=None, certificates=None):
+                 hotplug_timeout=10.0, placement=None, certificates=None, claim=None):
         self.ref = ref
         self.certificates = certificates  # pki.CertificateAuthority, or None: plain HTTP
+        self.claim = claim
         self.store = store
         self.driver = driver
         self.payload_settings = payload_settings
@@ -296,7 +302,7 @@ class InstanceManager:
             if runtime.applied_hash == digest and not force:
                 continue
             try:
-                runtime.client.put_config(payload)
+                self._push(runtime, payload)
             except ApplianceRejected as exc:
                 return ConfigureResult(REJECTED, f"{runtime.instance.name}: {exc.message}")
             except ApplianceError as exc:
@@ -307,6 +313,32 @@ class InstanceManager:
         if failures:
             return ConfigureResult(FAILED, "; ".join(failures))
         return ConfigureResult(CONFIGURED)
+
+    def _push(self, runtime, payload):
+        claim = self.claim
+        if claim is None:
+            return runtime.client.put_config(payload)
+        claim.check_lease()
+        try:
+            return runtime.client.put_config(payload, epoch=claim.epoch)
+        except ApplianceFenced as exc:
+            # The appliance accepted a higher epoch. If the store still says we own the
+            # resource, that epoch came from an earlier store: move above it (through the
+            # store, so a stale owner cannot) and push again. Otherwise we are fenced.
+            LOG.warning("%s: %s refused epoch %d (it accepted %d from %s)", self.ref,
+                        runtime.instance.name, claim.epoch, exc.accepted_epoch,
+                        exc.accepted_from or "?")
+            self.store.raise_epoch(claim, exc.accepted_epoch)
+            try:
+                return runtime.client.put_config(payload, epoch=claim.epoch)
+            except ApplianceFenced as again:
+                raise Fenced(f"{self.ref}: {runtime.instance.name} refused epoch "
+                             f"{claim.epoch}: {again.message}") from None
+
+    def _check_claim(self):
+        """Before creating or destroying anything: are we still the owner?"""
+        if self.claim is not None:
+            self.store.check_claim(self.claim)
 
     def boot(self, only_missing=False):
         """Create the instances the resource needs. Unless ``only_missing`` (HA degraded:
@@ -334,12 +366,13 @@ class InstanceManager:
             networks = {n["id"]: n for n in self.store.snapshot().all("network")}
             nics = [Nic(p["mac_address"], p["network_id"], p["role"],
                         networks[p["network_id"]]["mtu"]) for p in ports]
+            self._check_claim()
             if self.certificates is not None:
                 hints["tls"] = self.certificates.issue(name)
             try:
                 instance = self.driver.create(name, nics, cidr, **hints)
             except DriverError as exc:
-                self.store.delete_appliance_ports(ports)
+                self.store.delete_appliance_ports(ports, claim=self.claim)
                 raise BootError(f"{name}: {exc}") from exc
             LOG.info("%s: created %s (%s, management %s)", self.ref, name, instance.id,
                      instance.management_address)
@@ -361,7 +394,7 @@ class InstanceManager:
 
     def _create_ports(self, name):
         snapshot = self.store.snapshot()
-        self.store.delete_appliance_ports(self._ports_of(snapshot, name))
+        self.store.delete_appliance_ports(self._ports_of(snapshot, name), claim=self.claim)
         mgmt_subnets = snapshot.subnets_of(self.management_network_id)
         if not mgmt_subnets:
             raise BootError(f"management network {self.management_network_id} has no subnet")
@@ -373,18 +406,22 @@ class InstanceManager:
                 ports.append(self.store.create_appliance_port({
                     "resource_kind": self.ref.kind, "resource_id": self.ref.id,
                     "instance_name": name, "role": role, "network_id": network_id,
-                    "fixed_ips": fixed_ips}))
+                    "fixed_ips": fixed_ips}, claim=self.claim))
+        except Fenced:
+            raise
         except Exception as exc:
-            self.store.delete_appliance_ports(ports)
+            self.store.delete_appliance_ports(ports, claim=self.claim)
             raise BootError(f"cannot create ports for {name}: {exc}") from exc
         return ports
 
     def _destroy(self, instance):
+        self._check_claim()
         LOG.info("%s: destroying %s (%s)", self.ref, instance.name, instance.id)
         self.driver.delete(instance.id)
         if self.certificates is not None:
             self.certificates.forget(instance.name)
-        self.store.delete_appliance_ports(self._ports_of(self.store.snapshot(), instance.name))
+        self.store.delete_appliance_ports(self._ports_of(self.store.snapshot(), instance.name),
+                                          claim=self.claim)
         self._runtimes.pop(instance.id, None)
 
     def replug(self):
@@ -399,11 +436,12 @@ class InstanceManager:
             if not any(p["role"] == "mgt" for p in ports):
                 LOG.warning("%s: %s has no MGT port", self.ref, instance.name)
                 return False
+            self._check_claim()
             try:
                 for port in ports:
                     if port["role"] == "data" and port["network_id"] not in wanted:
                         self.driver.detach(instance.id, port["mac_address"])
-                        self.store.delete_appliance_ports([port])
+                        self.store.delete_appliance_ports([port], claim=self.claim)
                 have = {p["network_id"] for p in ports if p["role"] == "data"}
                 for network_id in wanted:
                     if network_id in have:
@@ -411,9 +449,11 @@ class InstanceManager:
                     port = self.store.create_appliance_port({
                         "resource_kind": self.ref.kind, "resource_id": self.ref.id,
                         "instance_name": instance.name, "role": "data",
-                        "network_id": network_id, "fixed_ips": []})
+                        "network_id": network_id, "fixed_ips": []}, claim=self.claim)
                     self.driver.attach(instance.id, Nic(port["mac_address"], network_id,
                                                         "data", networks[network_id]["mtu"]))
+            except Fenced:
+                raise
             except (DriverError, Exception) as exc:  # noqa: BLE001 - any failure: restart
                 LOG.warning("%s: replug of %s failed: %s", self.ref, instance.name, exc)
                 return False
@@ -453,7 +493,7 @@ class InstanceManager:
             left = self.driver.list(self.prefix)
             if not left:
                 self.store.delete_appliance_ports(
-                    self.store.snapshot().appliance_ports(self.ref.id))
+                    self.store.snapshot().appliance_ports(self.ref.id), claim=self.claim)
                 self._runtimes.clear()
                 return True
             if self._clock() >= deadline:
@@ -461,13 +501,14 @@ class InstanceManager:
             self._sleep(min(1.0, max(0.0, deadline - self._clock())))
 
 
-def default_client_factory(appliance_settings, certificates=None):
+def default_client_factory(appliance_settings, certificates=None, identity=""):
     """Clients over plain HTTP, or (``certificates``: the CA) mutual TLS verifying each
-    instance's name."""
+    instance's name; every request names this orchestrator (``identity``)."""
     def factory(instance):
         if certificates is None:
             return ApplianceClient.from_settings(instance.management_address,
-                                                 appliance_settings)
+                                                 appliance_settings, identity=identity)
         return ApplianceClient.from_settings(instance.management_address, appliance_settings,
-                                             certificates.client_tls(), instance.name)
+                                             certificates.client_tls(), instance.name,
+                                             identity=identity)
     return factory

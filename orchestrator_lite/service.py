@@ -1,7 +1,12 @@
 """The orchestrator assembled: store -> events -> scheduler/automata -> instance managers
--> driver + appliance clients; health monitor; webhook. Also the operator surface the
-admin API exposes (list/show resources, commands), so api.py stays a thin HTTP layer.
-Stopping never destroys appliances: a restarted orchestrator adopts them.
+-> driver + appliance clients; health monitor; webhook; ownership (alone, or its share of
+a cluster: coordination.py). Also the operator surface the admin API exposes (list/show
+resources, commands), so api.py stays a thin HTTP layer. Stopping never destroys
+appliances: a restarted orchestrator (or another member of the cluster) adopts them.
+
+In a cluster every member's API shows every resource: the owner records each resource's
+state in the store, and commands go through the store to the owner, whichever member's
+API received them.
 """
 import logging
 import os
@@ -10,12 +15,13 @@ import time
 from astara_router.store import payload_hash
 
 from .builder import PayloadSettings
+from .coordination import make_ownership
 from .drivers import DriverSet, make_drivers
 from .events import MANAGE, POLL, REBUILD, UPDATE
 from .health import HealthMonitor
 from .instances import InstanceManager, default_client_factory
 from .state import Automaton
-from .store import NotFound, Store, StoreError
+from .store import Conflict, NotFound, Store, StoreError
 from .webhook import Webhook
 from .workers import Scheduler
 
@@ -26,7 +32,9 @@ RESOURCE_COMMANDS = ("rebuild", "update", "debug", "manage", "poll")
 class Orchestrator:
     def __init__(self, settings, driver=None, client_factory=None, clock=time.monotonic):
         self.settings = settings
-        os.makedirs(settings.state_dir, exist_ok=True)
+        os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
+        os.chmod(settings.state_dir, 0o700)  # the database and appliance records live here
+        self.identity = settings.host
         self.cloud = self._connect(settings, driver)
         self.store = self._make_store(settings, self.cloud)
         self.store.ensure_management_network(settings.management)
@@ -37,16 +45,19 @@ class Orchestrator:
         # An injected client factory (simulated appliances) chooses its own transport:
         # certificates are issued only for the orchestrator's own clients.
         self.certificates = None if client_factory else self._make_certificates(settings)
-        self.client_factory = client_factory or default_client_factory(settings.appliance,
-                                                                       self.certificates)
+        self.client_factory = client_factory or default_client_factory(
+            settings.appliance, self.certificates, self.identity)
+        self.ownership = make_ownership(self.store, settings)
         self.webhook = Webhook(settings.webhook_url, settings.webhook_timeout) \
             if settings.webhook_url else None
         self.neutron_events = self.neutron_status = None
         self._clock = clock
         self.managers = {}
-        self.scheduler = Scheduler(self._make_automaton, self.store, settings.threads, clock)
+        self.scheduler = Scheduler(self._make_automaton, self.store, settings.threads, clock,
+                                   ownership=self.ownership, after_run=self._record_state)
         self.health = HealthMonitor(self.scheduler, self.store, self.driver,
-                                    settings.health.period, settings.health.jitter, clock)
+                                    settings.health.period, settings.health.jitter, clock,
+                                    ownership=self.ownership)
         self.store.subscribe(self.scheduler.handle_all)
         self.started_at = time.time()
 
@@ -75,7 +86,7 @@ class Orchestrator:
     @staticmethod
     def _make_store(settings, cloud):
         """The local store, or (``[neutron] desired_state``) Neutron's objects over it."""
-        local = Store(settings.database_path, settings.management.network_id)
+        local = Store(settings.database_connection, settings.management.network_id)
         if not settings.neutron.desired_state:
             return local
         from .openstack.neutron import NeutronReader, NeutronStore
@@ -101,16 +112,28 @@ class Orchestrator:
                 if neutron.events_url else None
             self.neutron_status = StatusWriter(self.cloud, self.store, l3_rpc)
 
-    def _make_automaton(self, ref):
+    def _make_automaton(self, ref, claim=None):
         manager = InstanceManager(ref, self.store, self.driver, self.payload_settings,
                                   self.client_factory, self.settings.management.network_id,
                                   clock=self._clock,
                                   hotplug_timeout=self.settings.health.hotplug_timeout,
                                   placement=self.store.placements.resolve,
-                                  certificates=self.certificates)
+                                  certificates=self.certificates,
+                                  claim=claim if claim is not True else None)
         self.managers[ref.key] = manager
         return Automaton(ref, manager, self.settings.health, clock=self._clock,
                          on_transition=self._on_transition)
+
+    def _record_state(self, automaton):
+        """After each run: the owner's view of the resource, in the store (fenced), so
+        every member's API can show it. Written only when it changed."""
+        claim = automaton.claim
+        if claim is None or claim is True or automaton.deleted:
+            return
+        view = (claim.epoch, automaton.state, automaton.last_error)
+        if getattr(automaton, "recorded", None) != view:
+            self.store.record_state(claim, automaton.state, automaton.last_error)
+            automaton.recorded = view
 
     def _on_transition(self, automaton, old, new):
         if self.webhook is not None:
@@ -121,9 +144,12 @@ class Orchestrator:
     def start(self):
         self._start_openstack()
         self.scheduler.start()
+        self.ownership.start(self.scheduler)
+        self.store.watch(self.settings.db.watch_interval)
         self.health.start()
-        LOG.info("orchestrator started: %d resources, driver %s",
-                 len(self.store.snapshot().resources()), self.driver.name)
+        LOG.info("orchestrator %s started: %d resources, driver %s, store %s, %s",
+                 self.identity, len(self.store.snapshot().resources()), self.driver.name,
+                 self.store.url, self.ownership.status()["mode"])
 
     def stop(self):
         if self.neutron_events is not None:
@@ -132,6 +158,7 @@ class Orchestrator:
         self.scheduler.stop()
         if self.neutron_status is not None:
             self.neutron_status.close()
+        self.ownership.stop()
         if self.webhook is not None:
             self.webhook.close()
         self.driver.close()
@@ -150,32 +177,43 @@ class Orchestrator:
                 return automaton.ref
         raise NotFound(f"no router or load balancer {resource_id}")
 
-    def _row(self, ref, snapshot, statuses):
+    def _row(self, ref, snapshot, statuses, stored):
+        """A resource as this member sees it: its own automaton's status when it owns
+        it, else what the owner recorded in the store."""
         obj = snapshot.get(ref.kind, ref.id) or {}
-        status = statuses.get(ref.key, {})
-        manager = self.managers.get(ref.key)
+        status = statuses.get(ref.key)
+        record = stored.get(ref.key, {})
+        manager = self.managers.get(ref.key) if status is not None else None
+        if status is None:
+            status = {"state": record.get("state") or "unknown",
+                      "last_error": record.get("last_error")}
         return {"id": ref.id, "kind": ref.kind, "tenant_id": ref.tenant_id,
                 "name": obj.get("name", ""), "in_store": bool(obj),
                 "state": status.get("state", "unknown"),
                 "last_error": status.get("last_error"),
+                "owner": record.get("owner") or None, "epoch": record.get("epoch"),
+                "local": manager is not None,
                 "paused": self.store.debug_flags.paused_reason(ref),
-                "instances": len(manager.status()) if manager else 0}
+                # Another member's resource: its instances are known to its owner only.
+                "instances": len(manager.status()) if manager else
+                (None if record.get("owner") not in (None, "", self.identity) else 0)}
 
     def resources(self):
         snapshot = self.store.snapshot()
         statuses = self.scheduler.statuses()
+        stored = self.store.resource_rows()
         refs = {ref.key: ref for ref in snapshot.resources()}
         for key in statuses:
             automaton = self.scheduler.automaton(key)
             if automaton is not None:
                 refs.setdefault(key, automaton.ref)
-        return [self._row(ref, snapshot, statuses) for ref in refs.values()]
+        return [self._row(ref, snapshot, statuses, stored) for ref in refs.values()]
 
     def resource(self, resource_id):
         ref = self._ref(resource_id)
         snapshot = self.store.snapshot()
         statuses = self.scheduler.statuses()
-        row = self._row(ref, snapshot, statuses)
+        row = self._row(ref, snapshot, statuses, self.store.resource_rows())
         automaton = statuses.get(ref.key)
         manager = self.managers.get(ref.key)
         instances = manager.status() if manager else []
@@ -199,17 +237,17 @@ class Orchestrator:
         if command == "debug":
             self.store.debug_flags.set("resource", ref.id, reason)
             return {"id": ref.id, "paused": self.store.debug_flags.paused_reason(ref)}
+        # Through the store: the owner acts, whichever orchestrator received it.
         if command == "manage":
-            self.store.debug_flags.clear("resource", ref.id)
-            delivered = self.scheduler.deliver(ref, MANAGE)
-        elif command == "rebuild":
-            delivered = self.scheduler.deliver(ref, REBUILD)
-        elif command == "update":
-            delivered = self.scheduler.deliver(ref, UPDATE, force=True)
+            self.store.write_debug_flag("resource", ref.id, None, None,
+                                        command=(ref.kind, ref.id, MANAGE))
         else:
-            delivered = self.scheduler.deliver(ref, POLL)
-        return {"id": ref.id, "command": command, "delivered": delivered,
-                "paused": self.store.debug_flags.paused_reason(ref)}
+            action = {"rebuild": REBUILD, "update": UPDATE, "poll": POLL}[command]
+            self.store.command(ref, action, force=command == "update")
+        paused = self.store.debug_flags.paused_reason(ref)
+        return {"id": ref.id, "command": command,
+                "delivered": not paused or command == "manage",
+                "owner": self.ownership.owner_of(ref), "paused": paused}
 
     def tenant_command(self, tenant_id, command, reason=""):
         refs = [r for r in self.store.snapshot().resources() if r.tenant_id == tenant_id]
@@ -218,7 +256,7 @@ class Orchestrator:
         elif command == "manage":
             self.store.debug_flags.clear("tenant", tenant_id)
             for ref in refs:
-                self.scheduler.deliver(ref, MANAGE)
+                self.store.command(ref, MANAGE)
         else:
             raise StoreError(f"unknown tenant command {command!r} (debug, manage)")
         return {"tenant_id": tenant_id, "command": command, "resources": [r.id for r in refs]}
@@ -233,16 +271,26 @@ class Orchestrator:
         return {"global": command}
 
     def poll(self):
+        """Poll every resource now (each by its owner, through the store)."""
         self.health.poll_now()
+        self.store.broadcast(POLL)
         refs = self.scheduler.known_refs()
-        delivered = [ref.id for ref in refs if self.scheduler.deliver(ref, POLL)]
-        return {"polled": delivered}
+        return {"polled": [ref.id for ref in refs
+                           if not self.store.debug_flags.paused_reason(ref)]}
 
     def debug_session(self, resource_id, actions=(POLL,), follow=False, timeout=120.0):
         """A Session (debugger.py) for one resource: iterate ``.stream()`` for its lines."""
         from .debugger import Session
+        ref = self._ref(resource_id)
+        if not self.scheduler.owns(ref):
+            # Only the owner runs a resource's state machine; this member's session would
+            # race it (and be fenced). Refused here, naming the member to ask instead.
+            owner = self.ownership.owner_of(ref) or "nobody yet"
+            raise Conflict(f"{ref.kind} {ref.id} is owned by orchestrator {owner}, not "
+                           f"{self.identity}: run the debugger through its admin API",
+                           "resource_id")
         try:
-            return Session(self, self._ref(resource_id), actions, follow, timeout)
+            return Session(self, ref, actions, follow, timeout)
         except ValueError as exc:
             raise StoreError(str(exc), "actions") from None
 
@@ -266,4 +314,7 @@ class Orchestrator:
                               for (kind, rid), n in dict(self.health.polls_sent).items()}
         info["driver"] = self.driver.name
         info["started_at"] = self.started_at
+        info["identity"] = self.identity
+        info["store"] = {"url": self.store.url, "revision": self.store.revision}
+        info["coordination"] = self.ownership.status()
         return info

@@ -44,6 +44,7 @@ from . import instances
 from .events import (CLUSTER_REBUILD, CREATE, DELETE, MANAGE, POLL, REBUILD, EventQueue)
 from .instances import BootError
 from .retry import backoff_delay
+from .store import Fenced
 
 LOG = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ class Automaton:
         self.degraded_since = None  # when the appliance itself first reported degraded
         self.crashes = 0  # consecutive runs that raised: retried with back-off
         self.deleted = False
+        self.claim = None  # the owner's claim (coordination), set by the scheduler
         self.state_since = time.time()
         self.history = collections.deque(maxlen=64)  # (step, next step, state)
         self.polls = 0  # health polls handled: lets an operator (and a test) see them pass
@@ -180,6 +182,8 @@ class Automaton:
         for _ in range(MAX_STEPS):
             try:
                 nxt = self._steps[step]()
+            except Fenced:
+                raise  # not ours any more: the scheduler hands the resource over
             except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker
                 LOG.exception("%s: %s failed", self.ref, step)
                 self.last_error = f"{step} failed: {exc}"
@@ -221,6 +225,8 @@ class Automaton:
         if self._on_transition is not None:
             try:
                 self._on_transition(self, old, state)
+            except Fenced:
+                raise
             except Exception:  # noqa: BLE001 - status out is best effort
                 LOG.exception("%s: transition hook failed", self.ref)
 

@@ -13,6 +13,10 @@
   create (the ready queue was first-in first-out).
 * Paused resources (``astara-ctl router|tenant debug``, stored in the store) get no events
   except ``manage``.
+* Only resources this orchestrator owns (``coordination``: all of them when it runs alone,
+  its share of the ring in a cluster) get events; an automaton is made with the owner's
+  claim. ``forget`` drops a resource whose ownership moved, after the step in progress;
+  a step that finds itself fenced (``store.Fenced``) hands the resource back the same way.
 """
 import heapq
 import itertools
@@ -22,14 +26,26 @@ import threading
 import time
 
 from .events import DELETE, MANAGE, POLL
+from .store import Fenced
 
 LOG = logging.getLogger(__name__)
 
 
+class NotOwner(Exception):
+    """Another orchestrator owns the resource (a debug session must run on its owner)."""
+
+    def __init__(self, ref):
+        super().__init__(f"{ref} is owned by another orchestrator")
+        self.ref = ref
+
+
 class Scheduler:
-    def __init__(self, automaton_factory, store, threads=4, clock=time.monotonic):
-        self._factory = automaton_factory
+    def __init__(self, automaton_factory, store, threads=4, clock=time.monotonic,
+                 ownership=None, after_run=None):
+        self._factory = automaton_factory  # (ref, claim) -> Automaton
         self._store = store
+        self._ownership = ownership  # None: everything is ours (tests)
+        self._after_run = after_run  # callback(automaton) after each run; may raise Fenced
         self._debug_flags = store.debug_flags
         self._threads_wanted = threads
         self._clock = clock
@@ -75,7 +91,7 @@ class Scheduler:
             for ref in self.known_refs():
                 self.deliver(ref, event.action)
             return
-        self.deliver(event.ref, event.action)
+        self.deliver(event.ref, event.action, force=event.force)
 
     def handle_all(self, events):
         for event in events:
@@ -88,8 +104,13 @@ class Scheduler:
                 refs.setdefault(key, ref)
         return list(refs.values())
 
+    def owns(self, ref):
+        """Our claim on ``ref`` (None: another orchestrator's)."""
+        return True if self._ownership is None else self._ownership.owns(ref)
+
     def deliver(self, ref, action, force=False):
-        """Queue ``action`` for ``ref``; False when the resource is paused."""
+        """Queue ``action`` for ``ref``; False when the resource is paused or not ours
+        (a debug session's resource: the event goes to the session)."""
         sink = self._diverted.get(ref.key)
         if sink is not None:  # astara-ctl debug-resource has it: the event goes there
             sink(action, force)
@@ -98,12 +119,16 @@ class Scheduler:
         if paused and action != MANAGE:
             LOG.debug("%s: %s ignored (%s)", ref, action, paused)
             return False
+        claim = self.owns(ref)
+        if not claim:
+            return False
         with self._lock:
             if self._stopping:
                 return False
             automaton = self._automata.get(ref.key)
             if automaton is None:
-                automaton = self._automata[ref.key] = self._factory(ref)
+                automaton = self._automata[ref.key] = self._factory(ref, claim)
+                automaton.claim = claim
                 self._refs[ref.key] = ref
                 self._fresh.add(ref.key)
             if force:
@@ -128,15 +153,21 @@ class Scheduler:
     def divert(self, ref, sink, timeout=30.0):
         """Send ``ref``'s events to ``sink`` instead of its automaton, once no worker holds
         it (the caller has paused it, so queued work is dropped). Returns the automaton
-        (made if new) for the session to run, or raises TimeoutError."""
+        (made if new, with our claim) for the session to run; NotOwner when another
+        orchestrator owns ``ref`` (only the owner may act on it), TimeoutError when a
+        worker keeps holding it."""
         deadline = time.monotonic() + timeout
         while True:
+            claim = self.owns(ref)
+            if not claim:
+                raise NotOwner(ref)
             with self._lock:
                 if ref.key not in self._scheduled:
                     self._diverted[ref.key] = sink
                     automaton = self._automata.get(ref.key)
                     if automaton is None:
-                        automaton = self._automata[ref.key] = self._factory(ref)
+                        automaton = self._automata[ref.key] = self._factory(ref, claim)
+                        automaton.claim = claim
                         self._refs[ref.key] = ref
                     return automaton
             if time.monotonic() > deadline:
@@ -146,13 +177,6 @@ class Scheduler:
     def undivert(self, ref):
         with self._lock:
             self._diverted.pop(ref.key, None)
-
-    def forget(self, ref):
-        """Drop a resource's automaton (its state machine ended outside the workers)."""
-        with self._lock:
-            self._automata.pop(ref.key, None)
-            self._refs.pop(ref.key, None)
-            self._timer_due.pop(ref.key, None)
 
     # -- introspection ---------------------------------------------------------------------------
     def automaton(self, key):
@@ -174,6 +198,29 @@ class Scheduler:
                 "queues": {f"{k[0]} {k[1]}": a.queue.snapshot()
                            for k, a in self._automata.items() if a.has_work()},
             }
+
+    def busy_with(self, key):
+        """True while ``key`` has an automaton (it may still have work or a timer)."""
+        with self._lock:
+            return key in self._automata
+
+    def forget(self, key, timeout=60.0):
+        """Stop working on a resource (its ownership moved): wait until no worker runs
+        it, then drop its automaton, queue and timer. A queued run finds nothing to do."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while key in self._running.values():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    LOG.warning("%s %s: still running after %.0fs; forgetting it anyway "
+                                "(its writes and pushes are fenced)", key[0], key[1],
+                                timeout)
+                    break
+                self._timer_cond.wait(min(remaining, 1.0))
+            self._automata.pop(key, None)
+            self._refs.pop(key, None)
+            self._timer_due.pop(key, None)
+            self._fresh.discard(key)
 
     def idle(self):
         """True when nothing is queued or running (timers may be pending)."""
@@ -200,6 +247,7 @@ class Scheduler:
                 self._running[name] = key
                 self._fresh.discard(key)
             delay = None
+            fenced = None
             try:
                 if automaton is not None and self._debug_flags.paused_reason(automaton.ref) and \
                         MANAGE not in automaton.queue.snapshot():
@@ -207,6 +255,10 @@ class Scheduler:
                     LOG.info("%s: paused, dropping %s", automaton.ref, automaton.queue.clear())
                 elif automaton is not None:
                     delay = automaton.run()
+                    if self._after_run is not None:
+                        self._after_run(automaton)
+            except Fenced as exc:
+                fenced = exc
             except Exception:  # noqa: BLE001 - keep the worker alive
                 LOG.exception("%s: unhandled error", key)
                 delay = 5.0
@@ -214,6 +266,12 @@ class Scheduler:
                 with self._lock:
                     self._running.pop(name, None)
                     self._finish(key, automaton)
+                    self._timer_cond.notify_all()  # forget() may be waiting for this key
+            if fenced is not None:
+                LOG.warning("%s: %s", automaton.ref, fenced)
+                if self._ownership is not None:
+                    self._ownership.lost(automaton.ref)
+                continue
             if delay is not None and automaton is not None and not automaton.deleted:
                 self.call_later(delay, automaton.ref)
 
@@ -227,7 +285,8 @@ class Scheduler:
             self._timer_due.pop(key, None)
             actions = [a for a in leftover if a not in (POLL, DELETE)]
             if actions and not self._stopping:
-                fresh = self._automata[key] = self._factory(automaton.ref)
+                fresh = self._automata[key] = self._factory(automaton.ref, automaton.claim)
+                fresh.claim = automaton.claim
                 for action in actions:
                     fresh.send(action)
                 self._enqueue(key)

@@ -15,6 +15,8 @@ from werkzeug.exceptions import HTTPException
 
 from ..engine import Engine
 from ..errors import ApplyError
+from ..fencing import (EPOCH_HEADER, ORCHESTRATOR_HEADER, EpochFence, StaleEpoch,
+                       parse_epoch)
 from ..model import PayloadError
 from ..naming import interface_view, list_nics
 from ..status import StatusProber
@@ -91,7 +93,7 @@ def create_app(settings, engine=None, prober=None):
     app.register_blueprint(base_routes(settings, engine, prober))
     app.register_blueprint(firewall_routes(engine))
     app.register_blueprint(interface_routes(engine))
-    app.register_blueprint(config_routes(engine))
+    app.register_blueprint(config_routes(engine, EpochFence(settings.state_dir)))
     from .tls import tls_routes
     app.register_blueprint(tls_routes(settings))
     return app
@@ -186,7 +188,7 @@ def interface_routes(engine):
     return routes
 
 
-def config_routes(engine):
+def config_routes(engine, fence):
     routes = Blueprint("config", __name__)
 
     @routes.get("/v1/system/config")
@@ -209,18 +211,32 @@ def config_routes(engine):
         except ValueError as exc:
             return error_response(400, "Bad Request", str(exc),
                                   [{"path": "confirm_timeout", "message": str(exc)}])
+        orchestrator = request.headers.get(ORCHESTRATOR_HEADER, "")[:255]
+        try:
+            epoch = parse_epoch(request.headers.get(EPOCH_HEADER))
+        except ValueError as exc:
+            return error_response(400, "Bad Request", str(exc))
         raw = request.get_data(cache=False)
         try:
             body = decode_json(raw)
         except ValueError as exc:
             return error_response(400, "Bad Request", str(exc))
         try:  # the management path: where the request came from and where it arrived
-            outcome = engine.apply(body, raw, source=_address(request.remote_addr),
-                                   local=local_address(request.environ),
-                                   confirm_timeout=confirm_timeout)
+            with fence.admitted(epoch, orchestrator):
+                outcome = engine.apply(body, raw, source=_address(request.remote_addr),
+                                       local=local_address(request.environ),
+                                       confirm_timeout=confirm_timeout)
+        except StaleEpoch as exc:
+            LOG.warning("config push from orchestrator=%s epoch=%s refused: %s",
+                        orchestrator or "-", epoch, exc)
+            return json_response(exc.to_dict(), 409)
         except PayloadError as exc:
+            LOG.info("config push from orchestrator=%s epoch=%s refused: %s",
+                     orchestrator or "-", epoch, exc.status)
             return json_response(exc.to_dict(), exc.status)
         except ApplyError as exc:
+            LOG.info("config push from orchestrator=%s epoch=%s refused: %s",
+                     orchestrator or "-", epoch, exc.status)
             if exc.status < 500 or exc.status == 507:  # the caller's problem, or a full disk
                 return json_response(exc.to_dict(), exc.status)
             # The appliance's own failure: its detail (paths of the state directory, a
@@ -229,6 +245,9 @@ def config_routes(engine):
             return error_response(exc.status, "The configuration could not be applied; the "
                                   "previous one is still in place",
                                   "the appliance failed to apply it; see its log")
+        LOG.info("config push from orchestrator=%s epoch=%s accepted: generation %s, "
+                 "%d changes", orchestrator or "-", "-" if epoch is None else epoch,
+                 outcome.committed.generation, outcome.changes)
         # The generation's view, rendered once, with the change count spliced in front.
         answer = b'{"changes": %d, ' % outcome.changes + outcome.committed.view_json[1:]
         return Response(answer, mimetype="application/json",

@@ -164,7 +164,8 @@ def table(rows, columns, color_column=None, color=False):
     return "\n".join(lines)
 
 
-RESOURCE_COLUMNS = ("id", "kind", "tenant_id", "state", "instances", "paused", "last_error")
+RESOURCE_COLUMNS = ("id", "kind", "tenant_id", "state", "owner", "epoch", "instances", "paused",
+                    "last_error")
 
 
 def resource_table(resources, color=False):

@@ -103,6 +103,7 @@ class NetnsDriver(ComputeDriver):
         self._lock = threading.RLock()
         self._children = {}  # namespace -> Popen of agents we started (to reap them)
         self._cache = None  # namespace -> instance record, see _records_cache
+        self._stamps = {}  # namespace -> (inode, mtime, size) of the record read
         self.state_root.mkdir(parents=True, exist_ok=True)
 
     @classmethod
@@ -127,20 +128,36 @@ class NetnsDriver(ComputeDriver):
     def _save(self, record):
         atomic_write(str(self._dir(record["id"]) / RECORD),
                      json.dumps(record, indent=1, sort_keys=True), mode=0o644)
-        with self._lock:
-            self._records_cache()[record["id"]] = record
 
     def _records_cache(self):
-        """``{namespace: record}``, read from disk once (adoption after a restart), then
-        kept current by _save/delete: this process is the records' only writer. Every
-        health poll lists instances; re-reading N files per poll made a round O(N²)."""
+        """``{namespace: record}``, re-read only for records whose file changed (inode and
+        mtime, one ``stat`` each): other orchestrators of a cluster on this host create,
+        change and delete records in the same state root, and a new owner must see them to
+        adopt. Every health poll lists instances; re-reading N files per poll made a round
+        O(N²) in parsing, a stat per record is cheap."""
         with self._lock:
             if self._cache is None:
-                self._cache = {}
-                for entry in sorted(self.state_root.iterdir()):
-                    record = self._load(entry.name) if entry.is_dir() else None
-                    if record is not None:
+                self._cache, self._stamps = {}, {}
+            seen = set()
+            with os.scandir(self.state_root) as entries:
+                for entry in entries:
+                    if not entry.is_dir(follow_symlinks=False):
+                        continue
+                    try:
+                        info = os.stat(os.path.join(entry.path, RECORD))
+                    except OSError:
+                        continue  # being created or deleted
+                    seen.add(entry.name)
+                    stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+                    if self._stamps.get(entry.name) != stamp:
+                        record = self._load(entry.name)
+                        if record is None:
+                            continue
                         self._cache[entry.name] = record
+                        self._stamps[entry.name] = stamp
+            for name in set(self._cache) - seen:
+                self._cache.pop(name, None)
+                self._stamps.pop(name, None)
             return self._cache
 
     def _records(self):
@@ -229,6 +246,9 @@ class NetnsDriver(ComputeDriver):
         entry = {"mac": nic.mac, "network_id": nic.network_id, "role": nic.role,
                  "mtu": nic.mtu, "index": index, "ifname": ifname, "bridge": bridge,
                  "fabric_end": fab_end}
+        # A namespace of the same name deleted a moment ago may still be torn down by the
+        # kernel (asynchronously), its fabric end still there: that end is ours, remove it.
+        self.fabric.ip("link", "del", fab_end, check=False)
         self.fabric.ip("link", "add", fab_end, "type", "veth", "peer", "name", ifname,
                        "netns", ns.name)
         record["nics"].append(entry)  # recorded as soon as it exists
@@ -255,7 +275,11 @@ class NetnsDriver(ComputeDriver):
                 raise DriverError(f"an instance named {name} exists")
             ns_name = self._allocate(name)
             directory = self._dir(ns_name)
-            directory.mkdir(parents=True)
+            try:
+                directory.mkdir(parents=True)
+            except FileExistsError:  # another orchestrator on this host took the name
+                raise DriverError(f"namespace name {ns_name} was just taken; "
+                                  "retrying later") from None
             record = {"id": ns_name, "name": name, "created_at": time.time(), "nics": [],
                       "management_cidr": management_cidr, "booting": True,
                       "state_dir": str(directory / "state"),
@@ -324,7 +348,6 @@ class NetnsDriver(ComputeDriver):
                     LOG.warning("agent of %s did not exit", ns_name)
             shutil.rmtree(NETNS_ETC_DIR / ns_name, ignore_errors=True)
             shutil.rmtree(self._dir(ns_name), ignore_errors=True)
-            self._records_cache().pop(ns_name, None)
 
     def attach(self, instance_id, nic):
         with self._lock:

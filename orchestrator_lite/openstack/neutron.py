@@ -15,7 +15,15 @@ Kept in the local store: the appliance ports (the orchestrator's bookkeeping of 
 MACs; the Neutron ports the OpenStack driver creates carry the same MACs), the pause
 flags, the image/driver placements, and the load balancers with their listeners, pools
 and members (Neutron LBaaS is gone; see README "Load balancers in OpenStack mode"), which
-refer to Neutron's VIP ports and networks by id.
+refer to Neutron's VIP ports and networks by id. Those go through the local store's write
+path (its transaction, change log and claims), validated inside that transaction against
+Neutron's objects plus the newest committed local ones.
+
+Several orchestrators: each reads Neutron itself and listens on its own queue, so every
+member has the same Neutron objects and sees every notification (ownership filters, as for
+every event); Neutron's objects are not copied into the shared store — Neutron is their
+store. Ownership, commands and everything else of the cluster are the local store's
+(``DELEGATED``).
 """
 import logging
 import threading
@@ -33,6 +41,11 @@ NEUTRON_KINDS = ("network", "subnet", "port", "router", "floatingip")
 LOCAL_KINDS = tuple(k for k in KINDS if k not in NEUTRON_KINDS)
 COLLECTIONS = {"network": "networks", "subnet": "subnets", "port": "ports",
                "router": "routers", "floatingip": "floatingips"}
+# The local store's surface that does not touch Neutron's objects (ownership, commands,
+# catching up).
+DELEGATED = frozenset({"url", "command", "broadcast", "claim", "claim_many", "raise_epoch",
+                       "check_claim", "release", "record_state", "resource_rows", "refresh",
+                       "watch", "write_debug_flag", "write_placement"})
 PORT_KEYS = ("id", "network_id", "tenant_id", "name", "mac_address", "fixed_ips",
              "device_id", "device_owner", "admin_state_up", "status")
 
@@ -117,16 +130,33 @@ class NeutronStore:
         self._stop = threading.Event()
         self._thread = None
         local.subscribe(self.publish)
+        local.view = self.snapshot  # commands name Neutron's routers too
+
+    def __getattr__(self, name):
+        if name in DELEGATED:
+            return getattr(self.local, name)
+        raise AttributeError(name)
 
     # -- reading ---------------------------------------------------------------------------
     def snapshot(self):
-        local, neutron = self.local.snapshot(), self._neutron
+        return self._combined(self.local.snapshot())
+
+    def _combined(self, local):
+        """Neutron's objects plus ``local`` (a local store snapshot)'s own kinds."""
+        neutron = self._neutron
         cached_local, cached_neutron, combined = self._cached
         if cached_local is local and cached_neutron is neutron:
             return combined
         combined = neutron.merged(local, LOCAL_KINDS)
         self._cached = (local, neutron, combined)
         return combined
+
+    def _write_local(self, build, claim=None):
+        """``build(combined snapshot)`` inside the local store's write transaction; only
+        the local kinds of what it returns are written."""
+        return self.local.commit(
+            lambda local: [c for c in build(self._combined(local)) if c[0] in LOCAL_KINDS],
+            claim=claim)
 
     # -- Neutron -> cache ------------------------------------------------------------------
     def load(self):
@@ -233,21 +263,28 @@ class NeutronStore:
     def create(self, kind, body):
         validation.check_kind(kind)
         self._from_neutron(kind)
-        obj = validation.new_object(self.snapshot(), kind, body)
-        return self.local.commit([(kind, None, obj)])[0]
+        return self._write_local(
+            lambda snap: [(kind, None, validation.new_object(snap, kind, body))])[0]
 
     def update(self, kind, obj_id, changes):
         validation.check_kind(kind)
         self._from_neutron(kind)
-        old, new = validation.changed_object(self.snapshot(), kind, obj_id, changes)
-        return old if new == old else self.local.commit([(kind, old, new)])[0]
+        unchanged = []
+
+        def build(snap):
+            old, new = validation.changed_object(snap, kind, obj_id, changes)
+            if new == old:
+                unchanged.append(old)
+                return []
+            return [(kind, old, new)]
+        written = self._write_local(build)
+        return written[0] if written else unchanged[0]
 
     def delete(self, kind, obj_id):
         validation.check_kind(kind)
         self._from_neutron(kind)
-        snap = self.snapshot()
-        changes = validation.delete_changes(snap, kind, snap.require(kind, obj_id))
-        self.local.commit([c for c in changes if c[0] in LOCAL_KINDS])
+        self._write_local(
+            lambda snap: validation.delete_changes(snap, kind, snap.require(kind, obj_id)))
 
     def add_router_interface(self, router_id, **_):
         self._from_neutron("router")
@@ -262,10 +299,11 @@ class NeutronStore:
         """Nothing to make: the management network is Neutron's ([management] network_id
         and subnet_id must name it)."""
 
-    def create_appliance_port(self, body):
-        port = validation.normalize(self.snapshot(), "appliance_port", body)
-        self.local.commit([("appliance_port", None, port)])
-        return port
+    def create_appliance_port(self, body, claim=None):
+        """Validated against Neutron's ports too (a MAC Neutron has is taken)."""
+        return self._write_local(
+            lambda snap: [("appliance_port", None,
+                           validation.normalize(snap, "appliance_port", body))], claim=claim)[0]
 
-    def delete_appliance_ports(self, ports):
-        self.local.delete_appliance_ports(ports)
+    def delete_appliance_ports(self, ports, claim=None):
+        self.local.delete_appliance_ports(ports, claim=claim)

@@ -2,10 +2,11 @@
 orchestrator's hands until ``manage``; the scheduler drops their events meanwhile.
 
 A flag is ``(scope, key)``: ``("resource", id)``, ``("tenant", tenant id)`` or
-``("global", "*")``, with a reason and the time it was set. Flags survive a restart
-(stored through ``database``); readers get the current dict without a lock (copy-on-write).
+``("global", "*")``, with a reason and the time it was set. Flags live in the store (every
+orchestrator of a cluster sees the same ones, and they survive a restart); readers get
+the current dict without a lock (copy-on-write), replaced when this process or another
+one changes them.
 """
-import threading
 import time
 
 from .errors import StoreError
@@ -14,27 +15,21 @@ DEBUG_SCOPES = ("resource", "tenant", "global")
 
 
 class DebugFlags:
-    def __init__(self, database):
-        self._database = database
-        self._lock = threading.Lock()
-        self._flags = database.load_debug_flags()
+    def __init__(self, store, flags):
+        self._store = store
+        self._flags = dict(flags)
 
     def set(self, scope, key, reason=""):
         if scope not in DEBUG_SCOPES:
             raise StoreError(f"scope must be one of {', '.join(DEBUG_SCOPES)}", "scope")
-        with self._lock:
-            since = time.time()
-            self._database.set_debug_flag(scope, key, reason or "", since)
-            flags = dict(self._flags)
-            flags[(scope, key)] = {"reason": reason or "", "since": since}
-            self._flags = flags
+        self._store.write_debug_flag(scope, key, reason or "", time.time())
 
     def clear(self, scope, key):
-        with self._lock:
-            self._database.clear_debug_flag(scope, key)
-            flags = dict(self._flags)
-            flags.pop((scope, key), None)
-            self._flags = flags
+        self._store.write_debug_flag(scope, key, None, None)
+
+    def replace(self, flags):
+        """The store's current flags (after a write or a catch-up)."""
+        self._flags = dict(flags)
 
     def all(self):
         """``{(scope, key): {"reason", "since"}}``."""

@@ -25,3 +25,10 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     status = 409
+
+
+class Fenced(StoreError):
+    """This orchestrator is no longer the resource's owner at the epoch it holds: another
+    one took it over (or the coordination lease could not be confirmed). Nothing was
+    written; the caller must stop working on the resource."""
+    status = 409

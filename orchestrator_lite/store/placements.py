@@ -1,12 +1,12 @@
 """Placements (astara's "bring your own network function"): an operator gives a tenant, or
 one resource, its own appliance image and/or compute driver; everything else boots the
-default image on the default driver. Stored with the desired state, so every orchestrator
-sharing the store boots the same. A resource's own placement beats its tenant's; an empty
-field falls back to the next level. A placement applies to the next boot (``astara-ctl
-resource rebuild`` to move a running appliance).
+default image on the default driver. Stored with the desired state (the ``placements``
+table, written through the change log like the debug flags), so every orchestrator sharing
+the store boots the same. A resource's own placement beats its tenant's; an empty field
+falls back to the next level. A placement applies to the next boot (``astara-ctl resource
+rebuild`` to move a running appliance).
 """
 import dataclasses
-import threading
 import time
 
 from .errors import StoreError
@@ -25,10 +25,12 @@ class Placement:
 
 
 class Placements:
-    def __init__(self, database):
-        self._database = database
-        self._lock = threading.Lock()
-        self._entries = database.load_placements()
+    """Readers get the current dict without a lock (copy-on-write), replaced when this
+    process or another one changes it."""
+
+    def __init__(self, store, entries):
+        self._store = store
+        self._entries = dict(entries)
         self.drivers = None  # names a placement may use (None: not checked); the service sets it
 
     def set(self, scope, key, driver="", image=""):
@@ -44,19 +46,14 @@ class Placements:
         if driver and self.drivers is not None and driver not in self.drivers:
             raise StoreError(f"driver {driver!r} is not enabled ({', '.join(self.drivers)}; "
                              "[compute] driver and drivers)", "driver")
-        with self._lock:
-            since = time.time()
-            self._database.set_placement(scope, key, driver, image, since)
-            entries = dict(self._entries)
-            entries[(scope, key)] = {"driver": driver, "image": image, "since": since}
-            self._entries = entries
+        self._store.write_placement(scope, key, driver, image, time.time())
 
     def clear(self, scope, key):
-        with self._lock:
-            self._database.clear_placement(scope, key)
-            entries = dict(self._entries)
-            entries.pop((scope, key), None)
-            self._entries = entries
+        self._store.write_placement(scope, key, "", "", None)
+
+    def replace(self, entries):
+        """The store's current placements (after a write or a catch-up)."""
+        self._entries = dict(entries)
 
     def all(self):
         return [{"scope": scope, "key": key, **entry}

@@ -4,6 +4,8 @@ appliances than real agents can boot on a small machine (bench_orchestrator.py).
 It answers exactly the agent API the orchestrator's health loop and config push use, with
 the real semantics, and nothing else (no dataplane):
 
+* ``GET /v1/status/``: always ready; ``POST /v1/system/config/confirm``: nothing awaits
+  (``?confirm_timeout=N`` on a PUT is accepted: the stand-in never reverts)
 * ``GET /v1/firewall/rules``: 200, a plain-text ruleset of a real appliance's size
   (the liveness probe);
 * ``GET /v1/system/interfaces``: the namespace's ``ethN`` as ``geN`` with their MACs,
@@ -12,7 +14,8 @@ the real semantics, and nothing else (no dataplane):
   matching ``If-None-Match``;
 * ``PUT /v1/system/config``: application/json only; the hash is
   ``astara_router.store.payload_hash`` (what the orchestrator compares); the generation
-  only moves when the hash changes, as with the real engine.
+  only moves when the hash changes, as with the real engine; the ownership epoch fence
+  (``astara_router.fencing``) and the push log line are the real agent's.
 
 The netns driver starts it in place of the agent through a wrapper "interpreter"
 (``[netns] python``): its command line keeps ``-m astara_router.cli.api ...`` so the
@@ -24,8 +27,11 @@ import json
 import os
 import sys
 import threading
+import time
 
 from astara_lab.webserver import QuietHandler, make_server
+from astara_router.fencing import (EPOCH_HEADER, ORCHESTRATOR_HEADER, EpochFence, StaleEpoch,
+                                   parse_epoch)
 from astara_router.store import payload_hash
 
 BANNER = "Astara appliance API service is active"
@@ -64,7 +70,12 @@ def interfaces():
     return result
 
 
-def make_handler(state):
+def log(message):
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')},{int(time.time() * 1000) % 1000:03d} "
+          f"{os.getpid()} INFO standin: {message}", flush=True)
+
+
+def make_handler(state, fence):
     class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
 
@@ -89,6 +100,11 @@ def make_handler(state):
                     self.json(200, {"service": BANNER, "state": "ready",
                                     "generation": state.generation,
                                     "enabled_services": ["router", "loadbalancer"]})
+            elif self.path == "/v1/status/":  # always healthy: no daemons to supervise
+                with state.lock:
+                    self.json(200, {"state": "ready", "generation": state.generation,
+                                    "reasons": [], "last_error": None,
+                                    "awaiting_confirmation": None})
             elif self.path == "/v1/firewall/rules":
                 self.send(200, RULES.encode(), "text/plain; charset=utf-8")
             elif self.path == "/v1/system/interfaces":
@@ -103,10 +119,19 @@ def make_handler(state):
             else:
                 self.json(404, {"error": "Not Found", "message": self.path})
 
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            if self.path != "/v1/system/config/confirm":
+                return self.json(404, {"error": "Not Found", "message": self.path})
+            with state.lock:
+                self.json(200, {"confirmed": None, "generation": state.generation})
+
         def do_PUT(self):
             length = int(self.headers.get("Content-Length") or 0)
             data = self.rfile.read(length)
-            if self.path != "/v1/system/config":
+            # ?confirm_timeout=N: a stand-in's generation never reverts (confirmed at once)
+            if self.path.split("?", 1)[0] != "/v1/system/config":
                 return self.json(404, {"error": "Not Found", "message": self.path})
             if self.headers.get_content_type() != "application/json":
                 return self.json(415, {"error": "Unsupported Media Type",
@@ -118,13 +143,27 @@ def make_handler(state):
             if not isinstance(body, dict):
                 return self.json(422, {"error": "Unprocessable Entity",
                                        "message": "the payload must be a JSON object"})
+            orchestrator = self.headers.get(ORCHESTRATOR_HEADER, "")[:255] or "-"
+            try:
+                epoch = parse_epoch(self.headers.get(EPOCH_HEADER))
+            except ValueError as exc:
+                return self.json(400, {"error": "Bad Request", "message": str(exc)})
             digest = payload_hash(body)
-            with state.lock:
-                changed = digest != state.hash
-                if changed:
-                    state.generation += 1
-                    state.payload, state.hash = body, digest
-                view = dict(state.view(), changes=1 if changed else 0)
+            try:
+                # The same fence and log line as the real agent (astara_router.api).
+                with fence.admitted(epoch, orchestrator), state.lock:
+                    changed = digest != state.hash
+                    if changed:
+                        state.generation += 1
+                        state.payload, state.hash = body, digest
+                    view = dict(state.view(), changes=1 if changed else 0)
+            except StaleEpoch as exc:
+                log(f"config push from orchestrator={orchestrator} epoch={epoch} refused: "
+                    f"{exc}")
+                return self.json(409, exc.to_dict())
+            log(f"config push from orchestrator={orchestrator} "
+                f"epoch={'-' if epoch is None else epoch} accepted: generation "
+                f"{view['generation']}, {view['changes']} changes")
             self.json(200, view, headers=[("ETag", f'"{digest}"')])
 
     return Handler
@@ -137,7 +176,9 @@ def main(argv=None):
     parser.add_argument("--enabled-services")
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args(argv)
-    server = make_server("::", args.port, make_handler(State()))
+    state_dir = args.state_dir or "."
+    os.makedirs(state_dir, exist_ok=True)
+    server = make_server("::", args.port, make_handler(State(), EpochFence(state_dir)))
     print(f"stand-in agent on [::]:{args.port} (pid {os.getpid()})", flush=True)
     server.serve_forever()
 

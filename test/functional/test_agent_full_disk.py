@@ -3,6 +3,7 @@ real agent runs with a small tmpfs over its state directory, mounted in a privat
 namespace (nothing on the host's mounts changes); the fault comes from outside the
 product: a filler file, or strace injecting ENOSPC into the commit's rename."""
 import copy
+import json
 import os
 import pathlib
 import subprocess
@@ -152,3 +153,25 @@ def test_a_failed_commit_rolls_the_kernel_back(lab, appliance):
     appliance.start()
     assert _generation(appliance) == (1, BASIC)
     assert appliance.dump() == before
+
+
+def test_a_full_state_directory_refuses_a_new_ownership_epoch_with_507(lab, appliance):
+    """The epoch fence persists a newer epoch before the apply: a full state directory
+    is the same clear 507 there (never a 500), and nothing was accepted."""
+    tmpfs = TmpfsState(lab, appliance)
+    appliance.start(wrapper=tmpfs.wrapper())
+    expected = _generation(appliance)
+
+    def push(epoch):
+        return appliance.client().request(
+            "PUT", "/v1/system/config", body=json.dumps(with_fips(1)).encode(),
+            headers={"Content-Type": "application/json", "X-Astara-Epoch": str(epoch),
+                     "X-Astara-Orchestrator": "orch-1"})
+    tmpfs.leave_free(0)
+    response = push(5)
+    assert response.status == 507, response.text
+    assert "ownership epoch cannot be persisted" in response.json()["message"]
+    assert _generation(appliance) == expected
+    tmpfs.leave_free(1 << 20)
+    assert push(5).status == 200
+    assert push(4).status == 409  # the epoch written once there was room is the fence's

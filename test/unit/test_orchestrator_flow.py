@@ -456,6 +456,20 @@ def test_api_requires_the_token(api):
     assert bad.status_code == 400 and "does not exist" in bad.json()["message"]
 
 
+def test_a_500_never_shows_the_exception(api, monkeypatch):
+    import requests
+    o, url = api
+
+    def broken():
+        raise RuntimeError("password=hunter2 at /var/lib/secret")
+
+    monkeypatch.setattr(o, "resources", broken)
+    answer = requests.get(f"{url}/v1/resources", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 500
+    assert "hunter2" not in answer.text and "secret" not in answer.text
+    assert answer.json()["error"] == "Internal Server Error"
+
+
 def test_ctl_builds_a_router_and_shows_its_state(api, cloud):
     o, url = api
     assert run_ctl(url, "network", "create", "id=net1", "mtu=1450", "tenant_id=t1")[0] == 0
@@ -466,8 +480,12 @@ def test_ctl_builds_a_router_and_shows_its_state(api, cloud):
     assert code == 0 and json.loads(out)["fixed_ips"][0]["ip_address"] == "10.1.0.1"
     assert run_ctl(url, "port", "create", "network_id=net1", "device_id=vm1",
                    'fixed_ips=[{"ip_address": "10.1.0.10"}]')[0] == 0
-    # configured with the VM port too: the port's update has been worked off
-    wait_for(lambda: o.scheduler.idle() and state_of(o, "r1") == st.CONFIGURED)
+    def pushed_with_the_vm():  # configured *after* the VM port's update was pushed
+        appliance = cloud.appliances.get("ak-router-r1_0")
+        return state_of(o, "r1") == st.CONFIGURED and appliance and appliance.payload and \
+            "10.1.0.10" in json.dumps(appliance.payload["networks"])
+
+    wait_for(pushed_with_the_vm)
     code, out = run_ctl(url, "resource", "list")
     assert code == 0 and "r1" in out and "configured" in out
     code, out = run_ctl(url, "browse", "--once")

@@ -79,7 +79,7 @@ def test_one_worker_per_resource_and_a_bounded_pool(tmp_path):
     Recorder.total_running = Recorder.max_total = 0
     automata = {}
 
-    def factory(ref):
+    def factory(ref, claim=None):
         automata[ref.key] = Recorder(ref)
         return automata[ref.key]
 
@@ -110,7 +110,7 @@ def test_one_worker_per_resource_and_a_bounded_pool(tmp_path):
 def test_timer_comes_back_as_a_poll(tmp_path):
     automata = {}
 
-    def factory(ref):
+    def factory(ref, claim=None):
         automata[ref.key] = Recorder(ref, work_time=0, wait=0.05)
         return automata[ref.key]
 
@@ -134,7 +134,7 @@ def test_resources_in_flight_go_before_new_ones(tmp_path):
             time.sleep(0.01)
             return 0.0 if action == CREATE else None  # a create asks for a boot check
 
-    scheduler = Scheduler(lambda ref: Logged(ref), make_store(tmp_path), threads=1)
+    scheduler = Scheduler(lambda ref, claim=None: Logged(ref), make_store(tmp_path), threads=1)
     refs = [ResourceRef("router", f"r{i}", "t") for i in range(20)]
     for ref in refs:  # queued before any worker runs, like a cold start
         scheduler.deliver(ref, CREATE)
@@ -148,7 +148,7 @@ def test_resources_in_flight_go_before_new_ones(tmp_path):
 def test_deleted_automaton_is_forgotten_and_recreated_for_new_work(tmp_path):
     created = []
 
-    def factory(ref):
+    def factory(ref, claim=None):
         created.append(Recorder(ref, work_time=0.05))
         return created[-1]
 
@@ -168,7 +168,7 @@ def test_paused_resources_only_take_manage(tmp_path):
     store = make_store(tmp_path)
     automata = {}
 
-    def factory(ref):
+    def factory(ref, claim=None):
         automata[ref.key] = Recorder(ref, work_time=0)
         return automata[ref.key]
 
@@ -239,3 +239,90 @@ def test_orphan_sweep(tmp_path):
 
     HealthMonitor(Sink(), store, driver, period=60, jitter=0).check(now=0)
     assert ("router", "ghost", DELETE) in delivered
+
+
+class Ownership:
+    """What coordination tells the scheduler: which resources are ours (a set of ids)."""
+
+    def __init__(self, ours):
+        self.ours = set(ours)
+        self.lost_refs = []
+        self.scheduler = None
+
+    def owns(self, ref):
+        return ("claim", ref.id) if ref.id in self.ours else None
+
+    def lost(self, ref):
+        self.lost_refs.append(ref.id)
+        self.ours.discard(ref.id)
+        self.scheduler.forget(ref.key)
+
+
+def test_only_owned_resources_get_work_with_their_claim(tmp_path):
+    made = {}
+
+    def factory(ref, claim=None):
+        made[ref.id] = (Recorder(ref), claim)
+        return made[ref.id][0]
+
+    ownership = Ownership({"r1"})
+    scheduler = Scheduler(factory, make_store(tmp_path), threads=2, ownership=ownership)
+    scheduler.start()
+    assert scheduler.deliver(ResourceRef("router", "r1", "t"), CREATE)
+    assert not scheduler.deliver(ResourceRef("router", "r2", "t"), CREATE)  # not ours
+    wait_for(lambda: made["r1"][0].ran == [CREATE])
+    assert "r2" not in made and made["r1"][1] == ("claim", "r1")
+    scheduler.stop()
+
+
+def test_forget_waits_for_the_step_in_progress(tmp_path):
+    started, release = threading.Event(), threading.Event()
+
+    class Slow(Recorder):
+        def run(self):
+            started.set()
+            release.wait(5)
+            return super().run()
+
+    automata = {}
+
+    def factory(ref, claim=None):
+        automata[ref.id] = Slow(ref, work_time=0)
+        return automata[ref.id]
+
+    scheduler = Scheduler(factory, make_store(tmp_path), threads=1,
+                          ownership=Ownership({"r1"}))
+    scheduler.start()
+    ref = ResourceRef("router", "r1", "t")
+    scheduler.deliver(ref, CREATE)
+    started.wait(5)
+    forgotten = threading.Event()
+    thread = threading.Thread(target=lambda: (scheduler.forget(ref.key), forgotten.set()))
+    thread.start()
+    time.sleep(0.2)
+    assert not forgotten.is_set()  # the handover waits for the running step
+    release.set()
+    assert forgotten.wait(5)
+    assert automata["r1"].ran == [CREATE] and not scheduler.busy_with(ref.key)
+    scheduler.stop()
+
+
+def test_a_fenced_step_hands_the_resource_over(tmp_path):
+    from orchestrator_lite.store import Fenced
+
+    class FencedRecorder(Recorder):
+        def run(self):
+            super().run()
+            raise Fenced("router r1: owned by orch-b at epoch 7")
+
+    ownership = Ownership({"r1"})
+    scheduler = Scheduler(lambda ref, claim=None: FencedRecorder(ref), make_store(tmp_path),
+                          threads=1, ownership=ownership)
+    ownership.scheduler = scheduler
+    scheduler.start()
+    ref = ResourceRef("router", "r1", "t")
+    scheduler.deliver(ref, CREATE)
+    wait_for(lambda: ownership.lost_refs == ["r1"])
+    wait_for(lambda: not scheduler.busy_with(ref.key))
+    assert not scheduler.deliver(ref, UPDATE)  # not ours any more
+    scheduler.stop()
