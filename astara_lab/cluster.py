@@ -8,7 +8,8 @@ netns driver on the lab's fabric and one *shared* appliance state root (the netn
 QEMU drivers keep their instance records on the host, which is why those drivers need the
 orchestrators on one host; Nova's are found through its API anywhere).
 
-Also: reading the appliances' push logs (``config push from orchestrator=X epoch=N
+Also: the routers the tests and the bench create (``populate``), reading the appliances'
+push logs (``config push from orchestrator=X epoch=N
 accepted|refused``, the same line from the real agent and the stand-in) and the check that
 no appliance ever took pushes from two owners in one interval.
 """
@@ -27,6 +28,7 @@ from .services import EtcdServer, PostgresServer, RedisServer
 REDIS_PORT = 6379
 ETCD_PORT = 2379
 POSTGRES_PORT = 5432
+EXT_NET = "e0000000-0000-4000-8000-000000000000"  # the external network of populate()
 PUSH_LINE = re.compile(r"config push from orchestrator=(?P<who>\S+) epoch=(?P<epoch>\S+) "
                        r"(?P<outcome>accepted|refused)")
 
@@ -90,6 +92,11 @@ class Cluster:
     @staticmethod
     def identity(index):
         return f"orch-{index}"
+
+    @staticmethod
+    def index(identity):
+        """``identity``'s member number (``orch-2``: 2)."""
+        return int(identity.rsplit("-", 1)[1])
 
     def start_servers(self):
         if self.backend:
@@ -215,8 +222,7 @@ class Cluster:
         owner = row.get("owner")
         if row.get("local") or not owner:
             return row
-        index = int(owner.rsplit("-", 1)[1])
-        return self.api(index, "GET", f"/v1/resources/{resource_id}")["resource"]
+        return self.api(self.index(owner), "GET", f"/v1/resources/{resource_id}")["resource"]
 
     # -- the appliances --------------------------------------------------------------------------
     def instances(self):
@@ -235,6 +241,38 @@ def delete_appliances(prefix, state_root, fabric):
     for instance in driver.list("ak-"):
         with contextlib.suppress(Exception):
             driver.delete(instance.id)
+
+
+# -- routers for the tests and the bench ------------------------------------------------------
+
+def router_id(i):
+    return f"{0xa000 + i:04x}0000-0000-4000-8000-{i:012d}"  # distinct 4 hex: netns names
+
+
+def tenant_network_id(i):
+    return f"{0xc000 + i:04x}0000-0000-4000-8000-{i:012d}"  # distinct 8 hex: bridge names
+
+
+def router_of(instance_name):
+    """The router id in an appliance's name (``ak-router-<id>_<n>``)."""
+    return instance_name[len("ak-router-"):].rsplit("_", 1)[0]
+
+
+def populate(api, count):
+    """``count`` routers (``router_id(i)``), each with a gateway on one external network and
+    one tenant network of its own, through ``api(method, path, body)`` (any member)."""
+    api("POST", "/v1/networks", {"id": EXT_NET, "external": True, "mtu": 1500})
+    api("POST", "/v1/subnets", {"id": "ext4", "network_id": EXT_NET,
+                                "cidr": "198.51.100.0/24", "gateway_ip": "198.51.100.1",
+                                "enable_dhcp": False})
+    for i in range(count):
+        rid, net = router_id(i), tenant_network_id(i)
+        api("POST", "/v1/networks", {"id": net, "tenant_id": f"t{i}", "mtu": 1450})
+        api("POST", "/v1/subnets", {"id": f"sub-{i}", "network_id": net,
+                                    "cidr": f"10.{i // 250}.{i % 250}.0/24"})
+        api("POST", "/v1/routers", {"id": rid, "tenant_id": f"t{i}"})
+        api("PUT", f"/v1/routers/{rid}/gateway", {"network_id": EXT_NET})
+        api("POST", f"/v1/routers/{rid}/interfaces", {"subnet_id": f"sub-{i}"})
 
 
 def push_log(path):

@@ -29,71 +29,32 @@ agents beside 3 orchestrators do not fit a 2-core machine):
 Writes only its own section of BENCHMARKS.md (markdown_sections.py).
 """
 import argparse
-import datetime
 import os
 import pathlib
-import platform
 import signal
-import subprocess
 import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from astara_lab.appliance import controller_node  # noqa: E402
-from astara_lab.cluster import Cluster, push_log, push_violations  # noqa: E402
+from astara_lab.cluster import (Cluster, populate, push_log, push_violations,  # noqa: E402
+                                router_id, router_of)
 from astara_lab.leftovers import find_leftovers  # noqa: E402
+from astara_lab.peers import eventually  # noqa: E402
 from astara_netns import Lab  # noqa: E402
+from bench_common import (add_output_option, machine_facts, machine_line,  # noqa: E402
+                          require_root)
 from markdown_sections import write_section  # noqa: E402 (this directory)
 
-EXT_NET = "e0000000-0000-4000-8000-000000000000"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-def router_id(i):
-    return f"{0xa000 + i:04x}0000-0000-4000-8000-{i:012d}"
-
-
-def tenant_network_id(i):
-    return f"{0xc000 + i:04x}0000-0000-4000-8000-{i:012d}"
 
 
 def cpu_seconds(pid):
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def wait(predicate, timeout, what, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def populate(cluster, count):
-    api = cluster.any_api
-    api("POST", "/v1/global/debug", {"reason": "benchmark: populating"})
-    api("POST", "/v1/networks", {"id": EXT_NET, "external": True, "mtu": 1500})
-    api("POST", "/v1/subnets", {"id": "ext4", "network_id": EXT_NET,
-                                "cidr": "198.51.100.0/24", "gateway_ip": "198.51.100.1",
-                                "enable_dhcp": False})
-    for i in range(count):
-        rid, net = router_id(i), tenant_network_id(i)
-        api("POST", "/v1/networks", {"id": net, "tenant_id": f"t{i}", "mtu": 1450})
-        api("POST", "/v1/subnets", {"id": f"sub-{i}", "network_id": net,
-                                    "cidr": f"10.{i // 250}.{i % 250}.0/24"})
-        api("POST", "/v1/routers", {"id": rid, "tenant_id": f"t{i}"})
-        api("PUT", f"/v1/routers/{rid}/gateway", {"network_id": EXT_NET})
-        api("POST", f"/v1/routers/{rid}/interfaces", {"subnet_id": f"sub-{i}"})
 
 
 def states(cluster, indexes=None):
@@ -113,7 +74,7 @@ def cold_start(cluster, ids, timeout):
     t0 = time.monotonic()
     cluster.any_api("POST", "/v1/global/manage")
     cluster.any_api("POST", "/v1/poll")
-    wait(lambda: all_configured(cluster, ids), timeout, "every router configured", 0.5)
+    eventually(lambda: all_configured(cluster, ids), timeout, "every router configured", 0.5)
     total = time.monotonic() - t0
     cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
     owners = {}
@@ -145,36 +106,37 @@ def health_cpu(cluster, period, rounds):
 def announced(cluster, ownership):
     """Every appliance of a router in ``ownership`` accepted a push at its epoch."""
     for name, (_, _, log) in cluster.instances().items():
-        rid = name[len("ak-router-"):].rsplit("_", 1)[0]
-        if rid not in ownership:
+        if router_of(name) not in ownership:
             continue
-        owner, epoch = ownership[rid]
+        owner, epoch = ownership[router_of(name)]
         if (owner, epoch, True) not in push_log(log):
             return False
     return True
 
 
 def takeover(cluster, victim, how, timeout):
-    index = int(victim.rsplit("-", 1)[1])
+    index = cluster.index(victim)
     before = {rid: (o, e) for rid, (o, e, _) in states(cluster).items()}
     moved = {rid: e for rid, (o, e) in before.items() if o == victim}
     live = [i for i in cluster.running() if i != index]
+
+    def claimed():
+        """{router: (owner, epoch)} of the moved routers once live members own them all
+        at higher epochs."""
+        now = {rid: (o, e) for rid, (o, e, _) in states(cluster, live).items() if rid in moved}
+        if all(o not in (victim, "") and e > moved[rid] for rid, (o, e) in now.items()):
+            return now
+        return None
+
     t0 = time.monotonic()
     if how == "kill -9":
         cluster.kill(index)
     else:
         cluster.signal(index, signal.SIGTERM)
-    claimed_at = None
-    while True:
-        rows = states(cluster, live)
-        now = {rid: (o, e) for rid, (o, e, _) in rows.items() if rid in moved}
-        if all(o not in (victim, "") and e > moved[rid] for rid, (o, e) in now.items()):
-            claimed_at = claimed_at or time.monotonic() - t0
-            if announced(cluster, now):
-                break
-        if time.monotonic() - t0 > timeout:
-            raise BenchError(f"{victim}'s routers not taken over within {timeout}s")
-        time.sleep(0.1)
+    now = eventually(claimed, timeout, f"{victim}'s routers claimed", 0.1)
+    claimed_at = time.monotonic() - t0
+    eventually(lambda: announced(cluster, now), timeout - claimed_at,
+               f"{victim}'s routers announced by their new owners", 0.1)
     announced_at = time.monotonic() - t0
     if how != "kill -9":
         cluster.member(index).stop(timeout=20)  # reap it
@@ -199,7 +161,8 @@ def scenario(name, count, backend, args):
             cluster.upgrade_store()
             cluster.start()
             started = time.monotonic()
-            populate(cluster, count)
+            cluster.any_api("POST", "/v1/global/debug", {"reason": "benchmark: populating"})
+            populate(cluster.any_api, count)
             print(f"  populated in {time.monotonic() - started:.0f}s", flush=True)
             result["cold"] = cold_start(cluster, ids, args.convergence_timeout)
             print(f"  cold start: {result['cold']['total']:.1f}s, owners "
@@ -210,7 +173,7 @@ def scenario(name, count, backend, args):
                 result["kill"] = takeover(cluster, "orch-2", "kill -9", 120)
                 print(f"  takeover after kill -9: {result['kill']}", flush=True)
                 cluster.start(2)
-                wait(lambda: all_configured(cluster, ids) and all(
+                eventually(lambda: all_configured(cluster, ids) and all(
                     o in ("orch-1", "orch-2", "orch-3") for o, _, _ in
                     states(cluster).values()) and any(
                     o == "orch-2" for o, _, _ in states(cluster).values()),
@@ -228,15 +191,11 @@ def scenario(name, count, backend, args):
     return result
 
 
-def render(results, args):
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
+def render(facts, results, args):
     one, cluster = results
     lines = [
         "## Orchestrator cluster: cold start, takeover, health CPU", "",
-        f"`make bench` on {datetime.date.today()}, commit {commit}, {platform.node()}: "
-        f"{os.cpu_count()} cores, kernel {platform.release()}, Python "
-        f"{platform.python_version()}. Stand-in appliances (test/bench/standin_agent.py, "
+        f"`make bench` {machine_line(facts)}. Stand-in appliances (test/bench/standin_agent.py, "
         "with the real epoch fence) started by the netns driver, 4 worker threads per "
         f"orchestrator, health period {args.period:g} s. *One*: one orchestrator, SQLite, "
         "no coordination. *Cluster*: 3 orchestrators, PostgreSQL store, redis-server "
@@ -292,14 +251,13 @@ def main(argv=None):
     parser.add_argument("--heartbeat", type=float, default=1.0,
                         help="coordination round interval (s)")
     parser.add_argument("--convergence-timeout", type=float, default=900)
-    parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"))
+    add_output_option(parser)
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        print("benchmarks need root (network namespaces)", file=sys.stderr)
-        return 2
+    require_root()
+    facts = machine_facts()
     results = [scenario("one", args.routers, None, args),
                scenario("cluster", args.routers, "redis", args)]
-    text = render(results, args)
+    text = render(facts, results, args)
     write_section(args.output, "cluster", text)
     print(text)
     if not all(r["clean"] for r in results):
