@@ -7,7 +7,9 @@ its loopback is private to it) or, with ``netns=None``, on the host's loopback; 
 its own data directory and port and is stopped by PID. Nothing packaged is used: no
 systemd unit, no default PostgreSQL cluster. PostgreSQL refuses to run as root, so its
 data directory belongs to the ``postgres`` user, which ``initdb`` and the server run as
-(``runuser``); the directories above it must be traversable by that user.
+(``runuser``); the directories above it must be traversable by that user, and stay so:
+not under pytest's basetemp, which every starting pytest session chmods back to 0700 (a
+lab's scratch directory is fine).
 """
 import contextlib
 import glob
@@ -21,7 +23,7 @@ import socket
 import subprocess
 import time
 
-from astara_netns import in_netns
+from astara_netns import in_netns, pid_alive
 
 LOOPBACK = "127.0.0.1"
 
@@ -266,9 +268,9 @@ def stop_recorded(state):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, sig)
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and pathlib.Path(f"/proc/{pid}").exists():
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.1)
-    if pathlib.Path(f"/proc/{pid}").exists():
+    if pid_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
     return True

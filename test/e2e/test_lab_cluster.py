@@ -2,12 +2,12 @@
 PostgreSQL store and redis-server that the lab starts in its controller namespace; every
 self-check row passes, ``status`` shows which orchestrator owns the router, and ``down``
 stops the servers with the rest."""
-import pathlib
 import shutil
 
 import pytest
 
 from astara_lab import lab as astara_lab
+from astara_netns import pid_alive
 
 from .conftest import E2E_HEALTH, require_netns
 
@@ -45,7 +45,7 @@ def test_down_stops_the_cluster_servers(cluster_lab):
     path, state = cluster_lab
     pids = [state["cluster"][name]["pid"] for name in ("postgres", "redis")]
     pids += [m["pid"] for m in state["cluster"]["members"]]
-    assert all(pathlib.Path(f"/proc/{pid}").exists() for pid in pids)
+    assert all(pid_alive(pid) for pid in pids)
     assert astara_lab.down(path, quiet=True)
-    assert not any(pathlib.Path(f"/proc/{pid}").exists() for pid in pids)
+    assert not any(pid_alive(pid) for pid in pids)
     assert astara_lab.load_state(path) is None

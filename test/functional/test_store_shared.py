@@ -11,11 +11,12 @@ import os
 import shutil
 import stat
 import threading
-import time
 
 import pytest
 
+from astara_lab.peers import eventually
 from astara_lab.services import PostgresServer, free_port
+from astara_netns import Lab
 from orchestrator_lite.config import ManagementSettings
 from orchestrator_lite.events import CREATE, POLL, REBUILD, UPDATE, ResourceRef
 from orchestrator_lite.store import Conflict, Fenced, SchemaError, Store
@@ -38,16 +39,23 @@ def _postgres_unavailable():
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
+def postgres():
     reason = _postgres_unavailable()
     if reason:
         pytest.skip(reason)
-    server = PostgresServer(tmp_path_factory.mktemp("postgres"), free_port())
-    server.start(timeout=60)
+    # Not under pytest's basetemp: every pytest session that starts (other suites on this
+    # machine) chmods /tmp/pytest-of-root back to 0700, and the postgres user could no
+    # longer reach its data directory. A lab's scratch directory is ours alone.
+    lab = Lab()
     try:
-        yield server
+        server = PostgresServer(lab.tmpdir("postgres"), free_port())
+        server.start(timeout=60)
+        try:
+            yield server
+        finally:
+            server.stop()
     finally:
-        server.stop()
+        lab.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -206,10 +214,8 @@ def test_watch_catches_up_in_the_background(pair):
     a, b = pair
     b.watch(interval=0.1)
     router_world(a)
-    deadline = time.monotonic() + 20
-    while b.snapshot().get("router", "r1") is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert b.snapshot().get("router", "r1") is not None
+    eventually(lambda: b.snapshot().get("router", "r1"), 20, "r1 seen by the other store",
+               interval=0.05)
 
 
 def test_a_new_claim_fences_the_former_owner(pair):
