@@ -24,6 +24,7 @@ from .appliance import REPO_ROOT
 from .orchestrator import ADMIN_PORT, AdminApiError, OrchestratorError, \
     OrchestratorProcess, write_config
 from .services import EtcdServer, PostgresServer, RedisServer
+from orchestrator_lite.health import INSTANCE_NAME
 
 REDIS_PORT = 6379
 ETCD_PORT = 2379
@@ -254,8 +255,8 @@ def tenant_network_id(i):
 
 
 def router_of(instance_name):
-    """The router id in an appliance's name (``ak-router-<id>_<n>``)."""
-    return instance_name[len("ak-router-"):].rsplit("_", 1)[0]
+    """The resource id in an appliance's name (``ak-router-<id>_<n>``)."""
+    return INSTANCE_NAME.match(instance_name)["id"]
 
 
 def populate(api, count):
