@@ -6,7 +6,8 @@ Everything runs in the lab's controller namespace: the servers on its private lo
 the orchestrators (``orch-1`` ... ``orch-N``, admin API on 127.0.0.1:44250+i-1) with the
 netns driver on the lab's fabric and one *shared* appliance state root (the netns and
 QEMU drivers keep their instance records on the host, which is why those drivers need the
-orchestrators on one host; Nova's are found through its API anywhere).
+orchestrators on one host; Nova's are found through its API anywhere), and one shared
+``[tls] directory``: the members are one CA to the appliances.
 
 Also: the routers the tests and the bench create (``populate``), reading the appliances'
 push logs (``config push from orchestrator=X epoch=N
@@ -80,6 +81,9 @@ class Cluster:
         self.log_level = log_level
         self.python = standin_interpreter(self.dir) if standin else None
         self.appliances = self.dir / "appliances"
+        # Mutual TLS: one CA for all members (a new owner must be trusted by, and trust, the
+        # appliances another member booted); stand-ins speak plain HTTP.
+        self.pki = None if standin else self.dir / "pki"
         self.postgres = PostgresServer(self.dir / "postgres", POSTGRES_PORT, ctl.name) \
             if backend else None
         self.coordination = {"redis": lambda: RedisServer(self.dir / "redis", REDIS_PORT,
@@ -123,6 +127,8 @@ class Cluster:
             "netns": {"prefix": self.prefix, "fabric": self.fabric,
                       "management_bridge": "b-mgmt", "state_root": str(self.appliances),
                       "python": self.python},
+            "tls": {"enabled": "false"} if self.pki is None else
+                   {"enabled": "true", "directory": str(self.shared_ca())},
         }
         if self.backend:
             sections["database"] = {"connection": self.postgres.url}
@@ -136,6 +142,14 @@ class Cluster:
                                       api_timeout=60)
         self.members[name] = process
         return process
+
+    def shared_ca(self):
+        """The members' one ``[tls] directory``, with the CA and the client certificate
+        made before any member starts (so no two members create them at once)."""
+        if not (self.pki / "client.crt").exists():
+            from orchestrator_lite.pki import CertificateAuthority
+            CertificateAuthority(self.pki)
+        return self.pki
 
     def upgrade_store(self):
         """``astara-orchestrator db upgrade`` once, before any member starts."""

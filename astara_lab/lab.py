@@ -336,7 +336,8 @@ def start_cluster(lab, state, cloud, fabric, ctl, token, health, count, progress
     progress.detail(cluster.upgrade_store())
     first = cluster.member(1)
     state["orchestrator"] = {"config": str(first.config), "token": token,
-                             "dir": str(directory), "log": str(first.log), "pid": None}
+                             "dir": str(directory), "log": str(first.log), "pid": None,
+                             "pki": str(cluster.pki)}
     progress.step(f"orchestrators: {', '.join(cluster.members)} "
                   f"(astara-orchestrator --netns {ctl.name})")
     try:
@@ -649,10 +650,17 @@ def check_ha_failover(view):
                                        if rebuilt else "; no rebuild within 180 s"))
 
 
+def pki_directory(state):
+    """The lab's orchestrator's CA and client certificate (a cluster's members share one)."""
+    orchestrator = state["orchestrator"]
+    return pathlib.Path(orchestrator.get("pki") or
+                        pathlib.Path(orchestrator["dir"]) / "state" / "pki")
+
+
 def orchestrator_tls(state, client_certificate=True):
     """A TLS client context as the lab's orchestrator has it: its CA, and (unless
     ``client_certificate`` is False) its client certificate."""
-    pki = pathlib.Path(state["orchestrator"]["dir"]) / "state" / "pki"
+    pki = pki_directory(state)
     if not client_certificate:
         return tls_client_context(pki / "ca.crt")
     return tls_client_context(pki / "ca.crt", pki / "client.crt", pki / "client.key")
@@ -752,7 +760,7 @@ def hints(state):
     config = state["orchestrator"]["config"]
     router = cloud.routers[0].id
     appliances = pathlib.Path(state["orchestrator"]["dir"]) / "appliances"
-    pki = pathlib.Path(state["orchestrator"]["dir"]) / "state" / "pki"
+    pki = pki_directory(state)
     vm0, spare = cloud.vms[0], cloud.vms[2]
     fip = cloud.floating_ip_of(vm0)
     lines = [
