@@ -46,6 +46,7 @@ import msgspec
 
 from .apply import default_subsystems
 from .errors import ApplyError, state_full_is_507
+from .history import History
 from .metrics import Metrics
 from .model import PayloadError, SystemConfig, check_management_path, parse_payload
 from .naming import InterfaceNames, list_nics
@@ -176,6 +177,7 @@ class Engine:
         self.last_error = None
         self.repairs = Counter()  # reconcile: drift reason -> times repaired
         self.metrics = Metrics()
+        self.history = History()  # the last activities, for the operator (history.py)
         self._revert_timer = None  # commit-confirm: reverts the generation awaiting it
         self.committed = self._load()
 
@@ -196,17 +198,49 @@ class Engine:
         return parse_payload(body, self.enabled_services)
 
     # -- writers -------------------------------------------------------------------------
-    def apply(self, body, raw=None, source=None, local=None, confirm_timeout=None) -> Outcome:
+    def apply(self, body, raw=None, source=None, local=None, confirm_timeout=None,
+              request_id=None, origin="push", detail=None) -> Outcome:
         """Validate and apply a whole payload (``raw``: the bytes it was decoded from, for
         the identical-push fast path); raise PayloadError/ApplyError on failure with the
         previous generation left in place. ``source``/``local``: the request's peer address
         and the address it arrived on (the management path to keep); ``confirm_timeout``:
-        seconds before a new generation reverts unless ``confirm()`` is called."""
-        try:
-            return self._apply(body, raw, source, local, confirm_timeout)
-        except (PayloadError, ApplyError) as exc:
-            self.metrics.refused(exc)
-            raise
+        seconds before a new generation reverts unless ``confirm()`` is called;
+        ``request_id``: the caller's (X-Request-Id), else one is made (history.py)."""
+        with self.history.activity(origin, request_id, self.committed.generation,
+                                   detail) as activity:
+            try:
+                outcome = self._apply(body, raw, source, local, confirm_timeout)
+            except (PayloadError, ApplyError) as exc:
+                self.metrics.refused(exc)
+                raise
+            activity.finish(outcome.committed.generation, outcome.changes)
+            return outcome
+
+    def rollback(self, generation=None, **request):
+        """Apply a kept generation's configuration again (default: the one before the
+        committed one), through the whole transaction, as a new generation; ``request``:
+        ``apply``'s source, local, confirm_timeout and request_id. ApplyError 404 when that
+        generation is not kept."""
+        stored = (self.store.load_previous() if generation is None
+                  else self.store.load_generation(generation))
+        if stored is None:
+            kept = ", ".join(str(g.number) for g in self.store.generations()) or "none"
+            raise ApplyError("generation", f"generation {generation} is not kept on this "
+                                           f"appliance (kept: {kept})", status=404)
+        return self.apply(stored.payload, origin="rollback",
+                          detail=f"to generation {stored.number}", **request)
+
+    def preview(self, body):
+        """What applying ``body`` would change, without applying it: the subsystems whose
+        plan differs from the committed one (pure: parse and plan only). Raises
+        PayloadError like a push."""
+        config = self.parse(body)
+        committed = self.committed
+        names = dict(committed.names) or ApplyContext.open(self.names).kernel_names()
+        plans = committed.plans
+        return {"hash": payload_hash(body), "identical": payload_hash(body) == committed.hash,
+                "subsystems": [s.name for s in self.subsystems
+                               if not plans or s.plan(config, names) != plans.get(s.name)]}
 
     def _apply(self, body, raw, source, local, confirm_timeout):
         if raw is None:  # a caller with only the decoded body (tests, tools)
@@ -273,15 +307,19 @@ class Engine:
                 return
             LOG.warning("generation %d was not confirmed in time: reverting to the "
                         "configuration of generation %d", generation, stored.number)
-            try:
-                config = self.parse(stored.payload)
-                self.committed, _ = self._transaction(config, stored.hash, self.committed,
-                                                      msgspec.json.encode(stored.payload))
-                self._revert_timer = None
-                self.state, self.last_error = "ready", None
-            except Exception as exc:  # keep serving; the orchestrator pushes again
-                LOG.exception("revert of generation %d failed", generation)
-                self.state, self.last_error = "degraded", f"revert failed: {exc}"
+            with self.history.activity("revert", None, generation,
+                                       f"to generation {stored.number}") as activity:
+                try:
+                    config = self.parse(stored.payload)
+                    self.committed, changes = self._transaction(
+                        config, stored.hash, self.committed, msgspec.json.encode(stored.payload))
+                    activity.finish(self.committed.generation, changes)
+                    self._revert_timer = None
+                    self.state, self.last_error = "ready", None
+                except Exception as exc:  # keep serving; the orchestrator pushes again
+                    LOG.exception("revert of generation %d failed", generation)
+                    activity.fail(exc)
+                    self.state, self.last_error = "degraded", f"revert failed: {exc}"
 
     def boot(self):
         """Re-apply the persisted generation before the API reports ready, from the live
@@ -296,16 +334,19 @@ class Engine:
                 except PayloadError:
                     pass
             committed = self.committed
-            try:
-                if committed.config is not None:
-                    self.committed, _ = self._transaction(
-                        committed.config, committed.hash, replace(committed, plans={}),
-                        committed.raw, leftovers)
-                self.store.clear_pending()
-                self.state = "ready" if self.last_error is None else "degraded"
-            except Exception as exc:  # keep serving: the orchestrator will push again
-                LOG.exception("boot re-apply failed")
-                self.state, self.last_error = "degraded", str(exc)
+            with self.history.activity("boot", None, committed.generation) as activity:
+                try:
+                    if committed.config is not None:
+                        self.committed, changes = self._transaction(
+                            committed.config, committed.hash, replace(committed, plans={}),
+                            committed.raw, leftovers)
+                        activity.finish(self.committed.generation, changes)
+                    self.store.clear_pending()
+                    self.state = "ready" if self.last_error is None else "degraded"
+                except Exception as exc:  # keep serving: the orchestrator will push again
+                    LOG.exception("boot re-apply failed")
+                    activity.fail(exc)
+                    self.state, self.last_error = "degraded", str(exc)
 
     # -- the transaction -------------------------------------------------------------------
     def _intact(self, committed):
@@ -358,13 +399,16 @@ class Engine:
                 return []
             LOG.warning("reconcile: %s; re-applying generation %d", "; ".join(reasons),
                         committed.generation)
-            try:
-                repaired, _ = self._transaction(committed.config, committed.hash, committed,
-                                                committed.raw)
-            except Exception as exc:
-                self.state = "degraded"
-                self.last_error = f"{'; '.join(reasons)}; repair failed: {exc}"
-                raise
+            with self.history.activity("reconcile", None, committed.generation,
+                                       "; ".join(reasons)) as activity:
+                try:
+                    repaired, changes = self._transaction(committed.config, committed.hash,
+                                                          committed, committed.raw)
+                except Exception as exc:
+                    self.state = "degraded"
+                    self.last_error = f"{'; '.join(reasons)}; repair failed: {exc}"
+                    raise
+                activity.finish(repaired.generation, changes)
             self.committed = replace(repaired, raw_digest=committed.raw_digest)
             self.repairs = self.repairs + Counter(reasons)  # one assignment: readers copy
             self.metrics.repaired(reasons)
@@ -389,6 +433,7 @@ class Engine:
         ctx = ApplyContext.open(self.names, earlier)
         snapshots, counts, changes, plans, spent = [], {}, 0, {}, {}
         succeeded = restored = False
+        number = None
         try:
             names = ctx.kernel_names()
             bases = self._bases(previous, names)
@@ -432,6 +477,7 @@ class Engine:
             self._trusted = succeeded or (restored and self._trusted)
             nics = dict(ctx.names)
             self.metrics.transaction(succeeded, time.monotonic() - started, spent)
+            self.history.transaction(succeeded, spent, number)
         committed = Committed(number, raw, config, digest, committed_at, plans, names)
         self._after_commit(plans, bases, nics, len(committed.raw))
         LOG.info("generation %d applied in %.3f s with %d changes", number,

@@ -39,6 +39,7 @@ class Settings:
     ha_advert_interval: float = 1.0  # VRRP advertisement interval, seconds (ADVERT_MIN-MAX)
     ha_preempt: bool = True  # the higher-priority instance takes the addresses back
     ha_preempt_delay: float = 0.0  # seconds it waits before it does
+    log_format: str = "text"  # text | json (logs.py: request id and generation on each line)
 
     def path(self, *parts):
         return os.path.join(self.state_dir, *parts)
@@ -123,6 +124,7 @@ def load(config_file=None, **overrides):
             "status_v4_target": status.get("v4_target", ""),
             "status_v6_target": status.get("v6_target", ""),
             "etc_dir": get("etc_dir", ""),
+            "log_format": get("log_format", settings.log_format),
             "metadata_connect_timeout": float(metadata.get(
                 "connect_timeout", settings.metadata_connect_timeout)),
             "metadata_read_timeout": float(metadata.get(

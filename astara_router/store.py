@@ -10,9 +10,15 @@ confirmed one. ``confirm.json`` names the generation that awaits confirmation; i
 before that generation's config.json, so a crash in between leaves a marker naming a
 generation that was never committed, which is ignored. An agent that starts while
 config.json's generation awaits confirmation comes back on ``previous.json``.
+
+Manual rollback (``astara-router-ctl rollback``): the generations before the committed one
+stay on disk as ``generations/<n>.json`` (hard links of the config.json each was, made when
+the next one replaces it), the newest ``KEEP_GENERATIONS`` of them. Keeping them is not
+part of the transaction: a link that cannot be made is logged and the commit goes on.
 """
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -20,6 +26,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import msgspec
+
+LOG = logging.getLogger(__name__)
+KEEP_GENERATIONS = 5  # generations kept before the committed one (manual rollback)
 
 
 def atomic_write(path, data, mode=0o600, durable=True):
@@ -81,6 +90,7 @@ class Store:
         self.pending_path = os.path.join(state_dir, "pending.json")
         self.previous_path = os.path.join(state_dir, "previous.json")
         self.confirm_path = os.path.join(state_dir, "confirm.json")
+        self.generations_dir = os.path.join(state_dir, "generations")
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
 
     def free_space(self):
@@ -103,6 +113,10 @@ class Store:
                                keep_previous=False)
         self.confirm()
         return reverted
+
+    def current(self) -> Optional[Generation]:
+        """config.json as it is (``load`` also settles a generation awaiting confirmation)."""
+        return self._read(self.config_path)
 
     def load_previous(self) -> Optional[Generation]:
         return self._read(self.previous_path)
@@ -127,6 +141,7 @@ class Store:
         header = json.dumps({"generation": generation.number, "hash": generation.hash,
                              "committed_at": generation.committed_at}, sort_keys=True)
         body = raw if raw is not None else msgspec.json.encode(payload)
+        self._archive()
         if keep_previous and not (awaiting and self.awaiting() is not None):
             self._keep_previous()
         if awaiting:
@@ -146,6 +161,63 @@ class Store:
         except FileNotFoundError:
             return
         os.replace(link, self.previous_path)
+
+    # -- the generations kept for a manual rollback ------------------------------------------
+    def _archive(self):
+        """generations/<n>.json := the committed config.json (a hard link), before it is
+        replaced; then only the newest KEEP_GENERATIONS stay."""
+        number = self._committed_number()
+        if number is None:
+            return
+        try:
+            os.makedirs(self.generations_dir, mode=0o700, exist_ok=True)
+            target = self._generation_path(number)
+            if not os.path.exists(target):
+                os.link(self.config_path, target)
+            for old in self._archived()[:-KEEP_GENERATIONS]:
+                os.unlink(self._generation_path(old))
+        except OSError as exc:  # a rollback target fewer; the commit itself must go on
+            LOG.warning("cannot keep generation %d for rollback: %s", number, exc)
+
+    def _committed_number(self):
+        """config.json's generation from its header (commit() writes it first, so a
+        megabyte payload need not be parsed), else from the whole file; None: no file."""
+        try:
+            with open(self.config_path) as handle:
+                head = handle.read(256)
+        except FileNotFoundError:
+            return None
+        try:
+            return int(json.loads(head.split(', "payload": ')[0] + "}")["generation"])
+        except (ValueError, KeyError, TypeError):
+            current = self.current()
+            return current.number if current is not None else None
+
+    def _generation_path(self, number):
+        return os.path.join(self.generations_dir, f"{number}.json")
+
+    def _archived(self):
+        """The generation numbers in generations/, oldest first."""
+        try:
+            names = os.listdir(self.generations_dir)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+
+    def generations(self):
+        """The generations a rollback can go to, newest first: the committed one and those
+        kept before it, as ``Generation`` (the payloads included)."""
+        kept = [self._read(self._generation_path(n)) for n in reversed(self._archived())]
+        current = self.current()
+        found = ([current] if current is not None else []) + kept
+        return [g for g in found if g is not None]
+
+    def load_generation(self, number) -> Optional[Generation]:
+        """Generation ``number`` when it is the committed one or kept, else None."""
+        current = self.current()
+        if current is not None and current.number == number:
+            return current
+        return self._read(self._generation_path(number))
 
     def awaiting(self) -> Optional[int]:
         """The generation that awaits confirmation, or None."""

@@ -20,6 +20,7 @@ from ..fencing import (EPOCH_HEADER, ORCHESTRATOR_HEADER, EpochFence, StaleEpoch
 from ..model import PayloadError
 from ..naming import interface_view, list_nics
 from ..status import StatusProber
+from .operator import operator_routes, request_id, request_ids
 
 LOG = logging.getLogger(__name__)
 BANNER = "Astara appliance API service is active"
@@ -90,12 +91,14 @@ def create_app(settings, engine=None, prober=None):
     if settings.api_token:
         require_token(app, settings.api_token)
     json_errors(app)
+    request_ids(app, error_response)
     app.register_blueprint(base_routes(settings, engine, prober))
     app.register_blueprint(firewall_routes(engine))
     app.register_blueprint(interface_routes(engine))
     app.register_blueprint(config_routes(engine, EpochFence(settings.state_dir)))
     from .tls import tls_routes
     app.register_blueprint(tls_routes(settings))
+    app.register_blueprint(operator_routes(engine))
     return app
 
 
@@ -188,6 +191,42 @@ def interface_routes(engine):
     return routes
 
 
+def apply_answer(run, sender="operator"):
+    """Answer a push (or a rollback): ``run(source, local, confirm_timeout)`` applies, with
+    the request's management path — where it came from and where it arrived — and its
+    ``?confirm_timeout``; ``sender`` names who asked, in the log."""
+    try:
+        confirm_timeout = confirm_timeout_of(request.args)
+    except ValueError as exc:
+        return error_response(400, "Bad Request", str(exc),
+                              [{"path": "confirm_timeout", "message": str(exc)}])
+    try:
+        outcome = run(_address(request.remote_addr), local_address(request.environ),
+                      confirm_timeout)
+    except StaleEpoch as exc:
+        LOG.warning("config push from %s refused: %s", sender, exc)
+        return json_response(exc.to_dict(), 409)
+    except PayloadError as exc:
+        LOG.info("config push from %s refused: %s", sender, exc.status)
+        return json_response(exc.to_dict(), exc.status)
+    except ApplyError as exc:
+        LOG.info("config push from %s refused: %s", sender, exc.status)
+        if exc.status < 500 or exc.status == 507:  # the caller's problem, or a full disk
+            return json_response(exc.to_dict(), exc.status)
+        # The appliance's own failure: its detail (paths of the state directory, a
+        # daemon's or nft's output) goes to the log, not to the client.
+        LOG.error("apply failed (%s): %s", exc.status, exc)
+        return error_response(exc.status, "The configuration could not be applied; the "
+                              "previous one is still in place",
+                              "the appliance failed to apply it; see its log")
+    LOG.info("config push from %s accepted: generation %s, %d changes", sender,
+             outcome.committed.generation, outcome.changes)
+    # The generation's view, rendered once, with the change count spliced in front.
+    answer = b'{"changes": %d, ' % outcome.changes + outcome.committed.view_json[1:]
+    return Response(answer, mimetype="application/json",
+                    headers={"ETag": f'"{outcome.committed.hash}"'})
+
+
 def config_routes(engine, fence):
     routes = Blueprint("config", __name__)
 
@@ -206,11 +245,6 @@ def config_routes(engine, fence):
             return error_response(415, "Unsupported Media Type",
                                   "the body must be sent as application/json, not "
                                   f"{request.content_type or 'no content type'!r}")
-        try:
-            confirm_timeout = confirm_timeout_of(request.args)
-        except ValueError as exc:
-            return error_response(400, "Bad Request", str(exc),
-                                  [{"path": "confirm_timeout", "message": str(exc)}])
         orchestrator = request.headers.get(ORCHESTRATOR_HEADER, "")[:255]
         try:
             epoch = parse_epoch(request.headers.get(EPOCH_HEADER))
@@ -221,37 +255,14 @@ def config_routes(engine, fence):
             body = decode_json(raw)
         except ValueError as exc:
             return error_response(400, "Bad Request", str(exc))
-        try:  # the management path: where the request came from and where it arrived
+
+        def run(source, local, confirm_timeout):
             with fence.admitted(epoch, orchestrator):
-                outcome = engine.apply(body, raw, source=_address(request.remote_addr),
-                                       local=local_address(request.environ),
-                                       confirm_timeout=confirm_timeout)
-        except StaleEpoch as exc:
-            LOG.warning("config push from orchestrator=%s epoch=%s refused: %s",
-                        orchestrator or "-", epoch, exc)
-            return json_response(exc.to_dict(), 409)
-        except PayloadError as exc:
-            LOG.info("config push from orchestrator=%s epoch=%s refused: %s",
-                     orchestrator or "-", epoch, exc.status)
-            return json_response(exc.to_dict(), exc.status)
-        except ApplyError as exc:
-            LOG.info("config push from orchestrator=%s epoch=%s refused: %s",
-                     orchestrator or "-", epoch, exc.status)
-            if exc.status < 500 or exc.status == 507:  # the caller's problem, or a full disk
-                return json_response(exc.to_dict(), exc.status)
-            # The appliance's own failure: its detail (paths of the state directory, a
-            # daemon's or nft's output) goes to the log, not to the client.
-            LOG.error("apply failed (%s): %s", exc.status, exc)
-            return error_response(exc.status, "The configuration could not be applied; the "
-                                  "previous one is still in place",
-                                  "the appliance failed to apply it; see its log")
-        LOG.info("config push from orchestrator=%s epoch=%s accepted: generation %s, "
-                 "%d changes", orchestrator or "-", "-" if epoch is None else epoch,
-                 outcome.committed.generation, outcome.changes)
-        # The generation's view, rendered once, with the change count spliced in front.
-        answer = b'{"changes": %d, ' % outcome.changes + outcome.committed.view_json[1:]
-        return Response(answer, mimetype="application/json",
-                        headers={"ETag": f'"{outcome.committed.hash}"'})
+                return engine.apply(body, raw, source=source, local=local,
+                                    confirm_timeout=confirm_timeout, request_id=request_id())
+
+        return apply_answer(run, f"orchestrator={orchestrator or '-'} "
+                                 f"epoch={'-' if epoch is None else epoch}")
 
     @routes.post("/v1/system/config/confirm")
     def confirm_config():

@@ -15,6 +15,7 @@ import sys
 
 from gunicorn.app.base import BaseApplication
 
+from .. import logs
 from .. import settings as settings_mod
 from .. import tls
 from ..store import Store
@@ -136,17 +137,20 @@ def parse_args(argv=None):
     parser.add_argument("--state-dir", help="default /var/lib/astara")
     parser.add_argument("--enabled-services", help="comma list: router, loadbalancer")
     parser.add_argument("--port", type=int)
+    parser.add_argument("--log-format", choices=logs.FORMATS,
+                        help="text (default) or json; both carry the request id and the "
+                             "generation of the work a line belongs to")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_mod.load(args.config_file, state_dir=args.state_dir,
                                      bind=tuple(args.bind or ()), port=args.port,
-                                     enabled_services=args.enabled_services)
+                                     enabled_services=args.enabled_services,
+                                     log_format=args.log_format)
+        logs.configure(settings.log_format, logging.INFO)
     except ValueError as exc:
         print(f"astara-router-api: {exc}", file=sys.stderr)
         return 2

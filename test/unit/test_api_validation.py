@@ -12,12 +12,6 @@ VALID = contract_payloads("original-orchestrator")
 INVALID = contract_payloads("invalid")
 
 
-@pytest.fixture
-def client(tmp_path):
-    settings = settings_mod.load(state_dir=str(tmp_path), enabled_services="router")
-    return create_app(settings).test_client()
-
-
 def put(client, body, content_type="application/json"):
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
     return client.put("/v1/system/config", data=data, content_type=content_type)

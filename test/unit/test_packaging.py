@@ -22,6 +22,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 AGENT_SCRIPTS = {
     "astara-router-api": "astara_router.cli.api:main",
     "astara-configure-management": "astara_router.cli.management:main",
+    "astara-router-ctl": "astara_router.cli.ctl:main",
     "astara-metadata-proxy": "astara_router.metadata_proxy:main",
     "astara-gratuitous-arp": "astara_router.garp:main",
 }

@@ -54,3 +54,39 @@ def test_a_marker_for_a_generation_never_committed_is_ignored(tmp_path):
     (tmp_path / "confirm.json").write_text('{"generation": 2}')  # crash before config.json
     loaded = Store(str(tmp_path)).load()
     assert (loaded.number, loaded.payload) == (1, ONE)
+
+
+# -- the generations kept for a manual rollback --------------------------------------------
+def test_the_generations_before_the_committed_one_are_kept_up_to_five(tmp_path):
+    store = Store(str(tmp_path))
+    for number in range(1, 9):
+        store.commit(number, {"hostname": f"g{number}"})
+    assert [g.number for g in store.generations()] == [8, 7, 6, 5, 4, 3]
+    assert sorted(p.name for p in (tmp_path / "generations").iterdir()) == \
+        ["3.json", "4.json", "5.json", "6.json", "7.json"]
+    assert store.load_generation(3).payload == {"hostname": "g3"}
+    assert store.load_generation(8).payload == {"hostname": "g8"}  # the committed one
+    assert store.load_generation(2) is None
+    # Hard links of what config.json was: no copy of a megabyte payload per commit.
+    assert (tmp_path / "generations" / "7.json").stat().st_nlink == 2  # and previous.json
+
+
+def test_keeping_generations_leaves_commit_confirm_alone(tmp_path):
+    store = Store(str(tmp_path))
+    store.commit(1, ONE)
+    store.commit(2, TWO, awaiting=True)
+    store.commit(3, THREE, awaiting=True)
+    assert store.load_previous().payload == ONE
+    reloaded = Store(str(tmp_path)).load()  # restarted unconfirmed: back on generation 1's
+    assert (reloaded.number, reloaded.payload) == (4, ONE)
+    assert [(g.number, g.payload) for g in store.generations()] == \
+        [(4, ONE), (3, THREE), (2, TWO), (1, ONE)]
+
+
+def test_a_generation_that_cannot_be_kept_does_not_stop_the_commit(tmp_path):
+    store = Store(str(tmp_path))
+    store.commit(1, ONE)
+    (tmp_path / "generations").write_text("not a directory")
+    store.commit(2, TWO)
+    assert Store(str(tmp_path)).load().payload == TWO
+    assert [g.number for g in store.generations()] == [2]

@@ -1,0 +1,101 @@
+"""The operator's routes (history, generations, diff, rollback) and request ids on the paths
+that never touch the kernel, with the real engine (no root, no namespaces). What applies is
+covered in test/functional/test_agent_ctl.py."""
+import json
+
+import pytest
+
+from astara_lab.appliance import contract_payloads
+
+VALID = contract_payloads("original-orchestrator")
+INVALID = contract_payloads("invalid")
+
+
+def put(client, body, headers=None):
+    return client.put("/v1/system/config", data=json.dumps(body),
+                      content_type="application/json", headers=headers or {})
+
+
+def test_a_refused_push_is_in_the_history_with_the_callers_request_id(client):
+    name = sorted(INVALID)[0]
+    response = put(client, INVALID[name], {"X-Request-Id": "req-from-the-orchestrator-1"})
+    assert response.status_code in (400, 422)
+    assert response.headers["X-Request-Id"] == "req-from-the-orchestrator-1"
+    [entry] = client.get("/v1/system/history").get_json()["history"]
+    assert entry["request_id"] == "req-from-the-orchestrator-1"
+    assert (entry["origin"], entry["result"], entry["status"]) == \
+        ("push", "refused", response.status_code)
+    assert entry["error"] and entry["generation"] == entry["previous_generation"] == 0
+    assert entry["seconds"] >= 0 and entry["transaction"] is False
+
+
+def test_without_a_request_id_one_is_made_and_echoed(client):
+    response = put(client, INVALID[sorted(INVALID)[0]])
+    made = response.headers["X-Request-Id"]
+    assert made.startswith("req-") and len(made) == 40
+    assert client.get("/v1/system/history").get_json()["history"][-1]["request_id"] == made
+    assert client.get("/v1/").headers["X-Request-Id"] != made  # one per request
+
+
+@pytest.mark.parametrize("bad", ["", "-starts-with-a-dash", "has space", "x" * 129,
+                                 "semi;colon", "ünïcode"])
+def test_a_request_id_outside_its_grammar_is_400_naming_the_header(client, bad):
+    response = client.put("/v1/system/config", data=b"{}", content_type="application/json",
+                          headers={"X-Request-Id": bad.encode("utf-8").decode("latin-1")})
+    assert response.status_code == 400
+    assert response.get_json()["errors"][0]["path"] == "X-Request-Id"
+    assert client.get("/v1/system/history").get_json()["history"] == []  # never applied
+
+
+def test_history_limit(client):
+    for _ in range(3):
+        put(client, INVALID[sorted(INVALID)[0]])
+    assert len(client.get("/v1/system/history?limit=2").get_json()["history"]) == 2
+    assert len(client.get("/v1/system/history").get_json()["history"]) == 3
+    for bad in ("0", "x", "1001", "-1"):
+        response = client.get(f"/v1/system/history?limit={bad}")
+        assert response.status_code == 400
+        assert response.get_json()["errors"][0]["path"] == "limit"
+
+
+def test_diff_of_an_invalid_candidate_is_the_pushs_refusal(client):
+    name = sorted(INVALID)[0]
+    pushed = put(client, INVALID[name])
+    diffed = client.post("/v1/system/config/diff", data=json.dumps(INVALID[name]),
+                         content_type="application/json")
+    assert diffed.status_code == pushed.status_code
+    assert diffed.get_json() == pushed.get_json()
+
+
+def test_diff_against_nothing_committed_names_every_line_and_redacts(client):
+    candidate = json.loads(json.dumps(VALID["router-basic"]))
+    response = client.post("/v1/system/config/diff", data=json.dumps(candidate),
+                           content_type="application/json")
+    assert response.status_code == 200, response.get_json()
+    answer = response.get_json()
+    assert answer["identical"] is False and answer["generation"] == 0
+    assert answer["diff"][:2] == ["--- generation 0", "+++ candidate"]
+    added = "\n".join(line[1:] for line in answer["diff"] if line.startswith("+")
+                      and not line.startswith("+++"))
+    assert f'"hostname": "{candidate["hostname"]}"' in added
+    assert {"netlink", "firewall"} <= set(answer["subsystems"])
+    assert client.get("/v1/system/config").get_json()["generation"] == 0  # not applied
+    assert client.get("/v1/system/history").get_json()["history"] == []
+
+
+@pytest.mark.parametrize("body,status", [(b"[1]", 400), (b"{", 400), (b'{"generation": 0}', 400),
+                                         (b'{"generation": true}', 400),
+                                         (b'{"generation": "3"}', 400),
+                                         (b'{"generation": 7}', 404), (b"", 404)])
+def test_rollback_refusals(client, body, status):
+    response = client.post("/v1/system/config/rollback", data=body,
+                           content_type="application/json")
+    assert response.status_code == status, response.get_json()
+    if status == 404:
+        assert response.get_json()["errors"][0]["path"] == "generation"
+        assert "kept: none" in response.get_json()["message"]
+
+
+def test_generations_with_nothing_committed(client):
+    assert client.get("/v1/system/generations").get_json() == {"generation": 0,
+                                                               "generations": []}
