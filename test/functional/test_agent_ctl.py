@@ -1,0 +1,184 @@
+"""astara-router-ctl against the real agent in a namespace, run inside the appliance's
+namespace as an operator on the appliance would: the committed config, the interface map,
+health, the history of applies (and the request id reaching the agent's log), the diff of a
+candidate, and a rollback to an older generation read back from the kernel."""
+import copy
+import json
+import os
+import re
+import signal
+import sys
+
+import pytest
+
+from astara_lab.appliance import REPO_ROOT, contract_appliance, contract_payloads
+from astara_lab.peers import eventually
+
+pytestmark = pytest.mark.netns
+
+BASIC = contract_payloads("original-orchestrator")["router-basic"]
+
+
+def variant(extra_address=None, floating_ip=None):
+    """router-basic with one more address on the external NIC and/or another floating IP."""
+    body = copy.deepcopy(BASIC)
+    external = next(n for n in body["networks"] if n["network_type"] == "external")
+    if extra_address:
+        external["interface"]["addresses"].append(extra_address)
+    if floating_ip:
+        body["floating_ips"][0]["floating_ip"] = floating_ip
+    return body
+
+
+@pytest.fixture
+def appliance(lab):
+    """router-basic's appliance with the supervisor off (a dead daemon stays dead, so health
+    can be read while it is down), router-basic applied as generation 1."""
+    appliance = contract_appliance(lab, "router-basic", BASIC)
+    appliance.stop()
+    appliance.ini = lab.tmpdir("agent-ini") / "astara.ini"
+    appliance.ini.write_text("[supervisor]\ninterval = 0\n")
+    appliance.start(extra_args=["--config-file", str(appliance.ini)])
+    response = appliance.client().put_json("/v1/system/config", BASIC)
+    assert response.status == 200, response.text
+    return appliance
+
+
+def ctl(appliance, *args, input=None):
+    """astara-router-ctl in the appliance's namespace: (exit status, stdout, stderr)."""
+    proc = appliance.ns.run(["env", f"PYTHONPATH={REPO_ROOT}", sys.executable, "-m",
+                             "astara_router.cli.ctl", "--config-file", str(appliance.ini),
+                             "--state-dir", str(appliance.state_dir), *args],
+                            check=False, input=input)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def ctl_json(appliance, *args):
+    status, out, err = ctl(appliance, "--json", *args)
+    assert status in (0, 1), err
+    return json.loads(out)
+
+
+def put(appliance, body, request_id=None):
+    headers = {"X-Request-Id": request_id} if request_id else {}
+    return appliance.client().request("PUT", "/v1/system/config", json.dumps(body).encode(),
+                                      {"Content-Type": "application/json", **headers})
+
+
+def test_config_interfaces_health_and_history(appliance):
+    status, out, _ = ctl(appliance, "config")
+    assert status == 0 and out.startswith("generation 1  hash ")
+    committed = ctl_json(appliance, "config")
+    assert committed["generation"] == 1 and committed["configuration"] == BASIC
+
+    interfaces = {i["ifname"]: i for i in ctl_json(appliance, "interfaces")["interfaces"]}
+    assert {name: (i["lladdr"], i["kernel_name"]) for name, i in interfaces.items()} == \
+        {f"ge{n}": (mac, f"eth{n}") for n, mac in enumerate(appliance.macs)}
+    assert "172.24.4.7/24" in interfaces["ge1"]["addresses"]
+    status, out, _ = ctl(appliance, "interfaces")
+    assert status == 0 and re.search(r"^ge1\s+eth1\s+" + appliance.macs[1], out, re.M)
+
+    status, out, _ = ctl(appliance, "health")
+    assert status == 0 and out.startswith("state: ready  generation: 1")
+    dnsmasq = appliance.daemon_pid("dnsmasq/dnsmasq.pid")
+    os.kill(dnsmasq, signal.SIGKILL)
+    eventually(lambda: ctl(appliance, "health")[0] == 1, timeout=10,
+               what="health to report the dead dnsmasq")
+    status, out, _ = ctl(appliance, "health")
+    assert status == 1 and "state: degraded" in out and "down: dhcp is down" in out
+
+    # History: the caller's request id, the generations, each subsystem's time; a refusal.
+    assert put(appliance, variant(extra_address="172.24.4.8/24"), "req-ctl-test-1").status == 200
+    refused = copy.deepcopy(BASIC)
+    refused["networks"][1]["interface"]["addresses"] = ["0.0.0.0/0"]
+    assert put(appliance, refused, "req-ctl-refused").status == 422
+    entries = ctl_json(appliance, "history")["history"]
+    by_id = {e["request_id"]: e for e in entries}
+    applied = by_id["req-ctl-test-1"]
+    assert (applied["origin"], applied["result"], applied["previous_generation"],
+            applied["generation"]) == ("push", "applied", 1, 2)
+    assert applied["changes"] > 0 and {"netlink", "firewall"} <= set(applied["subsystem_seconds"])
+    assert (by_id["req-ctl-refused"]["result"], by_id["req-ctl-refused"]["status"]) == \
+        ("refused", 422)
+    assert "networks[1]" in by_id["req-ctl-refused"]["error"]
+    assert entries[0]["origin"] == "boot"
+    status, out, _ = ctl(appliance, "history", "-n", "2")
+    lines = out.splitlines()
+    assert status == 0 and len(lines) == 3 + ("last apply per subsystem" in out)
+    assert "req-ctl-test-1" in lines[1] and "applied" in lines[1] and "1->2" in lines[1]
+    assert "req-ctl-refused" in lines[2] and "refused" in lines[2]
+
+    # The request id reached the agent's log: on the engine's own line of that apply too.
+    log = appliance.log_path.read_text()
+    tagged = [line for line in log.splitlines() if "request_id=req-ctl-test-1" in line]
+    assert any("generation 2 applied in" in line and line.endswith("generation=2")
+               for line in tagged), log[-3000:]
+    assert any("push: applied" in line and "generation 1 -> 2" in line for line in tagged)
+
+
+def test_diff_shows_the_change_and_applies_nothing(appliance):
+    before = appliance.dump(), appliance.ruleset()
+    candidate = appliance.lab.tmpdir("candidate") / "candidate.json"
+    candidate.write_text(json.dumps(variant(floating_ip="172.24.4.230")))
+    status, out, _ = ctl(appliance, "diff", str(candidate))
+    assert status == 1, out
+    assert '-      "floating_ip": "172.24.4.228"' in out.splitlines()
+    assert '+      "floating_ip": "172.24.4.230"' in out.splitlines()
+    would = out.splitlines()[-1]
+    assert would.startswith("would change: ") and "firewall" in would and "dhcp" not in would
+    assert (appliance.dump(), appliance.ruleset()) == before
+    assert ctl_json(appliance, "config")["generation"] == 1
+
+    status, out, _ = ctl(appliance, "diff", "-", input=json.dumps(BASIC))
+    assert (status, out.strip()) == (0, "identical to the running generation 1")
+    refused = variant(floating_ip="172.24.4.7")  # the router's own address
+    status, out, _ = ctl(appliance, "diff", "-", input=json.dumps(refused))
+    assert status == 2 and out.startswith("refused: ") and "floating_ips[0]" in out
+
+
+def test_rollback_to_an_older_generation_restores_its_dataplane(appliance):
+    kernel = {1: (appliance.dump(), appliance.ruleset())}
+    for generation, body in ((2, variant(extra_address="172.24.4.8/24")),
+                             (3, variant(floating_ip="172.24.4.230"))):
+        response = put(appliance, body)
+        assert response.status == 200 and response.json()["generation"] == generation
+        kernel[generation] = (appliance.dump(), appliance.ruleset())
+    assert kernel[1] != kernel[2] != kernel[3] != kernel[1]
+    kept = ctl_json(appliance, "generations")["generations"]
+    assert [(g["generation"], g["committed"]) for g in kept] == \
+        [(3, True), (2, False), (1, False)]
+
+    status, out, err = ctl(appliance, "rollback", "1")
+    assert status == 0, err
+    assert out.startswith("rolled back to generation 1: now generation 4 (")
+    committed = ctl_json(appliance, "config")
+    assert committed["generation"] == 4 and committed["configuration"] == BASIC
+    assert committed["hash"] == kept[-1]["hash"]
+    assert (appliance.dump(), appliance.ruleset()) == kernel[1]
+
+    status, out, err = ctl(appliance, "rollback")  # the previous one: generation 3's
+    assert status == 0, err
+    assert (appliance.dump(), appliance.ruleset()) == kernel[3]
+    last = ctl_json(appliance, "history")["history"][-2:]
+    assert [(e["origin"], e["detail"], e["result"], e["generation"]) for e in last] == \
+        [("rollback", "to generation 1", "applied", 4),
+         ("rollback", "to generation 3", "applied", 5)]
+
+    status, _, err = ctl(appliance, "rollback", "99")
+    assert status == 2 and "generation 99 is not kept" in err and "kept: 5, 4, 3, 2, 1" in err
+    assert ctl_json(appliance, "config")["generation"] == 5
+
+
+def test_config_and_generations_read_the_state_directory_when_the_agent_is_down(appliance):
+    assert put(appliance, variant(extra_address="172.24.4.8/24")).status == 200
+    appliance.stop()
+    status, out, err = ctl(appliance, "--json", "config")
+    assert status == 0 and "does not answer" in err
+    offline = json.loads(out)
+    assert offline["generation"] == 2
+    assert offline["configuration"] == variant(extra_address="172.24.4.8/24")
+    status, out, _ = ctl(appliance, "generations")
+    assert status == 0 and f"read from {appliance.state_dir}" in out
+    assert [line.split()[0] for line in out.splitlines()[2:]] == ["2", "1"]
+    status, _, err = ctl(appliance, "health")
+    assert status == 3 and "does not answer" in err
