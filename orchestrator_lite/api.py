@@ -19,6 +19,7 @@ Operations::
                                                 machine in the foreground, JSON lines
   GET  /v1/placements                           PUT|DELETE /v1/placements/<tenant|resource>/<id>
                                                 {driver?, image?}: per-tenant image/driver
+  GET  /metrics                                 Prometheus (orchestrator_lite/metrics.py)
 
 One Flask blueprint per route group (banner, operations, router helpers, collections);
 the token check and the JSON error handlers are the app's, so they cover every route.
@@ -116,6 +117,12 @@ def banner_routes(orchestrator):
     @routes.get("/v1")
     def banner():
         return jsonify(service="astara-orchestrator", driver=orchestrator.driver.name)
+
+    @routes.get("/metrics")
+    def metrics():
+        """Prometheus text format (``orchestrator_lite/metrics.py``); token required."""
+        return Response(orchestrator.metrics.render(),
+                        content_type=orchestrator.metrics.content_type)
 
     return routes
 

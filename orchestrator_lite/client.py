@@ -23,6 +23,8 @@ retried: it raises ``ApplianceRejected`` carrying the agent's JSON ``error``/``m
 answers every input problem with a 4xx (README, "Input grammar and limits"), so a 5xx means
 the appliance itself failed (a daemon, a full disk) with its previous generation still in
 place: worth a few retries, as a transient failure.
+Every request made while a request id is bound to the log context (``InstanceManager``
+binds one per push) carries it as ``X-Request-Id``: the agent logs its apply under it.
 IPv6 hosts are bracketed in URLs. Proxy environment variables are ignored (direct
 management network, as the original did).
 
@@ -37,6 +39,8 @@ import logging
 import time
 
 import requests
+
+from astara_router.logs import current_fields
 
 from .retry import backoff_delay
 
@@ -203,6 +207,9 @@ class ApplianceClient:
             headers[ORCHESTRATOR_HEADER] = self.identity
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        request_id = current_fields().get("request_id")
+        if request_id:  # the push's (logs.log_fields): the agent logs its work under it
+            headers["X-Request-Id"] = request_id
         with requests.Session() as session:
             session.trust_env = False  # no proxies: the management network is direct
             if self.tls is not None:

@@ -23,6 +23,7 @@ import logging
 import math
 import time
 
+from astara_router.logs import log_fields, new_request_id
 from astara_router.store import payload_hash
 
 from . import builder
@@ -32,6 +33,7 @@ from .drivers.base import DriverError, Nic
 from .events import ROUTER
 from .health import server_group_name
 from .store import Fenced
+from .metrics import DISCARD
 
 LOG = logging.getLogger(__name__)
 
@@ -95,10 +97,12 @@ class _Runtime:
 class InstanceManager:
     def __init__(self, ref, store, driver, payload_settings, client_factory,
                  management_network_id, clock=time.monotonic, sleep=time.sleep,
-                 hotplug_timeout=10.0, placement=None, certificates=None, claim=None):
+                 hotplug_timeout=10.0, placement=None, certificates=None, claim=None,
+                 metrics=DISCARD):
         self.ref = ref
         self.certificates = certificates  # pki.CertificateAuthority, or None: plain HTTP
         self.claim = claim
+        self.metrics = metrics  # pushes, boots, hot-plug timeouts (metrics.py)
         self.store = store
         self.driver = driver
         self.payload_settings = payload_settings
@@ -301,15 +305,26 @@ class InstanceManager:
             digest = payload_hash(payload)
             if runtime.applied_hash == digest and not force:
                 continue
-            try:
-                self._push(runtime, payload)
-            except ApplianceRejected as exc:
-                return ConfigureResult(REJECTED, f"{runtime.instance.name}: {exc.message}")
-            except ApplianceError as exc:
-                failures.append(f"{runtime.instance.name}: {exc.message}")
-                continue
-            runtime.applied_hash = digest
-            LOG.info("%s: configured %s (%s)", self.ref, runtime.instance.name, digest[:12])
+            # One request id per push, sent as X-Request-Id: the agent logs it too.
+            with log_fields(request_id=new_request_id(), resource=self.ref.id,
+                            instance=runtime.instance.name):
+                try:
+                    self._push(runtime, payload)
+                except ApplianceRejected as exc:
+                    self.metrics.pushed("rejected")
+                    LOG.warning("%s: %s refused the push: %s", self.ref,
+                                runtime.instance.name, exc.message)
+                    return ConfigureResult(REJECTED, f"{runtime.instance.name}: {exc.message}")
+                except ApplianceError as exc:
+                    self.metrics.pushed("failed")
+                    LOG.warning("%s: push to %s failed: %s", self.ref, runtime.instance.name,
+                                exc.message)
+                    failures.append(f"{runtime.instance.name}: {exc.message}")
+                    continue
+                self.metrics.pushed("applied")
+                runtime.applied_hash = digest
+                LOG.info("%s: configured %s (%s)", self.ref, runtime.instance.name,
+                         digest[:12])
         if failures:
             return ConfigureResult(FAILED, "; ".join(failures))
         return ConfigureResult(CONFIGURED)
@@ -372,8 +387,10 @@ class InstanceManager:
             try:
                 instance = self.driver.create(name, nics, cidr, **hints)
             except DriverError as exc:
+                self.metrics.booted("failed")
                 self.store.delete_appliance_ports(ports, claim=self.claim)
                 raise BootError(f"{name}: {exc}") from exc
+            self.metrics.booted("created")
             LOG.info("%s: created %s (%s, management %s)", self.ref, name, instance.id,
                      instance.management_address)
         self._refresh()
@@ -475,6 +492,7 @@ class InstanceManager:
             except ApplianceError as exc:
                 LOG.debug("%s: waiting for NICs: %s", self.ref, exc)
             if self._clock() >= deadline:
+                self.metrics.timed_out("hotplug")
                 LOG.warning("%s: %s did not report NICs %s within %.0fs", self.ref,
                             runtime.instance.name, sorted(macs), self.hotplug_timeout)
                 return False

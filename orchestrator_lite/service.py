@@ -20,6 +20,7 @@ from .drivers import DriverSet, make_drivers
 from .events import MANAGE, POLL, REBUILD, UPDATE
 from .health import HealthMonitor
 from .instances import InstanceManager, default_client_factory
+from .metrics import OrchestratorMetrics
 from .state import Automaton
 from .store import Conflict, NotFound, Store, StoreError
 from .webhook import Webhook
@@ -53,12 +54,14 @@ class Orchestrator:
         self.neutron_events = self.neutron_status = None
         self._clock = clock
         self.managers = {}
+        self.metrics = OrchestratorMetrics()
         self.scheduler = Scheduler(self._make_automaton, self.store, settings.threads, clock,
                                    ownership=self.ownership, after_run=self._record_state)
         self.health = HealthMonitor(self.scheduler, self.store, self.driver,
                                     settings.health.period, settings.health.jitter, clock,
                                     ownership=self.ownership)
         self.store.subscribe(self.scheduler.handle_all)
+        self.metrics.observe(self)
         self.started_at = time.time()
 
     @staticmethod
@@ -119,10 +122,11 @@ class Orchestrator:
                                   hotplug_timeout=self.settings.health.hotplug_timeout,
                                   placement=self.store.placements.resolve,
                                   certificates=self.certificates,
-                                  claim=claim if claim is not True else None)
+                                  claim=claim if claim is not True else None,
+                                  metrics=self.metrics)
         self.managers[ref.key] = manager
         return Automaton(ref, manager, self.settings.health, clock=self._clock,
-                         on_transition=self._on_transition)
+                         on_transition=self._on_transition, metrics=self.metrics)
 
     def _record_state(self, automaton):
         """After each run: the owner's view of the resource, in the store (fenced), so

@@ -43,6 +43,7 @@ import time
 from . import instances
 from .events import (CLUSTER_REBUILD, CREATE, DELETE, MANAGE, POLL, REBUILD, EventQueue)
 from .instances import BootError
+from .metrics import DISCARD
 from .retry import backoff_delay
 from .store import Fenced
 
@@ -127,8 +128,9 @@ def derive_state(previous, obs, dead_grace):
 
 class Automaton:
     def __init__(self, ref, manager, settings, clock=time.monotonic, on_transition=None,
-                 rng=None):
+                 rng=None, metrics=DISCARD):
         self.ref = ref
+        self.metrics = metrics  # timeouts (metrics.py)
         self.manager = manager
         self.settings = settings  # HealthSettings
         self.queue = EventQueue(str(ref))
@@ -384,6 +386,7 @@ class Automaton:
         waited = self._clock() - (self.booting_since or self._clock())
         timeout = self.settings.boot_timeout
         if waited >= timeout:
+            self.metrics.timed_out("boot")
             self._boot_failed(f"no answer from the appliance within {timeout:g}s of boot")
             return STOP_INSTANCE
         return Wait(min(self.settings.boot_check_interval, timeout - waited))
@@ -439,6 +442,7 @@ class Automaton:
     def _stop_instance(self):
         timeout = self.settings.delete_timeout
         if not self.manager.stop(timeout):
+            self.metrics.timed_out("delete")
             self._set_error(STOP_ERROR, f"instances not deleted within {timeout:g}s")
             return CALC_ACTION
         self._set_state(GONE if not self.manager.exists() else DOWN)
@@ -449,6 +453,7 @@ class Automaton:
     def _rebuild_instance(self):
         timeout = self.settings.delete_timeout
         if not self.manager.stop(timeout):
+            self.metrics.timed_out("delete")
             self._set_error(STOP_ERROR, f"instances not deleted within {timeout:g}s")
             return CALC_ACTION
         self.boot_attempts = 0

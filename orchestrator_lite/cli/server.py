@@ -28,6 +28,8 @@ import signal
 import sys
 import threading
 
+from astara_router import logs
+
 from .. import config
 
 CLONE_NEWNET = 0x40000000
@@ -50,12 +52,13 @@ def enter_netns(name):
         os.close(fd)
 
 
-def setup_logging(settings, level=None):
-    handlers = [logging.StreamHandler(sys.stderr)]
-    if settings.log_file:
-        handlers = [logging.FileHandler(settings.log_file)]
-    logging.basicConfig(level=(level or settings.log_level).upper(), handlers=handlers,
-                        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: "
+def setup_logging(settings, level=None, fmt="text"):
+    """One handler (the log file, else stderr); each push's lines carry its request id,
+    resource and instance (astara_router/logs.py), in text or JSON lines."""
+    handler = logging.FileHandler(settings.log_file) if settings.log_file else \
+        logging.StreamHandler(sys.stderr)
+    logs.configure(fmt, (level or settings.log_level).upper(), handler=handler,
+                   text_format="%(asctime)s %(levelname)s %(threadName)s %(name)s: "
                                "%(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
@@ -112,6 +115,8 @@ def main(argv=None):
     parser.add_argument("--netns", help="run inside this network namespace "
                                         "(keeps the host's mount namespace)")
     parser.add_argument("--log-level", help="override [DEFAULT] log_level")
+    parser.add_argument("--log-format", choices=logs.FORMATS, default="text",
+                        help="text (default) or json lines")
     args = parser.parse_args(argv)
     if args.netns:
         enter_netns(args.netns)
@@ -122,7 +127,7 @@ def main(argv=None):
     if not settings.api.token:
         parser.error(f"{args.config}: [api] token is required (the admin API never runs "
                      "without authentication)")
-    setup_logging(settings, args.log_level)
+    setup_logging(settings, args.log_level, args.log_format)
 
     from sqlalchemy.exc import SQLAlchemyError
 

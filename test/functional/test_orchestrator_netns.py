@@ -291,3 +291,31 @@ def test_an_orchestrator_that_dies_at_start_fails_fast_with_its_log(lab):
         process.start(timeout=60)
     assert missing in str(failure.value)  # the log's tail says why
     assert not process.stop()  # nothing left to stop
+
+
+def test_metrics_and_the_push_request_id_in_both_logs(world):
+    """The orchestrator's /metrics after it booted and configured a real appliance, and the
+    request id of its push: on its own log line and on the agent's lines for that apply."""
+    build_router(world, ROUTER, "tenant1")
+    resource = world.wait_for(lambda: in_sync(world, ROUTER), 60, "router configured")
+    [instance] = resource["instances"]
+    api = NetnsHTTPClient(world.ctl.name, "127.0.0.1", 44250, timeout=10)
+    assert api.get("/metrics").status == 401
+    response = api.request("GET", "/metrics",
+                           headers={"Authorization": "Bearer functional-token"})
+    assert response.status == 200
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in response.text.splitlines() if line and not line.startswith("#")}
+    assert samples['astara_orchestrator_resources{state="configured"}'] == 1
+    assert samples['astara_orchestrator_boots_total{result="created"}'] == 1
+    assert samples['astara_orchestrator_pushes_total{result="applied"}'] >= 1
+    assert samples["astara_orchestrator_health_polls_total"] >= 1
+
+    pushed = [line for line in (world.dir / "orchestrator.log").read_text().splitlines()
+              if f"configured {instance['name']}" in line and "request_id=req-" in line]
+    assert pushed, world.tail()
+    request_id = pushed[0].split("request_id=")[1].split()[0]
+    agent_log = open(instance["details"]["log"]).read()
+    applied = [line for line in agent_log.splitlines() if f"request_id={request_id}" in line]
+    assert any("push: applied" in line and "generation 0 -> 1" in line for line in applied), \
+        agent_log[-3000:]
