@@ -56,7 +56,8 @@ class Agent:
             timeout
 
     @classmethod
-    def from_settings(cls, settings, url=None, timeout=120.0):
+    def from_settings(cls, settings, url=None, timeout=120.0, cert=None, key=None,
+                      cacert=None):
         if url:
             scheme, _, rest = url.partition("://")
             host, port = split_bind(rest.rstrip("/"))
@@ -66,8 +67,12 @@ class Agent:
             host, port = split_bind(settings.bind[0] if settings.bind else
                                     default_bind(settings))
             https = bool(settings.certfile)
-        return cls(host, port, settings.api_token,
-                   tls_context(settings) if https else None, timeout)
+        tls = None
+        if https:
+            tls = tls_context(cacert or settings.ca_certs or settings.certfile,
+                              cert or (settings.certfile if settings.ca_certs else None),
+                              key or settings.keyfile or None)
+        return cls(host, port, settings.api_token, tls, timeout)
 
     def request(self, method, path, body=None):
         """The decoded JSON answer; AgentError for an error status, AgentUnavailable when
@@ -102,15 +107,16 @@ class Agent:
         return answer
 
 
-def tls_context(settings):
-    """Trust the agent's own certificate (or the CA that signs it) and, under mutual TLS,
-    present the appliance's certificate as the client's; the name is not checked (we
-    connect to our own address)."""
-    context = ssl.create_default_context(cafile=settings.ca_certs or settings.certfile)
+def tls_context(trusted, cert=None, key=None):
+    """Trust ``trusted`` (by default the CA the agent requires of clients, else its own
+    certificate) and present ``cert`` (by default, under mutual TLS, the appliance's own
+    certificate, which the agent accepts when its CA signed it for client use too); the
+    name is not checked: we connect to our own address."""
+    context = ssl.create_default_context(cafile=trusted)
     context.check_hostname = False
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    if settings.ca_certs and settings.certfile:
-        context.load_cert_chain(settings.certfile, settings.keyfile or None)
+    if cert:
+        context.load_cert_chain(cert, key)
     return context
 
 
@@ -305,6 +311,11 @@ def parse_args(argv=None):
                                             "config file's, else /var/lib/astara)")
     parser.add_argument("--url", help="the agent's API, e.g. http://[fdca::5]:5000 "
                                       "(default: where the agent listens)")
+    parser.add_argument("--cert", help="client certificate under mutual TLS (default: the "
+                                       "agent's [api] certfile)")
+    parser.add_argument("--key", help="its key (default: the agent's [api] keyfile)")
+    parser.add_argument("--cacert", help="the CA to verify the agent with (default: the "
+                                         "agent's [api] ca_certs, else its certfile)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -329,7 +340,8 @@ def main(argv=None, out=sys.stdout):
                                        if os.path.exists(DEFAULT_CONFIG_FILE) else None)
     try:
         settings = settings_mod.load(config_file, state_dir=args.state_dir)
-        agent = Agent.from_settings(settings, args.url, args.timeout)
+        agent = Agent.from_settings(settings, args.url, args.timeout, args.cert, args.key,
+                                    args.cacert)
         return run(args, agent, settings, out)
     except (AgentUnavailable, ValueError, OSError) as exc:
         print(f"astara-router-ctl: {exc}", file=sys.stderr)

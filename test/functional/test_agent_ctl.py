@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -30,15 +31,22 @@ def variant(extra_address=None, floating_ip=None):
     return body
 
 
+def restarted_with(lab, ini_text, wait=True):
+    """router-basic's appliance, its agent restarted with ``ini_text`` as its config file
+    (``appliance.ini``, which astara-router-ctl reads too)."""
+    appliance = contract_appliance(lab, "router-basic", BASIC)
+    appliance.stop()
+    appliance.ini = lab.tmpdir("agent-ini") / "astara.ini"
+    appliance.ini.write_text(ini_text)
+    appliance.start(extra_args=["--config-file", str(appliance.ini)], wait=wait)
+    return appliance
+
+
 @pytest.fixture
 def appliance(lab):
     """router-basic's appliance with the supervisor off (a dead daemon stays dead, so health
     can be read while it is down), router-basic applied as generation 1."""
-    appliance = contract_appliance(lab, "router-basic", BASIC)
-    appliance.stop()
-    appliance.ini = lab.tmpdir("agent-ini") / "astara.ini"
-    appliance.ini.write_text("[supervisor]\ninterval = 0\n")
-    appliance.start(extra_args=["--config-file", str(appliance.ini)])
+    appliance = restarted_with(lab, "[supervisor]\ninterval = 0\n")
     response = appliance.client().put_json("/v1/system/config", BASIC)
     assert response.status == 200, response.text
     return appliance
@@ -181,4 +189,41 @@ def test_config_and_generations_read_the_state_directory_when_the_agent_is_down(
     assert status == 0 and f"read from {appliance.state_dir}" in out
     assert [line.split()[0] for line in out.splitlines()[2:]] == ["2", "1"]
     status, _, err = ctl(appliance, "health")
+    assert status == 3 and "does not answer" in err
+
+
+def test_history_shows_a_supervisor_repair(lab):
+    appliance = restarted_with(lab, "[supervisor]\ninterval = 0.3\nmax_backoff = 2\n")
+    assert put(appliance, BASIC, "req-first").status == 200
+    os.kill(appliance.daemon_pid("dnsmasq/dnsmasq.pid"), signal.SIGKILL)
+
+    def repaired():
+        return [e for e in ctl_json(appliance, "history")["history"]
+                if e["origin"] == "reconcile" and "dhcp is down" in (e["detail"] or "")]
+
+    [repair, *_] = eventually(repaired, timeout=20, what="a reconcile entry")
+    assert (repair["result"], repair["previous_generation"], repair["generation"]) == \
+        ("applied", 1, 1)
+    assert repair["changes"] > 0 and repair["request_id"].startswith("req-")
+    assert appliance.daemon_pid("dnsmasq/dnsmasq.pid") is not None
+
+
+def test_ctl_speaks_mutual_tls_with_the_agents_files(lab):
+    """The agent with [api] certfile, keyfile and ca_certs (a client certificate required):
+    astara-router-ctl finds them in the agent's config file and gets in, over HTTPS only."""
+    pki = lab.tmpdir("pki")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    "/CN=ak-ctl-test", "-keyout", pki / "key.pem", "-out", pki / "cert.pem"],
+                   check=True, capture_output=True)
+    appliance = restarted_with(lab, f"""[api]
+certfile = {pki / 'cert.pem'}
+keyfile = {pki / 'key.pem'}
+ca_certs = {pki / 'cert.pem'}
+[supervisor]
+interval = 0
+""", wait=False)
+    eventually(lambda: ctl(appliance, "health")[0] == 0, timeout=30, what="the agent over TLS")
+    assert ctl_json(appliance, "config")["generation"] == 0
+    status, _, err = ctl(appliance, "--url", f"http://[{appliance.mgmt.ip}]:5000", "health")
     assert status == 3 and "does not answer" in err
