@@ -237,8 +237,8 @@ class Engine:
         config = self.parse(body)
         committed = self.committed
         names = dict(committed.names) or ApplyContext.open(self.names).kernel_names()
-        plans = committed.plans
-        return {"hash": payload_hash(body), "identical": payload_hash(body) == committed.hash,
+        plans, digest = committed.plans, payload_hash(body)
+        return {"hash": digest, "identical": digest == committed.hash,
                 "subsystems": [s.name for s in self.subsystems
                                if not plans or s.plan(config, names) != plans.get(s.name)]}
 

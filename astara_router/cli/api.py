@@ -28,10 +28,12 @@ def format_bind(address, port):
     return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
-def default_bind(settings):
-    """The management address: from the persisted config, else from what
-    astara-configure-management recorded at boot, else every address."""
-    stored = Store(settings.state_dir).load()
+def default_bind(settings, stored=None):
+    """The management address: from the persisted config (``stored``; default: what the
+    agent will run, ``Store.load``), else from what astara-configure-management recorded
+    at boot, else every address."""
+    if stored is None:
+        stored = Store(settings.state_dir).load()
     if stored is not None:
         try:
             from ..model import parse_payload

@@ -64,8 +64,10 @@ class Agent:
             https = scheme == "https"
         else:
             from .api import default_bind
-            host, port = split_bind(settings.bind[0] if settings.bind else
-                                    default_bind(settings))
+            # Store.current, not load: reading must not settle a generation that awaits
+            # confirmation (load reverts it on disk, which is for the agent's start only).
+            host, port = split_bind(settings.bind[0] if settings.bind else default_bind(
+                settings, Store(settings.state_dir).current()))
             https = bool(settings.certfile)
         tls = None
         if https:

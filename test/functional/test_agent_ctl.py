@@ -176,6 +176,16 @@ def test_rollback_to_an_older_generation_restores_its_dataplane(appliance):
     assert status == 2 and "generation 99 is not kept" in err and "kept: 5, 4, 3, 2, 1" in err
     assert ctl_json(appliance, "config")["generation"] == 5
 
+    # Under commit-confirm: awaiting until the operator confirms.
+    status, out, err = ctl(appliance, "rollback", "2", "--confirm-timeout", "300")
+    assert status == 0 and "now generation 6" in out, err
+    assert (appliance.dump(), appliance.ruleset()) == kernel[2]
+    assert "awaiting confirmation: generation 6" in ctl(appliance, "health")[1]
+    assert ctl(appliance, "confirm")[1].strip() == "confirmed generation 6"
+    assert "awaiting confirmation" not in ctl(appliance, "health")[1]
+    assert [g["generation"] for g in ctl_json(appliance, "generations")["generations"]] == \
+        [6, 5, 4, 3, 2, 1]
+
 
 def test_config_and_generations_read_the_state_directory_when_the_agent_is_down(appliance):
     assert put(appliance, variant(extra_address="172.24.4.8/24")).status == 200
