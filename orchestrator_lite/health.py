@@ -56,6 +56,7 @@ class HealthMonitor:
         # resource key -> polls sent, paused or not; /v1/workers shows it, so beside the
         # polls a resource's state machine handled (resource show) the dropped ones show
         self.polls_sent = collections.Counter()
+        self.polls_total = 0  # every poll sent, deleted resources' too
         self._next_sweep = 0.0
         self._stop = threading.Event()
         self._thread = None
@@ -92,6 +93,7 @@ class HealthMonitor:
                 # adopted at once; afterwards every period, jittered.
                 self._due[ref.key] = now + jittered(self.period, self.jitter, self._rng)
                 self.polls_sent[ref.key] += 1
+                self.polls_total += 1  # never forgotten: the /metrics counter
                 if self.scheduler.deliver(ref, POLL):
                     polled.append(ref)
         if now >= self._next_sweep:

@@ -65,7 +65,7 @@ class _Observed:
         yield resources
         yield CounterMetricFamily("astara_orchestrator_health_polls",
                                   "Health polls sent",
-                                  value=sum(dict(self.orchestrator.health.polls_sent).values()))
+                                  value=self.orchestrator.health.polls_total)
 
 
 class Discard:

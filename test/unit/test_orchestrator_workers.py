@@ -217,9 +217,11 @@ def test_polls_sent_are_counted_per_resource_and_forgotten_with_it(tmp_path):
     for now in (0, 60, 120):
         health.check(now=now)
     assert health.polls_sent == {("router", f"r{n}"): 3 for n in range(3)}  # paused or not
+    assert health.polls_total == 9
     store.delete("router", "r0")
     health.check(now=121)
     assert health.polls_sent == {("router", "r1"): 3, ("router", "r2"): 3}
+    assert health.polls_total == 9  # the /metrics counter never goes back
 
 
 def test_orphan_sweep(tmp_path):
