@@ -220,11 +220,11 @@ def offline_config(state_dir):
 
 # -- commands -------------------------------------------------------------------------------
 def read_candidate(path):
-    try:
-        raw = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
-    except OSError as exc:
-        raise SystemExit(f"astara-router-ctl: cannot read {path}: {exc.strerror}")
-    return raw
+    """The candidate's bytes (``-``: stdin); an unreadable file is an OSError (exit 3)."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 def run(args, agent, settings, out):
