@@ -91,7 +91,7 @@ def create_app(settings, engine=None, prober=None):
     if settings.api_token:
         require_token(app, settings.api_token)
     json_errors(app)
-    request_ids(app, error_response)
+    request_ids(app)
     app.register_blueprint(base_routes(settings, engine, prober))
     app.register_blueprint(firewall_routes(engine))
     app.register_blueprint(interface_routes(engine))

@@ -26,7 +26,9 @@ REQUEST_ID_HEADER = "X-Request-Id"
 MAX_HISTORY = 1000
 
 
-def request_ids(app, error_response):
+def request_ids(app):
+    from . import error_response  # the package's (it imports this module)
+
     @app.before_request
     def take_request_id():
         supplied = request.headers.get(REQUEST_ID_HEADER)
@@ -60,7 +62,7 @@ def payload_diff(running, candidate, running_name, candidate_name):
 
 
 def operator_routes(engine):
-    from . import apply_answer, decode_json, error_response, json_response  # the package's
+    from . import apply_answer, decode_json, error_response, json_response  # as above
     routes = Blueprint("operator", __name__)
 
     @routes.get("/v1/system/history")
