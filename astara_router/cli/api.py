@@ -83,6 +83,8 @@ def build_app(settings):
     app.extensions["astara"]["reload_server"] = reload_master(os.getppid())
     app.extensions["astara"]["prober"].start()
     Supervisor(settings, engine).start()
+    from ..api import local
+    local.serve(app, settings)  # astara-router-ctl's way in (api/local.py)
     return app
 
 

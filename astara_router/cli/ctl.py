@@ -1,8 +1,9 @@
 """``astara-router-ctl``: the appliance, for an operator who ssh'd in.
 
-Talks to the local agent's API (the address and port it listens on, its token and TLS
-files, all from the agent's own ``--config-file``/``--state-dir``); ``config`` and
-``generations`` read the state directory when the agent does not answer.
+Talks to the local agent's API on its operator socket (``<state_dir>/run/api.sock``,
+api/local.py), else on the address and port it listens on with its token and TLS files,
+all from the agent's own ``--config-file``/``--state-dir``; ``config`` and ``generations``
+read the state directory when the agent does not answer.
 
   config                   the committed configuration and its generation
   interfaces               the interface map (geN, kernel name, MAC, addresses)
@@ -19,11 +20,13 @@ import argparse
 import http.client
 import json
 import os
+import socket
 import ssl
 import sys
 import time
 
 from .. import settings as settings_mod
+from ..api.local import socket_path
 from ..store import Store
 
 DEFAULT_CONFIG_FILE = "/etc/astara/astara.ini"
@@ -48,16 +51,35 @@ def split_bind(bind):
     return WILDCARDS.get(host, host), int(port)
 
 
-class Agent:
-    """The local agent's API (http.client: no proxies, nothing but the standard library)."""
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
 
-    def __init__(self, host, port, token="", tls=None, timeout=120.0):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+class Agent:
+    """The local agent's API (http.client: no proxies, nothing but the standard library),
+    on its operator socket (``unix``) or over TCP."""
+
+    def __init__(self, host, port, token="", tls=None, timeout=120.0, unix=None):
         self.host, self.port, self.token, self.tls, self.timeout = host, port, token, tls, \
             timeout
+        self.unix = unix
+
+    @property
+    def where(self):
+        return self.unix or f"{self.host} port {self.port}"
 
     @classmethod
     def from_settings(cls, settings, url=None, timeout=120.0, cert=None, key=None,
                       cacert=None):
+        if not url and os.path.exists(socket_path(settings)):
+            return cls(None, None, settings.api_token, None, timeout, socket_path(settings))
         if url:
             scheme, _, rest = url.partition("://")
             host, port = split_bind(rest.rstrip("/"))
@@ -86,7 +108,9 @@ class Agent:
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        if self.tls is not None:
+        if self.unix is not None:
+            conn = UnixHTTPConnection(self.unix, self.timeout)
+        elif self.tls is not None:
             conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
                                                context=self.tls)
         else:
@@ -96,8 +120,8 @@ class Agent:
             response = conn.getresponse()
             raw = response.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise AgentUnavailable(f"the agent at {self.host} port {self.port} does not "
-                                   f"answer: {exc}") from None
+            raise AgentUnavailable(f"the agent at {self.where} does not answer: "
+                                   f"{exc}") from None
         finally:
             conn.close()
         try:
@@ -311,8 +335,9 @@ def parse_args(argv=None):
                                               f"{DEFAULT_CONFIG_FILE} when it exists)")
     parser.add_argument("--state-dir", help="the agent's state directory (default: the "
                                             "config file's, else /var/lib/astara)")
-    parser.add_argument("--url", help="the agent's API, e.g. http://[fdca::5]:5000 "
-                                      "(default: where the agent listens)")
+    parser.add_argument("--url", help="the agent's API over TCP, e.g. "
+                                      "https://[fdca::5]:5000 (default: its operator "
+                                      "socket, else where it listens)")
     parser.add_argument("--cert", help="client certificate under mutual TLS (default: the "
                                        "agent's [api] certfile)")
     parser.add_argument("--key", help="its key (default: the agent's [api] keyfile)")

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 
@@ -233,7 +234,21 @@ ca_certs = {pki / 'cert.pem'}
 [supervisor]
 interval = 0
 """, wait=False)
-    eventually(lambda: ctl(appliance, "health")[0] == 0, timeout=30, what="the agent over TLS")
-    assert ctl_json(appliance, "config")["generation"] == 0
+    url = f"https://[{appliance.mgmt.ip}]:5000"
+    eventually(lambda: ctl(appliance, "--url", url, "health")[0] == 0, timeout=30,
+               what="the agent over TLS")
+    assert ctl_json(appliance, "--url", url, "config")["generation"] == 0
     status, _, err = ctl(appliance, "--url", f"http://[{appliance.mgmt.ip}]:5000", "health")
     assert status == 3 and "does not answer" in err
+    # Without --url: the operator socket, which needs no certificate at all.
+    socket = appliance.state_dir / "run" / "api.sock"
+    assert stat.S_IMODE(socket.stat().st_mode) == 0o600
+    assert ctl(appliance, "--cert", "/nonexistent", "health")[0] == 0
+
+
+def test_without_the_operator_socket_the_ctl_uses_the_api_address(appliance):
+    socket = appliance.state_dir / "run" / "api.sock"
+    assert socket.exists()
+    socket.unlink()  # as with a state directory too deep for a socket path
+    status, out, _ = ctl(appliance, "health")
+    assert status == 0 and out.startswith("state: ready  generation: 1")

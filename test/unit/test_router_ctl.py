@@ -110,3 +110,27 @@ def test_rollback_sends_the_generation_and_the_confirm_timeout(tmp_path):
     assert status == 0 and json.loads(out)["generation"] == 9
     assert answers.sent == [("POST", "/v1/system/config/rollback?confirm_timeout=60",
                              {"generation": 4})]
+
+
+def test_the_operator_socket_serves_the_api_to_the_ctl(tmp_path):
+    from astara_router.api import create_app, local
+    settings = settings_mod.load(state_dir=str(tmp_path), enabled_services="router")
+    (tmp_path / "run").mkdir()
+    server = local.serve(create_app(settings), settings)
+    try:
+        path = tmp_path / "run" / "api.sock"
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+        agent = ctl.Agent.from_settings(settings)
+        assert agent.unix == str(path)
+        assert agent.request("GET", "/v1/system/generations") == {"generation": 0,
+                                                                  "generations": []}
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_no_operator_socket_where_the_path_is_too_long(tmp_path):
+    from astara_router.api import local
+    deep = tmp_path / ("d" * 100)
+    settings = settings_mod.load(state_dir=str(deep))
+    assert local.serve(None, settings) is None

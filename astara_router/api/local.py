@@ -1,0 +1,48 @@
+"""The operator's socket: the same API, plain HTTP, on a Unix socket in the state directory
+(``<state_dir>/run/api.sock``), for ``astara-router-ctl`` on the appliance.
+
+The TCP listener belongs to the management network and, under mutual TLS, admits only the
+orchestrator's client certificate, which an operator who ssh'd in does not hold. The socket
+is reachable only through the state directory (0700, root) and is itself 0600: who can open
+it can already read the configuration and its secrets in the state directory, so the
+file-system permission is its authentication (the API token, when configured, still
+applies). Requests on it have no peer address: the management-path check compares with the
+committed configuration only.
+
+Served by a thread of the worker (werkzeug's threaded server on ``unix://``): a worker that
+replaces this one (a reload after a certificate renewal) binds the path anew.
+"""
+import logging
+import os
+import threading
+
+from werkzeug.serving import make_server
+
+LOG = logging.getLogger(__name__)
+SOCKET = ("run", "api.sock")
+MAX_PATH = 108  # sun_path, NUL included
+
+
+def socket_path(settings):
+    return settings.path(*SOCKET)
+
+
+def serve(app, settings):
+    """Serve ``app`` on the operator's socket in a daemon thread; returns the server, or
+    None when the socket cannot be made (the API itself must not fail for it)."""
+    path = socket_path(settings)
+    if len(os.fsencode(path)) >= MAX_PATH:
+        LOG.warning("no operator socket: %s is longer than a Unix socket path may be", path)
+        return None
+    umask = os.umask(0o177)  # 0600 from the start, not after a chmod
+    try:
+        server = make_server(f"unix://{path}", 0, app, threaded=True)
+    except OSError as exc:
+        LOG.warning("no operator socket at %s: %s", path, exc)
+        return None
+    finally:
+        os.umask(umask)
+    threading.Thread(target=server.serve_forever, name="operator-socket",
+                     daemon=True).start()
+    LOG.info("operator API on %s", path)
+    return server
