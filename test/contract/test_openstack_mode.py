@@ -1,22 +1,15 @@
 """The orchestrator in OpenStack mode against a small OpenStack on loopback: desired state
 read from Neutron, the appliance booted through Nova with Neutron ports, status written
 back, and the router's removal from Neutron cleaning everything up. The appliances are
-simulated agents (test/unit/test_orchestrator_flow.py's SimAppliance: the agent's own
-payload parser, committed hash) reached through the instances' MACs."""
-import contextlib
-import pathlib
-import sys
-
+simulated agents (test/unit/sim_appliances.py's SimAppliance: the agent's own payload
+parser, committed hash) reached through the instances' MACs."""
 import pytest
 
 from astara_router.model import parse_payload
 from orchestrator_lite.config import ApiSettings, NeutronSettings, Settings
-from orchestrator_lite.service import Orchestrator
 
 import neutron_topologies as topo
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "unit"))
-from test_orchestrator_flow import FAST, SimAppliance, wait_for  # noqa: E402
+from sim_appliances import FAST, SimAppliance, started_orchestrators, wait_for
 
 
 class Appliances:
@@ -40,25 +33,20 @@ class Appliances:
 
 @pytest.fixture
 def openstack_mode(tmp_path, cloud, os_settings):
-    started, appliances = [], Appliances()
+    appliances = Appliances()
+    with started_orchestrators() as start_orchestrator:
+        def start(topology):
+            for collection, objects in topology.objects.items():
+                for obj in objects:
+                    cloud.add(collection[:-1], obj)
+            settings = Settings(host="controller-1", state_dir=str(tmp_path / "state"),
+                                api=ApiSettings(token="t"), threads=2, health=FAST,
+                                compute_driver="openstack", openstack=os_settings,
+                                neutron=NeutronSettings(desired_state=True,
+                                                        resync_period=0.3))
+            return start_orchestrator(settings, client_factory=appliances.client_factory)
 
-    def start(topology):
-        for collection, objects in topology.objects.items():
-            for obj in objects:
-                cloud.add(collection[:-1], obj)
-        settings = Settings(host="controller-1", state_dir=str(tmp_path / "state"),
-                            api=ApiSettings(token="t"), threads=2, health=FAST,
-                            compute_driver="openstack", openstack=os_settings,
-                            neutron=NeutronSettings(desired_state=True, resync_period=0.3))
-        orchestrator = Orchestrator(settings, client_factory=appliances.client_factory)
-        orchestrator.start()
-        started.append(orchestrator)
-        return orchestrator
-
-    yield start
-    for orchestrator in started:
-        with contextlib.suppress(Exception):
-            orchestrator.stop()
+        yield start
     appliances.close()
 
 

@@ -42,3 +42,16 @@ def appliance(lab):
     response = appliance.client().put_json("/v1/system/config", body)
     assert response.status == 200, response.text
     return appliance
+
+
+@pytest.fixture
+def world(lab):
+    """The orchestrator process with the netns driver in a lab (orchestrator_world.py);
+    its appliances are removed and the orchestrator stopped afterwards."""
+    # Imported here: test_netns_harness.py runs a copy of this file outside the package.
+    from .orchestrator_world import World
+    w = World(lab)
+    try:
+        yield w
+    finally:
+        w.close()

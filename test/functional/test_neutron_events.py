@@ -6,7 +6,6 @@ event path: notification -> object by id -> the right router -> its payload."""
 import contextlib
 import json
 import pathlib
-import sys
 
 import kombu
 import pytest
@@ -16,13 +15,9 @@ from astara_lab.fakecloud import FakeCloud
 from astara_netns import pid_alive
 from orchestrator_lite.config import (ApiSettings, NeutronSettings, OpenStackSettings,
                                       Settings)
-from orchestrator_lite.service import Orchestrator
 
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "unit"))
-sys.path.insert(0, str(HERE.parent / "contract"))
-import neutron_topologies as topo  # noqa: E402
-from test_orchestrator_flow import FAST, SimCloud, wait_for  # noqa: E402
+import neutron_topologies as topo
+from sim_appliances import FAST, SimCloud, started_orchestrators, wait_for
 
 pytestmark = pytest.mark.skipif(rabbit.available() is not None,
                                 reason=str(rabbit.available()))
@@ -57,32 +52,27 @@ def cloud():
 
 @pytest.fixture
 def orchestrator(tmp_path, cloud, broker):
-    made = []
     sims = SimCloud()
+    with started_orchestrators() as start_orchestrator:
+        def start(topology, queue="", host="controller-1"):
+            for collection, objects in topology.objects.items():
+                for obj in objects:
+                    cloud.add(collection[:-1], obj)
+            os_settings = OpenStackSettings(auth_url=cloud.auth_url, username="astara",
+                                            password="secret", project_name="service",
+                                            api_timeout=10)
+            settings = Settings(host=host, state_dir=str(tmp_path / f"state-{host}"),
+                                api=ApiSettings(token="t"), threads=3, health=FAST,
+                                openstack=os_settings,
+                                neutron=NeutronSettings(desired_state=True,
+                                                        resync_period=3600,
+                                                        events_url=broker.url, queue=queue))
+            o = start_orchestrator(settings, driver=sims, client_factory=sims.client_factory)
+            assert o.neutron_events.connected.wait(20), "listener never connected"
+            return o
 
-    def start(topology, queue="", host="controller-1"):
-        for collection, objects in topology.objects.items():
-            for obj in objects:
-                cloud.add(collection[:-1], obj)
-        os_settings = OpenStackSettings(auth_url=cloud.auth_url, username="astara",
-                                        password="secret", project_name="service",
-                                        api_timeout=10)
-        settings = Settings(host=host, state_dir=str(tmp_path / f"state-{host}"),
-                            api=ApiSettings(token="t"), threads=3, health=FAST,
-                            openstack=os_settings,
-                            neutron=NeutronSettings(desired_state=True, resync_period=3600,
-                                                    events_url=broker.url, queue=queue))
-        o = Orchestrator(settings, driver=sims, client_factory=sims.client_factory)
-        o.start()
-        made.append(o)
-        assert o.neutron_events.connected.wait(20), "listener never connected"
-        return o
-
-    start.sims = sims
-    yield start
-    for o in made:
-        with contextlib.suppress(Exception):
-            o.stop()
+        start.sims = sims
+        yield start
     sims.shutdown()
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from .test_orchestrator_netns import build_router, in_sync, world  # noqa: F401 - fixture
+from .orchestrator_world import build_router, in_sync
 
 pytestmark = pytest.mark.netns
 

@@ -8,7 +8,7 @@ import pytest
 
 from astara_lab.appliance import tls_client_context, tls_get
 from astara_lab.cloud import in_sync
-from .test_orchestrator_netns import ROUTER, World, build_router
+from .orchestrator_world import ROUTER, World, build_router
 
 pytestmark = pytest.mark.netns
 

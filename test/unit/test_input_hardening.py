@@ -19,7 +19,7 @@ from astara_router.render.metadata import render_proxy_config
 from astara_router.render.routing import bird_plan, render_bird
 from orchestrator_lite.api import create_app as create_admin_app
 
-from test_orchestrator_flow import TOKEN, cloud, orch  # noqa: F401 - fixtures
+from sim_appliances import TOKEN
 from unchecked import PLACEHOLDER, with_text
 
 VALID = contract_payloads("original-orchestrator")
@@ -242,7 +242,7 @@ HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-def admin(orch):  # noqa: F811 - the fixture
+def admin(orch):
     o = orch()
     o.store.create("network", {"id": "n1", "tenant_id": "t1"})
     return create_admin_app(o, TOKEN).test_client()

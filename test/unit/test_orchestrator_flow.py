@@ -1,8 +1,9 @@
 """The whole orchestrator (store, events, scheduler, automata, instance managers, builder,
 HTTP client, health monitor, admin API, astara-ctl) against simulated appliances: the fake
 compute driver's instances are real HTTP servers on 127.0.0.1 that validate payloads with
-the agent's own parser and report a committed hash the way the agent does. No namespaces;
-the real agent in namespaces is test/functional/test_orchestrator_netns.py."""
+the agent's own parser and report a committed hash the way the agent does (sim_appliances.py;
+the `cloud` and `orch` fixtures are in conftest.py). No namespaces; the real agent in
+namespaces is test/functional/test_orchestrator_netns.py."""
 import contextlib
 import io
 import json
@@ -10,175 +11,16 @@ import threading
 import time
 
 import pytest
-from flask import Flask, Response, jsonify, request
 from werkzeug.serving import make_server
 
 from astara_lab.webserver import QuietHandler
-from astara_router.model import PayloadError, parse_payload
-from astara_router.store import payload_hash
 from orchestrator_lite import state as st
 from orchestrator_lite.api import create_app
 from orchestrator_lite.cli import ctl
-from orchestrator_lite.client import ApplianceClient
-from orchestrator_lite.config import ApiSettings, HealthSettings, Settings
 from orchestrator_lite.drivers.base import ACTIVE, ERROR
 from orchestrator_lite.service import Orchestrator
 
-from fake_driver import FakeDriver
-
-TOKEN = "t0ken"
-FAST = HealthSettings(period=0.3, jitter=0.1, dead_grace=0.6, boot_timeout=3.0,
-                      boot_check_interval=0.05, max_boot_attempts=3, boot_backoff_base=0.1,
-                      boot_backoff_cap=0.2, error_cooldown=0.5, delete_timeout=2.0,
-                      hotplug_timeout=2.0, max_push_failures=3, push_backoff_base=0.05,
-                      push_backoff_cap=0.1)
-
-
-class SimAppliance:
-    """An agent stand-in: NIC list from the instance's MACs, liveness, committed hash."""
-
-    def __init__(self, macs):
-        self.macs = list(macs)
-        self.payload, self.hash, self.generation = None, None, 0
-        self.alive = True
-        self.puts = 0
-        self.fail_puts = 0  # answer 500 to this many PUTs
-        app = Flask("sim")
-
-        @app.before_request
-        def liveness():
-            if not self.alive:
-                return Response("dead", status=503)
-            return None
-
-        @app.get("/v1/firewall/rules")
-        def rules():
-            return Response("", mimetype="text/plain")
-
-        @app.get("/v1/system/interfaces")
-        def interfaces():
-            return jsonify(interfaces=[{"ifname": f"ge{i}", "lladdr": mac}
-                                       for i, mac in enumerate(self.macs)])
-
-        @app.get("/v1/system/config")
-        def get_config():
-            etag = f'"{self.hash or "none"}"'
-            if request.headers.get("If-None-Match") == etag:
-                return Response(status=304)
-            return jsonify(configuration=self.payload or {}, generation=self.generation,
-                           hash=self.hash)
-
-        @app.put("/v1/system/config")
-        def put_config():
-            self.puts += 1
-            if self.fail_puts:
-                self.fail_puts -= 1
-                return jsonify(error="Internal Server Error", message="daemon failed"), 500
-            body = request.get_json()
-            try:
-                parse_payload(body, ("router", "loadbalancer"))
-            except PayloadError as exc:
-                return jsonify(exc.to_dict()), exc.status
-            self.commit(body)
-            return jsonify(generation=self.generation, hash=self.hash)
-
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.port = self.server.server_port
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def commit(self, body):
-        self.payload, self.hash = body, payload_hash(body)
-        self.generation += 1
-
-    def wipe(self):
-        """A reboot that lost the config."""
-        self.payload, self.hash, self.generation = None, None, 0
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class SimCloud(FakeDriver):
-    """Fake compute whose instances are SimAppliances."""
-
-    def __init__(self):
-        super().__init__()
-        self.appliances = {}  # instance name -> SimAppliance
-
-    def create(self, name, nics, management_cidr, **hints):
-        instance = super().create(name, nics, management_cidr, **hints)
-        self.appliances[name] = SimAppliance([n.mac for n in nics])
-        return instance
-
-    def delete(self, instance_id):
-        instance = self.get(instance_id)
-        super().delete(instance_id)
-        if instance is not None:
-            self.appliances.pop(instance.name).stop()
-
-    def attach(self, instance_id, nic):
-        instance = super().attach(instance_id, nic)
-        self.appliances[instance.name].macs.append(nic.mac)
-        return instance
-
-    def detach(self, instance_id, mac):
-        instance = super().detach(instance_id, mac)
-        self.appliances[instance.name].macs.remove(mac)
-        return instance
-
-    def client_factory(self, instance):
-        return ApplianceClient("127.0.0.1", self.appliances[instance.name].port, attempts=2,
-                               backoff_base=0.01, backoff_cap=0.02, alive_timeout=1,
-                               timeout=2, config_timeout=2)
-
-    def close(self):
-        pass
-
-    def shutdown(self):
-        for appliance in self.appliances.values():
-            appliance.stop()
-
-
-def make_settings(tmp_path, **health):
-    return Settings(host="controller-1", state_dir=str(tmp_path / "state"),
-                    api=ApiSettings(token=TOKEN), threads=3,
-                    health=HealthSettings(**{**FAST.__dict__, **health}))
-
-
-@pytest.fixture
-def cloud():
-    cloud = SimCloud()
-    yield cloud
-    cloud.shutdown()
-
-
-@pytest.fixture
-def orch(tmp_path, cloud):
-    orchestrators = []
-
-    def start(**health):
-        o = Orchestrator(make_settings(tmp_path, **health), driver=cloud,
-                         client_factory=cloud.client_factory)
-        o.start()
-        orchestrators.append(o)
-        return o
-
-    yield start
-    for o in orchestrators:
-        with contextlib.suppress(Exception):
-            o.stop()
-
-
-def wait_for(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+from sim_appliances import FAST, TOKEN, make_settings, simple_router, state_of, wait_for
 
 
 def polls_pass(o, resource_id, count=3):
@@ -195,23 +37,6 @@ def polls_sent(o, resource_id, count=3):
     start = o.health.polls_sent[key]
     wait_for(lambda: o.health.polls_sent[key] >= start + count,
              what=f"{count} polls sent for {resource_id}")
-
-
-def state_of(o, resource_id):
-    return next((r for r in o.resources() if r["id"] == resource_id), {}).get("state")
-
-
-def simple_router(store, tenant="t1", router_id="r1", ha=False):
-    store.create("network", {"id": "ext", "external": True, "mtu": 1500})
-    store.create("subnet", {"id": "ext4", "network_id": "ext", "cidr": "172.24.4.0/24",
-                            "gateway_ip": "172.24.4.1", "enable_dhcp": False})
-    store.create("network", {"id": "net1", "tenant_id": tenant, "mtu": 1450})
-    store.create("subnet", {"id": "sub1", "network_id": "net1", "cidr": "10.1.0.0/24"})
-    store.create("router", {"id": router_id, "tenant_id": tenant, "ha": ha})
-    store.set_router_gateway(router_id, "ext")
-    store.add_router_interface(router_id, subnet_id="sub1")
-    store.create("port", {"network_id": "net1", "device_owner": "compute:nova",
-                          "device_id": "vm1", "fixed_ips": [{"ip_address": "10.1.0.10"}]})
 
 
 def desired_hash(o, resource_id):

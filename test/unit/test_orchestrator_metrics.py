@@ -1,14 +1,14 @@
 """The orchestrator's GET /metrics on its admin API: a real orchestrator (store, workers,
-health monitor, HTTP client) driving the simulated appliances of test_orchestrator_flow
+health monitor, HTTP client) driving the simulated appliances of sim_appliances.py
 through the fake compute driver. The netns driver with real agents:
 test/functional/test_orchestrator_netns.py."""
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator_lite import state as st
 from orchestrator_lite.api import create_app
+from orchestrator_lite.service import Orchestrator
 
-from test_orchestrator_flow import (TOKEN, SimCloud, cloud, orch, simple_router,  # noqa: F401
-                                    state_of, wait_for)
+from sim_appliances import TOKEN, SimCloud, make_settings, simple_router, state_of, wait_for
 
 
 def scrape(o):
@@ -67,8 +67,6 @@ class SilentCloud(SimCloud):
 
 
 def test_boot_timeouts_are_counted(tmp_path):
-    from test_orchestrator_flow import make_settings
-    from orchestrator_lite.service import Orchestrator
     silent = SilentCloud()
     o = Orchestrator(make_settings(tmp_path, boot_timeout=0.3, max_boot_attempts=2),
                      driver=silent, client_factory=silent.client_factory)

@@ -1,6 +1,7 @@
 """Placements (per-tenant/per-resource image and driver) and the state-machine debugger,
-on the whole orchestrator with simulated appliances (see test_orchestrator_flow.py). The
-namespace-driver versions are test/functional/test_orchestrator_placements_debug.py."""
+on the whole orchestrator with simulated appliances (sim_appliances.py; the `orch` and
+`cloud` fixtures are in conftest.py). The namespace-driver versions are
+test/functional/test_orchestrator_placements_debug.py."""
 import threading
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from orchestrator_lite.api import create_app
 from orchestrator_lite.store import StoreError
 
-from test_orchestrator_flow import TOKEN, cloud, orch, wait_for  # noqa: F401 - fixtures
+from sim_appliances import TOKEN, wait_for
 
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
