@@ -1,4 +1,7 @@
-"""Shared pytest setup: repo root on sys.path, the `netns` marker, the agent's lock."""
+"""Shared pytest setup: repo root on sys.path, the `netns` marker, the agent's lock, and a
+small OpenStack on 127.0.0.1 (`cloud`, `os_settings`) for the contract tests and
+test/functional/test_neutron_events.py (the unit tests' `cloud` in test/unit/conftest.py
+is the simulated compute instead)."""
 
 import pathlib
 import re
@@ -63,3 +66,21 @@ def assert_agent_set(agent_lock):
             f"{where} is not {AGENT_DISTRIBUTION} + locks/agent.txt: "
             f"extra {extra}, missing {missing}, other versions {other}")
     return check
+
+
+@pytest.fixture
+def cloud():
+    """A small OpenStack on 127.0.0.1 (astara_lab/fakecloud.py) for the real openstacksdk;
+    no root, no namespaces."""
+    from astara_lab.fakecloud import FakeCloud
+    with FakeCloud() as fake:
+        yield fake
+
+
+@pytest.fixture
+def os_settings(cloud):
+    """The orchestrator's [openstack] settings for ``cloud``."""
+    from orchestrator_lite.config import OpenStackSettings
+    return OpenStackSettings(auth_url=cloud.auth_url, username="astara", password="secret",
+                             project_name="service", image="astara", flavor="astara.small",
+                             availability_zone="nova", api_timeout=10)

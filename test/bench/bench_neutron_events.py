@@ -65,9 +65,7 @@ def inner(args):
     orchestrator = None
     try:
         topology, routers = topo.many_routers(args.routers)
-        for collection, objects in topology.objects.items():
-            for obj in objects:
-                cloud.add(collection[:-1], obj)
+        topology.load_into(cloud)
         settings = Settings(
             host="bench", state_dir=str(work / "state"), api=ApiSettings(token="t"),
             threads=4, health=HealthSettings(period=60, boot_check_interval=0.3),

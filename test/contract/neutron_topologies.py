@@ -83,6 +83,20 @@ class Topology:
         self.network("public", PUBLIC, ADMIN, 1500, external=True)
         self.subnet(PUBLIC_SUBNET, PUBLIC, "172.24.4.0/24", "172.24.4.1", ADMIN, dhcp=False)
 
+    def merge(self, other):
+        """Adds ``other``'s objects that this topology lacks (by id: both hold the
+        management network); returns this topology."""
+        for collection, objects in other.objects.items():
+            have = {o["id"] for o in self.objects[collection]}
+            self.objects[collection] += [o for o in objects if o["id"] not in have]
+        return self
+
+    def load_into(self, cloud):
+        """Serves every object from ``cloud`` (astara_lab.fakecloud.FakeCloud)."""
+        for collection, objects in self.objects.items():
+            for obj in objects:
+                cloud.add(collection[:-1], obj)
+
 
 def router_basic():
     t, tenant, rid = Topology(), "baef51913f354071ab020eae853d4ffe", \

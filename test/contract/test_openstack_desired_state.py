@@ -29,9 +29,7 @@ def neutron_store(tmp_path, cloud, os_settings):
     stores = []
 
     def make(topology, **options):
-        for collection, objects in topology.objects.items():
-            for obj in objects:
-                cloud.add(collection[:-1], obj)
+        topology.load_into(cloud)
         local = Store(str(tmp_path / f"local{len(stores)}.sqlite"), topo.MGMT_NET)
         store = NeutronStore(local, NeutronReader(connect(os_settings)), topo.MGMT_NET,
                              **options)
@@ -100,9 +98,7 @@ def test_pagination_is_followed(neutron_store, cloud):
 def test_a_change_reaches_exactly_the_router_it_affects_by_id(neutron_store):
     topology, (_, basic) = topo.router_basic()
     other, (_, no_gw) = topo.router_no_gateway()
-    for collection, objects in other.objects.items():
-        have = {o["id"] for o in topology.objects[collection]}
-        topology.objects[collection] += [o for o in objects if o["id"] not in have]
+    topology.merge(other)
     store = neutron_store(topology)
     seen = []
     store.subscribe(seen.extend)
@@ -136,9 +132,7 @@ def test_only_routers_of_the_configured_flavor_are_ours(neutron_store):
     other, (_, no_gw) = topo.router_no_gateway()
     topology.objects["routers"][0]["flavor_id"] = "f-astara"
     other.objects["routers"][0]["flavor_id"] = "f-l3-agent"
-    for collection, objects in other.objects.items():
-        have = {o["id"] for o in topology.objects[collection]}
-        topology.objects[collection] += [o for o in objects if o["id"] not in have]
+    topology.merge(other)
     store = neutron_store(topology, router_flavor_id="f-astara")
     assert [r.id for r in store.snapshot().resources()] == [basic]
     moved = dict(other.objects["routers"][0], flavor_id="f-astara")

@@ -36,9 +36,7 @@ def openstack_mode(tmp_path, cloud, os_settings):
     appliances = Appliances()
     with started_orchestrators() as start_orchestrator:
         def start(topology):
-            for collection, objects in topology.objects.items():
-                for obj in objects:
-                    cloud.add(collection[:-1], obj)
+            topology.load_into(cloud)
             settings = Settings(host="controller-1", state_dir=str(tmp_path / "state"),
                                 api=ApiSettings(token="t"), threads=2, health=FAST,
                                 compute_driver="openstack", openstack=os_settings,

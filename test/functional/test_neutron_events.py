@@ -11,10 +11,8 @@ import kombu
 import pytest
 
 from astara_lab import broker as rabbit
-from astara_lab.fakecloud import FakeCloud
 from astara_netns import pid_alive
-from orchestrator_lite.config import (ApiSettings, NeutronSettings, OpenStackSettings,
-                                      Settings)
+from orchestrator_lite.config import ApiSettings, NeutronSettings, Settings
 
 import neutron_topologies as topo
 from sim_appliances import FAST, SimCloud, started_orchestrators, wait_for
@@ -45,22 +43,11 @@ def broker(tmp_path_factory):
 
 
 @pytest.fixture
-def cloud():
-    with FakeCloud() as fake:
-        yield fake
-
-
-@pytest.fixture
-def orchestrator(tmp_path, cloud, broker):
+def orchestrator(tmp_path, cloud, os_settings, broker):
     sims = SimCloud()
     with started_orchestrators() as start_orchestrator:
         def start(topology, queue="", host="controller-1"):
-            for collection, objects in topology.objects.items():
-                for obj in objects:
-                    cloud.add(collection[:-1], obj)
-            os_settings = OpenStackSettings(auth_url=cloud.auth_url, username="astara",
-                                            password="secret", project_name="service",
-                                            api_timeout=10)
+            topology.load_into(cloud)
             settings = Settings(host=host, state_dir=str(tmp_path / f"state-{host}"),
                                 api=ApiSettings(token="t"), threads=3, health=FAST,
                                 openstack=os_settings,
@@ -84,15 +71,6 @@ def configured(o, rid):
     return o.resource(rid)["state"] == "configured"
 
 
-def merged(*topologies):
-    first = topologies[0]
-    for other in topologies[1:]:
-        for collection, objects in other.objects.items():
-            have = {o["id"] for o in first.objects[collection]}
-            first.objects[collection] += [o for o in objects if o["id"] not in have]
-    return first
-
-
 def test_notifications_move_the_right_router(orchestrator, cloud, broker):
     basic, (_, rid) = topo.router_basic()
     nogw, (_, other) = topo.router_no_gateway()
@@ -105,7 +83,7 @@ def test_notifications_move_the_right_router(orchestrator, cloud, broker):
                          durable=False)
         bystander(conn.channel()).declare()
         l3(conn.channel()).declare()
-    o = orchestrator(merged(basic, nogw))
+    o = orchestrator(basic.merge(nogw))
     sims = orchestrator.sims
     wait_for(lambda: configured(o, rid) and configured(o, other), timeout=20,
              what="both routers configured")
