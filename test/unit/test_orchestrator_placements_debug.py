@@ -49,9 +49,15 @@ def test_tenant_and_resource_placements_choose_the_image(orch, cloud):
                                   "source": "tenant"}
     assert shown["instances"][0]["driver"] == "fake"
     assert o.resource("r-default")["placement"]["source"] == "default"
-    # Stored with the desired state: a second orchestrator on the same store sees them.
-    assert {(p["scope"], p["key"]) for p in o.placements()["placements"]} == \
+    stored = o.placements()["placements"]
+    assert {(p["scope"], p["key"]) for p in stored} == \
         {("tenant", "t-byo"), ("resource", "r-own")}
+    # Stored with the desired state: a second orchestrator on the same store sees them.
+    o.stop()
+    again = orch()
+    assert again.placements()["placements"] == stored
+    assert again.resource("r-tenant")["placement"] == shown["placement"]
+    assert again.resource("r-own")["placement"]["source"] == "resource"
 
 
 def test_placement_input_errors_are_400_naming_the_field(orch):
