@@ -1,17 +1,12 @@
 """The pure parts of the agent benchmark (test/bench): percentiles, summaries, ratios,
 goals and the table (bench_report.py); the floor's `ip -batch` text from `ip -j` dumps and
 its nft element transaction from two rulesets (agent_floor.py)."""
-import pathlib
-import sys
-
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
-
-from agent_floor import (Address, dnsmasq_start, element_script,  # noqa: E402
-                         parse_kernel_state, parse_ruleset)
-from bench_report import (Goal, Summary, markdown_table, measured_row,  # noqa: E402
-                          paired_ratios, percentile, ratio_goal)
+from agent_floor import (Address, dnsmasq_start, element_script, parse_kernel_state,
+                         parse_ruleset)
+from bench_report import (Goal, Summary, markdown_table, measured_row, paired_ratios,
+                          percentile, ratio_goal)
 
 
 # -- statistics ------------------------------------------------------------------------------
