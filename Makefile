@@ -3,12 +3,13 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: deps venv test unit lower-bounds lock lock-upgrade lab lab-down bench leftovers image \
-	image-test clean distclean
+.PHONY: image-built deps venv test unit lower-bounds lock lock-upgrade lab lab-qemu lab-down bench \
+	bench-image leftovers image image-test test-qemu-lab clean distclean
 
-# Debian packages (needs root when something is missing) + .venv.
+# Debian packages (needs root when something is missing) + .venv. --image: also what
+# building and booting the appliance image needs (debootstrap, qemu, genisoimage, ssh...).
 deps:
-	bash scripts/install-deps
+	bash scripts/install-deps --image
 
 # Only the virtualenv (no apt, no root needed).
 venv:
@@ -45,6 +46,10 @@ lock-upgrade:
 lab: deps
 	$(VENV)/bin/astara-lab up
 
+# The same cloud with the router as a VM of out/astara.qcow2 (built first if missing).
+lab-qemu: deps image-built
+	$(VENV)/bin/astara-lab up --driver qemu
+
 lab-down:
 	$(VENV)/bin/astara-lab down
 
@@ -56,25 +61,32 @@ bench: deps
 	$(PY) test/bench/bench_loadbalancer.py
 	$(PY) test/bench/bench_ha.py
 	$(PY) test/bench/bench_cluster.py
+	$(PY) test/bench/bench_image.py
+
+# Image build time and size, an appliance VM's boot-to-configured time, the QEMU lab's
+# up-to-green time (BENCHMARKS.md, "Image and VM appliances"). Rebuilds the image.
+bench-image: deps
+	$(PY) test/bench/bench_image.py
 
 leftovers:
 	$(VENV)/bin/astara-leftovers --remove
 
-image:
-	bash scripts/install-deps --image
-	bash scripts/build-image
+# Build the appliance image unless out/ holds one built from the current inputs
+# (astara_lab/image.py); FORCE=1 rebuilds anyway.
+image: deps image-built
 
-# Boot the built image under qemu (TCG) and drive it like the orchestrator does; builds
-# the image first if out/ has none. Slow (minutes), so not part of `make test`.
-IMAGE_OUT := out/$(or $(ASTARA_IMAGE_NAME),astara)
-image-test:
-	bash scripts/install-deps --image
-	@if [ ! -f $(IMAGE_OUT).qcow2 ] || [ ! -f $(IMAGE_OUT).vmlinuz ] || \
-			[ ! -f $(IMAGE_OUT).initrd ]; then \
-		echo "image-test: no image at $(IMAGE_OUT).qcow2, building it"; \
-		bash scripts/build-image; \
-	fi
+image-built:
+	$(PY) -m astara_lab.image ensure $(if $(FORCE),--force)
+
+# Boot the built image under QEMU (TCG) and drive it like the orchestrator does; builds
+# the image first if it is missing or stale. Slow (minutes), so not part of `make test`.
+image-test: deps image-built
 	$(PY) -m pytest -v -s test/image
+
+# The QEMU lab end to end (several minutes): every lab row with the router as a VM,
+# adoption by a restarted orchestrator, a rolling upgrade, astara-lab down.
+test-qemu-lab: deps image-built
+	ASTARA_QEMU_LAB_TEST=1 $(PY) -m pytest -v -s test/e2e/test_lab_qemu.py
 
 # Build and test debris. Refuses to touch .dibtmp while a failed image build
 # still has something mounted below it (rm -rf would follow into /dev, /proc...).

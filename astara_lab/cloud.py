@@ -27,8 +27,13 @@ bridge in the fabric namespace)::
 resource kind (``network_calls``, ``vm_port_calls``, ``router_calls``, ``floatingip_calls``,
 ``vpn_calls``, ``loadbalancer_calls``; an HA router is a router with ``ha=True``): a new kind
 is one more field of ``Cloud`` and one more function in ``CALL_BUILDERS``. The ``build_*``
-functions make the namespaces (the appliances
-themselves are the orchestrator's job, through its netns driver).
+functions make the namespaces (the appliances themselves are the orchestrator's job,
+through its compute driver).
+
+With a VM driver (``astara-lab up --driver qemu``) the first router (demo-router) is a VM
+of the image, the orchestrator's default driver; the other appliances stay namespaces
+through placements (``placement_calls``: the netns driver, enabled beside it), so the lab
+fits a 2-CPU machine and the HA row can crash a member's namespace.
 """
 import dataclasses
 import ipaddress
@@ -37,6 +42,7 @@ import uuid
 from typing import Optional
 
 from orchestrator_lite.ipam import eui64
+from orchestrator_lite.rollout import in_sync  # noqa: F401 - the lab's "configured" test
 from orchestrator_lite.store.kinds import LB_VIP_OWNER
 
 from .appliance import REPO_ROOT, controller_node
@@ -385,47 +391,77 @@ def desired_state(cloud):
     return [call for builder in CALL_BUILDERS for call in builder(cloud)]
 
 
+def vm_resources(cloud, driver):
+    """Ids of the resources the driver boots as VMs (the rest: namespaces)."""
+    return (cloud.routers[0].id,) if driver != "netns" else ()
+
+
+def placement_calls(cloud, driver):
+    """Placements keeping every other appliance on the netns driver in a VM lab."""
+    vms = vm_resources(cloud, driver)
+    if not vms:
+        return []
+    return [Call("PUT", f"/v1/placements/resource/{r.id}", {"driver": "netns"},
+                 f"placement: {r.id} on the netns driver")
+            for r in (*cloud.routers, *cloud.loadbalancers) if r.id not in vms]
+
+
 # -- the orchestrator's configuration (pure) --------------------------------------------------
 
 LAB_HEALTH = {"period": 5, "jitter": 0.2, "dead_grace": 10, "boot_timeout": 60,
               "boot_check_interval": 0.5, "max_boot_attempts": 5, "boot_backoff_base": 1,
               "boot_backoff_cap": 10, "error_cooldown": 10, "delete_timeout": 20}
+# A VM boots in one to three minutes under TCG emulation on a busy machine, and a guest
+# busy with its first apply can miss a liveness probe; hot-plugged NICs show up in seconds.
+VM_HEALTH = {"dead_grace": 60, "boot_timeout": 900, "boot_check_interval": 2,
+             "max_boot_attempts": 3, "hotplug_timeout": 60, "delete_timeout": 60}
+DRIVERS = ("netns", "qemu")
 
 
-def orchestrator_config(prefix, fabric, directory, cloud, token, health=None):
-    """The ini of the lab's orchestrator: netns driver on the lab's fabric, every network's
-    bridge named, a short health period (a lab should react while you watch)."""
-    return ini_text(orchestrator_sections(prefix, fabric, directory, cloud, token, health),
+def driver_sections(driver, prefix, fabric, directory, cloud, image=None, ssh_key=None):
+    """The [compute] section and the drivers' own: the lab's fabric and bridges. A VM
+    driver is the default, with netns enabled beside it for the placements."""
+    bridges = {"fabric": fabric, "management_bridge": MGMT_BRIDGE,
+               "bridges": ", ".join(f"{n.id}={n.bridge}" for n in cloud.networks),
+               "auto_bridges": "true"}
+    sections = {"compute": {"driver": "netns"},
+                "netns": {"prefix": prefix, **bridges,
+                          "state_root": f"{directory}/appliances", "python": sys.executable}}
+    if driver == "qemu":
+        sections["compute"] = {"driver": "qemu", "drivers": "netns"}
+        sections["qemu"] = {**bridges, "state_root": f"{directory}/qemu", "image": image,
+                            "ssh_public_key": f"{ssh_key}.pub" if ssh_key else None,
+                            "ssh_identity": ssh_key}
+    return sections
+
+
+def orchestrator_config(prefix, fabric, directory, cloud, token, health=None,
+                        driver="netns", image=None, ssh_key=None):
+    """The ini of the lab's orchestrator: the driver on the lab's fabric, every network's
+    bridge named, a short health period (a lab should react while you watch). VM drivers
+    get the boot and grace times of a VM, and the controller as the appliances' NTP
+    server."""
+    return ini_text(orchestrator_sections(prefix, fabric, directory, cloud, token, health,
+                                          driver, image, ssh_key),
                     header="# astara-lab's orchestrator (written by astara-lab up; removed "
                            "by astara-lab down)")
 
 
-def orchestrator_sections(prefix, fabric, directory, cloud, token, health=None):
+def orchestrator_sections(prefix, fabric, directory, cloud, token, health=None,
+                          driver="netns", image=None, ssh_key=None):
     """The ini sections of ``orchestrator_config`` ({section: {key: value}})."""
+    base_health = dict(LAB_HEALTH, **(VM_HEALTH if driver != "netns" else {}))
     return {
         "DEFAULT": {"host": "astara-lab", "state_dir": f"{directory}/state",
                     "log_level": "INFO"},
         "api": {"listen": "127.0.0.1", "port": ADMIN_PORT, "token": token},
         "management": {"orchestrator_address": ORCHESTRATOR_ADDRESS,
                        "metadata_port": METADATA_PORT},
-        "health": dict(LAB_HEALTH, **(health or {})),
-        "compute": {"driver": "netns"},
+        "appliance": {"ntp_servers": ORCHESTRATOR_ADDRESS if driver != "netns" else None},
+        "health": dict(base_health, **(health or {})),
         "tls": {"enabled": "true"},  # mutual TLS with the appliances (pki.py)
-        "netns": {"prefix": prefix, "fabric": fabric, "management_bridge": MGMT_BRIDGE,
-                  "bridges": ", ".join(f"{n.id}={n.bridge}" for n in cloud.networks),
-                  "auto_bridges": "true", "state_root": f"{directory}/appliances",
-                  "python": sys.executable},
+        **driver_sections(driver, prefix, fabric, directory, cloud, image, ssh_key),
     }
-
-
-def in_sync(resource):
-    """True when the resource is configured and every instance's committed hash is the
-    one the orchestrator wants."""
-    instances = resource.get("instances") or []
-    return resource.get("state") == "configured" and bool(instances) and all(
-        i.get("committed_hash") and
-        i["committed_hash"] == resource.get("desired_hash", {}).get(i["name"])
-        for i in instances)
 
 
 # -- namespaces (shell) -----------------------------------------------------------------------
@@ -473,6 +509,13 @@ def web_server(lab, ns, bind, name, log_path, port=WEB_PORT):
     return lab.spawn(ns, [sys.executable, "-m", "astara_lab.webserver", "--bind", bind,
                           "--port", str(port), "--name", name],
                      env={"PYTHONPATH": str(REPO_ROOT)}, log_path=log_path)
+
+
+def ntp_server(lab, ctl, log_path):
+    """The controller's NTP server (SNTP, this host's clock), for VM appliances' clocks."""
+    return lab.spawn(ctl, [sys.executable, "-m", "astara_lab.peers", "ntp", "--bind",
+                           ORCHESTRATOR_ADDRESS], env={"PYTHONPATH": str(REPO_ROOT)},
+                     log_path=log_path)
 
 
 def metadata_upstream(lab, ctl, log_path):

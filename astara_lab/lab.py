@@ -2,13 +2,15 @@
 
 ``up`` builds a fabric namespace with one bridge per network, the "internet" (web server,
 BGP peer), tenant VMs, the controller node with the metadata upstream, and starts the
-orchestrator there; declares the cloud through the orchestrator's admin API (networks,
-subnets, VM ports, a router with its gateway and interfaces, a floating IP, a load balancer in
-front of two VMs' web servers); waits while the orchestrator boots and configures the router
-and load-balancer appliances; lets the VMs take DHCP leases;
-then runs a self-check and prints what works and how to explore. ``status`` re-runs the
-self-check and lists the orchestrator's resources; ``down`` removes everything (also
-after a half-failed ``up``).
+orchestrator there (``--driver netns``: every appliance is a namespace running the agent;
+``--driver qemu``: the router demo-router is a VM of ``out/astara.qcow2``, built first when
+missing or stale, with the controller as its NTP server, the other appliances stay
+namespaces); declares the cloud through the orchestrator's admin API (networks, subnets,
+VM ports, a router with its gateway and interfaces, a floating IP, a load balancer in front
+of two VMs' web servers); waits while the orchestrator boots and configures the router and
+load-balancer appliances; lets the VMs take DHCP leases; then runs a self-check and prints
+what works and how to explore. ``status`` re-runs the self-check and lists the
+orchestrator's resources; ``down`` removes everything (also after a half-failed ``up``).
 
 The state file (``/run/astara-lab/lab.json``, ``$ASTARA_LAB_STATE`` overrides) records
 the lab's prefix, namespaces, scratch root and the orchestrator's PID, so ``status`` and
@@ -41,10 +43,11 @@ import time
 
 from . import cloud as clouds
 from . import failover
+from . import image as images
 from .appliance import API_PORT, tls_client_context, tls_get
 from .cloud import ORCHESTRATOR_ADDRESS, PUBLIC_V4, PUBLIC_V6, WEB_PORT, in_sync
 from .leftovers import find_leftovers, remove_leftovers
-from astara_netns import Lab, Netns, NetnsHTTPClient, list_netns
+from astara_netns import Lab, Netns, NetnsHTTPClient, list_netns, run
 from .orchestrator import (ADMIN_PORT, AdminApi, AdminApiError, OrchestratorProcess,
                            errors_as, log_tail)
 from .peers import PeerBird, eventually, learned_prefixes, udhcpc
@@ -52,6 +55,7 @@ from .peers import PeerBird, eventually, learned_prefixes, udhcpc
 DEFAULT_STATE = "/run/astara-lab/lab.json"
 CLOUDS = {"default": clouds.DEFAULT_CLOUD}
 CONFIGURE_TIMEOUT = 180  # boot + configure of the router; the orchestrator retries inside
+VM_CONFIGURE_TIMEOUT = 1200  # a VM under TCG emulation on a busy 2-CPU machine
 
 
 class LabError(Exception):
@@ -201,10 +205,16 @@ class ClusterAdminApi:
 
 # -- up -----------------------------------------------------------------------------------------
 
-def up(path=None, health=None, progress=None, cloud_name="default", orchestrators=1):
+def up(path=None, health=None, progress=None, cloud_name="default", orchestrators=1,
+       driver="netns"):
     """Build the lab; returns its state (also saved to the state file). On failure the
     half-built lab is left for inspection: ``down()`` removes it. ``orchestrators`` > 1:
-    a cluster on PostgreSQL and redis-server."""
+    a cluster on PostgreSQL and redis-server. ``driver``: how the orchestrator boots the
+    router (cloud.DRIVERS; a cluster lab runs the netns driver)."""
+    if driver not in clouds.DRIVERS:
+        raise LabError(f"unknown driver {driver!r} ({', '.join(clouds.DRIVERS)})")
+    if orchestrators > 1 and driver != "netns":
+        raise LabError("a cluster lab (--orchestrators N) runs the netns driver only")
     path = state_path(path)
     existing = load_state(path)
     if existing and lab_exists(existing):
@@ -214,15 +224,33 @@ def up(path=None, health=None, progress=None, cloud_name="default", orchestrator
     cloud = CLOUDS[cloud_name]
     lab = Lab()
     state = {"prefix": lab.prefix, "created": time.time(), "phase": "building",
-             "cloud": cloud_name, "namespaces": {"vms": {}}, "tmp_root": None,
-             "orchestrator": {}, "peer_bird": {}}
+             "cloud": cloud_name, "driver": driver, "namespaces": {"vms": {}},
+             "tmp_root": None, "orchestrator": {}, "peer_bird": {}, "timings": {}}
     save_state(state, path)  # from now on `down` finds whatever gets made
     try:
+        if driver == "qemu":
+            ensure_image(state, progress)
         _build(lab, state, cloud, health, progress, path, orchestrators)
     finally:
         atexit.unregister(lab.close)  # the lab outlives this process; `down` removes it
         progress.finish()
     return state
+
+
+def ensure_image(state, progress):
+    """The appliance image, built first when out/ has none built from the current inputs
+    (3-6 minutes: the build's last line is shown meanwhile)."""
+    files = images.outputs()
+    progress.step(f"image: {files['qcow2']} ({images.status()})")
+    try:
+        built, seconds = images.ensure(
+            progress=lambda line: progress.detail(line.split(" | ", 1)[-1][:100]))
+    except images.ImageError as exc:
+        raise LabError(str(exc)) from None
+    if built:
+        state["timings"]["image_build"] = seconds
+    progress.detail(f"{'built in %.0fs' % seconds if built else 'current, reused'}, "
+                    f"{files['qcow2'].stat().st_size / 2**20:.0f} MiB")
 
 
 def _build(lab, state, cloud, health, progress, path, orchestrators=1):
@@ -257,6 +285,16 @@ def _build(lab, state, cloud, health, progress, path, orchestrators=1):
     progress.step(f"metadata upstream on [{ORCHESTRATOR_ADDRESS}]:{clouds.METADATA_PORT} "
                   "(controller namespace)")
     clouds.metadata_upstream(lab, ctl, logs / "metadata-upstream.log")
+    driver = state["driver"]
+    ssh_key = None
+    if driver != "netns":
+        progress.step(f"NTP server on [{ORCHESTRATOR_ADDRESS}]:123 and an ssh key for the "
+                      "appliances")
+        clouds.ntp_server(lab, ctl, logs / "ntp.log")
+        ssh_key = lab.tmpdir("keys") / "id_ed25519"
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{lab.prefix}-operator",
+             "-f", ssh_key])
+        state["ssh_key"] = str(ssh_key)
 
     token = secrets.token_hex(16)
     if orchestrators > 1:
@@ -267,8 +305,9 @@ def _build(lab, state, cloud, health, progress, path, orchestrators=1):
         directory = lab.tmpdir("orchestrator")
         config = directory / "orchestrator.ini"
         config.touch(mode=0o600)  # holds the admin API token
-        config.write_text(clouds.orchestrator_config(lab.prefix, fabric.name, directory,
-                                                     cloud, token, health))
+        config.write_text(clouds.orchestrator_config(
+            lab.prefix, fabric.name, directory, cloud, token, health, driver=driver,
+            image=str(images.outputs()["qcow2"]), ssh_key=ssh_key))
         state["orchestrator"] = {"config": str(config), "token": token,
                                  "dir": str(directory),
                                  "log": str(directory / "orchestrator.log"), "pid": None}
@@ -279,10 +318,10 @@ def _build(lab, state, cloud, health, progress, path, orchestrators=1):
             save_state(state, path)
     api = admin_api(state)
 
-    calls = clouds.desired_state(cloud)
+    calls = clouds.placement_calls(cloud, driver) + clouds.desired_state(cloud)
     progress.step(f"desired state: {len(calls)} admin API calls "
-                  "(networks, subnets, ports, routers, floating IP, IPsec site "
-                  "connections, load balancer)")
+                  "(placements, networks, subnets, ports, routers, floating IP, IPsec "
+                  "site connections, load balancer)")
     for call in calls:
         progress.detail(call.what)
         try:
@@ -290,9 +329,15 @@ def _build(lab, state, cloud, health, progress, path, orchestrators=1):
         except AdminApiError as exc:
             raise LabError(f"{call.what}: the orchestrator refused it: {exc}") from None
 
+    vms = clouds.vm_resources(cloud, driver)
     for resource in (*cloud.routers, *cloud.loadbalancers):
-        progress.step(f"orchestrator boots and configures {resource.id}")
-        wait_configured(api, resource.id, progress, state["orchestrator"]["log"])
+        vm = resource.id in vms
+        what = "a VM of the image" if vm else "an appliance namespace"
+        progress.step(f"orchestrator boots {resource.id} as {what} and configures it")
+        shown = wait_configured(api, resource.id, progress, state["orchestrator"]["log"],
+                                VM_CONFIGURE_TIMEOUT if vm else CONFIGURE_TIMEOUT)
+        created = min(i["created_at"] for i in shown["instances"])
+        state["timings"][f"{resource.id}_boot_to_configured"] = time.time() - created
 
     progress.step("VMs: DHCP leases (udhcpc), router solicitations")
 
@@ -379,6 +424,9 @@ def wait_configured(api, resource_id, progress, log, timeout=CONFIGURE_TIMEOUT):
                 progress.detail("configured")
                 return resource
             text = f"{resource['state']}, {len(resource['instances'])} instance(s)"
+            for instance in resource["instances"]:
+                if not instance.get("alive"):
+                    text += f", {instance['id']} up {time.time() - instance['created_at']:.0f}s"
             if resource.get("last_error"):
                 text += f", last error: {resource['last_error'][:80]}"
             progress.detail(text)
@@ -443,14 +491,21 @@ def check_router(view):
     for router in view.cloud.routers:
         resource = view.api.resource(router.id)
         ok = ok and in_sync(resource)
-        where = ", ".join(f"{i['details'].get('netns')} (agent pid "
-                          f"{i['details'].get('agent_pid')})" for i in resource["instances"])
+        where = ", ".join(describe_instance(i) for i in resource["instances"])
         owner = f" by {resource['owner']} (epoch {resource['epoch']})" \
             if resource.get("owner") and view.state.get("cluster") else ""
         details.append(f"{router.id}: {resource['state']}{owner}" +
                        (f" in {where}" if where else "")
                        + (f"; {resource['last_error']}" if resource.get("last_error") else ""))
     return ok, "; ".join(details)
+
+
+def describe_instance(instance):
+    details = instance["details"]
+    if "netns" in details:
+        return f"{details['netns']} (agent pid {details.get('agent_pid')})"
+    return (f"VM {instance['id']} (QEMU pid {details.get('pid')}, {details.get('accel')}, "
+            f"image {details.get('image') or 'default'})")
 
 
 def _eth0_addresses(ns, family):
@@ -718,13 +773,43 @@ CHECKS = (
 )
 
 
+def check_clock(view):
+    """Over ssh as astara (the driver's own shell command): timesyncd synchronised with
+    the controller's NTP server, which the user data named."""
+    good, problems = [], []
+    for resource_id in clouds.vm_resources(view.cloud, view.state.get("driver", "netns")):
+        for instance in view.api.resource(resource_id)["instances"]:
+            result = view.ctl.run([*instance["shell"], "-o", "BatchMode=yes", "-o",
+                                   "ConnectTimeout=10", "timedatectl", "show-timesync",
+                                   "-p", "ServerAddress", "--value", "&&", "timedatectl",
+                                   "show", "-p", "NTPSynchronized", "--value"], check=False)
+            server, _, synced = result.stdout.strip().partition("\n")
+            if result.returncode == 0 and synced == "yes" and \
+                    ipaddress.ip_address(server) == ipaddress.ip_address(ORCHESTRATOR_ADDRESS):
+                good.append(f"{instance['id']} ← {server}")
+            else:
+                problems.append(f"{instance['id']}: {result.stdout.strip()!r} "
+                                f"{result.stderr.strip()[-100:]}")
+    return bool(good) and not problems, ", ".join(good + problems)
+
+
+# Rows of labs whose appliances are VMs (their own clock, reached over ssh).
+VM_CHECKS = (
+    ("clock", "clock: the router VM synchronised with the controller's NTP", check_clock),
+)
+
+
+def checks_for(state):
+    return CHECKS + (VM_CHECKS if state.get("driver", "netns") != "netns" else ())
+
+
 def self_check(state, patience=0.0, progress=None, only=None):
     """Run the checks (``only``: keys); a failing one is retried for ``patience`` seconds
     (things still converging: BGP, SLAAC). Returns [Row]."""
     view = View(state)
     rows = []
     try:
-        for key, name, check in CHECKS:
+        for key, name, check in checks_for(state):
             if only and key not in only:
                 continue
             if progress:
@@ -752,6 +837,15 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def format_timings(timings):
+    names = {"image_build": "image build"}
+    lines = []
+    for key, seconds in timings.items():
+        name = names.get(key) or key.replace("_boot_to_configured", ": boot to configured")
+        lines.append(f"  {name:<40} {seconds:6.1f} s")
+    return "\n".join(lines)
+
+
 def hints(state):
     names = state["namespaces"]
     cloud = CLOUDS[state["cloud"]]
@@ -759,7 +853,8 @@ def hints(state):
     ctl = str(ctl_bin) if ctl_bin.exists() else "astara-ctl"
     config = state["orchestrator"]["config"]
     router = cloud.routers[0].id
-    appliances = pathlib.Path(state["orchestrator"]["dir"]) / "appliances"
+    vm = state.get("driver", "netns") != "netns"
+    directory = pathlib.Path(state["orchestrator"]["dir"])
     pki = pki_directory(state)
     vm0, spare = cloud.vms[0], cloud.vms[2]
     fip = cloud.floating_ip_of(vm0)
@@ -769,7 +864,9 @@ def hints(state):
         f"  alias astara-ctl='ip netns exec {names['ctl']} {ctl} --config {config}'",
         "  astara-ctl browse                      # live table of resources and states (q quits)",
         f"  astara-ctl resource show {router}   # state, last error, instances, hashes",
-        f"  astara-ctl ssh {router}             # a shell inside the router appliance",
+        f"  astara-ctl ssh {router}             # " + (
+            "ssh astara@<management address>, the lab's key" if vm else
+            "a shell inside the router appliance"),
         "  astara-ctl resource show ha-router   # the HA pair: two instances, the VRRP "
         "master holds 172.24.4.9",
         f"  astara-ctl floatingip create router_id={router} floating_ip_address=172.24.4.102 "
@@ -789,7 +886,9 @@ def hints(state):
         "by BGP",
         "Logs:",
         f"  {state['orchestrator']['log']}",
-        f"  {appliances}/<appliance namespace>/agent.log",
+        *([f"  {directory / 'qemu'}/<VM id>/console.log   # {router}'s serial console"]
+          if vm else []),
+        f"  {directory / 'appliances'}/<appliance namespace>/agent.log",
         "astara-lab status   # re-run the checks        astara-lab down   # remove everything",
     ]
     return "\n".join(lines)
@@ -848,9 +947,10 @@ def cmd_up(args):
               "`astara-lab down` removes it", file=sys.stderr)
         return 1
     progress = Progress()
-    print("astara-lab: building a small cloud out of network namespaces")
+    print("astara-lab: building a small cloud out of network namespaces" + (
+        ", the router a VM of the appliance image" if args.driver == "qemu" else ""))
     try:
-        state = up(progress=progress, orchestrators=args.orchestrators)
+        state = up(progress=progress, orchestrators=args.orchestrators, driver=args.driver)
     except AlreadyUp as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -865,8 +965,10 @@ def cmd_up(args):
     progress.step("self-check")
     rows = self_check(state, patience=60, progress=progress)
     progress.finish()
-    print(f"\nLab {state['prefix']} is up after {progress.elapsed():.0f}s:\n")
+    print(f"\nLab {state['prefix']} ({state['driver']} driver) is up after "
+          f"{progress.elapsed():.0f}s:\n")
     print(format_table(rows) + "\n")
+    print(format_timings(state["timings"]) + "\n")
     print(hints(state))
     return 0 if all(r.ok for r in rows) else 1
 
@@ -897,6 +999,9 @@ def main(argv=None):
     parser.add_argument("--orchestrators", type=int, default=1, metavar="N",
                         help="up: N orchestrators sharing a PostgreSQL store, coordinated "
                              "through redis-server (default 1: one, on SQLite)")
+    parser.add_argument("--driver", choices=clouds.DRIVERS, default="netns",
+                        help="up: how the router appliance runs (netns: a namespace with "
+                             "the agent; qemu: a VM of out/astara.qcow2)")
     args = parser.parse_args(argv)
     if args.orchestrators < 1:
         parser.error("--orchestrators must be at least 1")

@@ -16,9 +16,13 @@ report who they see. One implementation, shared by the lab and the tests.
 
 * ``PeerServer`` / ``Connection``: a line-based TCP server in a namespace that answers each
   line with the address it sees the client as, and its client.
+* ``NtpServer``: an SNTP server (RFC 4330, stratum 2, this host's clock) that VM appliances
+  synchronise with (``[appliance] ntp_servers``); records the clients it answered.
+  In a test thread (``start()``) or ``python -m astara_lab.peers ntp --bind ADDR``.
 """
 import argparse
 import collections
+import contextlib
 import ipaddress
 import json
 import os
@@ -26,6 +30,7 @@ import pathlib
 import random
 import re
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -357,6 +362,63 @@ class Connection:
         self.sock.close()
 
 
+# -- NTP --------------------------------------------------------------------------------------
+
+NTP_EPOCH_OFFSET = 2208988800  # 1900-01-01 to 1970-01-01
+NTP_PACKET = struct.Struct("!BBbbII4sQQQQ")
+
+
+def ntp_timestamp(seconds):
+    """Unix seconds as the 64-bit NTP timestamp (32.32 fixed point since 1900)."""
+    return int((seconds + NTP_EPOCH_OFFSET) * 2**32)
+
+
+def sntp_reply(request, received, now=time.time):
+    """The server reply to a client request (bytes), or None for anything else."""
+    if len(request) < NTP_PACKET.size:
+        return None
+    first, *_rest, transmit = NTP_PACKET.unpack_from(request)
+    version, mode = (first >> 3) & 0x7, first & 0x7
+    if mode != 3 or version not in (3, 4):  # only client requests
+        return None
+    return NTP_PACKET.pack(
+        (0 << 6) | (version << 3) | 4,  # no leap warning, the client's version, server
+        2, request[2], -20,  # stratum 2, the client's poll, ~1 us precision
+        0, 1 << 4,  # root delay 0, root dispersion ~0.25 ms (16.16 fixed point)
+        b"LOCL", ntp_timestamp(now()),  # reference id and time
+        transmit, ntp_timestamp(received), ntp_timestamp(now()))
+
+
+class NtpServer:
+    """SNTP on ``address``:``port`` (UDP), inside namespace ``ns`` (a Netns; None: this
+    process's); ``clients`` lists the latest addresses it answered, in order."""
+
+    def __init__(self, address=DEFAULT_ORCHESTRATOR_ADDRESS, port=123, ns=None):
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with in_netns(ns.name) if ns else contextlib.nullcontext():
+            self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((address, port))
+        self.clients = collections.deque(maxlen=1000)
+
+    def start(self):
+        threading.Thread(target=self.serve, daemon=True).start()
+        return self
+
+    def serve(self):
+        while True:
+            try:
+                request, peer = self.sock.recvfrom(512)
+            except OSError:
+                return
+            reply = sntp_reply(request, time.time())
+            if reply is not None:
+                self.sock.sendto(reply, peer)
+                self.clients.append(peer[0])
+
+    def stop(self):
+        self.sock.close()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m astara_lab.peers",
                                      description="run a lab peer in the foreground")
@@ -364,7 +426,13 @@ def main(argv=None):
     metadata = sub.add_parser("metadata", help="the orchestrator's metadata endpoint")
     metadata.add_argument("--bind", default=DEFAULT_ORCHESTRATOR_ADDRESS)
     metadata.add_argument("--port", type=int, default=METADATA_PORT)
+    ntp = sub.add_parser("ntp", help="an SNTP server (this host's clock)")
+    ntp.add_argument("--bind", default=DEFAULT_ORCHESTRATOR_ADDRESS)
+    ntp.add_argument("--port", type=int, default=123)
     args = parser.parse_args(argv)
+    if args.peer == "ntp":
+        NtpServer(args.bind, args.port).serve()
+        return
     server = _metadata_server(args.bind, args.port)
     server.seen = collections.deque(maxlen=100)  # long-lived: keep only the latest
     server.serve_forever()

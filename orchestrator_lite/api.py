@@ -13,6 +13,10 @@ Operations::
 
   GET  /v1/resources[/<id>]                     state, last error, instances, hashes
   POST /v1/resources/<id>/<rebuild|update|debug|manage|poll>   {reason?}
+                                                rebuild: {image?, instance?} too
+  POST /v1/upgrades                             {image, max_unavailable?, tenant_id?,
+                                                 resources?, unit_timeout?}: a rolling
+  GET  /v1/upgrades   DELETE /v1/upgrades       upgrade (rollout.py), its status, stop it
   POST /v1/tenants/<tenant>/<debug|manage>      POST /v1/global/<debug|manage>
   POST /v1/poll                                 GET  /v1/workers
   POST /v1/resources/<id>/debug-session         {actions?, follow?, timeout?}: the state
@@ -169,7 +173,33 @@ def operation_routes(orchestrator):
 
     @routes.post("/v1/resources/<resource_id>/<command>")
     def resource_command(resource_id, command):
-        return jsonify(orchestrator.command(resource_id, command, body().get("reason", "")))
+        data = body()
+        return jsonify(orchestrator.command(resource_id, command, data.get("reason", ""),
+                                            data.get("image"), data.get("instance")))
+
+    @routes.post("/v1/upgrades")
+    def start_upgrade():
+        data = body()
+        resources = data.get("resources")
+        if resources is not None and not (isinstance(resources, list) and
+                                          all(isinstance(r, str) for r in resources)):
+            raise StoreError("resources must be a list of resource ids", "resources")
+        timeout = data.get("unit_timeout")
+        if timeout is not None and not (isinstance(timeout, (int, float)) and
+                                        not isinstance(timeout, bool) and timeout > 0):
+            raise StoreError("unit_timeout must be a positive number of seconds",
+                             "unit_timeout")
+        return jsonify(upgrade=orchestrator.start_upgrade(
+            data.get("image", ""), data.get("max_unavailable", 1), data.get("tenant_id"),
+            resources, timeout)), 202
+
+    @routes.get("/v1/upgrades")
+    def upgrade_status():
+        return jsonify(upgrade=orchestrator.upgrade_status())
+
+    @routes.delete("/v1/upgrades")
+    def stop_upgrade():
+        return jsonify(upgrade=orchestrator.stop_upgrade())
 
     @routes.post("/v1/tenants/<tenant_id>/<command>")
     def tenant_command(tenant_id, command):

@@ -2,6 +2,7 @@
 config hash for drift detection).
 
 * ``is_alive()``: ``GET /v1/firewall/rules``, one try, ``alive_timeout`` (3 s); 200 = alive.
+* ``banner()``: ``GET /v1/`` -> the banner (API version and capabilities, capabilities.py).
 * ``get_interfaces()``: ``GET /v1/system/interfaces`` -> ``{mac: geN}``.
 * ``committed()``: ``GET /v1/system/config`` -> ``(generation, hash)``; with
   ``if_none_match`` a 304 answer means "already at that hash" and costs no body.
@@ -150,6 +151,9 @@ class ApplianceClient:
             LOG.debug("%s: no status: %s", self.url, exc)
             return {}
         return body if isinstance(body, dict) else {}
+
+    def banner(self):
+        return self._json(self._call("GET", "/v1/", self.timeout))
 
     def get_interfaces(self):
         body = self._json(self._call("GET", "/v1/system/interfaces", self.timeout))

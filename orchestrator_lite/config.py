@@ -10,7 +10,7 @@ the ``[netns]`` names the lab chose) is enough to run. Sections and keys::
   [router] asn, neighbor_asn, provider_rules_path
   [appliance] port, token, alive_timeout, interfaces_timeout, config_timeout,
               confirm_timeout (commit-confirm seconds; 0: plain PUTs), retry_attempts,
-              retry_base, retry_cap
+              retry_base, retry_cap, ntp_servers
   [health] period, jitter, dead_grace, degraded_grace, boot_timeout, boot_check_interval,
            max_boot_attempts, boot_backoff_base, boot_backoff_cap, error_cooldown,
            delete_timeout, hotplug_timeout, max_push_failures, push_backoff_base,
@@ -19,7 +19,8 @@ the ``[netns]`` names the lab chose) is enough to run. Sections and keys::
   [database] connection, watch_interval
   [coordination] backend_url, group, heartbeat
   [webhook] url, timeout
-  [compute] driver, drivers             (netns, openstack; drivers: more for placements)
+  [compute] driver, drivers             (netns, openstack, qemu; drivers: more for
+                                         placements)
   [openstack] cloud, auth_url, username, password, project_name, user_domain_name,
               project_domain_name, region_name, interface, image, flavor,
               availability_zone, ssh_public_key, boot_command, port_security,
@@ -28,6 +29,9 @@ the ``[netns]`` names the lab chose) is enough to run. Sections and keys::
             topic, queue, queue_expires
   [netns] prefix, fabric, management_bridge, bridges, auto_bridges, state_root, python,
           enabled_services, management_mtu
+  [qemu] fabric, management_bridge, bridges, auto_bridges, state_root, image, images,
+         accel, binary, machine, cpus, memory, max_nics, ssh_public_key, ssh_identity,
+         kernel_args, unplug_timeout
   [tls] enabled, directory, lifetime_days, renew_before_days   (pki.py, README "Mutual TLS")
 """
 import configparser
@@ -107,6 +111,11 @@ class ApplianceSettings:
     retry_attempts: int = 4
     retry_base: float = 0.5
     retry_cap: float = 8.0
+    ntp_servers: str = ""  # given to VM appliances in their user data (comma-separated)
+
+    @property
+    def ntp_server_list(self):
+        return tuple(s for s in self.ntp_servers.replace(",", " ").split() if s)
 
 
 @dataclass(frozen=True)
@@ -204,6 +213,28 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
+class QemuSettings:
+    """The QEMU driver (drivers/qemu.py): VMs of the built image, taps in ``fabric``."""
+    fabric: str = ""  # namespace holding the bridges (required: never the root namespace)
+    management_bridge: str = "b-mgmt"
+    bridges: dict = field(default_factory=dict)  # network id -> bridge name
+    auto_bridges: bool = True
+    state_root: str = ""  # instances and image copies; default <state_dir>/qemu
+    image: str = ""  # default image: X.qcow2 (+ X.vmlinuz, X.initrd); default out/astara.qcow2
+    images: dict = field(default_factory=dict)  # label -> X.qcow2 (rebuild/upgrade --image)
+    accel: str = "auto"  # auto: KVM when a probe boots a guest with it, else TCG
+    binary: str = "qemu-system-x86_64"
+    machine: str = "pc"  # pc: ACPI PCI hot-plug; q35: PCIe root ports are pre-created
+    cpus: int = 1
+    memory: int = 1024  # MiB
+    max_nics: int = 8  # NIC slots (management + data), the hot-plug limit
+    ssh_public_key: str = ""  # file: the operator's key, for the "astara" user
+    ssh_identity: str = ""  # private key astara-ctl ssh uses (default: ssh's own)
+    kernel_args: str = ""  # appended to the kernel command line
+    unplug_timeout: float = 30.0  # seconds the guest gets to release a NIC
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = field(default_factory=socket.gethostname)
     state_dir: str = "/var/lib/astara-orchestrator"
@@ -226,6 +257,7 @@ class Settings:
     tls: TlsSettings = field(default_factory=TlsSettings)
     db: DatabaseSettings = field(default_factory=DatabaseSettings)
     coordination: CoordinationSettings = field(default_factory=CoordinationSettings)
+    qemu: QemuSettings = field(default_factory=QemuSettings)
 
     @property
     def database_path(self):
@@ -329,6 +361,7 @@ def from_parser(parser, **overrides):
             db=_typed(DatabaseSettings, _own(parser, "database"), "database."),
             coordination=_typed(CoordinationSettings, _own(parser, "coordination"),
                                 "coordination."),
+            qemu=_typed(QemuSettings, _own(parser, "qemu"), "qemu."),
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -356,6 +389,11 @@ def validate(settings):
         if name not in DRIVERS:
             raise ConfigError(f"compute.{key}: unknown driver {name!r} "
                               f"({', '.join(DRIVERS)})")
+    if "qemu" in (settings.compute_driver, *settings.compute_drivers) \
+            and not settings.qemu.fabric:
+        raise ConfigError("qemu.fabric: the namespace holding the bridges is required")
+    if settings.qemu.accel not in ("auto", "tcg", "kvm"):
+        raise ConfigError("qemu.accel must be auto, tcg or kvm")
     if settings.threads < 1:
         raise ConfigError("workers.threads must be at least 1")
     if settings.health.period <= 0:

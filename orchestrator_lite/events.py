@@ -52,11 +52,14 @@ class ResourceRef:
 @dataclasses.dataclass(frozen=True)
 class Event:
     """``ref`` None means every resource (a broadcast, e.g. ``astara-ctl poll``);
-    ``force``: push even when the appliance already has the desired config."""
+    ``force``: push even when the appliance already has the desired config; ``image`` and
+    ``instance``: what a rebuild boots and replaces (None: the running image, all)."""
     ref: object
     action: str
     reason: str = ""
     force: bool = False
+    image: str = None
+    instance: str = None
 
     def __post_init__(self):
         if self.action not in ACTIONS:

@@ -11,12 +11,20 @@ state, keeps no timers and never retries on its own beyond the client's HTTP bac
 * Config: NIC discovery (``GET /v1/system/interfaces``, MAC -> geN) must list exactly the
   instance's port MACs, else a replug (hot-plug) is needed; the payload is built per
   instance (own management address, own NIC map, HA peers/priority) and its hash is
-  compared with the appliance's committed hash (drift detection).
+  compared with the appliance's committed hash (drift detection) when the appliance
+  advertises it (capabilities.py: an old image's appliance is trusted to hold what was last
+  pushed to it).
+* Images and drivers (``boot_hints``): a placement (store/placements.py) names the driver;
+  boots use the image a rebuild or upgrade asked for (``image``), else the placement's,
+  else the image the resource's instances on that driver already run, else the driver's
+  default; so a replaced HA member or a rebuilt appliance stays on its image until an
+  upgrade or a placement moves it.
 * Fencing: with a ``claim`` (the resource's owner and epoch), every store write checks it
   in its transaction, every driver action that creates or destroys checks it first, and
   every push carries its epoch; ``store.Fenced`` means another orchestrator owns the
   resource now and ends the step.
 """
+import collections
 import dataclasses
 import ipaddress
 import logging
@@ -27,6 +35,7 @@ from astara_router.logs import log_fields, new_request_id
 from astara_router.store import payload_hash
 
 from . import builder
+from .capabilities import CONFIG_HASH, STATUS, ApplianceApi
 from .client import ApplianceClient, ApplianceError, ApplianceFenced, ApplianceRejected
 from .drivers.base import ERROR as COMPUTE_ERROR
 from .drivers.base import DriverError, Nic
@@ -65,6 +74,7 @@ class Observation:
     needs_replug: bool = False
     dead_for: tuple = ()  # per silent instance: seconds since last alive (inf = broken)
     unhealthy: tuple = ()  # "<instance>: <reason>" of alive instances reporting degraded
+    booting: int = 0  # silent instances never seen alive, younger than the boot timeout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,15 +100,17 @@ class _Runtime:
     client: object
     last_alive: float
     alive: bool = False
+    seen_alive: bool = False
     reported: dict = None  # {mac: geN} from the last NIC discovery
     applied_hash: str = None
+    api: ApplianceApi = None  # from the banner, once it answered
 
 
 class InstanceManager:
     def __init__(self, ref, store, driver, payload_settings, client_factory,
                  management_network_id, clock=time.monotonic, sleep=time.sleep,
-                 hotplug_timeout=10.0, placement=None, certificates=None, claim=None,
-                 metrics=DISCARD):
+                 hotplug_timeout=10.0, boot_timeout=300.0, wall_clock=time.time,
+                 placement=None, certificates=None, claim=None, metrics=DISCARD):
         self.ref = ref
         self.certificates = certificates  # pki.CertificateAuthority, or None: plain HTTP
         self.claim = claim
@@ -109,11 +121,15 @@ class InstanceManager:
         self.client_factory = client_factory
         self.management_network_id = management_network_id
         self.hotplug_timeout = hotplug_timeout
+        self.boot_timeout = boot_timeout
+        self._wall_clock = wall_clock
         self.placement = placement  # ref -> store.placements.Placement (image, driver)
         self._clock = clock
         self._sleep = sleep
         self._runtimes = {}  # instance id -> _Runtime
         self.prefix = instance_prefix(ref)
+        self.image = None  # asked for by a rebuild/upgrade: the image the next boots use
+        self._replace = None  # instance name a member rebuild replaces (HA: one at a time)
 
     # -- reading ---------------------------------------------------------------------------------
     def _resource(self, snapshot):
@@ -151,7 +167,7 @@ class InstanceManager:
         if self._resource(snapshot) is None:
             return Observation(exists=False, instances=len(runtimes))
         now = self._clock()
-        alive = addressed = in_sync = 0
+        alive = addressed = in_sync = booting = 0
         dead_for = []
         for runtime in runtimes:
             instance = runtime.instance
@@ -161,9 +177,14 @@ class InstanceManager:
             runtime.alive = bool(not broken and runtime.client and runtime.client.is_alive())
             if runtime.alive:
                 runtime.last_alive = now
+                runtime.seen_alive = True
                 alive += 1
+                if runtime.api is None:
+                    runtime.api = self._appliance_api(runtime)
             else:
                 dead_for.append(math.inf if broken else now - runtime.last_alive)
+                age = self._wall_clock() - instance.created_at
+                booting += not broken and not runtime.seen_alive and age < self.boot_timeout
         needs_replug = False
         unhealthy = []
         if check_sync:
@@ -177,6 +198,9 @@ class InstanceManager:
                     continue
                 try:
                     desired = payload_hash(self._payload(snapshot, runtime, runtimes))
+                    if runtime.api is None or not runtime.api.has(CONFIG_HASH):
+                        in_sync += runtime.applied_hash == desired
+                        continue
                     _, committed = runtime.client.committed(if_none_match=desired)
                 except (NeedsReplug, builder.BuildError) as exc:
                     LOG.info("%s: %s needs a replug: %s", self.ref, runtime.instance.name, exc)
@@ -192,7 +216,19 @@ class InstanceManager:
         return Observation(exists=True, required=self.required(snapshot),
                            instances=len(runtimes), addressed=addressed, alive=alive,
                            in_sync=in_sync, needs_replug=needs_replug,
-                           dead_for=tuple(dead_for), unhealthy=tuple(unhealthy))
+                           dead_for=tuple(dead_for), unhealthy=tuple(unhealthy),
+                           booting=booting)
+
+    def _appliance_api(self, runtime):
+        """What the appliance advertises; None (ask again later) when the banner does not
+        answer; the original API when it answers 4xx (no banner of ours)."""
+        try:
+            return ApplianceApi.from_banner(runtime.client.banner())
+        except ApplianceRejected:
+            return ApplianceApi()
+        except ApplianceError as exc:
+            LOG.info("%s: no banner from %s yet: %s", self.ref, runtime.instance.name, exc)
+            return None
 
     def _renew_certificate(self, runtime):
         """Re-issue the instance's API certificate when it nears expiry (pki.py). A push
@@ -214,7 +250,9 @@ class InstanceManager:
 
     def _appliance_problem(self, runtime):
         """Why the appliance says it is degraded (a daemon down, a failed repair), or None.
-        An agent without a supervisor (the original) never says so."""
+        Only asked of appliances that advertise their status (the original never says)."""
+        if runtime.api is None or not runtime.api.has(STATUS):
+            return None
         status = runtime.client.status()
         if status.get("state") != "degraded":
             return None
@@ -251,6 +289,8 @@ class InstanceManager:
                  "management_address": r.instance.management_address, "alive": r.alive,
                  "committed_hash": r.applied_hash, "created_at": r.instance.created_at,
                  "nics": [dataclasses.asdict(n) for n in r.instance.nics],
+                 "image": r.instance.details.get("image", ""),
+                 "api": r.api.as_dict() if r.api else None,
                  "details": dict(r.instance.details)}
                 for r in sorted(self._runtimes.values(), key=lambda r: r.instance.name)]
 
@@ -363,13 +403,14 @@ class InstanceManager:
         if self._resource(snapshot) is None:
             raise BootError("the resource no longer exists")
         keep = set()
-        for runtime in self._refresh():
+        runtimes = self._refresh()
+        hints = self.boot_hints(snapshot, runtimes)
+        for runtime in runtimes:
             if only_missing and runtime.alive:
                 keep.add(runtime.instance.name)
             else:
                 self._destroy(runtime.instance)
         names = [f"{self.prefix}{n}" for n in range(self.required(snapshot))]
-        hints = self.boot_hints(snapshot)
         for name in names:
             if name in keep:
                 continue
@@ -391,23 +432,44 @@ class InstanceManager:
                 self.store.delete_appliance_ports(ports, claim=self.claim)
                 raise BootError(f"{name}: {exc}") from exc
             self.metrics.booted("created")
-            LOG.info("%s: created %s (%s, management %s)", self.ref, name, instance.id,
-                     instance.management_address)
+            LOG.info("%s: created %s (%s, management %s, image %s)", self.ref, name,
+                     instance.id, instance.management_address, hints.get("image") or "default")
         self._refresh()
 
-    def boot_hints(self, snapshot):
-        """Extra create() arguments: the placement's image and driver (only when it names
-        them, so a plain driver is called plainly), a server group for HA pairs."""
+    def boot_hints(self, snapshot, runtimes):
+        """Extra create() arguments, each only when set (so a plain driver is called
+        plainly): the driver a placement names; the image a rebuild or upgrade asked for,
+        else the placement's, else the one most of the resource's instances on that driver
+        run (none: the driver's default); a server group for HA pairs."""
         hints = {}
         if self.required(snapshot) > 1:
             hints["server_group"] = server_group_name(self.ref.kind, self.ref.id)
         placement = self.placement(self.ref) if self.placement else None
-        if placement is not None:
-            if placement.image:
-                hints["image"] = placement.image
-            if placement.driver:
-                hints["driver"] = placement.driver
+        if placement is not None and placement.driver:
+            hints["driver"] = placement.driver
+        image = self.image
+        if image is None and placement is not None and placement.image:
+            image = placement.image
+        if image is None:
+            driver = hints.get("driver") or self.driver.name
+            running = collections.Counter(
+                r.instance.details.get("image") or None for r in runtimes
+                if self.driver.driver_name_of(r.instance.id) == driver)
+            image = running.most_common(1)[0][0] if running else None
+        if image is not None:
+            hints["image"] = image
         return hints
+
+    def request_rebuild(self, image=None, member=None):
+        """Ask the next rebuild to boot ``image`` (None: keep the current one) and, with
+        ``member`` (an instance name), to replace only that instance."""
+        if image is not None:
+            self.image = image
+        self._replace = member
+
+    def take_member_to_replace(self):
+        member, self._replace = self._replace, None
+        return member
 
     def _create_ports(self, name):
         snapshot = self.store.snapshot()
@@ -498,21 +560,25 @@ class InstanceManager:
                 return False
             self._sleep(0.5)
 
-    def stop(self, timeout):
-        """Destroy every instance of the resource; True once none is left (bounded)."""
+    def stop(self, timeout, only=None):
+        """Destroy every instance of the resource (``only``: just the instance of that
+        name, an HA member replaced on its own); True once none is left (bounded)."""
         deadline = self._clock() + timeout
+
+        def left():
+            return [i for i in self.driver.list(self.prefix) if only in (None, i.name)]
+
         while True:
-            left = self.driver.list(self.prefix)
-            for instance in left:
+            for instance in left():
                 try:
                     self._destroy(instance)
                 except DriverError as exc:
                     LOG.warning("%s: cannot delete %s: %s", self.ref, instance.name, exc)
-            left = self.driver.list(self.prefix)
-            if not left:
-                self.store.delete_appliance_ports(
-                    self.store.snapshot().appliance_ports(self.ref.id), claim=self.claim)
-                self._runtimes.clear()
+            if not left():
+                if only is None:
+                    self.store.delete_appliance_ports(
+                        self.store.snapshot().appliance_ports(self.ref.id), claim=self.claim)
+                    self._runtimes.clear()
                 return True
             if self._clock() >= deadline:
                 return False

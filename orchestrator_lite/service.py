@@ -17,10 +17,12 @@ from astara_router.store import payload_hash
 from .builder import PayloadSettings
 from .coordination import make_ownership
 from .drivers import DriverSet, make_drivers
+from .drivers.base import DriverError
 from .events import MANAGE, POLL, REBUILD, UPDATE
 from .health import HealthMonitor
-from .instances import InstanceManager, default_client_factory
+from .instances import InstanceManager, default_client_factory, instance_prefix
 from .metrics import OrchestratorMetrics
+from .rollout import Rollout
 from .state import Automaton
 from .store import Conflict, NotFound, Store, StoreError
 from .webhook import Webhook
@@ -60,9 +62,11 @@ class Orchestrator:
         self.health = HealthMonitor(self.scheduler, self.store, self.driver,
                                     settings.health.period, settings.health.jitter, clock,
                                     ownership=self.ownership)
+        self.store.subscribe(self._rebuild_requests)
         self.store.subscribe(self.scheduler.handle_all)
         self.metrics.observe(self)
         self.started_at = time.time()
+        self.rollout = None  # the fleet upgrade under way or last run (rollout.py)
 
     @staticmethod
     def _connect(settings, driver):
@@ -120,6 +124,7 @@ class Orchestrator:
                                   self.client_factory, self.settings.management.network_id,
                                   clock=self._clock,
                                   hotplug_timeout=self.settings.health.hotplug_timeout,
+                                  boot_timeout=self.settings.health.boot_timeout,
                                   placement=self.store.placements.resolve,
                                   certificates=self.certificates,
                                   claim=claim if claim is not True else None,
@@ -156,6 +161,8 @@ class Orchestrator:
                  self.store.url, self.ownership.status()["mode"])
 
     def stop(self):
+        if self.rollout is not None:
+            self.rollout.stop()
         if self.neutron_events is not None:
             self.neutron_events.stop()
         self.health.stop()
@@ -234,9 +241,13 @@ class Orchestrator:
                    placement=self.store.placements.resolve(ref).as_dict())
         return row
 
-    def command(self, resource_id, command, reason=""):
+    def command(self, resource_id, command, reason="", image=None, instance=None):
         if command not in RESOURCE_COMMANDS:
             raise StoreError(f"unknown command {command!r} ({', '.join(RESOURCE_COMMANDS)})")
+        if (image is not None or instance is not None) and command != "rebuild":
+            raise StoreError(f"{command} takes no image or instance (rebuild does)", "image")
+        if command == "rebuild":
+            return self.rebuild(resource_id, image, instance)
         ref = self._ref(resource_id)
         if command == "debug":
             self.store.debug_flags.set("resource", ref.id, reason)
@@ -246,12 +257,72 @@ class Orchestrator:
             self.store.write_debug_flag("resource", ref.id, None, None,
                                         command=(ref.kind, ref.id, MANAGE))
         else:
-            action = {"rebuild": REBUILD, "update": UPDATE, "poll": POLL}[command]
+            action = {"update": UPDATE, "poll": POLL}[command]
             self.store.command(ref, action, force=command == "update")
         paused = self.store.debug_flags.paused_reason(ref)
         return {"id": ref.id, "command": command,
                 "delivered": not paused or command == "manage",
                 "owner": self.ownership.owner_of(ref), "paused": paused}
+
+    def rebuild(self, resource_id, image=None, instance=None):
+        """Replace the resource's appliances (``instance``: only that one, by name, e.g.
+        one HA member), booting ``image`` (None: the image they run now). The image
+        sticks: later boots of the resource use it too."""
+        ref = self._ref(resource_id)
+        if image is not None:
+            if not isinstance(image, str):
+                raise StoreError("image must be a string", "image")
+            try:  # an image of the driver the resource boots on (its placement's)
+                self.driver.image_id(image, self.store.placements.resolve(ref).driver or None)
+            except DriverError as exc:
+                raise StoreError(str(exc), "image") from None
+        if instance is not None:
+            names = {i.name for i in self.driver.list(instance_prefix(ref))}
+            if instance not in names:
+                raise StoreError(f"{ref} has no instance {instance!r} "
+                                 f"({', '.join(sorted(names)) or 'none'})", "instance")
+        # Through the store, like every command: the owner's _rebuild_requests hands the
+        # image and instance to its instance manager before the rebuild reaches it.
+        self.store.command(ref, REBUILD, image=image, instance=instance)
+        paused = self.store.debug_flags.paused_reason(ref)
+        return {"id": ref.id, "command": "rebuild", "delivered": not paused,
+                "image": image, "instance": instance,
+                "owner": self.ownership.owner_of(ref), "paused": paused}
+
+    def _rebuild_requests(self, events):
+        """A rebuild's image and instance (``rebuild --image``, the rolling upgrade), set
+        on the owner's instance manager; subscribed before the scheduler, so it is set
+        when the rebuild is delivered."""
+        for event in events:
+            if event.action != REBUILD or event.ref is None or \
+                    (event.image is None and event.instance is None):
+                continue
+            if not self.scheduler.owns(event.ref):
+                continue
+            if event.ref.key not in self.managers:
+                self.scheduler.deliver(event.ref, POLL)  # makes the automaton and manager
+            manager = self.managers.get(event.ref.key)
+            if manager is not None:
+                manager.request_rebuild(event.image, event.instance)
+
+    # -- fleet upgrades (rollout.py) -------------------------------------------------------------
+    def start_upgrade(self, image, max_unavailable=1, tenant_id=None, resource_ids=None,
+                      unit_timeout=None):
+        if self.rollout is not None and self.rollout.running():
+            raise StoreError("an upgrade is under way (astara-ctl upgrade status; "
+                             "upgrade stop ends it)", status=409)
+        self.rollout = Rollout(self, image, max_unavailable, tenant_id, resource_ids,
+                               unit_timeout).start()
+        return self.rollout.status()
+
+    def upgrade_status(self):
+        return self.rollout.status() if self.rollout is not None else None
+
+    def stop_upgrade(self):
+        if self.rollout is None:
+            raise StoreError("no upgrade has been started", status=404)
+        self.rollout.stop()
+        return self.rollout.status()
 
     def tenant_command(self, tenant_id, command, reason=""):
         refs = [r for r in self.store.snapshot().resources() if r.tenant_id == tenant_id]

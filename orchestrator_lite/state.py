@@ -26,7 +26,9 @@ gone, error. Steps (astara's automaton classes, ReadStats dropped since it was d
   ReplugInstance    hot-plug failed -> restart -> Stop; else -> Configure
   StopInstance      destroy (bounded by delete_timeout, else error); gone or delete ->
                     Exit; else -> Create
-  RebuildInstance   stop, reset boot counter, action becomes create -> Create (gone: Exit)
+  RebuildInstance   stop (all instances, or the one member a rolling upgrade replaces:
+                    degraded meanwhile), reset boot counter, action becomes create ->
+                    Create (gone: Exit)
   ClearError        reset counters; -> the step CalcAction would pick without the error
 
 A step that has to wait returns ``Wait(seconds)``: the worker is released and the scheduler
@@ -119,6 +121,8 @@ def derive_state(previous, obs, dead_grace):
         if obs.dead_for and all(math.isinf(d) for d in obs.dead_for):
             return DOWN  # the compute layer says they are broken: no point waiting
         return BOOTING
+    if obs.booting:
+        return BOOTING  # an HA member (re)boots, the other serves; bounded by boot_timeout
     if any(d >= dead_grace for d in obs.dead_for):
         return DEGRADED  # an HA member is lost for good; the other one serves
     if obs.needs_replug:
@@ -452,7 +456,8 @@ class Automaton:
 
     def _rebuild_instance(self):
         timeout = self.settings.delete_timeout
-        if not self.manager.stop(timeout):
+        member = self.manager.take_member_to_replace()  # HA: one member, the other serves
+        if not self.manager.stop(timeout, only=member):
             self.metrics.timed_out("delete")
             self._set_error(STOP_ERROR, f"instances not deleted within {timeout:g}s")
             return CALC_ACTION
@@ -462,7 +467,7 @@ class Automaton:
         if not self.manager.exists():
             self._set_state(GONE)
             return EXIT
-        self._set_state(DOWN)
+        self._set_state(DEGRADED if member else DOWN)
         self.observed = True
         self.action = CREATE
         return CREATE_INSTANCE

@@ -24,6 +24,15 @@ from .operator import operator_routes, request_id, request_ids
 
 LOG = logging.getLogger(__name__)
 BANNER = "Astara appliance API service is active"
+# The banner advertises what this agent offers; an orchestrator uses only what an appliance
+# advertises, so appliances of older images keep working during a fleet upgrade. The
+# original appliance's API (liveness on /v1/firewall/rules, GET /v1/system/interfaces,
+# PUT /v1/system/config) is version 1.0 and advertises nothing.
+API_VERSION = "1.1"
+CAPABILITIES = (
+    "config-hash",  # GET /v1/system/config: generation + hash, ETag, 304 on If-None-Match
+    "status",  # GET /v1/status/: ready/degraded with reasons, reachability of the probe targets
+)
 PUBLIC_PATHS = ("/v1/", "/v1/base/")  # the banner: no token needed
 MAX_BODY = 16 * 1024 * 1024
 MAX_CONFIRM_TIMEOUT = 3600  # seconds
@@ -135,7 +144,9 @@ def base_routes(settings, engine, prober):
     def banner():
         return json_response({"service": BANNER, "state": engine.state,
                               "generation": engine.committed.generation,
-                              "enabled_services": list(settings.enabled_services)})
+                              "enabled_services": list(settings.enabled_services),
+                              "api_version": API_VERSION,
+                              "capabilities": list(CAPABILITIES)})
 
     @routes.get("/metrics")
     def metrics():

@@ -2,11 +2,16 @@
 
   astara-ctl resource list|show [ID]                 state, last error, instances
   astara-ctl router|loadbalancer|resource rebuild|update|debug|manage|poll ID [--reason R]
+  astara-ctl resource rebuild ID --image IMAGE [--instance NAME]   onto another image
+  astara-ctl upgrade start --image IMAGE [--max-unavailable N] [--tenant T] [--resource ID]
+                           [--unit-timeout S] [--wait]             rolling fleet upgrade
+  astara-ctl upgrade status [--json] | stop
   astara-ctl tenant debug|manage TENANT [--reason R]
   astara-ctl global debug|manage [--reason R]
   astara-ctl poll                                    poll every resource now
   astara-ctl workers debug                           queues, workers, debug flags, polls sent
-  astara-ctl ssh ID [--instance N]                   shell in the appliance (netns driver)
+  astara-ctl ssh ID [--instance N]                   shell in the appliance: ssh as astara
+                                                     (VM drivers), ip netns exec (netns)
   astara-ctl browse [--once] [--interval S]          live table of resources (q quits)
   astara-ctl debug-resource ID [--action A ...] [--follow] [--timeout S] [--json]
                                                      its state machine in the foreground:
@@ -194,8 +199,66 @@ def cmd_resource(client, args):
     if args.action == "show":
         emit(client.call("GET", f"/v1/resources/{args.id}")["resource"])
         return 0
-    emit(client.call("POST", f"/v1/resources/{args.id}/{args.action}",
-                     {"reason": args.reason or ""}))
+    body = {"reason": args.reason or ""}
+    if getattr(args, "image", None) is not None:
+        body["image"] = args.image
+    if getattr(args, "instance", None) is not None:
+        body["instance"] = args.instance
+    emit(client.call("POST", f"/v1/resources/{args.id}/{args.action}", body))
+    return 0
+
+
+UPGRADE_COLUMNS = ("kind", "id", "tenant_id", "status", "message")
+UPGRADE_ENDED = ("finished", "halted", "stopped")
+
+
+def upgrade_summary(upgrade):
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(upgrade["counts"].items()))
+    text = (f"upgrade onto {upgrade['image'] or 'the default image'} "
+            f"({upgrade['image_id']}), at most {upgrade['max_unavailable']} at a time: "
+            f"{upgrade['state']}; {counts or 'no resources'}")
+    if upgrade.get("reason"):
+        text += f"\n  {upgrade['reason']}"
+    return text
+
+
+def cmd_upgrade(client, args):
+    if args.action == "start":
+        if args.image is None:
+            raise CtlError("upgrade start needs --image (\"\" for the driver's default)")
+        body = {"image": args.image, "max_unavailable": args.max_unavailable}
+        if args.tenant:
+            body["tenant_id"] = args.tenant
+        if args.resource:
+            body["resources"] = args.resource
+        if args.unit_timeout:
+            body["unit_timeout"] = args.unit_timeout
+        upgrade = client.call("POST", "/v1/upgrades", body)["upgrade"]
+        print(upgrade_summary(upgrade))
+        if not args.wait:
+            return 0
+        last = None
+        while upgrade["state"] not in UPGRADE_ENDED:
+            time.sleep(args.interval)
+            upgrade = client.call("GET", "/v1/upgrades")["upgrade"]
+            line = upgrade_summary(upgrade)
+            if line != last:
+                print(line, flush=True)
+                last = line
+        print(table(upgrade["resources"], UPGRADE_COLUMNS))
+        failed = upgrade["state"] != "finished" or upgrade["counts"].get("failed")
+        return 1 if failed else 0
+    if args.action == "stop":
+        print(upgrade_summary(client.call("DELETE", "/v1/upgrades")["upgrade"]))
+        return 0
+    upgrade = client.call("GET", "/v1/upgrades")["upgrade"]
+    if args.json:
+        emit(upgrade)
+    elif upgrade is None:
+        print("no upgrade has been started")
+    else:
+        print(upgrade_summary(upgrade))
+        print(table(upgrade["resources"], UPGRADE_COLUMNS))
     return 0
 
 
@@ -390,7 +453,24 @@ def build_parser():
     res.add_argument("id", nargs="?")
     res.add_argument("--reason")
     res.add_argument("--json", action="store_true")
+    res.add_argument("--image", help="rebuild: boot this image (driver label or path)")
+    res.add_argument("--instance", help="rebuild: only this instance (e.g. one HA member)")
     res.set_defaults(func=cmd_resource)
+
+    upg = sub.add_parser("upgrade", help="rolling upgrade of the fleet onto an image")
+    upg.add_argument("action", choices=("start", "status", "stop"))
+    upg.add_argument("--image", help="start: the image (driver label or path; \"\": the "
+                                     "driver's default)")
+    upg.add_argument("--max-unavailable", type=int, default=1,
+                     help="start: appliances replaced (down) at once, at most")
+    upg.add_argument("--tenant", help="start: only this tenant's resources")
+    upg.add_argument("--resource", action="append", help="start: only these resources")
+    upg.add_argument("--unit-timeout", type=float,
+                     help="start: seconds one replacement may take before the upgrade halts")
+    upg.add_argument("--wait", action="store_true", help="start: follow it to its end")
+    upg.add_argument("--interval", type=float, default=2.0)
+    upg.add_argument("--json", action="store_true")
+    upg.set_defaults(func=cmd_upgrade)
 
     for scope, text in (("tenant", "pause/resume a whole tenant"),
                         ("global", "pause/resume everything")):
@@ -413,6 +493,9 @@ def build_parser():
         p.add_argument("--data", dest="json_body", help="the object as JSON (create/set)")
         p.add_argument("--reason")
         p.add_argument("--json", action="store_true", help="list: print JSON")
+        if kind in ("router", "loadbalancer"):
+            p.add_argument("--image", help="rebuild: boot this image")
+            p.add_argument("--instance", help="rebuild: only this instance")
         p.set_defaults(func=cmd_objects, kind=kind)
 
     p = sub.add_parser("poll", help="poll every resource now")

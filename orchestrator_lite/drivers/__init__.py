@@ -4,7 +4,7 @@ import threading
 
 from .base import ComputeDriver, DriverError
 
-DRIVERS = ("netns", "openstack")
+DRIVERS = ("netns", "openstack", "qemu")
 
 
 def make_driver(settings, name=None, cloud=None):
@@ -17,6 +17,9 @@ def make_driver(settings, name=None, cloud=None):
     if name == "openstack":
         from .openstack import OpenStackDriver
         return OpenStackDriver.from_settings(settings, cloud)
+    if name == "qemu":
+        from .qemu import QemuDriver
+        return QemuDriver.from_settings(settings)
     raise ValueError(f"[compute] driver: unknown driver {name!r} ({', '.join(DRIVERS)})")
 
 
@@ -107,6 +110,13 @@ class DriverSet(ComputeDriver):
     def driver_name_of(self, instance_id):
         with self._lock:
             return self._owner.get(instance_id)
+
+    def image_id(self, image=None, driver=None):
+        """What ``image`` resolves to on ``driver`` (a placement's; None: the default)."""
+        driver_name = driver or self.default
+        if driver_name not in self.drivers:
+            raise DriverError(f"driver {driver_name!r} is not enabled ([compute] drivers)")
+        return self.drivers[driver_name].image_id(image)
 
     def shell_command(self, instance_id):
         driver = self._driver_of(instance_id)

@@ -44,9 +44,10 @@ class ComputeDriver(abc.ABC):
     @abc.abstractmethod
     def create(self, name, nics, management_cidr, image=None, server_group=None, tls=None):
         """Boot instance ``name`` with ``nics`` (MGT first); its boot command configures
-        ``management_cidr`` ("address/prefixlen") on the MGT NIC. Returns an Instance.
-        ``image``: the appliance image to boot (None: the driver's default; a placement,
-        placements.py, may name another). ``server_group``: instances given the same
+        ``management_cidr`` ("address/prefixlen") on the MGT NIC. Returns an Instance
+        whose ``details["image"]`` records ``image``. ``image``: the appliance image to boot
+        (None or "": the driver's default; a placement, store/placements.py, may name
+        another). ``server_group``: instances given the same
         group must not share a host (the two of an HA pair), where the driver can say so.
         ``tls``: a pki.Bundle the boot data must deliver (its ``boot_files``: certificate,
         key, CA, and the agent's [api] settings for them); None: the agent serves plain
@@ -71,6 +72,17 @@ class ComputeDriver(abc.ABC):
     @abc.abstractmethod
     def detach(self, instance_id, mac):
         """Hot-unplug the NIC with ``mac``; returns the updated Instance."""
+
+    def image_id(self, image=None):
+        """What ``image`` resolves to now, as recorded in ``details["image_id"]`` of the
+        instances booted from it (a fleet upgrade replaces the instances whose id
+        differs). Drivers whose images are only labels return the label."""
+        return image or ""
+
+    def driver_name_of(self, instance_id):
+        """The name of the driver that runs the instance (a DriverSet answers for the
+        driver among its own)."""
+        return self.name
 
     def shell_command(self, instance_id):
         """argv that opens a shell on the instance (astara-ctl ssh), or None."""

@@ -24,7 +24,6 @@ an instance kills the processes inside its namespace (by PID, found with ``ip ne
 then deletes the namespace, its /etc/netns dir and its state dir.
 """
 import hashlib
-import json
 import logging
 import os
 import pathlib
@@ -37,15 +36,15 @@ import time
 
 from astara_netns import (NETNS_ETC_DIR, NETNS_RUN_DIR, CommandError, Lab, Netns,
                               kill_netns_processes, pid_alive, run)
-from astara_router.store import atomic_write
 
 from .base import ACTIVE, BUILD, ERROR, ComputeDriver, DriverError, Instance, Nic
+from .fabric import Fabric
+from .records import InstanceRecords
 
 LOG = logging.getLogger(__name__)
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 NAME_RE = re.compile(r"^ak-(?P<kind>[a-z]+)-(?P<id>.+)_(?P<n>\d+)$")
 KIND_LETTER = {"router": "r", "loadbalancer": "l"}
-RECORD = "instance.json"
 
 
 def netns_mounts_hidden(mountinfo="/proc/self/mountinfo"):
@@ -92,19 +91,15 @@ class NetnsDriver(ComputeDriver):
                 "exec`?): namespaces it creates would be invisible to the host. Start "
                 "astara-orchestrator with --netns NAME instead.")
         self.prefix = prefix
-        self.fabric = Netns(fabric or f"{prefix}-fab")
-        self.management_bridge = management_bridge
-        self.bridges = dict(bridges or {})
-        self.auto_bridges = auto_bridges
+        self.fabric = Fabric(fabric or f"{prefix}-fab", management_bridge, bridges,
+                             auto_bridges)
         self.state_root = pathlib.Path(state_root)
         self.python = python or sys.executable
         self.enabled_services = enabled_services
         self.management_mtu = management_mtu
         self._lock = threading.RLock()
         self._children = {}  # namespace -> Popen of agents we started (to reap them)
-        self._cache = None  # namespace -> instance record, see _records_cache
-        self._stamps = {}  # namespace -> (inode, mtime, size) of the record read
-        self.state_root.mkdir(parents=True, exist_ok=True)
+        self.records = InstanceRecords(self.state_root)  # namespace -> record
 
     @classmethod
     def from_settings(cls, settings):
@@ -116,56 +111,8 @@ class NetnsDriver(ComputeDriver):
                    enabled_services=n.enabled_services, management_mtu=n.management_mtu)
 
     # -- records ---------------------------------------------------------------------------------
-    def _dir(self, ns_name):
-        return self.state_root / ns_name
-
-    def _load(self, ns_name):
-        try:
-            return json.loads((self._dir(ns_name) / RECORD).read_text())
-        except (OSError, ValueError):
-            return None
-
-    def _save(self, record):
-        atomic_write(str(self._dir(record["id"]) / RECORD),
-                     json.dumps(record, indent=1, sort_keys=True), mode=0o644)
-
-    def _records_cache(self):
-        """``{namespace: record}``, re-read only for records whose file changed (inode and
-        mtime, one ``stat`` each): other orchestrators of a cluster on this host create,
-        change and delete records in the same state root, and a new owner must see them to
-        adopt. Every health poll lists instances; re-reading N files per poll made a round
-        O(N²) in parsing, a stat per record is cheap."""
-        with self._lock:
-            if self._cache is None:
-                self._cache, self._stamps = {}, {}
-            seen = set()
-            with os.scandir(self.state_root) as entries:
-                for entry in entries:
-                    if not entry.is_dir(follow_symlinks=False):
-                        continue
-                    try:
-                        info = os.stat(os.path.join(entry.path, RECORD))
-                    except OSError:
-                        continue  # being created or deleted
-                    seen.add(entry.name)
-                    stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
-                    if self._stamps.get(entry.name) != stamp:
-                        record = self._load(entry.name)
-                        if record is None:
-                            continue
-                        self._cache[entry.name] = record
-                        self._stamps[entry.name] = stamp
-            for name in set(self._cache) - seen:
-                self._cache.pop(name, None)
-                self._stamps.pop(name, None)
-            return self._cache
-
-    def _records(self):
-        with self._lock:
-            return sorted(self._records_cache().values(), key=lambda r: r["id"])
-
     def _allocate(self, name):
-        taken = {r["id"] for r in self._records()}
+        taken = {r["id"] for r in self.records.all()}
         if NETNS_RUN_DIR.is_dir():  # also names the lab itself uses (fab, ctl, ...)
             taken |= {p.name for p in NETNS_RUN_DIR.glob(f"{self.prefix}-*")}
         for role in role_candidates(name):
@@ -200,64 +147,49 @@ class NetnsDriver(ComputeDriver):
                         created_at=record["created_at"], nics=nics,
                         details={"netns": record["id"], "agent_pid": record.get("agent_pid"),
                                  "image": record.get("image", self.python),
+                                 "image_id": record.get("image", self.python),
                                  "state_dir": record["state_dir"], "log": record["log"]})
 
     def get(self, instance_id):
-        record = self._load(instance_id)
+        record = self.records.load(instance_id)
         return self._instance(record) if record else None
 
     def list(self, prefix):
-        return [self._instance(r) for r in self._records() if r["name"].startswith(prefix)]
+        return [self._instance(r) for r in self.records.all() if r["name"].startswith(prefix)]
 
     def shell_command(self, instance_id):
         return ["ip", "netns", "exec", instance_id, "bash"]
 
-    # -- plumbing --------------------------------------------------------------------------------
-    def _bridge_for(self, nic):
-        if nic.role == "mgt":
-            return self.management_bridge
-        bridge = self.bridges.get(nic.network_id)
-        if bridge:
-            return bridge
-        if not self.auto_bridges:
-            raise DriverError(f"no bridge configured for network {nic.network_id} "
-                              "([netns] bridges)")
-        compact = nic.network_id.lower().replace("-", "")[:8]
-        if not re.fullmatch(r"[0-9a-f]{8}", compact):  # not a UUID: hash it
-            compact = hashlib.sha256(nic.network_id.encode()).hexdigest()[:8]
-        bridge = "b-" + compact
-        with self._lock:
-            missing = run(["ip", "-n", self.fabric.name, "link", "show", bridge],
-                          check=False).returncode != 0
-            if missing:
-                self.fabric.ip("link", "add", bridge, "type", "bridge", "mcast_snooping", "0")
-                self.fabric.ip("link", "set", bridge, "up")
-                LOG.info("created bridge %s for network %s in %s", bridge, nic.network_id,
-                         self.fabric.name)
-        return bridge
+    def image_id(self, image=None):
+        """The interpreter ``image`` names (None or "": the driver's own)."""
+        python = image or self.python
+        if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+            raise DriverError(f"image {python!r} is not an executable Python interpreter")
+        return python
 
+    # -- plumbing --------------------------------------------------------------------------------
     def _plug(self, ns, record, nic):
         """One NIC: a veth pair made inside the fabric, peer moved into ``ns``."""
         index = max([n["index"] for n in record["nics"]], default=-1) + 1
         ifname = f"eth{index}"
         role = ns.name[len(self.prefix) + 1:]
         fab_end = f"{role}-{index}"[:15]
-        bridge = self._bridge_for(nic)
+        bridge = self.fabric.bridge_for(nic)
         entry = {"mac": nic.mac, "network_id": nic.network_id, "role": nic.role,
                  "mtu": nic.mtu, "index": index, "ifname": ifname, "bridge": bridge,
                  "fabric_end": fab_end}
         # A namespace of the same name deleted a moment ago may still be torn down by the
         # kernel (asynchronously), its fabric end still there: that end is ours, remove it.
-        self.fabric.ip("link", "del", fab_end, check=False)
-        self.fabric.ip("link", "add", fab_end, "type", "veth", "peer", "name", ifname,
-                       "netns", ns.name)
+        self.fabric.ns.ip("link", "del", fab_end, check=False)
+        self.fabric.ns.ip("link", "add", fab_end, "type", "veth", "peer", "name", ifname,
+                          "netns", ns.name)
         record["nics"].append(entry)  # recorded as soon as it exists
         ns.ip("link", "set", ifname, "address", nic.mac)
         mtu = self.management_mtu if nic.role == "mgt" else nic.mtu
         if mtu:
             ns.ip("link", "set", ifname, "mtu", str(mtu))
-            self.fabric.ip("link", "set", fab_end, "mtu", str(mtu))
-        self.fabric.ip("link", "set", fab_end, "master", bridge, "up")
+            self.fabric.ns.ip("link", "set", fab_end, "mtu", str(mtu))
+        self.fabric.ns.ip("link", "set", fab_end, "master", bridge, "up")
         return entry
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -265,16 +197,14 @@ class NetnsDriver(ComputeDriver):
         """``image`` for this driver: the Python interpreter (a virtualenv's) whose
         astara_router runs as the agent, like booting another image's agent."""
         nics = list(nics)
-        python = image or self.python
-        if not (os.path.isfile(python) and os.access(python, os.X_OK)):
-            raise DriverError(f"image {python!r} is not an executable Python interpreter")
+        python = self.image_id(image)
         if not nics or nics[0].role != "mgt":
             raise DriverError("the first NIC must be the management NIC")
         with self._lock:
-            if any(r["name"] == name for r in self._records()):
+            if any(r["name"] == name for r in self.records.all()):
                 raise DriverError(f"an instance named {name} exists")
             ns_name = self._allocate(name)
-            directory = self._dir(ns_name)
+            directory = self.records.dir(ns_name)
             try:
                 directory.mkdir(parents=True)
             except FileExistsError:  # another orchestrator on this host took the name
@@ -285,7 +215,7 @@ class NetnsDriver(ComputeDriver):
                       "state_dir": str(directory / "state"),
                       "log": str(directory / "agent.log"), "agent_pid": None,
                       "image": python}
-            self._save(record)  # a half-built instance is listed, hence deletable
+            self.records.save(record)  # a half-built instance is listed, hence deletable
         ns = Netns(ns_name)
         try:
             run(["ip", "netns", "add", ns_name])
@@ -295,7 +225,7 @@ class NetnsDriver(ComputeDriver):
             ns.ip("link", "set", "lo", "up")
             for nic in nics:
                 self._plug(ns, record, nic)
-                self._save(record)
+                self.records.save(record)
             os.makedirs(record["state_dir"], exist_ok=True)
             agent_args = []
             if tls is not None:
@@ -321,7 +251,7 @@ class NetnsDriver(ComputeDriver):
             self._children[ns_name] = child
             record["agent_pid"] = child.pid
             record.pop("booting")
-            self._save(record)
+            self.records.save(record)
         except (CommandError, OSError) as exc:
             LOG.warning("creating %s (%s) failed: %s", name, ns_name, exc)
             self.delete(ns_name)
@@ -347,32 +277,25 @@ class NetnsDriver(ComputeDriver):
                 except subprocess.TimeoutExpired:
                     LOG.warning("agent of %s did not exit", ns_name)
             shutil.rmtree(NETNS_ETC_DIR / ns_name, ignore_errors=True)
-            shutil.rmtree(self._dir(ns_name), ignore_errors=True)
+            shutil.rmtree(self.records.dir(ns_name), ignore_errors=True)
+            self.records.forget(ns_name)
 
     def attach(self, instance_id, nic):
         with self._lock:
-            record = self._require(instance_id)
+            record = self.records.require(instance_id)
             self._plug(Netns(instance_id), record, nic)
-            self._save(record)
+            self.records.save(record)
         return self._instance(record)
 
     def detach(self, instance_id, mac):
         with self._lock:
-            record = self._require(instance_id)
-            entry = next((n for n in record["nics"] if n["mac"] == mac), None)
-            if entry is None:
-                raise DriverError(f"{instance_id} has no NIC {mac}")
+            record = self.records.require(instance_id)
+            entry = self.records.nic(record, mac)
             # Deleting the appliance end removes the pair (and its fabric end).
             Netns(instance_id).ip("link", "del", entry["ifname"], check=False)
             record["nics"].remove(entry)
-            self._save(record)
+            self.records.save(record)
         return self._instance(record)
-
-    def _require(self, instance_id):
-        record = self._load(instance_id)
-        if record is None:
-            raise DriverError(f"no instance {instance_id}")
-        return record
 
     def close(self):
         """Forget our children without killing them: they must survive for adoption."""

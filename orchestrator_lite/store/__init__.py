@@ -40,6 +40,7 @@ transaction when the store says someone else owns it now.
   claims.py       a resource's owner and epoch, carried by writes and pushes
   database.py     persistence: the only SQL (SQLAlchemy Core; Alembic migrations)
 """
+import json
 import logging
 import threading
 
@@ -254,10 +255,15 @@ class Store:
             self._write(build, claim=claim)
 
     # -- commands and debug flags (through the change log, so every member sees them) -------
-    def command(self, ref, action, force=False):
+    def command(self, ref, action, force=False, image=None, instance=None):
         """Ask the owner of ``ref`` (whichever orchestrator it is) to act: a change-log row
-        that becomes an event in every process; only the owner does something with it."""
-        self._write(None, commands=[(ref.kind, ref.id, action + (":force" if force else ""))])
+        that becomes an event in every process; only the owner does something with it.
+        A rebuild's ``image`` and ``instance`` travel in the row as JSON."""
+        if image is not None or instance is not None:
+            flag = json.dumps({"image": image, "instance": instance}, sort_keys=True)
+        else:
+            flag = "force" if force else ""
+        self._write(None, commands=[(ref.kind, ref.id, action + (f":{flag}" if flag else ""))])
 
     def broadcast(self, action):
         """A command for every resource (``astara-ctl poll``)."""
@@ -403,7 +409,9 @@ class Store:
                 events.append(Event(None, action))
             elif kind in RESOURCE_KINDS:
                 ref = snap.ref(kind, obj_id) or ResourceRef(kind, obj_id)
-                events.append(Event(ref, action, "command", force=flag == "force"))
+                args = json.loads(flag) if flag.startswith("{") else {}
+                events.append(Event(ref, action, "command", force=flag == "force",
+                                    image=args.get("image"), instance=args.get("instance")))
         return events
 
     # -- catching up with the other processes ----------------------------------------------------

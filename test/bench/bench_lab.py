@@ -36,21 +36,28 @@ PHASES = (
 PATIENCE = 120  # seconds a row may take to turn green
 
 
-def one_run():
+def green_lab(patience=PATIENCE, driver="netns"):
+    """One whole ``astara-lab up`` (``driver``: how it boots its VM resources), its
+    self-check until every row is green, ``down``: (state, rows, seconds until green,
+    the progress marks)."""
     progress = astara_lab.QuietProgress()
-    with tempfile.TemporaryDirectory(prefix="astara-bench-lab-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"astara-bench-lab-{driver}-") as tmp:
         state_file = pathlib.Path(tmp) / "lab.json"
         try:
-            state = astara_lab.up(state_file, progress=progress)
+            state = astara_lab.up(state_file, progress=progress, driver=driver)
             progress.step("self-check")
-            rows = astara_lab.self_check(state, patience=PATIENCE)
+            rows = astara_lab.self_check(state, patience=patience)
             green = progress.elapsed()
         finally:
             astara_lab.down(state_file, quiet=True)
     failed = [r.name for r in rows if not r.ok]
     if failed:
-        raise RuntimeError(f"rows still failing after {PATIENCE}s: {', '.join(failed)}")
-    marks = progress.marks
+        raise RuntimeError(f"rows still failing after {patience}s: {', '.join(failed)}")
+    return state, rows, green, progress.marks
+
+
+def one_run():
+    _, rows, green, marks = green_lab()
     times, start = {}, 0.0
     for label, next_step in PHASES:
         end = next(t for t, step in marks if step.startswith(next_step))

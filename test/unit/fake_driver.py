@@ -30,7 +30,8 @@ class FakeDriver(ComputeDriver):
                 raise DriverError(f"an instance named {name} exists")
             instance = Instance(id=f"fake-{next(self._ids)}", name=name, status=ACTIVE,
                                 management_address=management_cidr.split("/")[0],
-                                created_at=self._clock(), nics=tuple(nics))
+                                created_at=self._clock(), nics=tuple(nics),
+                                details={"image": image or "", "image_id": image or ""})
             self._instances[instance.id] = instance
             return instance
 
@@ -64,6 +65,6 @@ class FakeDriver(ComputeDriver):
                 raise DriverError(f"no instance {instance_id}")
             new = Instance(instance.id, instance.name, status or instance.status,
                            instance.management_address, instance.created_at,
-                           nics(instance) if nics else instance.nics)
+                           nics(instance) if nics else instance.nics, instance.details)
             self._instances[instance_id] = new
             return new

@@ -28,13 +28,18 @@ FAST = HealthSettings(period=0.3, jitter=0.1, dead_grace=0.6, boot_timeout=3.0,
 
 
 class SimAppliance:
-    """An agent stand-in: NIC list from the instance's MACs, liveness, committed hash."""
+    """An agent stand-in: NIC list from the instance's MACs, liveness, committed hash.
+    ``legacy``: the original appliance's API (a banner without version or capabilities,
+    no GET /v1/system/config), what an old image runs."""
 
-    def __init__(self, macs):
+    def __init__(self, macs, legacy=False):
         self.macs = list(macs)
         self.payload, self.hash, self.generation = None, None, 0
         self.alive = True
+        self.legacy = legacy
         self.puts = 0
+        self.config_reads = 0
+        self.status_reads = 0
         self.fail_puts = 0  # answer 500 to this many PUTs
         app = Flask("sim")
 
@@ -48,6 +53,21 @@ class SimAppliance:
         def rules():
             return Response("", mimetype="text/plain")
 
+        @app.get("/v1/")
+        def banner():
+            if self.legacy:
+                return jsonify(v1={"base": "Astara appliance API"})
+            return jsonify(service="Astara appliance API service is active", state="ready",
+                           generation=self.generation, enabled_services=["router"],
+                           api_version="1.1", capabilities=["config-hash", "status"])
+
+        @app.get("/v1/status/")
+        def status():
+            self.status_reads += 1
+            if self.legacy:
+                return jsonify(error="Not Found", message="no such path"), 404
+            return jsonify(state="ready", reasons=[], last_error=None)
+
         @app.get("/v1/system/interfaces")
         def interfaces():
             return jsonify(interfaces=[{"ifname": f"ge{i}", "lladdr": mac}
@@ -55,6 +75,9 @@ class SimAppliance:
 
         @app.get("/v1/system/config")
         def get_config():
+            self.config_reads += 1
+            if self.legacy:
+                return jsonify(error="Method Not Allowed", message="PUT only"), 405
             etag = f'"{self.hash or "none"}"'
             if request.headers.get("If-None-Match") == etag:
                 return Response(status=304)
@@ -98,10 +121,12 @@ class SimCloud(FakeDriver):
     def __init__(self):
         super().__init__()
         self.appliances = {}  # instance name -> SimAppliance
+        self.legacy_images = set()  # images whose appliances speak the original API
 
     def create(self, name, nics, management_cidr, **hints):
         instance = super().create(name, nics, management_cidr, **hints)
-        self.appliances[name] = SimAppliance([n.mac for n in nics])
+        self.appliances[name] = SimAppliance([n.mac for n in nics],
+                                             legacy=hints.get("image") in self.legacy_images)
         return instance
 
     def delete(self, instance_id):

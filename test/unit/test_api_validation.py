@@ -51,6 +51,22 @@ def test_nothing_committed_yet(client):
     assert client.get("/v1/firewall/rules").mimetype == "text/plain"
 
 
+def test_banner_advertises_version_and_capabilities(client):
+    """The original fields stay; the version and capabilities are what an orchestrator
+    may rely on (orchestrator_lite/capabilities.py), and every advertised capability
+    answers."""
+    banner = client.get("/v1/").get_json()
+    assert banner["service"] == "Astara appliance API service is active"
+    assert banner["state"] and banner["generation"] == 0
+    assert banner["enabled_services"] == ["router"]
+    assert banner["api_version"] == "1.1"
+    assert {"config-hash", "status"} <= set(banner["capabilities"])
+    assert client.get("/v1/base/").get_json() == banner
+    config = client.get("/v1/system/config")
+    assert config.status_code == 200 and "hash" in config.get_json()
+    assert client.get("/v1/status/").status_code == 200
+
+
 def test_errors_leak_nothing(client):
     response = client.delete("/v1/system/config")
     assert response.status_code == 405 and response.mimetype == "application/json"

@@ -52,6 +52,7 @@ class Manager:
         self.calls = []
         self.on_boot = BOOTED  # observation after a successful boot
         self.on_stop = NONE
+        self.member = None  # what take_member_to_replace() hands out once
 
     def observe(self):
         self.calls.append("observe")
@@ -75,8 +76,12 @@ class Manager:
         self.calls.append("replug")
         return self.replug_ok
 
-    def stop(self, timeout):
-        self.calls.append(("stop", timeout))
+    def take_member_to_replace(self):
+        member, self.member = self.member, None
+        return member
+
+    def stop(self, timeout, only=None):
+        self.calls.append(("stop", timeout) if only is None else ("stop", timeout, only))
         if self.stop_ok:
             self.obs = self.on_stop
         return self.stop_ok
@@ -145,6 +150,9 @@ def at(auto, state_name, observed=True):
                                 in_sync=1, dead_for=(45.0,)), st.DEGRADED),
     (st.CONFIGURED, Observation(exists=True, required=2, instances=2, addressed=2, alive=1,
                                 in_sync=1, dead_for=(5.0,)), st.CONFIGURED),
+    # An HA member still booting (a VM takes longer than the grace): not lost, booting.
+    (st.DEGRADED, Observation(exists=True, required=2, instances=2, addressed=2, alive=1,
+                              in_sync=1, dead_for=(45.0,), booting=1), st.BOOTING),
 ])
 def test_derive_state(previous, obs, expected):
     assert derive_state(previous, obs, 30) == expected
@@ -184,6 +192,18 @@ def test_calc_rebuild(auto, manager):
     assert manager.calls[:2] == [("stop", SETTINGS.delete_timeout), ("boot", False)]
     assert auto.boot_attempts == 1  # reset, then this boot
     assert wait == SETTINGS.boot_check_interval
+
+
+def test_rebuild_of_one_member_keeps_the_other(auto, manager):
+    """A rolling upgrade replaces one HA member: only it is stopped, and the boot that
+    follows only adds the missing one (degraded meanwhile)."""
+    at(auto, st.CONFIGURED)
+    manager.member = "ak-router-r1_1"
+    steps, _ = run(auto, REBUILD)
+    assert steps[:3] == [st.CALC_ACTION, st.REBUILD_INSTANCE, st.CREATE_INSTANCE]
+    assert manager.calls[:2] == [("stop", SETTINGS.delete_timeout, "ak-router-r1_1"),
+                                 ("boot", True)]
+    assert manager.member is None  # taken once
 
 
 @pytest.mark.parametrize("state_name", [st.DEGRADED, st.DOWN])
