@@ -3,6 +3,9 @@ namespace running astara-orchestrator, astara-ctl) and the astara-ctl steps the 
 share: test_orchestrator_netns.py, test_orchestrator_tls.py and
 test_orchestrator_placements_debug.py; the `world` fixture is in conftest.py."""
 import json
+import pathlib
+import site
+import subprocess
 import sys
 
 from astara_lab.appliance import controller_node
@@ -121,3 +124,22 @@ def in_sync(world, router_id):
         if config is None or config["hash"] != resource["desired_hash"].get(instance["name"]):
             return None
     return resource
+
+
+def make_image(directory):
+    """Another "image" for the netns driver: a virtualenv of its own (here using the test
+    virtualenv's packages through a .pth file); returns its interpreter."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(directory)],
+                   check=True)
+    python = directory / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; "
+                              "print(sysconfig.get_paths()['purelib'])"], check=True,
+                             capture_output=True, text=True).stdout.strip()
+    pathlib.Path(purelib, "astara-test-image.pth").write_text(
+        "\n".join(site.getsitepackages()) + "\n")
+    for script in pathlib.Path(sys.executable).parent.glob("astara-*"):  # its tools
+        body = script.read_text().split("\n", 1)[1]
+        target = directory / "bin" / script.name
+        target.write_text(f"#!{python}\n{body}")
+        target.chmod(0o755)
+    return python

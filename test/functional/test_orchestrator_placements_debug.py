@@ -2,37 +2,15 @@
 driver: real orchestrator process, real agents in namespaces, driven by astara-ctl. For the
 netns driver an image is the Python interpreter whose astara_router runs as the agent."""
 import pathlib
-import site
-import subprocess
-import sys
 
 import pytest
 
-from .orchestrator_world import build_router, in_sync
+from .orchestrator_world import build_router, in_sync, make_image
 
 pytestmark = pytest.mark.netns
 
 OWN = "7a11ce00-1b2c-4d3e-8f90-a1b2c3d4e5f6"
 PLAIN = "9b0b0000-1b2c-4d3e-8f90-a1b2c3d4e5f7"
-
-
-def make_image(directory):
-    """Another "image" for the netns driver: a virtualenv of its own (here using the test
-    virtualenv's packages through a .pth file); returns its interpreter."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(directory)],
-                   check=True)
-    python = directory / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; "
-                              "print(sysconfig.get_paths()['purelib'])"], check=True,
-                             capture_output=True, text=True).stdout.strip()
-    pathlib.Path(purelib, "astara-test-image.pth").write_text(
-        "\n".join(site.getsitepackages()) + "\n")
-    for script in pathlib.Path(sys.executable).parent.glob("astara-*"):  # its tools
-        body = script.read_text().split("\n", 1)[1]
-        target = directory / "bin" / script.name
-        target.write_text(f"#!{python}\n{body}")
-        target.chmod(0o755)
-    return python
 
 
 def cmdline(pid):

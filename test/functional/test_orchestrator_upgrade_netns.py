@@ -1,8 +1,9 @@
-"""Fleet upgrades with the netns driver and real agents (an image is a label recorded with
-each instance): ``astara-ctl router rebuild --image`` moves one router, then ``astara-ctl
-upgrade start --wait`` moves a router and an HA pair onto another image while a sampler
-watches the appliances: at most one is missing at any time, and an HA member is always
-up. The QEMU driver does the same with real images in test/e2e/test_lab_qemu.py."""
+"""Fleet upgrades with the netns driver and real agents (an image is the Python interpreter
+of a virtualenv whose agent runs, recorded with each instance): ``astara-ctl router rebuild
+--image`` moves one router, then ``astara-ctl upgrade start --wait`` moves a router and an
+HA pair onto another image while a sampler watches the appliances: at most one is missing
+at any time, and an HA member is always up. The QEMU driver does the same with real
+images in test/e2e/test_lab_qemu.py."""
 import threading
 import time
 
@@ -11,7 +12,7 @@ import pytest
 from orchestrator_lite.drivers.base import ACTIVE
 from orchestrator_lite.drivers.netns import NetnsDriver
 
-from .test_orchestrator_netns import build_router, in_sync, world  # noqa: F401 - fixture
+from .orchestrator_world import build_router, in_sync, make_image
 
 pytestmark = pytest.mark.netns
 
@@ -61,32 +62,38 @@ def images(resource):
 
 
 def test_rebuild_and_rolling_upgrade_onto_another_image(world):
+    v2 = str(make_image(world.dir / "images" / "v2"))
+    v3 = str(make_image(world.dir / "images" / "v3"))
     build_router(world, SINGLE, "tenant1")
     build_router(world, PAIR, "tenant2")
     world.ctl_json("router", "set", PAIR, "ha=true")
     world.wait_for(lambda: in_sync(world, SINGLE), 60, "router configured")
     pair = world.wait_for(lambda: (r := in_sync(world, PAIR)) and
                           len(r["instances"]) == 2 and r, 90, "HA pair configured")
-    assert images(pair) == ["", ""]
+    [default] = set(images(pair))  # the driver's own interpreter
+    assert default not in (v2, v3)
 
     # One resource onto another image: a new appliance, recorded with the image.
     before = world.resource(SINGLE)["instances"][0]["details"]["agent_pid"]
-    world.ctl_json("router", "rebuild", SINGLE, "--image", "v2")
+    refused = world.run_ctl("router", "rebuild", SINGLE, "--image", "v2")
+    assert refused.returncode == 1 and "not an executable Python interpreter" in \
+        refused.stderr, refused.stderr
+    world.ctl_json("router", "rebuild", SINGLE, "--image", v2)
     single = world.wait_for(
-        lambda: (r := in_sync(world, SINGLE)) and images(r) == ["v2"] and r, 60,
+        lambda: (r := in_sync(world, SINGLE)) and images(r) == [v2] and r, 60,
         "rebuilt onto v2")
     assert single["instances"][0]["details"]["agent_pid"] != before
 
     # The fleet onto v3, one appliance at a time; HA members one after the other.
     with Sampler(world, {SINGLE: 1, PAIR: 2}) as sampler:
-        result = world.run_ctl("upgrade", "start", "--image", "v3", "--max-unavailable", "1",
+        result = world.run_ctl("upgrade", "start", "--image", v3, "--max-unavailable", "1",
                                "--wait", "--interval", "0.5")
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{world.tail()}"
     assert "finished" in result.stdout
     status = world.ctl_json("upgrade", "status", "--json")
     assert status["state"] == "finished" and status["counts"] == {"done": 2}, status
-    assert images(world.wait_for(lambda: in_sync(world, SINGLE), 30, "single")) == ["v3"]
-    assert images(world.wait_for(lambda: in_sync(world, PAIR), 30, "pair")) == ["v3", "v3"]
+    assert images(world.wait_for(lambda: in_sync(world, SINGLE), 30, "single")) == [v3]
+    assert images(world.wait_for(lambda: in_sync(world, PAIR), 30, "pair")) == [v3, v3]
     assert sampler.samples > 10
     assert sampler.max_missing == 1, "the bound is one appliance down at a time"
     assert not sampler.pair_empty, "both HA members were down at once"

@@ -164,6 +164,10 @@ def make_settings(tmp_path, **health):
                     health=HealthSettings(**{**FAST.__dict__, **health}))
 
 
+def desired_hash(o, resource_id):
+    return o.resource(resource_id)["desired_hash"]
+
+
 def state_of(o, resource_id):
     return next((r for r in o.resources() if r["id"] == resource_id), {}).get("state")
 

@@ -20,7 +20,8 @@ from orchestrator_lite.cli import ctl
 from orchestrator_lite.drivers.base import ACTIVE, ERROR
 from orchestrator_lite.service import Orchestrator
 
-from sim_appliances import FAST, TOKEN, make_settings, simple_router, state_of, wait_for
+from sim_appliances import (FAST, TOKEN, desired_hash, make_settings, simple_router,
+                            state_of, wait_for)
 
 
 def polls_pass(o, resource_id, count=3):
@@ -37,10 +38,6 @@ def polls_sent(o, resource_id, count=3):
     start = o.health.polls_sent[key]
     wait_for(lambda: o.health.polls_sent[key] >= start + count,
              what=f"{count} polls sent for {resource_id}")
-
-
-def desired_hash(o, resource_id):
-    return o.resource(resource_id)["desired_hash"]
 
 
 def test_router_is_booted_configured_and_repaired(orch, cloud):

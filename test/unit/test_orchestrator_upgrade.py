@@ -11,9 +11,8 @@ from orchestrator_lite.api import create_app
 from orchestrator_lite.rollout import in_sync
 from orchestrator_lite.service import Orchestrator
 
-from test_orchestrator_flow import (  # noqa: F401 - cloud and orch are fixtures
-    TOKEN, SimCloud, cloud, desired_hash, make_settings, orch, simple_router, state_of,
-    wait_for)
+from sim_appliances import (TOKEN, SimCloud, desired_hash, make_settings, simple_router,
+                            state_of, wait_for)
 
 
 class SlowBootCloud(SimCloud):
@@ -93,6 +92,41 @@ def test_rebuild_onto_another_image_sticks(orch, cloud):
     wait_for(lambda: [c[0] for c in cloud.calls].count("create") == 3, what="rebuilt")
     wait_for(lambda: configured(o, "r1"), what="configured again")
     assert images_of(cloud, "r1") == ["v2"]
+
+
+def test_placements_and_rebuild_images_take_turns(orch, cloud):
+    """A placement's image beats what the instances run (a plain rebuild moves onto it);
+    an image a rebuild asks for beats the placement, and sticks when an appliance dies."""
+    o = orch()
+    simple_router(o.store)
+    wait_for(lambda: configured(o, "r1"), what="configured")
+    assert images_of(cloud, "r1") == [""]
+    o.set_placement("tenant", "t1", image="byo")
+    o.command("r1", "rebuild")
+    wait_for(lambda: images_of(cloud, "r1") == ["byo"] and configured(o, "r1"),
+             what="rebuilt onto the placement's image")
+    o.command("r1", "rebuild", image="v2")
+    wait_for(lambda: images_of(cloud, "r1") == ["v2"] and configured(o, "r1"),
+             what="rebuilt onto v2")
+    cloud.appliances["ak-router-r1_0"].alive = False
+    wait_for(lambda: [c[0] for c in cloud.calls].count("create") == 4, what="rebuilt")
+    wait_for(lambda: configured(o, "r1"), what="configured again")
+    assert images_of(cloud, "r1") == ["v2"]
+
+
+def test_rolling_upgrade_leaves_placed_resources_alone(orch, cloud):
+    o = orch()
+    o.set_placement("resource", "r2", image="byo")
+    routers(o.store, 2)
+    wait_for(lambda: configured(o, "r1", "r2"), what="both configured")
+    assert images_of(cloud, "r2") == ["byo"]
+    o.start_upgrade("v2")
+    o.rollout.wait(20)
+    status = o.upgrade_status()
+    assert status["counts"] == {"done": 1, "skipped": 1}, status
+    [placed] = [t for t in status["resources"] if t["id"] == "r2"]
+    assert "own resource placement" in placed["message"] and "byo" in placed["message"]
+    assert images_of(cloud, "r1") == ["v2"] and images_of(cloud, "r2") == ["byo"]
 
 
 def test_rebuild_refuses_an_unknown_instance(orch, cloud):
@@ -176,6 +210,7 @@ def test_old_image_appliances_keep_working(orch, cloud):
                                   "fixed_ip_address": "10.1.0.10"})
     wait_for(lambda: old.puts == puts + 1 and configured(o, "r1"), what="change pushed")
     assert old.config_reads == 0
+    assert old.status_reads == 0, "the status of an appliance that does not advertise it"
 
     o.start_upgrade("new")
     o.rollout.wait(20)
@@ -183,6 +218,7 @@ def test_old_image_appliances_keep_working(orch, cloud):
     new = cloud.appliances["ak-router-r1_0"]
     assert not new.legacy and new.hash in desired_hash(o, "r1").values()
     wait_for(lambda: new.config_reads > 0, what="drift checks on the new image")
+    wait_for(lambda: new.status_reads > 0, what="status reads on the new image")
     [shown] = o.resource("r1")["instances"]
     assert shown["api"]["api_version"] == "1.1" and "config-hash" in \
         shown["api"]["capabilities"]
