@@ -330,7 +330,9 @@ def _build(lab, state, cloud, health, progress, path, orchestrators=1):
             raise LabError(f"{call.what}: the orchestrator refused it: {exc}") from None
 
     vms = clouds.vm_resources(cloud, driver)
-    for resource in (*cloud.routers, *cloud.loadbalancers):
+    # The appliances boot in parallel and each wait ends once its resource is configured:
+    # namespaces first, VMs (minutes) last, so each boot-to-configured time is its own.
+    for resource in sorted((*cloud.routers, *cloud.loadbalancers), key=lambda r: r.id in vms):
         vm = resource.id in vms
         what = "a VM of the image" if vm else "an appliance namespace"
         progress.step(f"orchestrator boots {resource.id} as {what} and configures it")
