@@ -362,3 +362,21 @@ def test_a_shorter_host_route_around_the_management_network_is_accepted(store):
     store.create("subnet", {"id": "n1s6", "network_id": "n1", "cidr": "fd4e:7a31:2c5b:1::/64"})
     store.update("subnet", "n1s6", {"host_routes": [{"destination": "fdca::/16",
                                                     "nexthop": "fd4e:7a31:2c5b:1::99"}]})
+
+
+def test_a_rebuilds_image_and_instance_reach_every_store_on_the_database(path, store):
+    """``rebuild --image`` goes through the change log to whichever orchestrator owns the
+    resource: the command row carries the image and instance, here and in another store
+    on the same database (the other member, catching up)."""
+    from orchestrator_lite.events import REBUILD, ResourceRef
+    other = Store(path, MGMT.network_id)
+    seen = []
+    other.subscribe(seen.extend)
+    ref = ResourceRef("router", "r1")
+    store.command(ref, REBUILD, image="v2", instance="ak-router-r1_1")
+    store.command(ref, UPDATE, force=True)
+    mine = [(e.action, e.image, e.instance, e.force) for e in store.events]
+    assert mine == [(REBUILD, "v2", "ak-router-r1_1", False), (UPDATE, None, None, True)]
+    other.refresh()
+    assert [(e.action, e.image, e.instance, e.force) for e in seen] == mine
+    other.close()
