@@ -35,6 +35,9 @@ from astara_router.fencing import (EPOCH_HEADER, ORCHESTRATOR_HEADER, EpochFence
 from astara_router.store import payload_hash
 
 BANNER = "Astara appliance API service is active"
+# What astara_router.api advertises (not imported: the stand-in stays free of flask), so
+# the orchestrator treats a stand-in as the current agent, not the original API.
+API_VERSION, CAPABILITIES = "1.1", ("config-hash", "status")
 # A real router-basic appliance serves ~3-4 KB of nftables ruleset here.
 RULES = "".join(f"table inet astara_{n} {{\n  chain c {{ type filter hook forward priority 0; "
                 f"ct state established,related accept; }}\n}}\n" for n in range(32))
@@ -99,7 +102,9 @@ def make_handler(state, fence):
                 with state.lock:
                     self.json(200, {"service": BANNER, "state": "ready",
                                     "generation": state.generation,
-                                    "enabled_services": ["router", "loadbalancer"]})
+                                    "enabled_services": ["router", "loadbalancer"],
+                                    "api_version": API_VERSION,
+                                    "capabilities": list(CAPABILITIES)})
             elif self.path == "/v1/status/":  # always healthy: no daemons to supervise
                 with state.lock:
                     self.json(200, {"state": "ready", "generation": state.generation,
