@@ -19,6 +19,8 @@ class Snapshot:
         self.management_network_id = management_network_id
 
     def get(self, kind, obj_id):
+        if not isinstance(obj_id, str):  # ids are strings; a body may hold anything
+            return None
         return self._objects[kind].get(obj_id)
 
     def require(self, kind, obj_id, field=None):

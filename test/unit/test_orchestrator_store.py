@@ -380,3 +380,16 @@ def test_a_rebuilds_image_and_instance_reach_every_store_on_the_database(path, s
     other.refresh()
     assert [(e.action, e.image, e.instance, e.force) for e in seen] == mine
     other.close()
+
+
+@pytest.mark.parametrize("kind, body, field", [
+    ("floatingip", {"id": [0]}, "id"),
+    ("pool", {"loadbalancer_id": [0]}, "loadbalancer_id"),
+    ("subnet", {"network_id": {"a": 1}, "cidr": "198.18.7.0/24"}, "network_id"),
+    ("port", {"network_id": 7}, "network_id")])
+def test_an_id_that_is_not_a_string_is_a_400_naming_it(store, kind, body, field):
+    """Found by the admin API fuzzer: a list or an object where an id goes was looked up
+    in the snapshot's dicts as it was (TypeError: unhashable) and answered 500."""
+    with pytest.raises(StoreError) as refused:
+        store.create(kind, body)
+    assert refused.value.status == 400 and refused.value.field == field
