@@ -1,8 +1,8 @@
 """The appliance's REST API (Flask). Every response body is JSON (errors too), except
 ``GET /v1/firewall/rules``: the committed ruleset as text/plain, which the original client
 uses as its liveness probe. One blueprint per route group (base, firewall, interfaces,
-config); the token check and the JSON error handlers are the app's, so they cover every
-route."""
+config, openapi); the token check and the JSON error handlers are the app's, so they cover
+every route."""
 import hmac
 import ipaddress
 import json
@@ -10,7 +10,7 @@ import logging
 
 import msgspec
 
-from flask import Blueprint, Flask, Response, request
+from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from ..engine import Engine
@@ -21,6 +21,7 @@ from ..model import PayloadError
 from ..naming import interface_view, list_nics
 from ..status import StatusProber
 from .operator import operator_routes, request_id, request_ids
+from .openapi import openapi_document
 
 LOG = logging.getLogger(__name__)
 BANNER = "Astara appliance API service is active"
@@ -108,7 +109,22 @@ def create_app(settings, engine=None, prober=None):
     from .tls import tls_routes
     app.register_blueprint(tls_routes(settings))
     app.register_blueprint(operator_routes(engine))
+    app.register_blueprint(openapi_routes(settings))
     return app
+
+
+def openapi_routes(settings):
+    routes = Blueprint("openapi", __name__)
+    document = []  # built on first use, from the app's routes as registered
+
+    @routes.get("/v1/openapi.json")
+    def openapi():
+        if not document:
+            document.append(json_response(openapi_document(
+                current_app, bool(settings.api_token), PUBLIC_PATHS)).get_data())
+        return Response(document[0], mimetype="application/json")
+
+    return routes
 
 
 def require_token(app, token):

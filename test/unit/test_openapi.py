@@ -1,0 +1,104 @@
+"""GET /v1/openapi.json: a valid OpenAPI 3.1 document listing every route the app serves,
+with the request body of PUT /v1/system/config being the payload schema that validates."""
+import jsonschema
+import msgspec
+import pytest
+import schemathesis
+
+from astara_lab.appliance import contract_payloads
+from astara_router import settings as settings_mod
+from astara_router.api import create_app
+from astara_router.api.openapi import OPERATIONS, documented_routes, openapi_path
+from astara_router.model.schema import Payload
+
+
+def validate(document):
+    """Against the OpenAPI 3.1 meta-schema (schemathesis' own check, jsonschema-rs):
+    raises ValidationError naming what is wrong."""
+    schemathesis.openapi.from_dict(document).validate()
+
+
+def app_for(tmp_path, **options):
+    return create_app(settings_mod.load(state_dir=str(tmp_path), enabled_services="router",
+                                        **options))
+
+
+@pytest.fixture
+def app(tmp_path):
+    return app_for(tmp_path)
+
+
+def document_of(app, token=None):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = app.test_client().get("/v1/openapi.json", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.mimetype == "application/json"
+    return response.get_json()
+
+
+def test_the_document_is_valid_openapi(app):
+    document = document_of(app)
+    assert document["openapi"].startswith("3.1")
+    validate(document)
+    broken = document_of(app)
+    del broken["paths"]["/v1/"]["get"]["responses"]["200"]["description"]
+    with pytest.raises(Exception, match="description"):  # the check can fail
+        validate(broken)
+
+
+def test_every_registered_route_and_method_is_listed(app):
+    document = document_of(app)
+    served = {(openapi_path(rule.rule), method.lower())
+              for rule in app.url_map.iter_rules() if rule.endpoint != "static"
+              for method in rule.methods - {"HEAD", "OPTIONS"}}
+    listed = {(path, method) for path, item in document["paths"].items() for method in item}
+    assert served == listed
+    assert ("/v1/system/interface/{ifname}", "get") in listed
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            assert "200" in operation["responses"], f"{method} {path}"
+
+
+def test_a_route_nobody_described_fails_the_document(app):
+    @app.get("/v1/undocumented")
+    def undocumented():
+        return "", 204
+
+    assert ("/v1/undocumented", "GET") in documented_routes(app)
+    response = app.test_client().get("/v1/openapi.json")
+    assert response.status_code == 500  # the table must grow with the routes
+
+
+def test_every_described_operation_is_served(app):
+    assert set(OPERATIONS) == documented_routes(app)
+
+
+def test_put_body_is_the_validating_schema(app):
+    document = document_of(app)
+    put = document["paths"]["/v1/system/config"]["put"]
+    ref = put["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    name = ref.rsplit("/", 1)[1]
+    payload_schema = document["components"]["schemas"][name]
+    _, expected = msgspec.json.schema_components([Payload],
+                                                 ref_template="#/components/schemas/{name}")
+    assert payload_schema == expected["Payload"]
+    assert {"400", "415", "422", "500", "507"} <= set(put["responses"])
+    assert put["parameters"][0]["name"] == "confirm_timeout"
+    # The document's schema accepts what the agent accepts and refuses what it refuses.
+    resolver_root = {"components": document["components"], **payload_schema}
+    validator = jsonschema.Draft202012Validator(resolver_root)
+    for name, body in contract_payloads("original-orchestrator").items():
+        assert not list(validator.iter_errors(body)), name
+    assert list(validator.iter_errors({"hostname": "x"}))  # tenant_id missing
+
+
+def test_token_protected_routes_say_so(tmp_path):
+    app = app_for(tmp_path, api_token="s3cret")
+    assert app.test_client().get("/v1/openapi.json").status_code == 401
+    document = document_of(app, token="s3cret")
+    validate(document)
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    config = document["paths"]["/v1/system/config"]["get"]
+    assert config["security"] == [{"bearer": []}] and "401" in config["responses"]
+    banner = document["paths"]["/v1/"]["get"]
+    assert "security" not in banner and "401" not in banner["responses"]
