@@ -164,6 +164,15 @@ class FileSet:
                 atomic_write(path, text, self.mode, durable=False)
 
 
+def alive(pid):
+    """The process exists and has not exited (a zombie has closed all its files)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
 class Daemon:
     """A daemon that writes its own pid file; we only ever signal the PID in that file,
     and only if that process still runs the expected program."""
@@ -213,17 +222,23 @@ class Daemon:
         return True
 
     def stop(self, timeout=5):
-        """SIGTERM, SIGKILL after ``timeout`` seconds; whether there was a daemon to stop."""
+        """SIGTERM, SIGKILL after ``timeout`` seconds; whether there was a daemon to stop.
+        Returns once the process has exited: its pid file is no sign of that (dnsmasq
+        removes it on SIGTERM before it closes its sockets, and a successor started then
+        failed with "Address already in use")."""
         pid = self.pid()
         if pid is None:
             return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.pid() is None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
                 return True
-            time.sleep(0.005)
-        os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if not alive(pid):
+                    return True
+                time.sleep(0.005)
         return True
 
 

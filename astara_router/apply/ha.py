@@ -39,8 +39,8 @@ from ..errors import ApplyError
 from ..render.ha import (CONNTRACKD_CONF, CONNTRACKD_LOCK, CONNTRACKD_LOG, CONNTRACKD_SOCKET,
                          KEEPALIVED_CONF, NOTIFY, HaOptions, render_ha)
 from ..store import atomic_write
-from .daemon import (ExactDaemon, FileSet, LoadedRecord, LogWatch, check_socket_path, digest,
-                     log_tail, run_checked)
+from .daemon import (ExactDaemon, FileSet, LoadedRecord, LogWatch, alive, check_socket_path,
+                     digest, log_tail, run_checked)
 from .netlink import allow_nonlocal_bind
 
 LOG = logging.getLogger(__name__)
@@ -86,15 +86,6 @@ class DetachedDaemon(ExactDaemon):
             if time.monotonic() > deadline:
                 raise ApplyError("", f"{self.name} did not write {self.pidfile}", status=500)
             time.sleep(0.02)
-
-
-def alive(pid):
-    """The process exists and is no zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
 
 
 class HaSubsystem:

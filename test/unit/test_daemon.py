@@ -1,0 +1,78 @@
+"""Daemon.stop returns once the process is gone, not once its pid file is: dnsmasq removes
+its pid file on SIGTERM before it closes its sockets, and a dnsmasq started in that window
+failed with "Address already in use" (found by the load test: one push in a few hundred
+alternating between two payloads answered 500)."""
+import os
+import signal
+import socket
+import sys
+import textwrap
+
+import pytest
+
+from astara_netns import pid_alive as alive
+from astara_router.apply.daemon import Daemon
+
+# A self-daemonising program that, like dnsmasq, removes its pid file first on SIGTERM
+# and only then, a while later, exits and so releases its listening socket.
+LINGERING = textwrap.dedent("""
+    import os, signal, socket, sys, time
+    pidfile, port = sys.argv[1], int(sys.argv[2])
+    if os.fork():
+        sys.exit(0)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):  # the starter waits for its output pipes to close
+        os.dup2(devnull, fd)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", port))
+    listener.listen()
+    def term(*_):
+        os.unlink(pidfile)
+        time.sleep(0.5)
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, term)
+    with open(pidfile + ".tmp", "w") as handle:
+        handle.write(str(os.getpid()))
+    os.rename(pidfile + ".tmp", pidfile)
+    while True:
+        time.sleep(1)
+""")
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def lingering(tmp_path):
+    program = tmp_path / "lingering_daemon.py"
+    program.write_text(LINGERING)
+    port = free_port()
+    daemon = Daemon("lingering", str(tmp_path / "lingering.pid"),
+                    [sys.executable, str(program), str(tmp_path / "lingering.pid"), str(port)],
+                    program=program.name)
+    daemon.start()
+    pid = daemon.pid()
+    try:
+        yield daemon, pid, port
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_stop_waits_for_the_process_not_its_pid_file(lingering):
+    daemon, pid, port = lingering
+    assert pid is not None and alive(pid)
+    assert daemon.stop() is True
+    assert not alive(pid)
+    with socket.socket() as successor:  # what the next dnsmasq does at once
+        successor.bind(("127.0.0.1", port))
+
+
+def test_stop_of_a_daemon_that_is_not_running_is_a_no_op(tmp_path):
+    daemon = Daemon("absent", str(tmp_path / "absent.pid"), ["true"])
+    assert daemon.stop() is False
+    assert daemon.pid() is None
