@@ -129,8 +129,33 @@ def _new_id(body):
     return obj_id
 
 
-def _unknown_keys(body, known, kind):
-    extra = sorted(set(body) - set(known))
+# The fields each kind's body may carry (anything else is refused, naming it).
+FIELDS = {
+    "network": ("id", "tenant_id", "name", "mtu", "external"),
+    "subnet": ("id", "network_id", "tenant_id", "name", "cidr", "gateway_ip", "enable_dhcp",
+               "ipv6_ra_mode", "ipv6_address_mode", "dns_nameservers", "host_routes"),
+    "port": ("id", "network_id", "tenant_id", "name", "mac_address", "fixed_ips", "device_id",
+             "device_owner", "admin_state_up", "status", "extra"),
+    "router": ("id", "tenant_id", "name", "ha", "admin_state_up"),
+    "floatingip": ("id", "tenant_id", "router_id", "floating_network_id",
+                   "floating_ip_address", "fixed_ip_address", "port_id"),
+    "loadbalancer": ("id", "tenant_id", "name", "vip_port_id", "vip_address",
+                     "provisioning_status", "admin_state_up"),
+    "listener": ("id", "loadbalancer_id", "tenant_id", "name", "protocol", "protocol_port",
+                 "admin_state_up", "default_pool_id"),
+    "pool": ("id", "loadbalancer_id", "tenant_id", "name", "protocol", "lb_algorithm",
+             "admin_state_up", "listener_id"),
+    "member": ("id", "pool_id", "tenant_id", "address", "protocol_port", "weight",
+               "admin_state_up", "subnet_id"),
+    "ipsec_site_connection": ("id", "tenant_id", "router_id", "name", "peer_address",
+                              "peer_id", "psk", "initiator", "admin_state_up", "mtu",
+                              "local_subnet_ids", "peer_cidrs", "ikepolicy", "ipsecpolicy",
+                              "dpd"),
+}
+
+
+def _unknown_keys(body, kind):
+    extra = sorted(set(body) - set(FIELDS[kind]))
     if extra:
         raise StoreError(f"unknown {kind} field(s): {', '.join(extra)}", extra[0])
 
@@ -143,16 +168,14 @@ IMMUTABLE = {"subnet": ("network_id", "cidr"), "port": ("network_id",),
 # -- per-kind normalisation (body + snapshot + old object -> canonical object) ----------------
 
 def _network(snap, body, old):
-    _unknown_keys(body, ("id", "tenant_id", "name", "mtu", "external"), "network")
+    _unknown_keys(body, "network")
     return {"id": _new_id(body), "tenant_id": _str(body, "tenant_id"),
             "name": _str(body, "name"), "mtu": _int(body, "mtu", 1500, 68, 65535, True),
             "external": _bool(body, "external", False)}
 
 
 def _subnet(snap, body, old):
-    _unknown_keys(body, ("id", "network_id", "tenant_id", "name", "cidr", "gateway_ip",
-                         "enable_dhcp", "ipv6_ra_mode", "ipv6_address_mode",
-                         "dns_nameservers", "host_routes"), "subnet")
+    _unknown_keys(body, "subnet")
     network = snap.require("network", _str(body, "network_id"), "network_id")
     try:
         cidr = ipaddress.ip_network(_str(body, "cidr"))
@@ -285,9 +308,7 @@ def _mac(snap, body, kind, obj_id):
 
 
 def _port(snap, body, old):
-    _unknown_keys(body, ("id", "network_id", "tenant_id", "name", "mac_address", "fixed_ips",
-                         "device_id", "device_owner", "admin_state_up", "status", "extra"),
-                  "port")
+    _unknown_keys(body, "port")
     network = snap.require("network", _str(body, "network_id"), "network_id")
     port_id = _new_id(body)
     mac = _mac(snap, body, "port", port_id)
@@ -315,7 +336,7 @@ def _port(snap, body, old):
 
 
 def _router(snap, body, old):
-    _unknown_keys(body, ("id", "tenant_id", "name", "ha", "admin_state_up"), "router")
+    _unknown_keys(body, "router")
     # The appliance refuses a payload without tenant_id: refuse the router here instead.
     return {"id": _new_id(body), "tenant_id": _required_str(body, "tenant_id"),
             "name": _str(body, "name"), "ha": _bool(body, "ha", False),
@@ -323,8 +344,7 @@ def _router(snap, body, old):
 
 
 def _floatingip(snap, body, old):
-    _unknown_keys(body, ("id", "tenant_id", "router_id", "floating_network_id",
-                         "floating_ip_address", "fixed_ip_address", "port_id"), "floatingip")
+    _unknown_keys(body, "floatingip")
     fip_id = _new_id(body)
     port = snap.require("port", body["port_id"], "port_id") if body.get("port_id") else None
     router_id = body.get("router_id")
@@ -377,8 +397,7 @@ def _floatingip(snap, body, old):
 
 
 def _loadbalancer(snap, body, old):
-    _unknown_keys(body, ("id", "tenant_id", "name", "vip_port_id", "vip_address",
-                         "provisioning_status", "admin_state_up"), "loadbalancer")
+    _unknown_keys(body, "loadbalancer")
     port = snap.require("port", _str(body, "vip_port_id"), "vip_port_id")
     if not port["fixed_ips"]:
         raise StoreError(f"VIP port {port['id']} has no fixed IP", "vip_port_id")
@@ -396,8 +415,7 @@ def _loadbalancer(snap, body, old):
 
 
 def _listener(snap, body, old):
-    _unknown_keys(body, ("id", "loadbalancer_id", "tenant_id", "name", "protocol",
-                         "protocol_port", "admin_state_up", "default_pool_id"), "listener")
+    _unknown_keys(body, "listener")
     lb = snap.require(LOADBALANCER, _str(body, "loadbalancer_id"), "loadbalancer_id")
     pool_id = body.get("default_pool_id") or None
     if pool_id:
@@ -416,8 +434,7 @@ def _listener(snap, body, old):
 
 
 def _pool(snap, body, old):
-    _unknown_keys(body, ("id", "loadbalancer_id", "tenant_id", "name", "protocol",
-                         "lb_algorithm", "admin_state_up", "listener_id"), "pool")
+    _unknown_keys(body, "pool")
     lb_id = body.get("loadbalancer_id")
     if not lb_id and body.get("listener_id"):
         lb_id = snap.require("listener", body["listener_id"], "listener_id")["loadbalancer_id"]
@@ -431,8 +448,7 @@ def _pool(snap, body, old):
 
 
 def _member(snap, body, old):
-    _unknown_keys(body, ("id", "pool_id", "tenant_id", "address", "protocol_port", "weight",
-                         "admin_state_up", "subnet_id"), "member")
+    _unknown_keys(body, "member")
     pool = snap.require("pool", _str(body, "pool_id"), "pool_id")
     if body.get("subnet_id"):
         snap.require("subnet", body["subnet_id"], "subnet_id")
@@ -484,10 +500,7 @@ def _ipsec_site_connection(snap, body, old):
     """Neutron VPNaaS in one object: the connection with its policies inline, the local
     side as subnet ids of the router (an endpoint group of type subnet), the peer side as
     CIDRs."""
-    _unknown_keys(body, ("id", "tenant_id", "router_id", "name", "peer_address", "peer_id",
-                         "psk", "initiator", "admin_state_up", "mtu", "local_subnet_ids",
-                         "peer_cidrs", "ikepolicy", "ipsecpolicy", "dpd"),
-                  "ipsec_site_connection")
+    _unknown_keys(body, "ipsec_site_connection")
     router = snap.require(ROUTER, _str(body, "router_id"), "router_id")
     attached = {i["subnet_id"] for p in snap.interface_ports(router["id"])
                 for i in p["fixed_ips"]}

@@ -1,5 +1,7 @@
 """Fixtures for real-kernel tests: a per-test Lab, skipped where impossible."""
 
+import sys
+
 import pytest
 
 from astara_lab.appliance import contract_appliance, contract_payloads
@@ -23,8 +25,7 @@ def pytest_runtest_setup(item):
         require_netns()
 
 
-@pytest.fixture
-def lab():
+def fresh_lab():
     """A fresh Lab, closed on teardown even when the test failed."""
     require_netns()
     lab = Lab()
@@ -32,6 +33,10 @@ def lab():
         yield lab
     finally:
         lab.close()
+
+
+lab = pytest.fixture(fresh_lab, name="lab")
+module_lab = pytest.fixture(fresh_lab, scope="module", name="module_lab")  # one per module
 
 
 @pytest.fixture
@@ -55,3 +60,15 @@ def world(lab):
         yield w
     finally:
         w.close()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzz tests' case counts (test/functional/fuzzing.py), whatever their result."""
+    fuzzing = sys.modules.get(f"{__package__}.fuzzing")  # loaded only where fuzz tests ran
+    ran = [tally for tally in getattr(fuzzing, "TALLIES", ()) if tally.cases]
+    if ran:
+        terminalreporter.section("fuzz cases")
+        for tally in ran:
+            terminalreporter.write_line(tally.line())
+        terminalreporter.write_line(f"in all: {sum(t.cases for t in ran)} cases, "
+                                    f"{sum(t.applied for t in ran)} applied")
