@@ -15,9 +15,10 @@ deps:
 venv:
 	bash scripts/install-deps --no-apt
 
-# The built image's own tests (test/image) need an image, minutes to build: make image-test.
+# What needs the built image (minutes to build) is left out: test/image (make image-test)
+# and the QEMU lab end to end (make test-qemu-lab).
 test: deps
-	$(PY) -m pytest -q test --ignore=test/image
+	$(PY) -m pytest -q test --ignore=test/image --ignore=test/e2e/test_lab_qemu.py
 
 unit: venv
 	$(PY) -m pytest -q test/unit
@@ -91,7 +92,7 @@ image-test: deps image-built
 # The QEMU lab end to end (several minutes): every lab row with the router as a VM,
 # adoption by a restarted orchestrator, a rolling upgrade, astara-lab down.
 test-qemu-lab: deps image-built
-	ASTARA_QEMU_LAB_TEST=1 $(PY) -m pytest -v -s test/e2e/test_lab_qemu.py
+	$(PY) -m pytest -v -s test/e2e/test_lab_qemu.py
 
 # Build and test debris. Refuses to touch .dibtmp while a failed image build
 # still has something mounted below it (rm -rf would follow into /dev, /proc...).

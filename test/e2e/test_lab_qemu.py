@@ -5,10 +5,9 @@ as ``astara``; a rolling upgrade moves the router onto another image (a copy of 
 image, so another image id) and every row passes again; ``down`` leaves no process, tap,
 overlay or socket.
 
-Long (several VM boots under TCG emulation): opt-in with ``ASTARA_QEMU_LAB_TEST=1``, which
-``make test-qemu-lab`` sets after building the image if needed.
+Long (several VM boots under TCG emulation) and it needs the built image: ``make test``
+leaves this file out and ``make test-qemu-lab`` runs it, after building the image if needed.
 """
-import os
 import pathlib
 import shutil
 import sys
@@ -23,12 +22,7 @@ from astara_lab.peers import eventually
 
 from .conftest import E2E_HEALTH, require_netns
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.environ.get("ASTARA_QEMU_LAB_TEST") != "1",
-                       reason="the QEMU lab is long: ASTARA_QEMU_LAB_TEST=1 "
-                              "(make test-qemu-lab)"),
-]
+pytestmark = [pytest.mark.netns]
 ROUTER = "demo-router"
 
 
