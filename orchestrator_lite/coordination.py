@@ -80,7 +80,11 @@ class SoleOwnership:
         self._scheduler = scheduler
         refs = self.store.snapshot().resources()
         with self._lock:
-            self._claims.update(self.store.claim_many(refs, self.identity))
+            # Events may have come first (Neutron's resync starts before us) and claimed
+            # some through owns(): their automata hold that claim, and a second one would
+            # fence them against ourselves (each then claims again: extra pushes).
+            unclaimed = [ref for ref in refs if ref.key not in self._claims]
+            self._claims.update(self.store.claim_many(unclaimed, self.identity))
 
     def stop(self):
         pass

@@ -5,6 +5,7 @@ import threading
 import time
 
 from orchestrator_lite.config import ManagementSettings
+from orchestrator_lite.coordination import SoleOwnership
 from orchestrator_lite.events import (CREATE, DELETE, MANAGE, POLL, UPDATE, EventQueue,
                                       ResourceRef)
 from orchestrator_lite.health import HealthMonitor, orphan_refs
@@ -328,3 +329,19 @@ def test_a_fenced_step_hands_the_resource_over(tmp_path):
     wait_for(lambda: not scheduler.busy_with(ref.key))
     assert not scheduler.deliver(ref, UPDATE)  # not ours any more
     scheduler.stop()
+
+
+def test_alone_start_keeps_the_claims_events_took_before_it(tmp_path):
+    """Neutron's resync delivers events before SoleOwnership.start: the claim an event took
+    through owns() stays the store's, so the automaton holding it is not fenced by us."""
+    store = make_store(tmp_path)
+    store.create("router", {"id": "r1", "tenant_id": "t"})
+    store.create("router", {"id": "r2", "tenant_id": "t"})
+    ownership = SoleOwnership(store, "controller-1")
+    early = ownership.owns(ResourceRef("router", "r1", "t"))
+    ownership.start(scheduler=None)
+    store.check_claim(early)  # Fenced if start claimed r1 again
+    assert ownership.owns(ResourceRef("router", "r1", "t")) is early
+    later = ownership.owns(ResourceRef("router", "r2", "t"))
+    store.check_claim(later)
+    assert (early.epoch, later.epoch) == (1, 1)
