@@ -26,6 +26,7 @@ Both daemons run in the agent's network namespace, detached (their own session, 
 stopping the agent stops neither: keepalived keeps serving while the agent restarts), with
 every path under the state directory: two appliances on one host never meet.
 """
+import contextlib
 import ipaddress
 import logging
 import os
@@ -178,9 +179,13 @@ class HaSubsystem:
             raise ApplyError("", f"{self.directory} does not hold the rendered "
                                  "configuration", status=500)
         if self._vrrp_child() is None:
-            raise ApplyError("", "keepalived's VRRP process is not running", status=500)
+            with quoting(self.keepalived_log):
+                raise ApplyError("", "keepalived's VRRP process is not running", status=500)
         if plan.conntrackd is not None:
-            self._conntrackd_serves(plan.management_interface)
+            # It may answer on its socket before its sync channel fails (a taken port):
+            # then it is gone here, and its log says why.
+            with quoting(self.conntrackd_log):
+                self._conntrackd_serves(plan.management_interface)
 
     def restore(self, ctx, snapshot, changes):
         if changes == 0:
@@ -266,13 +271,9 @@ class HaSubsystem:
 
     def _start(self, daemon, log, ready):
         """Start ``daemon`` and wait until ``ready()`` passes; a failure quotes its log."""
-        try:
+        with quoting(log):
             daemon.start()
             ready()
-        except ApplyError as exc:
-            raise ApplyError("", f"{exc.message}; {log}: "
-                                 f"{log_tail(log, 3, sep=' | ', missing=f'no {log}')}",
-                             status=500) from exc
 
     def _vrrp_child(self):
         try:
@@ -320,6 +321,18 @@ class HaSubsystem:
         fails halfway must not leave a record claiming the old one is loaded."""
         if loaded.pop(daemon, None) is not None:
             self.record.write(loaded)
+
+
+@contextlib.contextmanager
+def quoting(log):
+    """An ApplyError raised inside quotes the last lines of ``log``: where a daemon says
+    why it failed (the API logs it; the client gets only the 500)."""
+    try:
+        yield
+    except ApplyError as exc:
+        raise ApplyError("", f"{exc.message}; {log}: "
+                             f"{log_tail(log, 3, sep=' | ', missing=f'no {log}')}",
+                         status=500) from exc
 
 
 def clear_stale(virtual_addresses):
