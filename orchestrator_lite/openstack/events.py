@@ -94,6 +94,7 @@ class NotificationListener(ConsumerMixin):
                                  durable=False, auto_delete=False,
                                  queue_arguments={"x-expires": int(expires * 1000)})
         self.received = 0
+        self.batches = 0  # flushed: a router gets at most one update event per batch
         self.connected = threading.Event()
         self.connections = 0  # successful (re)connections
         self._thread = None
@@ -156,6 +157,7 @@ class NotificationListener(ConsumerMixin):
         """Apply a batch of notifications, then hand the scheduler one event per resource:
         the desired state and the events change together, so a health poll in between
         never sees half a burst."""
+        self.batches += 1
         events = {}
         for event_type, payload in batch:
             try:
