@@ -230,17 +230,22 @@ class Engine:
         return self.apply(stored.payload, origin="rollback",
                           detail=f"to generation {stored.number}", **request)
 
-    def preview(self, body):
+    def preview(self, body, source=None, local=None):
         """What applying ``body`` would change, without applying it: the subsystems whose
-        plan differs from the committed one (pure: parse and plan only). Raises
-        PayloadError like a push."""
+        plan differs from the committed one. Refused like a push without
+        ``confirm_timeout`` from ``source`` on ``local`` (PayloadError: the grammar, the
+        meaning, the management path; ApplyError: what a renderer refuses at plan time);
+        pure: parse, checks and plans only, the daemons' checkers do not run."""
         config = self.parse(body)
         committed = self.committed
+        check_management_path(config, body, (source,) if source else (), committed.config,
+                              local)
         names = dict(committed.names) or ApplyContext.open(self.names).kernel_names()
-        plans, digest = committed.plans, payload_hash(body)
+        plans = {s.name: s.plan(config, names) for s in self.subsystems}
+        digest = payload_hash(body)
         return {"hash": digest, "identical": digest == committed.hash,
-                "subsystems": [s.name for s in self.subsystems
-                               if not plans or s.plan(config, names) != plans.get(s.name)]}
+                "subsystems": [name for name, plan in plans.items()
+                               if plan != committed.plans.get(name)]}
 
     def _apply(self, body, raw, source, local, confirm_timeout):
         if raw is None:  # a caller with only the decoded body (tests, tools)

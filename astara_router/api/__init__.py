@@ -57,6 +57,12 @@ def local_address(environ):
         return None
 
 
+def request_path():
+    """The current request's management path: the peer's address and the address it
+    arrived on (either None when unknown, as on the operator socket)."""
+    return _address(request.remote_addr), local_address(request.environ)
+
+
 def confirm_timeout_of(args):
     """``?confirm_timeout=N`` (whole seconds, 1..MAX_CONFIRM_TIMEOUT) or None; ValueError
     with the reason otherwise."""
@@ -218,6 +224,18 @@ def interface_routes(engine):
     return routes
 
 
+def refusal(exc, work="apply"):
+    """The answer to a PayloadError or ApplyError: the caller's problem (below 500) or a
+    full disk (507) as it is; the appliance's own failure without its detail (paths of the
+    state directory, a daemon's or nft's output), which goes to the log."""
+    if exc.status < 500 or exc.status == 507:
+        return json_response(exc.to_dict(), exc.status)
+    LOG.error("%s failed (%s): %s", work, exc.status, exc)
+    return error_response(exc.status, "The configuration could not be applied; the "
+                          "previous one is still in place",
+                          "the appliance failed to apply it; see its log")
+
+
 def apply_answer(run, sender="operator"):
     """Answer a push (or a rollback): ``run(source, local, confirm_timeout)`` applies, with
     the request's management path — where it came from and where it arrived — and its
@@ -228,24 +246,13 @@ def apply_answer(run, sender="operator"):
         return error_response(400, "Bad Request", str(exc),
                               [{"path": "confirm_timeout", "message": str(exc)}])
     try:
-        outcome = run(_address(request.remote_addr), local_address(request.environ),
-                      confirm_timeout)
+        outcome = run(*request_path(), confirm_timeout)
     except StaleEpoch as exc:
         LOG.warning("config push from %s refused: %s", sender, exc)
         return json_response(exc.to_dict(), 409)
-    except PayloadError as exc:
+    except (PayloadError, ApplyError) as exc:
         LOG.info("config push from %s refused: %s", sender, exc.status)
-        return json_response(exc.to_dict(), exc.status)
-    except ApplyError as exc:
-        LOG.info("config push from %s refused: %s", sender, exc.status)
-        if exc.status < 500 or exc.status == 507:  # the caller's problem, or a full disk
-            return json_response(exc.to_dict(), exc.status)
-        # The appliance's own failure: its detail (paths of the state directory, a
-        # daemon's or nft's output) goes to the log, not to the client.
-        LOG.error("apply failed (%s): %s", exc.status, exc)
-        return error_response(exc.status, "The configuration could not be applied; the "
-                              "previous one is still in place",
-                              "the appliance failed to apply it; see its log")
+        return refusal(exc)
     LOG.info("config push from %s accepted: generation %s, %d changes", sender,
              outcome.committed.generation, outcome.changes)
     # The generation's view, rendered once, with the change count spliced in front.

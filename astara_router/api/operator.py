@@ -4,8 +4,10 @@
   repairs, reverts) with durations, result and error (``history.py``).
 * ``GET  /v1/system/generations``: the generations a rollback can go to, newest first.
 * ``POST /v1/system/config/diff``: a candidate payload against the running one, without
-  applying it: validated like a push (the same 4xx), then the difference of the two
-  payloads (secrets redacted on both sides) and the subsystems whose plan would change.
+  applying it: parsed, checked for the management path and planned like a push without
+  ``confirm_timeout`` (the same 4xx, a renderer's refusal included; only the daemons'
+  checkers do not run), then the difference of the two payloads (secrets redacted on both
+  sides) and the subsystems whose plan would change.
 * ``POST /v1/system/config/rollback[?confirm_timeout=N]`` ``{"generation": N}`` (default:
   the previous one): that generation's configuration through the whole transaction, as a
   new generation; answered like a push.
@@ -19,6 +21,7 @@ import json
 from flask import Blueprint, g, request
 
 from ..engine import redact
+from ..errors import ApplyError
 from ..logs import new_request_id, valid_request_id
 from ..model import PayloadError
 
@@ -62,7 +65,8 @@ def payload_diff(running, candidate, running_name, candidate_name):
 
 
 def operator_routes(engine):
-    from . import apply_answer, decode_json, error_response, json_response  # as above
+    from . import (apply_answer, decode_json, error_response, json_response,  # as above
+                   refusal, request_path)
     routes = Blueprint("operator", __name__)
 
     @routes.get("/v1/system/history")
@@ -93,9 +97,9 @@ def operator_routes(engine):
             return error_response(400, "Bad Request", "the body must be a JSON object (the "
                                                       "candidate payload)")
         try:
-            preview = engine.preview(body)
-        except PayloadError as exc:
-            return json_response(exc.to_dict(), exc.status)
+            preview = engine.preview(body, *request_path())
+        except (PayloadError, ApplyError) as exc:  # a renderer's refusal is an ApplyError
+            return refusal(exc, "diff")
         committed = engine.committed
         return json_response({
             "generation": committed.generation, "running_hash": committed.hash,

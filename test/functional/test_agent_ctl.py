@@ -145,6 +145,53 @@ def test_diff_shows_the_change_and_applies_nothing(appliance):
     assert status == 2 and out.startswith("refused: ") and "floating_ips[0]" in out
 
 
+def test_diff_against_nothing_committed_names_every_line_and_redacts(lab):
+    """(Was a unit test: a diff plans the candidate as a push would, so it needs an
+    appliance with the payload's NICs.)"""
+    appliance = contract_appliance(lab, "router-basic", BASIC)
+    client = appliance.client()
+    candidate = copy.deepcopy(BASIC)
+    response = client.request("POST", "/v1/system/config/diff",
+                              json.dumps(candidate).encode(),
+                              {"Content-Type": "application/json"})
+    assert response.status == 200, response.text
+    answer = response.json()
+    assert answer["identical"] is False and answer["generation"] == 0
+    assert answer["diff"][:2] == ["--- generation 0", "+++ candidate"]
+    added = "\n".join(line[1:] for line in answer["diff"] if line.startswith("+")
+                      and not line.startswith("+++"))
+    assert f'"hostname": "{candidate["hostname"]}"' in added
+    assert {"netlink", "firewall"} <= set(answer["subsystems"])
+    assert client.get("/v1/system/config").json()["generation"] == 0  # not applied
+    # Only the boot re-apply (of nothing): the diff is no activity.
+    assert [e["origin"] for e in client.get("/v1/system/history").json()["history"]] == \
+        ["boot"]
+
+
+def test_diff_refuses_what_a_push_refuses(appliance):
+    """A renderer's refusal at plan time (an HA router has one peer) and a moved management
+    address (only under commit-confirm): the diff answers exactly what the push answers."""
+    two_peers = copy.deepcopy(BASIC)
+    two_peers["ha_resource"] = True
+    two_peers["ha_config"] = {"peers": ["fdca:3ba5:a17a:acda::71", "fdca:3ba5:a17a:acda::72"],
+                              "priority": 100}
+    moved = copy.deepcopy(BASIC)
+    management = next(n for n in moved["networks"] if n["network_type"] == "management")
+    management["interface"]["addresses"] = ["fdca:3ba5:a17a:acda::99/64"]
+    client = appliance.client()
+    for candidate, field in ((two_peers, "ha_config.peers"), (moved, "networks[0]")):
+        diffed = client.request("POST", "/v1/system/config/diff",
+                                json.dumps(candidate).encode(),
+                                {"Content-Type": "application/json"})
+        pushed = put(appliance, candidate)
+        assert (diffed.status, diffed.json()) == (pushed.status, pushed.json()) and \
+            diffed.status == 422, diffed.text
+        assert diffed.json()["errors"][0]["path"].startswith(field), diffed.text
+    status, out, _ = ctl(appliance, "diff", "-", input=json.dumps(two_peers))
+    assert status == 2 and out.startswith("refused: ") and "ha_config.peers" in out
+    assert ctl_json(appliance, "config")["generation"] == 1
+
+
 def test_rollback_to_an_older_generation_restores_its_dataplane(appliance):
     kernel = {1: (appliance.dump(), appliance.ruleset())}
     for generation, body in ((2, variant(extra_address="172.24.4.8/24")),
