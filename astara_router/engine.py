@@ -76,6 +76,7 @@ def redact(value):
 STATE_RESERVE = 256 * 1024
 STATE_SPACE_FACTOR = 3  # payload-sized files that may coexist during a commit
 
+MAX_CONFIRM_TIMEOUT = 3600  # seconds a generation may await confirmation (?confirm_timeout)
 TRIM_AFTER = 256 * 1024  # payload bytes: a push this large frees megabytes of temporaries
 
 

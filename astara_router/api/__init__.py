@@ -13,7 +13,7 @@ import msgspec
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from ..engine import Engine
+from ..engine import MAX_CONFIRM_TIMEOUT, Engine
 from ..errors import ApplyError
 from ..fencing import (EPOCH_HEADER, ORCHESTRATOR_HEADER, EpochFence, StaleEpoch,
                        parse_epoch)
@@ -36,7 +36,6 @@ CAPABILITIES = (
 )
 PUBLIC_PATHS = ("/v1/", "/v1/base/")  # the banner: no token needed
 MAX_BODY = 16 * 1024 * 1024
-MAX_CONFIRM_TIMEOUT = 3600  # seconds
 
 
 def _address(text):

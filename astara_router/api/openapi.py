@@ -13,7 +13,9 @@ import msgspec
 from msgspec import Meta
 
 from .. import __version__
+from ..engine import MAX_CONFIRM_TIMEOUT
 from ..model.schema import ID_RULE, Payload
+from .operator import MAX_HISTORY
 
 OPENAPI_VERSION = "3.1.0"
 REF_TEMPLATE = "#/components/schemas/{name}"
@@ -21,14 +23,20 @@ UNDOCUMENTED_METHODS = {"HEAD", "OPTIONS"}  # Flask adds them to every route
 
 
 # -- response bodies --------------------------------------------------------------------------
-class FieldProblem(msgspec.Struct):
+class Response(msgspec.Struct, forbid_unknown_fields=True):
+    """Every answer's body: a field the agent serves but this module does not describe
+    makes the answer fail the document (``additionalProperties: false``), which the fuzzer's
+    response_schema_conformance and test_openapi.py check."""
+
+
+class FieldProblem(Response):
     """One refused field: its JSON path in the body (empty: the body as a whole)."""
 
     path: Optional[str]
     message: str
 
 
-class ErrorBody(msgspec.Struct, omit_defaults=True):
+class ErrorBody(Response, omit_defaults=True):
     """Every error answer: a title, the reason, and for refused bodies each field."""
 
     error: str
@@ -36,14 +44,26 @@ class ErrorBody(msgspec.Struct, omit_defaults=True):
     errors: list[FieldProblem] = []
 
 
-class Banner(msgspec.Struct):
+class Banner(Response):
+    """The service, its state and generation, and what this agent offers (``api_version``,
+    ``capabilities``: an orchestrator uses only what an appliance advertises)."""
+
     service: str
     state: str
     generation: int
     enabled_services: list[str]
+    api_version: str
+    capabilities: list[str]
 
 
-class Status(msgspec.Struct):
+class StaleEpochError(ErrorBody, kw_only=True):
+    """A push whose X-Astara-Epoch is older than one accepted: which one, and from whom."""
+
+    accepted_epoch: int
+    accepted_from: Optional[str]
+
+
+class Status(Response):
     """``state``: booting, ready or degraded (``reasons``: what is down now)."""
 
     state: str
@@ -58,7 +78,7 @@ class Status(msgspec.Struct):
     checked_at: Optional[float]
 
 
-class InterfaceView(msgspec.Struct):
+class InterfaceView(Response):
     """A NIC under its generic name (the original client's shape)."""
 
     ifname: str
@@ -72,15 +92,15 @@ class InterfaceView(msgspec.Struct):
     kernel_name: str
 
 
-class Interfaces(msgspec.Struct):
+class Interfaces(Response):
     interfaces: list[InterfaceView]
 
 
-class OneInterface(msgspec.Struct):
+class OneInterface(Response):
     interface: InterfaceView
 
 
-class CommittedConfig(msgspec.Struct):
+class CommittedConfig(Response):
     """The committed generation: the payload as pushed (secrets redacted; ``{}`` before the
     first push), its generation and its hash."""
 
@@ -95,35 +115,35 @@ class AppliedConfig(CommittedConfig):
     changes: int
 
 
-class Confirmation(msgspec.Struct):
+class Confirmation(Response):
     """``confirmed``: the generation kept, or null when none awaited confirmation."""
 
     confirmed: Optional[int]
     generation: int
 
 
-class History(msgspec.Struct):
+class History(Response):
     """The last activities (pushes, rollbacks, boot, repairs, reverts), newest last."""
 
     history: list[dict[str, Any]]
     generation: int
 
 
-class KeptGeneration(msgspec.Struct):
+class KeptGeneration(Response):
     generation: int
     hash: Optional[str]
     committed_at: Optional[float]
     committed: bool
 
 
-class Generations(msgspec.Struct):
+class Generations(Response):
     """The generations a rollback can go to, newest first."""
 
     generation: int
     generations: list[KeptGeneration]
 
 
-class ConfigDiff(msgspec.Struct):
+class ConfigDiff(Response):
     """A candidate against the running payload: a unified diff (secrets redacted) and the
     subsystems whose plan would change."""
 
@@ -148,14 +168,14 @@ class TlsCredentials(msgspec.Struct):
     private_key: str
 
 
-class TlsInstalled(msgspec.Struct):
+class TlsInstalled(Response):
     """The files are replaced; ``reloading``: the server reloads to serve them."""
 
     installed: bool
     reloading: bool
 
 
-class OpenApiDocument(msgspec.Struct):
+class OpenApiDocument(Response):
     """This document."""
 
     openapi: str
@@ -164,7 +184,7 @@ class OpenApiDocument(msgspec.Struct):
     components: dict[str, Any]
 
 
-SCHEMA_TYPES = (Payload, ErrorBody, Banner, Status, Interfaces, OneInterface,
+SCHEMA_TYPES = (Payload, ErrorBody, StaleEpochError, Banner, Status, Interfaces, OneInterface,
                 CommittedConfig, AppliedConfig, Confirmation, History, Generations,
                 ConfigDiff, RollbackTarget, TlsCredentials, TlsInstalled, OpenApiDocument)
 
@@ -188,12 +208,12 @@ CONFIRM_TIMEOUT = {
     "name": "confirm_timeout", "in": "query", "required": False,
     "description": "commit-confirm: revert to the previous generation after this many "
                    "seconds unless POST /v1/system/config/confirm arrives",
-    "schema": {"type": "integer", "minimum": 1, "maximum": 3600}}
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_CONFIRM_TIMEOUT}}
 PUSH_ERRORS = {
     "400": _error("not JSON, a bad confirm_timeout or X-Astara-Epoch, or a service this "
                   "appliance does not run"),
-    "409": _error("X-Astara-Epoch is older than one already accepted (another "
-                  "orchestrator owns this appliance)"),
+    "409": _json("StaleEpochError", "X-Astara-Epoch is older than one already accepted "
+                                    "(another orchestrator owns this appliance)"),
     "413": _error("the body is larger than the agent accepts"),
     "422": _error("refused: a field's grammar or meaning (its JSON path named), the "
                   "management path, or what the kernel or a daemon cannot do; nothing "
@@ -270,7 +290,8 @@ OPERATIONS = {
     ("/v1/system/history", "GET"): {
         "summary": "The last activities with their durations, results and errors",
         "parameters": [{"name": "limit", "in": "query", "required": False,
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+                        "schema": {"type": "integer", "minimum": 1,
+                                   "maximum": MAX_HISTORY}}],
         "responses": {"200": _json("History", "the history"),
                       "400": _error("a bad limit")}},
     ("/v1/system/generations", "GET"): {

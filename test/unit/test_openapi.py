@@ -1,5 +1,7 @@
 """GET /v1/openapi.json: a valid OpenAPI 3.1 document listing every route the app serves,
 with the request body of PUT /v1/system/config being the payload schema that validates."""
+import json
+
 import jsonschema
 import msgspec
 import pytest
@@ -102,3 +104,44 @@ def test_token_protected_routes_say_so(tmp_path):
     assert config["security"] == [{"bearer": []}] and "401" in config["responses"]
     banner = document["paths"]["/v1/"]["get"]
     assert "security" not in banner and "401" not in banner["responses"]
+
+
+def conforms(document, path, method, response):
+    """The validation errors of ``response`` against what ``document`` says ``method path``
+    answers with its status (a served field the document lacks is one)."""
+    answer = document["paths"][path][method]["responses"][str(response.status_code)]
+    schema = answer["content"]["application/json"]["schema"]
+    validator = jsonschema.Draft202012Validator({"components": document["components"],
+                                                 **schema})
+    return [error.message for error in validator.iter_errors(response.get_json())]
+
+
+def test_the_answers_are_what_the_document_describes(app):
+    """Every body a field the document lacks fails (additionalProperties: false): the
+    banner's api_version and capabilities, the status, the committed configuration, the
+    history, the generations, a confirmation, a refused push and a stale epoch's 409."""
+    document = document_of(app)
+    client = app.test_client()
+    invalid = contract_payloads("invalid")
+    checked = {("/v1/", "get"): client.get("/v1/"),
+               ("/v1/base/", "get"): client.get("/v1/base/"),
+               ("/v1/status/", "get"): client.get("/v1/status/"),
+               ("/v1/system/config", "get"): client.get("/v1/system/config")}
+    pushed = [client.put("/v1/system/config", data=json.dumps(invalid[name]),
+                         content_type="application/json", headers={"X-Astara-Epoch": epoch})
+              for name, epoch in ((sorted(invalid)[0], "5"), (sorted(invalid)[0], "4"))]
+    assert [response.status_code for response in pushed] == [422, 409]
+    checked.update({
+        ("/v1/system/config", "put"): pushed[0],
+        ("/v1/system/config", "put", 409): pushed[1],
+        ("/v1/system/history", "get"): client.get("/v1/system/history"),
+        ("/v1/system/generations", "get"): client.get("/v1/system/generations"),
+        ("/v1/system/config/confirm", "post"): client.post("/v1/system/config/confirm"),
+        ("/v1/openapi.json", "get"): client.get("/v1/openapi.json")})
+    for (path, method, *_), response in checked.items():
+        assert conforms(document, path, method, response) == [], (path, method)
+    banner = client.get("/v1/")
+    assert {"api_version", "capabilities"} <= set(banner.get_json())
+    served_more = banner.get_json() | {"undescribed": 1}
+    banner.set_data(json.dumps(served_more))
+    assert conforms(document, "/v1/", "get", banner)  # the check can fail
