@@ -44,6 +44,12 @@ class Settings:
     def path(self, *parts):
         return os.path.join(self.state_dir, *parts)
 
+    @property
+    def operator_socket(self):
+        """The operator's socket: the agent serves its API there (api/local.py) and
+        astara-router-ctl looks for it (cli/ctl.py), which need not import the API."""
+        return self.path("run", "api.sock")
+
 
 def _services(text):
     names = tuple(s.strip() for s in text.replace(",", " ").split() if s.strip())

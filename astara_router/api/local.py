@@ -19,18 +19,13 @@ import threading
 from werkzeug.serving import make_server
 
 LOG = logging.getLogger(__name__)
-SOCKET = ("run", "api.sock")
 MAX_PATH = 108  # sun_path, NUL included
-
-
-def socket_path(settings):
-    return settings.path(*SOCKET)
 
 
 def serve(app, settings):
     """Serve ``app`` on the operator's socket in a daemon thread; returns the server, or
     None when the socket cannot be made (the API itself must not fail for it)."""
-    path = socket_path(settings)
+    path = settings.operator_socket
     if len(os.fsencode(path)) >= MAX_PATH:
         LOG.warning("no operator socket: %s is longer than a Unix socket path may be", path)
         return None

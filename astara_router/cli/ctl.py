@@ -26,7 +26,6 @@ import sys
 import time
 
 from .. import settings as settings_mod
-from ..api.local import socket_path
 from ..store import Store
 
 DEFAULT_CONFIG_FILE = "/etc/astara/astara.ini"
@@ -78,8 +77,8 @@ class Agent:
     @classmethod
     def from_settings(cls, settings, url=None, timeout=120.0, cert=None, key=None,
                       cacert=None):
-        if not url and os.path.exists(socket_path(settings)):
-            return cls(None, None, settings.api_token, None, timeout, socket_path(settings))
+        if not url and os.path.exists(settings.operator_socket):
+            return cls(None, None, settings.api_token, None, timeout, settings.operator_socket)
         if url:
             scheme, _, rest = url.partition("://")
             host, port = split_bind(rest.rstrip("/"))
