@@ -3,7 +3,9 @@
 Talks to the local agent's API on its operator socket (``<state_dir>/run/api.sock``,
 api/local.py), else on the address and port it listens on with its token and TLS files,
 all from the agent's own ``--config-file``/``--state-dir``; ``config`` and ``generations``
-read the state directory when the agent does not answer.
+read the state directory when the agent does not answer. Over TCP under mutual TLS it
+needs ``--cert``/``--key``, a client certificate of the agent's ``[api] ca_certs`` (the
+socket needs none).
 
   config                   the committed configuration and its generation
   interfaces               the interface map (geN, kernel name, MAC, addresses)
@@ -92,9 +94,7 @@ class Agent:
             https = bool(settings.certfile)
         tls = None
         if https:
-            tls = tls_context(cacert or settings.ca_certs or settings.certfile,
-                              cert or (settings.certfile if settings.ca_certs else None),
-                              key or settings.keyfile or None)
+            tls = tls_context(cacert or settings.ca_certs or settings.certfile, cert, key)
         return cls(host, port, settings.api_token, tls, timeout)
 
     def request(self, method, path, body=None):
@@ -134,9 +134,10 @@ class Agent:
 
 def tls_context(trusted, cert=None, key=None):
     """Trust ``trusted`` (by default the CA the agent requires of clients, else its own
-    certificate) and present ``cert`` (by default, under mutual TLS, the appliance's own
-    certificate, which the agent accepts when its CA signed it for client use too); the
-    name is not checked: we connect to our own address."""
+    certificate) and present ``cert`` (with ``key``, else the key in the same file) when
+    given: never the appliance's own certificate, which its CA issues for server use only
+    (orchestrator_lite/pki.py), so an agent under mutual TLS would refuse it. The name is
+    not checked: we connect to our own address."""
     context = ssl.create_default_context(cafile=trusted)
     context.check_hostname = False
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
@@ -337,9 +338,9 @@ def parse_args(argv=None):
     parser.add_argument("--url", help="the agent's API over TCP, e.g. "
                                       "https://[fdca::5]:5000 (default: its operator "
                                       "socket, else where it listens)")
-    parser.add_argument("--cert", help="client certificate under mutual TLS (default: the "
-                                       "agent's [api] certfile)")
-    parser.add_argument("--key", help="its key (default: the agent's [api] keyfile)")
+    parser.add_argument("--cert", help="a client certificate signed by the agent's [api] "
+                                       "ca_certs, for TCP under mutual TLS (default: none)")
+    parser.add_argument("--key", help="its key (default: in the --cert file)")
     parser.add_argument("--cacert", help="the CA to verify the agent with (default: the "
                                          "agent's [api] ca_certs, else its certfile)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
@@ -357,7 +358,10 @@ def parse_args(argv=None):
     rollback.add_argument("--confirm-timeout", type=int,
                           help="revert unless 'confirm' comes within this many seconds "
                                "(needed to go back to another management address)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.key and not args.cert:
+        parser.error("--key needs --cert")
+    return args
 
 
 def main(argv=None, out=sys.stdout):

@@ -8,13 +8,13 @@ import os
 import re
 import signal
 import stat
-import subprocess
 import sys
 
 import pytest
 
 from astara_lab.appliance import REPO_ROOT, contract_appliance, contract_payloads
 from astara_lab.peers import eventually
+from orchestrator_lite.pki import CertificateAuthority, write_files
 
 pytestmark = pytest.mark.netns
 
@@ -266,31 +266,33 @@ def test_history_shows_a_supervisor_repair(lab):
     assert appliance.daemon_pid("dnsmasq/dnsmasq.pid") is not None
 
 
-def test_ctl_speaks_mutual_tls_with_the_agents_files(lab):
-    """The agent with [api] certfile, keyfile and ca_certs (a client certificate required):
-    astara-router-ctl finds them in the agent's config file and gets in, over HTTPS only."""
-    pki = lab.tmpdir("pki")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
-                    "/CN=ak-ctl-test", "-keyout", pki / "key.pem", "-out", pki / "cert.pem"],
-                   check=True, capture_output=True)
-    appliance = restarted_with(lab, f"""[api]
-certfile = {pki / 'cert.pem'}
-keyfile = {pki / 'key.pem'}
-ca_certs = {pki / 'cert.pem'}
-[supervisor]
-interval = 0
-""", wait=False)
+def test_ctl_speaks_mutual_tls_with_a_client_certificate(lab):
+    """The agent under mutual TLS with certificates of the orchestrator's own CA
+    (orchestrator_lite/pki.py: the appliance's is for server use only): over TCP
+    astara-router-ctl trusts the agent's [api] ca_certs from its config file and gets in
+    with --cert/--key, a client certificate of that CA, not without one; the operator
+    socket needs none."""
+    ca = CertificateAuthority(lab.tmpdir("pki"))
+    bundle = ca.issue("ak-ctl-test")
+    base = lab.tmpdir("agent-tls")
+    write_files(bundle.boot_files(base))
+    client = ca.client_tls()  # the orchestrator's client certificate, of the same CA
+    appliance = restarted_with(lab, (base / "tls" / "agent.ini").read_text() +
+                               "[supervisor]\ninterval = 0\n", wait=False)
     url = f"https://[{appliance.mgmt.ip}]:5000"
-    eventually(lambda: ctl(appliance, "--url", url, "health")[0] == 0, timeout=30,
-               what="the agent over TLS")
-    assert ctl_json(appliance, "--url", url, "config")["generation"] == 0
+    certificate = ["--cert", str(client.cert_file), "--key", str(client.key_file)]
+    eventually(lambda: ctl(appliance, "--url", url, *certificate, "health")[0] == 0,
+               timeout=30, what="the agent over TLS")
+    assert ctl_json(appliance, "--url", url, *certificate, "config")["generation"] == 0
+    status, _, err = ctl(appliance, "--url", url, "health")  # no client certificate
+    assert status == 3 and "does not answer" in err
     status, _, err = ctl(appliance, "--url", f"http://[{appliance.mgmt.ip}]:5000", "health")
     assert status == 3 and "does not answer" in err
     # Without --url: the operator socket, which needs no certificate at all.
     socket = appliance.state_dir / "run" / "api.sock"
     assert stat.S_IMODE(socket.stat().st_mode) == 0o600
     assert ctl(appliance, "--cert", "/nonexistent", "health")[0] == 0
+    assert ctl(appliance, "health")[0] == 0
 
 
 def test_without_the_operator_socket_the_ctl_uses_the_api_address(appliance):
