@@ -10,9 +10,10 @@ orchestrators on one host; Nova's are found through its API anywhere), and one s
 ``[tls] directory``: the members are one CA to the appliances.
 
 Also: the routers the tests and the bench create (``populate``), reading the appliances'
-push logs (``config push from orchestrator=X epoch=N
-accepted|refused``, the same line from the real agent and the stand-in) and the check that
-no appliance ever took pushes from two owners in one interval.
+push logs (``push: applied|unchanged|refused|failed ... (from orchestrator=X epoch=N)`` for
+a push the agent took, ``config push from orchestrator=X epoch=N refused`` for one its epoch
+fence refused; the same lines from the real agent and the stand-in) and the check that no
+appliance ever took pushes from two owners in one interval.
 """
 import contextlib
 import os
@@ -31,8 +32,12 @@ REDIS_PORT = 6379
 ETCD_PORT = 2379
 POSTGRES_PORT = 5432
 EXT_NET = "e0000000-0000-4000-8000-000000000000"  # the external network of populate()
-PUSH_LINE = re.compile(r"config push from orchestrator=(?P<who>\S+) epoch=(?P<epoch>\S+) "
-                       r"(?P<outcome>accepted|refused)")
+# The summary line of a push the agent took (history.py) and the line of one its epoch
+# fence refused first (api/__init__.py); both name the sender as fencing.push_sender does.
+PUSH_LINE = re.compile(r"push: (?P<outcome>applied|unchanged|refused|failed) in [^\n]*"
+                       r"\(from orchestrator=(?P<who>\S+) epoch=(?P<epoch>[^\s)]+)\)")
+FENCED_LINE = re.compile(r"config push from orchestrator=(?P<who>\S+) epoch=(?P<epoch>\S+) "
+                         r"refused")
 
 
 def coordination_url(server, timeout):
@@ -291,13 +296,16 @@ def populate(api, count):
 
 
 def push_log(path):
-    """``[(orchestrator, epoch or None, accepted?)]`` in the order the appliance saw them."""
+    """``[(orchestrator, epoch or None, accepted?)]`` in the order the appliance saw them
+    (a push with neither header, the original orchestrator's, names no sender)."""
     try:
         text = pathlib.Path(path).read_text(errors="replace")
     except OSError:
         return []
+    found = sorted([*PUSH_LINE.finditer(text), *FENCED_LINE.finditer(text)],
+                   key=lambda m: m.start())
     return [(m["who"], None if m["epoch"] == "-" else int(m["epoch"]),
-             m["outcome"] == "accepted") for m in PUSH_LINE.finditer(text)]
+             m.groupdict().get("outcome") in ("applied", "unchanged")) for m in found]
 
 
 def push_violations(pushes):

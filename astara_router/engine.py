@@ -486,9 +486,7 @@ class Engine:
             self.history.transaction(succeeded, spent, number)
         committed = Committed(number, raw, config, digest, committed_at, plans, names)
         self._after_commit(plans, bases, nics, len(committed.raw))
-        LOG.info("generation %d applied in %.3f s with %d changes", number,
-                 time.monotonic() - started, changes)
-        return committed, changes
+        return committed, changes  # logged once, by the activity (history.py)
 
     def _persist(self, number, digest, raw, awaiting):
         with state_full_is_507("the configuration"):

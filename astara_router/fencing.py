@@ -39,6 +39,14 @@ class StaleEpoch(Exception):
                 "accepted_from": self.holder}
 
 
+def push_sender(orchestrator, epoch):
+    """How the log names who sent a push: ``from orchestrator=<name> epoch=<n>`` (``-`` for
+    a header not sent); None when neither header came (the original orchestrator)."""
+    if not orchestrator and epoch is None:
+        return None
+    return f"from orchestrator={orchestrator or '-'} epoch={'-' if epoch is None else epoch}"
+
+
 def parse_epoch(raw):
     """The header's value as a non-negative int; None when absent; ValueError if bad."""
     if raw is None or raw == "":

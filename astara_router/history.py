@@ -33,7 +33,7 @@ class Activity:
     request_id: str
     started_at: float  # wall clock
     previous_generation: int
-    detail: Optional[str] = None  # e.g. "to generation 4", the drift repaired
+    detail: Optional[str] = None  # "to generation 4", the drift repaired, who pushed
     generation: Optional[int] = None  # the committed generation afterwards
     changes: int = 0
     result: Optional[str] = None
@@ -112,10 +112,13 @@ class History:
 
     @staticmethod
     def _log(activity):
-        text = (f"{activity.origin}{' ' + activity.detail if activity.detail else ''}: "
-                f"{activity.result} in {activity.seconds:.3f} s, generation "
-                f"{activity.previous_generation} -> {activity.generation}, "
-                f"{activity.changes} changes")
+        """The one line an activity logs, e.g. ``push: applied in 0.412 s, generation 1 ->
+        2, 7 changes (from orchestrator=orch-2 epoch=7)``: the detail (who pushed, the
+        generation a rollback went to, the drift repaired) last, the error after it."""
+        text = (f"{activity.origin}: {activity.result} in {activity.seconds:.3f} s, "
+                f"generation {activity.previous_generation} -> {activity.generation}, "
+                f"{activity.changes} changes"
+                f"{f' ({activity.detail})' if activity.detail else ''}")
         if activity.error:
             LOG.warning("%s: %s", text, activity.error)
         else:

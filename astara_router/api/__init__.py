@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 from ..engine import MAX_CONFIRM_TIMEOUT, Engine
 from ..errors import ApplyError
 from ..fencing import (EPOCH_HEADER, ORCHESTRATOR_HEADER, EpochFence, StaleEpoch,
-                       parse_epoch)
+                       parse_epoch, push_sender)
 from ..model import PayloadError
 from ..naming import interface_view, list_nics
 from ..status import StatusProber
@@ -235,10 +235,12 @@ def refusal(exc, work="apply"):
                           "the appliance failed to apply it; see its log")
 
 
-def apply_answer(run, sender="operator"):
+def apply_answer(run, sender=None):
     """Answer a push (or a rollback): ``run(source, local, confirm_timeout)`` applies, with
     the request's management path — where it came from and where it arrived — and its
-    ``?confirm_timeout``; ``sender`` names who asked, in the log."""
+    ``?confirm_timeout``. What the engine runs is logged once, by its activity
+    (history.py); ``sender`` (fencing.push_sender) names a push the epoch fence refuses
+    before that."""
     try:
         confirm_timeout = confirm_timeout_of(request.args)
     except ValueError as exc:
@@ -247,13 +249,10 @@ def apply_answer(run, sender="operator"):
     try:
         outcome = run(*request_path(), confirm_timeout)
     except StaleEpoch as exc:
-        LOG.warning("config push from %s refused: %s", sender, exc)
+        LOG.warning("config push %s refused: %s", sender, exc)
         return json_response(exc.to_dict(), 409)
     except (PayloadError, ApplyError) as exc:
-        LOG.info("config push from %s refused: %s", sender, exc.status)
         return refusal(exc)
-    LOG.info("config push from %s accepted: generation %s, %d changes", sender,
-             outcome.committed.generation, outcome.changes)
     # The generation's view, rendered once, with the change count spliced in front.
     answer = b'{"changes": %d, ' % outcome.changes + outcome.committed.view_json[1:]
     return Response(answer, mimetype="application/json",
@@ -289,13 +288,15 @@ def config_routes(engine, fence):
         except ValueError as exc:
             return error_response(400, "Bad Request", str(exc))
 
+        sender = push_sender(orchestrator, epoch)
+
         def run(source, local, confirm_timeout):
             with fence.admitted(epoch, orchestrator):
                 return engine.apply(body, raw, source=source, local=local,
-                                    confirm_timeout=confirm_timeout, request_id=request_id())
+                                    confirm_timeout=confirm_timeout, request_id=request_id(),
+                                    detail=sender)
 
-        return apply_answer(run, f"orchestrator={orchestrator or '-'} "
-                                 f"epoch={'-' if epoch is None else epoch}")
+        return apply_answer(run, sender)
 
     @routes.post("/v1/system/config/confirm")
     def confirm_config():

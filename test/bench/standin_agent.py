@@ -19,8 +19,8 @@ the real semantics, and nothing else (no dataplane):
 
 The netns driver starts it in place of the agent through a wrapper "interpreter"
 (``[netns] python``): its command line keeps ``-m astara_router.cli.api ...`` so the
-driver's liveness check of the agent process still recognises it. Stdlib + payload_hash
-only: ~15 MB and a few ms of CPU to start.
+driver's liveness check of the agent process still recognises it. Stdlib, msgspec and the
+agent's light store, fencing, history and logs modules: ~15 MB and a few ms of CPU to start.
 """
 import argparse
 import json
@@ -30,8 +30,10 @@ import threading
 import time
 
 from astara_lab.webserver import QuietHandler, make_server
+from astara_router import logs
 from astara_router.fencing import (EPOCH_HEADER, ORCHESTRATOR_HEADER, EpochFence, StaleEpoch,
-                                   parse_epoch)
+                                   parse_epoch, push_sender)
+from astara_router.history import History
 from astara_router.store import payload_hash
 
 BANNER = "Astara appliance API service is active"
@@ -79,6 +81,8 @@ def log(message):
 
 
 def make_handler(state, fence):
+    history = History()
+
     class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
 
@@ -148,27 +152,28 @@ def make_handler(state, fence):
             if not isinstance(body, dict):
                 return self.json(422, {"error": "Unprocessable Entity",
                                        "message": "the payload must be a JSON object"})
-            orchestrator = self.headers.get(ORCHESTRATOR_HEADER, "")[:255] or "-"
+            orchestrator = self.headers.get(ORCHESTRATOR_HEADER, "")[:255]
             try:
                 epoch = parse_epoch(self.headers.get(EPOCH_HEADER))
             except ValueError as exc:
                 return self.json(400, {"error": "Bad Request", "message": str(exc)})
             digest = payload_hash(body)
+            sender = push_sender(orchestrator, epoch)
             try:
-                # The same fence and log line as the real agent (astara_router.api).
-                with fence.admitted(epoch, orchestrator), state.lock:
+                # The same fence and log lines as the real agent (astara_router.api): the
+                # push's one line from its activity (history.py).
+                with fence.admitted(epoch, orchestrator), state.lock, \
+                        history.activity("push", None, state.generation, sender) as activity:
                     changed = digest != state.hash
                     if changed:
                         state.generation += 1
                         state.payload, state.hash = body, digest
+                    history.transaction(changed, {}, state.generation)
+                    activity.finish(state.generation, 1 if changed else 0)
                     view = dict(state.view(), changes=1 if changed else 0)
             except StaleEpoch as exc:
-                log(f"config push from orchestrator={orchestrator} epoch={epoch} refused: "
-                    f"{exc}")
+                log(f"config push {sender} refused: {exc}")
                 return self.json(409, exc.to_dict())
-            log(f"config push from orchestrator={orchestrator} "
-                f"epoch={'-' if epoch is None else epoch} accepted: generation "
-                f"{view['generation']}, {view['changes']} changes")
             self.json(200, view, headers=[("ETag", f'"{digest}"')])
 
     return Handler
@@ -183,6 +188,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     state_dir = args.state_dir or "."
     os.makedirs(state_dir, exist_ok=True)
+    logs.configure(stream=sys.stdout)
     server = make_server("::", args.port, make_handler(State(), EpochFence(state_dir)))
     print(f"stand-in agent on [::]:{args.port} (pid {os.getpid()})", flush=True)
     server.serve_forever()

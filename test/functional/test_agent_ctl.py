@@ -117,12 +117,14 @@ def test_config_interfaces_health_and_history(appliance):
     assert "req-ctl-test-1" in lines[1] and "applied" in lines[1] and "1->2" in lines[1]
     assert "req-ctl-refused" in lines[2] and "refused" in lines[2]
 
-    # The request id reached the agent's log: on the engine's own line of that apply too.
+    # The request id reached the agent's log: on the push's one summary line too.
     log = appliance.log_path.read_text()
     tagged = [line for line in log.splitlines() if "request_id=req-ctl-test-1" in line]
-    assert any("generation 2 applied in" in line and line.endswith("generation=2")
-               for line in tagged), log[-3000:]
+    assert any("push: applied" in line and "generation 1 -> 2" in line and
+               line.endswith("generation=2") for line in tagged), log[-3000:]
     assert any("push: applied" in line and "generation 1 -> 2" in line for line in tagged)
+    assert not any(" applied in " in line and "push: applied" not in line
+                   for line in tagged)  # once per push (history.py), not by the engine too
 
 
 def test_diff_shows_the_change_and_applies_nothing(appliance):

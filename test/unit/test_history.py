@@ -80,3 +80,14 @@ def test_log_lines_inside_carry_the_request_id_and_the_new_generation(caplog):
     assert seen[2][0] == "push: applied in %.3f s, generation 1 -> 2, 1 changes" % \
         history.entries()[-1]["seconds"]
     assert logs.current_fields() == {}
+
+
+def test_the_detail_ends_the_line(caplog):
+    caplog.set_level(logging.INFO, logger="astara_router.history")
+    history = History()
+    with history.activity("push", "req-7", 4, "from orchestrator=orch-2 epoch=7") as activity:
+        history.transaction(True, {}, 5)
+        activity.finish(5, 3)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line == ("push: applied in %.3f s, generation 4 -> 5, 3 changes (from "
+                    "orchestrator=orch-2 epoch=7)" % history.entries()[-1]["seconds"])

@@ -2,10 +2,12 @@
 that never touch the kernel, with the real engine (no root, no namespaces). What applies is
 covered in test/functional/test_agent_ctl.py."""
 import json
+import logging
 
 import pytest
 
 from astara_lab.appliance import contract_payloads
+from astara_lab.cluster import push_log
 
 VALID = contract_payloads("original-orchestrator")
 INVALID = contract_payloads("invalid")
@@ -100,3 +102,23 @@ def test_rollback_refusals(client, body, status):
 def test_generations_with_nothing_committed(client):
     assert client.get("/v1/system/generations").get_json() == {"generation": 0,
                                                                "generations": []}
+
+
+def test_a_push_is_one_log_line_naming_its_sender(client, caplog, tmp_path):
+    """The activity's summary (history.py) names who pushed; the epoch fence's refusal has
+    its own line; astara_lab.cluster.push_log reads both."""
+    caplog.set_level(logging.INFO)
+    body = INVALID[sorted(INVALID)[0]]
+    refused = put(client, body, {"X-Astara-Epoch": "5", "X-Astara-Orchestrator": "orch-a"})
+    assert refused.status_code in (400, 422)
+    stale = put(client, body, {"X-Astara-Epoch": "4", "X-Astara-Orchestrator": "orch-b"})
+    assert stale.status_code == 409
+    lines = [record.getMessage() for record in caplog.records]
+    [pushed] = [line for line in lines if "orchestrator=orch-a" in line]  # one line
+    assert pushed.startswith("push: refused in ") and \
+        "(from orchestrator=orch-a epoch=5): " in pushed
+    [entry] = client.get("/v1/system/history").get_json()["history"]
+    assert entry["detail"] == "from orchestrator=orch-a epoch=5"
+    log = tmp_path / "agent.log"
+    log.write_text("\n".join(lines))
+    assert push_log(log) == [("orch-a", 5, False), ("orch-b", 4, False)]
