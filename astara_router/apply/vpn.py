@@ -33,7 +33,6 @@ old connections loaded again.
 import logging
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
@@ -127,22 +126,17 @@ class Charon(Daemon):
         LOG.info("charon started (pid %s)", self.pid())
 
     def stop(self, timeout=10):
-        """As Daemon.stop, and the process we started is reaped."""
-        pid = self.pid()
-        if pid is not None:
-            os.kill(pid, signal.SIGTERM)  # charon tears its SAs, routes and TUN down
-            deadline = time.monotonic() + timeout
-            while self.pid() is not None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if self.pid() is not None:
-                os.kill(pid, signal.SIGKILL)
+        """Daemon.stop (SIGTERM: charon tears its SAs, routes and TUN down; returns once it
+        has exited, also when another agent process started it), then the process we
+        started is reaped."""
+        stopped = super().stop(timeout)
         if self.process is not None:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
             self.process = None
-        return pid is not None
+        return stopped
 
     def answers(self):
         try:

@@ -1,17 +1,20 @@
 """Daemon.stop returns once the process is gone, not once its pid file is: dnsmasq removes
 its pid file on SIGTERM before it closes its sockets, and a dnsmasq started in that window
 failed with "Address already in use" (found by the load test: one push in a few hundred
-alternating between two payloads answered 500)."""
+alternating between two payloads answered 500). The same for charon (apply/vpn.py)."""
 import os
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 from astara_netns import pid_alive as alive
 from astara_router.apply.daemon import Daemon
+from astara_router.apply.vpn import Charon
 
 # A self-daemonising program that, like dnsmasq, removes its pid file first on SIGTERM
 # and only then, a while later, exits and so releases its listening socket.
@@ -76,3 +79,29 @@ def test_stop_of_a_daemon_that_is_not_running_is_a_no_op(tmp_path):
     daemon = Daemon("absent", str(tmp_path / "absent.pid"), ["true"])
     assert daemon.stop() is False
     assert daemon.pid() is None
+
+
+def test_an_adopted_charon_is_stopped_once_it_has_exited(tmp_path):
+    """A charon this process did not start (the agent restarted since: no Popen to wait
+    on) is waited for until it has exited, not until its pid file is gone, so its
+    successor finds UDP 500/4500 and the vici socket free."""
+    charon = Charon(str(tmp_path))
+    os.makedirs(charon.run_dir)
+    program = tmp_path / "charon"  # Daemon.pid checks the program's name
+    program.write_text(LINGERING)
+    port = free_port()
+    subprocess.run([sys.executable, str(program), charon.pidfile, str(port)], check=True,
+                   env={**os.environ, "STRONGSWAN_CONF": charon.conf})
+    deadline = time.monotonic() + 10
+    while charon.pid() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pid = charon.pid()
+    try:
+        assert pid is not None and charon.process is None
+        assert charon.stop() is True
+        assert not alive(pid)
+        with socket.socket() as successor:
+            successor.bind(("127.0.0.1", port))
+    finally:
+        if pid is not None and alive(pid):
+            os.kill(pid, signal.SIGKILL)
