@@ -19,6 +19,9 @@ import uuid
 FIELDS = contextvars.ContextVar("astara_log_fields", default=None)
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+# The header that carries a request id from the orchestrator to the agent and back (both
+# import it from here: the agent's api/ imports Flask, which the orchestrator has not).
+REQUEST_ID_HEADER = "X-Request-Id"
 # What an X-Request-Id may be (it reaches log lines and a response header): the
 # ``req-<uuid>`` ids both sides generate and what common proxies send.
 REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")

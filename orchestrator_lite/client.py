@@ -41,7 +41,8 @@ import time
 
 import requests
 
-from astara_router.logs import current_fields
+from astara_router.fencing import EPOCH_HEADER, ORCHESTRATOR_HEADER  # the agent's names
+from astara_router.logs import REQUEST_ID_HEADER, current_fields
 
 from .retry import backoff_delay
 
@@ -83,9 +84,6 @@ class ApplianceFenced(ApplianceRejected):
         self.accepted_epoch = accepted_epoch
         self.accepted_from = accepted_from
 
-
-EPOCH_HEADER = "X-Astara-Epoch"
-ORCHESTRATOR_HEADER = "X-Astara-Orchestrator"
 
 
 def base_url(host, port, scheme="http"):
@@ -213,7 +211,7 @@ class ApplianceClient:
             headers["Authorization"] = f"Bearer {self.token}"
         request_id = current_fields().get("request_id")
         if request_id:  # the push's (logs.log_fields): the agent logs its work under it
-            headers["X-Request-Id"] = request_id
+            headers[REQUEST_ID_HEADER] = request_id
         with requests.Session() as session:
             session.trust_env = False  # no proxies: the management network is direct
             if self.tls is not None:

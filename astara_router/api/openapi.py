@@ -14,6 +14,7 @@ from msgspec import Meta
 
 from .. import __version__
 from ..engine import MAX_CONFIRM_TIMEOUT
+from ..fencing import EPOCH_HEADER, ORCHESTRATOR_HEADER
 from ..model.schema import ID_RULE, Payload
 from .operator import MAX_HISTORY
 
@@ -261,10 +262,10 @@ OPERATIONS = {
     ("/v1/system/config", "PUT"): {
         "summary": "Apply a whole configuration as one transaction",
         "parameters": [CONFIRM_TIMEOUT, {
-            "name": "X-Astara-Epoch", "in": "header", "required": False,
+            "name": EPOCH_HEADER, "in": "header", "required": False,
             "description": "the pushing orchestrator's epoch; older ones are refused",
             "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"}}, {
-            "name": "X-Astara-Orchestrator", "in": "header", "required": False,
+            "name": ORCHESTRATOR_HEADER, "in": "header", "required": False,
             "description": "the pushing orchestrator's name, for the log",
             "schema": {"type": "string"}}],
         "requestBody": {"required": True, "content": {"application/json": {

@@ -22,10 +22,9 @@ from flask import Blueprint, g, request
 
 from ..engine import redact
 from ..errors import ApplyError
-from ..logs import new_request_id, valid_request_id
+from ..logs import REQUEST_ID_HEADER, new_request_id, valid_request_id
 from ..model import PayloadError
 
-REQUEST_ID_HEADER = "X-Request-Id"
 MAX_HISTORY = 1000
 
 
