@@ -5,8 +5,7 @@ The engine reads the NIC list on every transaction and the API on every
 ``GET /v1/system/interfaces``; pyroute2 decodes each message in Python through its generic
 machinery (about 2 ms per link on this machine, 50 NICs: ~100 ms), where this reads the
 few fields we use straight from the bytes (~1 ms for 50 NICs). Importing pyroute2 also
-costs the agent's process 12 MB (PSS); the agent does not import it any more
-(``astara-configure-management``, a short boot-time program, still uses it).
+costs the agent's process 12 MB (PSS); nothing in astara_router imports it any more.
 """
 import ipaddress
 import os
