@@ -226,8 +226,10 @@ class Engine:
                   else self.store.load_generation(generation))
         if stored is None:
             kept = ", ".join(str(g.number) for g in self.store.generations()) or "none"
-            raise ApplyError("generation", f"generation {generation} is not kept on this "
-                                           f"appliance (kept: {kept})", status=404)
+            which = ("the previous generation" if generation is None
+                     else f"generation {generation}")
+            raise ApplyError("generation", f"{which} is not kept on this appliance (kept: "
+                                           f"{kept})", status=404)
         return self.apply(stored.payload, origin="rollback",
                           detail=f"to generation {stored.number}", **request)
 

@@ -29,6 +29,8 @@ import msgspec
 
 LOG = logging.getLogger(__name__)
 KEEP_GENERATIONS = 5  # generations kept before the committed one (manual rollback)
+PAYLOAD_KEY = b', "payload": '  # commit() writes the header's keys first, then this
+HEADER_BYTES = 512  # more than a header takes (number, sha256 hash, time)
 
 
 def atomic_write(path, data, mode=0o600, durable=True):
@@ -83,6 +85,15 @@ class Generation:
     committed_at: float
 
 
+@dataclass(frozen=True)
+class GenerationHeader:
+    """A stored generation without its payload (listing a megabyte payload need not parse
+    it)."""
+    number: int
+    hash: str
+    committed_at: float
+
+
 class Store:
     def __init__(self, state_dir):
         self.state_dir = state_dir
@@ -133,20 +144,21 @@ class Store:
 
     def commit(self, number, payload=None, digest=None, raw=None, awaiting=False,
                keep_previous=True) -> Generation:
-        """Persist a generation, durably: its ``payload`` or the JSON bytes ``raw`` it was
-        decoded from (written as they are; the engine passes these and the ``digest``).
+        """Persist generation ``number``, the one after config.json's (which is kept as
+        generations/<number - 1>.json), durably: its ``payload`` or the JSON bytes ``raw``
+        it was decoded from (written as they are; the engine passes these and the ``digest``).
         ``awaiting``: the generation awaits confirmation (previous.json then keeps the last
         confirmed one)."""
         generation = Generation(number, payload, digest or payload_hash(payload), time.time())
         header = json.dumps({"generation": generation.number, "hash": generation.hash,
                              "committed_at": generation.committed_at}, sort_keys=True)
         body = raw if raw is not None else msgspec.json.encode(payload)
-        self._archive()
+        self._archive(number - 1)
         if keep_previous and not (awaiting and self.awaiting() is not None):
             self._keep_previous()
         if awaiting:
             atomic_write(self.confirm_path, json.dumps({"generation": number}))
-        atomic_write(self.config_path, header[:-1].encode() + b', "payload": ' + body + b"}")
+        atomic_write(self.config_path, header[:-1].encode() + PAYLOAD_KEY + body + b"}")
         if not awaiting:
             self.confirm()
         return generation
@@ -163,11 +175,10 @@ class Store:
         os.replace(link, self.previous_path)
 
     # -- the generations kept for a manual rollback ------------------------------------------
-    def _archive(self):
-        """generations/<n>.json := the committed config.json (a hard link), before it is
-        replaced; then only the newest KEEP_GENERATIONS stay."""
-        number = self._committed_number()
-        if number is None:
+    def _archive(self, number):
+        """generations/<number>.json := the committed config.json (a hard link), before it
+        is replaced; then only the newest KEEP_GENERATIONS stay."""
+        if number < 1:
             return
         try:
             os.makedirs(self.generations_dir, mode=0o700, exist_ok=True)
@@ -176,22 +187,10 @@ class Store:
                 os.link(self.config_path, target)
             for old in self._archived()[:-KEEP_GENERATIONS]:
                 os.unlink(self._generation_path(old))
+        except FileNotFoundError:  # no config.json: nothing committed to keep
+            return
         except OSError as exc:  # a rollback target fewer; the commit itself must go on
             LOG.warning("cannot keep generation %d for rollback: %s", number, exc)
-
-    def _committed_number(self):
-        """config.json's generation from its header (commit() writes it first, so a
-        megabyte payload need not be parsed), else from the whole file; None: no file."""
-        try:
-            with open(self.config_path) as handle:
-                head = handle.read(256)
-        except FileNotFoundError:
-            return None
-        try:
-            return int(json.loads(head.split(', "payload": ')[0] + "}")["generation"])
-        except (ValueError, KeyError, TypeError):
-            current = self.current()
-            return current.number if current is not None else None
 
     def _generation_path(self, number):
         return os.path.join(self.generations_dir, f"{number}.json")
@@ -206,11 +205,28 @@ class Store:
 
     def generations(self):
         """The generations a rollback can go to, newest first: the committed one and those
-        kept before it, as ``Generation`` (the payloads included)."""
-        kept = [self._read(self._generation_path(n)) for n in reversed(self._archived())]
-        current = self.current()
-        found = ([current] if current is not None else []) + kept
-        return [g for g in found if g is not None]
+        kept before it, as ``GenerationHeader`` (``load_generation`` reads a payload)."""
+        paths = [self.config_path] + [self._generation_path(n)
+                                      for n in reversed(self._archived())]
+        return [g for g in map(self._read_header, paths) if g is not None]
+
+    def _read_header(self, path):
+        """A stored generation's number, hash and time from the header commit() writes
+        before the payload (so a megabyte payload is not parsed), else from the whole
+        file; None when there is no such file (any more: a commit prunes them)."""
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(HEADER_BYTES)
+        except FileNotFoundError:
+            return None
+        header, found, _ = head.partition(PAYLOAD_KEY)
+        try:
+            data = json.loads(header + b"}") if found else None
+            return GenerationHeader(int(data["generation"]), data["hash"],
+                                    float(data.get("committed_at", 0)))
+        except (ValueError, KeyError, TypeError):
+            whole = self._read(path)
+            return whole and GenerationHeader(whole.number, whole.hash, whole.committed_at)
 
     def load_generation(self, number) -> Optional[Generation]:
         """Generation ``number`` when it is the committed one or kept, else None."""

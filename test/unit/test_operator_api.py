@@ -97,6 +97,8 @@ def test_rollback_refusals(client, body, status):
     if status == 404:
         assert response.get_json()["errors"][0]["path"] == "generation"
         assert "kept: none" in response.get_json()["message"]
+        assert ("the previous generation is not kept" if body == b"" else
+                "generation 7 is not kept") in response.get_json()["message"]
 
 
 def test_generations_with_nothing_committed(client):

@@ -1,5 +1,7 @@
 """Commit-confirm on disk: an agent that starts while a generation awaits confirmation
-comes back on the last confirmed one."""
+comes back on the last confirmed one; the generations kept for a manual rollback."""
+import json
+
 from astara_router.store import Store
 
 ONE, TWO, THREE = ({"hostname": name} for name in ("one", "two", "three"))
@@ -79,8 +81,8 @@ def test_keeping_generations_leaves_commit_confirm_alone(tmp_path):
     assert store.load_previous().payload == ONE
     reloaded = Store(str(tmp_path)).load()  # restarted unconfirmed: back on generation 1's
     assert (reloaded.number, reloaded.payload) == (4, ONE)
-    assert [(g.number, g.payload) for g in store.generations()] == \
-        [(4, ONE), (3, THREE), (2, TWO), (1, ONE)]
+    assert [(g.number, store.load_generation(g.number).payload)
+            for g in store.generations()] == [(4, ONE), (3, THREE), (2, TWO), (1, ONE)]
 
 
 def test_a_generation_that_cannot_be_kept_does_not_stop_the_commit(tmp_path):
@@ -90,3 +92,18 @@ def test_a_generation_that_cannot_be_kept_does_not_stop_the_commit(tmp_path):
     store.commit(2, TWO)
     assert Store(str(tmp_path)).load().payload == TWO
     assert [g.number for g in store.generations()] == [2]
+
+
+def test_listing_the_generations_reads_their_headers_only(tmp_path):
+    store = Store(str(tmp_path))
+    for number in range(1, 4):
+        store.commit(number, {"hostname": f"g{number}", "domain": "x" * 100})
+    full = {n: store.load_generation(n) for n in (1, 2, 3)}
+    kept = tmp_path / "generations" / "1.json"
+    kept.write_bytes(kept.read_bytes()[:-50])  # a payload no parser would take
+    assert [(g.number, g.hash, g.committed_at) for g in store.generations()] == \
+        [(n, full[n].hash, full[n].committed_at) for n in (3, 2, 1)]
+    # A file whose header is not first (not written by commit()) is read whole.
+    (tmp_path / "generations" / "2.json").write_text(json.dumps(
+        {"payload": {"hostname": "g2"}, "generation": 2, "hash": full[2].hash}))
+    assert [(g.number, g.hash) for g in store.generations()][1] == (2, full[2].hash)
