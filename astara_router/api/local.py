@@ -18,16 +18,22 @@ import threading
 
 from werkzeug.serving import make_server
 
+from ..apply.daemon import check_socket_path
+from ..errors import ApplyError
+
 LOG = logging.getLogger(__name__)
-MAX_PATH = 108  # sun_path, NUL included
 
 
 def serve(app, settings):
     """Serve ``app`` on the operator's socket in a daemon thread; returns the server, or
-    None when the socket cannot be made (the API itself must not fail for it)."""
+    None when the socket cannot be made (the API itself must not fail for it). Call it
+    before other threads that create files start: it sets the process's umask while it
+    binds."""
     path = settings.operator_socket
-    if len(os.fsencode(path)) >= MAX_PATH:
-        LOG.warning("no operator socket: %s is longer than a Unix socket path may be", path)
+    try:
+        check_socket_path(path, "the operator socket's")  # the daemons' sockets' rule
+    except ApplyError as exc:
+        LOG.warning("no operator socket: %s", exc)
         return None
     umask = os.umask(0o177)  # 0600 from the start, not after a chmod
     try:

@@ -81,10 +81,13 @@ def build_app(settings):
     engine.boot()
     app = create_app(settings, engine)
     app.extensions["astara"]["reload_server"] = reload_master(os.getppid())
+    from ..api import local
+    # astara-router-ctl's way in (api/local.py). Before the prober and the supervisor
+    # start: it changes the process's umask while it binds, and a repair writes daemon
+    # files (the boot's announcement threads write none).
+    local.serve(app, settings)
     app.extensions["astara"]["prober"].start()
     Supervisor(settings, engine).start()
-    from ..api import local
-    local.serve(app, settings)  # astara-router-ctl's way in (api/local.py)
     return app
 
 
