@@ -308,7 +308,8 @@ OPERATIONS = {
             "schema": {"$ref": REF_TEMPLATE.format(name="TlsCredentials")}}}},
         "responses": {"200": _json("TlsInstalled", "installed"),
                       "400": _error("the body is not JSON"),
-                      "409": _error("the API runs over plain HTTP: no certificate to renew"),
+                      "409": _error("not over TLS (a plain-HTTP API, the operator "
+                                    "socket): a certificate is renewed only over TLS"),
                       "422": _error("not a certificate and key that belong together")}},
 }
 

@@ -15,9 +15,16 @@ def tls_routes(settings):
 
     @routes.put("/v1/system/tls")
     def put_tls():
-        if tls.mode(settings) == tls.PLAIN or request.scheme != "https":
-            return error_response(409, "Conflict", "this API runs over plain HTTP ([api] "
-                                  "certfile is not set): there is no certificate to renew")
+        # Not the scheme alone: gunicorn takes "https" from X-Forwarded-Proto of a
+        # loopback client, and a plain-HTTP agent has no files to write.
+        if tls.mode(settings) == tls.PLAIN:
+            return error_response(409, "Conflict", "the API's certificate is renewed only "
+                                  "over TLS, and this API has none ([api] certfile is not "
+                                  "set)")
+        if request.scheme != "https":  # a key must not travel in clear
+            return error_response(409, "Conflict", "the API's certificate is renewed only "
+                                  "over TLS; this request came over plain HTTP (the "
+                                  "operator socket)")
         try:
             body = decode_json(request.get_data(cache=False))
         except ValueError as exc:

@@ -260,6 +260,16 @@ def test_no_renewal_over_plain_http(renewal):
     ca, app, tls_dir, reloads = renewal
     response = app.test_client().put("/v1/system/tls", json=ca.issue(NAME).renewal_body())
     assert response.status_code == 409 and reloads == []
+    # A certificate is configured: plain HTTP here is the operator socket's.
+    message = response.json["message"]
+    assert "renewed only over TLS" in message and "certfile is not set" not in message
+    plain = create_app(agent_settings.Settings(state_dir=str(tls_dir.parent / "plain")),
+                       StubEngine(), prober=object())
+    for base_url in ("http://appliance", "https://appliance"):  # X-Forwarded-Proto: https
+        response = plain.test_client().put("/v1/system/tls", base_url=base_url,
+                                           json=ca.issue(NAME).renewal_body())
+        assert response.status_code == 409
+        assert "[api] certfile is not set" in response.json["message"]
 
 
 # -- renewal from the orchestrator's side ------------------------------------------------------
