@@ -21,6 +21,8 @@ import uuid
 
 from astara_netns import terminate
 
+from .services import free_port
+
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # the script, not the su wrapper
 EPMD = "/usr/bin/epmd"
 
@@ -31,12 +33,6 @@ def available():
         if not os.access(path, os.X_OK):
             return f"{path} is missing (scripts/install-deps installs rabbitmq-server)"
     return None
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_port(port, timeout, alive):

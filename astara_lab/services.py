@@ -23,7 +23,7 @@ import socket
 import subprocess
 import time
 
-from astara_netns import in_netns, pid_alive
+from astara_netns import in_netns, terminate
 
 LOOPBACK = "127.0.0.1"
 
@@ -52,6 +52,7 @@ def _tcp_answers(netns, port):
 class Server:
     """One server process (``argv``) in ``netns``, logging to ``directory/server.log``."""
     name = "server"
+    stop_signal = signal.SIGTERM  # what asks it to shut down
 
     def __init__(self, directory, port, netns=None):
         self.directory = pathlib.Path(directory)
@@ -97,17 +98,13 @@ class Server:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout=15):
-        """SIGTERM by PID (our own child), SIGKILL after ``timeout``."""
-        if self.process is None or self.process.poll() is not None:
+        """``stop_signal`` to its process group (our own child's, by PID), SIGKILL after
+        ``timeout``."""
+        if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
+        terminate(self.process.pid, timeout, alive=lambda: self.process.poll() is None,
+                  group=True, first=self.stop_signal)
+        self.process.wait(5)
 
     def tail(self, size=3000):
         try:
@@ -166,6 +163,9 @@ class PostgresServer(Server):
     loopback only (no Unix socket), password authentication for user ``astara``,
     database ``astara``."""
     name = "postgres"
+    # runuser and postgres share the process group: SIGTERM would be a "smart" shutdown,
+    # which waits for the clients; SIGINT is a fast one.
+    stop_signal = signal.SIGINT
     user = "astara"
     database = "astara"
 
@@ -241,20 +241,11 @@ class PostgresServer(Server):
         except psycopg.Error:
             return False
 
-    def stop(self, timeout=15):
-        # runuser forwards SIGTERM to postgres: a "smart" shutdown waits for clients, so
-        # ask for a fast one (SIGINT) first.
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout)
-        super().stop(timeout)
-
 
 def stop_recorded(state):
     """Stop a server recorded by ``Server.state()`` in another process (``astara-lab
-    down``): SIGTERM/SIGINT to its process group if that PID is still one of ours."""
+    down``): SIGINT to its process group if that PID is still one of ours (redis-server
+    and etcd shut down on it as on SIGTERM, PostgreSQL fast), SIGKILL after 15 s."""
     pid = state.get("pid")
     if not pid:
         return False
@@ -264,13 +255,5 @@ def stop_recorded(state):
         return False
     if str(state.get("directory", "")).encode() not in cmdline:
         return False  # the PID was reused by something else
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and pid_alive(pid):
-        time.sleep(0.1)
-    if pid_alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+    terminate(pid, 15, group=True, first=signal.SIGINT)
     return True

@@ -94,20 +94,23 @@ def pid_alive(pid):
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
-def terminate(pid, grace=TERM_GRACE, alive=None):
-    """SIGTERM ``pid``, SIGKILL it if it still runs after ``grace`` seconds. ``alive``: how
-    to tell it still runs (default ``pid_alive``; a child's ``poll() is None`` reaps it)."""
+def terminate(pid, grace=TERM_GRACE, alive=None, group=False, first=signal.SIGTERM):
+    """Send ``first`` (SIGTERM) to ``pid``, SIGKILL it if it still runs after ``grace``
+    seconds. ``alive``: how to tell it still runs (default ``pid_alive``; a child's
+    ``poll() is None`` reaps it). ``group``: signal ``pid``'s process group instead (a
+    process started in a session of its own, with the children it runs)."""
     alive = alive or (lambda: pid_alive(pid))
     if not pid or not alive():
         return
+    kill = os.killpg if group else os.kill
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+        kill(pid, first)
     deadline = time.monotonic() + grace
     while alive() and time.monotonic() < deadline:
         time.sleep(0.1)
     if alive():
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+            kill(pid, signal.SIGKILL)
 
 
 def kill_netns_processes(names, grace=TERM_GRACE):

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from astara_lab.services import free_port
 from astara_netns import pid_alive as alive
 from astara_router.apply.daemon import Daemon
 from astara_router.apply.vpn import Charon
@@ -41,12 +42,6 @@ LINGERING = textwrap.dedent("""
     while True:
         time.sleep(1)
 """)
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

@@ -1,0 +1,61 @@
+"""astara_netns.terminate: by PID, the signal asked for first, SIGKILL after the grace; with
+``group=True`` the whole process group (what the lab's servers need: ``runuser`` and its
+``postgres`` child share one)."""
+import signal
+import subprocess
+import time
+
+from astara_netns import pid_alive, terminate
+
+
+def start(script):
+    """``sh -c script`` in a session (and process group) of its own; it prints the PIDs
+    the test needs, one a line, then ``ready``."""
+    process = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    lines = []
+    while (line := process.stdout.readline().strip()) != "ready":
+        assert line, f"{script!r} exited early"
+        lines.append(int(line))
+    return process, lines
+
+
+def gone_within(pid, seconds):
+    deadline = time.monotonic() + seconds
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+def test_group_ends_the_children_too():
+    process, (child,) = start("sleep 60 & echo $!; echo ready; wait")
+    try:
+        terminate(process.pid, 5, alive=lambda: process.poll() is None, group=True)
+        assert process.poll() == -signal.SIGTERM
+        assert gone_within(child, 5), "the group's other member still runs"
+    finally:
+        terminate(child, 1)
+        process.wait(5)
+
+
+def test_without_group_only_the_pid_is_signalled():
+    process, (child,) = start("sleep 60 & echo $!; echo ready; wait")
+    try:
+        terminate(process.pid, 5, alive=lambda: process.poll() is None)
+        assert process.poll() == -signal.SIGTERM
+        assert pid_alive(child)
+    finally:
+        terminate(child, 1)
+        process.wait(5)
+
+
+def test_first_signal_then_sigkill_after_the_grace():
+    # Ends on SIGINT (exit status 0), ignores SIGTERM.
+    script = "trap 'exit 0' INT; trap '' TERM; echo ready; while :; do sleep 0.1; done"
+    process, _ = start(script)
+    terminate(process.pid, 5, alive=lambda: process.poll() is None, group=True,
+              first=signal.SIGINT)
+    assert process.wait(5) == 0
+    process, _ = start(script)
+    terminate(process.pid, 0.5, alive=lambda: process.poll() is None, group=True)
+    assert process.wait(5) == -signal.SIGKILL
