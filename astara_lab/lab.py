@@ -383,8 +383,7 @@ def start_cluster(lab, state, cloud, fabric, ctl, token, health, count, progress
     progress.detail(cluster.upgrade_store())
     first = cluster.member(1)
     state["orchestrator"] = {"config": str(first.config), "token": token,
-                             "dir": str(directory), "log": str(first.log), "pid": None,
-                             "pki": str(cluster.pki)}
+                             "dir": str(directory), "log": str(first.log), "pid": None}
     progress.step(f"orchestrators: {', '.join(cluster.members)} "
                   f"(astara-orchestrator --netns {ctl.name})")
     try:
@@ -708,10 +707,9 @@ def check_ha_failover(view):
 
 
 def pki_directory(state):
-    """The lab's orchestrator's CA and client certificate (a cluster's members share one)."""
-    orchestrator = state["orchestrator"]
-    return pathlib.Path(orchestrator.get("pki") or
-                        pathlib.Path(orchestrator["dir"]) / "state" / "pki")
+    """The lab's orchestrator's CA and client certificate, where its ini puts them (a
+    cluster's members share one ``[tls] directory``)."""
+    return pathlib.Path(orchestrator(state).settings.pki_directory)
 
 
 def orchestrator_tls(state, client_certificate=True):

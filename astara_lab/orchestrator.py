@@ -143,14 +143,19 @@ class OrchestratorProcess:
                    info.get("log", ""), pid=info.get("pid"))
 
     @property
+    def settings(self):
+        """Its ini, read as the orchestrator reads it (orchestrator_lite.config)."""
+        from orchestrator_lite import config
+        try:
+            return config.load(str(self.config))
+        except config.ConfigError as exc:
+            raise OrchestratorError(str(exc)) from None
+
+    @property
     def admin(self):
         """The admin API client, with the token and port of the ini."""
         if self._admin is None:
-            from orchestrator_lite import config
-            try:
-                settings = config.load(str(self.config)).api
-            except config.ConfigError as exc:
-                raise OrchestratorError(str(exc)) from None
+            settings = self.settings.api
             url = urllib.parse.urlsplit(settings.base_url)
             self._admin = AdminApi(self.ctl, settings.token, url.port, self.api_timeout,
                                    url.hostname)
