@@ -25,9 +25,14 @@ ELEMENTS_DIR = DIB_DIR / "elements"
 ASTARA_ELEMENT = ELEMENTS_DIR / "astara"
 VENV_IN_IMAGE = "/opt/astara/bin/"
 
-# Test-only clients that scripts/install-deps installs but the image does not need.
-TEST_ONLY_PACKAGES = {"udhcpc", "isc-dhcp-client", "ndisc6", "wrk", "strace",
-                      "rabbitmq-server"}  # the broker the Neutron event tests start
+# What scripts/install-deps installs for the tests and the lab, not for the appliance: the
+# image does not hold them.
+TEST_ONLY_PACKAGES = {
+    "udhcpc", "isc-dhcp-client", "ndisc6",  # the tenant VMs' DHCP and RA clients
+    "wrk", "strace",  # the load-balancer benchmark's load, the disk-full test's tracer
+    "rabbitmq-server",  # the broker the Neutron event tests start
+    "redis-server", "etcd-server", "postgresql",  # orchestrator clusters' servers
+}
 
 
 def console_scripts():
@@ -61,10 +66,15 @@ def element_scripts():
 
 
 def install_deps_packages():
+    """Every package of every ``DEB_PACKAGES=`` line of scripts/install-deps (the list is
+    built up over several lines; ``$DEB_PACKAGES`` is the list so far)."""
     text = (REPO / "scripts" / "install-deps").read_text()
-    match = re.search(r'^DEB_PACKAGES="([^"]*)"', text, re.M)
-    assert match, "DEB_PACKAGES not found in scripts/install-deps"
-    return set(match.group(1).split())
+    lines = re.findall(r'^DEB_PACKAGES="([^"]*)"', text, re.M)
+    assert lines, "DEB_PACKAGES not found in scripts/install-deps"
+    packages = {word for line in lines for word in line.split()} - {"$DEB_PACKAGES"}
+    strange = sorted(p for p in packages if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", p))
+    assert not strange, "not Debian package names: %s" % strange
+    return packages
 
 
 # --- (a) element expansion -------------------------------------------------
