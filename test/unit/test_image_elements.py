@@ -31,6 +31,7 @@ TEST_ONLY_PACKAGES = {
     "udhcpc", "isc-dhcp-client", "ndisc6",  # the tenant VMs' DHCP and RA clients
     "wrk", "strace",  # the load-balancer benchmark's load, the disk-full test's tracer
     "rabbitmq-server",  # the broker the Neutron event tests start
+    "curl",  # the lab's hints: the load balancer, an appliance's mutual-TLS API
     "redis-server", "etcd-server", "postgresql",  # orchestrator clusters' servers
 }
 
