@@ -239,7 +239,7 @@ def up(path=None, health=None, progress=None, cloud_name="default", orchestrator
 
 def ensure_image(state, progress):
     """The appliance image, built first when out/ has none built from the current inputs
-    (3-6 minutes: the build's last line is shown meanwhile)."""
+    (3–8 minutes: the build's last line is shown meanwhile)."""
     files = images.outputs()
     progress.step(f"image: {files['qcow2']} ({images.status()})")
     try:
