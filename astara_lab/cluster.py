@@ -108,6 +108,11 @@ class Cluster:
         """``identity``'s member number (``orch-2``: 2)."""
         return int(identity.rsplit("-", 1)[1])
 
+    @staticmethod
+    def admin_port(index):
+        """Member ``index``'s admin API port (on the controller's loopback)."""
+        return ADMIN_PORT + index - 1
+
     def start_servers(self):
         if self.backend:
             self.postgres.start(timeout=60)
@@ -126,7 +131,7 @@ class Cluster:
         sections = {
             "DEFAULT": {"host": name, "state_dir": f"{directory}/state",
                         "log_level": self.log_level},
-            "api": {"listen": "127.0.0.1", "port": ADMIN_PORT + index - 1,
+            "api": {"listen": "127.0.0.1", "port": self.admin_port(index),
                     "token": self.token},
             "compute": {"driver": "netns"},
             "netns": {"prefix": self.prefix, "fabric": self.fabric,
@@ -239,10 +244,8 @@ class Cluster:
     def resource(self, resource_id):
         """The full view of a resource from its owner (instances, hashes)."""
         row = self.any_api("GET", f"/v1/resources/{resource_id}")["resource"]
-        owner = row.get("owner")
-        if row.get("local") or not owner:
-            return row
-        return self.api(self.index(owner), "GET", f"/v1/resources/{resource_id}")["resource"]
+        return from_owner(row, {identity: member.admin
+                                for identity, member in self.members.items()})
 
     # -- the appliances --------------------------------------------------------------------------
     def instances(self):
@@ -251,6 +254,16 @@ class Cluster:
         driver = NetnsDriver(self.prefix, self.appliances, fabric=self.fabric)
         return {i.name: (i.id, i.details.get("agent_pid"), i.details.get("log"))
                 for i in driver.list("ak-")}
+
+
+def from_owner(row, apis):
+    """A resource's full view (instances, hashes) is its owner's: ``row`` is what some
+    member answered; unless that member owns it (or nobody does), ask the owner through
+    ``apis`` ({identity: AdminApi}; an owner not in it: ``row`` stands)."""
+    owner = row.get("owner")
+    if row.get("local") or owner not in apis:
+        return row
+    return apis[owner].resource(row["id"])
 
 
 def delete_appliances(prefix, state_root, fabric):

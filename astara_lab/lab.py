@@ -46,10 +46,11 @@ from . import failover
 from . import image as images
 from .appliance import API_PORT, tls_client_context, tls_get
 from .cloud import ORCHESTRATOR_ADDRESS, PUBLIC_V4, PUBLIC_V6, WEB_PORT, in_sync
+from .cluster import Cluster, from_owner
 from .leftovers import find_leftovers, remove_leftovers
 from astara_netns import Lab, Netns, NetnsHTTPClient, list_netns, run
-from .orchestrator import (ADMIN_PORT, AdminApi, AdminApiError, OrchestratorProcess,
-                           errors_as, log_tail)
+from .orchestrator import (AdminApi, AdminApiError, OrchestratorProcess, errors_as,
+                           log_tail)
 from .peers import PeerBird, eventually, learned_prefixes, udhcpc
 
 DEFAULT_STATE = "/run/astara-lab/lab.json"
@@ -196,11 +197,7 @@ class ClusterAdminApi:
         return self._api.resources()
 
     def resource(self, resource_id):
-        row = self._api.resource(resource_id)
-        owner = row.get("owner")
-        if row.get("local") or owner not in self._apis:
-            return row
-        return self._apis[owner].resource(resource_id)
+        return from_owner(self._api.resource(resource_id), self._apis)
 
 
 # -- up -----------------------------------------------------------------------------------------
@@ -358,7 +355,6 @@ def _build(lab, state, cloud, health, progress, path, orchestrators=1):
 
 def start_cluster(lab, state, cloud, fabric, ctl, token, health, count, progress, path):
     """``count`` orchestrators on PostgreSQL + redis-server, all in ``ctl``."""
-    from .cluster import Cluster
     directory = lab.tmpdir("cluster")
     sections = clouds.orchestrator_sections(lab.prefix, fabric.name, directory, cloud,
                                             token, health)
@@ -387,13 +383,13 @@ def start_cluster(lab, state, cloud, fabric, ctl, token, health, count, progress
     progress.step(f"orchestrators: {', '.join(cluster.members)} "
                   f"(astara-orchestrator --netns {ctl.name})")
     try:
-        for index, (identity, member) in enumerate(cluster.members.items(), 1):
+        for identity, member in cluster.members.items():
             progress.detail(identity)
             with errors_as(LabError):
                 member.start(timeout=60)
             state["cluster"]["members"].append({
                 "identity": identity, "config": str(member.config), "log": str(member.log),
-                "pid": member.pid, "port": ADMIN_PORT + index - 1})
+                "pid": member.pid, "port": Cluster.admin_port(Cluster.index(identity))})
     finally:
         state["orchestrator"]["pid"] = first.pid
         save_state(state, path)
