@@ -42,7 +42,6 @@ import uuid
 from typing import Optional
 
 from orchestrator_lite.ipam import eui64
-from orchestrator_lite.rollout import in_sync  # noqa: F401 - the lab's "configured" test
 from orchestrator_lite.store.kinds import LB_VIP_OWNER
 
 from .appliance import REPO_ROOT, controller_node

@@ -45,13 +45,14 @@ from . import cloud as clouds
 from . import failover
 from . import image as images
 from .appliance import API_PORT, tls_client_context, tls_get
-from .cloud import ORCHESTRATOR_ADDRESS, PUBLIC_V4, PUBLIC_V6, WEB_PORT, in_sync
+from .cloud import ORCHESTRATOR_ADDRESS, PUBLIC_V4, PUBLIC_V6, WEB_PORT
 from .cluster import Cluster, from_owner
 from .leftovers import find_leftovers, remove_leftovers
 from astara_netns import Lab, Netns, NetnsHTTPClient, list_netns, run
 from .orchestrator import (AdminApi, AdminApiError, OrchestratorProcess, errors_as,
                            log_tail)
 from .peers import PeerBird, eventually, learned_prefixes, udhcpc
+from orchestrator_lite.rollout import in_sync
 
 DEFAULT_STATE = "/run/astara-lab/lab.json"
 CLOUDS = {"default": clouds.DEFAULT_CLOUD}

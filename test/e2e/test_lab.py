@@ -18,7 +18,7 @@ import time
 import pytest
 
 from astara_lab import lab as astara_lab
-from astara_lab.cloud import in_sync
+from orchestrator_lite.rollout import in_sync
 from astara_lab.leftovers import find_leftovers
 from astara_netns import Netns, list_netns, netns_pids, pid_alive
 from astara_lab.peers import Connection, PeerServer, eventually

@@ -19,6 +19,7 @@ from astara_lab.image import outputs
 from astara_lab.leftovers import find_leftovers
 from astara_netns import Netns, list_netns, pid_alive
 from astara_lab.peers import eventually
+from orchestrator_lite.rollout import in_sync
 
 from .conftest import E2E_HEALTH, require_netns
 
@@ -69,7 +70,7 @@ def test_restarted_orchestrator_adopts_the_running_vm(qemu_lab):
     before = instance_of(state)
     api = astara_lab.admin_api(state)
     astara_lab.restart_orchestrator(state, state_file)
-    resource = eventually(lambda: (r := api.resource(ROUTER)) and astara_lab.in_sync(r)
+    resource = eventually(lambda: (r := api.resource(ROUTER)) and in_sync(r)
                           and r, 120, "adopted and in sync", interval=1)
     [after] = resource["instances"]
     assert after["details"]["pid"] == before["details"]["pid"], "the VM was replaced"
@@ -107,7 +108,7 @@ def test_new_network_is_hot_plugged_into_the_vm(qemu_lab):
 
     def nics_in_sync(count):
         resource = api.resource(ROUTER)
-        return astara_lab.in_sync(resource) and \
+        return in_sync(resource) and \
             len(resource["instances"][0]["nics"]) == count and resource
     resource = eventually(lambda: nics_in_sync(nics + 1), 300, "hot-plugged and configured",
                           interval=2)

@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from astara_lab.appliance import tls_client_context, tls_get
-from astara_lab.cloud import in_sync
+from orchestrator_lite.rollout import in_sync
 from .orchestrator_world import ROUTER, World, build_router
 
 pytestmark = pytest.mark.netns
