@@ -150,9 +150,11 @@ def test_diff_shows_the_change_and_applies_nothing(appliance):
 def test_diff_against_nothing_committed_names_every_line_and_redacts(lab):
     """(Was a unit test: a diff plans the candidate as a push would, so it needs an
     appliance with the payload's NICs.)"""
-    appliance = contract_appliance(lab, "router-basic", BASIC)
+    vpn = contract_payloads("original-orchestrator")["router-vpn"]  # the one body with a psk
+    appliance = contract_appliance(lab, "router-vpn", vpn)
     client = appliance.client()
-    candidate = copy.deepcopy(BASIC)
+    candidate = copy.deepcopy(vpn)
+    [psk] = [c["psk"] for s in candidate["vpn"]["ipsec"] for c in s["ipsec_connections"]]
     response = client.request("POST", "/v1/system/config/diff",
                               json.dumps(candidate).encode(),
                               {"Content-Type": "application/json"})
@@ -163,6 +165,8 @@ def test_diff_against_nothing_committed_names_every_line_and_redacts(lab):
     added = "\n".join(line[1:] for line in answer["diff"] if line.startswith("+")
                       and not line.startswith("+++"))
     assert f'"hostname": "{candidate["hostname"]}"' in added
+    assert '"psk": "<redacted>"' in added
+    assert psk not in json.dumps(answer)
     assert {"netlink", "firewall"} <= set(answer["subsystems"])
     assert client.get("/v1/system/config").json()["generation"] == 0  # not applied
     # Only the boot re-apply (of nothing): the diff is no activity.
