@@ -13,6 +13,7 @@ import msgspec
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from .. import API_VERSION, BANNER, CAPABILITIES
 from ..engine import MAX_CONFIRM_TIMEOUT, Engine
 from ..errors import ApplyError
 from ..fencing import (EPOCH_HEADER, ORCHESTRATOR_HEADER, EpochFence, StaleEpoch,
@@ -24,16 +25,6 @@ from .operator import operator_routes, request_id, request_ids
 from .openapi import openapi_document
 
 LOG = logging.getLogger(__name__)
-BANNER = "Astara appliance API service is active"
-# The banner advertises what this agent offers; an orchestrator uses only what an appliance
-# advertises, so appliances of older images keep working during a fleet upgrade. The
-# original appliance's API (liveness on /v1/firewall/rules, GET /v1/system/interfaces,
-# PUT /v1/system/config) is version 1.0 and advertises nothing.
-API_VERSION = "1.1"
-CAPABILITIES = (
-    "config-hash",  # GET /v1/system/config: generation + hash, ETag, 304 on If-None-Match
-    "status",  # GET /v1/status/: ready/degraded with reasons, reachability of the probe targets
-)
 PUBLIC_PATHS = ("/v1/", "/v1/base/")  # the banner: no token needed
 MAX_BODY = 16 * 1024 * 1024
 

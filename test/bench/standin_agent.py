@@ -20,7 +20,8 @@ the real semantics, and nothing else (no dataplane):
 The netns driver starts it in place of the agent through a wrapper "interpreter"
 (``[netns] python``): its command line keeps ``-m astara_router.cli.api ...`` so the
 driver's liveness check of the agent process still recognises it. Stdlib, msgspec and the
-agent's light store, fencing, history and logs modules: ~15 MB and a few ms of CPU to start.
+agent's light modules (banner constants, store, fencing, history, logs; no flask): ~15 MB
+and a few ms of CPU to start.
 """
 import argparse
 import json
@@ -30,16 +31,12 @@ import threading
 import time
 
 from astara_lab.webserver import QuietHandler, make_server
-from astara_router import logs
+from astara_router import API_VERSION, BANNER, CAPABILITIES, logs
 from astara_router.fencing import (EPOCH_HEADER, ORCHESTRATOR_HEADER, EpochFence, StaleEpoch,
                                    parse_epoch, push_sender)
 from astara_router.history import History
 from astara_router.store import payload_hash
 
-BANNER = "Astara appliance API service is active"
-# What astara_router.api advertises (not imported: the stand-in stays free of flask), so
-# the orchestrator treats a stand-in as the current agent, not the original API.
-API_VERSION, CAPABILITIES = "1.1", ("config-hash", "status")
 # A real router-basic appliance serves ~3-4 KB of nftables ruleset here.
 RULES = "".join(f"table inet astara_{n} {{\n  chain c {{ type filter hook forward priority 0; "
                 f"ct state established,related accept; }}\n}}\n" for n in range(32))

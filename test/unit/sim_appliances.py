@@ -11,6 +11,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.serving import make_server
 
 from astara_lab.peers import eventually
+from astara_router import API_VERSION, BANNER, CAPABILITIES
 from astara_router.model import PayloadError, parse_payload
 from astara_router.store import payload_hash
 from orchestrator_lite.client import ApplianceClient
@@ -57,9 +58,9 @@ class SimAppliance:
         def banner():
             if self.legacy:
                 return jsonify(v1={"base": "Astara appliance API"})
-            return jsonify(service="Astara appliance API service is active", state="ready",
-                           generation=self.generation, enabled_services=["router"],
-                           api_version="1.1", capabilities=["config-hash", "status"])
+            return jsonify(service=BANNER, state="ready", generation=self.generation,
+                           enabled_services=["router"], api_version=API_VERSION,
+                           capabilities=list(CAPABILITIES))
 
         @app.get("/v1/status/")
         def status():
