@@ -37,6 +37,10 @@ def test_a_second_unconfirmed_push_keeps_the_last_confirmed_one(tmp_path):
     assert store.load_previous().payload == ONE
     loaded = Store(str(tmp_path)).load()
     assert (loaded.number, loaded.payload) == (4, ONE)
+    # Keeping generations for a manual rollback leaves commit-confirm alone: both
+    # unconfirmed ones are kept, and so is the revert to generation 1's payload.
+    assert [(g.number, store.load_generation(g.number).payload)
+            for g in store.generations()] == [(4, ONE), (3, THREE), (2, TWO), (1, ONE)]
 
 
 def test_a_plain_push_confirms(tmp_path):
@@ -71,18 +75,6 @@ def test_the_generations_before_the_committed_one_are_kept_up_to_five(tmp_path):
     assert store.load_generation(2) is None
     # Hard links of what config.json was: no copy of a megabyte payload per commit.
     assert (tmp_path / "generations" / "7.json").stat().st_nlink == 2  # and previous.json
-
-
-def test_keeping_generations_leaves_commit_confirm_alone(tmp_path):
-    store = Store(str(tmp_path))
-    store.commit(1, ONE)
-    store.commit(2, TWO, awaiting=True)
-    store.commit(3, THREE, awaiting=True)
-    assert store.load_previous().payload == ONE
-    reloaded = Store(str(tmp_path)).load()  # restarted unconfirmed: back on generation 1's
-    assert (reloaded.number, reloaded.payload) == (4, ONE)
-    assert [(g.number, store.load_generation(g.number).payload)
-            for g in store.generations()] == [(4, ONE), (3, THREE), (2, TWO), (1, ONE)]
 
 
 def test_a_generation_that_cannot_be_kept_does_not_stop_the_commit(tmp_path):
