@@ -1,8 +1,9 @@
 """Load on the live agent: 1 000 pushes alternating between two contract payloads while the
 orchestrator's health poll (its own client: liveness, then status) runs 20 times a second.
-No poll may fail — an error answer, no answer, or one slower than the orchestrator's own
-poll timeout ([appliance] alive_timeout) — and in the end the committed configuration and
-the kernel state are those of the last push."""
+No poll may fail — an error answer, or no answer within the orchestrator's own poll timeout
+([appliance] alive_timeout: the client gives up after it and reports the appliance not alive,
+or no status) — and in the end the committed configuration and the kernel state are those
+of the last push."""
 import copy
 import threading
 import time
@@ -45,7 +46,6 @@ class HealthPoller(threading.Thread):
         super().__init__(name="health-poller", daemon=True)
         self.ctl = ctl
         self.client = ApplianceClient.from_settings(address, settings)
-        self.timeout = settings.alive_timeout
         self.stopping = threading.Event()
         self.polls = 0
         self.failures = []
@@ -54,14 +54,12 @@ class HealthPoller(threading.Thread):
         with in_netns(self.ctl):  # this thread's sockets are the controller's
             start = time.monotonic()
             while not self.stopping.is_set():
-                began = time.monotonic()
                 alive = self.client.is_alive()
                 status = self.client.status()
-                took = time.monotonic() - began
                 self.polls += 1
-                if not alive or status.get("state") != "ready" or took > self.timeout:
+                if not alive or status.get("state") != "ready":
                     self.failures.append(f"poll {self.polls}: alive={alive} "
-                                         f"state={status.get('state')} took {took:.2f}s")
+                                         f"state={status.get('state')}")
                 next_at = start + self.polls * POLL_INTERVAL
                 self.stopping.wait(max(0.0, next_at - time.monotonic()))
 
