@@ -44,6 +44,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from astara_lab.appliance import controller_node  # noqa: E402
+from astara_lab.cluster import (populate, router_id, standin_interpreter,  # noqa: E402
+                                tenant_network_id)
 from astara_lab.leftovers import find_leftovers  # noqa: E402
 from astara_netns import Lab, NetnsHTTPClient  # noqa: E402
 from astara_lab.orchestrator import OrchestratorProcess, errors_as, write_config  # noqa: E402
@@ -57,18 +59,7 @@ from orchestrator_lite.store import Store  # noqa: E402
 
 TOKEN = "bench-token"
 API_PORT = 44250
-EXT_NET = "e0000000-0000-4000-8000-000000000000"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def router_id(i):
-    # Distinct first 4 hex digits: the netns driver names the namespace r<4 hex>0.
-    return f"{0xa000 + i:04x}0000-0000-4000-8000-{i:012d}"
-
-
-def tenant_network_id(i):
-    # Distinct first 8 hex digits: the driver's bridge for it is b-<8 hex>.
-    return f"{0xc000 + i:04x}0000-0000-4000-8000-{i:012d}"
 
 
 class BenchError(RuntimeError):
@@ -86,19 +77,8 @@ class OrchestratorRun:
         self.ctl = controller_node(lab, "b-mgmt")
         self.dir = lab.tmpdir("orchestrator")
         self.log = self.dir / "orchestrator.log"
-        python = None  # the driver's default: the real agent
-        if agents == "standin":
-            wrapper = self.dir / "agent-python"
-            wrapper.write_text(
-                "#!/bin/sh\n# The netns driver's interpreter: the management boot runs for "
-                "real, the agent is the stand-in.\n"
-                'for arg in "$@"; do\n'
-                '  if [ "$arg" = astara_router.cli.api ]; then\n'
-                f'    exec {sys.executable} {REPO}/test/bench/standin_agent.py "$@"\n'
-                "  fi\ndone\n"
-                f'exec {sys.executable} "$@"\n')
-            wrapper.chmod(0o755)
-            python = wrapper
+        # None: the driver's default, the real agent.
+        python = standin_interpreter(self.dir) if agents == "standin" else None
         self.ini = write_config(self.dir / "orchestrator.ini", {
             "DEFAULT": {"host": "bench", "state_dir": f"{self.dir}/state",
                         "log_level": "INFO"},
@@ -172,24 +152,11 @@ class OrchestratorRun:
         the pause so the next start is a cold start with everything to do."""
         self.start()
         self.api("POST", "/v1/global/debug", {"reason": "benchmark: populating"})
-        self.api("POST", "/v1/networks", {"id": EXT_NET, "external": True, "mtu": 1500})
-        self.api("POST", "/v1/subnets", {"id": "ext4", "network_id": EXT_NET,
-                                         "cidr": "198.51.100.0/24",
-                                         "gateway_ip": "198.51.100.1",
-                                         "enable_dhcp": False})
+        populate(self.api, count)
         for i in range(count):
-            rid, net = router_id(i), tenant_network_id(i)
-            tenant = f"bench{i:03d}"
-            self.api("POST", "/v1/networks", {"id": net, "tenant_id": tenant, "mtu": 1450})
-            self.api("POST", "/v1/subnets", {
-                "id": f"sub-{i:03d}", "network_id": net, "cidr": f"10.1.{i}.0/24",
-                "dns_nameservers": ["198.51.100.53"]})
-            self.api("POST", "/v1/routers", {"id": rid, "tenant_id": tenant})
-            self.api("PUT", f"/v1/routers/{rid}/gateway", {"network_id": EXT_NET})
-            self.api("POST", f"/v1/routers/{rid}/interfaces", {"subnet_id": f"sub-{i:03d}"})
-            self.api("POST", "/v1/ports", {
-                "network_id": net, "device_id": f"vm-{i}", "device_owner": "compute:nova",
-                "fixed_ips": [{"ip_address": f"10.1.{i}.10"}]})
+            self.api("POST", "/v1/ports", {"network_id": tenant_network_id(i),
+                                           "device_id": f"vm-{i}",
+                                           "device_owner": "compute:nova"})
         self.stop()
         store = Store(str(self.dir / "state" / "orchestrator.sqlite"),
                       DEFAULT_MGMT_NETWORK_ID)
