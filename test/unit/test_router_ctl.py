@@ -1,6 +1,7 @@
 """astara-router-ctl's own logic: where it finds the agent, what it prints and its exit
 statuses, given the API's answers (the API itself: test_operator_api.py; both together
 against the real agent: test/functional/test_agent_ctl.py)."""
+import copy
 import io
 import json
 import subprocess
@@ -8,6 +9,7 @@ import sys
 
 import pytest
 
+from astara_lab.appliance import contract_payloads
 from astara_router import settings as settings_mod
 from astara_router.cli import ctl
 from astara_router.store import Store
@@ -23,15 +25,18 @@ def test_split_bind(bind, expected):
 
 def test_the_agent_is_found_where_it_listens_without_settling_a_pending_generation(tmp_path):
     store = Store(str(tmp_path))
-    body = {"networks": [{"network_type": "management", "interface": {
-        "ifname": "ge0", "addresses": ["fdca:3ba5:a17a:acda::5/64"]}}]}
-    store.commit(1, {"hostname": "one"})
-    store.commit(2, body, awaiting=True)
+    confirmed = contract_payloads("original-orchestrator")["router-basic"]
+    awaiting = copy.deepcopy(confirmed)  # the same router, another management address
+    [management] = [n for n in awaiting["networks"] if n["network_type"] == "management"]
+    assert management["interface"]["addresses"] != ["fdca:3ba5:a17a:acda::5/64"]
+    management["interface"]["addresses"] = ["fdca:3ba5:a17a:acda::5/64"]
+    store.commit(1, confirmed)
+    store.commit(2, awaiting, awaiting=True)
     settings = settings_mod.load(state_dir=str(tmp_path))
     agent = ctl.Agent.from_settings(settings)
-    # The payload is not a valid router (default_bind falls back), but the point: the
-    # generation awaiting confirmation is still the committed one, untouched on disk.
-    assert (agent.host, agent.port) == ("::1", 5000)
+    # Where the agent listens now: generation 2's address. Reading it must not settle
+    # the generation awaiting confirmation (a load would revert to generation 1's).
+    assert (agent.host, agent.port) == ("fdca:3ba5:a17a:acda::5", 5000)
     assert store.awaiting() == 2 and store.current().number == 2
     url = ctl.Agent.from_settings(settings, "http://[fdca::7]:5002")
     assert (url.host, url.port, url.tls) == ("fdca::7", 5002, None)
