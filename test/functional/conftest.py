@@ -50,12 +50,13 @@ def appliance(lab):
 
 
 @pytest.fixture
-def world(lab):
+def world(request, lab):
     """The orchestrator process with the netns driver in a lab (orchestrator_world.py);
-    its appliances are removed and the orchestrator stopped afterwards."""
+    its appliances are removed and the orchestrator stopped afterwards. Parametrized
+    indirectly, the parameter is the orchestrator's [tls] section (plain HTTP without)."""
     # Imported here: test_netns_harness.py runs a copy of this file outside the package.
     from .orchestrator_world import World
-    w = World(lab)
+    w = World(lab, tls=getattr(request, "param", None))
     try:
         yield w
     finally:

@@ -8,22 +8,13 @@ import pytest
 
 from astara_lab.appliance import tls_client_context, tls_get
 from orchestrator_lite.rollout import in_sync
-from .orchestrator_world import ROUTER, World, build_router
+from .orchestrator_world import ROUTER, build_router
 
 pytestmark = pytest.mark.netns
 
 # Certificates live 0.002 days (173 s) and fall due 0.0018 days (156 s) before expiry:
 # renewed about 17 s after each issue.
 TLS = {"enabled": "true", "lifetime_days": "0.002", "renew_before_days": "0.0018"}
-
-
-@pytest.fixture
-def world(lab):
-    w = World(lab, tls=TLS)
-    try:
-        yield w
-    finally:
-        w.close()
 
 
 def served_certificate(world, address, name, client=True):
@@ -40,6 +31,7 @@ def mode(path):
     return stat.S_IMODE(path.stat().st_mode)
 
 
+@pytest.mark.parametrize("world", [TLS], ids=["tls"], indirect=True)
 def test_orchestrator_uses_mutual_tls_and_renews_certificates(world):
     build_router(world, ROUTER, "tenant1")
     resource = world.wait_for(lambda: (r := world.resource(ROUTER)) and in_sync(r) and r,
@@ -72,7 +64,8 @@ def test_orchestrator_uses_mutual_tls_and_renews_certificates(world):
     renewed = world.wait_for(lambda: (r := world.resource(ROUTER)) and in_sync(r) and r, 30,
                              "in sync after the renewal")
     assert renewed["instances"][0]["details"]["agent_pid"] == pid
-    assert "has a new certificate" in world.tail()
-    logs = world.orchestrator.log.read_text() + (tls_dir.parent / "agent.log").read_text()
+    orchestrator_log = world.orchestrator.log.read_text()
+    assert "has a new certificate" in orchestrator_log
+    logs = orchestrator_log + (tls_dir.parent / "agent.log").read_text()
     assert "PRIVATE KEY" not in logs
     assert (tls_dir / "server.key").read_text().splitlines()[1] not in logs
