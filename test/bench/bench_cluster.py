@@ -45,17 +45,9 @@ from astara_lab.cluster import (Cluster, populate, push_log, push_violations,  #
 from astara_lab.leftovers import find_leftovers  # noqa: E402
 from astara_lab.peers import eventually  # noqa: E402
 from astara_netns import Lab  # noqa: E402
-from bench_common import (add_output_option, machine_facts, machine_line,  # noqa: E402
-                          require_root)
+from bench_common import (add_output_option, cpu_seconds, machine_facts,  # noqa: E402
+                          machine_line, require_root)
 from markdown_sections import write_section  # noqa: E402 (this directory)
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid):
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
 
 def states(cluster, indexes=None):
     """{router: (owner, epoch, state)} from the store (through live members)."""

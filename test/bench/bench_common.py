@@ -1,6 +1,6 @@
 """What every benchmark script shares: the ``--output`` option (BENCHMARKS.md, where each
-script replaces only its own section, markdown_sections.py), the root check, and the facts
-about the run and the machine each section starts with."""
+script replaces only its own section, markdown_sections.py), the root check, the facts
+about the run and the machine each section starts with, and processes' CPU time."""
 import datetime
 import os
 import pathlib
@@ -10,6 +10,7 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BENCHMARKS = REPO / "BENCHMARKS.md"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def add_output_option(parser):
@@ -45,3 +46,19 @@ def machine_line(facts):
     3.11.2``: the start of every section's first sentence."""
     return (f"on {facts['date']}, commit {facts['commit']}, {facts['host']}: "
             f"{facts['cores']} cores, kernel {facts['kernel']}, Python {facts['python']}")
+
+
+def cpu_seconds(*pids, skip_gone=False):
+    """utime + stime of the processes, all their threads (``/proc/PID/stat``), in seconds.
+    A process that is gone raises, unless ``skip_gone`` (then it counts nothing)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            if skip_gone:
+                continue
+            raise
+        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold ")"
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLK_TCK

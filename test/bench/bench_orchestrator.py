@@ -49,8 +49,8 @@ from astara_lab.cluster import (populate, router_id, standin_interpreter,  # noq
 from astara_lab.leftovers import find_leftovers  # noqa: E402
 from astara_netns import Lab, NetnsHTTPClient  # noqa: E402
 from astara_lab.orchestrator import OrchestratorProcess, errors_as, write_config  # noqa: E402
-from bench_common import (add_output_option, machine_facts, machine_line,  # noqa: E402
-                          require_root)
+from bench_common import (add_output_option, cpu_seconds, machine_facts,  # noqa: E402
+                          machine_line, require_root)
 from bench_report import Summary  # noqa: E402
 from markdown_sections import write_section  # noqa: E402 (this directory)
 from orchestrator_lite.config import DEFAULT_MGMT_NETWORK_ID  # noqa: E402
@@ -59,7 +59,6 @@ from orchestrator_lite.store import Store  # noqa: E402
 
 TOKEN = "bench-token"
 API_PORT = 44250
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class BenchError(RuntimeError):
@@ -125,9 +124,7 @@ class OrchestratorRun:
         return self.orchestrator.pid
 
     def cpu_seconds(self):
-        fields = pathlib.Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1]
-        utime, stime = fields.split()[11:13]
-        return (int(utime) + int(stime)) / CLK_TCK
+        return cpu_seconds(self.pid)
 
     def peak_rss_mib(self):
         for line in pathlib.Path(f"/proc/{self.pid}/status").read_text().splitlines():

@@ -52,13 +52,13 @@ from astara_router.settings import Settings  # noqa: E402 (the agent's default t
 from agent_floor import (FloorNamespace, element_script, process_argv,  # noqa: E402
                          read_kernel_state, running_daemons)
 from bare_app import BareApp, KeepAliveReader  # noqa: E402
-from bench_common import BENCHMARKS, machine_facts, machine_line, require_root  # noqa: E402
+from bench_common import (BENCHMARKS, CLK_TCK, cpu_seconds, machine_facts,  # noqa: E402
+                          machine_line, require_root)
 from bench_report import (Goal, markdown_table, measured_row, percentile,  # noqa: E402
                           ratio_goal)
 from markdown_sections import write_section  # noqa: E402
 
 BARE_PORT = 5001  # the bare app, in the agent's namespace next to the agent's 5000
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 NETWORKS = 50
 
 
@@ -105,26 +105,15 @@ def pss_bytes(pids):
     return total
 
 
-def cpu_ticks(pids):
-    total = 0
-    for pid in pids:
-        try:
-            fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total
-
-
 def wait_idle(pids_of, window=0.1, timeout=5.0):
     """Until the processes used at most one clock tick of CPU over ``window`` (announcements
     and other work after an answer are over); False when that never happened."""
     deadline = time.monotonic() + timeout
-    before = cpu_ticks(pids_of())
+    before = cpu_seconds(*pids_of(), skip_gone=True)
     while time.monotonic() < deadline:
         time.sleep(window)
-        now = cpu_ticks(pids_of())
-        if now - before <= 1:
+        now = cpu_seconds(*pids_of(), skip_gone=True)
+        if now - before < 1.5 / CLK_TCK:  # one tick at the most
             return True
         before = now
     return False
