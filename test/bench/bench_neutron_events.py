@@ -157,8 +157,8 @@ def ms(values):
 
 def outer(args, facts):
     from astara_lab.appliance import controller_node
+    from astara_lab.cluster import delete_appliances
     from astara_netns import Lab
-    from orchestrator_lite.drivers.netns import NetnsDriver
 
     with Lab() as lab:
         fabric = lab.fabric()
@@ -175,9 +175,7 @@ def outer(args, facts):
                 raise SystemExit(f"inner run failed:\n{run.stderr[-4000:]}")
             data = json.loads(run.stdout.strip().splitlines()[-1])
         finally:
-            driver = NetnsDriver(lab.prefix, work / "appliances", fabric=fabric.name)
-            for instance in driver.list("ak-"):
-                driver.delete(instance.id)
+            delete_appliances(lab.prefix, work / "appliances", fabric.name)
             shutil.rmtree(work, ignore_errors=True)
     rows = [f"| {kind} | {len(values)} | " + " | ".join(ms(values)) + " |"
             for kind, values in data["latency"].items()]

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 from astara_lab.appliance import controller_node
+from astara_lab.cluster import delete_appliances
 from astara_lab.orchestrator import OrchestratorProcess, errors_as, write_config
 from astara_netns import NetnsHTTPClient
-from orchestrator_lite.drivers.netns import NetnsDriver
 
 ROUTER = "5e1f0c3a-7d2b-4c1e-9a8f-0b1c2d3e4f50"  # the netns and TLS tests' router
 HEALTH = {"period": 1, "jitter": 0.1, "dead_grace": 3, "boot_timeout": 40,
@@ -50,13 +50,12 @@ class World:
         self.orchestrator.stop()
 
     def close(self):
-        self.stop()
-        # The appliances outlive the orchestrator (on purpose): remove them before the
-        # lab deletes the fabric. Deleting kills the processes inside each namespace.
-        driver = NetnsDriver(self.lab.prefix, self.dir / "appliances",
-                             fabric=self.fabric.name)
-        for instance in driver.list("ak-"):
-            driver.delete(instance.id)
+        try:
+            self.stop()
+        finally:
+            # The appliances outlive the orchestrator (on purpose): remove them before the
+            # lab deletes the fabric. Deleting kills the processes inside each namespace.
+            delete_appliances(self.lab.prefix, self.dir / "appliances", self.fabric.name)
 
     def run_ctl(self, *args):
         return self.ctl.run([sys.executable, "-m", "orchestrator_lite.cli.ctl", "--config",
