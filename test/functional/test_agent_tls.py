@@ -65,7 +65,9 @@ class TlsAppliance:
             return None
 
     def master_pid(self):
-        return int((self.app.state_dir / "run" / "api.pid").read_text())
+        pid = self.app.recorded_pid("run/api.pid")
+        assert pid is not None, "the agent recorded no run/api.pid"
+        return pid
 
 
 def der(pem):

@@ -60,10 +60,11 @@ def test_primary_owns_then_crash_moves_addresses_and_flows_survive(lab):
     # keepalived adding the addresses was no drift: an identical push changes nothing
     assert pair.push() == [0, 0]
     # The agent restarting (its boot re-apply) leaves keepalived and the master alone.
-    keepalived = (pair.primary.state_dir / "ha" / "keepalived.pid").read_text()
+    keepalived = pair.primary.daemon_pid("ha/keepalived.pid")
+    assert keepalived is not None
     pair.primary.stop()
     pair.primary.start(extra_args=("--config-file", str(pair.config)))
-    assert (pair.primary.state_dir / "ha" / "keepalived.pid").read_text() == keepalived
+    assert pair.primary.daemon_pid("ha/keepalived.pid") == keepalived  # the same, alive
     assert (pair.primary.state_dir / "ha" / "vrrp.state").read_text() == "MASTER\n"
     assert pair.master() is pair.primary
 
