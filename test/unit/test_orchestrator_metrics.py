@@ -6,9 +6,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator_lite import state as st
 from orchestrator_lite.api import create_app
-from orchestrator_lite.service import Orchestrator
 
-from sim_appliances import TOKEN, SimCloud, make_settings, simple_router, state_of, wait_for
+from sim_appliances import (TOKEN, SimCloud, make_settings, simple_router,
+                            started_orchestrators, state_of, wait_for)
 
 
 def scrape(o):
@@ -68,17 +68,17 @@ class SilentCloud(SimCloud):
 
 def test_boot_timeouts_are_counted(tmp_path):
     silent = SilentCloud()
-    o = Orchestrator(make_settings(tmp_path, boot_timeout=0.3, max_boot_attempts=2),
-                     driver=silent, client_factory=silent.client_factory)
-    o.start()
     try:
-        simple_router(o.store)
-        wait_for(lambda: state_of(o, "r1") == st.ERROR, what="boot attempts exhausted")
-        samples = scrape(o)
-        assert value(samples, "astara_orchestrator_timeouts_total", kind="boot") == 2
-        assert value(samples, "astara_orchestrator_boots_total", result="created") == 2
-        assert value(samples, "astara_orchestrator_resources", state="error") == 1
-        assert value(samples, "astara_orchestrator_pushes_total", result="applied") == 0
+        with started_orchestrators() as start:
+            o = start(make_settings(tmp_path, boot_timeout=0.3, max_boot_attempts=2),
+                      driver=silent, client_factory=silent.client_factory)
+            simple_router(o.store)
+            wait_for(lambda: state_of(o, "r1") == st.ERROR, what="boot attempts exhausted")
+            samples = scrape(o)
+            assert value(samples, "astara_orchestrator_timeouts_total", kind="boot") == 2
+            assert value(samples, "astara_orchestrator_boots_total", result="created") == 2
+            assert value(samples, "astara_orchestrator_resources", state="error") == 1
+            assert value(samples, "astara_orchestrator_pushes_total",
+                         result="applied") == 0
     finally:
-        o.stop()
         silent.shutdown()

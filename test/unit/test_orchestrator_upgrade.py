@@ -9,10 +9,9 @@ import pytest
 from orchestrator_lite import state as st
 from orchestrator_lite.api import create_app
 from orchestrator_lite.rollout import in_sync
-from orchestrator_lite.service import Orchestrator
 
 from sim_appliances import (TOKEN, SimCloud, desired_hash, make_settings, simple_router,
-                            state_of, wait_for)
+                            started_orchestrators, state_of, wait_for)
 
 
 class SlowBootCloud(SimCloud):
@@ -145,20 +144,19 @@ def test_rebuild_refuses_an_unknown_instance(orch, cloud):
 @pytest.fixture
 def slow_orch(tmp_path):
     """An orchestrator on a SlowBootCloud: ``start(boot_delay)`` -> (orchestrator, cloud)."""
-    made = []
+    clouds = []
+    try:
+        with started_orchestrators() as orchestrator:
+            def start(boot_delay=0.3):
+                slow = SlowBootCloud(boot_delay)
+                clouds.append(slow)
+                return orchestrator(make_settings(tmp_path), driver=slow,
+                                    client_factory=slow.client_factory), slow
 
-    def start(boot_delay=0.3):
-        slow = SlowBootCloud(boot_delay)
-        o = Orchestrator(make_settings(tmp_path), driver=slow,
-                         client_factory=slow.client_factory)
-        o.start()
-        made.append((o, slow))
-        return o, slow
-
-    yield start
-    for o, slow in made:
-        o.stop()
-        slow.shutdown()
+            yield start
+    finally:  # the clouds outlive their orchestrators, which stop first
+        for slow in clouds:
+            slow.shutdown()
 
 
 @pytest.mark.parametrize("budget", [1, 2])
