@@ -170,7 +170,12 @@ def scenario(name, count, backend, args):
                     states(cluster).values()) and any(
                     o == "orch-2" for o, _, _ in states(cluster).values()),
                     120, "orch-2 back with its share", 0.5)
-                time.sleep(args.heartbeat * 3)
+                # Three coordination rounds of every member before the next takeover.
+                rounds = {i: cluster.workers(i)["coordination"]["rounds"]
+                          for i in cluster.running()}
+                eventually(lambda: all(cluster.workers(i)["coordination"]["rounds"] >= r + 3
+                                       for i, r in rounds.items()),
+                           120, "three coordination rounds", 0.2)
                 result["stop"] = takeover(cluster, "orch-3", "SIGTERM", 120)
                 print(f"  takeover after a clean stop: {result['stop']}", flush=True)
                 problems = {n: push_violations(push_log(log))
