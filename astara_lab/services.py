@@ -158,6 +158,23 @@ def postgres_bindir():
     return os.path.dirname(found[-1])
 
 
+def cluster_unavailable(backend=None):
+    """Why this machine cannot run a cluster's servers: PostgreSQL (as ``postgres``, through
+    ``runuser``, so root is needed) and the coordination ``backend``'s ("redis", "etcd";
+    None: the store alone); None when it can. For tests and the lab to skip on."""
+    if os.geteuid() != 0:
+        return "needs root (PostgreSQL runs as the postgres user)"
+    binaries = {None: (), "redis": ("redis-server",), "etcd": ("etcd",)}[backend]
+    for binary in ("runuser", *binaries):
+        if not shutil.which(binary):
+            return f"{binary} is not installed (scripts/install-deps)"
+    try:
+        postgres_bindir()
+    except ServiceError as exc:
+        return str(exc)
+    return None
+
+
 class PostgresServer(Server):
     """PostgreSQL in ``directory/data``, owned by and run as ``postgres``; TCP on
     loopback only (no Unix socket), password authentication for user ``astara``,

@@ -2,11 +2,10 @@
 PostgreSQL store and redis-server that the lab starts in its controller namespace; every
 self-check row passes, ``status`` shows which orchestrator owns the router, and ``down``
 stops the servers with the rest."""
-import shutil
-
 import pytest
 
 from astara_lab import lab as astara_lab
+from astara_lab.services import cluster_unavailable
 from astara_netns import pid_alive
 
 from .conftest import E2E_HEALTH, require_netns
@@ -15,8 +14,9 @@ from .conftest import E2E_HEALTH, require_netns
 @pytest.fixture(scope="module")
 def cluster_lab(tmp_path_factory):
     require_netns()
-    if not shutil.which("redis-server") or not shutil.which("runuser"):
-        pytest.skip("redis-server/PostgreSQL not installed (scripts/install-deps)")
+    reason = cluster_unavailable("redis")
+    if reason:
+        pytest.skip(reason)
     path = tmp_path_factory.mktemp("astara-lab-cluster") / "lab.json"
     try:
         state = astara_lab.up(path, health=E2E_HEALTH, orchestrators=3,

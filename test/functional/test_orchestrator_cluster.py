@@ -19,7 +19,6 @@ Checked, with generous hang guards (no durations: those are in ``make bench``):
   and one epoch belongs to one orchestrator.
 """
 import http.client
-import shutil
 import signal
 
 import pytest
@@ -29,8 +28,8 @@ from astara_lab.cluster import (Cluster, populate, push_log, push_violations, ro
                                 router_of, tenant_network_id)
 from astara_lab.orchestrator import AdminApiError, OrchestratorError
 from astara_lab.peers import eventually
-from astara_lab.services import postgres_bindir
-from astara_netns import Lab, netns_unavailable_reason
+from astara_lab.services import cluster_unavailable
+from astara_netns import Lab
 from orchestrator_lite.coordination import make_ring, ring_owner
 
 pytestmark = pytest.mark.netns
@@ -42,23 +41,9 @@ ROUTERS = {"redis": 30, "etcd": 12}
 HANG_GUARD = 240  # seconds: only against a hang, never a measured bound
 
 
-def missing_prerequisite(backend):
-    reason = netns_unavailable_reason()
-    if reason:
-        return f"network namespaces unavailable: {reason}"
-    for binary in ("redis-server" if backend == "redis" else "etcd", "runuser"):
-        if not shutil.which(binary):
-            return f"{binary} is not installed (scripts/install-deps)"
-    try:
-        postgres_bindir()
-    except Exception as exc:  # noqa: BLE001
-        return str(exc)
-    return None
-
-
 @pytest.fixture(scope="module", params=["redis", "etcd"])
 def cluster(request):
-    reason = missing_prerequisite(request.param)
+    reason = cluster_unavailable(request.param)  # namespaces: the netns marker's skip
     if reason:
         pytest.skip(reason)
     lab = Lab()

@@ -8,14 +8,13 @@ LISTEN/NOTIFY), commands and debug flags reach every member, and ownership claim
 a former owner's writes in their transaction.
 """
 import os
-import shutil
 import stat
 import threading
 
 import pytest
 
 from astara_lab.peers import eventually
-from astara_lab.services import PostgresServer, free_port
+from astara_lab.services import PostgresServer, cluster_unavailable, free_port
 from astara_netns import Lab
 from orchestrator_lite.config import ManagementSettings
 from orchestrator_lite.events import CREATE, POLL, REBUILD, UPDATE, ResourceRef
@@ -25,22 +24,9 @@ from orchestrator_lite.store.database import Database
 MGMT = ManagementSettings()
 
 
-def _postgres_unavailable():
-    if os.geteuid() != 0:
-        return "needs root (PostgreSQL runs as the postgres user)"
-    if not shutil.which("runuser"):
-        return "runuser missing"
-    try:
-        from astara_lab.services import postgres_bindir
-        postgres_bindir()
-    except Exception as exc:  # noqa: BLE001
-        return str(exc)
-    return None
-
-
 @pytest.fixture(scope="module")
 def postgres():
-    reason = _postgres_unavailable()
+    reason = cluster_unavailable()
     if reason:
         pytest.skip(reason)
     # Not under pytest's basetemp: every pytest session that starts (other suites on this
