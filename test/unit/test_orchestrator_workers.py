@@ -13,6 +13,7 @@ from orchestrator_lite.store import Store
 from orchestrator_lite.workers import Scheduler
 
 from fake_driver import FakeDriver
+from sim_appliances import wait_for
 
 
 class Recorder:
@@ -66,13 +67,6 @@ def make_store(tmp_path):
     store = Store(str(tmp_path / "s.sqlite"), ManagementSettings().network_id)
     store.ensure_management_network(ManagementSettings())
     return store
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_one_worker_per_resource_and_a_bounded_pool(tmp_path):
@@ -271,11 +265,13 @@ def test_only_owned_resources_get_work_with_their_claim(tmp_path):
     ownership = Ownership({"r1"})
     scheduler = Scheduler(factory, make_store(tmp_path), threads=2, ownership=ownership)
     scheduler.start()
-    assert scheduler.deliver(ResourceRef("router", "r1", "t"), CREATE)
-    assert not scheduler.deliver(ResourceRef("router", "r2", "t"), CREATE)  # not ours
-    wait_for(lambda: made["r1"][0].ran == [CREATE])
-    assert "r2" not in made and made["r1"][1] == ("claim", "r1")
-    scheduler.stop()
+    try:
+        assert scheduler.deliver(ResourceRef("router", "r1", "t"), CREATE)
+        assert not scheduler.deliver(ResourceRef("router", "r2", "t"), CREATE)  # not ours
+        wait_for(lambda: made["r1"][0].ran == [CREATE])
+        assert "r2" not in made and made["r1"][1] == ("claim", "r1")
+    finally:
+        scheduler.stop()
 
 
 def test_forget_waits_for_the_step_in_progress(tmp_path):
@@ -296,18 +292,21 @@ def test_forget_waits_for_the_step_in_progress(tmp_path):
     scheduler = Scheduler(factory, make_store(tmp_path), threads=1,
                           ownership=Ownership({"r1"}))
     scheduler.start()
-    ref = ResourceRef("router", "r1", "t")
-    scheduler.deliver(ref, CREATE)
-    started.wait(5)
-    forgotten = threading.Event()
-    thread = threading.Thread(target=lambda: (scheduler.forget(ref.key), forgotten.set()))
-    thread.start()
-    time.sleep(0.2)
-    assert not forgotten.is_set()  # the handover waits for the running step
-    release.set()
-    assert forgotten.wait(5)
-    assert automata["r1"].ran == [CREATE] and not scheduler.busy_with(ref.key)
-    scheduler.stop()
+    try:
+        ref = ResourceRef("router", "r1", "t")
+        scheduler.deliver(ref, CREATE)
+        started.wait(5)
+        forgotten = threading.Event()
+        thread = threading.Thread(target=lambda: (scheduler.forget(ref.key), forgotten.set()))
+        thread.start()
+        time.sleep(0.2)
+        assert not forgotten.is_set()  # the handover waits for the running step
+        release.set()
+        assert forgotten.wait(5)
+        assert automata["r1"].ran == [CREATE] and not scheduler.busy_with(ref.key)
+    finally:
+        release.set()  # a failed check must not leave the step waiting out its 5 s
+        scheduler.stop()
 
 
 def test_a_fenced_step_hands_the_resource_over(tmp_path):
@@ -323,12 +322,14 @@ def test_a_fenced_step_hands_the_resource_over(tmp_path):
                           threads=1, ownership=ownership)
     ownership.scheduler = scheduler
     scheduler.start()
-    ref = ResourceRef("router", "r1", "t")
-    scheduler.deliver(ref, CREATE)
-    wait_for(lambda: ownership.lost_refs == ["r1"])
-    wait_for(lambda: not scheduler.busy_with(ref.key))
-    assert not scheduler.deliver(ref, UPDATE)  # not ours any more
-    scheduler.stop()
+    try:
+        ref = ResourceRef("router", "r1", "t")
+        scheduler.deliver(ref, CREATE)
+        wait_for(lambda: ownership.lost_refs == ["r1"])
+        wait_for(lambda: not scheduler.busy_with(ref.key))
+        assert not scheduler.deliver(ref, UPDATE)  # not ours any more
+    finally:
+        scheduler.stop()
 
 
 def test_alone_start_keeps_the_claims_events_took_before_it(tmp_path):
