@@ -44,7 +44,8 @@ def test_a_burst_is_one_batch_in_arrival_order():
 def test_an_idle_flusher_wakes_for_the_first_message():
     events = listener(quiet=0.01)
     thread, result = in_thread(events._next_batch)
-    assert not thread.join(0.2) and thread.is_alive()  # nothing pending: it waits
+    thread.join(0.2)
+    assert thread.is_alive()  # nothing pending: it waits
     events.on_message(notification(7), Message())
     thread.join(10)
     assert not thread.is_alive()
@@ -55,7 +56,8 @@ def test_an_idle_flusher_wakes_for_the_first_message():
 def test_stop_ends_an_idle_flusher():
     events = listener()
     thread, result = in_thread(events._next_batch)
-    assert not thread.join(0.2) and thread.is_alive()
+    thread.join(0.2)
+    assert thread.is_alive()
     events.stop()
     thread.join(10)
     assert not thread.is_alive()
