@@ -186,10 +186,12 @@ def test_server_context_is_tls_1_2_or_later_and_built_once_per_process():
         return context
 
     tls._contexts.clear()
-    context = tls.server_context(None, factory)
-    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
-    assert tls.server_context(None, factory) is context and len(made) == 1
-    tls._contexts.clear()
+    try:
+        context = tls.server_context(None, factory)
+        assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+        assert tls.server_context(None, factory) is context and len(made) == 1
+    finally:  # no other test may get this test's context
+        tls._contexts.clear()
 
 
 # -- PUT /v1/system/tls ------------------------------------------------------------------------
