@@ -1,4 +1,4 @@
-"""Fleet upgrades against simulated appliances (test_orchestrator_flow's SimCloud):
+"""Fleet upgrades against simulated appliances (sim_appliances.SimCloud):
 ``rebuild --image`` for one resource, the rolling upgrade's bound on appliances down at
 once (HA members one at a time), and appliances of an old image (the original API, no
 capabilities in the banner) kept working next to new ones."""
