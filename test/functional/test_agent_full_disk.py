@@ -7,11 +7,11 @@ import json
 import os
 import pathlib
 import subprocess
-import time
 
 import pytest
 
 from astara_lab.appliance import contract_appliance, contract_payloads
+from astara_lab.peers import eventually
 
 pytestmark = pytest.mark.netns
 
@@ -47,12 +47,12 @@ class TmpfsState:
             '&& cp -a "$2/." "$1" && touch "$1/.seeded" && exec sleep 3600',
             "sh", state, seed, str(TMPFS_SIZE)])
         self.root = pathlib.Path(f"/proc/{self.proc.pid}/root") / state.lstrip("/")
-        deadline = time.monotonic() + 10
-        while not (self.root / ".seeded").exists():
-            assert self.proc.poll() is None, "the tmpfs holder exited"
-            assert time.monotonic() < deadline, "the tmpfs was never seeded"
-            time.sleep(0.05)
+        eventually(self._seeded, 10, "the tmpfs seeded", 0.05)
         self.filler = self.root / "filler"
+
+    def _seeded(self):
+        assert self.proc.poll() is None, "the tmpfs holder exited"
+        return (self.root / ".seeded").exists()
 
     def wrapper(self):
         return ("nsenter", f"--mount=/proc/{self.proc.pid}/ns/mnt", "--")
@@ -117,17 +117,12 @@ def _worker_pid(appliance):
     return int(children[0])
 
 
-def _wait_traced(pid, timeout=10):
-    """Until strace has attached to every thread of ``pid``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        tracers = [line for task in pathlib.Path(f"/proc/{pid}/task").iterdir()
-                   for line in (task / "status").read_text().splitlines()
-                   if line.startswith("TracerPid:")]
-        if tracers and all(line.split()[1] != "0" for line in tracers):
-            return
-        assert time.monotonic() < deadline, "strace did not attach"
-        time.sleep(0.05)
+def _traced(pid):
+    """Whether strace has attached to every thread of ``pid``."""
+    tracers = [line for task in pathlib.Path(f"/proc/{pid}/task").iterdir()
+               for line in (task / "status").read_text().splitlines()
+               if line.startswith("TracerPid:")]
+    return bool(tracers) and all(line.split()[1] != "0" for line in tracers)
 
 
 def test_a_failed_commit_rolls_the_kernel_back(lab, appliance):
@@ -140,7 +135,8 @@ def test_a_failed_commit_rolls_the_kernel_back(lab, appliance):
                                "-e", "inject=fsync:error=ENOSPC",
                                "-p", str(_worker_pid(appliance))])
     try:
-        _wait_traced(_worker_pid(appliance))
+        worker = _worker_pid(appliance)
+        eventually(lambda: _traced(worker), 10, "strace attached to every thread", 0.05)
         response = appliance.client().put_json("/v1/system/config", with_fips(20))
     finally:
         tracer.terminate()
