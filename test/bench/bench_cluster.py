@@ -226,12 +226,15 @@ def render(facts, results, args):
         "one at a higher epoch; *announced* = each of their appliances accepted a push with "
         "that epoch (from then on the old owner is refused). After kill -9 the others wait "
         "for the member's heartbeat and locks to expire (the timeout); after SIGTERM it "
-        "leaves the group and releases its locks.", "",
-        "| how | routers moved | claimed | announced |", "|---|---|---|---|"]
+        "leaves the group and releases its locks. The timeout and the round interval are "
+        "beside *claimed*: after kill -9 a claim waits until the member's last heartbeat "
+        "is a timeout old (so about the timeout, less up to one round).", "",
+        "| how | routers moved | membership/lock timeout | coordination round | claimed "
+        "| announced |", "|---|---|---|---|---|---|"]
     for key, how in (("kill", "kill -9"), ("stop", "SIGTERM (clean stop)")):
         t = cluster[key]
-        lines.append(f"| {how} | {t['moved']} | {t['claimed']:.1f} s | "
-                     f"{t['announced']:.1f} s |")
+        lines.append(f"| {how} | {t['moved']} | {args.timeout:g} s | {args.heartbeat:g} s | "
+                     f"{t['claimed']:.1f} s | {t['announced']:.1f} s |")
     lines += ["", f"Push logs of all {cluster['count']} appliances after both takeovers: "
                   f"{cluster['violations']} pushes out of epoch order or from two owners "
                   "in one interval."]
