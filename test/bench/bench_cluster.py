@@ -246,8 +246,8 @@ def main(argv=None):
     parser.add_argument("--routers", type=int, default=100)
     parser.add_argument("--period", type=float, default=5.0, help="health period (s)")
     parser.add_argument("--rounds", type=int, default=4, help="health periods measured")
-    parser.add_argument("--timeout", type=float, default=5,
-                        help="tooz membership/lock timeout (s)")
+    parser.add_argument("--timeout", type=int, default=5,
+                        help="tooz membership/lock timeout (whole seconds: tooz reads an int)")
     parser.add_argument("--heartbeat", type=float, default=1.0,
                         help="coordination round interval (s)")
     parser.add_argument("--convergence-timeout", type=float, default=900)
