@@ -3,7 +3,9 @@
 Kept in ``[tls] directory`` (default ``<state_dir>/pki``, mode 0700)::
 
   ca.key  ca.crt           the CA (EC P-256; keys 0600)
-  client.key  client.crt   the orchestrator's client certificate (clientAuth)
+  client.key  client.crt   the orchestrator's client certificate (clientAuth), re-issued
+                           when due (``renew_client``, before any use of the client's
+                           context); client.lock serialises its writers and readers
   issued/<name>.crt        the last server certificate issued to each appliance instance
 
 Each appliance instance gets a server certificate whose only identity is its instance
@@ -14,8 +16,10 @@ the OpenStack driver puts them in the cloud-init user data) and renewed before t
 through the agent's ``PUT /v1/system/tls`` (``due``, ``issue``). Private keys of appliances
 are never stored here: they go to the appliance and nowhere else.
 """
+import contextlib
 import dataclasses
 import datetime
+import fcntl
 import logging
 import os
 import pathlib
@@ -109,6 +113,7 @@ class CertificateAuthority:
         self._lock = threading.RLock()
         self._not_after = {}  # instance name -> epoch, cached from issued/<name>.crt
         self._client = None  # ClientTls, made once the client certificate exists
+        self._client_renew_at = 0.0  # epoch: when the client certificate falls due (cached)
         self._ensure()
 
     # -- files ---------------------------------------------------------------------------
@@ -140,8 +145,7 @@ class CertificateAuthority:
             self._ca_key = serialization.load_pem_private_key(key_file.read_bytes(), None)
             self._ca_cert = x509.load_pem_x509_certificate(self.ca_file.read_bytes())
             self.ca_pem = _pem(self._ca_cert)
-            if self._client_due():
-                self._issue_client()
+            self.renew_client()
 
     def _make_ca(self, key_file):
         key = ec.generate_private_key(ec.SECP256R1())
@@ -195,14 +199,26 @@ class CertificateAuthority:
         return cert, key
 
     # -- the orchestrator's client certificate ---------------------------------------------
-    def _client_due(self):
+    @contextlib.contextmanager
+    def _client_files(self):
+        """Held while the client certificate and key are written, or read together: the
+        members of a cluster on one host share them (an flock, across processes), and a
+        reader between the key's write and the certificate's would pair a new key with the
+        old certificate."""
+        with self._lock, open(self.directory / "client.lock", "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            yield
+
+    def _client_not_after(self):
+        """When the client certificate on disk expires (epoch); None when it is missing,
+        unreadable, of another CA or without its key."""
         try:
             cert = x509.load_pem_x509_certificate(self.client_cert_file.read_bytes())
         except (OSError, ValueError):
-            return True
+            return None
         if cert.issuer != self._ca_cert.subject or not self.client_key_file.exists():
-            return True
-        return _epoch(cert) - self._clock() < self.renew_before
+            return None
+        return _epoch(cert)
 
     def _issue_client(self):
         cert, key = self._sign(self.common_name, "astara-orchestrator",
@@ -211,15 +227,37 @@ class CertificateAuthority:
         atomic_write(str(self.client_cert_file), _pem(cert), mode=0o644)
         LOG.info("issued the orchestrator's client certificate (valid until %s)",
                  cert.not_valid_after_utc.isoformat())
+        return _epoch(cert)
+
+    def renew_client(self):
+        """Re-issue the orchestrator's own certificate when it falls due. ClientTls asks
+        before every use of its context, so a running orchestrator renews it even when no
+        instance is ever booted; until the cached date that costs one clock read."""
+        if self._clock() < self._client_renew_at:
+            return
+        with self._client_files():
+            not_after = self._client_not_after()  # another member may have renewed it
+            if not_after is None or not_after - self._clock() < self.renew_before:
+                not_after = self._issue_client()
+            self._client_renew_at = not_after - self.renew_before
+
+    def client_context(self):
+        """``(SSLContext, stamp)`` for the client side: TLS >= 1.2, the CA, the client
+        certificate and key (read together); ``stamp`` tells that certificate file apart."""
+        with self._client_files():
+            stamp = _stamp(self.client_cert_file)
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                                 cafile=str(self.ca_file))
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(str(self.client_cert_file), str(self.client_key_file))
+        return context, stamp
 
     def client_tls(self):
-        """The client side: renews the orchestrator's own certificate when due."""
+        """The client side (one per CA); renews the orchestrator's certificate when due."""
+        self.renew_client()
         with self._lock:
-            if self._client_due():
-                self._issue_client()
             if self._client is None:
-                self._client = ClientTls(self.ca_file, self.client_cert_file,
-                                         self.client_key_file)
+                self._client = ClientTls(self)
             return self._client
 
     # -- appliance certificates ------------------------------------------------------------
@@ -266,25 +304,28 @@ class CertificateAuthority:
                 pass
 
 
-class ClientTls:
-    """The orchestrator's TLS client settings: one SSLContext (TLS >= 1.2, the CA, the
-    client certificate), reloaded when the client certificate file changes."""
+def _stamp(path):
+    info = os.stat(path)
+    return info.st_ino, info.st_mtime_ns  # a renewal replaces the file: a new inode
 
-    def __init__(self, ca_file, cert_file, key_file):
-        self.ca_file, self.cert_file, self.key_file = map(str, (ca_file, cert_file, key_file))
+
+class ClientTls:
+    """The orchestrator's TLS client settings: one SSLContext, renewed by the CA before any
+    use when its certificate falls due, and rebuilt when the certificate file changed
+    (renewed here or by another member of a cluster sharing the directory)."""
+
+    def __init__(self, authority):
+        self._authority = authority
         self._lock = threading.Lock()
         self._context = None
         self._stamp = None
 
     def context(self):
-        stamp = os.stat(self.cert_file).st_mtime_ns
+        self._authority.renew_client()
+        stamp = _stamp(self._authority.client_cert_file)
         with self._lock:
             if self._context is None or stamp != self._stamp:
-                context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
-                                                     cafile=self.ca_file)
-                context.minimum_version = ssl.TLSVersion.TLSv1_2
-                context.load_cert_chain(self.cert_file, self.key_file)
-                self._context, self._stamp = context, stamp
+                self._context, self._stamp = self._authority.client_context()
             return self._context
 
     def adapter(self, server_name):

@@ -33,7 +33,8 @@ RESOURCE_COMMANDS = ("rebuild", "update", "debug", "manage", "poll")
 
 
 class Orchestrator:
-    def __init__(self, settings, driver=None, client_factory=None, clock=time.monotonic):
+    def __init__(self, settings, driver=None, client_factory=None, clock=time.monotonic,
+                 certificates=None):
         self.settings = settings
         os.makedirs(settings.state_dir, mode=0o700, exist_ok=True)
         os.chmod(settings.state_dir, 0o700)  # the database and appliance records live here
@@ -46,8 +47,10 @@ class Orchestrator:
         self.store.placements.drivers = self.driver.names
         self.payload_settings = PayloadSettings.from_settings(settings)
         # An injected client factory (simulated appliances) chooses its own transport:
-        # certificates are issued only for the orchestrator's own clients.
-        self.certificates = None if client_factory else self._make_certificates(settings)
+        # certificates are issued only for the orchestrator's own clients, or with an
+        # injected CA (``certificates``: simulated appliances speaking mutual TLS).
+        self.certificates = certificates if certificates is not None else \
+            None if client_factory else self._make_certificates(settings)
         self.client_factory = client_factory or default_client_factory(
             settings.appliance, self.certificates, self.identity)
         self.ownership = make_ownership(self.store, settings)

@@ -5,6 +5,9 @@ hash), the fake compute driver whose instances they are, fast health settings, a
 to build in a store, a poll helper and orchestrators stopped at the end of a fixture. Importable from every test directory (pytest.ini puts test/unit on the path); the
 unit tests' `cloud` and `orch` fixtures built on them are in test/unit/conftest.py."""
 import contextlib
+import pathlib
+import ssl
+import tempfile
 import threading
 
 from flask import Flask, Response, jsonify, request
@@ -28,12 +31,29 @@ FAST = HealthSettings(period=0.3, jitter=0.1, dead_grace=0.6, boot_timeout=3.0,
                       push_backoff_cap=0.1)
 
 
+def server_context(bundle, directory):
+    """The agent's side of mutual TLS for ``bundle`` (a pki.Bundle): its certificate, and
+    a client certificate of the bundle's CA required."""
+    directory = pathlib.Path(directory)
+    (directory / "server.crt").write_text(bundle.certificate)
+    (directory / "server.key").write_text(bundle.private_key)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(directory / "server.crt", directory / "server.key")
+    context.load_verify_locations(cadata=bundle.ca_certificate)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 class SimAppliance:
     """An agent stand-in: NIC list from the instance's MACs, liveness, committed hash.
     ``legacy``: the original appliance's API (a banner without version or capabilities,
-    no GET /v1/system/config), what an old image runs."""
+    no GET /v1/system/config), what an old image runs. ``tls`` (the pki.Bundle the
+    instance was booted with): HTTPS requiring a client certificate of its CA, and
+    ``PUT /v1/system/tls`` takes renewals (``renewals``). ``requests``: ``(client port,
+    client certificate PEM or None, path)`` of every request, so a test sees connections
+    and the certificate each one presented."""
 
-    def __init__(self, macs, legacy=False):
+    def __init__(self, macs, legacy=False, tls=None):
         self.macs = list(macs)
         self.payload, self.hash, self.generation = None, None, 0
         self.alive = True
@@ -42,10 +62,14 @@ class SimAppliance:
         self.config_reads = 0
         self.status_reads = 0
         self.fail_puts = 0  # answer 500 to this many PUTs
+        self.requests = []
+        self.renewals = []
         app = Flask("sim")
 
         @app.before_request
         def liveness():
+            self.requests.append((request.environ.get("REMOTE_PORT"),
+                                  request.environ.get("SSL_CLIENT_CERT"), request.path))
             if not self.alive:
                 return Response("dead", status=503)
             return None
@@ -99,7 +123,16 @@ class SimAppliance:
             self.commit(body)
             return jsonify(generation=self.generation, hash=self.hash)
 
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        @app.put("/v1/system/tls")
+        def renew_tls():
+            if tls is None:
+                return jsonify(error="Conflict", message="not serving TLS"), 409
+            self.renewals.append(request.get_json())
+            return jsonify(installed=True, reloading=True)
+
+        self._files = tempfile.TemporaryDirectory(prefix="sim-tls-") if tls else None
+        self.server = make_server("127.0.0.1", 0, app, threaded=True, ssl_context=(
+            server_context(tls, self._files.name) if tls else None))
         self.port = self.server.server_port
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
@@ -114,20 +147,26 @@ class SimAppliance:
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
+        if self._files is not None:
+            self._files.cleanup()
 
 
 class SimCloud(FakeDriver):
-    """Fake compute whose instances are SimAppliances."""
+    """Fake compute whose instances are SimAppliances. With ``certificates`` (the
+    orchestrator's pki.CertificateAuthority, given to it too) they speak mutual TLS with
+    the certificate their boot carried, and clients use the CA's client side."""
 
-    def __init__(self):
+    def __init__(self, certificates=None):
         super().__init__()
         self.appliances = {}  # instance name -> SimAppliance
         self.legacy_images = set()  # images whose appliances speak the original API
+        self.certificates = certificates
 
     def create(self, name, nics, management_cidr, **hints):
         instance = super().create(name, nics, management_cidr, **hints)
         self.appliances[name] = SimAppliance([n.mac for n in nics],
-                                             legacy=hints.get("image") in self.legacy_images)
+                                             legacy=hints.get("image") in self.legacy_images,
+                                             tls=hints.get("tls"))
         return instance
 
     def delete(self, instance_id):
@@ -147,9 +186,11 @@ class SimCloud(FakeDriver):
         return instance
 
     def client_factory(self, instance):
+        tls = self.certificates.client_tls() if self.certificates is not None else None
         return ApplianceClient("127.0.0.1", self.appliances[instance.name].port, attempts=2,
                                backoff_base=0.01, backoff_cap=0.02, alive_timeout=1,
-                               timeout=2, config_timeout=2)
+                               timeout=2, config_timeout=2, tls=tls,
+                               server_name=instance.name if tls else None)
 
     def close(self):
         pass

@@ -7,6 +7,7 @@ namespaces is test/functional/test_orchestrator_netns.py."""
 import contextlib
 import io
 import json
+import ssl
 import threading
 import time
 
@@ -18,10 +19,11 @@ from orchestrator_lite import state as st
 from orchestrator_lite.api import create_app
 from orchestrator_lite.cli import ctl
 from orchestrator_lite.drivers.base import ACTIVE, ERROR
+from orchestrator_lite.pki import DAY, CertificateAuthority
 from orchestrator_lite.service import Orchestrator
 
-from sim_appliances import (FAST, TOKEN, desired_hash, make_settings, simple_router,
-                            state_of, wait_for)
+from sim_appliances import (FAST, TOKEN, SimCloud, desired_hash, make_settings,
+                            simple_router, started_orchestrators, state_of, wait_for)
 
 
 def polls_pass(o, resource_id, count=3):
@@ -133,6 +135,54 @@ def test_restarted_orchestrator_adopts_without_reboot_or_push(orch, cloud):
     wait_for(lambda: state_of(again, "r1") == st.CONFIGURED, what="adopted")
     assert cloud.calls == calls  # no create, no delete
     assert appliance.puts == puts  # in sync: nothing pushed
+
+
+class Clock:
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def presented(appliance, since=0):
+    """The client certificates (DER) the appliance's requests came with."""
+    return {ssl.PEM_cert_to_DER_cert(pem) for _, pem, _ in appliance.requests[since:] if pem}
+
+
+def test_the_client_certificate_is_renewed_while_nothing_boots(tmp_path):
+    """Mutual TLS with a stable fleet: no boot, no restart, and the CA's clock moves into
+    the renewal window of every certificate. The orchestrator re-issues its own client
+    certificate and its next handshakes present it; the appliance's is pushed anew."""
+    # 25 days back: the certificates issued before and after the jump are valid now.
+    clock = Clock(time.time() - 25 * DAY)
+    ca = CertificateAuthority(tmp_path / "pki", lifetime_days=30, renew_before_days=10,
+                              clock=clock)
+    cloud = SimCloud(certificates=ca)
+    try:
+        with started_orchestrators() as start:
+            o = start(make_settings(tmp_path), driver=cloud,
+                      client_factory=cloud.client_factory, certificates=ca)
+            simple_router(o.store)
+            wait_for(lambda: state_of(o, "r1") == st.CONFIGURED, what="configured")
+            appliance = cloud.appliances["ak-router-r1_0"]
+            first = ssl.PEM_cert_to_DER_cert(ca.client_cert_file.read_text())
+            assert presented(appliance) == {first}
+            assert appliance.renewals == []
+            mark = len(appliance.requests)
+
+            clock.now += 21 * DAY  # 9 days left of 30: inside the 10-day window
+            renewed = wait_for(lambda: (pem := ssl.PEM_cert_to_DER_cert(
+                ca.client_cert_file.read_text())) != first and pem, what="client renewed")
+            wait_for(lambda: renewed in presented(appliance, mark),
+                     what="the renewed client certificate presented")
+            wait_for(lambda: appliance.renewals, what="the appliance's certificate renewed")
+            polls_pass(o, "r1")
+            assert presented(appliance, len(appliance.requests) - 3) == {renewed}
+            assert state_of(o, "r1") == st.CONFIGURED
+            assert [c for c in cloud.calls if c[0] == "create"] == [("create", "ak-router-r1_0")]
+    finally:
+        cloud.shutdown()
 
 
 def test_new_network_is_hot_plugged(orch, cloud):

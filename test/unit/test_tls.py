@@ -104,6 +104,26 @@ def test_client_context_reloads_a_renewed_client_certificate(tmp_path):
     assert ca.client_tls() is client and client.context() is not first
 
 
+def test_members_sharing_the_directory_renew_the_client_certificate_once(tmp_path):
+    """Two orchestrators on one [tls] directory: the first to use its client after the
+    certificate fell due re-issues it, the other loads that one instead of issuing its
+    own (its cached due date only tells it to look)."""
+    clock = Clock()
+    first, second = (CertificateAuthority(tmp_path / "pki", 30, 10, clock=clock)
+                     for _ in range(2))
+    contexts = [ca.client_tls().context() for ca in (first, second)]
+    original = first.client_cert_file.read_text()
+    clock.now += 21 * DAY
+    assert first.client_tls().context() is not contexts[0]
+    renewed = first.client_cert_file.read_text()
+    assert renewed != original
+    assert second.client_tls().context() is not contexts[1]
+    assert second.client_cert_file.read_text() == renewed  # loaded, not issued again
+    key = first.client_key_file.read_text()
+    second.client_tls().context()
+    assert first.client_key_file.read_text() == key
+
+
 def test_boot_files_for_the_netns_driver(tmp_path):
     bundle = CertificateAuthority(tmp_path / "pki").issue(NAME)
     write_files(bundle.boot_files(tmp_path / "instance"))
