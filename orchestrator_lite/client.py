@@ -29,6 +29,12 @@ binds one per push) carries it as ``X-Request-Id``: the agent logs its apply und
 IPv6 hosts are bracketed in URLs. Proxy environment variables are ignored (direct
 management network, as the original did).
 
+Connections: one ``requests.Session`` per client, made on first use, so the calls of a
+health poll (``is_alive``, ``status``, ``committed``) share one TCP connection and, with
+TLS, one handshake (the agent keeps an idle connection open for 2 s). ``close()`` drops
+the pooled connection (the instance manager does after each observation: the next poll
+comes after the agent has closed its end anyway); the next call connects again.
+
 TLS (``tls``: a ``pki.ClientTls``, with ``server_name`` the instance name): HTTPS with the
 orchestrator's client certificate, the appliance's certificate verified against the CA
 and that name (README, "Mutual TLS"); ``renew_certificate(bundle)`` pushes a new one.
@@ -37,9 +43,11 @@ Without ``tls``: plain HTTP, the original orchestrator's way.
 import ipaddress
 import json
 import logging
+import threading
 import time
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from astara_router.fencing import EPOCH_HEADER, ORCHESTRATOR_HEADER  # the agent's names
 from astara_router.logs import REQUEST_ID_HEADER, current_fields
@@ -86,6 +94,19 @@ class ApplianceFenced(ApplianceRejected):
 
 
 
+class ServerNameAdapter(HTTPAdapter):
+    """HTTPS with ``context`` (the CA and the client certificate, pki.ClientTls) that
+    verifies ``server_name`` (also sent as SNI), whatever address the URL names."""
+
+    def __init__(self, context, server_name):
+        self.context, self.server_name = context, server_name  # before init_poolmanager
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs.update(ssl_context=self.context, server_hostname=self.server_name)
+        super().init_poolmanager(*args, **kwargs)
+
+
 def base_url(host, port, scheme="http"):
     host = str(host).strip("[]")
     try:
@@ -116,6 +137,9 @@ class ApplianceClient:
         self.backoff_cap = backoff_cap
         self._sleep = sleep
         self.confirm_timeout = confirm_timeout  # None: plain PUTs, as the original
+        self._lock = threading.Lock()
+        self._session = None  # requests.Session, made on first use
+        self._context = None  # the TLS context its adapter was mounted with
 
     @classmethod
     def from_settings(cls, host, appliance_settings, tls=None, server_name=None, identity=""):
@@ -203,6 +227,31 @@ class ApplianceClient:
         return True
 
     # -- plumbing ------------------------------------------------------------------------------
+    def close(self):
+        """Close the pooled connection; the next call opens a new one."""
+        with self._lock:
+            session, self._session, self._context = self._session, None, None
+        if session is not None:
+            session.close()
+
+    def _http(self):
+        """This client's Session. With TLS its adapter is mounted again when the client's
+        context is a new one (a renewed client certificate: new connections present it)."""
+        with self._lock:
+            if self._session is None:
+                self._session = requests.Session()
+                self._session.trust_env = False  # no proxies: the management net is direct
+            if self.tls is not None:
+                context = self.tls.context()
+                if context is not self._context:
+                    old = self._session.adapters.get("https://")
+                    self._session.mount("https://", ServerNameAdapter(context,
+                                                                      self.server_name))
+                    self._context = context
+                    if old is not None:
+                        old.close()
+            return self._session
+
     def _send(self, method, path, timeout, data=None, headers=None):
         headers = dict(headers or {})
         if self.identity:
@@ -212,12 +261,8 @@ class ApplianceClient:
         request_id = current_fields().get("request_id")
         if request_id:  # the push's (logs.log_fields): the agent logs its work under it
             headers[REQUEST_ID_HEADER] = request_id
-        with requests.Session() as session:
-            session.trust_env = False  # no proxies: the management network is direct
-            if self.tls is not None:
-                session.mount("https://", self.tls.adapter(self.server_name))
-            return session.request(method, self.url + path, data=data, headers=headers,
-                                   timeout=timeout, allow_redirects=False)
+        return self._http().request(method, self.url + path, data=data, headers=headers,
+                                    timeout=timeout, allow_redirects=False)
 
     def _call(self, method, path, timeout, data=None, headers=None):
         last = None

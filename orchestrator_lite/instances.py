@@ -213,6 +213,11 @@ class InstanceManager:
                 runtime.applied_hash = committed
                 in_sync += committed == desired
                 self._renew_certificate(runtime)
+        for runtime in runtimes:
+            # The poll's calls shared a connection; the next poll comes after the agent
+            # dropped it (2 s idle), so keeping it would hold a descriptor per appliance.
+            if runtime.client is not None:
+                runtime.client.close()
         return Observation(exists=True, required=self.required(snapshot),
                            instances=len(runtimes), addressed=addressed, alive=alive,
                            in_sync=in_sync, needs_replug=needs_replug,

@@ -327,17 +327,3 @@ class ClientTls:
             if self._context is None or stamp != self._stamp:
                 self._context, self._stamp = self._authority.client_context()
             return self._context
-
-    def adapter(self, server_name):
-        """A requests transport adapter that verifies ``server_name`` (also sent as SNI),
-        whatever address the URL names."""
-        from requests.adapters import HTTPAdapter
-
-        context = self.context()
-
-        class ServerNameAdapter(HTTPAdapter):
-            def init_poolmanager(self, *args, **kwargs):
-                kwargs.update(ssl_context=context, server_hostname=server_name)
-                super().init_poolmanager(*args, **kwargs)
-
-        return ServerNameAdapter()

@@ -15,17 +15,22 @@ with its NICs on the fabric's bridges):
    (polled every 0.5 s). Peak RSS = the orchestrator's VmHWM.
 3. *Health CPU*: after the last change, utime+stime of the orchestrator (``/proc/PID/stat``,
    all threads) over ``--rounds`` health periods, divided by the rounds actually done
-   (polls counted by an nftables counter of TCP connections from ctl to port 5000, two per
-   poll); an *idle* rate is measured first with every resource paused (the health loop
-   ticks, polls nothing), so the net cost of polling N appliances can be told apart. The
-   appliances' generations are checked unchanged across the window (nothing was pushed).
+   (polls counted by an nftables counter of TCP connections from ctl to port 5000, one per
+   poll: the client's calls of a poll share a connection); an *idle* rate is measured
+   first with every resource paused (the health loop ticks, polls nothing), so the net
+   cost of polling N appliances can be told apart. The appliances' generations are checked
+   unchanged across the window (nothing was pushed).
+
+The main scenarios call the appliances over plain HTTP (``[tls] enabled = false``).
+``--tls N`` adds a comparison, written to its own section: N real agents over plain HTTP,
+then N over mutual TLS (the orchestrator's default), in the same run.
 
 Appliances are real agents, or a stand-in (standin_agent.py: the agent API the health
 loop and push use, real hash semantics, no dataplane) started by the same netns driver via
 a wrapper interpreter (``[netns] python``), so the orchestrator runs exactly the same code.
 
     .venv/bin/python test/bench/bench_orchestrator.py [--real 20,100] [--standin 100]
-        [--period 5] [--rounds 6] [--output BENCHMARKS.md] [--profile FILE]
+        [--tls 20] [--period 5] [--rounds 6] [--output BENCHMARKS.md] [--profile FILE]
         [--keep-logs DIR]
 
 Writes only its own section of BENCHMARKS.md (markdown_sections.py). 100 real agents need
@@ -43,7 +48,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from astara_lab.appliance import controller_node  # noqa: E402
+from astara_lab.appliance import controller_node, tls_client_context  # noqa: E402
 from astara_lab.cluster import (populate, router_id, standin_interpreter,  # noqa: E402
                                 tenant_network_id)
 from astara_lab.leftovers import find_leftovers  # noqa: E402
@@ -59,6 +64,7 @@ from orchestrator_lite.store import Store  # noqa: E402
 
 TOKEN = "bench-token"
 API_PORT = 44250
+CONNECTIONS_PER_POLL = 1  # orchestrator_lite/client.py: a poll's calls share a connection
 
 
 class BenchError(RuntimeError):
@@ -68,9 +74,11 @@ class BenchError(RuntimeError):
 class OrchestratorRun:
     """One lab with the orchestrator in its ctl namespace (netns driver)."""
 
-    def __init__(self, lab, agents, period):
+    def __init__(self, lab, agents, period, tls=False):
         self.lab = lab
         self.agents = agents
+        self.tls = tls
+        self._tls_context = None
         self.fabric = lab.fabric()
         lab.bridge("b-mgmt")
         self.ctl = controller_node(lab, "b-mgmt")
@@ -84,7 +92,7 @@ class OrchestratorRun:
             "api": {"listen": "127.0.0.1", "port": API_PORT, "token": TOKEN},
             "health": {"period": period},
             "compute": {"driver": "netns"},
-            "tls": {"enabled": "false"},  # the agents are read over plain HTTP here
+            "tls": {"enabled": "true" if tls else "false"},
             "netns": {"prefix": lab.prefix, "fabric": self.fabric.name,
                       "management_bridge": "b-mgmt", "state_root": f"{self.dir}/appliances",
                       "python": python}})
@@ -163,11 +171,24 @@ class OrchestratorRun:
             store.close()
 
     # -- appliances ------------------------------------------------------------------------------
-    def committed(self, address):
+    def agent(self, instance):
+        """An HTTP client for the instance's agent, from ctl (with TLS: the orchestrator's
+        client certificate, verifying the instance's name)."""
+        if not self.tls:
+            return NetnsHTTPClient(self.ctl.name, instance["management_address"], 5000,
+                                   timeout=10)
+        if self._tls_context is None:
+            pki = self.dir / "state" / "pki"
+            self._tls_context = tls_client_context(pki / "ca.crt", pki / "client.crt",
+                                                   pki / "client.key")
+        return NetnsHTTPClient(self.ctl.name, instance["management_address"], 5000,
+                               timeout=10, context=self._tls_context,
+                               server_name=instance["name"])
+
+    def committed(self, instance):
         """The appliance's committed config view, or None while it does not answer."""
         try:
-            response = NetnsHTTPClient(self.ctl.name, address, 5000, timeout=10).get(
-                "/v1/system/config")
+            response = self.agent(instance).get("/v1/system/config")
         except OSError:
             return None
         return response.json() if response.status == 200 else None
@@ -179,7 +200,7 @@ class OrchestratorRun:
         if resource["state"] != "configured" or not resource["instances"]:
             return False
         for instance in resource["instances"]:
-            view = self.committed(instance["management_address"])
+            view = self.committed(instance)
             if view is None or view["hash"] != resource["desired_hash"].get(instance["name"]):
                 return False
         return True
@@ -190,7 +211,7 @@ class OrchestratorRun:
         for row in self.api("GET", "/v1/resources")["resources"]:
             resource = self.api("GET", f"/v1/resources/{row['id']}")["resource"]
             for instance in resource["instances"]:
-                view = self.committed(instance["management_address"])
+                view = self.committed(instance)
                 result[instance["name"]] = view and view["generation"]
         return result
 
@@ -233,7 +254,8 @@ table inet astara_bench {
 def count_agent_connections(run):
     """TCP connections opened from ctl to appliance agents so far (an nftables counter
     inside the lab's ctl namespace). A steady-state health poll of one appliance opens
-    exactly two: GET /v1/firewall/rules and GET /v1/system/config."""
+    one (CONNECTIONS_PER_POLL): its GET /v1/firewall/rules, /v1/status/ and
+    /v1/system/config share it."""
     if not getattr(run, "_counting", False):
         run.ctl.run(["nft", "-f", "-"], input=POLL_COUNTER)
         run._counting = True
@@ -246,7 +268,8 @@ def count_agent_connections(run):
 def measure_health_cpu(run, ids, period, rounds, slice_rounds=2):
     """CPU seconds of the orchestrator per health round, all resources configured.
 
-    Rounds are counted, not assumed: polls = agent connections / 2, rounds = polls / N
+    Rounds are counted, not assumed: polls = agent connections / CONNECTIONS_PER_POLL,
+    rounds = polls / N
     (when the workers cannot keep up, polls coalesce and fewer rounds happen than
     periods pass)."""
     time.sleep(period * 1.5)  # let the convergence tail (polls, timers) pass
@@ -259,7 +282,7 @@ def measure_health_cpu(run, ids, period, rounds, slice_rounds=2):
     cpu0, conns0 = run.cpu_seconds(), count_agent_connections(run)
     time.sleep(idle_window)
     idle_rate = (run.cpu_seconds() - cpu0) / idle_window
-    idle_polls = (count_agent_connections(run) - conns0) / 2
+    idle_polls = (count_agent_connections(run) - conns0) / CONNECTIONS_PER_POLL
     run.api("POST", "/v1/global/manage")
     time.sleep(period * 1.2)  # back to the normal rhythm (each resource is due in a period)
     samples = [(time.monotonic(), run.cpu_seconds(), count_agent_connections(run))]
@@ -277,12 +300,12 @@ def measure_health_cpu(run, ids, period, rounds, slice_rounds=2):
         print(f"  note: {idle_polls:g} polls while paused", flush=True)
 
     def per_round(a, b):
-        rounds_done = (b[2] - a[2]) / 2 / len(ids)
+        rounds_done = (b[2] - a[2]) / CONNECTIONS_PER_POLL / len(ids)
         return (b[1] - a[1]) / rounds_done if rounds_done else float("nan")
 
     wall = samples[-1][0] - samples[0][0]
     cpu = samples[-1][1] - samples[0][1]
-    rounds_done = (samples[-1][2] - samples[0][2]) / 2 / len(ids)
+    rounds_done = (samples[-1][2] - samples[0][2]) / CONNECTIONS_PER_POLL / len(ids)
     slices = [per_round(a, b) for a, b in zip(samples, samples[1:])]
     net = (cpu - idle_rate * wall) / rounds_done
     return {"per_round": cpu / rounds_done, "slices": slices, "net_per_round": net,
@@ -328,12 +351,14 @@ def summarize_profile(path, top=15):
     return "\n".join(lines)
 
 
-def scenario(agents, count, period, rounds, timeout, profile_to=None, keep_logs=None):
+def scenario(agents, count, period, rounds, timeout, profile_to=None, keep_logs=None,
+             tls=False):
     load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
-    print(f"benchmark: {count} routers, {agents} appliances (load {load:.1f})", flush=True)
+    print(f"benchmark: {count} routers, {agents} appliances, "
+          f"{'mutual TLS' if tls else 'plain HTTP'} (load {load:.1f})", flush=True)
     ids = [router_id(i) for i in range(count)]
     with Lab() as lab:
-        run = OrchestratorRun(lab, agents, period)
+        run = OrchestratorRun(lab, agents, period, tls)
         try:
             started = time.monotonic()
             run.populate(count)
@@ -341,8 +366,7 @@ def scenario(agents, count, period, rounds, timeout, profile_to=None, keep_logs=
             convergence = measure_convergence(run, ids, timeout)
             print(f"  converged in {convergence['total']:.1f}s", flush=True)
             first = run.api("GET", f"/v1/resources/{ids[0]}")["resource"]["instances"][0]
-            rules = NetnsHTTPClient(run.ctl.name, first["management_address"], 5000).get(
-                "/v1/firewall/rules")
+            rules = run.agent(first).get("/v1/firewall/rules")
             print(f"  liveness answer (firewall rules): {len(rules.body)} bytes", flush=True)
             health = measure_health_cpu(run, ids, period, rounds)
             print(f"  health: {health['per_round']:.3f} CPU s per round "
@@ -355,7 +379,8 @@ def scenario(agents, count, period, rounds, timeout, profile_to=None, keep_logs=
         finally:
             run.close()
             if keep_logs:
-                target = pathlib.Path(keep_logs) / f"orchestrator-{agents}-{count}.log"
+                target = pathlib.Path(keep_logs) / \
+                    f"orchestrator-{agents}-{count}{'-tls' if tls else ''}.log"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(run.log.read_bytes() if run.log.exists() else b"")
         prefix = lab.prefix
@@ -364,11 +389,50 @@ def scenario(agents, count, period, rounds, timeout, profile_to=None, keep_logs=
     if not clean:
         print(f"  LEFTOVERS of {prefix}: {leftovers}", file=sys.stderr)
     return {"agents": agents, "count": count, "convergence": convergence, "health": health,
-            "rss_mib": max(rss, convergence["rss_mib"]), "clean": clean, "load": load}
+            "rss_mib": max(rss, convergence["rss_mib"]), "clean": clean, "load": load,
+            "tls": tls}
+
+
+LABEL = {"real": "real agents", "standin": "stand-ins"}
+
+
+def label(r, transport=False):
+    text = LABEL[r["agents"]]
+    return f"{text}, {'mutual TLS' if r['tls'] else 'plain HTTP'}" if transport else text
+
+
+def convergence_table(results, transport=False):
+    lines = ["| routers | appliances | all converged | first router | per router median "
+             "| per router max | orchestrator peak RSS |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        per = Summary.of(r["convergence"]["per_router"])
+        lines.append(f"| {r['count']} | {label(r, transport)} "
+                     f"| {r['convergence']['total']:.1f} s | {per.low:.1f} s "
+                     f"| {per.median:.1f} s | {per.high:.1f} s | {r['rss_mib']:.0f} MiB |")
+    return lines
+
+
+def health_table(results, transport=False):
+    lines = ["| appliances | rounds done / periods | CPU per round (range) | net per round "
+             "| net per appliance poll | idle | at the default 60 s period "
+             "| host load at start |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        h = r["health"]
+        at_default = (h["net_per_round"] / 60 + h["idle_rate"]) * 100
+        lines.append(
+            f"| {r['count']} {label(r, transport)} "
+            f"| {h['rounds']:.1f} / {h['nominal_rounds']:.1f} "
+            f"| {h['per_round'] * 1000:.0f} ms ({min(h['slices']) * 1000:.0f}–"
+            f"{max(h['slices']) * 1000:.0f}) "
+            f"| {h['net_per_round'] * 1000:.0f} ms | {h['per_poll_ms']:.1f} ms "
+            f"| {h['idle_rate'] * 100:.2f} % of a core "
+            f"| {at_default:.2f} % of a core | {r['load']:.1f} |")
+    return lines
 
 
 def render(facts, results, period, rounds):
-    label = {"real": "real agents", "standin": "stand-ins"}
     lines = [
         "## Orchestrator: cold-start convergence and health-round CPU", "",
         f"`make bench` {machine_line(facts)}. `astara-orchestrator` (netns driver, 4 worker "
@@ -379,42 +443,38 @@ def render(facts, results, period, rounds):
         "stopped). Appliances are namespaces with 3 NICs; *real agents* = the real "
         "appliance agent, *stand-ins* = test/bench/standin_agent.py (the agent API the "
         "health loop and push use, real hash semantics, no dataplane), started by the "
-        "same driver.", "",
+        "same driver. Appliances are called over plain HTTP here (`[tls] enabled = "
+        "false`); the next section compares mutual TLS.", "",
         "Cold start: from starting the orchestrator until every router is `configured` "
         "and its appliance's committed hash is the desired one (polled every 0.5 s).", "",
-        "| routers | appliances | all converged | first router | per router median "
-        "| per router max | orchestrator peak RSS |",
-        "|---|---|---|---|---|---|---|"]
-    for r in results:
-        per = Summary.of(r["convergence"]["per_router"])
-        lines.append(f"| {r['count']} | {label[r['agents']]} | {r['convergence']['total']:.1f} s"
-                     f" | {per.low:.1f} s | {per.median:.1f} s | {per.high:.1f} s "
-                     f"| {r['rss_mib']:.0f} MiB |")
-    lines += [
+        *convergence_table(results),
         "", f"Health CPU: orchestrator utime+stime (all threads) over {rounds} health "
         "periods in steady state (all configured, nothing pushed: every appliance's "
         "generation unchanged), divided by the rounds actually done. A round = every "
-        "resource polled once (liveness GET, desired payload built and hashed, committed "
-        "hash checked with If-None-Match); polls are counted as the TCP connections from "
-        "ctl to the agents (nftables counter in ctl, 2 per poll), so *rounds done / "
-        "periods* below 100 % means the 4 workers could not keep up with the period and "
-        "polls coalesced. Range = per 2-period slice. *Idle* = the same process with every "
-        "resource paused (health loop ticking, nothing polled); *net* = per round minus "
-        "idle; the last column projects net + idle to the default 60 s period.", "",
-        "| appliances | rounds done / periods | CPU per round (range) | net per round "
-        "| net per appliance poll | idle | at the default 60 s period | host load at start |",
-        "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        h = r["health"]
-        at_default = (h["net_per_round"] / 60 + h["idle_rate"]) * 100
-        lines.append(
-            f"| {r['count']} {label[r['agents']]} "
-            f"| {h['rounds']:.1f} / {h['nominal_rounds']:.1f} "
-            f"| {h['per_round'] * 1000:.0f} ms ({min(h['slices']) * 1000:.0f}–"
-            f"{max(h['slices']) * 1000:.0f}) "
-            f"| {h['net_per_round'] * 1000:.0f} ms | {h['per_poll_ms']:.1f} ms "
-            f"| {h['idle_rate'] * 100:.2f} % of a core "
-            f"| {at_default:.2f} % of a core | {r['load']:.1f} |")
+        "resource polled once (liveness GET, status GET, desired payload built and hashed, "
+        "committed hash checked with If-None-Match); polls are counted as the TCP "
+        "connections from ctl to the agents (nftables counter in ctl, one per poll: the "
+        "calls of a poll share a connection), so *rounds done / periods* below 100 % means "
+        "the 4 workers could not keep up with the period and polls coalesced. Range = per "
+        "2-period slice. *Idle* = the same process with every resource paused (health loop "
+        "ticking, nothing polled); *net* = per round minus idle; the last column projects "
+        "net + idle to the default 60 s period.", "",
+        *health_table(results)]
+    return "\n".join(lines) + "\n"
+
+
+def render_tls(facts, results, period, rounds):
+    lines = [
+        "## Orchestrator: mutual TLS against plain HTTP", "",
+        f"`make bench` {machine_line(facts)}. The scenario of the section above with real "
+        "agents, run twice in a row: appliances called over plain HTTP (`[tls] enabled = "
+        "false`), then over mutual TLS (the default: each agent serves HTTPS requiring the "
+        "orchestrator's client certificate, which verifies the instance's name). A poll's "
+        "calls share one connection, so one TLS handshake (both ends verify a "
+        f"certificate) per appliance per poll. Health period {period:g} s, {rounds} periods "
+        "measured, columns as above.", "",
+        *convergence_table(results, transport=True), "",
+        *health_table(results, transport=True)]
     return "\n".join(lines) + "\n"
 
 
@@ -426,6 +486,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--real", default="20,100",
                         help="router counts to run with real agents (comma list)")
+    parser.add_argument("--tls", default="20",
+                        help="routers (comma-separated) of the plain HTTP / mutual TLS "
+                        "comparison with real agents (empty: none)")
     parser.add_argument("--standin", default="100",
                         help="router counts to run with stand-in appliances (comma list)")
     parser.add_argument("--period", type=float, default=5.0, help="health period (s)")
@@ -446,10 +509,20 @@ def main(argv=None):
         results.append(scenario(agents, count, args.period, args.rounds, args.timeout,
                                 args.profile if (agents, count) == biggest else None,
                                 args.keep_logs))
-    text = render(facts, results, args.period, args.rounds)
-    write_section(args.output, "orchestrator", text)
-    print(text)
-    if not all(r["clean"] for r in results):
+    compared = []
+    for count in parse_counts(args.tls):
+        for tls in (False, True):
+            compared.append(scenario("real", count, args.period, args.rounds, args.timeout,
+                                     keep_logs=args.keep_logs, tls=tls))
+    if results:
+        text = render(facts, results, args.period, args.rounds)
+        write_section(args.output, "orchestrator", text)
+        print(text)
+    if compared:
+        text = render_tls(facts, compared, args.period, args.rounds)
+        write_section(args.output, "orchestrator-tls", text)
+        print(text)
+    if not all(r["clean"] for r in results + compared):
         print("leftovers found (see above): astara-leftovers --remove", file=sys.stderr)
         return 1
     return 0

@@ -1,9 +1,11 @@
 """Appliance client against a real HTTP server on the loopback (http.server in a thread):
 paths, header, timeouts, retries with back-off on 5xx/connection errors, no retry on 4xx,
-the agent's JSON error surfaced, bracketed IPv6 hosts."""
+the agent's JSON error surfaced, bracketed IPv6 hosts; the connections it opens, over plain
+HTTP and mutual TLS (the server counts what it accepts)."""
 import http.server
 import json
 import socket
+import ssl
 import threading
 import time
 
@@ -12,10 +14,19 @@ import pytest
 from astara_lab.webserver import QuietHandler
 from orchestrator_lite.client import (ApplianceClient, ApplianceRejected, ApplianceUnavailable,
                                       base_url)
+from orchestrator_lite.pki import DAY, CertificateAuthority
+
+from sim_appliances import server_context
 
 
 class Handler(QuietHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()  # one call per accepted connection
+        peer = self.connection.getpeercert(binary_form=True) \
+            if isinstance(self.connection, ssl.SSLSocket) else None
+        self.server.connections.append((self.client_address[1], peer))
 
     def _answer(self):
         server = self.server
@@ -40,14 +51,48 @@ class Handler(QuietHandler):
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.script, self.requests = {}, []
+        self.connections = []  # (client port, client certificate DER or None) accepted
+
+
+def serving(srv):
+    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    return srv
+
 
 @pytest.fixture
 def server():
-    srv = Server(("127.0.0.1", 0), Handler)
-    srv.script, srv.requests = {}, []
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
+    srv = serving(Server(("127.0.0.1", 0), Handler))
     yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+NAME = "ak-router-r1_0"
+
+
+class Clock:
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    """The server over mutual TLS with a certificate for NAME, and the CA (its clock 25
+    days back: certificates issued before and after a 21-day jump are valid now)."""
+    clock = Clock(time.time() - 25 * DAY)
+    ca = CertificateAuthority(tmp_path / "pki", 30, 10, clock=clock)
+    srv = Server(("127.0.0.1", 0), Handler)
+    srv.socket = server_context(ca.issue(NAME), tmp_path).wrap_socket(srv.socket,
+                                                                       server_side=True)
+    serving(srv)
+    yield srv, ca, clock
     srv.shutdown()
     srv.server_close()
 
@@ -202,9 +247,7 @@ def test_ipv6_loopback_server():
     except OSError:
         pytest.skip("no IPv6 loopback here")
     srv.script = {("GET", "/v1/firewall/rules"): [(200, b"", 0)]}
-    srv.requests = []
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
+    serving(srv)
     try:
         assert ApplianceClient("::1", srv.server_address[1]).is_alive()
     finally:
@@ -220,3 +263,43 @@ def test_status_reads_the_appliances_own_health(server):
     status = client.status()
     assert status["state"] == "degraded" and status["reasons"] == ["dhcp is down"]
     assert [r[1] for r in server.requests] == ["/v1/status/"]
+
+
+def script_a_poll(server):
+    server.script[("GET", "/v1/firewall/rules")] = [(200, b"", 0)]
+    server.script[("GET", "/v1/status/")] = [(200, {"state": "ready"}, 0)]
+    server.script[("GET", "/v1/system/config")] = [(304, b"", 0)]
+
+
+def poll(client):
+    return client.is_alive(), client.status(), client.committed(if_none_match="h")
+
+
+def test_a_polls_calls_share_one_connection(server):
+    client, _ = client_for(server)
+    script_a_poll(server)
+    assert poll(client) == (True, {"state": "ready"}, (None, "h"))
+    assert len(server.requests) == 3 and len(server.connections) == 1
+    client.close()  # what the instance manager does after an observation
+    assert poll(client) == (True, {"state": "ready"}, (None, "h"))
+    assert len(server.requests) == 6 and len(server.connections) == 2
+
+
+def test_over_tls_one_handshake_serves_until_the_client_certificate_is_renewed(tls_server):
+    server, ca, clock = tls_server
+    client, _ = client_for(server, tls=ca.client_tls(), server_name=NAME)
+    script_a_poll(server)
+
+    def client_certificate():
+        return ssl.PEM_cert_to_DER_cert(ca.client_cert_file.read_text())
+
+    first = client_certificate()
+    assert poll(client) == (True, {"state": "ready"}, (None, "h"))
+    assert poll(client) == (True, {"state": "ready"}, (None, "h"))
+    assert [cert for _, cert in server.connections] == [first]
+    clock.now += 21 * DAY  # the client certificate falls due: re-issued, new handshake
+    assert poll(client) == (True, {"state": "ready"}, (None, "h"))
+    renewed = client_certificate()
+    assert renewed != first
+    assert [cert for _, cert in server.connections] == [first, renewed]
+    assert len(server.requests) == 9
