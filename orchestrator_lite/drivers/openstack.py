@@ -11,9 +11,9 @@ with ``[openstack] port_security = true`` they keep it and get allowed-address p
 0.0.0.0/0 and ::/0 instead — a router forwards packets from any address and answers for
 its VIPs and floating IPs, which no narrower pair would allow. Then the server boots from
 the Glance image (by name or id; a placement may name another) with the flavor,
-availability zone, a config drive and cloud-init user data: ``bootcmd`` runs
-``astara-configure-management <mgt MAC> <address/prefix> --mtu N`` and the ``astara`` user
-gets the operator's ssh key; with mutual TLS (pki.py) ``write_files`` puts the instance's
+availability zone, a config drive and cloud-init user data (userdata.cloud_config, as for
+QEMU VMs): ``bootcmd`` runs ``astara-configure-management <mgt MAC> <address/prefix> --mtu
+N`` and the ``astara`` user gets the operator's ssh key; with mutual TLS (pki.py) ``write_files`` puts the instance's
 certificate, key (0600) and CA under /etc/astara/tls and the drop-in
 /etc/astara/astara.ini.d/50-tls.ini that points the agent at them. The two instances of an HA router go into an anti-affinity
 server group named after the resource. When any step fails, what was created is deleted.
@@ -30,6 +30,7 @@ import threading
 
 from .. import ipam
 from ..health import INSTANCE_NAME, server_group_name
+from . import userdata
 from .base import ACTIVE, BUILD, ERROR, ComputeDriver, DriverError, Instance, Nic
 
 LOG = logging.getLogger(__name__)
@@ -44,24 +45,6 @@ def port_name(instance_name, role):
         raise DriverError(f"{instance_name!r} is not an appliance instance name")
     label = "MGT" if role == "mgt" else DATA_LABEL.get(match["kind"], "VRRP")
     return f"ASTARA:{label}:{match['id']}"
-
-
-def user_data(boot_command, mgt_mac, management_cidr, mtu, ssh_key, tls=None):
-    """cloud-config: configure the management NIC on every boot, then the astara user,
-    then (``tls``: a pki.Bundle) the API's certificate files."""
-    lines = ["#cloud-config", "bootcmd:",
-             f"  - [{boot_command}, '{mgt_mac}', '{management_cidr}', --mtu, '{mtu}']"]
-    if ssh_key:
-        lines += ["users:", "  - name: astara", "    lock_passwd: true",
-                  "    shell: /bin/bash", "    ssh_authorized_keys:", f"      - {ssh_key}"]
-    if tls is not None:
-        from ..pki import IMAGE_BASE, IMAGE_INI
-        lines.append("write_files:")
-        for path, content, mode in tls.boot_files(IMAGE_BASE, IMAGE_INI):
-            lines += [f"  - path: {path}", f"    permissions: '{mode:04o}'",
-                      "    owner: root:root", "    encoding: b64",
-                      f"    content: {base64.b64encode(content.encode()).decode()}"]
-    return "\n".join(lines) + "\n"
 
 
 def _epoch(stamp):
@@ -241,8 +224,10 @@ class OpenStackDriver(ComputeDriver):
             hints = {}
             if server_group:
                 hints["group"] = self._server_group(server_group)
-            data = user_data(self.boot_command, nics[0].mac, management_cidr,
-                             nics[0].mtu or self.management_mtu, self.ssh_public_key, tls)
+            data = userdata.cloud_config(
+                nics[0].mac, management_cidr, nics[0].mtu or self.management_mtu,
+                [self.ssh_public_key], boot_command=self.boot_command,
+                files=userdata.image_tls_files(tls))
             attrs = {"name": name, "image_id": image_id, "flavor_id": flavor_id,
                      "networks": [{"port": p.id} for p in ports], "config_drive": True,
                      "user_data": base64.b64encode(data.encode()).decode(),

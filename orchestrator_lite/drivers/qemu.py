@@ -484,14 +484,10 @@ class QemuDriver(ComputeDriver):
             keys = [pathlib.Path(self.ssh_public_key).read_text()] \
                 if self.ssh_public_key else []
             mgt = nics[0]
-            files = ()
-            if tls is not None:  # mutual TLS (pki.py): the image's paths, as on OpenStack
-                from ..pki import IMAGE_BASE, IMAGE_INI
-                files = tls.boot_files(IMAGE_BASE, IMAGE_INI)
             seed = userdata.write_nocloud_seed(
                 directory, userdata.cloud_config(
                     mgt.mac, management_cidr, mgt.mtu or self.management_mtu, keys,
-                    self.ntp_servers, files=files),
+                    self.ntp_servers, files=userdata.image_tls_files(tls)),
                 userdata.meta_data(f"{instance_id}-{record['created_at']:.0f}", name))
             for slot, nic in enumerate(nics):
                 self._add_tap(record, nic, slot)

@@ -1,5 +1,5 @@
-"""What an appliance VM is told at boot: cloud-init user data and meta data (pure), and the
-NoCloud seed that carries them to a local VM.
+"""What an appliance VM is told at boot: cloud-init user data (the QEMU and the OpenStack
+drivers) and meta data (pure), and the NoCloud seed that carries them to a local VM.
 
 The user data is cloud-config (JSON is YAML, so it is written with ``json.dumps``: no
 quoting of MACs, keys or host names can go wrong):
@@ -48,6 +48,15 @@ def cloud_config(mgt_mac, management_cidr, mtu, ssh_keys=(), ntp_servers=(),
             for path, content, mode in files]
     config["final_message"] = "Astara appliance is running"
     return "#cloud-config\n" + json.dumps(config, indent=1) + "\n"
+
+
+def image_tls_files(tls):
+    """``files`` for ``cloud_config``: a pki.Bundle's certificate files at the image's
+    paths (mutual TLS), or none without a bundle."""
+    if tls is None:
+        return ()
+    from ..pki import IMAGE_BASE, IMAGE_INI  # cryptography only when TLS is used
+    return tls.boot_files(IMAGE_BASE, IMAGE_INI)
 
 
 def hostname_for(instance_name):

@@ -4,6 +4,7 @@ requests) and what it makes of their answers."""
 import base64
 
 import pytest
+import yaml
 
 from astara_lab.fakecloud import FakeCloud, user_data_of
 from orchestrator_lite import ipam
@@ -16,6 +17,7 @@ PREFIX = "fdca:3ba5:a17a:acda::/64"
 EXT, NET = "b732f682-02fb-4157-9de7-e589a7503295", "cd85ed9c-7580-4882-9f21-c6603b4d90a0"
 RID = "fbf50d45-b64d-4036-804a-b81cad4c7c82"
 NAME = f"ak-router-{RID}_0"
+SSH_KEY = "ssh-ed25519 AAAAC3 op@lab: #1"  # YAML syntax in the comment: kept as text
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def cloud():
 
 def driver_for(cloud, os_settings, **kwargs):
     return OpenStackDriver(connect(os_settings), MGMT, os_settings.image, os_settings.flavor,
-                           os_settings.availability_zone, ssh_public_key="ssh-ed25519 AAAAC3 op",
+                           os_settings.availability_zone, ssh_public_key=SSH_KEY,
                            **kwargs)
 
 
@@ -70,11 +72,13 @@ def test_boot_makes_named_ports_and_a_config_drive_server(cloud, os_settings):
     assert server["flavorRef"] == next(iter(cloud.flavors))
     assert server["availability_zone"] == "nova"
     assert [n["port"] for n in server["networks"]] == list(cloud.ports)
-    data = base64.b64decode(server["user_data"]).decode()
-    assert data.startswith("#cloud-config\n")
-    assert "astara-configure-management, 'fa:16:3e:67:41:6c', " \
-           "'fdca:3ba5:a17a:acda:f816:3eff:fe67:416c/64', --mtu, '1450'" in data
-    assert "ssh-ed25519 AAAAC3 op" in data and "name: astara" in data
+    text = base64.b64decode(server["user_data"]).decode()
+    assert text.startswith("#cloud-config\n")
+    data = yaml.safe_load(text)
+    assert data["bootcmd"] == [["astara-configure-management", "fa:16:3e:67:41:6c",
+                                "fdca:3ba5:a17a:acda:f816:3eff:fe67:416c/64", "--mtu", "1450"]]
+    (user,) = data["users"]
+    assert user["name"] == "astara" and user["ssh_authorized_keys"] == [SSH_KEY]
     assert not body.get("os:scheduler_hints") and not body.get("OS-SCH-HNT:scheduler_hints")
 
 
@@ -188,14 +192,17 @@ def test_wrong_password_is_a_clear_error(cloud, os_settings):
 
 def test_user_data_is_what_the_server_got(cloud, os_settings):
     instance = driver_for(cloud, os_settings).create(NAME, nics(), cidr())
-    assert "bootcmd:" in user_data_of(cloud.servers[instance.id])
+    data = yaml.safe_load(user_data_of(cloud.servers[instance.id]))
+    assert data["bootcmd"][0][0] == "astara-configure-management"
 
 
 def test_tls_files_travel_in_the_servers_user_data(cloud, os_settings, tmp_path):
     from orchestrator_lite.pki import CertificateAuthority
     bundle = CertificateAuthority(tmp_path / "pki").issue(NAME)
     instance = driver_for(cloud, os_settings).create(NAME, nics(), cidr(), tls=bundle)
-    text = user_data_of(cloud.servers[instance.id])
-    assert "write_files:" in text and "/etc/astara/tls/server.key" in text
-    assert base64.b64encode(bundle.private_key.encode()).decode() in text
+    files = {f["path"]: f for f in
+             yaml.safe_load(user_data_of(cloud.servers[instance.id]))["write_files"]}
+    assert "/etc/astara/tls/server.key" in files
+    assert files["/etc/astara/tls/server.key"]["content"] == \
+        base64.b64encode(bundle.private_key.encode()).decode()
     assert cloud.servers[instance.id]["config_drive"] in (True, "True", "true")

@@ -18,7 +18,7 @@ from astara_router.api import create_app
 from astara_router.cli.api import AgentApplication
 from orchestrator_lite import config
 from orchestrator_lite.client import ApplianceUnavailable
-from orchestrator_lite.drivers.openstack import user_data
+from orchestrator_lite.drivers.userdata import cloud_config, image_tls_files
 from orchestrator_lite.pki import DAY, CertificateAuthority, write_files
 
 NAME = "ak-router-5a3b7c1e-0000-4000-8000-000000000001_0"
@@ -136,9 +136,10 @@ def test_boot_files_for_the_netns_driver(tmp_path):
 
 
 def test_user_data_writes_the_files_the_image_agent_reads(tmp_path):
+    """What the QEMU and OpenStack drivers boot with (userdata.image_tls_files)."""
     bundle = CertificateAuthority(tmp_path / "pki").issue(NAME)
-    text = user_data("astara-configure-management", "fa:16:3e:00:00:01", "fdca::5/64", 1450,
-                     "", bundle)
+    text = cloud_config("fa:16:3e:00:00:01", "fdca::5/64", 1450,
+                        files=image_tls_files(bundle))
     assert text.startswith("#cloud-config\n") and "PRIVATE KEY" not in text  # base64 only
     files = {f["path"]: f for f in yaml.safe_load(text)["write_files"]}
     content = {p: base64.b64decode(f["content"]).decode() for p, f in files.items()}
@@ -157,7 +158,8 @@ def test_user_data_writes_the_files_the_image_agent_reads(tmp_path):
     assert settings.port == 5000
     assert settings.certfile == "/etc/astara/tls/server.crt"
     assert settings.ca_certs == "/etc/astara/tls/ca.crt"
-    assert "write_files" not in user_data("c", "m", "a/64", 1450, "")
+    assert "write_files" not in yaml.safe_load(
+        cloud_config("m", "a/64", 1450, files=image_tls_files(None)))
 
 
 # -- settings ----------------------------------------------------------------------------------
