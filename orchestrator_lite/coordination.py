@@ -104,6 +104,11 @@ class SoleOwnership:
         if self._scheduler is not None:
             self._scheduler.forget(ref.key)
 
+    def ended(self, ref):
+        """``ref`` and its appliances are deleted: forget our claim."""
+        with self._lock:
+            self._claims.pop(ref.key, None)
+
     def orphan(self, ref):
         """Instances of a resource no longer in the store: delete them."""
         self._scheduler.deliver(ref, DELETE)
@@ -198,6 +203,10 @@ class ClusterOwnership:
         with self._lock:
             self._let_go(ref.key, release=True)
         self._wake.set()
+
+    def ended(self, ref):
+        """``ref`` and its appliances are deleted: a round lets go of it once its automaton
+        is gone (``_let_go_of_others``)."""
 
     def orphan(self, ref):
         """Instances of a resource no longer in the store: the ring decides who deletes."""

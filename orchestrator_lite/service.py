@@ -140,7 +140,13 @@ class Orchestrator:
         """After each run: the owner's view of the resource, in the store (fenced), so
         every member's API can show it. Written only when it changed."""
         claim = automaton.claim
-        if claim is None or claim is True or automaton.deleted:
+        if claim is None or claim is True:
+            return
+        if automaton.deleted:
+            ref = automaton.ref
+            if self.store.snapshot().get(ref.kind, ref.id) is None:  # not made again
+                self.ownership.ended(ref)
+                self.store.forget(claim)
             return
         view = (claim.epoch, automaton.state, automaton.last_error)
         if getattr(automaton, "recorded", None) != view:
@@ -191,12 +197,12 @@ class Orchestrator:
                 return automaton.ref
         raise NotFound(f"no router or load balancer {resource_id}")
 
-    def _row(self, ref, snapshot, statuses, stored):
+    def _row(self, ref, snapshot, statuses, record):
         """A resource as this member sees it: its own automaton's status when it owns
-        it, else what the owner recorded in the store."""
+        it, else what the owner recorded in the store (``record``: its row, or None)."""
         obj = snapshot.get(ref.kind, ref.id) or {}
         status = statuses.get(ref.key)
-        record = stored.get(ref.key, {})
+        record = record or {}
         manager = self.managers.get(ref.key) if status is not None else None
         if status is None:
             status = {"state": record.get("state") or "unknown",
@@ -221,13 +227,14 @@ class Orchestrator:
             automaton = self.scheduler.automaton(key)
             if automaton is not None:
                 refs.setdefault(key, automaton.ref)
-        return [self._row(ref, snapshot, statuses, stored) for ref in refs.values()]
+        return [self._row(ref, snapshot, statuses, stored.get(key))
+                for key, ref in refs.items()]
 
     def resource(self, resource_id):
         ref = self._ref(resource_id)
         snapshot = self.store.snapshot()
         statuses = self.scheduler.statuses()
-        row = self._row(ref, snapshot, statuses, self.store.resource_rows())
+        row = self._row(ref, snapshot, statuses, self.store.resource_row(ref))
         automaton = statuses.get(ref.key)
         manager = self.managers.get(ref.key)
         instances = manager.status() if manager else []

@@ -44,8 +44,9 @@ COLLECTIONS = {"network": "networks", "subnet": "subnets", "port": "ports",
 # The local store's surface that does not touch Neutron's objects (ownership, commands,
 # catching up).
 DELEGATED = frozenset({"url", "command", "broadcast", "claim", "claim_many", "raise_epoch",
-                       "check_claim", "release", "record_state", "resource_rows", "refresh",
-                       "watch", "write_debug_flag", "write_placement"})
+                       "check_claim", "release", "record_state", "resource_rows",
+                       "resource_row", "forget", "refresh", "watch", "write_debug_flag",
+                       "write_placement"})
 PORT_KEYS = ("id", "network_id", "tenant_id", "name", "mac_address", "fixed_ips",
              "device_id", "device_owner", "admin_state_up", "status")
 

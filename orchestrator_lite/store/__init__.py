@@ -346,11 +346,17 @@ class Store:
         with self._database.reading() as conn:
             return self._database.resource_rows(conn)
 
-    def forget_unowned(self):
-        """Drop ownership rows of deleted resources that nobody owns any more."""
-        keep = {ref.key for ref in self._snapshot.resources()}
+    def resource_row(self, ref):
+        """``ref``'s row of ``resource_rows``, or None."""
+        with self._database.reading() as conn:
+            return self._database.resource_row(conn, ref.kind, ref.id)
+
+    def forget(self, claim):
+        """Delete the row of a resource whose appliances are deleted, if ``claim`` still
+        holds it (the rows would otherwise grow with every resource ever made)."""
         with self._lock, self._database.writing() as conn:
-            self._database.forget_resources(conn, keep)
+            self._database.forget_resource(conn, claim.kind, claim.id, claim.owner,
+                                           claim.epoch)
 
     # -- the write path ------------------------------------------------------------------------
     def _write(self, build, claim=None, commands=(), setting=None):

@@ -350,16 +350,19 @@ class Database:
         return result.rowcount == 1
 
     @staticmethod
-    def forget_resources(conn, keep):
-        """Delete the rows of resources not in ``keep`` (a set of (kind, id)) that nobody
-        owns any more."""
-        rows = conn.execute(sa.select(resources.c.kind, resources.c.id)
-                            .where(resources.c.owner == "")).all()
-        for kind, obj_id in rows:
-            if (kind, obj_id) not in keep:
-                conn.execute(resources.delete().where(resources.c.kind == kind,
-                                                      resources.c.id == obj_id,
-                                                      resources.c.owner == ""))
+    def forget_resource(conn, kind, obj_id, owner, epoch):
+        """Delete a deleted resource's row if ``owner`` still holds it at ``epoch``."""
+        conn.execute(resources.delete().where(resources.c.kind == kind,
+                                              resources.c.id == obj_id,
+                                              resources.c.owner == owner,
+                                              resources.c.epoch == epoch))
+
+    @staticmethod
+    def resource_row(conn, kind, obj_id):
+        """One resource's row (as in ``resource_rows``), or None."""
+        row = conn.execute(sa.select(resources).where(resources.c.kind == kind,
+                                                      resources.c.id == obj_id)).first()
+        return dict(row._mapping) if row is not None else None
 
     @staticmethod
     def resource_rows(conn):

@@ -248,6 +248,9 @@ def test_delete_removes_the_appliance(orch, cloud):
     wait_for(lambda: not cloud.list("ak-router-r1_"), what="instance deleted")
     wait_for(lambda: all(r["id"] != "r1" for r in o.resources()), what="forgotten")
     assert store.snapshot().appliance_ports("r1") == []
+    # Its ownership row and claim go too: they do not grow with every router ever made.
+    wait_for(lambda: ("router", "r1") not in store.resource_rows(), what="row deleted")
+    assert o.ownership.status()["owned"] == 0
 
 
 def test_orphan_instances_are_deleted(orch, cloud):
