@@ -35,11 +35,11 @@ import threading
 import time
 
 from astara_netns import (NETNS_ETC_DIR, NETNS_RUN_DIR, CommandError, Lab, Netns,
-                              kill_netns_processes, pid_alive, run)
+                              kill_netns_processes, run)
 
 from .base import ACTIVE, BUILD, ERROR, ComputeDriver, DriverError, Instance, Nic
 from .fabric import Fabric
-from .records import InstanceRecords
+from .records import InstanceRecords, runs
 
 LOG = logging.getLogger(__name__)
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -126,14 +126,7 @@ class NetnsDriver(ComputeDriver):
         child = self._children.get(record["id"])
         if child is not None and child.poll() is not None:
             return False  # exited (and now reaped)
-        pid = record.get("agent_pid")
-        if not pid or not pid_alive(pid):
-            return False
-        try:
-            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return False
-        return b"astara_router.cli.api" in cmdline
+        return runs(record.get("agent_pid"), b"astara_router.cli.api")
 
     def _instance(self, record):
         exists = (NETNS_RUN_DIR / record["id"]).exists()

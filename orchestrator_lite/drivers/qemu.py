@@ -46,7 +46,6 @@ import os
 import pathlib
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -54,13 +53,13 @@ import time
 from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
-from astara_netns import CommandError, pid_alive, run
+from astara_netns import CommandError, pid_alive, run, terminate
 from astara_router.store import atomic_write
 
 from . import userdata
 from .base import ACTIVE, BUILD, ERROR, ComputeDriver, DriverError, Instance, Nic
 from .fabric import Fabric
-from .records import InstanceRecords
+from .records import InstanceRecords, runs
 from .netns import role_candidates
 
 LOG = logging.getLogger(__name__)
@@ -227,6 +226,14 @@ def kvm_runs_a_guest(binary, kernel, timeout=PROBE_TIMEOUT):
                   f"{(result.stderr or result.stdout).strip()[-200:]}"
 
 
+def _exits(pid, timeout):
+    """Wait up to ``timeout`` seconds for ``pid`` to end; True when it has."""
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
 class QemuDriver(ComputeDriver):
     name = "qemu"
 
@@ -378,19 +385,14 @@ class QemuDriver(ComputeDriver):
             pid = int((self.records.dir(record["id"]) / "qemu.pid").read_text().strip())
         except (OSError, ValueError):
             return None
-        if not pid_alive(pid):
-            return None
-        try:
-            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return None
         socket_path = str(self.records.dir(record["id"]) / "qmp.sock").encode()
-        return pid if socket_path in cmdline else None
+        return pid if runs(pid, socket_path) else None
 
-    def _status(self, record):
+    def _status(self, record, pid):
+        """``pid``: ``_qemu_pid(record)``."""
         if record.get("booting"):
             return BUILD
-        if self._qemu_pid(record) is None:
+        if pid is None:
             return ERROR
         if record["id"] not in self._verified:
             try:
@@ -409,13 +411,14 @@ class QemuDriver(ComputeDriver):
         nics = tuple(Nic(n["mac"], n["network_id"], n["role"], n.get("mtu"))
                      for n in sorted(record["nics"], key=lambda n: n["slot"]))
         directory = self.records.dir(record["id"])
-        return Instance(id=record["id"], name=record["name"], status=self._status(record),
+        pid = self._qemu_pid(record)  # once per instance: every poll lists them all
+        return Instance(id=record["id"], name=record["name"], status=self._status(record, pid),
                         management_address=record["management_cidr"].split("/")[0],
                         created_at=record["created_at"], nics=nics,
                         details={"image": record.get("image", ""),
                                  "image_id": record.get("image_id"),
                                  "accel": record.get("accel"),
-                                 "pid": self._qemu_pid(record),
+                                 "pid": pid,
                                  "console": str(directory / "console.log"),
                                  "taps": [n["tap"] for n in record["nics"]]})
 
@@ -534,16 +537,12 @@ class QemuDriver(ComputeDriver):
         with contextlib.suppress(DriverError):
             Monitor(self.records.dir(record["id"]) / "qmp.sock", timeout=2).execute(
                 ("quit", None))
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            deadline = time.monotonic() + grace
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if not pid_alive(pid):
-                return
-            LOG.warning("instance %s: QEMU %s still runs; %s", record["id"], pid, sig.name)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        if pid_alive(pid):
+        if _exits(pid, grace):
+            return
+        LOG.warning("instance %s: QEMU %s still runs after quit; terminating it",
+                    record["id"], pid)
+        terminate(pid, grace)
+        if not _exits(pid, grace):
             raise DriverError(f"QEMU {pid} of {record['id']} does not exit")
 
     def _require(self, instance_id):

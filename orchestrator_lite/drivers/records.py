@@ -10,11 +10,23 @@ import os
 import pathlib
 import threading
 
+from astara_netns import pid_alive
 from astara_router.store import atomic_write
 
 from .base import DriverError
 
 RECORD = "instance.json"
+
+
+def runs(pid, marker):
+    """True while ``pid`` is alive and its command line holds ``marker`` (bytes): a
+    recorded PID may have been reused by another process since."""
+    if not pid or not pid_alive(pid):
+        return False
+    try:
+        return marker in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 class InstanceRecords:

@@ -9,8 +9,11 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import stat
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
@@ -21,7 +24,7 @@ from astara_lab.peers import NTP_PACKET, ntp_timestamp, sntp_reply
 from orchestrator_lite import config
 from orchestrator_lite.capabilities import ApplianceApi
 from orchestrator_lite.drivers import qemu
-from orchestrator_lite.drivers.base import DriverError
+from orchestrator_lite.drivers.base import ERROR, DriverError
 from orchestrator_lite.drivers.userdata import (cloud_config, hostname_for, meta_data,
                                                 write_nocloud_seed)
 
@@ -295,3 +298,58 @@ def test_image_status(tmp_path, source_tree, monkeypatch):
     assert images.status(out, "astara", source_tree) == "current"
     pathlib.Path(source_tree / "requirements.txt").write_text("flask>=4")
     assert images.status(out, "astara", source_tree) == "stale"
+
+
+@pytest.fixture
+def stand_in_qemu(tmp_path, image_dir):
+    """A recorded instance whose "QEMU" is a real process (named by its qmp.sock path, as
+    QEMU's command line is; ``ignore_term``: it survives SIGTERM), and the driver."""
+    driver = make_driver(tmp_path, image_dir)
+    started = []
+
+    def start(instance_id, ignore_term=False):
+        directory = driver.records.dir(instance_id)
+        directory.mkdir(parents=True)
+        record = {"id": instance_id, "name": f"ak-router-{instance_id}_0", "nics": [],
+                  "management_cidr": "fdca::5/64", "created_at": time.time()}
+        driver.records.save(record)
+        code = ("import signal, sys, time\n"
+                f"{'signal.signal(signal.SIGTERM, signal.SIG_IGN)' if ignore_term else ''}\n"
+                "print('ready', flush=True)\ntime.sleep(60)\n")
+        process = subprocess.Popen([sys.executable, "-c", code, str(directory / "qmp.sock")],
+                                   stdout=subprocess.PIPE)
+        started.append(process)
+        assert process.stdout.readline() == b"ready\n"  # the handler is set
+        (directory / "qemu.pid").write_text(f"{process.pid}\n")
+        return record, process
+
+    yield driver, start
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.parametrize("ignore_term", [False, True])
+def test_stop_ends_the_qemu_process_and_its_status_follows(stand_in_qemu, ignore_term):
+    driver, start = stand_in_qemu
+    record, process = start("r1a2b0", ignore_term)
+    instance = driver.get("r1a2b0")
+    assert instance.details["pid"] == process.pid
+    assert instance.status == ERROR  # alive, but no QMP monitor answers
+    driver._stop_qemu(record, grace=0.2)  # no monitor to quit: TERM, then KILL if need be
+    assert process.wait(timeout=5) == (-signal.SIGKILL if ignore_term else -signal.SIGTERM)
+    instance = driver.get("r1a2b0")
+    assert instance.details["pid"] is None and instance.status == ERROR
+
+
+def test_a_reused_pid_is_not_the_instances_qemu(stand_in_qemu):
+    """The pid file names a live process that is not this instance's QEMU (its PID was
+    reused): no pid, ERROR, and stopping it leaves that process alone."""
+    driver, start = stand_in_qemu
+    record, _ = start("r1a2b0")
+    _, other = start("r9c8d0")
+    (driver.records.dir("r1a2b0") / "qemu.pid").write_text(f"{other.pid}\n")
+    instance = driver.get("r1a2b0")
+    assert instance.details["pid"] is None and instance.status == ERROR
+    driver._stop_qemu(record, grace=0.2)
+    assert other.poll() is None
