@@ -303,3 +303,17 @@ def test_over_tls_one_handshake_serves_until_the_client_certificate_is_renewed(t
     assert renewed != first
     assert [cert for _, cert in server.connections] == [first, renewed]
     assert len(server.requests) == 9
+
+
+def test_over_tls_only_the_orchestrators_ca_is_trusted(tls_server):
+    """requests would load its public CA bundle into the client's context on every new
+    connection; the appliance's certificate must chain to our CA alone."""
+    server, ca, _ = tls_server
+    tls = ca.client_tls()
+    client, _ = client_for(server, tls=tls, server_name=NAME)
+    script_a_poll(server)
+    assert poll(client) == (True, {"state": "ready"}, (None, "h"))
+    client.close()
+    assert poll(client) == (True, {"state": "ready"}, (None, "h"))
+    assert len(server.connections) == 2
+    assert tls.context().cert_store_stats()["x509_ca"] == 1
