@@ -28,7 +28,7 @@ store. Ownership, commands and everything else of the cluster are the local stor
 import logging
 import threading
 
-from ..store import notify, validation
+from ..store import difference, notify, validation
 from ..store.errors import StoreError
 from ..store.impact import affected
 from ..store.kinds import KINDS
@@ -171,13 +171,8 @@ class NeutronStore:
                     objects[obj["id"]] = obj
             fresh[kind] = objects
         with self._lock:
-            changes = []
-            for kind in NEUTRON_KINDS:
-                new = fresh[kind]
-                changes += [(kind, old, None) for old in self._neutron.all(kind)
-                            if old["id"] not in new]
-                changes += [(kind, self._neutron.get(kind, i), obj) for i, obj in new.items()
-                            if self._neutron.get(kind, i) != obj]
+            changes = difference(self._neutron, Snapshot(fresh, self.management_network_id),
+                                 NEUTRON_KINDS)
             return self._apply(changes, replace=fresh)
 
     def _canonical(self, kind, raw):

@@ -433,7 +433,7 @@ class Store:
             LOG.warning("store: revision %d is older than the change log (%d): reloading "
                         "everything", self._revision, oldest)
             after, seqs = self._load(conn)
-            changes = _difference(before, after)
+            changes = difference(before, after)
             self._seqs = seqs
         else:
             keys = list(dict.fromkeys((kind, obj_id) for _, kind, obj_id, action in rows
@@ -511,10 +511,11 @@ class Store:
                 self._refresh_quietly()
 
 
-def _difference(before, after):
-    """``(kind, old, new)`` changes that turn snapshot ``before`` into ``after``."""
+def difference(before, after, kinds=KINDS):
+    """``(kind, old, new)`` changes that turn snapshot ``before`` into ``after`` (for the
+    objects of ``kinds``)."""
     changes = []
-    for kind in KINDS:
+    for kind in kinds:
         old_objects = {o["id"]: o for o in before.all(kind)}
         for obj in after.all(kind):
             old = old_objects.pop(obj["id"], None)

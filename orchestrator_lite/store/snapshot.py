@@ -34,9 +34,16 @@ class Snapshot:
         return list(self._objects[kind].values())
 
     def with_changes(self, changes):
+        """A new snapshot with ``changes`` (``(kind, old, new)``) applied; this one is never
+        mutated. Each changed kind's table is copied once per batch (a cluster catch-up or
+        a delete cascade brings many changes at a time)."""
         objects = dict(self._objects)
+        copied = set()
         for kind, old, new in changes:
-            table = objects[kind] = dict(objects[kind])
+            if kind not in copied:
+                objects[kind] = dict(objects[kind])
+                copied.add(kind)
+            table = objects[kind]
             if new is None:
                 table.pop(old["id"], None)
             else:

@@ -393,3 +393,20 @@ def test_an_id_that_is_not_a_string_is_a_400_naming_it(store, kind, body, field)
     with pytest.raises(StoreError) as refused:
         store.create(kind, body)
     assert refused.value.status == 400 and refused.value.field == field
+
+
+def test_a_batch_of_changes_makes_a_new_snapshot_and_leaves_the_old_one():
+    """Snapshot.with_changes, as a catch-up or a delete cascade calls it: several changes
+    of one kind in a batch, in order (one object written twice, one made and deleted)."""
+    from orchestrator_lite.store.kinds import KINDS
+    from orchestrator_lite.store.snapshot import Snapshot
+    p1, p2, p3 = ({"id": f"p{i}", "name": str(i)} for i in (1, 2, 3))
+    net = {"id": "n1"}
+    before = Snapshot({kind: {} for kind in KINDS}, "mgmt")
+    before = before.with_changes([("port", None, p1), ("network", None, net)])
+    after = before.with_changes([
+        ("port", None, p2), ("port", p1, {**p1, "name": "one"}), ("port", None, p3),
+        ("port", p3, None), ("port", {**p1, "name": "one"}, {**p1, "name": "uno"})])
+    assert after.all("port") == [{**p1, "name": "uno"}, p2]
+    assert before.all("port") == [p1] and before.get("port", "p2") is None
+    assert after.all("network") == before.all("network") == [net]
