@@ -130,7 +130,7 @@ class Orchestrator:
                                   boot_timeout=self.settings.health.boot_timeout,
                                   placement=self.store.placements.resolve,
                                   certificates=self.certificates,
-                                  claim=claim if claim is not True else None,
+                                  claim=claim,
                                   metrics=self.metrics)
         self.managers[ref.key] = manager
         return Automaton(ref, manager, self.settings.health, clock=self._clock,
@@ -140,7 +140,7 @@ class Orchestrator:
         """After each run: the owner's view of the resource, in the store (fenced), so
         every member's API can show it. Written only when it changed."""
         claim = automaton.claim
-        if claim is None or claim is True:
+        if claim is None:
             return
         if automaton.deleted:
             ref = automaton.ref

@@ -131,6 +131,11 @@ def derive_state(previous, obs, dead_grace):
 
 
 class Automaton:
+    @property
+    def claim(self):
+        """The owner's claim (coordination), which the instance manager acts with."""
+        return self.manager.claim
+
     def __init__(self, ref, manager, settings, clock=time.monotonic, on_transition=None,
                  rng=None, metrics=DISCARD):
         self.ref = ref
@@ -152,7 +157,6 @@ class Automaton:
         self.degraded_since = None  # when the appliance itself first reported degraded
         self.crashes = 0  # consecutive runs that raised: retried with back-off
         self.deleted = False
-        self.claim = None  # the owner's claim (coordination), set by the scheduler
         self.state_since = time.time()
         self.history = collections.deque(maxlen=64)  # (step, next step, state)
         self.polls = 0  # health polls handled: lets an operator (and a test) see them pass

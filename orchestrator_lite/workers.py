@@ -42,7 +42,7 @@ class NotOwner(Exception):
 class Scheduler:
     def __init__(self, automaton_factory, store, threads=4, clock=time.monotonic,
                  ownership=None, after_run=None):
-        self._factory = automaton_factory  # (ref, claim) -> Automaton
+        self._factory = automaton_factory  # (ref, claim) -> Automaton with that claim
         self._store = store
         self._ownership = ownership  # None: everything is ours (tests)
         self._after_run = after_run  # callback(automaton) after each run; may raise Fenced
@@ -128,7 +128,6 @@ class Scheduler:
             automaton = self._automata.get(ref.key)
             if automaton is None:
                 automaton = self._automata[ref.key] = self._factory(ref, claim)
-                automaton.claim = claim
                 self._refs[ref.key] = ref
                 self._fresh.add(ref.key)
             if force:
@@ -167,7 +166,6 @@ class Scheduler:
                     automaton = self._automata.get(ref.key)
                     if automaton is None:
                         automaton = self._automata[ref.key] = self._factory(ref, claim)
-                        automaton.claim = claim
                         self._refs[ref.key] = ref
                     return automaton
             if time.monotonic() > deadline:
@@ -286,7 +284,6 @@ class Scheduler:
             actions = [a for a in leftover if a not in (POLL, DELETE)]
             if actions and not self._stopping:
                 fresh = self._automata[key] = self._factory(automaton.ref, automaton.claim)
-                fresh.claim = automaton.claim
                 for action in actions:
                     fresh.send(action)
                 self._enqueue(key)

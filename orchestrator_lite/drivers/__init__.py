@@ -72,9 +72,8 @@ class DriverSet(ComputeDriver):
         driver_name = driver or self.default
         if driver_name not in self.drivers:
             raise DriverError(f"driver {driver_name!r} is not enabled ([compute] drivers)")
-        extra = {"tls": tls} if tls is not None else {}
         instance = self.drivers[driver_name].create(name, nics, management_cidr, image=image,
-                                                    server_group=server_group, **extra)
+                                                    server_group=server_group, tls=tls)
         self._note(driver_name, [instance])
         return instance
 

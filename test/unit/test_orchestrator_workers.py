@@ -26,6 +26,7 @@ class Recorder:
 
     def __init__(self, ref, work_time=0.02, wait=None):
         self.ref = ref
+        self.claim = None  # an Automaton's: what a fresh one after a delete is made with
         self.queue = EventQueue(str(ref))
         self.ran = []
         self.deleted = False
