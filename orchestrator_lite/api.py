@@ -180,18 +180,9 @@ def operation_routes(orchestrator):
     @routes.post("/v1/upgrades")
     def start_upgrade():
         data = body()
-        resources = data.get("resources")
-        if resources is not None and not (isinstance(resources, list) and
-                                          all(isinstance(r, str) for r in resources)):
-            raise StoreError("resources must be a list of resource ids", "resources")
-        timeout = data.get("unit_timeout")
-        if timeout is not None and not (isinstance(timeout, (int, float)) and
-                                        not isinstance(timeout, bool) and timeout > 0):
-            raise StoreError("unit_timeout must be a positive number of seconds",
-                             "unit_timeout")
         return jsonify(upgrade=orchestrator.start_upgrade(
             data.get("image", ""), data.get("max_unavailable", 1), data.get("tenant_id"),
-            resources, timeout)), 202
+            data.get("resources"), data.get("unit_timeout"))), 202
 
     @routes.get("/v1/upgrades")
     def upgrade_status():

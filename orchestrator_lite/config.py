@@ -40,7 +40,7 @@ import os
 import socket
 from dataclasses import dataclass, field, replace
 
-from .drivers import DRIVERS
+from .drivers import DRIVERS, QEMU_ACCELS
 
 DEFAULT_CONFIG = "/etc/astara/orchestrator.ini"
 DEFAULT_MGMT_NETWORK_ID = "b308b496-94cb-45bf-b7a7-0cacb4e0465a"  # the contract's ids
@@ -392,8 +392,8 @@ def validate(settings):
     if "qemu" in (settings.compute_driver, *settings.compute_drivers) \
             and not settings.qemu.fabric:
         raise ConfigError("qemu.fabric: the namespace holding the bridges is required")
-    if settings.qemu.accel not in ("auto", "tcg", "kvm"):
-        raise ConfigError("qemu.accel must be auto, tcg or kvm")
+    if settings.qemu.accel not in QEMU_ACCELS:
+        raise ConfigError(f"qemu.accel must be one of {', '.join(QEMU_ACCELS)}")
     if settings.threads < 1:
         raise ConfigError("workers.threads must be at least 1")
     if settings.health.period <= 0:

@@ -71,6 +71,14 @@ class Rollout:
             raise StoreError("max_unavailable must be a positive integer", "max_unavailable")
         if image is not None and not isinstance(image, str):
             raise StoreError("image must be a string", "image")
+        if resource_ids is not None and not (isinstance(resource_ids, list) and
+                                             all(isinstance(r, str) for r in resource_ids)):
+            raise StoreError("resources must be a list of resource ids", "resources")
+        if unit_timeout is not None and not (isinstance(unit_timeout, (int, float)) and
+                                             not isinstance(unit_timeout, bool) and
+                                             unit_timeout > 0):
+            raise StoreError("unit_timeout must be a positive number of seconds",
+                             "unit_timeout")
         self.orchestrator = orchestrator
         self.image = image or ""
         try:

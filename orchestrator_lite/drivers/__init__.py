@@ -5,6 +5,7 @@ import threading
 from .base import ComputeDriver, DriverError
 
 DRIVERS = ("netns", "openstack", "qemu")
+QEMU_ACCELS = ("auto", "tcg", "kvm")  # [qemu] accel (here: config checks it without QEMU's)
 
 
 def make_driver(settings, name=None, cloud=None):

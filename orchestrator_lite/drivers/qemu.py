@@ -56,7 +56,7 @@ from qemu.qmp.error import QMPError
 from astara_netns import CommandError, pid_alive, run, terminate
 from astara_router.store import atomic_write
 
-from . import userdata
+from . import QEMU_ACCELS, userdata
 from .base import ACTIVE, BUILD, ERROR, ComputeDriver, DriverError, Instance, Nic
 from .fabric import Fabric
 from .records import InstanceRecords, runs
@@ -66,7 +66,6 @@ LOG = logging.getLogger(__name__)
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_IMAGE = REPO_ROOT / "out" / "astara.qcow2"
 ID_RE = re.compile(r"^[a-z][0-9a-f]{4}[0-9]$")
-ACCELS = ("auto", "tcg", "kvm")
 KERNEL_ARGS = "root=LABEL=cloudimg-rootfs ro console=ttyS0"
 FIRST_NIC_ADDR = 0x10  # pc machine: NIC slot N at PCI address 0x10 + N
 QMP_TIMEOUT = 10.0
@@ -245,8 +244,8 @@ class QemuDriver(ComputeDriver):
         if not fabric:
             raise DriverError("[qemu] fabric: the namespace holding the bridges is required "
                               "(taps are never made in the root namespace)")
-        if accel not in ACCELS:
-            raise DriverError(f"[qemu] accel must be one of {', '.join(ACCELS)}")
+        if accel not in QEMU_ACCELS:
+            raise DriverError(f"[qemu] accel must be one of {', '.join(QEMU_ACCELS)}")
         if not 2 <= max_nics <= 16:
             raise DriverError("[qemu] max_nics must be between 2 and 16")
         self.state_root = pathlib.Path(state_root)

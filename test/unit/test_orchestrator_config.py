@@ -66,6 +66,7 @@ def test_load(tmp_path):
     ("workers", "threads = 0", "threads"),
     ("compute", "driver = fake", "compute.driver"),
     ("compute", "drivers = netns, fake", "compute.drivers: unknown driver 'fake'"),
+    ("qemu", "accel = xen", "qemu.accel must be one of auto, tcg, kvm"),
 ])
 def test_bad_values_name_the_key(tmp_path, section, line, message):
     path = tmp_path / "o.ini"

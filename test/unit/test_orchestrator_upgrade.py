@@ -9,6 +9,7 @@ import pytest
 from orchestrator_lite import state as st
 from orchestrator_lite.api import create_app
 from orchestrator_lite.rollout import in_sync
+from orchestrator_lite.store import StoreError
 
 from sim_appliances import (TOKEN, SimCloud, desired_hash, make_settings, simple_router,
                             started_orchestrators, state_of, wait_for)
@@ -237,6 +238,12 @@ def test_upgrade_api_refuses_bad_requests(slow_orch):
         answer = client.post("/v1/upgrades", json=body, headers=auth)
         assert answer.status_code == 400, (body, answer.get_json())
         assert answer.get_json()["field"] == field, body
+    # The rollout checks its inputs, whoever calls (not only the HTTP layer).
+    for kwargs, field in (({"resource_ids": "r1"}, "resources"),
+                          ({"unit_timeout": True}, "unit_timeout")):
+        with pytest.raises(StoreError) as refused:
+            o.start_upgrade("v2", **kwargs)
+        assert refused.value.field == field
     assert client.get("/v1/upgrades", headers=auth).get_json() == {"upgrade": None}
     started = client.post("/v1/upgrades", json={"image": "v2"}, headers=auth)
     assert started.status_code == 202
