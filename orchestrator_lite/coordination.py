@@ -262,7 +262,8 @@ class ClusterOwnership:
         with self._lock:
             if members != self._members:
                 self._rebuild_ring(members)
-            self._let_go_of_others()
+            wanted = self._wanted()  # a snapshot scan and a ring lookup per resource
+            self._let_go_of_others(wanted)
             self._check_locks()
             self._last_ok = started  # every lock we still hold was confirmed this round
             if self._rejoined:
@@ -271,7 +272,7 @@ class ClusterOwnership:
                 # the next round, or the first one back would grab everything.
                 self._rejoined = False
                 return
-            self._claim_ours()
+            self._claim_ours(wanted)
 
     def _live_members(self):
         import tooz.coordination as coordination
@@ -309,8 +310,7 @@ class ClusterOwnership:
         return {key: ref for key, ref in refs.items()
                 if self._ring_owner(ref) == self.identity}
 
-    def _let_go_of_others(self):
-        wanted = self._wanted()
+    def _let_go_of_others(self, wanted):
         for key, held in list(self._held.items()):
             if key in wanted:
                 continue
@@ -341,9 +341,11 @@ class ClusterOwnership:
                 LOG.warning("%s: cannot take its lock again: %s", held.ref, exc)
             self._let_go(key, release=False)
 
-    def _claim_ours(self):
+    def _claim_ours(self, wanted):
+        for key in [k for k in self._locks if k not in wanted and k not in self._held]:
+            del self._locks[key]  # deleted, or the ring's elsewhere: no unbounded growth
         acquired = []
-        for key, ref in self._wanted().items():
+        for key, ref in wanted.items():
             if key in self._held:
                 continue
             lock = self._locks.get(key)
