@@ -39,6 +39,7 @@ MIGRATIONS = pathlib.Path(__file__).with_name("migrations")
 WRITER_LOCK_KEY = 0x61737461  # "asta": the PostgreSQL advisory lock serialising writers
 NOTIFY_CHANNEL = "astara_changes"
 KEEP_CHANGES = 20000  # change-log rows kept; a process further behind reloads everything
+PRUNE_EVERY = 1000  # revisions between prunes of the change log
 
 metadata = sa.MetaData()
 BIGINT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -245,16 +246,19 @@ class Database:
     def log_changes(self, conn, entries):
         """Append ``(kind, id, action)`` rows; the new revision (None if no entries).
         PostgreSQL listeners are notified when the transaction commits."""
-        revision = None
+        first = revision = None
         now = time.time()
         for kind, obj_id, action in entries:
             revision = conn.execute(INSERT_CHANGE, {"kind": kind, "id": obj_id,
                                                     "action": action, "at": now}).scalar_one()
+            first = revision if first is None else first
         if revision is not None:
             if not self.sqlite:
                 conn.execute(sa.text("SELECT pg_notify(:channel, :revision)"),
                              {"channel": NOTIFY_CHANNEL, "revision": str(revision)})
-            if revision % 1000 == 0:
+            # When this transaction's revisions hold a multiple of PRUNE_EVERY (not only
+            # its last one: a multi-row write may step over it).
+            if (first - 1) // PRUNE_EVERY != revision // PRUNE_EVERY:
                 conn.execute(changes.delete().where(changes.c.revision <
                                                     revision - KEEP_CHANGES))
         return revision

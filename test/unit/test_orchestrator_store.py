@@ -410,3 +410,24 @@ def test_a_batch_of_changes_makes_a_new_snapshot_and_leaves_the_old_one():
     assert after.all("port") == [{**p1, "name": "uno"}, p2]
     assert before.all("port") == [p1] and before.get("port", "p2") is None
     assert after.all("network") == before.all("network") == [net]
+
+
+def test_the_change_log_is_pruned_when_a_write_steps_over_the_mark(path, monkeypatch):
+    """Pruning runs every PRUNE_EVERY revisions, also when a multi-row transaction steps
+    over the multiple (3-row writes end at 12 and 21, never at 10 or 20)."""
+    from orchestrator_lite.store import database
+    monkeypatch.setattr(database, "PRUNE_EVERY", 10)
+    monkeypatch.setattr(database, "KEEP_CHANGES", 5)
+    db = database.Database(path)
+    db.upgrade()
+    try:
+        oldest = []
+        for n in range(7):
+            with db.writing() as conn:
+                last = db.log_changes(conn, [("port", f"p{n}-{i}", "create") for i in range(3)])
+            with db.reading() as conn:
+                assert db.revision(conn)[0] == last
+                oldest.append(db.revision(conn)[1])
+        assert oldest == [1, 1, 1, 7, 7, 7, 16]  # pruned below 12 - 5, then below 21 - 5
+    finally:
+        db.close()
