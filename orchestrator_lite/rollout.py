@@ -1,10 +1,10 @@
 """Fleet upgrades: move the appliances onto another image, a bounded number at a time.
 
-``astara-ctl upgrade start --image IMAGE [--max-unavailable N] [--tenant T] [ID ...]``
-starts one ``Rollout`` in the orchestrator (a thread; ``upgrade status`` shows it,
-``upgrade stop`` stops it: no new replacement starts, those under way finish). IMAGE is
-what the compute driver boots (a label or path for the QEMU driver, a recorded label for
-the netns driver; "" = the driver's default).
+``astara-ctl upgrade start --image IMAGE [--max-unavailable N] [--tenant T] [--resource ID]``
+(``--resource`` may repeat) starts one ``Rollout`` in the orchestrator (a thread; ``upgrade
+status`` shows it, ``upgrade stop`` stops it: no new replacement starts, those under way
+finish). IMAGE is what the compute driver boots (a label or path for the QEMU driver, a
+recorded label for the netns driver; "" = the driver's default).
 
 * **What moves**: every resource in the scope that has an instance whose ``image_id``
   differs from what IMAGE resolves to now (``driver.image_id``) — so rebuilding
@@ -155,7 +155,7 @@ class Rollout:
                     f"{placement.driver or default}, image {placement.image or 'default'})")
         return ""
 
-    def _plan(self, key, target):
+    def _plan(self, key):
         """Members still on another image (HA: newest first); [] = nothing to do."""
         stale = [i for i in self._instances(self.refs[key])
                  if i.details.get("image_id") != self.image_id]
@@ -170,7 +170,7 @@ class Rollout:
             placed = self._own_placement(self.refs[key])
             if placed:
                 target.status, target.message = SKIPPED, placed
-            elif not self._plan(key, target):
+            elif not self._plan(key):
                 target.status, target.message = SKIPPED, "already on the image"
         try:
             while True:
@@ -228,7 +228,7 @@ class Rollout:
         if resource["state"] not in STARTABLE:
             target.message = f"waiting: {resource['state']}"
             return False
-        members = self._plan(key, target)
+        members = self._plan(key)
         if not members:
             target.status, target.message = DONE, "on the image"
             return False
@@ -263,7 +263,7 @@ class Rollout:
                        for name in target.members)
         if not (replaced and in_sync(resource)):
             return
-        left = self._plan(key, target)
+        left = self._plan(key)
         if left:  # HA: the other member next (it counts as a new unit of the budget)
             target.status, target.members = PENDING, []
             target.message = f"{len(left)} member(s) left"

@@ -239,13 +239,11 @@ class Orchestrator:
         manager = self.managers.get(ref.key)
         instances = manager.status() if manager else []
         for instance in instances:
-            command = self.driver.shell_command(instance["id"])
-            instance["shell"] = command
+            instance["shell"] = self.driver.shell_command(instance["id"])
+            instance["driver"] = self.driver.driver_name_of(instance["id"])
         desired = {}
         if manager is not None:
             desired = {name: payload_hash(p) for name, p in manager.desired_payloads().items()}
-        for instance in instances:
-            instance["driver"] = self.driver.driver_name_of(instance["id"])
         row.update(automaton=automaton, instances=instances, desired_hash=desired,
                    inputs_digest=manager.inputs_digest() if manager else None,
                    placement=self.store.placements.resolve(ref).as_dict())

@@ -60,7 +60,6 @@ def setup_logging(settings, level=None, fmt="text"):
     logs.configure(fmt, (level or settings.log_level).upper(), handler=handler,
                    text_format="%(asctime)s %(levelname)s %(threadName)s %(name)s: "
                                "%(message)s")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
