@@ -94,6 +94,16 @@ class ApplianceFenced(ApplianceRejected):
 
 
 
+def base_url(host, port, scheme="http"):
+    host = str(host).strip("[]")
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    except ValueError:
+        pass  # a host name
+    return f"{scheme}://{host}:{port}"
+
+
 class ServerNameAdapter(HTTPAdapter):
     """HTTPS with ``context`` (the CA and the client certificate, pki.ClientTls) that
     verifies ``server_name`` (also sent as SNI), whatever address the URL names."""
@@ -112,16 +122,6 @@ class ServerNameAdapter(HTTPAdapter):
         # public CAs trusted for appliances.
         conn.cert_reqs = "CERT_REQUIRED"
         conn.ca_certs = conn.ca_cert_dir = None
-
-
-def base_url(host, port, scheme="http"):
-    host = str(host).strip("[]")
-    try:
-        if ipaddress.ip_address(host).version == 6:
-            host = f"[{host}]"
-    except ValueError:
-        pass  # a host name
-    return f"{scheme}://{host}:{port}"
 
 
 class ApplianceClient:
