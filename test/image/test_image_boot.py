@@ -1,7 +1,7 @@
 """The built appliance image, booted by the orchestrator's QEMU driver and driven like the
-orchestrator drives it. Slow (minutes under TCG emulation): ``make image-test`` builds the
-image if needed (reused when its inputs did not change, astara_lab/image.py) and runs it;
-``make test`` leaves ``test/image`` out. Skipped only when there is no image.
+orchestrator drives it. Slow (minutes under TCG emulation): ``make test`` and ``make
+image-test`` build the image if needed (reused when its inputs did not change,
+astara_lab/image.py) and run it. Skipped only when there is no image (a bare pytest run).
 
 One VM for the whole module (a boot under TCG takes a minute or two), created exactly as
 the orchestrator creates appliances (``QemuDriver.create``: overlay on a copy of
