@@ -4,9 +4,12 @@ import copy
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from astara_lab.appliance import contract_payloads
 from astara_router.model import PayloadError, check_management_path, parse_payload
+from astara_router.model.semantics import overlapping
 
 VALID = contract_payloads("original-orchestrator")
 BASIC = VALID["router-basic"]
@@ -175,3 +178,29 @@ def test_only_the_management_change_asks_for_commit_confirm():
         "static_routes", [[ORCHESTRATOR + "/128", "fd4e:7a31:2c5b:1::99"]]))
     errors = refused(body)
     assert "confirm" not in errors["static_routes[0]"]
+
+
+def _prefix(value, length, bits):
+    return ipaddress.ip_network((value >> (bits - length) << (bits - length), length))
+
+
+# Prefixes drawn from a small space (198.18.0.0/20, or 2001:db8::/96) so
+# that nesting, duplicates and disjoint neighbours are all common.
+PREFIXES = st.one_of(
+    st.builds(lambda v, n: _prefix((198 << 24 | 18 << 16) + v, n, 32),
+              st.integers(0, 4095), st.integers(20, 32)),
+    st.builds(lambda v, n: _prefix((0x20010db8 << 96) + (v << 20), n, 128),
+              st.integers(0, 4095), st.integers(96, 128)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(PREFIXES, max_size=40))
+def test_overlapping_finds_exactly_the_pairs_that_overlap(cidrs):
+    """The sweep (sort + stack) finds what comparing every pair finds, and nothing else."""
+    every_pair = {}
+    for later, cidr in enumerate(cidrs):
+        for earlier in range(later):
+            if cidrs[earlier].version == cidr.version and cidrs[earlier].overlaps(cidr):
+                every_pair.setdefault(later, []).append(earlier)
+    assert overlapping(cidrs) == every_pair
+
