@@ -177,7 +177,9 @@ class Engine:
         self.state = "booting"
         self.last_error = None
         self.repairs = Counter()  # reconcile: drift reason -> times repaired
-        self.metrics = Metrics()
+        self.metrics = Metrics(  # the kernel series read the NICs and payload at each scrape
+            lambda: self.interfaces(with_addresses=False, with_counters=True),
+            lambda: self.committed.config)
         self.history = History()  # the last activities, for the operator (history.py)
         self._revert_timer = None  # commit-confirm: reverts the generation awaiting it
         self.committed = self._load()
@@ -197,6 +199,10 @@ class Engine:
 
     def parse(self, body):
         return parse_payload(body, self.enabled_services)
+
+    def interfaces(self, **read):
+        """``{geN: naming.Nic}`` of the NICs present now (``read``: list_nics' options)."""
+        return self.names.assign(list_nics(**read))
 
     # -- writers -------------------------------------------------------------------------
     def apply(self, body, raw=None, source=None, local=None, confirm_timeout=None,

@@ -10,21 +10,96 @@
 * ``astara_generation``: the committed generation;
 * ``astara_reconcile_repairs_total{reason}``: the supervisor's repairs (``netlink changed``,
   ``dhcp is down``, ...); ``astara_daemon_restarts_total{subsystem}``: those that started a
-  dead daemon again.
+  dead daemon again;
+* ``astara_conntrack_entries``, ``astara_conntrack_max``: the connection tracking table of
+  the appliance's network namespace, its size and its limit (``nf_conntrack_count`` and
+  ``nf_conntrack_max``: two small reads, not a listing of the table; absent while the
+  kernel tracks nothing in this namespace);
+* ``astara_interface_{rx,tx}_{bytes,packets,errors,dropped}_total{interface,ifname,
+  network_type}``: each NIC's kernel counters, by kernel name, ``geN`` and the payload's
+  ``network_type`` of that interface (``""`` for a NIC no network of the committed payload
+  names).
+
+The last two are read from the kernel at each scrape (one netlink link dump, whose messages
+carry the counters, and two /proc files) by a collector: always fresh, nothing polls.
 """
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from .model import PayloadError
+from .rtnl import LINK_COUNTERS
 
 DOWN_SUFFIX = " is down"  # Engine.unhealthy's reasons: "<subsystem> is down"
+CONNTRACK_DIR = "/proc/sys/net/netfilter"  # per network namespace
+CONNTRACK_GAUGES = (("astara_conntrack_entries", "nf_conntrack_count",
+                     "Connection tracking entries in the appliance's namespace"),
+                    ("astara_conntrack_max", "nf_conntrack_max",
+                     "Limit of the connection tracking table"))
+INTERFACE_LABELS = ("interface", "ifname", "network_type")
+
+
+def network_types(config):
+    """``{geN: network_type}`` of the committed payload's networks (the first network that
+    names an interface wins); {} without a payload."""
+    found = {}
+    for network in (config.networks if config is not None else ()):
+        found.setdefault(network.interface.ifname, network.network_type)
+    return found
+
+
+def read_number(path):
+    """The integer a /proc file holds; None when there is no such file."""
+    try:
+        with open(path) as handle:
+            return int(handle.read())
+    except FileNotFoundError:
+        return None
+
+
+class KernelCollector:
+    """The conntrack gauges and the NIC counters, read when Prometheus scrapes.
+    ``nics()``: ``{geN: naming.Nic}`` with counters; ``config()``: the committed
+    SystemConfig (or None)."""
+
+    def __init__(self, nics, config, conntrack_dir=CONNTRACK_DIR):
+        self.nics = nics
+        self.config = config
+        self.conntrack_dir = conntrack_dir
+
+    def _interface_families(self):
+        return {counter: CounterMetricFamily(
+            f"astara_interface_{counter}", f"Kernel counter {counter} of each NIC",
+            labels=INTERFACE_LABELS) for counter in LINK_COUNTERS}
+
+    def describe(self):  # the names, without reading the kernel at registration
+        yield from (GaugeMetricFamily(name, text) for name, _, text in CONNTRACK_GAUGES)
+        yield from self._interface_families().values()
+
+    def collect(self):
+        for name, filename, text in CONNTRACK_GAUGES:
+            value = read_number(f"{self.conntrack_dir}/{filename}")
+            if value is not None:
+                yield GaugeMetricFamily(name, text, value=value)
+        families = self._interface_families()
+        roles = network_types(self.config())
+        for generic, nic in self.nics().items():
+            labels = (nic.kernel_name, generic, roles.get(generic, ""))
+            for counter, value in (nic.counters or {}).items():
+                families[counter].add_metric(labels, value)
+        yield from families.values()
 
 
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self):
+    def __init__(self, nics=None, config=None, conntrack_dir=CONNTRACK_DIR):
+        """``nics``, ``config``, ``conntrack_dir``: KernelCollector's sources (without
+        ``nics``, no kernel series)."""
         self.registry = CollectorRegistry(auto_describe=True)
+        if nics is not None:
+            self.registry.register(KernelCollector(nics, config or (lambda: None),
+                                                   conntrack_dir))
         self.applies = Counter("astara_applies", "Transactions by result", ["result"],
                                registry=self.registry)
         self.apply_seconds = Histogram("astara_apply_seconds", "Transaction duration",

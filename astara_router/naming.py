@@ -10,7 +10,7 @@ order exactly like the original did, minus its string-sort bug.
 import json
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import rtnl
 from .store import atomic_write
@@ -33,17 +33,20 @@ class Nic:
     mtu: int
     up: bool
     addresses: tuple  # "ip/prefix" strings, kernel order
+    # rtnl.link_counters (rx/tx bytes, packets, ...) when asked for: not part of identity
+    counters: dict = field(default=None, compare=False)
 
 
-def list_nics(with_addresses=True):
+def list_nics(with_addresses=True, with_counters=False):
     """All NICs in the current network namespace (no lo, bridges, tunnels...)."""
     found = rtnl.addresses() if with_addresses else {}
     nics = []
-    for index, name, mac, mtu, up, kind in rtnl.links():
+    for index, name, mac, mtu, up, kind, *counters in rtnl.links(with_counters):
         if len(mac) != 6 or not any(mac) or name == "lo" or kind in NOT_A_NIC:
             continue
         nics.append(Nic(index=index, kernel_name=name, mac=mac.hex(":"), mtu=mtu, up=up,
-                        addresses=tuple(found.get(index, ()))))
+                        addresses=tuple(found.get(index, ())),
+                        counters=counters[0] if counters else None))
     return nics
 
 

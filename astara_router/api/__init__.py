@@ -19,7 +19,7 @@ from ..errors import ApplyError
 from ..fencing import (EPOCH_HEADER, ORCHESTRATOR_HEADER, EpochFence, StaleEpoch,
                        parse_epoch, push_sender)
 from ..model import PayloadError
-from ..naming import interface_view, list_nics
+from ..naming import interface_view
 from ..status import StatusProber
 from .operator import operator_routes, request_id, request_ids
 from .openapi import openapi_document
@@ -196,9 +196,7 @@ def interface_routes(engine):
     routes = Blueprint("interfaces", __name__)
 
     def live_interfaces():
-        nics = list_nics()
-        return [interface_view(generic, nic)
-                for generic, nic in engine.names.assign(nics).items()]
+        return [interface_view(generic, nic) for generic, nic in engine.interfaces().items()]
 
     @routes.get("/v1/system/interfaces")
     def interfaces():

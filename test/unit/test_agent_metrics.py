@@ -1,0 +1,93 @@
+"""The kernel series of the agent's ``GET /metrics``: the link counters as rtnl parses
+them out of an RTM_NEWLINK message, and the collector's labels and conntrack gauges (its
+kernel sources given as data; test/functional/test_agent_metrics.py reads the real ones)."""
+import socket
+import struct
+
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from astara_lab.appliance import contract_payloads
+from astara_router import rtnl
+from astara_router.metrics import Metrics, network_types
+from astara_router.model import parse_payload
+from astara_router.naming import Nic
+
+BASIC = contract_payloads()["router-basic"]
+
+
+def attribute(kind, value):
+    data = rtnl.RTATTR.pack(rtnl.RTATTR.size + len(value), kind) + value
+    return data + b"\0" * (-len(data) % 4)
+
+
+def newlink(stats64, index=7, name=b"eth2\0", mac=bytes.fromhex("fa163e0000aa")):
+    return (rtnl.IFINFOMSG.pack(socket.AF_UNSPEC, 1, index, rtnl.IFF_UP, 0)
+            + attribute(rtnl.IFLA_IFNAME, name)
+            + attribute(rtnl.IFLA_MTU, struct.pack("=I", 1450))
+            + attribute(rtnl.IFLA_ADDRESS, mac) + attribute(rtnl.IFLA_STATS64, stats64))
+
+
+def test_link_counters_are_the_first_eight_fields_of_rtnl_link_stats64():
+    # the kernel sends 24+ __u64 (multicast, collisions, rx_length_errors, ...) after these
+    values = [1000 + 111 * k for k in range(24)]
+    index, name, mac, mtu, up, kind, counters = rtnl.link(
+        newlink(struct.pack("=24Q", *values)), counters=True)
+    assert (index, name, mac.hex(), mtu, up, kind) == (7, "eth2", "fa163e0000aa", 1450, True,
+                                                      None)
+    assert counters == {"rx_packets": values[0], "tx_packets": values[1],
+                        "rx_bytes": values[2], "tx_bytes": values[3],
+                        "rx_errors": values[4], "tx_errors": values[5],
+                        "rx_dropped": values[6], "tx_dropped": values[7]}
+
+
+def test_link_without_counters_keeps_its_six_fields_and_short_stats_are_none():
+    payload = newlink(struct.pack("=4Q", 1, 2, 3, 4))
+    assert len(rtnl.link(payload)) == 6
+    assert rtnl.link(payload, counters=True)[-1] == {}
+
+
+def test_network_types_by_generic_name():
+    config = parse_payload(BASIC, ("router", "loadbalancer"))
+    assert network_types(config) == {n["interface"]["ifname"]: n["network_type"]
+                                     for n in BASIC["networks"]}
+    assert network_types(None) == {}
+
+
+def scrape(metrics):
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(metrics.render(3).decode())
+            for sample in family.samples}
+
+
+def test_collector_labels_each_nic_and_reads_conntrack_at_each_scrape(tmp_path):
+    config = parse_payload(BASIC, ("router", "loadbalancer"))
+    counters = dict.fromkeys(rtnl.LINK_COUNTERS, 0)
+    nics = {"ge2": Nic(3, "eth2", "fa:16:3e:00:00:02", 1450, True, (), counters),
+            "ge5": Nic(4, "ens9", "fa:16:3e:00:00:05", 1500, True, (), {})}
+    (tmp_path / "nf_conntrack_max").write_text("262144\n")
+    metrics = Metrics(lambda: nics, lambda: config, conntrack_dir=str(tmp_path))
+
+    first = scrape(metrics)
+    assert first[("astara_conntrack_max", ())] == 262144
+    assert not any(name == "astara_conntrack_entries" for name, _ in first)  # no file: absent
+    labels = (("ifname", "ge2"), ("interface", "eth2"), ("network_type", "internal"))
+    assert first[("astara_interface_rx_bytes_total", labels)] == 0
+
+    counters.update(rx_bytes=98_000, tx_packets=17)
+    (tmp_path / "nf_conntrack_count").write_text("5\n")
+    second = scrape(metrics)
+    assert second[("astara_interface_rx_bytes_total", labels)] == 98_000
+    assert second[("astara_interface_tx_packets_total", labels)] == 17
+    assert second[("astara_conntrack_entries", ())] == 5
+    # a NIC the payload does not name: its geN, no network_type; no counters, no series
+    assert not any(dict(key).get("interface") == "ens9" for _, key in second)
+    nics["ge5"] = Nic(4, "ens9", "fa:16:3e:00:00:05", 1500, True, (), {**counters})
+    spare = (("ifname", "ge5"), ("interface", "ens9"), ("network_type", ""))
+    assert scrape(metrics)[("astara_interface_tx_packets_total", spare)] == 17
+
+
+def test_without_kernel_sources_there_are_no_kernel_series():
+    text = generate_latest(Metrics().registry).decode()
+    assert "astara_generation" in text
+    assert "astara_conntrack" not in text and "astara_interface" not in text
