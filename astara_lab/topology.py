@@ -118,3 +118,17 @@ class TenantVM:
                 family = "-4" if cidr.version == 4 else "-6"
                 self.ns.ip(family, "route", "replace", "default", "via",
                            subnet["gateway_ip"])
+
+
+def started_router(lab, name, shape, max_vms=None, push=True, payload=None):
+    """``RouterTopology`` shaped after contract body ``name`` (``shape``), its agent
+    started on the management network and, with ``push``, ``payload`` (default: the
+    shape) applied (200, else AssertionError)."""
+    topology = RouterTopology(lab, name, shape, max_vms=max_vms)
+    topology.appliance.configure_management()
+    topology.appliance.start()
+    if push:
+        response = topology.appliance.client().put_json("/v1/system/config",
+                                                        payload or shape)
+        assert response.status == 200, response.text
+    return topology

@@ -5,14 +5,14 @@ import socket
 
 import pytest
 
+from astara_lab.appliance import contract_payloads
 from astara_lab.peers import Connection, PeerServer, eventually
-from astara_lab.topology import PUBLIC_V4
+from astara_lab.scrape import metric
+from astara_lab.topology import PUBLIC_V4, started_router
 from astara_netns import in_netns
 
-from .test_agent_supervisor import metric
-from .test_firewall import router
-
 pytestmark = pytest.mark.netns
+BASIC = contract_payloads("original-orchestrator")["router-basic"]
 
 PINGS = 20
 ICMP_FRAME = 98  # ping's 56 bytes of data + ICMP 8 + IPv4 20 + Ethernet 14
@@ -41,7 +41,7 @@ def kernel_name_of(app, generic):
 
 
 def test_interface_counters_are_the_kernels_and_name_the_payload_role(lab):
-    t = router(lab, "router-basic", max_vms=1)
+    t = started_router(lab, "router-basic", BASIC, max_vms=1)
     app, vm = t.appliance, t.vms[0]
     eth = kernel_name_of(app, "ge2")  # the internal network, 10.1.0.1/24
     client = app.client()
@@ -79,7 +79,7 @@ def proc_conntrack(app, name):
 
 
 def test_conntrack_gauges_are_the_appliance_namespaces(lab):
-    t = router(lab, "router-basic", max_vms=1)
+    t = started_router(lab, "router-basic", BASIC, max_vms=1)
     app, vm = t.appliance, t.vms[0]
     server = PeerServer(t.inet, 7000)
     flows = []

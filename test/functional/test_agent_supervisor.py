@@ -8,6 +8,7 @@ import pytest
 
 from astara_lab.appliance import contract_appliance, contract_payloads
 from astara_lab.peers import eventually
+from astara_lab.scrape import metric
 
 pytestmark = pytest.mark.netns
 
@@ -93,17 +94,6 @@ def test_status_is_degraded_while_a_daemon_cannot_come_back(appliance):
     eventually(lambda: status(appliance)["repairs"].get(reason, 0) == 1, 20, "repaired")
     assert status(appliance)["state"] == "ready"
     assert appliance.daemon_pid(pidfile) is not None
-
-
-def metric(text, name, **labels):
-    """The value of one sample of a Prometheus text exposition (0 when absent)."""
-    from prometheus_client.parser import text_string_to_metric_families
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v
-                                           for k, v in labels.items()):
-                return sample.value
-    return 0
 
 
 def test_metrics_count_applies_refusals_repairs_and_restarts(appliance):

@@ -16,7 +16,7 @@ from astara_lab.appliance import contract_appliance, contract_payloads
 from astara_lab.monitors import NftMonitor
 from astara_netns import in_netns
 from astara_lab.peers import Connection, PeerServer
-from astara_lab.topology import PUBLIC_V4, PUBLIC_V6, RouterTopology
+from astara_lab.topology import PUBLIC_V4, PUBLIC_V6, RouterTopology, started_router
 from astara_router.apply.firewall import FirewallSubsystem, live_listing
 from astara_router.engine import ApplyContext
 from astara_router.errors import ApplyError
@@ -99,12 +99,8 @@ def conntrack(appliance, *args):
 
 
 def router(lab, name, payload=None, max_vms=None, push=True):
-    topology = RouterTopology(lab, name, PAYLOADS[name], max_vms=max_vms)
-    topology.appliance.configure_management()
-    topology.appliance.start()
-    if push:
-        put(topology, payload or PAYLOADS[name])
-    return topology
+    return started_router(lab, name, PAYLOADS[name], max_vms=max_vms, push=push,
+                          payload=payload)
 
 
 def route_tenants_via_router(topology, *cidrs):

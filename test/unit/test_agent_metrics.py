@@ -5,9 +5,9 @@ import socket
 import struct
 
 from prometheus_client.exposition import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from astara_lab.appliance import contract_payloads
+from astara_lab.scrape import samples
 from astara_router import rtnl
 from astara_router.metrics import Metrics, network_types
 from astara_router.model import parse_payload
@@ -55,9 +55,7 @@ def test_network_types_by_generic_name():
 
 
 def scrape(metrics):
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(metrics.render(3).decode())
-            for sample in family.samples}
+    return samples(metrics.render(3).decode())
 
 
 def test_collector_labels_each_nic_and_reads_conntrack_at_each_scrape(tmp_path):

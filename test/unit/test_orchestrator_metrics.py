@@ -2,11 +2,10 @@
 health monitor, HTTP client) driving the simulated appliances of sim_appliances.py
 through the fake compute driver. The netns driver with real agents:
 test/functional/test_orchestrator_netns.py."""
-from prometheus_client.parser import text_string_to_metric_families
-
 from orchestrator_lite import state as st
 from orchestrator_lite.api import create_app
 
+from astara_lab.scrape import samples as exposition_samples
 from sim_appliances import (TOKEN, SimCloud, make_settings, simple_router,
                             started_orchestrators, state_of, wait_for)
 
@@ -17,9 +16,7 @@ def scrape(o):
         "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == 200
     assert response.content_type.startswith("text/plain")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(response.get_data(as_text=True))
-            for s in family.samples}
+    return exposition_samples(response.get_data(as_text=True))
 
 
 def value(samples, name, **labels):
