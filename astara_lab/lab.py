@@ -52,6 +52,7 @@ from astara_netns import Lab, Netns, NetnsHTTPClient, list_netns, run
 from .orchestrator import (AdminApi, AdminApiError, OrchestratorProcess, errors_as,
                            log_tail)
 from .peers import PeerBird, eventually, learned_prefixes, udhcpc
+from .scrape import metric, samples
 from orchestrator_lite.rollout import in_sync
 
 DEFAULT_STATE = "/run/astara-lab/lab.json"
@@ -754,9 +755,38 @@ def check_tls(view):
                        "no appliance instances")
 
 
+def check_metrics(view):
+    """``GET /metrics``: every appliance's agent, called as the orchestrator calls it,
+    reports its committed generation and packets received on its NICs; the orchestrator
+    reports every router and load balancer by state and its applied pushes."""
+    details = []
+    for resource in (*view.cloud.routers, *view.cloud.loadbalancers):
+        for instance in view.api.resource(resource.id)["instances"]:
+            response = agent_client(view.state, instance).get("/metrics")
+            if response.status != 200:
+                return False, f"{instance['name']}: GET /metrics answered {response.status}"
+            generation = metric(response.text, "astara_generation")
+            received = sum(value for (name, _), value in samples(response.text).items()
+                           if name == "astara_interface_rx_packets_total")
+            details.append(f"{instance['name']}: generation {generation:.0f}, "
+                           f"{received:.0f} packets received")
+            if generation < 1 or received < 1:
+                return False, "; ".join(details)
+    text = view.api.metrics()
+    states = {dict(labels)["state"]: count for (name, labels), count in samples(text).items()
+              if name == "astara_orchestrator_resources"}
+    applied = metric(text, "astara_orchestrator_pushes_total", result="applied")
+    expected = len(view.cloud.routers) + len(view.cloud.loadbalancers)
+    by_state = ", ".join(f"{count:.0f} {state}" for state, count in sorted(states.items()))
+    details.append(f"orchestrator: {by_state}, {applied:.0f} pushes applied")
+    return (bool(details) and sum(states.values()) == expected and applied >= 1,
+            "; ".join(details))
+
+
 CHECKS = (
     ("router", "router appliance configured by the orchestrator", check_router),
     ("tls", "mutual TLS: orchestrator → appliance APIs", check_tls),
+    ("metrics", "metrics: GET /metrics on the appliances and the orchestrator", check_metrics),
     ("dhcp", "DHCP: VMs get their ports' addresses", check_dhcp),
     ("snat", "SNAT: VM → internet, as the router's address", check_snat),
     ("fip", "floating IP: internet → VM", check_fip),

@@ -107,6 +107,14 @@ class AdminApi:
     def resources(self):
         return self.call("GET", "/v1/resources")["resources"]
 
+    def metrics(self):
+        """``GET /metrics``: the Prometheus text."""
+        response = self.http.request("GET", "/metrics",
+                                     headers={"Authorization": f"Bearer {self.token}"})
+        if response.status != 200:
+            raise AdminApiError(response.status, response.text[:500], "GET", "/metrics")
+        return response.text
+
 
 # -- the process --------------------------------------------------------------------------------
 
