@@ -282,11 +282,11 @@ def test_ctl_speaks_mutual_tls_with_a_client_certificate(lab):
     bundle = ca.issue("ak-ctl-test")
     base = lab.tmpdir("agent-tls")
     write_files(bundle.boot_files(base))
-    client = ca.client_tls()  # the orchestrator's client certificate, of the same CA
     appliance = restarted_with(lab, (base / "tls" / "agent.ini").read_text() +
                                "[supervisor]\ninterval = 0\n", wait=False)
     url = f"https://[{appliance.mgmt.ip}]:5000"
-    certificate = ["--cert", str(client.cert_file), "--key", str(client.key_file)]
+    # the orchestrator's client certificate, of the same CA
+    certificate = ["--cert", str(ca.client_cert_file), "--key", str(ca.client_key_file)]
     eventually(lambda: ctl(appliance, "--url", url, *certificate, "health")[0] == 0,
                timeout=30, what="the agent over TLS")
     assert ctl_json(appliance, "--url", url, *certificate, "config")["generation"] == 0
