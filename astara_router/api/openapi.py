@@ -316,6 +316,10 @@ OPERATIONS = {
 SHARED_ERRORS = {"405": "the method is not allowed on this path",
                  "400": "a bad X-Request-Id header"}
 TOKEN_ERROR = "401"
+# gunicorn answers it itself, before the app (its limit_request_line, 4094 bytes), in HTML.
+URI_TOO_LONG = {"description": "the request line (path and query) is longer than the "
+                               "server reads",
+                "content": {"text/html": {"schema": {"type": "string"}}}}
 
 
 def openapi_path(rule):
@@ -343,6 +347,7 @@ def openapi_document(app, token_required=False, public_paths=()):
         responses = dict(operation["responses"])
         for code, text in SHARED_ERRORS.items():
             responses.setdefault(code, _error(text))
+        responses.setdefault("414", URI_TOO_LONG)
         if token_required and rule not in public_paths:
             responses[TOKEN_ERROR] = _error("no valid bearer token")
             operation["security"] = [{"bearer": []}]
