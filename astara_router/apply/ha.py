@@ -37,6 +37,7 @@ import time
 
 from .. import rtnl
 from ..errors import ApplyError
+from ..privileges import user_name
 from ..render.ha import (CONNTRACKD_CONF, CONNTRACKD_LOCK, CONNTRACKD_LOG, CONNTRACKD_SOCKET,
                          KEEPALIVED_CONF, NOTIFY, HaOptions, render_ha)
 from ..store import atomic_write
@@ -95,7 +96,7 @@ class HaSubsystem:
     def __init__(self, settings):
         self.directory = settings.path("ha")
         self.options = HaOptions(settings.ha_advert_interval, settings.ha_preempt,
-                                 settings.ha_preempt_delay)
+                                 settings.ha_preempt_delay, user_name())
         path = lambda name: os.path.join(self.directory, name)  # noqa: E731
         self.keepalived_conf = path(KEEPALIVED_CONF)
         self.conntrackd_conf = path(CONNTRACKD_CONF)

@@ -12,7 +12,9 @@ Where the files go (``etc_dir``): the setting when given; else ``/etc`` on a rea
 ``<state_dir>/etc``, also for an agent with a private UTS namespace, since its /etc is
 still the host's unless a mount namespace says otherwise (then set ``etc_dir = /etc``).
 Whatever cannot be determined is answered the safe way: no sethostname, files under the
-state directory.
+state directory. Without CAP_SYS_ADMIN (the image's unprivileged agent) only the files are
+written: the image's ``astara-hostname`` helper sets the kernel name from them (README,
+"Least privilege").
 
 Files are written atomically and only when their content differs; ``sethostname`` is a
 system call (no shell, no ``hostname`` program).
@@ -22,6 +24,7 @@ import socket
 from dataclasses import dataclass
 
 from ..errors import ApplyError
+from ..privileges import CAP_SYS_ADMIN, has_capability
 from ..render.hostname import render_hostname_file, render_hosts
 from .daemon import FileSet
 
@@ -55,6 +58,8 @@ def uts_shared_outside_netns():
 
 
 def owns_kernel_hostname():
+    if not has_capability(CAP_SYS_ADMIN):
+        return False  # sethostname needs it; the image's helper does it from the files
     if is_real_vm():
         return True
     mine = namespace_id("self", "uts")

@@ -7,7 +7,10 @@ Everything lives in ``<state_dir>/vpn/`` (0700), nothing in the host's /etc or /
   swanctl.conf      the connections and their PSKs (0600; the PSKs hex-encoded)
   run/              charon writes its pid file to the compiled-in ``/run/charon.pid``: it
                     runs in a private mount namespace (``unshare --mount``) where this
-                    directory is bound over /run. The vici socket is here too.
+                    directory is bound over /run. The vici socket is here too. An agent
+                    without CAP_SYS_ADMIN (the image's, README "Least privilege") cannot
+                    make one: its charon writes the real ``/run/charon.pid``, which the
+                    image creates for the agent's user (tmpfiles.d); one charon per host.
   charon.log        charon's log (level 1: strongSwan logs secrets at level 4 only)
 
 IPsec backend (agent setting ``[vpn] ipsec_backend``): ``kernel`` (xfrm, the image),
@@ -38,6 +41,7 @@ import subprocess
 import time
 
 from ..errors import ApplyError
+from ..privileges import CAP_SYS_ADMIN, has_capability
 from ..render.vpn import LOG_FILE, RUN_DIR, SOCKET, render_vpn
 from .daemon import Daemon, FileSet, check_socket_path, log_tail
 
@@ -82,7 +86,11 @@ class Charon(Daemon):
         self.run_dir = os.path.join(directory, RUN_DIR)
         self.socket = os.path.join(self.run_dir, SOCKET)
         self.log = os.path.join(directory, LOG_FILE)
-        super().__init__("charon", os.path.join(self.run_dir, "charon.pid"), [CHARON])
+        # where charon's compiled-in pid file is: its own /run, or the host's
+        self.private_run = has_capability(CAP_SYS_ADMIN)
+        host_run = os.path.realpath("/var/run")
+        super().__init__("charon", os.path.join(self.run_dir if self.private_run else host_run,
+                                                "charon.pid"), [CHARON])
         self.process = None  # our Popen, reaped when it exits
 
     def pid(self):
@@ -101,16 +109,19 @@ class Charon(Daemon):
     def start(self, timeout=START_TIMEOUT):
         check_socket_path(self.socket, "charon's vici socket")
         os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
-        for stale in (self.pidfile, self.socket):
+        # charon replaces a stale host pid file itself (the agent may not unlink in /run)
+        for stale in (self.pidfile, self.socket) if self.private_run else (self.socket,):
             try:
                 os.unlink(stale)
             except FileNotFoundError:
                 pass
         run = os.path.realpath("/var/run")  # where charon's compiled-in pid file goes
+        argv = (["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                 'mount --bind "$1" "$2" && exec "$3"', "charon", self.run_dir, run, CHARON]
+                if self.private_run else [CHARON])
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-                 'mount --bind "$1" "$2" && exec "$3"', "charon", self.run_dir, run, CHARON],
+                argv,
                 env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                      "STRONGSWAN_CONF": self.conf},
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

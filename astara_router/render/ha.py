@@ -54,6 +54,7 @@ INSTANCE = "astara"
 
 # A NIC name keepalived and conntrackd read as one token (no space, brace, quote, '#', '!').
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,15}\Z")
+USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}\Z")  # the agent's user (useradd's default rule)
 ADVERT_MIN, ADVERT_MAX = 0.01, 40.95  # VRRPv3: centiseconds in 12 bits (settings.py checks)
 
 
@@ -63,6 +64,9 @@ class HaOptions:
     advert_interval: float = 1.0  # seconds; sub-second needs VRRPv3 (always used)
     preempt: bool = True  # a higher-priority instance takes the addresses back
     preempt_delay: float = 0.0  # seconds it waits first (only with preempt)
+    # who runs the notify script: the agent's own user (keepalived disables a script it
+    # cannot switch to its user; README "Least privilege" on what else it needs)
+    script_user: str = "root"
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,13 @@ def _name(value, what):
     return value
 
 
+def _user(value):
+    if not USER_NAME.fullmatch(value):
+        raise ApplyError("", f"script user {value!r} cannot be written into keepalived.conf",
+                         status=500)
+    return value
+
+
 def _transport(config):
     """(management network, local address, peers): where VRRP and the state sync run;
     what the payload asks for and they cannot do is refused (422)."""
@@ -178,7 +189,7 @@ def render_ha(config, names, directory, options=HaOptions()):
 
     lines = [Line("# keepalived of this HA router, written by the astara agent"),
              Line("global_defs {"),
-             Line("    script_user root"),
+             Line(f"    script_user {_user(options.script_user)}"),
              Line("    enable_script_security"),
              Line("}"),
              Line(f"vrrp_instance {INSTANCE} {{"),

@@ -25,6 +25,7 @@ AGENT_SCRIPTS = {
     "astara-router-ctl": "astara_router.cli.ctl:main",
     "astara-metadata-proxy": "astara_router.metadata_proxy:main",
     "astara-gratuitous-arp": "astara_router.garp:main",
+    "astara-hostname-sync": "astara_router.cli.hostname_sync:main",
 }
 
 
