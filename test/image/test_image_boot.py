@@ -24,7 +24,11 @@ seed with the management MAC/address, the operator's ssh key and the NTP server)
    disappears when unplugged (its tap too);
 8. a new driver on the same state directory (a restarted orchestrator) finds the VM
    running, same QEMU process, not rebooted (the agent still has generation 1);
-9. ``delete`` leaves no process, tap, overlay, socket or directory.
+9. ``delete`` leaves no process, tap, overlay, socket or directory;
+10. least privilege: the agent (master, worker) runs as ``astara-agent`` with exactly
+   CAP_NET_ADMIN, CAP_NET_RAW and CAP_NET_BIND_SERVICE, its dnsmasq as that user with no
+   more, the payload's host name is applied by the root helper, and ``astara``'s sudo
+   runs ``nft list ruleset`` but not a shell or ``nft flush ruleset``.
 
 Boot-to-API and apply times are printed (no timing assertions).
 """
@@ -138,6 +142,52 @@ def test_ssh_with_the_operators_key_through_the_firewall(appliance):
     started = time.monotonic()
     assert eventually(logged_in, 300, "ssh as astara", interval=2) == "astara"
     appliance.times["ssh_after_api"] = time.monotonic() - started
+
+
+# pid, real uid, CapEff, CapPrm, CapBnd and the command line of every process (as the
+# astara user: /proc/<pid>/status and cmdline are world-readable)
+PROCESS_TABLE = r"""for d in /proc/[0-9]*; do
+  s=$(cat $d/status 2>/dev/null) || continue
+  printf '%s %s %s %s %s %s\n' ${d#/proc/} \
+    $(printf '%s\n' "$s" | awk '/^Uid:/{print $2} /^CapEff:|^CapPrm:|^CapBnd:/{print $2}') \
+    "$(tr '\0\n' '  ' < $d/cmdline 2>/dev/null | cut -c1-200)"
+done"""
+AGENT_CAPABILITIES = (1 << 10) | (1 << 12) | (1 << 13)  # NET_BIND_SERVICE, NET_ADMIN, NET_RAW
+
+
+def test_agent_and_its_daemons_run_unprivileged(appliance):
+    """README, "Least privilege": the agent (master and worker) as astara-agent holding
+    exactly the unit's capabilities, its dnsmasq as that user with no more; the host name
+    the agent asked for was applied by the root helper; astara's sudo is diagnosis only."""
+    test_ssh_with_the_operators_key_through_the_firewall(appliance)  # ssh is up
+    uid = int(appliance.ssh("id", "-u", "astara-agent").stdout)
+    assert uid != 0
+    listing = appliance.ssh("sh", "-c", shlex.quote(PROCESS_TABLE)).stdout
+    processes = []
+    for line in listing.splitlines():
+        pid, owner, eff, prm, bnd, *cmdline = line.split(" ", 5)
+        processes.append((int(pid), int(owner), int(eff, 16), int(prm, 16), int(bnd, 16),
+                          " ".join(cmdline)))
+    agent = [p for p in processes if "astara-router-api" in p[5]]
+    assert len(agent) >= 2, listing  # gunicorn master and its worker
+    for pid, owner, eff, prm, bnd, cmdline in agent:
+        assert (owner, eff, prm, bnd) == (uid, AGENT_CAPABILITIES, AGENT_CAPABILITIES,
+                                          AGENT_CAPABILITIES), (pid, cmdline)
+    dnsmasq = [p for p in processes if p[5].startswith("dnsmasq ")]
+    assert dnsmasq, listing  # router-basic has DHCP
+    for pid, owner, eff, prm, bnd, cmdline in dnsmasq:
+        assert owner == uid and not (eff | prm) & ~AGENT_CAPABILITIES, (pid, cmdline)
+
+    hostname = appliance.payload["hostname"]
+    eventually(lambda: appliance.ssh("hostname").stdout.strip() == hostname or None, 60,
+               "the host name applied by astara-hostname.path", interval=2)
+    assert appliance.ssh("cat", "/etc/hostname").stdout == hostname + "\n"
+
+    ruleset = appliance.ssh("sudo", "-n", "/usr/sbin/nft", "list", "ruleset")
+    assert ruleset.returncode == 0 and "table inet astara" in ruleset.stdout, ruleset.stderr
+    for command in (("true",), ("/usr/sbin/nft", "flush", "ruleset"), ("-i",)):
+        refused = appliance.ssh("sudo", "-n", *command)
+        assert refused.returncode != 0, command
 
 
 def test_clock_synchronised_with_the_configured_ntp_server(appliance):

@@ -274,3 +274,104 @@ def test_every_runtime_package_is_allowed():
                                                         for a in allowed)}
     assert not missing, f"package-installs.yaml installs {sorted(missing)}, which the " \
                         "README's allow-list does not explain"
+
+
+# --- least privilege (README, "Least privilege") ---------------------------------------
+
+AGENT_CAPABILITIES = {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_NET_BIND_SERVICE"}
+SUDOERS = ASTARA_ELEMENT / "static" / "etc" / "sudoers.d" / "99-astara-diagnosis"
+CLOUD_INIT_SUDOERS = "90-cloud-init-users"  # where cloud-init writes users' sudo rules
+CLOUD_INIT_GRANT = "astara ALL=(ALL) NOPASSWD:ALL"  # the original orchestrator's user data
+
+
+def test_agent_unit_runs_unprivileged_with_the_network_capabilities_only():
+    service = dict(parse_unit(
+        ASTARA_ELEMENT / "init-scripts" / "systemd" / "astara-router-api.service")["Service"])
+    assert (service["User"], service["Group"]) == ("astara-agent", "astara-agent")
+    assert set(service["AmbientCapabilities"].split()) == AGENT_CAPABILITIES
+    assert set(service["CapabilityBoundingSet"].split()) == AGENT_CAPABILITIES
+    assert service["NoNewPrivileges"] == "yes"
+    assert (service["StateDirectory"], service["StateDirectoryMode"]) == ("astara", "0700")
+    # the only step run as root ("+") gives the boot data's TLS files to the agent
+    assert service["ExecStartPre"].startswith("+/bin/sh -c ")
+    assert "chown -R astara-agent:astara-agent /etc/astara/tls" in service["ExecStartPre"]
+    assert not service["ExecStart"].startswith(("+", "!"))
+    hooks = (ASTARA_ELEMENT / "install.d" / "60-astara-agent").read_text()
+    assert re.search(r"useradd --system .*\n? *--shell /usr/sbin/nologin .*astara-agent", hooks)
+    assert "install -d -m 0700 -o astara-agent -g astara-agent /var/lib/astara" in hooks
+
+
+def test_what_the_unprivileged_agent_cannot_do_is_set_up_by_the_image():
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(ASTARA_ELEMENT / "static" / "etc" / "astara" / "astara.ini")
+    etc_dir = ini.get("DEFAULT", "etc_dir")
+    assert etc_dir.startswith(ini.get("DEFAULT", "state_dir") + "/")
+    assert ini.get("vpn", "ipsec_backend") == "kernel"
+    systemd = ASTARA_ELEMENT / "init-scripts" / "systemd"
+    path_unit = parse_unit(systemd / "astara-hostname.path")
+    assert path_unit.get("Path", "PathChanged") == f"{etc_dir}/hostname"
+    helper = parse_unit(systemd / "astara-hostname.service")
+    assert helper.get("Service", "ExecStart").startswith(
+        "/opt/astara/bin/astara-hostname-sync --config-file /etc/astara/astara.ini")
+    assert not helper.has_option("Service", "User")  # root: sethostname, /etc
+    tmpfiles = (ASTARA_ELEMENT / "static" / "etc" / "tmpfiles.d" / "astara.conf").read_text()
+    assert "f /run/charon.pid 0644 astara-agent astara-agent -" in tmpfiles.splitlines()
+
+
+def sudoers_rules(text):
+    """``[(user, runas, allowed, [command patterns])]`` of a sudoers text in file order:
+    the small subset 99-astara-diagnosis uses (Cmnd_Alias, NOPASSWD/NOEXEC tags, !ALL)."""
+    text = re.sub(r"\\\n\s*", " ", text)
+    aliases, rules = {}, []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("Cmnd_Alias "):
+            name, _, commands = line[len("Cmnd_Alias "):].partition("=")
+            aliases[name.strip()] = [c.strip() for c in commands.split(",")]
+            continue
+        match = re.fullmatch(r"(\S+) ALL=\(([^)]*)\) ((?:[A-Z]+: ?)*)(!?)(\S+)", line)
+        assert match, f"not understood: {line}"
+        user, runas, _tags, negated, command = match.groups()
+        commands = aliases.get(command, [command])
+        rules.append((user, runas, not negated, commands))
+    return rules
+
+
+def sudo_allows(rules, user, runas, command):
+    """sudo's decision: the last rule that matches user, run-as user and command wins."""
+    decision = False
+    for rule_user, rule_runas, allowed, patterns in rules:
+        runas_users = {part.split(":")[0] for part in rule_runas.split(",")}
+        if rule_user != user or not ({"ALL", runas} & runas_users):
+            continue
+        if any(p == "ALL" or fnmatch.fnmatchcase(command, p) for p in patterns):
+            decision = allowed
+    return decision
+
+
+def test_astara_sudo_is_diagnosis_only_whatever_the_user_data_grants():
+    assert SUDOERS.name > CLOUD_INIT_SUDOERS and "." not in SUDOERS.name  # read, and last
+    text = SUDOERS.read_text()
+    visudo = shutil.which("visudo") or ("/usr/sbin/visudo" if os.path.exists(
+        "/usr/sbin/visudo") else None)
+    if visudo:
+        result = subprocess.run([visudo, "--check", "--file", str(SUDOERS)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+    for granted in ("", CLOUD_INIT_GRANT + "\n"):
+        rules = sudoers_rules(granted + text)
+        for command in ("/usr/sbin/nft list ruleset", "/usr/sbin/conntrack -L",
+                        "/usr/bin/ip xfrm state", "/usr/bin/ss -tulpen"):
+            assert sudo_allows(rules, "astara", "root", command), command
+        assert sudo_allows(rules, "astara", "astara-agent",
+                           "/usr/local/bin/astara-router-ctl status")
+        for command in ("/bin/bash", "/usr/sbin/nft flush ruleset",
+                        "/usr/sbin/nft list ruleset ; flush ruleset", "/usr/bin/ss -K",
+                        "/usr/bin/ip link set eth0 down", "/usr/bin/journalctl",
+                        "/usr/bin/tee /etc/sudoers", "/usr/local/bin/astara-router-ctl"):
+            assert not sudo_allows(rules, "astara", "root", command), command
+        assert not sudo_allows(rules, "astara", "astara-agent", "/bin/sh")
+    # without our file the user data's grant is everything: the check can fail
+    assert sudo_allows(sudoers_rules(CLOUD_INIT_GRANT), "astara", "root", "/bin/bash")
