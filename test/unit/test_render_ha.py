@@ -373,3 +373,16 @@ def test_bird_accepts_the_ha_trigger(tmp_path):
     from astara_router.render.routing import render_bird
     result = bird_parse(tmp_path, render_bird(ha_bird_plan()).text)
     assert result.returncode == 0, result.stderr
+
+
+def test_notify_script_runs_as_the_agents_user():
+    """keepalived disables a script it cannot switch to its user: a non-root agent's
+    keepalived runs it as that user (README, "Least privilege"); root stays the default."""
+    def script_user(options):
+        return values(block(parse_blocks(plan_of(PRIMARY, options=options).keepalived_text),
+                            "global_defs"), "script_user")
+    assert script_user(HaOptions()) == [("root",)]
+    assert script_user(HaOptions(script_user="astara-agent")) == [("astara-agent",)]
+    for bad in ("root\n    enable_script_security", "a b", "x" * 33, "Root"):
+        with pytest.raises(ApplyError, match="script user"):
+            plan_of(PRIMARY, options=HaOptions(script_user=bad))
