@@ -8,7 +8,8 @@ quoting of MACs, keys or host names can go wrong):
   every boot (the original orchestrator's boot command; the image links it into
   /usr/local/bin);
 * ``users`` gives the image's ``astara`` user the operator's ssh keys (password locked;
-  what it may do with sudo is the hardening issue's business, so no sudo rule here);
+  no sudo rule: the image limits its sudo to diagnosis commands, README "Least
+  privilege");
 * ``ntp`` (cloud-init's ntp module, client systemd-timesyncd, which the image ships)
   writes the NTP servers into a timesyncd drop-in and restarts it, when servers are
   configured (``[appliance] ntp_servers``); without them the image's defaults apply;
