@@ -4,9 +4,6 @@ The image runs the agent as the unprivileged ``astara-agent`` user with CAP_NET_
 CAP_NET_RAW and CAP_NET_BIND_SERVICE only; tests and the lab run it as root. The few
 operations that need more ask here first and take the unprivileged way when it is missing.
 """
-import os
-import pwd
-
 CAP_SYS_ADMIN = 21  # sethostname, mount namespaces (linux/capability.h)
 
 
@@ -22,10 +19,3 @@ def effective_capabilities(status="/proc/self/status"):
 def has_capability(bit):
     return bool(effective_capabilities() >> bit & 1)
 
-
-def user_name():
-    """The name of the user this process runs as (its uid when it has none)."""
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return str(os.geteuid())

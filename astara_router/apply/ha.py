@@ -2,7 +2,8 @@
 
 Files in ``<state_dir>/ha/``: ``keepalived.conf``, ``keepalived.pid`` (and
 ``keepalived-vrrp.pid``, its VRRP child), ``keepalived.log``, ``notify.sh`` (keepalived runs
-it on every state change), ``vrrp.state`` (the state it last reported), ``conntrackd.conf``,
+it on every state change; an agent that is not root runs it for keepalived, which writes
+the change to ``notify.fifo``, see ha_notify.py), ``vrrp.state`` (the state it last reported), ``conntrackd.conf``,
 ``conntrackd.ctl`` (its control socket), ``conntrackd.lock``, ``conntrackd.pid``,
 ``conntrackd.log`` and ``loaded.json`` (pid + digest of the configuration each running
 daemon has loaded, so an apply knows the gentlest action after an agent restart too).
@@ -37,12 +38,12 @@ import time
 
 from .. import rtnl
 from ..errors import ApplyError
-from ..privileges import user_name
 from ..render.ha import (CONNTRACKD_CONF, CONNTRACKD_LOCK, CONNTRACKD_LOG, CONNTRACKD_SOCKET,
-                         KEEPALIVED_CONF, NOTIFY, HaOptions, render_ha)
+                         KEEPALIVED_CONF, NOTIFY, NOTIFY_FIFO, HaOptions, render_ha)
 from ..store import atomic_write
 from .daemon import (ExactDaemon, FileSet, LoadedRecord, LogWatch, alive, check_socket_path,
                      digest, log_tail, run_checked)
+from .ha_notify import NotifyFifo
 from .netlink import allow_nonlocal_bind
 
 LOG = logging.getLogger(__name__)
@@ -95,8 +96,9 @@ class HaSubsystem:
 
     def __init__(self, settings):
         self.directory = settings.path("ha")
+        # not root: keepalived cannot run the notify script, the agent does (ha_notify.py)
         self.options = HaOptions(settings.ha_advert_interval, settings.ha_preempt,
-                                 settings.ha_preempt_delay, user_name())
+                                 settings.ha_preempt_delay, notify_fifo=os.geteuid() != 0)
         path = lambda name: os.path.join(self.directory, name)  # noqa: E731
         self.keepalived_conf = path(KEEPALIVED_CONF)
         self.conntrackd_conf = path(CONNTRACKD_CONF)
@@ -109,6 +111,7 @@ class HaSubsystem:
         self.lock = path(CONNTRACKD_LOCK)
         self.config_files = FileSet(self.keepalived_conf, self.conntrackd_conf)
         self.script = FileSet(self.notify, mode=0o755)
+        self.notify_fifo = NotifyFifo(path(NOTIFY_FIFO), self.notify)
         # -P: VRRP only (no checker process); -n: no fork (detached() does that), so the
         # log gets everything (-l) and nothing goes to a syslog the appliance may not have.
         self.keepalived = DetachedDaemon(
@@ -155,6 +158,8 @@ class HaSubsystem:
                 "cleared": []}  # filled by apply: addresses it removed before starting
 
     def apply(self, ctx, plan, base, snapshot):
+        if plan is not None:
+            self._read_notifications()  # also for a keepalived an earlier agent started
         if base is not None and plan == base and self.healthy(plan):
             return 0
         if plan is None:
@@ -214,11 +219,17 @@ class HaSubsystem:
         changes += self._converge_conntrackd(conntrackd, loaded,
                                              digest(contents[self.conntrackd_conf]))
         if keepalived:
+            self._read_notifications()  # before keepalived opens the FIFO
             changes += self._converge_keepalived(
                 loaded, digest(contents[self.keepalived_conf]), virtual_addresses,
                 cleared if cleared is not None else [])
         self.record.write(loaded)
         return changes
+
+    def _read_notifications(self):
+        if self.options.notify_fifo:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            self.notify_fifo.ensure_reading()
 
     def _converge_conntrackd(self, wanted, loaded, conf_digest):
         pid = self.conntrackd.pid()

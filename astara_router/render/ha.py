@@ -46,6 +46,7 @@ from .netlink import render_netlink
 KEEPALIVED_CONF = "keepalived.conf"
 CONNTRACKD_CONF = "conntrackd.conf"
 NOTIFY = "notify.sh"
+NOTIFY_FIFO = "notify.fifo"  # keepalived's state changes for the agent (options.notify_fifo)
 VRRP_STATE = "vrrp.state"  # written by the notify script: MASTER, BACKUP, FAULT, STOP
 CONNTRACKD_SOCKET = "conntrackd.ctl"
 CONNTRACKD_LOCK = "conntrackd.lock"
@@ -54,7 +55,6 @@ INSTANCE = "astara"
 
 # A NIC name keepalived and conntrackd read as one token (no space, brace, quote, '#', '!').
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,15}\Z")
-USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}\Z")  # the agent's user (useradd's default rule)
 ADVERT_MIN, ADVERT_MAX = 0.01, 40.95  # VRRPv3: centiseconds in 12 bits (settings.py checks)
 
 
@@ -64,9 +64,10 @@ class HaOptions:
     advert_interval: float = 1.0  # seconds; sub-second needs VRRPv3 (always used)
     preempt: bool = True  # a higher-priority instance takes the addresses back
     preempt_delay: float = 0.0  # seconds it waits first (only with preempt)
-    # who runs the notify script: the agent's own user (keepalived disables a script it
-    # cannot switch to its user; README "Least privilege" on what else it needs)
-    script_user: str = "root"
+    # keepalived writes its state changes to NOTIFY_FIFO and the agent runs the notify
+    # script: an agent that is not root (keepalived calls setgroups() before any script it
+    # runs, which needs CAP_SETGID; README "Least privilege")
+    notify_fifo: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,13 +128,6 @@ def _name(value, what):
     return value
 
 
-def _user(value):
-    if not USER_NAME.fullmatch(value):
-        raise ApplyError("", f"script user {value!r} cannot be written into keepalived.conf",
-                         status=500)
-    return value
-
-
 def _transport(config):
     """(management network, local address, peers): where VRRP and the state sync run;
     what the payload asks for and they cannot do is refused (422)."""
@@ -187,10 +181,11 @@ def render_ha(config, names, directory, options=HaOptions()):
                    if route.generic in names else None)
             routes.append((route, dev))
 
+    notify = ([Line(f"    notify_fifo {directory}/{NOTIFY_FIFO}")] if options.notify_fifo
+              else [Line("    script_user root"), Line("    enable_script_security")])
     lines = [Line("# keepalived of this HA router, written by the astara agent"),
              Line("global_defs {"),
-             Line(f"    script_user {_user(options.script_user)}"),
-             Line("    enable_script_security"),
+             *notify,
              Line("}"),
              Line(f"vrrp_instance {INSTANCE} {{"),
              Line("    state BACKUP"),
@@ -225,7 +220,9 @@ def render_ha(config, names, directory, options=HaOptions()):
         lines.append(Line("    virtual_routes {"))
         lines += [Line(f"        {_route(route, dev)}", route.path) for route, dev in routes]
         lines.append(Line("    }"))
-    lines += [Line(f"    notify {directory}/{NOTIFY}"), Line("}")]
+    if not options.notify_fifo:
+        lines.append(Line(f"    notify {directory}/{NOTIFY}"))
+    lines.append(Line("}"))
 
     conntrackd = (render_conntrackd(directory, mgmt_if, local, peers[0])
                   if peers else None)

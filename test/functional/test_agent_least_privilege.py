@@ -169,14 +169,20 @@ def test_services_as_the_unprivileged_user(lab, account, name, daemons):
 
 
 def test_ha_router_becomes_master_as_the_unprivileged_user(lab, account):
-    """keepalived and conntrackd run as the agent's user and VRRP moves the addresses; the
-    notify script is not run (keepalived's setgroups needs CAP_SETGID, see README)."""
+    """keepalived and conntrackd run as the agent's user and VRRP moves the addresses;
+    keepalived's state change reaches the agent through notify.fifo and the agent runs
+    notify.sh (keepalived could not: its setgroups() needs CAP_SETGID)."""
     uid, _ = account
     appliance, response = unprivileged_appliance(lab, "router-ha-primary")
     assert response.status == 200, response.text
     eventually(assert_addresses(appliance, PAYLOADS["router-ha-primary"]), 20,
                "the VRRP master's addresses")
     assert_runs_unprivileged(appliance, uid, {"keepalived", "conntrackd", "dnsmasq"})
+    state = appliance.state_dir / "ha" / "vrrp.state"
+    eventually(lambda: state.exists() and state.read_text() == "MASTER\n", 20,
+               "notify.sh run for keepalived's MASTER")
+    assert "Couldn't setgroups" not in (appliance.state_dir / "ha" /
+                                        "keepalived.log").read_text()
 
 
 @pytest.mark.parametrize("missing", sorted(CAPABILITY_BITS))

@@ -13,6 +13,7 @@ import pytest
 from astara_lab.appliance import contract_payloads
 from astara_router.apply.garp import announced_addresses
 from astara_router.apply.ha import refusal
+from astara_router.apply.ha_notify import notify_arguments
 from astara_router.errors import ApplyError
 from astara_router.model import parse_payload
 from astara_router.render.firewall import CONNTRACKD_PORT
@@ -375,14 +376,28 @@ def test_bird_accepts_the_ha_trigger(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-def test_notify_script_runs_as_the_agents_user():
-    """keepalived disables a script it cannot switch to its user: a non-root agent's
-    keepalived runs it as that user (README, "Least privilege"); root stays the default."""
-    def script_user(options):
-        return values(block(parse_blocks(plan_of(PRIMARY, options=options).keepalived_text),
-                            "global_defs"), "script_user")
-    assert script_user(HaOptions()) == [("root",)]
-    assert script_user(HaOptions(script_user="astara-agent")) == [("astara-agent",)]
-    for bad in ("root\n    enable_script_security", "a b", "x" * 33, "Root"):
-        with pytest.raises(ApplyError, match="script user"):
-            plan_of(PRIMARY, options=HaOptions(script_user=bad))
+
+def test_an_agent_that_is_not_root_gets_keepalived_state_changes_through_a_fifo():
+    """keepalived cannot run a script without CAP_SETGID: with notify_fifo it writes its
+    state changes to the FIFO the agent reads (apply/ha_notify.py) and runs none itself."""
+    as_root = parse_blocks(plan_of(PRIMARY).keepalived_text)
+    assert values(block(as_root, "global_defs"), "script_user") == [("root",)]
+    assert values(block(as_root, "vrrp_instance", "astara"), "notify") == \
+        [(f"{DIRECTORY}/notify.sh",)]
+    plan = plan_of(PRIMARY, options=HaOptions(notify_fifo=True))
+    unprivileged = parse_blocks(plan.keepalived_text)
+    assert values(block(unprivileged, "global_defs"), "notify_fifo") == \
+        [(f"{DIRECTORY}/notify.fifo",)]
+    assert values(block(unprivileged, "global_defs"), "script_user") == []
+    assert values(block(unprivileged, "vrrp_instance", "astara"), "notify") == []
+    assert plan.notify == plan_of(PRIMARY).notify  # the same script, run by the agent
+
+
+@pytest.mark.parametrize("line, arguments", [
+    ('INSTANCE "astara" MASTER 100\n', ["INSTANCE", "astara", "MASTER", "100"]),
+    ("INSTANCE astara BACKUP 50", ["INSTANCE", "astara", "BACKUP", "50"]),
+    ('INSTANCE "astara" RUNNING 100', None), ('GROUP "g" MASTER 0', None),
+    ('INSTANCE "a" MASTER 100; rm -rf /', None), ('INSTANCE "unclosed MASTER 1', None),
+])
+def test_fifo_lines_become_notify_arguments(line, arguments):
+    assert notify_arguments(line) == arguments
