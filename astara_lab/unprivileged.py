@@ -65,17 +65,21 @@ def reachability_script(paths, scratch, uid, gid):
         for pair in _blocked_ancestors(path, uid, gid):
             if pair not in blocked:
                 blocked.append(pair)
-    blocked.sort(key=lambda pair: len(pair[0]))  # outer covers first
+    blocked.sort(key=lambda pair: len(pair[0]))  # outer covers first (a stable sort)
     lines = []
     for i, (directory, child) in enumerate(blocked):
         stash = os.path.join(scratch, f"stash{i}")
         lines += [f"mkdir -p {shlex.quote(stash)}",
                   f"mount --bind {shlex.quote(os.path.join(directory, child))} "
                   f"{shlex.quote(stash)}"]
+    covered = set()
     for i, (directory, child) in enumerate(blocked):
+        if directory not in covered:  # one cover per directory, holding all its children
+            covered.add(directory)
+            lines.append(f"mount -t tmpfs -o mode=0755,size=64k astara-reach "
+                         f"{shlex.quote(directory)}")
         target = os.path.join(directory, child)
-        lines += [f"mount -t tmpfs -o mode=0755,size=64k astara-reach {shlex.quote(directory)}",
-                  f"mkdir -p {shlex.quote(target)}",
+        lines += [f"mkdir -p {shlex.quote(target)}",
                   f"mount --bind {shlex.quote(os.path.join(scratch, f'stash{i}'))} "
                   f"{shlex.quote(target)}"]
     return lines
