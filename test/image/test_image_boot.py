@@ -185,7 +185,12 @@ def test_agent_and_its_daemons_run_unprivileged(appliance):
 
     ruleset = appliance.ssh("sudo", "-n", "/usr/sbin/nft", "list", "ruleset")
     assert ruleset.returncode == 0 and "table inet astara" in ruleset.stdout, ruleset.stderr
-    for command in (("true",), ("/usr/sbin/nft", "flush", "ruleset"), ("-i",)):
+    # the operator's tool, as the agent's user (the state directory is 0700)
+    ctl = appliance.ssh("sudo", "-n", "-u", "astara-agent", "/usr/local/bin/astara-router-ctl",
+                        "config")
+    assert ctl.returncode == 0 and hostname in ctl.stdout, ctl.stdout + ctl.stderr
+    for command in (("true",), ("/usr/sbin/nft", "flush", "ruleset"), ("-i",),
+                    ("-u", "astara-agent", "/bin/sh", "-c", "id")):
         refused = appliance.ssh("sudo", "-n", *command)
         assert refused.returncode != 0, command
 
