@@ -212,3 +212,25 @@ def tls_client_context(ca_file, cert_file=None, key_file=None):
     if cert_file:
         context.load_cert_chain(str(cert_file), str(key_file))
     return context
+
+
+def expected_addresses(payload):
+    """geN -> set of addresses the payload implies (interface addresses + FIPs as /32)."""
+    wanted = {}
+    for network in payload["networks"]:
+        ifname = network["interface"]["ifname"]
+        wanted.setdefault(ifname, set()).update(
+            str(ipaddress.ip_interface(a)) for a in network["interface"]["addresses"])
+    externals = [n for n in payload["networks"] if n["network_type"] == "external"]
+    for fip in payload.get("floating_ips", []):
+        address = ipaddress.ip_address(fip["floating_ip"])
+        holder = next((n for n in externals if any(
+            address in ipaddress.ip_network(s["cidr"]) for s in n["subnets"])), externals[0])
+        wanted[holder["interface"]["ifname"]].add(f"{address}/{address.max_prefixlen}")
+    return wanted
+
+
+def kernel_names(appliance):
+    """geN -> kernel name, as the appliance's agent reports its NICs."""
+    interfaces = appliance.client().get("/v1/system/interfaces").json()["interfaces"]
+    return {i["ifname"]: i["kernel_name"] for i in interfaces}

@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,8 @@ BUILD_SETTINGS = ("DIB_RELEASE", "DIB_DISTRIBUTION_MIRROR", "DIB_DEBIAN_SECURITY
                   "ASTARA_IMAGE_TYPES", "DIB_ASTARA_ENABLED_SERVICES")
 SKIPPED_PARTS = {"__pycache__", ".pytest_cache"}
 SKIPPED_SUFFIXES = (".pyc", ".pyo", ".rst", ".md")  # caches and documentation
+ASTARA_ELEMENT = REPO_ROOT / "diskimage-builder" / "elements" / "astara"
+BUILD_ONLY = {"python3-venv"}  # package-installs.yaml installs it, 90-astara-lean purges it
 
 
 class ImageError(Exception):
@@ -158,6 +161,37 @@ def ensure(force=False, progress=None, log_path=None, root=REPO_ROOT):
                 log.close()
         stamp.write_text(digest + "\n")
         return True, time.monotonic() - started
+
+
+def allowed_packages(readme_text):
+    """The package names (and ``*`` patterns) of the element README's list after
+    ``.. allowed-packages``, up to the next section: each item is "- ``name``, ``name``:
+    why"; ValueError when the list is missing or an item gives no reason."""
+    _, marker, rest = readme_text.partition(".. allowed-packages")
+    if not marker:
+        raise ValueError("the element README has no '.. allowed-packages' list")
+    lines = []
+    for line in rest.splitlines():
+        if re.fullmatch(r"[-=~^]{3,}", line.strip()):
+            lines.pop()  # that was the next section's title
+            break
+        lines.append(line)
+    names = set()
+    for item in re.split(r"^- ", "\n".join(lines), flags=re.M)[1:]:
+        listed, colon, _why = item.partition("``:")
+        if not colon:
+            raise ValueError(f"no reason given for: {item.strip()[:60]}")
+        names |= set(re.findall(r"``([a-z0-9*][a-z0-9.+*-]*)", listed))
+    return names
+
+
+def runtime_packages(arch="amd64"):
+    """What the element's package-installs.yaml installs for ``arch`` and stays in the
+    image."""
+    import yaml  # test-requirements: only the image's package checks read it
+    wanted = yaml.safe_load((ASTARA_ELEMENT / "package-installs.yaml").read_text())
+    return {name for name, spec in wanted.items()
+            if (spec or {}).get("arch", arch) == arch} - BUILD_ONLY
 
 
 def main(argv=None):

@@ -1,12 +1,12 @@
 """The real agent in a namespace, driven over its management address with the contract
 payloads: accepted bodies produce the addresses/MTUs/routes they describe, refused bodies
 change nothing."""
-import ipaddress
 import json
 
 import pytest
 
-from astara_lab.appliance import contract_appliance, contract_payloads
+from astara_lab.appliance import (contract_appliance, contract_payloads, expected_addresses,
+                                  kernel_names)
 from astara_lab.failover import ha_daemons
 from astara_lab.peers import eventually
 
@@ -22,27 +22,6 @@ INVALID_EXPECT = {  # file -> (status, words the message must contain), from its
     "unknown-service": (400, ["firewall"]),
     "hostname-injection": (422, ["hostname"]),
 }
-
-
-def expected_addresses(payload):
-    """geN -> set of addresses the payload implies (interface addresses + FIPs as /32)."""
-    wanted = {}
-    for network in payload["networks"]:
-        ifname = network["interface"]["ifname"]
-        wanted.setdefault(ifname, set()).update(
-            str(ipaddress.ip_interface(a)) for a in network["interface"]["addresses"])
-    externals = [n for n in payload["networks"] if n["network_type"] == "external"]
-    for fip in payload.get("floating_ips", []):
-        address = ipaddress.ip_address(fip["floating_ip"])
-        holder = next((n for n in externals if any(
-            address in ipaddress.ip_network(s["cidr"]) for s in n["subnets"])), externals[0])
-        wanted[holder["interface"]["ifname"]].add(f"{address}/{address.max_prefixlen}")
-    return wanted
-
-
-def kernel_names(appliance):
-    interfaces = appliance.client().get("/v1/system/interfaces").json()["interfaces"]
-    return {i["ifname"]: i["kernel_name"] for i in interfaces}
 
 
 def routes_by_dst(dump):

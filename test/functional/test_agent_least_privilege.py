@@ -13,13 +13,13 @@ import json
 import pytest
 
 from astara_lab.appliance import (Appliance, contract_payloads, controller_node,
-                                  management_cidr, nic_macs)
+                                  expected_addresses, kernel_names, management_cidr,
+                                  nic_macs)
 from astara_lab.peers import MetadataUpstream, eventually, udhcpc
 from astara_lab.topology import RouterTopology
 from astara_lab.unprivileged import AGENT_USER, agent_account, agent_wrapper, unit_capabilities
 from astara_netns import in_netns, netns_pids
 
-from .test_agent_contract import expected_addresses, kernel_names
 
 pytestmark = pytest.mark.netns
 

@@ -4,15 +4,15 @@ README (each with its reason), and every package the appliance needs.
 diskimage-builder's dpkg element writes the installed packages to
 ``out/<image>.d/dib-manifests/dib-manifest-dpkg-<image>``; ``make image-test`` builds the
 image first. The list's parser, and that package-installs.yaml stays within the list, need
-no image: test/unit/test_image_elements.py (``make test``) checks them.
+no image: test/unit/test_image_elements.py checks them (astara_lab/image.py parses both).
 """
 import fnmatch
 import json
 
 import pytest
 
-from astara_lab.image import REPO_ROOT, image_name, outputs
-from test_image_elements import ASTARA_ELEMENT as ELEMENT, allowed_packages, runtime_packages
+from astara_lab.image import (ASTARA_ELEMENT as ELEMENT, REPO_ROOT, allowed_packages,
+                              image_name, outputs, runtime_packages)
 
 MANIFEST = outputs()["manifests"] / f"dib-manifest-dpkg-{image_name()}"
 

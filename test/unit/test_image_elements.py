@@ -23,13 +23,12 @@ import tomllib
 import pytest
 import yaml
 
+from astara_lab.image import ASTARA_ELEMENT, allowed_packages, runtime_packages
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DIB_DIR = REPO / "diskimage-builder"
 ELEMENTS_DIR = DIB_DIR / "elements"
-ASTARA_ELEMENT = ELEMENTS_DIR / "astara"
 VENV_IN_IMAGE = "/opt/astara/bin/"
-
-BUILD_ONLY = {"python3-venv"}  # package-installs.yaml installs it, 90-astara-lean purges it
 
 # What scripts/install-deps installs for the tests and the lab, not for the appliance: the
 # image does not hold them.
@@ -82,32 +81,6 @@ def install_deps_packages():
     strange = sorted(p for p in packages if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", p))
     assert not strange, "not Debian package names: %s" % strange
     return packages
-
-
-def allowed_packages(readme_text):
-    """The package names (and ``*`` patterns) of the list after ``.. allowed-packages``,
-    up to the next section: each item is "- ``name``, ``name``: why"."""
-    _, marker, rest = readme_text.partition(".. allowed-packages")
-    assert marker, "the element README has no '.. allowed-packages' list"
-    lines = []
-    for line in rest.splitlines():
-        if re.fullmatch(r"[-=~^]{3,}", line.strip()):
-            lines.pop()  # that was the next section's title
-            break
-        lines.append(line)
-    names = set()
-    for item in re.split(r"^- ", "\n".join(lines), flags=re.M)[1:]:
-        listed, colon, _why = item.partition("``:")
-        assert colon, f"no reason given for: {item.strip()[:60]}"
-        names |= set(re.findall(r"``([a-z0-9*][a-z0-9.+*-]*)", listed))
-    return names
-
-
-def runtime_packages(arch="amd64"):
-    """What package-installs.yaml installs for ``arch`` and stays in the image."""
-    wanted = yaml.safe_load((ASTARA_ELEMENT / "package-installs.yaml").read_text())
-    return {name for name, spec in wanted.items()
-            if (spec or {}).get("arch", arch) == arch} - BUILD_ONLY
 
 
 # --- (a) element expansion -------------------------------------------------
@@ -264,7 +237,7 @@ def test_allow_list_parses_its_section_only():
     text = ("intro ``nope``\n\n.. allowed-packages\n\n- ``bash``, ``linux-image-*-cloud-amd64``:"
             " why\n- ``libc6``,\n  ``zlib1g``: why ``x`` too\n\nNext\n----\n\n- ``after``: no\n")
     assert allowed_packages(text) == {"bash", "linux-image-*-cloud-amd64", "libc6", "zlib1g"}
-    with pytest.raises(AssertionError, match="no reason"):
+    with pytest.raises(ValueError, match="no reason"):
         allowed_packages(".. allowed-packages\n\n- ``bash``\n")
 
 
