@@ -201,6 +201,9 @@ class ClusterAdminApi:
     def resource(self, resource_id):
         return from_owner(self._api.resource(resource_id), self._apis)
 
+    def members(self):
+        return list(self._apis.values())
+
 
 # -- up -----------------------------------------------------------------------------------------
 
@@ -758,7 +761,8 @@ def check_tls(view):
 def check_metrics(view):
     """``GET /metrics``: every appliance's agent, called as the orchestrator calls it,
     reports its committed generation and packets received on its NICs; the orchestrator
-    reports every router and load balancer by state and its applied pushes."""
+    (each member of a cluster) reports every router and load balancer by state, and the
+    pushes applied add up to at least one."""
     details = []
     for resource in (*view.cloud.routers, *view.cloud.loadbalancers):
         for instance in view.api.resource(resource.id)["instances"]:
@@ -772,15 +776,19 @@ def check_metrics(view):
                            f"{received:.0f} packets received")
             if generation < 1 or received < 1:
                 return False, "; ".join(details)
-    text = view.api.metrics()
-    states = {dict(labels)["state"]: count for (name, labels), count in samples(text).items()
+    # A cluster's members each count the resources of the shared store and their own
+    # pushes (those of the resources they own).
+    texts = [member.metrics() for member in view.api.members()]
+    states = {dict(labels)["state"]: count
+              for (name, labels), count in samples(texts[0]).items()
               if name == "astara_orchestrator_resources"}
-    applied = metric(text, "astara_orchestrator_pushes_total", result="applied")
+    applied = sum(metric(text, "astara_orchestrator_pushes_total", result="applied")
+                  for text in texts)
     expected = len(view.cloud.routers) + len(view.cloud.loadbalancers)
     by_state = ", ".join(f"{count:.0f} {state}" for state, count in sorted(states.items()))
-    details.append(f"orchestrator: {by_state}, {applied:.0f} pushes applied")
-    return (bool(details) and sum(states.values()) == expected and applied >= 1,
-            "; ".join(details))
+    details.append(f"orchestrator{'s' if len(texts) > 1 else ''}: {by_state}, "
+                   f"{applied:.0f} pushes applied")
+    return (sum(states.values()) == expected and applied >= 1, "; ".join(details))
 
 
 CHECKS = (

@@ -107,6 +107,10 @@ class AdminApi:
     def resources(self):
         return self.call("GET", "/v1/resources")["resources"]
 
+    def members(self):
+        """The admin APIs of every orchestrator (alone: this one)."""
+        return [self]
+
     def metrics(self):
         """``GET /metrics``: the Prometheus text."""
         response = self.http.request("GET", "/metrics",
