@@ -52,7 +52,7 @@ from astara_netns import Lab, Netns, NetnsHTTPClient, list_netns, run
 from .orchestrator import (AdminApi, AdminApiError, OrchestratorProcess, errors_as,
                            log_tail)
 from .peers import PeerBird, eventually, learned_prefixes, udhcpc
-from .scrape import metric, samples
+from .scrape import samples
 from orchestrator_lite.rollout import in_sync
 
 DEFAULT_STATE = "/run/astara-lab/lab.json"
@@ -722,11 +722,12 @@ def orchestrator_tls(state, client_certificate=True):
     return tls_client_context(pki / "ca.crt", pki / "client.crt", pki / "client.key")
 
 
-def agent_client(state, instance, timeout=10):
+def agent_client(state, instance, timeout=10, context=None):
     """An appliance's API as the orchestrator calls it (HTTPS verifying the instance's
-    name, with the orchestrator's client certificate), from the controller namespace."""
+    name, with the orchestrator's client certificate: ``context``, else made from the
+    orchestrator's ini), from the controller namespace."""
     return NetnsHTTPClient(state["namespaces"]["ctl"], instance["management_address"],
-                           API_PORT, timeout, context=orchestrator_tls(state),
+                           API_PORT, timeout, context=context or orchestrator_tls(state),
                            server_name=instance["name"])
 
 
@@ -761,34 +762,38 @@ def check_tls(view):
 def check_metrics(view):
     """``GET /metrics``: every appliance's agent, called as the orchestrator calls it,
     reports its committed generation and packets received on its NICs; the orchestrator
-    (each member of a cluster) reports every router and load balancer by state, and the
-    pushes applied add up to at least one."""
+    (each member of a cluster) reports every router and load balancer by state. Its health
+    polls and applied pushes are shown, not required: both count from the process's start,
+    and a restarted orchestrator adopts its appliances without pushing."""
+    context = orchestrator_tls(view.state)
     details = []
     for resource in (*view.cloud.routers, *view.cloud.loadbalancers):
         for instance in view.api.resource(resource.id)["instances"]:
-            response = agent_client(view.state, instance).get("/metrics")
+            response = agent_client(view.state, instance, context=context).get("/metrics")
             if response.status != 200:
                 return False, f"{instance['name']}: GET /metrics answered {response.status}"
-            generation = metric(response.text, "astara_generation")
-            received = sum(value for (name, _), value in samples(response.text).items()
+            agent = samples(response.text)
+            generation = agent.get(("astara_generation", ()), 0)
+            received = sum(value for (name, _), value in agent.items()
                            if name == "astara_interface_rx_packets_total")
             details.append(f"{instance['name']}: generation {generation:.0f}, "
                            f"{received:.0f} packets received")
             if generation < 1 or received < 1:
                 return False, "; ".join(details)
-    # A cluster's members each count the resources of the shared store and their own
-    # pushes (those of the resources they own).
-    texts = [member.metrics() for member in view.api.members()]
-    states = {dict(labels)["state"]: count
-              for (name, labels), count in samples(texts[0]).items()
+    # A cluster's members each count the resources of the shared store, and their own
+    # polls and pushes (those of the resources they own).
+    members = [samples(member.metrics()) for member in view.api.members()]
+    states = {dict(labels)["state"]: count for (name, labels), count in members[0].items()
               if name == "astara_orchestrator_resources"}
-    applied = sum(metric(text, "astara_orchestrator_pushes_total", result="applied")
-                  for text in texts)
+    polls = [member.get(("astara_orchestrator_health_polls_total", ()), 0)
+             for member in members]
+    applied = sum(member.get(("astara_orchestrator_pushes_total", (("result", "applied"),)),
+                             0) for member in members)
     expected = len(view.cloud.routers) + len(view.cloud.loadbalancers)
     by_state = ", ".join(f"{count:.0f} {state}" for state, count in sorted(states.items()))
-    details.append(f"orchestrator{'s' if len(texts) > 1 else ''}: {by_state}, "
-                   f"{applied:.0f} pushes applied")
-    return (sum(states.values()) == expected and applied >= 1, "; ".join(details))
+    details.append(f"orchestrator{'s' if len(members) > 1 else ''}: {by_state}, "
+                   f"{sum(polls):.0f} health polls, {applied:.0f} pushes applied")
+    return sum(states.values()) == expected, "; ".join(details)
 
 
 CHECKS = (
