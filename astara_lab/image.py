@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 
+import yaml
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 INPUT_TREES = ("diskimage-builder", "packaging/astara-router", "astara_router")
 INPUT_FILES = ("scripts/build-image", "scripts/build-agent-wheel", "requirements.txt",
@@ -188,7 +190,6 @@ def allowed_packages(readme_text):
 def runtime_packages(arch="amd64"):
     """What the element's package-installs.yaml installs for ``arch`` and stays in the
     image."""
-    import yaml  # test-requirements: only the image's package checks read it
     wanted = yaml.safe_load((ASTARA_ELEMENT / "package-installs.yaml").read_text())
     return {name for name, spec in wanted.items()
             if (spec or {}).get("arch", arch) == arch} - BUILD_ONLY

@@ -568,7 +568,8 @@ def section(facts, results, opts, minutes):
         f"payloads alternately without pause. Rounds of {opts.get_seconds:g} s (idle: "
         f"{opts.idle_seconds:g} s); p50/p99 per round (nearest rank).",
         "- **PSS**: sum of `Pss` in /proc/PID/smaps_rollup over the agent's own processes "
-        "(gunicorn master and worker, metadata proxy; not dnsmasq or BIRD) beside the bare "
+        "(gunicorn master and worker; the metadata proxy is a thread of the worker; not "
+        "dnsmasq or BIRD) beside the bare "
         "app's master and worker, sampled together once the agent is idle; MB = 10⁶ bytes."
         + (f" Per process (median), {breakdown}." if breakdown else ""),
         "- **ratio** = median of the per-run ratios; **met** = that median (or the median "
