@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from astara_lab.appliance import contract_payloads
+from astara_lab.appliance import contract_payloads, kernel_names
 from astara_lab.peers import Connection, PeerServer, eventually
 from astara_lab.scrape import metric
 from astara_lab.topology import PUBLIC_V4, started_router
@@ -35,15 +35,10 @@ def scraped_counters(text, kernel_name):
             for way, names in KERNEL.items() for name in names}
 
 
-def kernel_name_of(app, generic):
-    interfaces = app.client().get("/v1/system/interfaces").json()["interfaces"]
-    return next(item["kernel_name"] for item in interfaces if item["ifname"] == generic)
-
-
 def test_interface_counters_are_the_kernels_and_name_the_payload_role(lab):
     t = started_router(lab, "router-basic", BASIC, max_vms=1)
     app, vm = t.appliance, t.vms[0]
-    eth = kernel_name_of(app, "ge2")  # the internal network, 10.1.0.1/24
+    eth = kernel_names(app)["ge2"]  # the internal network, 10.1.0.1/24
     client = app.client()
     start = scraped_counters(client.get("/metrics").text, eth)
 
