@@ -2,13 +2,17 @@
 its neighbours, test/contract/test_openstack_mode.py, test/functional/test_neutron_events.py):
 HTTP servers on 127.0.0.1 that answer like the agent (its own payload parser, a committed
 hash), the fake compute driver whose instances they are, fast health settings, a router
-to build in a store, a poll helper and orchestrators stopped at the end of a fixture. Importable from every test directory (pytest.ini puts test/unit on the path); the
-unit tests' `cloud` and `orch` fixtures built on them are in test/unit/conftest.py."""
+to build in a store, a poll helper, orchestrators stopped at the end of a fixture, and a
+settable clock with a CA that runs on it.
+
+Importable from every test directory (pytest.ini puts test/unit on the path); the unit
+tests' `cloud` and `orch` fixtures built on them are in test/unit/conftest.py."""
 import contextlib
 import pathlib
 import ssl
 import tempfile
 import threading
+import time
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import make_server
@@ -19,6 +23,7 @@ from astara_router.model import PayloadError, parse_payload
 from astara_router.store import payload_hash
 from orchestrator_lite.client import ApplianceClient
 from orchestrator_lite.config import ApiSettings, HealthSettings, Settings
+from orchestrator_lite.pki import DAY, CertificateAuthority
 from orchestrator_lite.service import Orchestrator
 
 from fake_driver import FakeDriver
@@ -29,6 +34,26 @@ FAST = HealthSettings(period=0.3, jitter=0.1, dead_grace=0.6, boot_timeout=3.0,
                       boot_backoff_cap=0.2, error_cooldown=0.5, delete_timeout=2.0,
                       hotplug_timeout=2.0, max_push_failures=3, push_backoff_base=0.05,
                       push_backoff_cap=0.1)
+
+
+class Clock:
+    """A clock for code that takes ``clock=`` (it calls it for the time): the test sets or
+    moves ``now``."""
+
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def backdated_ca(directory):
+    """``(ca, clock)``: a CA in ``directory`` (30-day certificates, renewed in their last 10
+    days) whose clock stands 25 days back, so that certificates issued before and after a
+    21-day move of ``clock.now`` are all valid for a handshake at the real time now."""
+    clock = Clock(time.time() - 25 * DAY)
+    return CertificateAuthority(directory, lifetime_days=30, renew_before_days=10,
+                                clock=clock), clock
 
 
 def server_context(bundle, directory):

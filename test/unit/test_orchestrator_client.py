@@ -14,9 +14,9 @@ import pytest
 from astara_lab.webserver import QuietHandler
 from orchestrator_lite.client import (ApplianceClient, ApplianceRejected, ApplianceUnavailable,
                                       base_url)
-from orchestrator_lite.pki import DAY, CertificateAuthority
+from orchestrator_lite.pki import DAY
 
-from sim_appliances import server_context
+from sim_appliances import backdated_ca, server_context
 
 
 class Handler(QuietHandler):
@@ -74,20 +74,11 @@ def server():
 NAME = "ak-router-r1_0"
 
 
-class Clock:
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-
 @pytest.fixture
 def tls_server(tmp_path):
     """The server over mutual TLS with a certificate for NAME, and the CA (its clock 25
     days back: certificates issued before and after a 21-day jump are valid now)."""
-    clock = Clock(time.time() - 25 * DAY)
-    ca = CertificateAuthority(tmp_path / "pki", 30, 10, clock=clock)
+    ca, clock = backdated_ca(tmp_path / "pki")
     srv = Server(("127.0.0.1", 0), Handler)
     srv.socket = server_context(ca.issue(NAME), tmp_path).wrap_socket(srv.socket,
                                                                        server_side=True)

@@ -19,10 +19,10 @@ from orchestrator_lite import state as st
 from orchestrator_lite.api import create_app
 from orchestrator_lite.cli import ctl
 from orchestrator_lite.drivers.base import ACTIVE, ERROR
-from orchestrator_lite.pki import DAY, CertificateAuthority
+from orchestrator_lite.pki import DAY
 from orchestrator_lite.service import Orchestrator
 
-from sim_appliances import (FAST, TOKEN, SimCloud, desired_hash, make_settings,
+from sim_appliances import (FAST, TOKEN, SimCloud, backdated_ca, desired_hash, make_settings,
                             simple_router, started_orchestrators, state_of, wait_for)
 
 
@@ -137,14 +137,6 @@ def test_restarted_orchestrator_adopts_without_reboot_or_push(orch, cloud):
     assert appliance.puts == puts  # in sync: nothing pushed
 
 
-class Clock:
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-
 def presented(appliance, since=0):
     """The client certificates (DER) the appliance's requests came with."""
     return {ssl.PEM_cert_to_DER_cert(pem) for _, pem, _ in appliance.requests[since:] if pem}
@@ -155,9 +147,7 @@ def test_the_client_certificate_is_renewed_while_nothing_boots(tmp_path):
     the renewal window of every certificate. The orchestrator re-issues its own client
     certificate and its next handshakes present it; the appliance's is pushed anew."""
     # 25 days back: the certificates issued before and after the jump are valid now.
-    clock = Clock(time.time() - 25 * DAY)
-    ca = CertificateAuthority(tmp_path / "pki", lifetime_days=30, renew_before_days=10,
-                              clock=clock)
+    ca, clock = backdated_ca(tmp_path / "pki")
     cloud = SimCloud(certificates=ca)
     try:
         with started_orchestrators() as start:

@@ -14,6 +14,8 @@ from orchestrator_lite.events import (CLUSTER_REBUILD, CREATE, DELETE, MANAGE, P
 from orchestrator_lite.instances import BootError, ConfigureResult, Observation
 from orchestrator_lite.state import Automaton, Wait, derive_state
 
+from sim_appliances import Clock
+
 SETTINGS = HealthSettings(dead_grace=30, boot_timeout=100, boot_check_interval=2,
                           max_boot_attempts=3, boot_backoff_base=4, boot_backoff_cap=60,
                           error_cooldown=30, delete_timeout=10, max_push_failures=3,
@@ -27,14 +29,6 @@ SYNCED = Observation(exists=True, instances=1, addressed=1, alive=1, in_sync=1)
 REPLUG_OBS = Observation(exists=True, instances=1, addressed=1, alive=1, needs_replug=True)
 BROKEN = Observation(exists=True, instances=1, addressed=1, alive=0, dead_for=(math.inf,))
 HA_HALF = Observation(exists=True, required=2, instances=1, addressed=1, alive=1, in_sync=1)
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 class Manager:
@@ -95,7 +89,7 @@ class Manager:
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return Clock(1000.0)
 
 
 @pytest.fixture

@@ -21,15 +21,12 @@ from orchestrator_lite.client import ApplianceUnavailable
 from orchestrator_lite.drivers.userdata import cloud_config, image_tls_files
 from orchestrator_lite.pki import DAY, CertificateAuthority, write_files
 
+from sim_appliances import Clock
+
 NAME = "ak-router-5a3b7c1e-0000-4000-8000-000000000001_0"
 
 
-class Clock:
-    def __init__(self, now=1.8e9):
-        self.now = now
-
-    def __call__(self):
-        return self.now
+EPOCH = 1.8e9  # the CA's clock in these tests: a fixed instant (2027)
 
 
 def mode_of(path):
@@ -49,7 +46,7 @@ def test_ca_keeps_its_keys_private_and_persists(tmp_path):
 
 
 def test_appliance_certificate_names_the_instance_for_server_auth_only(tmp_path):
-    ca = CertificateAuthority(tmp_path / "pki", lifetime_days=30, clock=Clock())
+    ca = CertificateAuthority(tmp_path / "pki", lifetime_days=30, clock=Clock(EPOCH))
     bundle = ca.issue(NAME)
     cert = x509.load_pem_x509_certificate(bundle.certificate.encode())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -57,7 +54,7 @@ def test_appliance_certificate_names_the_instance_for_server_auth_only(tmp_path)
     assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == \
         [ExtendedKeyUsageOID.SERVER_AUTH]
     assert cert.issuer == x509.load_pem_x509_certificate(ca.ca_pem.encode()).subject
-    assert bundle.not_after == pytest.approx(1.8e9 + 30 * DAY)
+    assert bundle.not_after == pytest.approx(EPOCH + 30 * DAY)
     assert bundle.ca_certificate == ca.ca_pem
     assert "PRIVATE KEY" not in repr(bundle)
     # Its key is not kept by the orchestrator: only the certificate is recorded.
@@ -68,7 +65,7 @@ def test_appliance_certificate_names_the_instance_for_server_auth_only(tmp_path)
 
 
 def test_certificates_fall_due_in_the_renewal_window(tmp_path):
-    clock = Clock()
+    clock = Clock(EPOCH)
     ca = CertificateAuthority(tmp_path / "pki", lifetime_days=30, renew_before_days=10,
                               clock=clock)
     assert ca.due(NAME)  # never issued
@@ -93,7 +90,7 @@ def test_ca_refuses_a_renewal_window_that_cannot_work(tmp_path, lifetime, renew)
 
 
 def test_client_context_reloads_a_renewed_client_certificate(tmp_path):
-    clock = Clock()
+    clock = Clock(EPOCH)
     ca = CertificateAuthority(tmp_path / "pki", 30, 10, clock=clock)
     client = ca.client_tls()
     first = client.context()
@@ -108,7 +105,7 @@ def test_members_sharing_the_directory_renew_the_client_certificate_once(tmp_pat
     """Two orchestrators on one [tls] directory: the first to use its client after the
     certificate fell due re-issues it, the other loads that one instead of issuing its
     own (its cached due date only tells it to look)."""
-    clock = Clock()
+    clock = Clock(EPOCH)
     first, second = (CertificateAuthority(tmp_path / "pki", 30, 10, clock=clock)
                      for _ in range(2))
     contexts = [ca.client_tls().context() for ca in (first, second)]
@@ -316,7 +313,7 @@ def test_a_failed_renewal_stays_due_and_is_pushed_again(tmp_path):
     from types import SimpleNamespace
 
     from orchestrator_lite.instances import InstanceManager
-    clock = Clock()
+    clock = Clock(EPOCH)
     ca = CertificateAuthority(tmp_path / "pki", 30, 10, clock=clock)
     first = ca.issue(NAME)
     ref = SimpleNamespace(kind="router", id="5a3b7c1e-0000-4000-8000-000000000001")
