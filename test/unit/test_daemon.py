@@ -8,10 +8,10 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
+from astara_lab.peers import eventually
 from astara_lab.services import free_port
 from astara_netns import pid_alive as alive
 from astara_router.apply.daemon import Daemon
@@ -87,10 +87,7 @@ def test_an_adopted_charon_is_stopped_once_it_has_exited(tmp_path):
     port = free_port()
     subprocess.run([sys.executable, str(program), charon.pidfile, str(port)], check=True,
                    env={**os.environ, "STRONGSWAN_CONF": charon.conf})
-    deadline = time.monotonic() + 10
-    while charon.pid() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    pid = charon.pid()
+    pid = eventually(charon.pid, 10, "the stand-in's pid file", 0.01)
     try:
         assert pid is not None and charon.process is None
         assert charon.stop() is True

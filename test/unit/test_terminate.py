@@ -3,8 +3,8 @@
 ``postgres`` child share one)."""
 import signal
 import subprocess
-import time
 
+from astara_lab.peers import eventually
 from astara_netns import pid_alive, terminate
 
 
@@ -20,19 +20,13 @@ def start(script):
     return process, lines
 
 
-def gone_within(pid, seconds):
-    deadline = time.monotonic() + seconds
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not pid_alive(pid)
-
-
 def test_group_ends_the_children_too():
     process, (child,) = start("sleep 60 & echo $!; echo ready; wait")
     try:
         terminate(process.pid, 5, alive=lambda: process.poll() is None, group=True)
         assert process.poll() == -signal.SIGTERM
-        assert gone_within(child, 5), "the group's other member still runs"
+        eventually(lambda: not pid_alive(child), 5, "the end of the group's other member",
+                   0.05)
     finally:
         terminate(child, 1)
         process.wait(5)
