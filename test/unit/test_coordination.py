@@ -1,14 +1,10 @@
 """ClusterOwnership's bookkeeping on a real tooz backend (its file driver: groups and locks
 in a directory of the test's own) and a real store: what it holds follows the resources."""
-import pytest
-
 from orchestrator_lite.config import CoordinationSettings, ManagementSettings
 from orchestrator_lite.coordination import ClusterOwnership
 from orchestrator_lite.store import Store
 
 from sim_appliances import simple_router, wait_for
-
-pytest.importorskip("tooz")
 
 
 class Scheduler:
