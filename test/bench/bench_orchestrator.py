@@ -23,7 +23,9 @@ with its NICs on the fabric's bridges):
 
 The main scenarios call the appliances over plain HTTP (``[tls] enabled = false``).
 ``--tls N`` adds a comparison, written to its own section: N real agents over plain HTTP,
-then N over mutual TLS (the orchestrator's default), in the same run.
+then directly after it N over mutual TLS (the orchestrator's default). When ``--real``
+has N, its plain-HTTP run is the comparison's (not run a second time) and the TLS run
+follows it.
 
 Appliances are real agents, or a stand-in (standin_agent.py: the agent API the health
 loop and push use, real hash semantics, no dataplane) started by the same netns driver via
@@ -501,19 +503,26 @@ def main(argv=None):
     args = parser.parse_args(argv)
     require_root()
     facts = machine_facts()
-    results = []
+    results, compared = [], []
     plan = [("real", n) for n in parse_counts(args.real)] + \
         [("standin", n) for n in parse_counts(args.standin)]
     biggest = max(plan, key=lambda p: p[1], default=None)
+    tls_counts = parse_counts(args.tls)
+
+    def over_tls(count):
+        return scenario("real", count, args.period, args.rounds, args.timeout,
+                        keep_logs=args.keep_logs, tls=True)
+
     for agents, count in plan:
         results.append(scenario(agents, count, args.period, args.rounds, args.timeout,
                                 args.profile if (agents, count) == biggest else None,
                                 args.keep_logs))
-    compared = []
-    for count in parse_counts(args.tls):
-        for tls in (False, True):
-            compared.append(scenario("real", count, args.period, args.rounds, args.timeout,
-                                     keep_logs=args.keep_logs, tls=tls))
+        if agents == "real" and count in tls_counts:  # its TLS twin, back to back
+            compared += [results[-1], over_tls(count)]
+    for count in tls_counts:
+        if ("real", count) not in plan:
+            compared += [scenario("real", count, args.period, args.rounds, args.timeout,
+                                  keep_logs=args.keep_logs), over_tls(count)]
     if results:
         text = render(facts, results, args.period, args.rounds)
         write_section(args.output, "orchestrator", text)
