@@ -49,6 +49,7 @@ from bench_common import (add_output_option, cpu_seconds, machine_facts,  # noqa
                           machine_line, require_root)
 from markdown_sections import write_section  # noqa: E402 (this directory)
 
+
 def states(cluster, indexes=None):
     """{router: (owner, epoch, state)} from the store (through live members)."""
     stored, _ = cluster.ownership(indexes)

@@ -376,7 +376,6 @@ def test_bird_accepts_the_ha_trigger(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-
 def test_an_agent_that_is_not_root_gets_keepalived_state_changes_through_a_fifo():
     """keepalived cannot run a script without CAP_SETGID: with notify_fifo it writes its
     state changes to the FIFO the agent reads (apply/ha_notify.py) and runs none itself."""

@@ -203,4 +203,3 @@ def test_overlapping_finds_exactly_the_pairs_that_overlap(cidrs):
             if cidrs[earlier].version == cidr.version and cidrs[earlier].overlaps(cidr):
                 every_pair.setdefault(later, []).append(earlier)
     assert overlapping(cidrs) == every_pair
-
