@@ -1,16 +1,17 @@
 """End-to-end tests on a whole lab, through astara_lab.lab's in-process API.
 
 The skip logic (root, working ``ip netns add``) is the functional tests' own: the same
-``require_netns`` and the same hook for the ``netns`` marker.
+``require_netns`` and the same hook for the ``netns`` marker (astara_lab.pytest_netns).
 """
 import pytest
 
-from functional import conftest as functional
-
 from astara_lab import lab as astara_lab
+from astara_lab import pytest_netns
+from astara_lab.pytest_netns import require_netns
 
-require_netns = functional.require_netns
-pytest_runtest_setup = functional.pytest_runtest_setup  # skips tests marked netns
+from .lab_helpers import E2E_HEALTH
+
+pytest_runtest_setup = pytest_netns.pytest_runtest_setup  # skips tests marked netns
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,3 @@ def up_lab(lab_state_file):
                             progress=astara_lab.Progress(live=False))
     finally:
         astara_lab.down(lab_state_file, quiet=True)
-
-
-# Faster than the lab's default so the tests react quickly; the tests never assert times.
-E2E_HEALTH = {"period": 3, "dead_grace": 5, "error_cooldown": 5}

@@ -23,7 +23,7 @@ from astara_lab.leftovers import find_leftovers
 from astara_netns import Netns, list_netns, netns_pids, pid_alive
 from astara_lab.peers import Connection, PeerServer, eventually
 
-from .conftest import E2E_HEALTH
+from .lab_helpers import E2E_HEALTH
 
 pytestmark = pytest.mark.netns
 

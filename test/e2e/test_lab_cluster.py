@@ -5,10 +5,11 @@ stops the servers with the rest."""
 import pytest
 
 from astara_lab import lab as astara_lab
+from astara_lab.pytest_netns import require_netns
 from astara_lab.services import cluster_unavailable
 from astara_netns import pid_alive
 
-from .conftest import E2E_HEALTH, require_netns
+from .lab_helpers import E2E_HEALTH
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,10 @@ from astara_lab.image import outputs
 from astara_lab.leftovers import find_leftovers
 from astara_netns import Netns, list_netns, pid_alive
 from astara_lab.peers import eventually
+from astara_lab.pytest_netns import require_netns
 from orchestrator_lite.rollout import in_sync
 
-from .conftest import E2E_HEALTH, require_netns
+from .lab_helpers import E2E_HEALTH
 
 pytestmark = [pytest.mark.netns]
 ROUTER = "demo-router"

@@ -5,24 +5,11 @@ import sys
 import pytest
 
 from astara_lab.appliance import contract_appliance, contract_payloads
-from astara_netns import Lab, netns_unavailable_reason
+from astara_lab import pytest_netns
+from astara_lab.pytest_netns import require_netns
+from astara_netns import Lab
 
-_UNSET = object()
-_reason = _UNSET  # probed once per session
-
-
-def require_netns():
-    """Skip (never fail) the calling test unless namespaces can be created."""
-    global _reason
-    if _reason is _UNSET:
-        _reason = netns_unavailable_reason()
-    if _reason:
-        pytest.skip(f"network namespaces unavailable: {_reason}")
-
-
-def pytest_runtest_setup(item):
-    if item.get_closest_marker("netns"):
-        require_netns()
+pytest_runtest_setup = pytest_netns.pytest_runtest_setup  # skips tests marked netns
 
 
 def fresh_lab():
