@@ -6,9 +6,11 @@ image's ini) and cannot call sethostname. ``astara-hostname.path`` runs this, as
 whenever that file changes, and once at boot. Its whole interface is one host name: it is
 checked with the payload's own grammar, then set as the kernel's host name and written
 into /etc/hostname and /etc/hosts, which are rendered here (the management address comes
-from what root's ``astara-configure-management`` recorded), never copied from the agent.
+from what ``astara-configure-management`` recorded, and must parse as one address), never
+copied from the agent.
 """
 import argparse
+import ipaddress
 import json
 import os
 import socket
@@ -37,7 +39,7 @@ def wanted_hostname(etc_dir):
 def management_address(state_dir):
     try:
         with open(os.path.join(state_dir, "management.json")) as handle:
-            return json.load(handle).get("address")
+            return str(ipaddress.ip_address(json.load(handle).get("address")))
     except (OSError, ValueError, AttributeError):
         return None
 

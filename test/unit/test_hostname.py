@@ -34,6 +34,11 @@ def test_hosts_file_without_a_management_address_still_resolves_the_name():
     assert render_hosts("r1", None).splitlines()[-1] == "127.0.1.1  r1"
 
 
+def test_hosts_file_refuses_a_management_address_that_is_not_one_address():
+    with pytest.raises(ValueError):
+        render_hosts("r1", "10.0.0.1  r1\n198.51.100.9  mirror.debian.org")
+
+
 def test_hostname_file():
     assert render_hostname_file(NAME) == NAME + "\n"
 

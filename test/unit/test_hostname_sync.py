@@ -1,6 +1,7 @@
 """astara-hostname-sync, the image's root helper for the host name: it takes one checked
 host name from the unprivileged agent's file and renders /etc's files itself."""
 import json
+import pathlib
 
 import pytest
 
@@ -38,6 +39,17 @@ def test_the_name_is_set_and_etc_rendered_once(dirs):
     assert (target / "hostname").read_text() == "router-7.example\n"
     assert (target / "hosts").read_text().splitlines()[-1] == "fdca::5  router-7.example"
     assert sync(settings, str(target), kernel) == 0
+
+
+def test_a_management_address_that_is_not_one_address_is_not_written(dirs):
+    settings, wanted, target = dirs
+    (pathlib.Path(settings.state_dir) / "management.json").write_text(
+        json.dumps({"address": "fdca::5  router\n198.51.100.9  mirror.debian.org"}))
+    wanted.write_text("router\n")
+    assert sync(settings, str(target), FakeKernel("debian")) == 3
+    hosts = (target / "hosts").read_text().splitlines()
+    assert hosts[-1] == "127.0.1.1  router" and len(hosts) == 3
+    assert "mirror" not in (target / "hosts").read_text()
 
 
 @pytest.mark.parametrize("text", ["pwned\n10.0.0.1 evil\n", "a b\n", "x" * 65 + "\n",
