@@ -14,12 +14,12 @@ How an apply decides what to run (see render/firewall.py for the ruleset itself)
      any reload. A new floating IP has no binding yet.
 """
 import ipaddress
-import json
 import logging
 import subprocess
 from dataclasses import dataclass
 
 from .. import nftables
+from ..cli.management import read_management
 from ..errors import ApplyError
 from ..render.firewall import (TABLE_SPEC, floating_ips_in_listing, render_firewall,
                                replace_script)
@@ -117,11 +117,7 @@ class FirewallSubsystem:
 
     def boot_management(self):
         """Kernel name of the interface astara-configure-management set up at boot."""
-        try:
-            with open(self.settings.path("management.json")) as handle:
-                return json.load(handle).get("kernel_name")
-        except (OSError, ValueError, AttributeError):
-            return None
+        return read_management(self.settings.state_dir).get("kernel_name")
 
     # -- the transaction protocol -----------------------------------------------------------
     def plan(self, config, names):

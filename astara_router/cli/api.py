@@ -7,7 +7,6 @@ configuration before it answers anything (also when gunicorn respawns it after a
 import argparse
 import fcntl
 import ipaddress
-import json
 import logging
 import os
 import signal
@@ -19,6 +18,7 @@ from .. import logs
 from .. import settings as settings_mod
 from .. import tls
 from ..store import Store
+from .management import read_management
 
 LOG = logging.getLogger("astara_router.api")
 
@@ -43,11 +43,9 @@ def default_bind(settings, stored=None):
                 return format_bind(address, settings.port)
         except Exception:
             pass
-    try:
-        with open(settings.path("management.json")) as handle:
-            return format_bind(json.load(handle)["address"], settings.port)
-    except (OSError, ValueError, KeyError):
-        pass
+    recorded = read_management(settings.state_dir).get("address")
+    if recorded is not None:
+        return format_bind(recorded, settings.port)
     return f"[::]:{settings.port}"
 
 

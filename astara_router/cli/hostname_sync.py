@@ -10,15 +10,14 @@ from what ``astara-configure-management`` recorded, and must parse as one addres
 copied from the agent.
 """
 import argparse
-import ipaddress
-import json
 import os
 import socket
 import sys
 
 from .. import settings as settings_mod
+from ..apply.daemon import FileSet
 from ..render.hostname import render_hostname_file, render_hosts
-from ..store import atomic_write
+from .management import read_management
 
 HOST_NAME_MAX = 64  # the kernel's limit for sethostname
 
@@ -36,14 +35,6 @@ def wanted_hostname(etc_dir):
     return name
 
 
-def management_address(state_dir):
-    try:
-        with open(os.path.join(state_dir, "management.json")) as handle:
-            return str(ipaddress.ip_address(json.load(handle).get("address")))
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def sync(settings, target="/etc", kernel=socket):
     """Make the kernel's host name (``kernel``: gethostname/sethostname) and ``target``'s
     hostname/hosts match the agent's file; the number of things changed."""
@@ -52,19 +43,10 @@ def sync(settings, target="/etc", kernel=socket):
     name = wanted_hostname(settings.etc_dir)
     if name is None:
         return 0
+    address = read_management(settings.state_dir).get("address")
     files = {os.path.join(target, "hostname"): render_hostname_file(name),
-             os.path.join(target, "hosts"): render_hosts(name,
-                                                         management_address(settings.state_dir))}
-    changed = 0
-    for path, text in files.items():
-        try:
-            with open(path) as handle:
-                if handle.read() == text:
-                    continue
-        except FileNotFoundError:
-            pass
-        atomic_write(path, text, mode=0o644)
-        changed += 1
+             os.path.join(target, "hosts"): render_hosts(name, address)}
+    changed = FileSet(*files).converge(files)
     if kernel.gethostname() != name:
         kernel.sethostname(name)
         changed += 1

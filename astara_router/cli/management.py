@@ -9,6 +9,7 @@ import argparse
 import functools
 import ipaddress
 import json
+import os
 import re
 import sys
 
@@ -17,6 +18,7 @@ from .. import settings as settings_mod
 from ..naming import list_nics
 from ..store import atomic_write
 
+MANAGEMENT_FILE = "management.json"  # in the state directory
 SSHD_KEYS = re.compile(r"^\s*#?\s*(ListenAddress|AddressFamily|UseDNS)\s", re.I)
 
 
@@ -36,11 +38,23 @@ def configure(mac, address, mtu, state_dir, sshd_config=None):
         raise SystemExit(f"astara-configure-management: {address} on {nic.kernel_name}: "
                          f"{error}")
     print(f"{address} on {nic.kernel_name}", file=sys.stderr)
-    atomic_write(f"{state_dir}/management.json",
+    atomic_write(os.path.join(state_dir, MANAGEMENT_FILE),
                  json.dumps({"address": str(address.ip), "prefixlen": address.network.prefixlen,
                              "mac": mac, "kernel_name": nic.kernel_name}), mode=0o644)
     if sshd_config:
         configure_sshd(sshd_config, address.ip)
+
+
+def read_management(state_dir):
+    """What ``configure`` recorded at boot (address, prefixlen, mac, kernel_name), or {}
+    when there is no record or its address is not one address: the state directory is the
+    agent's, and the root hostname helper puts that address into /etc/hosts."""
+    try:
+        with open(os.path.join(state_dir, MANAGEMENT_FILE)) as handle:
+            record = json.load(handle)
+        return dict(record, address=str(ipaddress.ip_address(record["address"])))
+    except (OSError, ValueError, TypeError, KeyError):
+        return {}
 
 
 def configure_sshd(path, ip):

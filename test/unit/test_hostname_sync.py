@@ -7,6 +7,7 @@ import pytest
 
 from astara_router import settings as settings_mod
 from astara_router.cli.hostname_sync import sync
+from astara_router.cli.management import read_management
 
 
 class FakeKernel:
@@ -68,3 +69,16 @@ def test_no_file_no_change_and_etc_itself_is_refused(dirs):
     assert sync(settings, str(target), FakeKernel("debian")) == 0
     with pytest.raises(ValueError, match="etc_dir"):
         sync(settings_mod.Settings(etc_dir=str(target)), str(target), FakeKernel("d"))
+
+
+RECORDED = {"address": "fdca::5", "kernel_name": "eth0"}
+
+
+@pytest.mark.parametrize("text, record", [
+    ('{"address": "fdca:0::5", "kernel_name": "eth0"}', RECORDED),
+    ('{"address": "fdca::5 x", "kernel_name": "eth0"}', {}),
+    ('{"kernel_name": "eth0"}', {}), ('["fdca::5"]', {}), ("{", {}), (None, {})])
+def test_the_management_record_is_read_only_with_one_address(tmp_path, text, record):
+    if text is not None:
+        (tmp_path / "management.json").write_text(text)
+    assert read_management(str(tmp_path)) == record
