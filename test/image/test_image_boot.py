@@ -189,6 +189,13 @@ def test_agent_and_its_daemons_run_unprivileged(appliance):
     ctl = appliance.ssh("sudo", "-n", "-u", "astara-agent", "/usr/local/bin/astara-router-ctl",
                         "config")
     assert ctl.returncode == 0 and hostname in ctl.stdout, ctl.stdout + ctl.stderr
+    # only its read-only commands: not --url (ctl sends the API token there), not rollback
+    def sudo_lists(*arguments):  # sudo -l COMMAND: exit 0 only when the rules allow it
+        return appliance.ssh("sudo", "-n", "-l", "-u", "astara-agent",
+                             "/usr/local/bin/astara-router-ctl", *arguments).returncode == 0
+    assert sudo_lists("--json", "health")
+    for arguments in (("--url", "http://127.0.0.1:9", "config"), ("rollback",), ("confirm",)):
+        assert not sudo_lists(*arguments), arguments
     for command in (("true",), ("/usr/sbin/nft", "flush", "ruleset"), ("-i",),
                     ("-u", "astara-agent", "/bin/sh", "-c", "id")):
         refused = appliance.ssh("sudo", "-n", *command)

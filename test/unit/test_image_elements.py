@@ -313,13 +313,15 @@ def sudoers_rules(text):
 
 
 def sudo_allows(rules, user, runas, command):
-    """sudo's decision: the last rule that matches user, run-as user and command wins."""
+    """sudo's decision: the last rule that matches user, run-as user and command wins. A
+    command without arguments in a rule allows it with any arguments."""
     decision = False
     for rule_user, rule_runas, allowed, patterns in rules:
         runas_users = {part.split(":")[0] for part in rule_runas.split(",")}
         if rule_user != user or not ({"ALL", runas} & runas_users):
             continue
-        if any(p == "ALL" or fnmatch.fnmatchcase(command, p) for p in patterns):
+        if any(p == "ALL" or fnmatch.fnmatchcase(command, p) or (
+                " " not in p and command.startswith(p + " ")) for p in patterns):
             decision = allowed
     return decision
 
@@ -338,8 +340,15 @@ def test_astara_sudo_is_diagnosis_only_whatever_the_user_data_grants():
         for command in ("/usr/sbin/nft list ruleset", "/usr/sbin/conntrack -L",
                         "/usr/bin/ip xfrm state", "/usr/bin/ss -tulpen"):
             assert sudo_allows(rules, "astara", "root", command), command
-        assert sudo_allows(rules, "astara", "astara-agent",
-                           "/usr/local/bin/astara-router-ctl status")
+        for arguments in ("config", "--json health", "history", "diff -"):
+            assert sudo_allows(rules, "astara", "astara-agent",
+                               "/usr/local/bin/astara-router-ctl " + arguments), arguments
+        # --url would send the agent's API token elsewhere; rollback/confirm administer
+        for arguments in ("--url http://127.0.0.1:9 config", "config --url x", "rollback",
+                          "--json rollback 3", "confirm", "diff /etc/shadow", ""):
+            assert not sudo_allows(rules, "astara", "astara-agent",
+                                   f"/usr/local/bin/astara-router-ctl {arguments}".strip()), \
+                arguments
         for command in ("/bin/bash", "/usr/sbin/nft flush ruleset",
                         "/usr/sbin/nft list ruleset ; flush ruleset", "/usr/bin/ss -K",
                         "/usr/bin/ip link set eth0 down", "/usr/bin/journalctl",
@@ -348,3 +357,6 @@ def test_astara_sudo_is_diagnosis_only_whatever_the_user_data_grants():
         assert not sudo_allows(rules, "astara", "astara-agent", "/bin/sh")
     # without our file the user data's grant is everything: the check can fail
     assert sudo_allows(sudoers_rules(CLOUD_INIT_GRANT), "astara", "root", "/bin/bash")
+    # and a bare command in a rule is any arguments, as in sudo: the model cannot miss one
+    assert sudo_allows(sudoers_rules("astara ALL=(root) /usr/bin/ss\n"), "astara", "root",
+                       "/usr/bin/ss -K")
