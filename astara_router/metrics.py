@@ -93,13 +93,10 @@ class KernelCollector:
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, nics=None, config=None, conntrack_dir=CONNTRACK_DIR):
-        """``nics``, ``config``, ``conntrack_dir``: KernelCollector's sources (without
-        ``nics``, no kernel series)."""
+    def __init__(self, nics, config, conntrack_dir=CONNTRACK_DIR):
+        """``nics``, ``config``, ``conntrack_dir``: KernelCollector's sources."""
         self.registry = CollectorRegistry(auto_describe=True)
-        if nics is not None:
-            self.registry.register(KernelCollector(nics, config or (lambda: None),
-                                                   conntrack_dir))
+        self.registry.register(KernelCollector(nics, config, conntrack_dir))
         self.applies = Counter("astara_applies", "Transactions by result", ["result"],
                                registry=self.registry)
         self.apply_seconds = Histogram("astara_apply_seconds", "Transaction duration",
