@@ -16,10 +16,9 @@ import sys
 
 from .. import settings as settings_mod
 from ..apply.daemon import FileSet
+from ..model.schema import HOST_NAME_MAX
 from ..render.hostname import render_hostname_file, render_hosts
 from .management import read_management
-
-HOST_NAME_MAX = 64  # the kernel's limit for sethostname
 
 
 def wanted_hostname(etc_dir):

@@ -74,7 +74,11 @@ def _int(lo, hi):
 
 HOST_NAME_RULE = ("a host name (RFC 1123: letters, digits and inner '-', labels of at most 63 "
                   "characters)")
-HostName = _text(HOSTNAME, HOST_NAME_RULE, max_length=253)
+# The appliance's own name: the kernel's limit (sethostname refuses more with EINVAL, and
+# the image's root helper refuses a longer file), so a longer name is a 422, not a 200 that
+# leaves the old name. Allocations' DNS names keep DNS's 253.
+HOST_NAME_MAX = 64
+HostName = _text(HOSTNAME, HOST_NAME_RULE, max_length=HOST_NAME_MAX)
 HostNameOrEmpty = _text(f"(?:{HOSTNAME})?", HOST_NAME_RULE + " or empty", max_length=253)
 IfName = _text(GENERIC_IFNAME, "a generic interface name (geN)")
 MacAddress = _text(MAC, "a MAC address (six hex pairs separated by ':')")

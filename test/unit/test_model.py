@@ -235,7 +235,8 @@ def test_loadbalancer_members():
 @pytest.mark.parametrize("name,ok", [
     ("ak-baef51913f354071ab020eae853d4ffe", True),
     ("ak-loadbalancer-" + "a" * 32, True),
-    ("router.example.org", True),
+    ("router.example.org", True), ("a." * 31 + "ab", True),
+    ("a." * 32 + "a", False),  # 65 characters: more than the kernel's host name holds
     ("-bad", False), ("bad-", False), ("a" * 64, False), ("a b", False),
     ("x;reboot", False), ("x\n127.0.0.1 evil", False), ("", False), ("a..b", False),
 ])
@@ -253,6 +254,17 @@ def test_trailing_newline_is_not_a_valid_name(field, value):
         body[field] = value
         path = field
     assert any(e.path == path for e in errors_of(body).errors)
+
+
+def test_the_appliance_name_holds_64_characters_an_allocations_dns_name_253():
+    def name(length):  # labels of at most 29 characters, ``length`` in all (not 30k)
+        return ("a" * 29 + ".") * (length // 30) + "b" * (length % 30)
+    body = copy.deepcopy(VALID["router-basic"])
+    body["networks"][2]["allocations"][0]["hostname"] = name(100)
+    body["hostname"] = name(64)
+    parse_payload(body, ("router",))
+    body["hostname"] = name(65)
+    assert [e.path for e in errors_of(body).errors] == ["hostname"]
 
 
 def test_an_error_message_the_translator_cannot_follow_keeps_msgspec_words():
