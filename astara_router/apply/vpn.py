@@ -88,9 +88,9 @@ class Charon(Daemon):
         self.log = os.path.join(directory, LOG_FILE)
         # where charon's compiled-in pid file is: its own /run, or the host's
         self.private_run = has_capability(CAP_SYS_ADMIN)
-        host_run = os.path.realpath("/var/run")
-        super().__init__("charon", os.path.join(self.run_dir if self.private_run else host_run,
-                                                "charon.pid"), [CHARON])
+        self.host_run = os.path.realpath("/var/run")
+        super().__init__("charon", os.path.join(
+            self.run_dir if self.private_run else self.host_run, "charon.pid"), [CHARON])
         self.process = None  # our Popen, reaped when it exits
 
     def pid(self):
@@ -106,18 +106,29 @@ class Charon(Daemon):
             return None
         return pid if f"STRONGSWAN_CONF={self.conf}".encode() in environ else None
 
-    def start(self, timeout=START_TIMEOUT):
-        check_socket_path(self.socket, "charon's vici socket")
-        os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
-        # charon replaces a stale host pid file itself (the agent may not unlink in /run)
+    def clear_stale(self):
+        """Before a start: remove the socket and pid file a dead charon left. charon refuses
+        to start while its pid file names a live process, and after a SIGKILL that pid may
+        be reused by any daemon of the same user. The host's /run/charon.pid is emptied
+        instead (the agent owns that file, tmpfiles.d, but may not unlink in /run)."""
         for stale in (self.pidfile, self.socket) if self.private_run else (self.socket,):
             try:
                 os.unlink(stale)
             except FileNotFoundError:
                 pass
-        run = os.path.realpath("/var/run")  # where charon's compiled-in pid file goes
+        if not self.private_run:
+            try:
+                os.truncate(self.pidfile, 0)
+            except FileNotFoundError:
+                pass
+
+    def start(self, timeout=START_TIMEOUT):
+        check_socket_path(self.socket, "charon's vici socket")
+        os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+        self.clear_stale()
         argv = (["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-                 'mount --bind "$1" "$2" && exec "$3"', "charon", self.run_dir, run, CHARON]
+                 'mount --bind "$1" "$2" && exec "$3"', "charon", self.run_dir, self.host_run,
+                 CHARON]
                 if self.private_run else [CHARON])
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(

@@ -97,3 +97,27 @@ def test_an_adopted_charon_is_stopped_once_it_has_exited(tmp_path):
     finally:
         if pid is not None and alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("private_run", [True, False])
+def test_a_stale_charon_pid_file_cannot_stop_the_next_start(tmp_path, private_run):
+    """A SIGKILLed charon leaves its pid, which another daemon of the agent's user may get:
+    charon would refuse to start. Its own pid file is removed; the host's /run/charon.pid,
+    which the agent may write but not unlink, is emptied."""
+    charon = Charon(str(tmp_path))
+    charon.private_run = private_run
+    if not private_run:
+        charon.pidfile = str(tmp_path / "host-run" / "charon.pid")
+    os.makedirs(os.path.dirname(charon.pidfile), exist_ok=True)
+    os.makedirs(charon.run_dir, exist_ok=True)
+    for stale in (charon.pidfile, charon.socket):
+        with open(stale, "w") as handle:
+            handle.write(f"{os.getpid()}\n")  # a live process of this user
+    charon.clear_stale()
+    assert not os.path.exists(charon.socket)
+    if private_run:
+        assert not os.path.exists(charon.pidfile)
+    else:
+        with open(charon.pidfile) as handle:
+            assert handle.read() == ""
+    charon.clear_stale()  # nothing left to clear: no error
