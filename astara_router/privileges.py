@@ -4,6 +4,7 @@ The image runs the agent as the unprivileged ``astara-agent`` user with CAP_NET_
 CAP_NET_RAW and CAP_NET_BIND_SERVICE only; tests and the lab run it as root. The few
 operations that need more ask here first and take the unprivileged way when it is missing.
 """
+CAP_SETGID = 6  # setgroups: keepalived runs its notify script as another group
 CAP_SYS_ADMIN = 21  # sethostname, mount namespaces (linux/capability.h)
 
 

@@ -38,6 +38,7 @@ import time
 
 from .. import rtnl
 from ..errors import ApplyError
+from ..privileges import CAP_SETGID, has_capability
 from ..render.ha import (CONNTRACKD_CONF, CONNTRACKD_LOCK, CONNTRACKD_LOG, CONNTRACKD_SOCKET,
                          KEEPALIVED_CONF, NOTIFY, NOTIFY_FIFO, HaOptions, render_ha)
 from ..store import atomic_write
@@ -96,9 +97,11 @@ class HaSubsystem:
 
     def __init__(self, settings):
         self.directory = settings.path("ha")
-        # not root: keepalived cannot run the notify script, the agent does (ha_notify.py)
+        # without CAP_SETGID keepalived cannot run the notify script (its setgroups fails,
+        # also as root in a container), so the agent does (ha_notify.py)
         self.options = HaOptions(settings.ha_advert_interval, settings.ha_preempt,
-                                 settings.ha_preempt_delay, notify_fifo=os.geteuid() != 0)
+                                 settings.ha_preempt_delay,
+                                 notify_fifo=not has_capability(CAP_SETGID))
         path = lambda name: os.path.join(self.directory, name)  # noqa: E731
         self.keepalived_conf = path(KEEPALIVED_CONF)
         self.conntrackd_conf = path(CONNTRACKD_CONF)

@@ -1,0 +1,26 @@
+"""astara_router/privileges.py: what the agent may do is read from its own capability set,
+not from its uid. A process started with one capability dropped from its bounding set (root
+in a container without it) must take the unprivileged way."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+NOTIFY_FIFO = ("import sys; from astara_router import settings; "
+               "from astara_router.apply.ha import HaSubsystem; "
+               "print(HaSubsystem(settings.Settings(state_dir=sys.argv[1])).options.notify_fifo)")
+
+
+def notify_fifo_chosen(tmp_path, *prefix):
+    result = subprocess.run([*prefix, sys.executable, "-c", NOTIFY_FIFO, str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, check=True)
+    return result.stdout.strip() == "True"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping a capability needs root")
+def test_root_without_cap_setgid_has_the_agent_run_keepalived_notify_script(tmp_path):
+    assert not notify_fifo_chosen(tmp_path)  # root with CAP_SETGID: keepalived runs it
+    assert notify_fifo_chosen(tmp_path, "setpriv", "--bounding-set=-setgid")
