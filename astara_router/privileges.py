@@ -8,9 +8,9 @@ CAP_SETGID = 6  # setgroups: keepalived runs its notify script as another group
 CAP_SYS_ADMIN = 21  # sethostname, mount namespaces (linux/capability.h)
 
 
-def effective_capabilities(status="/proc/self/status"):
+def effective_capabilities():
     """The effective capability set of this process, as a bit mask."""
-    with open(status) as handle:
+    with open("/proc/self/status") as handle:
         for line in handle:
             if line.startswith("CapEff:"):
                 return int(line.split()[1], 16)

@@ -3,10 +3,10 @@
 
 The TCP listener belongs to the management network and, under mutual TLS, admits only the
 orchestrator's client certificate, which an operator who ssh'd in does not hold. The socket
-is reachable only through the state directory (0700, root) and is itself 0600: who can open
-it can already read the configuration and its secrets in the state directory, so the
-file-system permission is its authentication (the API token, when configured, still
-applies). Requests on it have no peer address: the management-path check compares with the
+is reachable only through the state directory (0700, the agent's user: astara-agent in the
+image, root elsewhere) and is itself 0600: who can open it can already read the
+configuration and its secrets in the state directory, so the file-system permission is its
+authentication (the API token, when configured, still applies). Requests on it have no peer address: the management-path check compares with the
 committed configuration only.
 
 Served by a thread of the worker (werkzeug's threaded server on ``unix://``): a worker that

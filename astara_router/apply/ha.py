@@ -161,9 +161,9 @@ class HaSubsystem:
                 "cleared": []}  # filled by apply: addresses it removed before starting
 
     def apply(self, ctx, plan, base, snapshot):
-        if plan is not None:
-            self._read_notifications()  # also for a keepalived an earlier agent started
         if base is not None and plan == base and self.healthy(plan):
+            if plan is not None:  # nothing to converge: read for the keepalived running,
+                self._read_notifications()  # perhaps started by an earlier agent
             return 0
         if plan is None:
             return self._converge(dict.fromkeys(
