@@ -19,6 +19,7 @@ once per run anyway, on a fresh machine). ``ensure()`` builds under an exclusive
     python -m astara_lab.image status             # current, stale or missing
 """
 import argparse
+import configparser
 import contextlib
 import fcntl
 import hashlib
@@ -46,6 +47,16 @@ BUILD_ONLY = {"python3-venv"}  # package-installs.yaml installs it, 90-astara-le
 
 class ImageError(Exception):
     pass
+
+
+def parse_unit(path):
+    """A systemd unit file as a ConfigParser (sections, case-sensitive keys)."""
+    parser = configparser.ConfigParser(
+        interpolation=None, strict=False, delimiters=("=",),
+        comment_prefixes=("#", ";"), empty_lines_in_values=False)
+    parser.optionxform = str  # systemd keys are case-sensitive
+    parser.read(path)
+    return parser
 
 
 def image_name():

@@ -16,20 +16,21 @@ import shlex
 import sys
 
 from .appliance import REPO_ROOT
+from .image import ASTARA_ELEMENT, parse_unit
 
 AGENT_USER = "astara-agent"  # created by the image (install.d) and by scripts/install-deps
-UNIT_FILE = (REPO_ROOT / "diskimage-builder" / "elements" / "astara" / "init-scripts"
-             / "systemd" / "astara-router-api.service")
+UNIT_FILE = ASTARA_ELEMENT / "init-scripts" / "systemd" / "astara-router-api.service"
 
 
 def unit_capabilities(unit_file=UNIT_FILE):
     """The capability names of the image unit's ``AmbientCapabilities=`` (lower case,
-    without ``cap_``): the documented set, in the unit's order."""
-    for line in pathlib.Path(unit_file).read_text().splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "AmbientCapabilities":
-            return tuple(re.sub(r"^cap_", "", name.lower()) for name in value.split())
-    raise ValueError(f"{unit_file} has no AmbientCapabilities=")
+    without ``cap_``, as privileges.CAPABILITY_BITS): the documented set, in the unit's
+    order."""
+    unit = parse_unit(unit_file)
+    if not unit.has_option("Service", "AmbientCapabilities"):
+        raise ValueError(f"{unit_file} has no AmbientCapabilities=")
+    return tuple(re.sub(r"^cap_", "", name.lower())
+                 for name in unit.get("Service", "AmbientCapabilities").split())
 
 
 def agent_account(user=AGENT_USER):

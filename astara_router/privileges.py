@@ -4,8 +4,12 @@ The image runs the agent as the unprivileged ``astara-agent`` user with CAP_NET_
 CAP_NET_RAW and CAP_NET_BIND_SERVICE only; tests and the lab run it as root. The few
 operations that need more ask here first and take the unprivileged way when it is missing.
 """
-CAP_SETGID = 6  # setgroups: keepalived runs its notify script as another group
-CAP_SYS_ADMIN = 21  # sethostname, mount namespaces (linux/capability.h)
+# Bit numbers (linux/capability.h) of the capabilities the agent is granted or asks about,
+# named as setpriv and unit_capabilities write them (lower case, no "cap_").
+CAPABILITY_BITS = {"setgid": 6, "net_bind_service": 10, "net_admin": 12, "net_raw": 13,
+                   "sys_admin": 21}
+CAP_SETGID = CAPABILITY_BITS["setgid"]  # setgroups: keepalived runs its notify script
+CAP_SYS_ADMIN = CAPABILITY_BITS["sys_admin"]  # sethostname, mount namespaces
 
 
 def effective_capabilities():
@@ -15,6 +19,12 @@ def effective_capabilities():
             if line.startswith("CapEff:"):
                 return int(line.split()[1], 16)
     return 0
+
+
+def capability_mask(names):
+    """The bit mask (as /proc/<pid>/status shows CapEff) of capabilities named as in
+    CAPABILITY_BITS."""
+    return sum(1 << CAPABILITY_BITS[name] for name in names)
 
 
 def has_capability(bit):

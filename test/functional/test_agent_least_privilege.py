@@ -19,6 +19,7 @@ from astara_lab.peers import MetadataUpstream, eventually, udhcpc
 from astara_lab.topology import RouterTopology
 from astara_lab.unprivileged import AGENT_USER, agent_account, agent_wrapper, unit_capabilities
 from astara_netns import in_netns, netns_pids
+from astara_router.privileges import capability_mask
 
 
 pytestmark = pytest.mark.netns
@@ -27,8 +28,6 @@ PAYLOADS = contract_payloads("original-orchestrator")
 BASIC = PAYLOADS["router-basic"]
 WEB1 = "e4b010e5-c133-4cdc-85b2-0f3e6e1b95e9"  # the instance owning 10.1.0.8
 LISTENER = ("10.1.0.1", 9602)  # the metadata proxy on ge2's router address
-# capability bits (linux/capability.h) of the names the unit may grant
-CAPABILITY_BITS = {"net_bind_service": 10, "net_admin": 12, "net_raw": 13}
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +36,6 @@ def account():
         return agent_account()
     except KeyError:
         pytest.fail(f"no {AGENT_USER} user on this host: run scripts/install-deps")
-
-
-def capability_mask(names):
-    return sum(1 << CAPABILITY_BITS[name] for name in names)
 
 
 def status_of(pid):
@@ -185,7 +180,7 @@ def test_ha_router_becomes_master_as_the_unprivileged_user(lab, account):
                                         "keepalived.log").read_text()
 
 
-@pytest.mark.parametrize("missing", sorted(CAPABILITY_BITS))
+@pytest.mark.parametrize("missing", sorted(unit_capabilities()))
 def test_each_capability_of_the_set_is_needed(lab, account, missing):
     """Without any one of them router-basic is refused (and nothing is committed)."""
     granted = [name for name in unit_capabilities() if name != missing]

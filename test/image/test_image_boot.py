@@ -43,8 +43,10 @@ import pytest
 
 from astara_lab.image import outputs
 from astara_lab.peers import DEFAULT_ORCHESTRATOR_ADDRESS, eventually
+from astara_lab.unprivileged import unit_capabilities
 from astara_lab.vm import MACS, MGMT_MTU, NAME, VmAppliance
 from astara_netns import Lab, netns_unavailable_reason, pid_alive
+from astara_router.privileges import capability_mask
 from orchestrator_lite.drivers.base import ACTIVE, Nic
 from orchestrator_lite.drivers.qemu import QemuDriver
 
@@ -152,7 +154,7 @@ PROCESS_TABLE = r"""for d in /proc/[0-9]*; do
     $(printf '%s\n' "$s" | awk '/^Uid:/{print $2} /^CapEff:|^CapPrm:|^CapBnd:/{print $2}') \
     "$(tr '\0\n' '  ' < $d/cmdline 2>/dev/null | cut -c1-200)"
 done"""
-AGENT_CAPABILITIES = (1 << 10) | (1 << 12) | (1 << 13)  # NET_BIND_SERVICE, NET_ADMIN, NET_RAW
+AGENT_CAPABILITIES = capability_mask(unit_capabilities())  # the image unit's
 
 
 def test_agent_and_its_daemons_run_unprivileged(appliance):

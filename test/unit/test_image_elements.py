@@ -23,7 +23,7 @@ import tomllib
 import pytest
 import yaml
 
-from astara_lab.image import ASTARA_ELEMENT, allowed_packages, runtime_packages
+from astara_lab.image import ASTARA_ELEMENT, allowed_packages, parse_unit, runtime_packages
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DIB_DIR = REPO / "diskimage-builder"
@@ -53,15 +53,6 @@ def unit_files():
         p for p in ELEMENTS_DIR.rglob("*")
         if p.is_file() and p.suffix in (".service", ".socket", ".timer", ".path")
     )
-
-
-def parse_unit(path):
-    parser = configparser.ConfigParser(
-        interpolation=None, strict=False, delimiters=("=",),
-        comment_prefixes=("#", ";"), empty_lines_in_values=False)
-    parser.optionxform = str  # systemd keys are case-sensitive
-    parser.read(path)
-    return parser
 
 
 def element_scripts():

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from astara_router.privileges import CAPABILITY_BITS, capability_mask
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 NOTIFY_FIFO = ("import sys; from astara_router import settings; "
                "from astara_router.apply.ha import HaSubsystem; "
@@ -24,3 +26,15 @@ def notify_fifo_chosen(tmp_path, *prefix):
 def test_root_without_cap_setgid_has_the_agent_run_keepalived_notify_script(tmp_path):
     assert not notify_fifo_chosen(tmp_path)  # root with CAP_SETGID: keepalived runs it
     assert notify_fifo_chosen(tmp_path, "setpriv", "--bounding-set=-setgid")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting the bounding set needs root")
+@pytest.mark.parametrize("name", sorted(CAPABILITY_BITS))
+def test_each_bit_is_the_kernels(name):
+    """setpriv names the capability, the kernel shows its bit in CapBnd."""
+    status = subprocess.run(["setpriv", f"--bounding-set=-all,+{name}", "cat",
+                             "/proc/self/status"], capture_output=True, text=True,
+                            check=True).stdout
+    shown = next(int(line.split()[1], 16) for line in status.splitlines()
+                 if line.startswith("CapBnd:"))
+    assert shown == capability_mask([name]) == 1 << CAPABILITY_BITS[name]
