@@ -55,12 +55,7 @@ FAILED_CONSOLE = IMAGE["qcow2"].with_name(IMAGE["qcow2"].stem + "-image-test.con
 HOTPLUG_MAC = "fa:16:3e:00:be:ef"
 BOOT_TIMEOUT = float(os.environ.get("ASTARA_IMAGE_BOOT_TIMEOUT", "900"))
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(not all(p.exists() for p in IMAGE.values()),
-                       reason=f"no built image {IMAGE['qcow2']}: make image (make "
-                              "image-test builds it)"),
-]
+pytestmark = pytest.mark.netns
 
 
 def require_tools():
@@ -74,7 +69,7 @@ def require_tools():
 
 
 @pytest.fixture(scope="module")
-def appliance():
+def appliance(built_image):
     require_tools()
     lab = Lab()
     vm = None

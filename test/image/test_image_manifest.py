@@ -5,15 +5,9 @@ The astara element records every distribution in the image's ``/opt/astara`` ven
 ``out/<image>.d/dib-manifests/``. Run with the boot test (``make image-test``), which
 also reads the list in the booted VM.
 """
-import pytest
-
-from astara_lab.image import REPO_ROOT, outputs
-
-MANIFEST = outputs()["manifests"] / "astara-python-packages"
-
-pytestmark = pytest.mark.skipif(not MANIFEST.exists(),
-                                reason=f"no {MANIFEST}: make image (make image-test builds it)")
+from astara_lab.image import REPO_ROOT
 
 
-def test_image_venv_holds_exactly_the_agent_lock(assert_agent_set):
-    assert_agent_set(MANIFEST.read_text(), MANIFEST.relative_to(REPO_ROOT))
+def test_image_venv_holds_exactly_the_agent_lock(built_image, assert_agent_set):
+    manifest = built_image["manifests"] / "astara-python-packages"
+    assert_agent_set(manifest.read_text(), manifest.relative_to(REPO_ROOT))

@@ -9,12 +9,8 @@ no image: test/unit/test_image_elements.py checks them (astara_lab/image.py pars
 import fnmatch
 import json
 
-import pytest
-
 from astara_lab.image import (ASTARA_ELEMENT as ELEMENT, REPO_ROOT, allowed_packages,
-                              image_name, outputs, runtime_packages)
-
-MANIFEST = outputs()["manifests"] / f"dib-manifest-dpkg-{image_name()}"
+                              image_name, runtime_packages)
 
 
 def installed_packages(manifest_text):
@@ -22,11 +18,10 @@ def installed_packages(manifest_text):
             if p.get("status", "ii").startswith("ii")}
 
 
-@pytest.mark.skipif(not MANIFEST.exists(), reason=f"no {MANIFEST}: make image "
-                                                  "(make image-test builds it)")
-def test_image_holds_only_allowed_packages():
+def test_image_holds_only_allowed_packages(built_image):
     allowed = allowed_packages((ELEMENT / "README.rst").read_text())
-    installed = installed_packages(MANIFEST.read_text())
+    manifest = built_image["manifests"] / f"dib-manifest-dpkg-{image_name()}"
+    installed = installed_packages(manifest.read_text())
     extra = sorted(p for p in installed if not any(fnmatch.fnmatchcase(p, a)
                                                    for a in allowed))
     assert not extra, f"the image holds packages that are not on the allow-list in " \
