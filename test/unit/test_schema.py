@@ -50,7 +50,8 @@ def test_every_contract_body_is_valid(name):
 ])
 def test_invalid_contract_bodies_are_refused_where_the_agent_refuses_them(name, where):
     errors = list(VALIDATOR.iter_errors(INVALID[name]))
-    assert [json_path(e) for e in errors] == [where]
+    # one place; perhaps several rules (the injected hostname breaks its pattern and length)
+    assert {json_path(e) for e in errors} == {where}, [e.message for e in errors]
     with pytest.raises(PayloadError) as agent:
         parse_payload(INVALID[name], ("router", "loadbalancer"))
     assert agent.value.errors[0].path.startswith(where)
