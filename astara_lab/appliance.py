@@ -182,15 +182,18 @@ def controller_node(lab, mgmt_bridge, address=ORCHESTRATOR_ADDRESS, role="ctl"):
     return ns
 
 
-def contract_appliance(lab, name, payload, enabled_services=("router", "loadbalancer")):
+def contract_appliance(lab, name, payload, enabled_services=("router", "loadbalancer"),
+                       wrapper=None):
     """Management bridge, controller and a booted, management-configured appliance ready
-    for ``payload`` (a contract body named ``name``)."""
+    for ``payload`` (a contract body named ``name``). ``wrapper(appliance)``: the command
+    prefix for ``Appliance.start`` (e.g. unprivileged.agent_wrapper, which needs the
+    appliance's state directory)."""
     mgmt = lab.bridge("b-mgmt")
     ctl = controller_node(lab, mgmt)
     appliance = Appliance(lab, "app", nic_macs(name, payload), management_cidr(payload),
                           mgmt, enabled_services=enabled_services, controller=ctl)
     appliance.configure_management()
-    appliance.start()
+    appliance.start(wrapper=wrapper(appliance) if wrapper else ())
     return appliance
 
 

@@ -120,13 +120,15 @@ class TenantVM:
                            subnet["gateway_ip"])
 
 
-def started_router(lab, name, shape, max_vms=None, push=True, payload=None):
+def started_router(lab, name, shape, max_vms=None, push=True, payload=None, wrapper=None,
+                   vm_addressing="static"):
     """``RouterTopology`` shaped after contract body ``name`` (``shape``), its agent
-    started on the management network and, with ``push``, ``payload`` (default: the
-    shape) applied (200, else AssertionError)."""
-    topology = RouterTopology(lab, name, shape, max_vms=max_vms)
+    started on the management network (``wrapper(appliance)``: a command prefix, as
+    for contract_appliance) and, with ``push``, ``payload`` (default: the shape) applied
+    (200, else AssertionError)."""
+    topology = RouterTopology(lab, name, shape, vm_addressing=vm_addressing, max_vms=max_vms)
     topology.appliance.configure_management()
-    topology.appliance.start()
+    topology.appliance.start(wrapper=wrapper(topology.appliance) if wrapper else ())
     if push:
         response = topology.appliance.client().put_json("/v1/system/config",
                                                         payload or shape)

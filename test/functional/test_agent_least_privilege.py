@@ -12,11 +12,10 @@ import json
 
 import pytest
 
-from astara_lab.appliance import (Appliance, contract_payloads, controller_node,
-                                  expected_addresses, kernel_names, management_cidr,
-                                  nic_macs)
+from astara_lab.appliance import (contract_appliance, contract_payloads, expected_addresses,
+                                  kernel_names)
 from astara_lab.peers import MetadataUpstream, eventually, udhcpc
-from astara_lab.topology import RouterTopology
+from astara_lab.topology import started_router
 from astara_lab.unprivileged import AGENT_USER, agent_account, agent_wrapper, unit_capabilities
 from astara_netns import in_netns, netns_pids
 from astara_router.privileges import capability_mask
@@ -63,20 +62,18 @@ def processes(appliance):
     return found
 
 
-def start_unprivileged(appliance, lab, capabilities=None):
-    appliance.configure_management()  # as cloud-init's bootcmd: root, before the agent
-    appliance.start(wrapper=agent_wrapper(lab, appliance.state_dir, capabilities))
+def unprivileged(lab, capabilities=None):
+    """The start wrapper that runs the agent as the image does (management configured
+    before, as root: cloud-init's bootcmd)."""
+    return lambda appliance: agent_wrapper(lab, appliance.state_dir, capabilities)
 
 
 def unprivileged_appliance(lab, name, capabilities=None):
     """The contract appliance for ``name``, its agent unprivileged, ``name`` pushed: the
     appliance and the answer."""
-    payload = PAYLOADS[name]
-    mgmt = lab.bridge("b-mgmt")
-    appliance = Appliance(lab, "app", nic_macs(name, payload), management_cidr(payload), mgmt,
-                          controller=controller_node(lab, mgmt))
-    start_unprivileged(appliance, lab, capabilities)
-    return appliance, put(appliance, payload)
+    appliance = contract_appliance(lab, name, PAYLOADS[name],
+                                   wrapper=unprivileged(lab, capabilities))
+    return appliance, put(appliance, PAYLOADS[name])
 
 
 def put(appliance, payload):
@@ -118,15 +115,13 @@ def assert_addresses(appliance, payload):
 
 def test_router_basic_as_the_unprivileged_user(lab, account):
     uid, _ = account
-    topology = RouterTopology(lab, "router-basic", BASIC, vm_addressing="none")
+    topology = started_router(lab, "router-basic", BASIC, wrapper=unprivileged(lab),
+                              vm_addressing="none")  # pushed: 200
     upstream = MetadataUpstream(topology.ctl)
     upstream.start()
     try:
         appliance = topology.appliance
-        start_unprivileged(appliance, lab)
-        response = put(appliance, BASIC)
-        assert response.status == 200, response.text
-        eventually(assert_addresses(appliance, BASIC), 0, "router-basic's addresses")
+        assert_addresses(appliance, BASIC)()
         assert "chain" in appliance.ruleset()
         # dnsmasq answers DHCP (ports 67 and raw sockets: NET_BIND_SERVICE, NET_RAW)
         vm = topology.vm_for("10.1.0.8")
@@ -156,7 +151,7 @@ def test_services_as_the_unprivileged_user(lab, account, name, daemons):
     uid, _ = account
     appliance, response = unprivileged_appliance(lab, name)
     assert response.status == 200, response.text
-    eventually(assert_addresses(appliance, PAYLOADS[name]), 0, f"{name}'s addresses")
+    assert_addresses(appliance, PAYLOADS[name])()
     assert_runs_unprivileged(appliance, uid, daemons)
     if name == "router-vpn":
         vpn = appliance.client().get("/v1/status/").json()
