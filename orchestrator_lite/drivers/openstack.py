@@ -60,7 +60,7 @@ class OpenStackDriver(ComputeDriver):
     def __init__(self, conn, management_network_id, image, flavor, availability_zone="",
                  ssh_public_key="", boot_command="astara-configure-management",
                  port_security=False, server_group_policy="anti-affinity",
-                 management_mtu=1450):
+                 management_mtu=1450, ntp_servers=()):
         self.conn = conn
         self.management_network_id = management_network_id
         self.image = image
@@ -71,6 +71,7 @@ class OpenStackDriver(ComputeDriver):
         self.port_security = port_security
         self.server_group_policy = server_group_policy
         self.management_mtu = management_mtu
+        self.ntp_servers = tuple(ntp_servers)
         self._ids = {}  # ("image"|"flavor", name) -> id
         self._lock = threading.Lock()
 
@@ -91,7 +92,8 @@ class OpenStackDriver(ComputeDriver):
                 raise DriverError(f"[openstack] ssh_public_key: {exc}") from None
         return cls(conn, settings.management.network_id, o.image, o.flavor,
                    o.availability_zone, key, o.boot_command, o.port_security,
-                   o.server_group_policy, settings.management.mtu)
+                   o.server_group_policy, settings.management.mtu,
+                   settings.appliance.ntp_server_list)
 
     # -- lookups ---------------------------------------------------------------------------
     def _resolve(self, what, name_or_id):
@@ -226,7 +228,7 @@ class OpenStackDriver(ComputeDriver):
                 hints["group"] = self._server_group(server_group)
             data = userdata.cloud_config(
                 nics[0].mac, management_cidr, nics[0].mtu or self.management_mtu,
-                [self.ssh_public_key], boot_command=self.boot_command,
+                [self.ssh_public_key], self.ntp_servers, boot_command=self.boot_command,
                 files=userdata.image_tls_files(tls))
             attrs = {"name": name, "image_id": image_id, "flavor_id": flavor_id,
                      "networks": [{"port": p.id} for p in ports], "config_drive": True,

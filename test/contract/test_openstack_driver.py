@@ -194,6 +194,18 @@ def test_user_data_is_what_the_server_got(cloud, os_settings):
     instance = driver_for(cloud, os_settings).create(NAME, nics(), cidr())
     data = yaml.safe_load(user_data_of(cloud.servers[instance.id]))
     assert data["bootcmd"][0][0] == "astara-configure-management"
+    assert "ntp" not in data  # no [appliance] ntp_servers: the image's defaults apply
+
+
+def test_ntp_servers_from_the_settings_reach_the_user_data(cloud, os_settings):
+    from orchestrator_lite.config import ApplianceSettings, ManagementSettings, Settings
+    settings = Settings(openstack=os_settings, management=ManagementSettings(network_id=MGMT),
+                        appliance=ApplianceSettings(ntp_servers="198.18.0.1, ntp.example.org"))
+    driver = OpenStackDriver.from_settings(settings, connect(os_settings))
+    instance = driver.create(NAME, nics(), cidr())
+    data = yaml.safe_load(user_data_of(cloud.servers[instance.id]))
+    assert data["ntp"] == {"enabled": True, "ntp_client": "systemd-timesyncd",
+                           "servers": ["198.18.0.1", "ntp.example.org"]}
 
 
 def test_tls_files_travel_in_the_servers_user_data(cloud, os_settings, tmp_path):
