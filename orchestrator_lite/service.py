@@ -58,7 +58,6 @@ class Orchestrator:
             if settings.webhook_url else None
         self.neutron_events = self.neutron_status = None
         self._clock = clock
-        self.managers = {}
         self.metrics = OrchestratorMetrics()
         self.scheduler = Scheduler(self._make_automaton, self.store, settings.threads, clock,
                                    ownership=self.ownership, after_run=self._record_state)
@@ -132,9 +131,14 @@ class Orchestrator:
                                   certificates=self.certificates,
                                   claim=claim,
                                   metrics=self.metrics)
-        self.managers[ref.key] = manager
         return Automaton(ref, manager, self.settings.health, clock=self._clock,
                          on_transition=self._on_transition, metrics=self.metrics)
+
+    def _manager(self, key):
+        """The instance manager of the resource's automaton; None when the scheduler has
+        none (not ours, deleted, or forgotten after a handover)."""
+        automaton = self.scheduler.automaton(key)
+        return automaton.manager if automaton is not None else None
 
     def _record_state(self, automaton):
         """After each run: the owner's view of the resource, in the store (fenced), so
@@ -203,7 +207,7 @@ class Orchestrator:
         obj = snapshot.get(ref.kind, ref.id) or {}
         status = statuses.get(ref.key)
         record = record or {}
-        manager = self.managers.get(ref.key) if status is not None else None
+        manager = self._manager(ref.key) if status is not None else None
         if status is None:
             status = {"state": record.get("state") or "unknown",
                       "last_error": record.get("last_error")}
@@ -236,7 +240,7 @@ class Orchestrator:
         statuses = self.scheduler.statuses()
         row = self._row(ref, snapshot, statuses, self.store.resource_row(ref))
         automaton = statuses.get(ref.key)
-        manager = self.managers.get(ref.key)
+        manager = self._manager(ref.key)
         instances = manager.status() if manager else []
         for instance in instances:
             instance["shell"] = self.driver.shell_command(instance["id"])
@@ -307,9 +311,9 @@ class Orchestrator:
                 continue
             if not self.scheduler.owns(event.ref):
                 continue
-            if event.ref.key not in self.managers:
+            if self.scheduler.automaton(event.ref.key) is None:
                 self.scheduler.deliver(event.ref, POLL)  # makes the automaton and manager
-            manager = self.managers.get(event.ref.key)
+            manager = self._manager(event.ref.key)
             if manager is not None:
                 manager.request_rebuild(event.image, event.instance)
 

@@ -60,7 +60,8 @@ def test_router_from_neutron_is_booted_on_nova_and_reported_active(openstack_mod
     shown = o.resource(rid)
     assert shown["instances"][0]["driver"] == "openstack"
     assert shown["placement"] == {"driver": "", "image": "", "source": "default"}
-    payload = next(iter(o.managers[("router", rid)].desired_payloads().values()))
+    manager = o.scheduler.automaton(("router", rid)).manager
+    payload = next(iter(manager.desired_payloads().values()))
     parse_payload(payload, ("router",))
     expected = topo.CONTRACT["router-basic"]
     for key in ("floating_ips", "default_v4_gateway", "hostname", "labels", "tenant_id"):

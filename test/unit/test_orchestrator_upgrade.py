@@ -270,3 +270,21 @@ def test_ha_member_booting_longer_than_the_grace_is_not_replaced_again(slow_orch
              timeout=20, what="member replaced, answering and configured")
     assert [c[0] for c in slow.calls].count("create") == creates + 1
     assert not slow.pair_down
+
+
+def test_a_rebuild_after_the_resource_was_forgotten_reaches_its_new_manager(orch, cloud):
+    """After the scheduler forgot a resource (here its claim was lost), ``show`` has no
+    instance manager to read and a rebuild's image reaches the manager made for it."""
+    o = orch(period=60.0)  # no health poll makes the automaton again behind the test's back
+    simple_router(o.store)
+    wait_for(lambda: configured(o, "r1"), what="configured")
+    ref = o.scheduler.automaton(("router", "r1")).ref
+    assert len(o.resource("r1")["instances"]) == 1
+    o.ownership.lost(ref)  # what a fenced write does: the automaton and manager go
+    assert o.scheduler.automaton(ref.key) is None
+    shown = o.resource("r1")
+    assert shown["local"] is False and shown["instances"] == []
+    assert shown["desired_hash"] == {} and shown["inputs_digest"] is None
+    o.command("r1", "rebuild", image="v2")
+    wait_for(lambda: images_of(cloud, "r1") == ["v2"] and configured(o, "r1"),
+             what="rebuilt onto v2")
