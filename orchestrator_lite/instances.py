@@ -213,16 +213,18 @@ class InstanceManager:
                 runtime.applied_hash = committed
                 in_sync += committed == desired
                 self._renew_certificate(runtime)
-        for runtime in runtimes:
-            # The poll's calls shared a connection; the next poll comes after the agent
-            # dropped it (2 s idle), so keeping it would hold a descriptor per appliance.
-            if runtime.client is not None:
-                runtime.client.close()
         return Observation(exists=True, required=self.required(snapshot),
                            instances=len(runtimes), addressed=addressed, alive=alive,
                            in_sync=in_sync, needs_replug=needs_replug,
                            dead_for=tuple(dead_for), unhealthy=tuple(unhealthy),
                            booting=booting)
+
+    def close_clients(self):
+        """Close the appliance clients' pooled connections (the end of an automaton run);
+        their next calls connect again."""
+        for runtime in list(self._runtimes.values()):
+            if runtime.client is not None:
+                runtime.client.close()
 
     def _appliance_api(self, runtime):
         """What the appliance advertises; None (ask again later) when the banner does not

@@ -188,6 +188,15 @@ class Automaton:
             return None
         if self.action == POLL:
             self.polls += 1
+        try:
+            return self._steps_of_action()
+        finally:
+            # The run's appliance calls (a poll, then maybe a push) shared one connection
+            # per appliance; the next run comes after the agent dropped it (2 s idle), so
+            # keeping it would hold a CLOSE_WAIT descriptor per appliance until then.
+            self.manager.close_clients()
+
+    def _steps_of_action(self):
         step = CALC_ACTION
         for _ in range(MAX_STEPS):
             try:

@@ -271,7 +271,7 @@ def test_a_polls_calls_share_one_connection(server):
     script_a_poll(server)
     assert poll(client) == (True, {"state": "ready"}, (None, "h"))
     assert len(server.requests) == 3 and len(server.connections) == 1
-    client.close()  # what the instance manager does after an observation
+    client.close()  # what the end of an automaton run does
     assert poll(client) == (True, {"state": "ready"}, (None, "h"))
     assert len(server.requests) == 6 and len(server.connections) == 2
 

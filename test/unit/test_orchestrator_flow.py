@@ -111,6 +111,49 @@ def test_refused_payload_parks_in_error_without_reboot_until_fixed(orch, cloud):
     assert [c[0] for c in cloud.calls].count("create") == 1
 
 
+class CallLog:
+    """A client factory over ``cloud``'s whose clients log each call ``(method, path)``
+    and each ``close`` (which drops the pooled connection) in ``calls``."""
+
+    def __init__(self, cloud):
+        self.cloud, self.calls = cloud, []
+
+    def __call__(self, instance):
+        client = self.cloud.client_factory(instance)
+        send, close = client._send, client.close
+
+        def logged_send(method, path, *args, **kwargs):
+            self.calls.append((method, path))
+            return send(method, path, *args, **kwargs)
+
+        def logged_close():
+            self.calls.append("close")
+            close()
+
+        client._send, client.close = logged_send, logged_close
+        return client
+
+
+def test_a_run_closes_its_connection_once_after_the_push(tmp_path, cloud):
+    """A run's poll and the push after it share the connection, which the run closes when
+    it ends: kept, it would sit in CLOSE_WAIT until the next poll (the agent drops an
+    idle one after 2 s)."""
+    log = CallLog(cloud)
+    with started_orchestrators() as start:
+        o = start(make_settings(tmp_path, period=60.0), driver=cloud, client_factory=log)
+        simple_router(o.store)
+        wait_for(lambda: state_of(o, "r1") == st.CONFIGURED, what="configured")
+        wait_for(lambda: log.calls[-1] == "close", what="the boot's connection closed")
+        mark = len(log.calls)
+        o.store.create("floatingip", {"router_id": "r1", "floating_ip_address": "172.24.4.50",
+                                      "fixed_ip_address": "10.1.0.10"})
+        wait_for(lambda: ("PUT", "/v1/system/config") in log.calls[mark:] and
+                 log.calls[-1] == "close", what="pushed, then closed")
+        run = log.calls[mark:]
+        assert run[0] == ("GET", "/v1/firewall/rules")  # the observation comes first
+        assert run.count("close") == 1  # poll and push: one connection
+
+
 def test_transient_push_failures_are_retried(orch, cloud):
     o = orch()
     simple_router(o.store)

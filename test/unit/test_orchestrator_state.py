@@ -13,6 +13,7 @@ from orchestrator_lite.events import (CLUSTER_REBUILD, CREATE, DELETE, MANAGE, P
                                       UPDATE, ResourceRef)
 from orchestrator_lite.instances import BootError, ConfigureResult, Observation
 from orchestrator_lite.state import Automaton, Wait, derive_state
+from orchestrator_lite.store import Fenced
 
 from sim_appliances import Clock
 
@@ -47,6 +48,7 @@ class Manager:
         self.on_boot = BOOTED  # observation after a successful boot
         self.on_stop = NONE
         self.member = None  # what take_member_to_replace() hands out once
+        self.closed_after = []  # len(calls) at each close_clients()
 
     def observe(self):
         self.calls.append("observe")
@@ -85,6 +87,9 @@ class Manager:
 
     def inputs_digest(self):
         return self.digest if self.present else None
+
+    def close_clients(self):
+        self.closed_after.append(len(self.calls))
 
 
 @pytest.fixture
@@ -608,6 +613,24 @@ def test_a_crashing_step_is_retried_with_backoff(auto, manager):
     waits = [run(auto, POLL)[1] for _ in range(3)]
     assert "ip: command failed" in auto.last_error
     assert 0.5 <= waits[0] <= 1.0 and 1.0 <= waits[1] <= 2.0 and 2.0 <= waits[2] <= 4.0
+
+
+def test_each_run_closes_the_appliance_clients_once_at_its_end(auto, manager):
+    at(auto, st.CONFIGURED)
+    manager.obs = UP_OBS
+    run(auto, POLL)  # the observation, then the push, then one close
+    assert [c if isinstance(c, str) else c[0] for c in manager.calls] == \
+        ["observe", "configure"]
+    assert manager.closed_after == [2]
+
+    def fenced():
+        raise Fenced("another orchestrator took it over")
+
+    manager.observe = fenced  # a run that ends in an exception closes them too
+    with pytest.raises(Fenced):
+        run(auto, POLL)
+    assert manager.closed_after == [2, 2]
+    assert auto.run() is None and manager.closed_after == [2, 2]  # nothing queued, no run
 
 
 # -- the appliance reports degraded (its supervisor could not repair something) -------------
