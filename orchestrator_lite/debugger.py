@@ -38,14 +38,15 @@ def short(value, limit=240):
 
 
 class _Traced:
-    """Proxy reporting each method call (request) and its result or error (answer)."""
+    """Proxy reporting each method call (request) and its result or error (answer);
+    ``close`` (the end of every run drops the pooled connection) is not shown."""
 
     def __init__(self, target, emit, label):
         self._target, self._emit, self._label = target, emit, label
 
     def __getattr__(self, name):
         attr = getattr(self._target, name)
-        if not callable(attr) or name.startswith("_"):
+        if name == "close" or not callable(attr) or name.startswith("_"):
             return attr
 
         def call(*args, **kwargs):
