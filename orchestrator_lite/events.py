@@ -82,6 +82,12 @@ def merge(first, second):
     return None
 
 
+def follow_ups(queue):
+    """The actions queued behind a resource's delete that a fresh automaton must act on
+    (the id was made again meanwhile); polls and deletes are moot."""
+    return [action for action in queue.snapshot() if action not in (POLL, DELETE)]
+
+
 class EventQueue:
     """Thread-safe queue of actions for one resource."""
 

@@ -18,7 +18,7 @@ from .builder import PayloadSettings
 from .coordination import make_ownership
 from .drivers import DriverSet, make_drivers
 from .drivers.base import DriverError
-from .events import MANAGE, POLL, REBUILD, UPDATE
+from .events import MANAGE, POLL, REBUILD, UPDATE, follow_ups
 from .health import HealthMonitor
 from .instances import InstanceManager, default_client_factory, instance_prefix
 from .metrics import OrchestratorMetrics
@@ -148,7 +148,10 @@ class Orchestrator:
             return
         if automaton.deleted:
             ref = automaton.ref
-            if self.store.snapshot().get(ref.kind, ref.id) is None:  # not made again
+            # Not made again, nor about to be: a fresh automaton for its follow-up
+            # actions (Scheduler._finish) acts with this claim.
+            if self.store.snapshot().get(ref.kind, ref.id) is None and \
+                    not follow_ups(automaton.queue):
                 self.ownership.ended(ref)
                 self.store.forget(claim)
             return

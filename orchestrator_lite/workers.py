@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 
-from .events import DELETE, MANAGE, POLL
+from .events import MANAGE, POLL, follow_ups
 from .store import Fenced
 
 LOG = logging.getLogger(__name__)
@@ -277,11 +277,10 @@ class Scheduler:
         if automaton is not None and automaton.deleted:
             # Events that arrived after the delete (e.g. the id was created again) go to
             # a fresh automaton.
-            leftover = automaton.queue.snapshot()
+            actions = follow_ups(automaton.queue)
             if self._automata.get(key) is automaton:
                 del self._automata[key]
             self._timer_due.pop(key, None)
-            actions = [a for a in leftover if a not in (POLL, DELETE)]
             if actions and not self._stopping:
                 fresh = self._automata[key] = self._factory(automaton.ref, automaton.claim)
                 for action in actions:

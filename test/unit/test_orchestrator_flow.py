@@ -19,6 +19,7 @@ from orchestrator_lite import state as st
 from orchestrator_lite.api import create_app
 from orchestrator_lite.cli import ctl
 from orchestrator_lite.drivers.base import ACTIVE, ERROR
+from orchestrator_lite.events import CREATE
 from orchestrator_lite.pki import DAY
 from orchestrator_lite.service import Orchestrator
 
@@ -283,6 +284,30 @@ def test_delete_removes_the_appliance(orch, cloud):
     assert store.snapshot().appliance_ports("r1") == []
     # Its ownership row and claim go too: they do not grow with every router ever made.
     wait_for(lambda: ("router", "r1") not in store.resource_rows(), what="row deleted")
+    assert o.ownership.status()["owned"] == 0
+
+
+def test_a_deleted_resource_made_again_keeps_its_claim(orch):
+    """The record after a delete's run keeps the ownership row and claim while actions for
+    the id made again are queued: the fresh automaton for them acts with that claim (a
+    forgotten one would be fenced, logged as a second orchestrator on the store)."""
+    o = orch(period=60.0)
+    simple_router(o.store)
+    wait_for(lambda: state_of(o, "r1") == st.CONFIGURED)
+    o.command("r1", "debug")  # the workers leave it alone: the test runs the record
+    automaton = o.scheduler.automaton(("router", "r1"))
+    claim = automaton.claim
+    for port in o.store.snapshot().interface_ports("r1"):
+        o.store.delete("port", port["id"])
+    o.store.delete("router", "r1")
+    automaton.deleted = True  # how its delete run ends
+    automaton.send(CREATE)  # the id made again, queued behind the delete
+    o._record_state(automaton)
+    assert ("router", "r1") in o.store.resource_rows()
+    assert o.ownership.owns(automaton.ref) is claim
+    automaton.queue.clear()  # nothing follows: the row and claim go
+    o._record_state(automaton)
+    assert ("router", "r1") not in o.store.resource_rows()
     assert o.ownership.status()["owned"] == 0
 
 
