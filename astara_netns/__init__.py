@@ -94,6 +94,16 @@ def pid_alive(pid):
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
+def wait_exit(pid, timeout, alive=None, interval=0.05):
+    """Wait up to ``timeout`` seconds for ``pid`` to end; True when it has. ``alive``: how
+    to tell it still runs (default ``pid_alive``; a child's ``poll() is None`` reaps it)."""
+    alive = alive or (lambda: pid_alive(pid))
+    deadline = time.monotonic() + timeout
+    while alive() and time.monotonic() < deadline:
+        time.sleep(interval)
+    return not alive()
+
+
 def terminate(pid, grace=TERM_GRACE, alive=None, group=False, first=signal.SIGTERM):
     """Send ``first`` (SIGTERM) to ``pid``, SIGKILL it if it still runs after ``grace``
     seconds. ``alive``: how to tell it still runs (default ``pid_alive``; a child's
@@ -105,10 +115,7 @@ def terminate(pid, grace=TERM_GRACE, alive=None, group=False, first=signal.SIGTE
     kill = os.killpg if group else os.kill
     with contextlib.suppress(ProcessLookupError):
         kill(pid, first)
-    deadline = time.monotonic() + grace
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if alive():
+    if not wait_exit(pid, grace, alive, interval=0.1):
         with contextlib.suppress(ProcessLookupError):
             kill(pid, signal.SIGKILL)
 

@@ -53,7 +53,7 @@ import time
 from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
-from astara_netns import CommandError, pid_alive, run, terminate
+from astara_netns import CommandError, run, terminate, wait_exit
 from astara_router.store import atomic_write
 
 from . import QEMU_ACCELS, userdata
@@ -223,14 +223,6 @@ def kvm_runs_a_guest(binary, kernel, timeout=PROBE_TIMEOUT):
         return True, "a KVM guest booted its kernel"
     return False, f"KVM guest exited {result.returncode}: " \
                   f"{(result.stderr or result.stdout).strip()[-200:]}"
-
-
-def _exits(pid, timeout):
-    """Wait up to ``timeout`` seconds for ``pid`` to end; True when it has."""
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not pid_alive(pid)
 
 
 class QemuDriver(ComputeDriver):
@@ -536,12 +528,12 @@ class QemuDriver(ComputeDriver):
         with contextlib.suppress(DriverError):
             Monitor(self.records.dir(record["id"]) / "qmp.sock", timeout=2).execute(
                 ("quit", None))
-        if _exits(pid, grace):
+        if wait_exit(pid, grace):
             return
         LOG.warning("instance %s: QEMU %s still runs after quit; terminating it",
                     record["id"], pid)
         terminate(pid, grace)
-        if not _exits(pid, grace):
+        if not wait_exit(pid, grace):
             raise DriverError(f"QEMU {pid} of {record['id']} does not exit")
 
     def _require(self, instance_id):

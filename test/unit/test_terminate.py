@@ -4,8 +4,7 @@
 import signal
 import subprocess
 
-from astara_lab.peers import eventually
-from astara_netns import pid_alive, terminate
+from astara_netns import pid_alive, terminate, wait_exit
 
 
 def start(script):
@@ -25,8 +24,7 @@ def test_group_ends_the_children_too():
     try:
         terminate(process.pid, 5, alive=lambda: process.poll() is None, group=True)
         assert process.poll() == -signal.SIGTERM
-        eventually(lambda: not pid_alive(child), 5, "the end of the group's other member",
-                   0.05)
+        assert wait_exit(child, 5), "the group's other member still runs"
     finally:
         terminate(child, 1)
         process.wait(5)
@@ -53,3 +51,15 @@ def test_first_signal_then_sigkill_after_the_grace():
     process, _ = start(script)
     terminate(process.pid, 0.5, alive=lambda: process.poll() is None, group=True)
     assert process.wait(5) == -signal.SIGKILL
+
+
+def test_wait_exit_tells_whether_the_process_ended_in_time():
+    process, _ = start("trap 'exit 0' TERM; echo ready; while :; do sleep 0.1; done")
+    try:
+        running = lambda: process.poll() is None  # noqa: E731 - reaps the child
+        assert wait_exit(process.pid, 0.2, running) is False
+        process.terminate()
+        assert wait_exit(process.pid, 5, running) is True and process.returncode == 0
+    finally:
+        terminate(process.pid, 1, alive=lambda: process.poll() is None, group=True)
+    assert wait_exit(process.pid, 0) is True  # reaped: pid_alive, the default, agrees
