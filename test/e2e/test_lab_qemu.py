@@ -1,8 +1,10 @@
 """The lab with ``--driver qemu``: the router is a VM of ``out/astara.qcow2`` booted by the
 orchestrator's QEMU driver. Every row of the self-check passes; a restarted orchestrator
 adopts the running VM without rebooting or re-configuring it; ``astara-ctl ssh`` logs in
-as ``astara``; a rolling upgrade moves the router onto another image (a copy of the
-image, so another image id) and every row passes again; ``down`` leaves no process, tap,
+as ``astara``; ``astara-ctl debug-resource`` runs the router's state machine in the
+foreground against the VM; a tenant's own image (a placement) and ``router rebuild --image``
+each boot the router as a VM of that image; a rolling upgrade moves the router onto another
+image (a copy of the image, so another image id) and every row passes again; ``down`` leaves no process, tap,
 overlay or socket.
 
 Long (several VM boots under TCG emulation) and it needs the built image: ``make test``
@@ -125,14 +127,76 @@ def test_new_network_is_hot_plugged_into_the_vm(qemu_lab):
     api.call("DELETE", "/v1/networks/extra")
 
 
+def image_copy(state, name):
+    """A copy of the built image (qcow2, kernel, initramfs): another image to boot."""
+    directory = pathlib.Path(state["tmp_root"]) / name
+    directory.mkdir(exist_ok=True)
+    for path in list(outputs().values())[:3]:
+        shutil.copy(path, directory / path.name)
+    return str(directory / outputs()["qcow2"].name)
+
+
+def test_debug_resource_drives_the_vm_in_the_foreground(qemu_lab):
+    state, _, _ = qemu_lab
+    before = instance_of(state)
+    result = astara_ctl(state, "debug-resource", ROUTER, "--action", "update",
+                        "--timeout", "120")
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[1] == "session" and lines[-1].split()[1] == "end", result.stdout
+    assert "update (from debugger)" in result.stdout
+    assert f"driver.list('ak-router-{ROUTER}_')" in result.stdout
+    assert ".put_config(" in result.stdout and "put_config -> " in result.stdout
+    assert "returned_to_workers=True" in lines[-1]
+    api = astara_lab.admin_api(state)
+    resource = eventually(lambda: (r := api.resource(ROUTER)) and in_sync(r) and r, 120,
+                          "configured after the session", interval=1)
+    assert resource["paused"] is None
+    assert resource["instances"][0]["details"]["pid"] == before["details"]["pid"]
+
+
+def test_tenant_image_and_rebuild_boot_those_images(qemu_lab):
+    """BYONF: a placement gives the lab's tenant its own image, and a rebuild boots the
+    router as a VM of it; then ``rebuild --image`` boots a third image for this router."""
+    state, _, _ = qemu_lab
+    api = astara_lab.admin_api(state)
+    first = instance_of(state)
+    own = image_copy(state, "image-tenant")
+    try:
+        placed = astara_ctl(state, "placement", "set", "tenant", "demo", f"image={own}")
+        assert placed.returncode == 0, placed.stderr
+        rebuilt = astara_ctl(state, "router", "rebuild", ROUTER)
+        assert rebuilt.returncode == 0, rebuilt.stderr
+
+        def booted(image):
+            resource = api.resource(ROUTER)
+            return in_sync(resource) and \
+                resource["instances"][0]["details"]["image"] == image and resource
+        resource = eventually(lambda: booted(own), 420, "rebuilt onto the tenant's image",
+                              interval=2)
+        assert resource["placement"] == {"driver": "", "image": own, "source": "tenant"}
+        second = resource["instances"][0]
+        assert second["details"]["pid"] != first["details"]["pid"]
+        assert not pid_alive(first["details"]["pid"])
+
+        third_image = image_copy(state, "image-rebuild")
+        rebuilt = astara_ctl(state, "router", "rebuild", ROUTER, "--image", third_image)
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        third = eventually(lambda: booted(third_image), 420, "rebuilt onto --image",
+                           interval=2)["instances"][0]
+        assert third["details"]["pid"] != second["details"]["pid"]
+        assert third["details"]["image_id"] not in (first["details"]["image_id"],
+                                                    second["details"]["image_id"])
+    finally:
+        astara_ctl(state, "placement", "clear", "tenant", "demo")
+    rows = astara_lab.self_check(state, patience=180)
+    assert all(r.ok for r in rows), astara_lab.format_table(rows)
+
+
 def test_rolling_upgrade_onto_another_image(qemu_lab):
     state, _, _ = qemu_lab
     before = instance_of(state)
-    v2 = pathlib.Path(state["tmp_root"]) / "image-v2"
-    v2.mkdir(exist_ok=True)
-    for path in list(outputs().values())[:3]:
-        shutil.copy(path, v2 / path.name)
-    image = str(v2 / outputs()["qcow2"].name)
+    image = image_copy(state, "image-v2")
     result = astara_ctl(state, "upgrade", "start", "--image", image, "--wait",
                         "--interval", "5")
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n" \
