@@ -79,7 +79,7 @@ def build_app(settings):
     # bytes rendered by the writer, or a lower CPU priority for the applying thread:
     # reads stay at 2-3x a bare app's p99. Applies in a process of their own (a prototype:
     # PUT bodies forwarded to a child the worker forked, reads served from the bytes it
-    # answers) bring them to 1.0-1.2x, for +15-19 MB PSS at 1 000 FIPs, +27-31 MB at 5 000.
+    # answers) bring them to 1.0-1.2x, for +15-19 MB PSS at 1 000 FIPs, +23-31 MB at 5 000.
     sys.setswitchinterval(0.001)
     engine = Engine(settings)
     engine.boot()
