@@ -449,3 +449,30 @@ def test_nftables_transactions_stay_in_the_calling_threads_namespace(lab):
     assert second.run(["nft", "list", "tables"]).stdout.split() == [
         "table", "inet", "astara_test_b"]
     assert "astara_test_a" not in in_ns(second, "list tables")
+
+
+def test_nftables_frees_a_context_after_a_large_transaction(lab):
+    """A context keeps its cache of the ruleset after a command: one that loaded or listed
+    thousands of elements is freed (its cache is megabytes of heap), a small one is kept;
+    the next transaction opens a new context and sees the kernel's state."""
+    from astara_router import nftables
+    if nftables._LIBRARY is None:
+        pytest.skip("libnftables is not loadable: the nft program runs each transaction")
+    ns = lab.netns("nfc")
+    elements = ", ".join(f"198.18.{i // 250}.{i % 250 + 1} : 198.19.{i // 250}.{i % 250 + 1}"
+                         for i in range(5000))
+    script = ("add table ip astara_test\n"
+              "add map ip astara_test fips { type ipv4_addr : ipv4_addr; }\n"
+              f"add element ip astara_test fips {{ {elements} }}")
+    assert len(script) >= nftables.KEEP_CONTEXT_BELOW
+
+    def in_ns(script):
+        return _in_appliance(type("A", (), {"ns": ns})(), nftables.run, script)
+
+    in_ns(script)
+    assert nftables._LIBRARY.contexts == {}
+    in_ns("add element ip astara_test fips { 198.18.100.1 : 198.19.100.1 }")
+    assert len(nftables._LIBRARY.contexts) == 1
+    listing = in_ns("list map ip astara_test fips")
+    assert "198.18.100.1 : 198.19.100.1" in listing and "198.18.19.250 : 198.19.19.250" in listing
+    assert nftables._LIBRARY.contexts == {}  # the listing was large too
