@@ -271,3 +271,18 @@ def test_an_error_message_the_translator_cannot_follow_keeps_msgspec_words():
     error = schema_error(msgspec.ValidationError("Expected `int`, got `str` - at `$.nope[3]`"),
                          {}, Payload)
     assert (error.path, error.message) == ("nope[3]", "Expected `int`, got `str`")
+
+
+def test_an_unchanged_network_is_the_same_model_object_in_the_next_parse():
+    """Renderers memoize per network object: a network entry that is the same as in the
+    previous parse (at the same place) is handed out again; a changed one is new."""
+    body = copy.deepcopy(contract_payloads()["router-basic"])
+    first = parse_payload(body, ("router",))
+    body["networks"][2]["interface"]["mtu"] = 1400
+    second = parse_payload(body, ("router",))
+    assert second.networks[0] is first.networks[0]
+    assert second.networks[2] is not first.networks[2]
+    assert second.networks[2].interface.mtu == 1400
+    body["networks"][0], body["networks"][1] = body["networks"][1], body["networks"][0]
+    third = parse_payload(body, ("router",))  # the same entry at another place: rebuilt
+    assert third.networks[0] is not second.networks[1]
