@@ -6,14 +6,13 @@ here with the checks a schema cannot express — addresses parse, CIDRs have no 
 families match, nothing is listed twice, duplicate network entries merge — and every such
 problem is reported at once.
 """
-import functools
 import hashlib
 import re
 
 import msgspec
 
 from . import schema, semantics
-from .checks import Problems, parse_ip, parse_network
+from .checks import Problems, TwoParses, next_parse, parse_ip, parse_network, remembered
 from .errors import FieldError, PayloadError, UnsupportedService, join, schema_error
 from .loadbalancer import build_loadbalancer
 from .types import (Allocation, FloatingIP, HAConfig, Interface, Label, Network, Orchestrator,
@@ -103,7 +102,7 @@ def _build(payload, enabled_services):
         raise PayloadError([FieldError("networks", f"at most {schema.MAX_ALLOCATIONS_TOTAL} "
                                                    f"allocations in all networks together, "
                                                    f"not {allocations}")])
-    _RECENT_NETWORKS[:] = [{}, _RECENT_NETWORKS[0]]
+    next_parse()
     networks = _merge_duplicates(problems, [
         (f"networks[{i}]", _known_network(problems, spec, f"networks[{i}]"))
         for i, spec in enumerate(payload.networks)])
@@ -140,9 +139,9 @@ def _network_context(path, body):
 
 # -- networks -------------------------------------------------------------------------------
 
-_RECENT_NETWORKS = [{}, {}]  # (path, digest of the network's JSON) -> model: this parse's,
-                             # the previous one's (a digest, not the JSON: 1 MB less at
-                             # 5 000 allocations per parse kept)
+# (path, digest of the network's JSON) -> model (a digest, not the JSON: 1 MB less at
+# 5 000 allocations per parse kept)
+_RECENT_NETWORKS = TwoParses()
 
 
 def _known_network(problems, spec, path):
@@ -152,14 +151,12 @@ def _known_network(problems, spec, path):
     a dictionary lookup, not a re-render. Only valid networks are kept, and only those of
     the last two parses (memory stays bounded by the payload)."""
     key = (path, hashlib.sha256(msgspec.json.encode(spec)).digest())
-    current, previous = _RECENT_NETWORKS
-    network = current.get(key) or previous.get(key)
+    network = _RECENT_NETWORKS.get(key)
     if network is None:
         before = len(problems.errors)
         network = _network(problems, spec, path)
-        if len(problems.errors) != before:
-            return network
-    current[key] = network
+        if len(problems.errors) == before:
+            _RECENT_NETWORKS.put(key, network)
     return network
 
 
@@ -280,7 +277,7 @@ def _ha_config(problems, spec):
     return HAConfig(peers=_parsed(peers), priority=spec.priority)
 
 
-@functools.lru_cache(maxsize=1 << 14)
+@remembered
 def _floating_ip(floating_text, fixed_text):
     """The model of one valid floating IP, the same object for the same texts (its derived
     forms are computed once: types.FloatingIP); None when the pair is not valid."""

@@ -286,3 +286,18 @@ def test_an_unchanged_network_is_the_same_model_object_in_the_next_parse():
     body["networks"][0], body["networks"][1] = body["networks"][1], body["networks"][0]
     third = parse_payload(body, ("router",))  # the same entry at another place: rebuilt
     assert third.networks[0] is not second.networks[1]
+
+
+def test_a_floating_ip_is_the_same_object_in_the_next_parse_then_forgotten():
+    """Floating IPs keep their derived forms across pushes (the same object for the same
+    pair in the next parse), and one the last parse did not have is forgotten: memory stays
+    bounded by two payloads however many floating IPs come and go."""
+    body = copy.deepcopy(contract_payloads()["router-basic"])
+    kept = parse_payload(body, ("router",)).router.floating_ips[0]
+    assert parse_payload(body, ("router",)).router.floating_ips[0] is kept
+    assert parse_payload(body, ("router",)).router.floating_ips[0] is kept
+    without = copy.deepcopy(body)
+    without["floating_ips"] = []
+    parse_payload(without, ("router",))
+    again = parse_payload(body, ("router",)).router.floating_ips[0]
+    assert again == kept and again is not kept
