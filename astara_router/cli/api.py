@@ -6,6 +6,7 @@ configuration before it answers anything (also when gunicorn respawns it after a
 """
 import argparse
 import fcntl
+import gc
 import ipaddress
 import logging
 import os
@@ -66,6 +67,13 @@ def reload_master(master_pid):
     return reload
 
 
+def freeze_before_fork(arbiter, worker):
+    """gunicorn's ``pre_fork`` hook: the master's objects leave the collector's generations,
+    so the worker's collections never write to the pages it inherited (each would become a
+    private copy: 3.6 MB of PSS at 5 000 floating IPs, make bench)."""
+    gc.freeze()
+
+
 def build_app(settings):
     from ..api import create_app
     from ..engine import Engine
@@ -121,6 +129,7 @@ class AgentApplication(BaseApplication):
             # the rest of this appliance's runtime files, owner-only.
             "control_socket": os.path.join(run_dir, "gunicorn.ctl"),
             "control_socket_mode": 0o600,
+            "pre_fork": freeze_before_fork,
         }
         if s.certfile:
             options.update(certfile=s.certfile, keyfile=s.keyfile or None,

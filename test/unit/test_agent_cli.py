@@ -3,6 +3,7 @@
 gunicorn's ``Config.set`` raises on a setting it does not know, so these tests also pin the
 oldest gunicorn the agent runs on (``make lower-bounds`` runs them against it).
 """
+import gc
 import ssl
 
 from astara_router.cli.api import AgentApplication
@@ -23,6 +24,18 @@ def test_gunicorn_accepts_the_agent_configuration(tmp_path):
     assert cfg.control_socket == str(run_dir / "gunicorn.ctl")
     assert cfg.control_socket_mode == 0o600
     assert not cfg.is_ssl
+
+
+def test_the_master_freezes_its_objects_before_each_fork(tmp_path):
+    """The worker then shares the master's pages instead of copying each one its garbage
+    collector touches (gc.freeze before the fork)."""
+    cfg = AgentApplication(Settings(state_dir=str(tmp_path), bind=("127.0.0.1:5999",))).cfg
+    gc.unfreeze()
+    try:
+        cfg.pre_fork(None, None)  # gunicorn calls it with the arbiter and the worker
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_mutual_tls_requires_client_certificates(tmp_path):
