@@ -22,7 +22,6 @@ from ..model import PayloadError
 from ..naming import interface_view
 from ..status import StatusProber
 from .operator import operator_routes, request_id, request_ids
-from .openapi import openapi_document
 
 LOG = logging.getLogger(__name__)
 PUBLIC_PATHS = ("/v1/", "/v1/base/")  # the banner: no token needed
@@ -116,6 +115,8 @@ def openapi_routes(settings):
     @routes.get("/v1/openapi.json")
     def openapi():
         if not document:
+            from .openapi import openapi_document  # on first use: msgspec.inspect and the
+            # schema walk stay out of a worker nobody asks (0.2 MB)
             document.append(json_response(openapi_document(
                 current_app, bool(settings.api_token), PUBLIC_PATHS)).get_data())
         return Response(document[0], mimetype="application/json")
