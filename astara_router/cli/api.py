@@ -29,21 +29,48 @@ def format_bind(address, port):
     return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
+def stored_management_address(settings, stored):
+    """The management address of a persisted generation, or None (none, or not valid)."""
+    if stored is None:
+        return None
+    try:
+        from ..model import parse_payload
+        return parse_payload(stored.payload, settings.enabled_services).management_address
+    except Exception:
+        return None
+
+
+def in_child(function):
+    """``function()`` (None or a short text) computed in a forked child process, so that
+    this one keeps nothing it allocated: the gunicorn master, before it starts (one thread,
+    no signal handlers yet), parsing a persisted 5 000-floating-IP payload kept 7.5 MB."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            result = function()
+            os.write(write_end, b"" if result is None else str(result).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        text = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return text or None
+
+
 def default_bind(settings, stored=None):
     """The management address: from the persisted config (``stored``; default: what the
-    agent will run, ``Store.load``), else from what astara-configure-management recorded
-    at boot, else every address."""
+    agent will run, ``Store.load``, read and parsed in a child process), else from what
+    astara-configure-management recorded at boot, else every address."""
     if stored is None:
-        stored = Store(settings.state_dir).load()
-    if stored is not None:
-        try:
-            from ..model import parse_payload
-            address = parse_payload(stored.payload,
-                                    settings.enabled_services).management_address
-            if address is not None:
-                return format_bind(address, settings.port)
-        except Exception:
-            pass
+        address = in_child(lambda: stored_management_address(
+            settings, Store(settings.state_dir).load()))
+    else:
+        address = stored_management_address(settings, stored)
+    if address is not None:
+        return format_bind(address, settings.port)
     recorded = read_management(settings.state_dir).get("address")
     if recorded is not None:
         return format_bind(recorded, settings.port)

@@ -4,10 +4,13 @@ gunicorn's ``Config.set`` raises on a setting it does not know, so these tests a
 oldest gunicorn the agent runs on (``make lower-bounds`` runs them against it).
 """
 import gc
+import os
 import ssl
 
-from astara_router.cli.api import AgentApplication
+from astara_lab.appliance import contract_payloads
+from astara_router.cli.api import AgentApplication, default_bind, in_child
 from astara_router.settings import Settings
+from astara_router.store import Store
 
 
 def test_gunicorn_accepts_the_agent_configuration(tmp_path):
@@ -47,3 +50,27 @@ def test_mutual_tls_requires_client_certificates(tmp_path):
     assert (cfg.certfile, cfg.keyfile, cfg.ca_certs) == (
         "/etc/astara/api.crt", "/etc/astara/api.key", "/etc/astara/ca.crt")
     assert cfg.cert_reqs == ssl.CERT_REQUIRED
+
+
+def test_the_master_binds_the_persisted_management_address_parsed_in_a_child(tmp_path):
+    """The master reads the address to bind from the persisted generation; the parse runs
+    in a child process, so the master keeps none of the model."""
+    payload = contract_payloads("original-orchestrator")["router-basic"]
+    [management] = [n for n in payload["networks"] if n["network_type"] == "management"]
+    address = management["interface"]["addresses"][0].split("/")[0]
+    Store(str(tmp_path)).commit(1, payload)
+    settings = Settings(state_dir=str(tmp_path), port=5123)
+    assert default_bind(settings) == f"[{address}]:5123"
+    assert AgentApplication(settings).cfg.bind == [f"[{address}]:5123"]
+
+
+def test_in_child_runs_the_function_in_another_process():
+    made = []
+
+    def work():
+        made.append("in the child")
+        return os.getpid()
+
+    assert int(in_child(work)) != os.getpid() and made == []
+    assert in_child(lambda: None) is None
+    assert in_child(lambda: 1 / 0) is None  # a failure is "nothing found"
