@@ -45,11 +45,12 @@ def parse_payload(body, enabled_services=("router",)):
                 FieldError(join("services", name), f"this appliance does not offer the service "
                                                    f"{name!r} (enabled: {enabled})")
                 for name in unknown])
+    keys, known = _network_keys(body)
     try:
-        payload = msgspec.convert(body, schema.Payload)
+        payload = msgspec.convert(known, schema.Payload)
     except msgspec.ValidationError as exc:
         raise PayloadError([schema_error(exc, body, schema.Payload, _network_context)]) from None
-    config = _build(payload, enabled_services)
+    config = _build(payload, enabled_services, keys)
     problems = Problems()
     locate = Locator(body)
     router_path = "" if payload.asn else "services.router"
@@ -94,8 +95,24 @@ class Locator:
         return self.subnets.get((ifname, subnet.id, subnet.cidr), self.networks.get(ifname))
 
 
-def _build(payload, enabled_services):
-    """The model of a decoded schema.Payload, after the checks the schema cannot make."""
+def _network_keys(body):
+    """``(keys, body)``: each network entry's key in the parses' memory (its path and
+    JSON text), and ``body`` with the entries met in the previous parse replaced by their
+    validated schema objects, which the schema takes as they are (a push usually changes
+    one thing: re-validating fifty unchanged networks was most of a parse)."""
+    networks = body.get("networks")
+    if not isinstance(networks, list):
+        return None, body
+    keys = [(f"networks[{i}]", msgspec.json.encode(spec)) for i, spec in enumerate(networks)]
+    current, previous = _RECENT_NETWORKS
+    known = [(current.get(key) or previous.get(key) or (spec, None))[0]
+             for key, spec in zip(keys, networks)]
+    return keys, {**body, "networks": known}
+
+
+def _build(payload, enabled_services, keys=None):
+    """The model of a decoded schema.Payload, after the checks the schema cannot make
+    (``keys``: ``_network_keys``)."""
     problems = Problems()
     allocations = sum(len(spec.allocations) for spec in payload.networks)
     if allocations > schema.MAX_ALLOCATIONS_TOTAL:
@@ -104,7 +121,8 @@ def _build(payload, enabled_services):
                                                    f"not {allocations}")])
     _RECENT_NETWORKS[:] = [{}, _RECENT_NETWORKS[0]]
     networks = _merge_duplicates(problems, [
-        (f"networks[{i}]", _known_network(problems, spec, f"networks[{i}]"))
+        (f"networks[{i}]", _known_network(problems, spec, keys[i] if keys else
+                                          (f"networks[{i}]", msgspec.json.encode(spec))))
         for i, spec in enumerate(payload.networks)])
     services = payload.services
     router = None
@@ -139,24 +157,25 @@ def _network_context(path, body):
 
 # -- networks -------------------------------------------------------------------------------
 
-_RECENT_NETWORKS = [{}, {}]  # (path, network JSON) -> model: this parse's, the previous one's
+# (path, network JSON) -> (schema object, model): this parse's, the previous one's
+_RECENT_NETWORKS = [{}, {}]
 
 
-def _known_network(problems, spec, path):
+def _known_network(problems, spec, key):
     """``_network``, handing out the same model object for a network entry that is the same
     as in the previous push (the usual case: a push changes one thing). Renderers memoize
     their per-network work on that object (render/memo.py), so an unchanged network costs
     a dictionary lookup, not a re-render. Only valid networks are kept, and only those of
-    the last two parses (memory stays bounded by the payload)."""
-    key = (path, msgspec.json.encode(spec))
+    the last two parses (memory stays bounded by the payload). ``key``: the entry's path
+    and JSON text."""
     current, previous = _RECENT_NETWORKS
-    network = current.get(key) or previous.get(key)
+    _, network = current.get(key) or previous.get(key) or (None, None)
     if network is None:
         before = len(problems.errors)
-        network = _network(problems, spec, path)
+        network = _network(problems, spec, key[0])
         if len(problems.errors) != before:
             return network
-    current[key] = network
+    current[key] = (spec, network)
     return network
 
 
