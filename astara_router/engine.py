@@ -89,6 +89,14 @@ def _trim_memory():
         pass
 
 
+def _apart_from_floating_ips(config):
+    """``config`` with no floating IPs: equal for two configurations that differ by floating
+    IPs alone (cheap: unchanged networks are the same objects, model/parse.py)."""
+    if config.router is None or not config.router.floating_ips:
+        return config
+    return replace(config, router=replace(config.router, floating_ips=()))
+
+
 def body_digest(raw):
     return hashlib.sha256(raw).hexdigest() if raw is not None else None
 
@@ -439,6 +447,19 @@ class Engine:
                                  else previous.plans.get(subsystem.name))
                 for subsystem in self.subsystems}
 
+    def _plans(self, config, names, previous):
+        """Every subsystem's plan. One whose plan does not read the floating IPs keeps its
+        committed plan when nothing else changed (the usual push adds or removes floating
+        IPs): rendering dnsmasq's or the proxy's configuration again would give the same."""
+        unchanged = (previous.config is not None and dict(previous.names) == names
+                     and _apart_from_floating_ips(previous.config)
+                     == _apart_from_floating_ips(config))
+        return {s.name: (previous.plans[s.name]
+                         if unchanged and not getattr(s, "reads_floating_ips", True)
+                         and s.name in previous.plans
+                         else s.plan(config, names))
+                for s in self.subsystems}
+
     def _transaction(self, config, digest, previous, raw, leftovers=(), awaiting=False):
         """Apply ``config`` (whose payload is the JSON bytes ``raw`` with hash ``digest``)
         over ``previous``; a new generation when the hash differs."""
@@ -451,7 +472,7 @@ class Engine:
         try:
             names = ctx.kernel_names()
             bases = self._bases(previous, names)
-            plans = {s.name: s.plan(config, names) for s in self.subsystems}
+            plans = self._plans(config, names, previous)
             for subsystem in self.subsystems:  # before anything live changes
                 subsystem.check(plans[subsystem.name], bases[subsystem.name])
             new_generation = digest != previous.hash

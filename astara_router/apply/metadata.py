@@ -26,6 +26,7 @@ LOG = logging.getLogger(__name__)
 
 class MetadataSubsystem:
     name = "metadata"
+    reads_floating_ips = False  # its plan is kept when only floating IPs change
 
     def __init__(self, settings):
         self.settings = settings
