@@ -165,10 +165,31 @@ class ApplyContext:
         return {generic: nic.kernel_name for generic, nic in self.names.items()}
 
 
+class Background:
+    """Work a transaction leaves for after its answer (announcements, giving memory back):
+    ``start()`` runs each job in a thread of its own, once. The API starts it when the
+    response has been sent, so the answer does not share the CPU with it."""
+
+    def __init__(self):
+        self.jobs = []  # (thread name, function, args)
+        self.started = False
+
+    def add(self, name, target, *args):
+        self.jobs.append((name, target, args))
+
+    def start(self):
+        if self.started:
+            return
+        self.started = True
+        for name, target, args in self.jobs:
+            threading.Thread(target=target, args=args, name=name, daemon=True).start()
+
+
 @dataclass
 class Outcome:
     committed: Committed
     changes: int
+    background: Background = field(default_factory=Background)
 
 
 class Engine:
@@ -214,13 +235,15 @@ class Engine:
 
     # -- writers -------------------------------------------------------------------------
     def apply(self, body, raw=None, source=None, local=None, confirm_timeout=None,
-              request_id=None, origin="push", detail=None) -> Outcome:
+              request_id=None, origin="push", detail=None, defer_background=False) -> Outcome:
         """Validate and apply a whole payload (``raw``: the bytes it was decoded from, for
         the identical-push fast path); raise PayloadError/ApplyError on failure with the
         previous generation left in place. ``source``/``local``: the request's peer address
         and the address it arrived on (the management path to keep); ``confirm_timeout``:
         seconds before a new generation reverts unless ``confirm()`` is called;
-        ``request_id``: the caller's (X-Request-Id), else one is made (history.py)."""
+        ``request_id``: the caller's (X-Request-Id), else one is made (history.py);
+        ``defer_background``: the caller starts ``outcome.background`` itself (after its
+        answer), else it is started here."""
         with self.history.activity(origin, request_id, self.committed.generation,
                                    detail) as activity:
             try:
@@ -229,7 +252,9 @@ class Engine:
                 self.metrics.refused(exc)
                 raise
             activity.finish(outcome.committed.generation, outcome.changes)
-            return outcome
+        if not defer_background:
+            outcome.background.start()
+        return outcome
 
     def rollback(self, generation=None, **request):
         """Apply a kept generation's configuration again (default: the one before the
@@ -282,13 +307,14 @@ class Engine:
                 self.committed = replace(previous, raw_digest=raw_digest)
                 return Outcome(self.committed, 0)
             awaiting = confirm_timeout is not None
+            background = Background()
             committed, changes = self._transaction(config, digest, previous, raw,
-                                                   awaiting=awaiting)
+                                                   awaiting=awaiting, background=background)
             self.committed = replace(committed, raw_digest=raw_digest)
             self.state, self.last_error = "ready", None
             if committed.generation != previous.generation:
                 self._arm_revert(committed.generation, confirm_timeout)
-            return Outcome(self.committed, changes)
+            return Outcome(self.committed, changes, background)
 
     # -- commit-confirm ------------------------------------------------------------------
     @property
@@ -460,9 +486,11 @@ class Engine:
                          else s.plan(config, names))
                 for s in self.subsystems}
 
-    def _transaction(self, config, digest, previous, raw, leftovers=(), awaiting=False):
+    def _transaction(self, config, digest, previous, raw, leftovers=(), awaiting=False,
+                     background=None):
         """Apply ``config`` (whose payload is the JSON bytes ``raw`` with hash ``digest``)
-        over ``previous``; a new generation when the hash differs."""
+        over ``previous``; a new generation when the hash differs. The work after the
+        commit goes to ``background`` (started by the caller), else starts at once."""
         started = time.monotonic()
         earlier = [c for c in (previous.config, *leftovers) if c is not None]
         ctx = ApplyContext.open(self.names, earlier)
@@ -514,7 +542,10 @@ class Engine:
             self.metrics.transaction(succeeded, time.monotonic() - started, spent)
             self.history.transaction(succeeded, spent, number)
         committed = Committed(number, raw, config, digest, committed_at, plans, names)
-        self._after_commit(plans, bases, nics, len(committed.raw))
+        after = background if background is not None else Background()
+        self._after_commit(after, plans, bases, nics, len(committed.raw))
+        if background is None:
+            after.start()
         return committed, changes  # logged once, by the activity (history.py)
 
     def _persist(self, number, digest, raw, awaiting):
@@ -537,16 +568,15 @@ class Engine:
                 return subsystem.expected(plans[subsystem.name], ctx.nics)
         return Expected(indexes=frozenset(nic.index for nic in ctx.nics))
 
-    def _after_commit(self, plans, bases, nics, size=0):
-        """Work the answer need not wait for (announcements, giving memory back), in the
-        background."""
+    def _after_commit(self, background, plans, bases, nics, size=0):
+        """Work the answer need not wait for (announcements, giving memory back), queued on
+        ``background``."""
         if size >= TRIM_AFTER:
-            threading.Thread(target=_trim_memory, name="malloc-trim", daemon=True).start()
+            background.add("malloc-trim", _trim_memory)
         for subsystem in self.subsystems:
             if hasattr(subsystem, "after_commit"):
-                threading.Thread(target=subsystem.after_commit,
-                                 args=(plans[subsystem.name], bases[subsystem.name], nics),
-                                 name=f"{subsystem.name}-after-commit", daemon=True).start()
+                background.add(f"{subsystem.name}-after-commit", subsystem.after_commit,
+                               plans[subsystem.name], bases[subsystem.name], nics)
 
     def _rollback(self, ctx, snapshots, counts):
         """Restore every subsystem that ran; True when all of them were restored."""

@@ -195,6 +195,30 @@ def test_a_plan_that_ignores_floating_ips_is_kept_when_only_they_change(lab, tmp
     assert engine.committed.plans["daemon"] == ("renamed", len(BASIC["floating_ips"]))
 
 
+class Announcing(CountingPlans):
+    """A subsystem (test double) with work after the commit, like gratuitous ARP."""
+
+    def __init__(self):
+        super().__init__("announcing", True)
+        self.announced = threading.Event()
+
+    def after_commit(self, plan, base, nics):
+        self.announced.set()
+
+
+def test_work_after_the_commit_starts_once_the_answer_is_sent(lab, tmp_path):
+    ns = lab.netns("after")
+    announcing = Announcing()
+    settings = settings_mod.load(state_dir=str(tmp_path), enabled_services="router")
+    app = create_app(settings, engine=Engine(settings, subsystems=[announcing]))
+    with in_netns(ns.name):
+        response = app.test_client().put("/v1/system/config", json=BASIC)
+    assert response.status_code == 200
+    assert not announcing.announced.wait(0.5)  # the answer is not sent (closed) yet
+    response.close()
+    assert announcing.announced.wait(10)
+
+
 def _swallow(func, *args):
     try:
         func(*args)
