@@ -117,6 +117,9 @@ def links(counters=False):
             for payload in dump(RTM_GETLINK, IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))]
 
 
+INTERFACE_OF_LENGTH = {4: ipaddress.IPv4Interface, 16: ipaddress.IPv6Interface}
+
+
 def address_record(payload):
     """(link index, IPv4/6Interface, IFA flags) of one RTM_NEWADDR/RTM_DELADDR message (a
     dump's or a notification's), or None without an address."""
@@ -127,7 +130,11 @@ def address_record(payload):
         return None
     if IFA_FLAGS in attrs:
         flags = struct.unpack("=I", attrs[IFA_FLAGS][:4])[0]
-    return index, ipaddress.ip_interface((ipaddress.ip_address(raw), prefixlen)), flags
+    interface = INTERFACE_OF_LENGTH.get(len(raw))
+    if interface is None:
+        return None
+    # From the integer: given an address object, ipaddress formats and parses it twice more.
+    return index, interface((int.from_bytes(raw, "big"), prefixlen)), flags
 
 
 def address_records(family=socket.AF_UNSPEC):

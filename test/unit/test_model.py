@@ -271,3 +271,14 @@ def test_an_error_message_the_translator_cannot_follow_keeps_msgspec_words():
     error = schema_error(msgspec.ValidationError("Expected `int`, got `str` - at `$.nope[3]`"),
                          {}, Payload)
     assert (error.path, error.message) == ("nope[3]", "Expected `int`, got `str`")
+
+
+@pytest.mark.parametrize("text", ["198.51.100.7", "2001:db8::7", "fe80::1%eth0"])
+def test_a_floating_ips_host_interface_is_the_address_alone(text):
+    from astara_router.model.types import FloatingIP
+    address = ipaddress.ip_address(text)
+    host = FloatingIP(address, address).host
+    assert str(host) == f"{text}/{address.max_prefixlen}"
+    expected = ipaddress.ip_interface((address, address.max_prefixlen))
+    assert (host, host.ip, host.network, hash(host)) == (
+        expected, expected.ip, expected.network, hash(expected))
