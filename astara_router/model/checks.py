@@ -25,6 +25,11 @@ def parse_ip(text):
         raise ValueError(f"{text!r} is not an IPv4 address") from None
 
 
+def address_key(address):
+    """(version, integer): the address as a key hashed in C (FloatingIP.key's form)."""
+    return address.version, int(address)
+
+
 @functools.lru_cache(maxsize=CACHE_SIZE)
 def parse_network(text):
     return ipaddress.ip_network(text, strict=True)

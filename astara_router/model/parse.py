@@ -12,7 +12,7 @@ import re
 import msgspec
 
 from . import schema, semantics
-from .checks import Problems, parse_ip, parse_network
+from .checks import Problems, address_key, parse_ip, parse_network
 from .errors import FieldError, PayloadError, UnsupportedService, join, schema_error
 from .loadbalancer import build_loadbalancer
 from .types import (Allocation, FloatingIP, HAConfig, Interface, Label, Network, Orchestrator,
@@ -327,8 +327,8 @@ def _router(problems, spec, path, networks):
     fips, seen = [], set()
     for i, item in enumerate(spec.floating_ips):
         known = _floating_ip(item.floating_ip, item.fixed_ip)
-        if known is not None and known.floating_ip not in seen:
-            seen.add(known.floating_ip)
+        if known is not None and known.key not in seen:
+            seen.add(known.key)
             fips.append(known)
             continue
         fpath = join(path, f"floating_ips[{i}]")  # a problem: found and reported below
@@ -339,10 +339,10 @@ def _router(problems, spec, path, networks):
         if floating.version != fixed.version:
             problems.add(f"{fpath}.fixed_ip",
                          f"{fixed} and floating address {floating} are not of the same family")
-        elif floating in seen:
+        elif address_key(floating) in seen:
             problems.add(f"{fpath}.floating_ip", f"{floating} is listed twice")
         else:
-            seen.add(floating)
+            seen.add(address_key(floating))
             fips.append(FloatingIP(floating, fixed))
     if fips and not any(n.is_external for n in networks):
         problems.add(join(path, "floating_ips"), "floating IPs need an external network")

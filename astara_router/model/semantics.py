@@ -18,6 +18,7 @@ Every function here is pure: problems are added to a ``checks.Problems`` with th
 import functools
 import ipaddress
 
+from .checks import address_key
 from .errors import join
 from .types import Route
 
@@ -26,9 +27,16 @@ ONLY_UNDER_CONFIRM = (" (possible only under commit-confirm: PUT "
 DEFAULTS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 
-@functools.lru_cache(maxsize=1 << 14)
 def unusable(address):
     """Why ``address`` cannot be a host's own unicast address, or ''."""
+    return _unusable(address_key(address))
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _unusable(key):
+    """``unusable`` by ``address_key`` (cached by a key hashed in C)."""
+    version, number = key
+    address = ipaddress.IPv4Address(number) if version == 4 else ipaddress.IPv6Address(number)
     if address.is_unspecified:
         return "is the unspecified address"
     if address.is_loopback:
@@ -140,23 +148,24 @@ def _subnets(problems, config, locate):
 
 
 def _floating_ips(problems, config, locate, router_path):
-    taken = {}  # address -> what it is, for the message
+    taken = {}  # address_key -> what it is, for the message
     for network in config.networks:
         for address in network.interface.addresses:
-            taken[address.ip] = f"the router's address on {network.interface.ifname}"
+            taken[address_key(address.ip)] = (f"the router's address on "
+                                              f"{network.interface.ifname}")
         for subnet in network.subnets:
             for edge in subnet_edges(subnet.cidr):
-                taken.setdefault(edge, f"the network or broadcast address of {subnet.cidr}")
+                taken.setdefault(address_key(edge),
+                                 f"the network or broadcast address of {subnet.cidr}")
             if subnet.gateway_ip is not None:
-                taken[subnet.gateway_ip] = f"the gateway of {subnet.cidr}"
+                taken[address_key(subnet.gateway_ip)] = f"the gateway of {subnet.cidr}"
     if config.router.default_v4_gateway is not None:
-        taken[config.router.default_v4_gateway] = "the default_v4_gateway"
+        taken[address_key(config.router.default_v4_gateway)] = "the default_v4_gateway"
     for i, fip in enumerate(config.router.floating_ips):
-        address = fip.floating_ip
-        why = taken.get(address) or unusable(address)
+        why = taken.get(fip.key) or _unusable(fip.key)
         if why:
             problems.add(join(router_path, f"floating_ips[{i}].floating_ip"),
-                         f"{address} {'is ' if address in taken else ''}{why}")
+                         f"{fip.floating_ip} {'is ' if fip.key in taken else ''}{why}")
 
 
 # -- the management path ------------------------------------------------------------------
@@ -204,10 +213,11 @@ def _floating_ips_in(config, target, ifname):
     if config.router is None or ifname in (n.interface.ifname for n in
                                            config.external_networks):
         return
+    first, last = int(target.network_address), int(target.broadcast_address)
     for i, fip in enumerate(config.router.floating_ips):
-        address = fip.floating_ip
-        if address.version == target.version and address in target:
-            yield i, address
+        version, number = fip.key
+        if version == target.version and first <= number <= last:
+            yield i, fip.floating_ip
 
 
 def management_change(problems, previous, config, locate, local=None):

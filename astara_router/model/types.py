@@ -112,6 +112,16 @@ class FloatingIP:
     def texts(self):
         return str(self.floating_ip), str(self.fixed_ip)
 
+    # (version, integer) keys of the two addresses: sets and maps of thousands of floating
+    # IPs hash these in C, where an address's own __hash__ is Python code.
+    @cached_property
+    def key(self):
+        return self.floating_ip.version, int(self.floating_ip)
+
+    @cached_property
+    def fixed_key(self):
+        return self.fixed_ip.version, int(self.fixed_ip)
+
 
 @dataclass(frozen=True)
 class Label:
@@ -174,11 +184,12 @@ class SystemConfig:
             return None
         return network.interface.first(4) or network.interface.first(6)
 
-    @property
+    # Cached: a push asks for them once per floating IP.
+    @cached_property
     def external_networks(self):
         return self.networks_of("external")
 
-    @property
+    @cached_property
     def tenant_networks(self):
         return self.networks_of(*TENANT_TYPES)
 

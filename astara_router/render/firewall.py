@@ -232,7 +232,7 @@ def render_firewall(config, names, api_ports=(5000,), boot_management=None):
 
 
 def _by_floating(fip):
-    return int(fip.floating_ip)  # integer order: the same as sorting the addresses, faster
+    return fip.key  # integer order: the same as sorting the addresses, faster
 
 
 def _collapse(networks, version):
@@ -419,7 +419,7 @@ class _Renderer:
             suffix = FAMILIES[version][2]
             snat = {}
             for fip in fips:  # a fixed IP with several floating IPs leaves as the first
-                snat.setdefault(fip.fixed_ip, fip)
+                snat.setdefault(fip.fixed_key[1], fip)  # the integer: one family here
             typ = FAMILIES[version][1]
             self.fip_dnat[version] = self.add_elements(
                 f"fip_dnat{suffix}", f"{typ} : {typ}",
@@ -429,7 +429,7 @@ class _Renderer:
             self.fip_snat[version] = self.add_elements(
                 f"fip_snat{suffix}", f"{typ} : {typ}",
                 (f"{fip.texts[1]} : {fip.texts[0]}" for fixed, fip in
-                 sorted(snat.items(), key=lambda item: int(item[0]))),
+                 sorted(snat.items(), key=lambda item: item[0])),
                 comment="floating IPs: fixed -> floating (SNAT)")
         # IPsec: the (local subnet . peer subnet) pairs the tunnels protect (never NATed,
         # admitted from the peers) and who may speak IKE/ESP
