@@ -25,3 +25,13 @@ def test_an_address_record_is_the_interface_the_kernel_reports(text):
 def test_a_record_without_an_address_is_none():
     header = rtnl.IFADDRMSG.pack(socket.AF_INET, 24, 0, 0, 7)
     assert rtnl.address_record(header) is None
+
+
+def test_wanted_attributes_are_those_of_a_full_read():
+    data = b"".join(rtnl._attribute(kind, value) for kind, value in
+                    ((3, b"eth0\0"), (4, b"\xdc\x05\0\0"), (3, b"second"), (1, b"\2" * 6),
+                     (23, b"\0" * 64), (18, rtnl._attribute(1, b"veth\0"))))
+    full = rtnl.attributes(data)
+    assert full[3] == b"eth0\0" and full[1] == b"\2" * 6  # the first of each type
+    assert rtnl.attributes(data, 0, {1, 3, 18}) == {k: full[k] for k in (1, 3, 18)}
+    assert rtnl.attributes(data, 0, {99}) == {}
