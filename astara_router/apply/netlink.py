@@ -279,8 +279,7 @@ class NetlinkSubsystem:
         index = {nic.kernel_name: nic.index for nic in nics}
         links = {name: link for name, link in plan.state.links if name in index}
         return Expected(
-            addresses=frozenset((index[name], address) for name, link in links.items()
-                                for address in link.addresses),
+            addresses={index[name]: link.addresses for name, link in links.items()},
             links={index[name]: (link.mtu, link.up) for name, link in links.items()},
             indexes=frozenset(index.values()),
             ignored=frozenset((index[name], address) for name, address in plan.state.ignored
