@@ -90,14 +90,6 @@ def _trim_memory():
         pass
 
 
-def _apart_from_floating_ips(config):
-    """``config`` with no floating IPs: equal for two configurations that differ by floating
-    IPs alone (cheap: unchanged networks are the same objects, model/parse.py)."""
-    if config.router is None or not config.router.floating_ips:
-        return config
-    return replace(config, router=replace(config.router, floating_ips=()))
-
-
 class CollectorPause:
     """The cyclic garbage collector paused while pushes run (``with PAUSE:``; nested and
     concurrent pushes count). A push allocates tens of thousands of short-lived objects,
@@ -508,8 +500,8 @@ class Engine:
         committed plan when nothing else changed (the usual push adds or removes floating
         IPs): rendering dnsmasq's or the proxy's configuration again would give the same."""
         unchanged = (previous.config is not None and dict(previous.names) == names
-                     and _apart_from_floating_ips(previous.config)
-                     == _apart_from_floating_ips(config))
+                     and previous.config.without_floating_ips()
+                     == config.without_floating_ips())
         return {s.name: (previous.plans[s.name]
                          if unchanged and not getattr(s, "reads_floating_ips", True)
                          and s.name in previous.plans

@@ -409,6 +409,7 @@ class ListenerServer(ThreadingHTTPServer):
         LOG.warning("%s: request from %s failed: %s", "%s:%s" % self.listener.key,
                     client_address[0], sys.exc_info()[1])
 
+
 class Acceptor:
     """One thread accepting the connections of every listener (each request is then
     served in a thread of its own, as ThreadingHTTPServer does). A thread per listener

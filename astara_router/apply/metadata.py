@@ -1,8 +1,8 @@
 """The metadata proxy, served from the agent's own process.
 
 One listener per tenant network (``metadata_proxy.Proxy``), bound to the router's address
-there, all accepted by one thread. Serving it in process instead of as its own program saves a Python
-interpreter per appliance (memory: README, "Decisions") and the program's start on the
+there, all accepted by one thread. Serving it in process instead of as its own program saves
+a Python interpreter per appliance (memory: README, "Decisions") and the program's start on the
 first apply — most of the cold apply's time before. Its request log goes to
 ``<state_dir>/metadata/proxy.log``.
 

@@ -4,7 +4,7 @@ Addresses use the standard library's ``ipaddress`` types: they are immutable, ha
 strict (``10.1.0.1/33`` and ``172.24.4.300`` are errors, not guesses). See README, "Decisions".
 """
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from ipaddress import IPv4Address, IPv6Address
 from typing import Optional, Union
@@ -204,6 +204,14 @@ class SystemConfig:
     @property
     def floating_ips(self):
         return self.router.floating_ips if self.router else ()
+
+    def without_floating_ips(self):
+        """This configuration with no floating IPs: equal for two configurations that
+        differ by floating IPs alone (cheap to compare: unchanged networks are the same
+        objects, model/parse.py)."""
+        if self.router is None or not self.router.floating_ips:
+            return self
+        return replace(self, router=replace(self.router, floating_ips=()))
 
     def external_interface_for(self, address):
         """Where a floating address lives: the external network whose subnet holds it,

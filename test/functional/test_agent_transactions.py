@@ -189,7 +189,8 @@ def test_a_plan_that_ignores_floating_ips_is_kept_when_only_they_change(lab, tmp
         for body in (BASIC, with_many_fips(BASIC, 3), with_many_fips(BASIC, 5)):
             engine.apply(copy.deepcopy(body))
         assert (daemon.planned, ruleset.planned) == (1, 3)
-        assert engine.committed.plans["ruleset"] == (BASIC["hostname"], len(BASIC["floating_ips"]) + 5)
+        fips = len(BASIC["floating_ips"])
+        assert engine.committed.plans["ruleset"] == (BASIC["hostname"], fips + 5)
         engine.apply(renamed)  # another change: planned again
     assert (daemon.planned, ruleset.planned) == (2, 4)
     assert engine.committed.plans["daemon"] == ("renamed", len(BASIC["floating_ips"]))
