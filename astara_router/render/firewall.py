@@ -183,6 +183,21 @@ class Ruleset:
                 found[floating] = fixed
         return found
 
+    def moved_floating_ips(self, new):
+        """The floating addresses whose mapping disappeared or moved to another fixed IP
+        in ``new``: the DNAT elements ``new`` no longer has (a set difference of texts,
+        where comparing {floating: fixed} maps parses thousands of elements twice)."""
+        moved = set()
+        for version in (4, 6):
+            name = f"fip_dnat{FAMILIES[version][2]}"
+            old, now = self.set(name), new.set(name)
+            if old is None:
+                continue
+            kept = set(now.elements) if now is not None else set()
+            moved.update(ipaddress.ip_address(element.split(" : ")[0])
+                         for element in old.elements if element not in kept)
+        return moved
+
     # persistence of the committed ruleset (JSON in the state directory)
     def to_json(self):
         return json.dumps({

@@ -417,3 +417,18 @@ def test_a_change_of_floating_ips_alone_renders_what_a_whole_render_does():
         firewall._LAST_RENDERED[0] = None
         assert kept == ruleset_of(copy.deepcopy(body)), body["floating_ips"]
         firewall._LAST_RENDERED[0] = memo
+
+
+def test_moved_floating_ips_are_those_whose_mapping_went_or_changed():
+    from astara_router.apply.firewall import stale_floating_ips
+    body = VALID["router-many-fips"]
+    fips = body["floating_ips"]
+    changed = copy.deepcopy(body)
+    changed["floating_ips"] = ([dict(fips[0], fixed_ip=fips[2]["fixed_ip"])]  # moved
+                               + fips[2:])  # fips[1] removed
+    old, new = ruleset_of(body), ruleset_of(changed)
+    moved = old.moved_floating_ips(new)
+    assert {str(a) for a in moved} == {fips[0]["floating_ip"], fips[1]["floating_ip"]}
+    assert moved == stale_floating_ips(old.floating_ips(), new.floating_ips())
+    # back: the moved one moves again; the removed one comes back, nothing bound to it
+    assert {str(a) for a in new.moved_floating_ips(old)} == {fips[0]["floating_ip"]}
