@@ -46,10 +46,13 @@ def parse_payload(body, enabled_services=("router",)):
                                                    f"{name!r} (enabled: {enabled})")
                 for name in unknown])
     keys, known = _network_keys(body)
+    known = _with_known_floating_ips(known)
     try:
         payload = msgspec.convert(known, schema.Payload)
     except msgspec.ValidationError as exc:
         raise PayloadError([schema_error(exc, body, schema.Payload, _network_context)]) from None
+    _RECENT_FLOATING_IPS[:] = [{(f.floating_ip, f.fixed_ip): f for f in payload.floating_ips},
+                               _RECENT_FLOATING_IPS[0]]
     config = _build(payload, enabled_services, keys)
     problems = Problems()
     locate = Locator(body)
@@ -108,6 +111,28 @@ def _network_keys(body):
     known = [(current.get(key) or previous.get(key) or (spec, None))[0]
              for key, spec in zip(keys, networks)]
     return keys, {**body, "networks": known}
+
+
+# (floating, fixed) texts -> schema object: the last parse's, the one before
+_RECENT_FLOATING_IPS = [{}, {}]
+
+
+def _with_known_floating_ips(body):
+    """``body`` with the floating-IP entries of the last two parses replaced by their
+    validated schema objects, as ``_network_keys`` does for networks: a push repeats
+    thousands of them, each two addresses the schema would match against its patterns."""
+    fips = body.get("floating_ips")
+    current, previous = _RECENT_FLOATING_IPS
+    if not isinstance(fips, list) or not (current or previous):
+        return body
+    known = []
+    for item in fips:
+        if type(item) is dict and len(item) == 2:
+            key = (item.get("floating_ip"), item.get("fixed_ip"))
+            if type(key[0]) is str and type(key[1]) is str:
+                item = current.get(key) or previous.get(key) or item
+        known.append(item)
+    return {**body, "floating_ips": known}
 
 
 def _build(payload, enabled_services, keys=None):

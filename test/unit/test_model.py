@@ -282,3 +282,21 @@ def test_a_floating_ips_host_interface_is_the_address_alone(text):
     expected = ipaddress.ip_interface((address, address.max_prefixlen))
     assert (host, host.ip, host.network, hash(host)) == (
         expected, expected.ip, expected.network, hash(expected))
+
+
+def test_entries_known_from_the_last_parse_give_the_same_model_and_errors():
+    from astara_router.model import parse as parse_module
+    body = copy.deepcopy(VALID["router-many-fips"])
+    first = parse_payload(copy.deepcopy(body), BOTH)
+    again = parse_payload(copy.deepcopy(body), BOTH)  # networks and FIPs known now
+    assert again == first
+    broken = copy.deepcopy(body)
+    broken["floating_ips"].insert(3, {"floating_ip": "172.24.4.300", "fixed_ip": "10.40.1.10"})
+    broken["networks"][2]["interface"]["mtu"] = "big"
+    with pytest.raises(PayloadError) as known:
+        parse_payload(copy.deepcopy(broken), BOTH)
+    parse_module._RECENT_NETWORKS[:] = [{}, {}]
+    parse_module._RECENT_FLOATING_IPS[:] = [{}, {}]
+    with pytest.raises(PayloadError) as fresh:
+        parse_payload(copy.deepcopy(broken), BOTH)
+    assert known.value.to_dict() == fresh.value.to_dict()
