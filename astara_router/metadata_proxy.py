@@ -426,6 +426,9 @@ class Acceptor:
         self.thread = None
 
     def add(self, server):
+        # Non-blocking: a connection gone between select and accept must not hold the
+        # thread (and the lock) in accept; ThreadingHTTPServer then just finds none.
+        server.socket.setblocking(False)
         with self.lock:
             self.selector.register(server.socket, selectors.EVENT_READ, server)
             if self.thread is None:
