@@ -15,6 +15,7 @@ model): addresses that would poison a network, and the management path.
 
 Every function here is pure: problems are added to a ``checks.Problems`` with their field.
 """
+import bisect
 import functools
 import ipaddress
 
@@ -213,11 +214,11 @@ def _floating_ips_in(config, target, ifname):
     if config.router is None or ifname in (n.interface.ifname for n in
                                            config.external_networks):
         return
-    first, last = int(target.network_address), int(target.broadcast_address)
-    for i, fip in enumerate(config.router.floating_ips):
-        version, number = fip.key
-        if version == target.version and first <= number <= last:
-            yield i, fip.floating_ip
+    keys = config.router.floating_ip_keys  # sorted (version, number, index)
+    start = bisect.bisect_left(keys, (target.version, int(target.network_address), -1))
+    end = bisect.bisect_right(keys, (target.version, int(target.broadcast_address), len(keys)))
+    for _, _, i in sorted(keys[start:end], key=lambda key: key[2]):  # in payload order
+        yield i, config.router.floating_ips[i].floating_ip
 
 
 def management_change(problems, previous, config, locate, local=None):

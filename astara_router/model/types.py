@@ -155,6 +155,12 @@ class RouterConfig:
     address_book: tuple = ()
     anchors: tuple = ()
 
+    @cached_property
+    def floating_ip_keys(self):
+        """Sorted (version, address as an integer, index) of the floating IPs: which lie in a
+        prefix is a binary search (the management-path check asks for several prefixes)."""
+        return sorted((*fip.key, i) for i, fip in enumerate(self.floating_ips))
+
 
 @dataclass(frozen=True)
 class SystemConfig:
