@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType
 
+from .model.checks import parse_ip
 from .model.schema import ID_RULE, IDENTIFIER, MAX_ID
 from .store import atomic_write
 
@@ -108,10 +109,21 @@ def _require(data, key, kind, where):
 
 
 def _address(text, where):
-    try:
+    try:  # the payload's parser met (and cached) these texts already; as strict
+        return parse_ip(text)
+    except (TypeError, ValueError):
+        pass
+    try:  # refused: ipaddress's own message
         return ipaddress.ip_address(text)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _canonical(text, where):
+    """``text`` as the address it names in its compressed form (an accepted IPv4 text is
+    that already: no leading zeros, four parts)."""
+    address = _address(text, where)
+    return text if address.version == 4 else address.compressed
 
 
 def _header_id(value, where):
@@ -158,7 +170,7 @@ def parse_config(text):
         for address, device_id in _require(item, "instances", dict, where).items():
             if not isinstance(device_id, str) or not device_id:
                 raise ConfigError(f"{where}instances[{address}]: empty device id")
-            instances[_address(address, f"{where}instances").compressed] = _header_id(
+            instances[_canonical(address, f"{where}instances")] = _header_id(
                 device_id, f"{where}instances[{address}]")
         listener = Listener(_header_id(_require(item, "network_id", str, where),
                                        f"{where}network_id"),
