@@ -30,6 +30,7 @@ swapped in by one assignment, so GETs never wait for an apply. Subsystems and th
 protocol: ``apply/__init__.py``.
 """
 import ctypes
+import gc
 import hashlib
 import json
 import logging
@@ -92,6 +93,35 @@ def _trim_memory(after=()):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+class CollectorPause:
+    """The cyclic garbage collector paused while pushes run (``with PAUSE:``; nested and
+    concurrent pushes count). A push allocates tens of thousands of short-lived objects,
+    nearly all freed by reference counting; each collection they trigger also walks part
+    of the heap the committed configuration keeps (a full one all of it: tens of ms at
+    1 000 floating IPs). Collections resume when the last push ends."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._was_enabled = False
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._depth += 1
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and self._was_enabled:
+                gc.enable()
+
+
+PAUSE_COLLECTOR = CollectorPause()
 
 
 def body_digest(raw):
@@ -162,10 +192,41 @@ class ApplyContext:
         return {generic: nic.kernel_name for generic, nic in self.names.items()}
 
 
+class Background:
+    """Work a transaction leaves for after its answer (announcements, giving memory back):
+    ``start()`` runs each job in a thread of its own, once. The API starts it when the
+    response has been sent, so the answer does not share the CPU with it."""
+
+    def __init__(self):
+        self.jobs = []  # (thread name, function, args)
+        self.last = None  # (thread name, function): given the other jobs' threads
+        self.started = False
+
+    def add(self, name, target, *args):
+        self.jobs.append((name, target, args))
+
+    def add_last(self, name, target):
+        """``target(threads)`` starts with the other jobs and may wait for their threads."""
+        self.last = (name, target)
+
+    def start(self):
+        if self.started:
+            return
+        self.started = True
+        threads = [threading.Thread(target=target, args=args, name=name, daemon=True)
+                   for name, target, args in self.jobs]
+        for thread in threads:
+            thread.start()
+        if self.last is not None:
+            name, target = self.last
+            threading.Thread(target=target, args=(threads,), name=name, daemon=True).start()
+
+
 @dataclass
 class Outcome:
     committed: Committed
     changes: int
+    background: Background = field(default_factory=Background)
 
 
 class Engine:
@@ -211,22 +272,26 @@ class Engine:
 
     # -- writers -------------------------------------------------------------------------
     def apply(self, body, raw=None, source=None, local=None, confirm_timeout=None,
-              request_id=None, origin="push", detail=None) -> Outcome:
+              request_id=None, origin="push", detail=None, defer_background=False) -> Outcome:
         """Validate and apply a whole payload (``raw``: the bytes it was decoded from, for
         the identical-push fast path); raise PayloadError/ApplyError on failure with the
         previous generation left in place. ``source``/``local``: the request's peer address
         and the address it arrived on (the management path to keep); ``confirm_timeout``:
         seconds before a new generation reverts unless ``confirm()`` is called;
-        ``request_id``: the caller's (X-Request-Id), else one is made (history.py)."""
+        ``request_id``: the caller's (X-Request-Id), else one is made (history.py);
+        ``defer_background``: the caller starts ``outcome.background`` itself (after its
+        answer), else it is started here."""
         with self.history.activity(origin, request_id, self.committed.generation,
-                                   detail) as activity:
+                                   detail) as activity, PAUSE_COLLECTOR:
             try:
                 outcome = self._apply(body, raw, source, local, confirm_timeout)
             except (PayloadError, ApplyError) as exc:
                 self.metrics.refused(exc)
                 raise
             activity.finish(outcome.committed.generation, outcome.changes)
-            return outcome
+        if not defer_background:
+            outcome.background.start()
+        return outcome
 
     def rollback(self, generation=None, **request):
         """Apply a kept generation's configuration again (default: the one before the
@@ -279,13 +344,14 @@ class Engine:
                 self.committed = replace(previous, raw_digest=raw_digest)
                 return Outcome(self.committed, 0)
             awaiting = confirm_timeout is not None
+            background = Background()
             committed, changes = self._transaction(config, digest, previous, raw,
-                                                   awaiting=awaiting)
+                                                   awaiting=awaiting, background=background)
             self.committed = replace(committed, raw_digest=raw_digest)
             self.state, self.last_error = "ready", None
             if committed.generation != previous.generation:
                 self._arm_revert(committed.generation, confirm_timeout)
-            return Outcome(self.committed, changes)
+            return Outcome(self.committed, changes, background)
 
     # -- commit-confirm ------------------------------------------------------------------
     @property
@@ -444,9 +510,24 @@ class Engine:
                                  else previous.plans.get(subsystem.name))
                 for subsystem in self.subsystems}
 
-    def _transaction(self, config, digest, previous, raw, leftovers=(), awaiting=False):
+    def _plans(self, config, names, previous):
+        """Every subsystem's plan. One whose plan does not read the floating IPs keeps its
+        committed plan when nothing else changed (the usual push adds or removes floating
+        IPs): rendering dnsmasq's or the proxy's configuration again would give the same."""
+        unchanged = (previous.config is not None and dict(previous.names) == names
+                     and previous.config.without_floating_ips()
+                     == config.without_floating_ips())
+        return {s.name: (previous.plans[s.name]
+                         if unchanged and not getattr(s, "reads_floating_ips", True)
+                         and s.name in previous.plans
+                         else s.plan(config, names))
+                for s in self.subsystems}
+
+    def _transaction(self, config, digest, previous, raw, leftovers=(), awaiting=False,
+                     background=None):
         """Apply ``config`` (whose payload is the JSON bytes ``raw`` with hash ``digest``)
-        over ``previous``; a new generation when the hash differs."""
+        over ``previous``; a new generation when the hash differs. The work after the
+        commit goes to ``background`` (started by the caller), else starts at once."""
         started = time.monotonic()
         earlier = [c for c in (previous.config, *leftovers) if c is not None]
         ctx = ApplyContext.open(self.names, earlier)
@@ -456,7 +537,7 @@ class Engine:
         try:
             names = ctx.kernel_names()
             bases = self._bases(previous, names)
-            plans = {s.name: s.plan(config, names) for s in self.subsystems}
+            plans = self._plans(config, names, previous)
             for subsystem in self.subsystems:  # before anything live changes
                 subsystem.check(plans[subsystem.name], bases[subsystem.name])
             new_generation = digest != previous.hash
@@ -498,7 +579,10 @@ class Engine:
             self.metrics.transaction(succeeded, time.monotonic() - started, spent)
             self.history.transaction(succeeded, spent, number)
         committed = Committed(number, raw, config, digest, committed_at, plans, names)
-        self._after_commit(plans, bases, nics)
+        after = background if background is not None else Background()
+        self._after_commit(after, plans, bases, nics)
+        if background is None:
+            after.start()
         return committed, changes  # logged once, by the activity (history.py)
 
     def _persist(self, number, digest, raw, awaiting):
@@ -521,17 +605,14 @@ class Engine:
                 return subsystem.expected(plans[subsystem.name], ctx.nics)
         return Expected(indexes=frozenset(nic.index for nic in ctx.nics))
 
-    def _after_commit(self, plans, bases, nics):
-        """Work the answer need not wait for (announcements, giving memory back), in the
-        background."""
-        threads = [threading.Thread(target=subsystem.after_commit,
-                                    args=(plans[subsystem.name], bases[subsystem.name], nics),
-                                    name=f"{subsystem.name}-after-commit", daemon=True)
-                   for subsystem in self.subsystems if hasattr(subsystem, "after_commit")]
-        for thread in threads:
-            thread.start()
-        threading.Thread(target=_trim_memory, args=(threads,), name="malloc-trim",
-                         daemon=True).start()
+    def _after_commit(self, background, plans, bases, nics):
+        """Work the answer need not wait for (announcements, then giving memory back),
+        queued on ``background``."""
+        for subsystem in self.subsystems:
+            if hasattr(subsystem, "after_commit"):
+                background.add(f"{subsystem.name}-after-commit", subsystem.after_commit,
+                               plans[subsystem.name], bases[subsystem.name], nics)
+        background.add_last("malloc-trim", _trim_memory)
 
     def _rollback(self, ctx, snapshots, counts):
         """Restore every subsystem that ran; True when all of them were restored."""

@@ -33,6 +33,7 @@ import logging
 import logging.handlers
 import os
 import re
+import selectors
 import signal
 import socket
 import socketserver
@@ -43,6 +44,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType
 
+from .model.checks import parse_ip
 from .model.schema import ID_RULE, IDENTIFIER, MAX_ID
 from .store import atomic_write
 
@@ -107,10 +109,21 @@ def _require(data, key, kind, where):
 
 
 def _address(text, where):
-    try:
+    try:  # the payload's parser met (and cached) these texts already; as strict
+        return parse_ip(text)
+    except (TypeError, ValueError):
+        pass
+    try:  # refused: ipaddress's own message
         return ipaddress.ip_address(text)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _canonical(text, where):
+    """``text`` as the address it names in its compressed form (an accepted IPv4 text is
+    that already: no leading zeros, four parts)."""
+    address = _address(text, where)
+    return text if address.version == 4 else address.compressed
 
 
 def _header_id(value, where):
@@ -157,7 +170,7 @@ def parse_config(text):
         for address, device_id in _require(item, "instances", dict, where).items():
             if not isinstance(device_id, str) or not device_id:
                 raise ConfigError(f"{where}instances[{address}]: empty device id")
-            instances[_address(address, f"{where}instances").compressed] = _header_id(
+            instances[_canonical(address, f"{where}instances")] = _header_id(
                 device_id, f"{where}instances[{address}]")
         listener = Listener(_header_id(_require(item, "network_id", str, where),
                                        f"{where}network_id"),
@@ -378,7 +391,6 @@ class ListenerServer(ThreadingHTTPServer):
                                else socket.AF_INET)
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__((str(listener.address), listener.port), MetadataHandler)
-        self.thread = None
 
     def server_bind(self):
         # HTTPServer.server_bind resolves the address with getfqdn(): seconds per listener
@@ -409,15 +421,51 @@ class ListenerServer(ThreadingHTTPServer):
         LOG.warning("%s: request from %s failed: %s", "%s:%s" % self.listener.key,
                     client_address[0], sys.exc_info()[1])
 
-    def start(self):
-        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
-                                       name=f"listener-{self.listener.address}:"
-                                            f"{self.listener.port}", daemon=True)
-        self.thread.start()
 
-    def stop(self):
-        self.shutdown()
-        self.server_close()
+class Acceptor:
+    """One thread accepting the connections of every listener (each request is then
+    served in a thread of its own, as ThreadingHTTPServer does). A thread per listener
+    meant fifty thread starts on the first apply of a router on fifty networks, and fifty
+    threads waking up five times a second. Listeners are added and removed from other
+    threads: registration and dispatch share a lock, so a removed listener's socket is
+    closed only when no accept can still be on its way."""
+
+    POLL = 0.5  # seconds: how soon the thread notices it is no longer wanted
+
+    def __init__(self):
+        self.selector = selectors.DefaultSelector()
+        self.lock = threading.Lock()
+        self.thread = None
+
+    def add(self, server):
+        # Non-blocking: a connection gone between select and accept must not hold the
+        # thread (and the lock) in accept; ThreadingHTTPServer then just finds none.
+        server.socket.setblocking(False)
+        with self.lock:
+            self.selector.register(server.socket, selectors.EVENT_READ, server)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="metadata-acceptor",
+                                               daemon=True)
+                self.thread.start()
+
+    def remove(self, server):
+        with self.lock:
+            self.selector.unregister(server.socket)
+            server.server_close()
+
+    def alive(self):
+        return self.thread is not None and self.thread.is_alive()
+
+    def _run(self):
+        while True:
+            ready = self.selector.select(self.POLL)
+            with self.lock:
+                for key, _ in ready:
+                    if self.selector.get_map().get(key.fd) is key:  # not removed meanwhile
+                        key.data._handle_request_noblock()  # accept, then a request thread
+                if not self.selector.get_map():  # decided under the lock: add() starts anew
+                    self.thread = None
+                    return
 
 
 class Proxy:
@@ -431,17 +479,19 @@ class Proxy:
         self.digest = None  # its SHA-256
         self.attempted = None  # what the last (re)load read
         self.servers = {}  # (address, port) → ListenerServer
+        self.acceptor = Acceptor()
 
     def load(self):
         """(Re)load the configuration file (the standalone program)."""
         with open(self.config_path) as handle:
             self.serve(handle.read())
 
-    def serve(self, text):
-        """Serve this configuration. Raises on one that cannot be served; the previous one
-        then stays in place, untouched."""
+    def serve(self, text, config=None):
+        """Serve this configuration (``config``: ``parse_config(text)`` when the caller
+        has it already). Raises on one that cannot be served; the previous one then stays
+        in place, untouched."""
         self.attempted = config_digest(text)
-        config = parse_config(text)
+        config = config if config is not None else parse_config(text)
         wanted = {listener.key: listener for listener in config.listeners}
         added = {}
         try:
@@ -458,18 +508,17 @@ class Proxy:
             if key in wanted:
                 server.listener = wanted[key]
         for key in [k for k in self.servers if k not in wanted]:
-            self.servers.pop(key).stop()
+            self.acceptor.remove(self.servers.pop(key))
         for key, server in added.items():
-            server.start()
+            self.acceptor.add(server)
             self.servers[key] = server
         self.text, self.digest = text, self.attempted
         LOG.info("serving configuration %s: %s", self.digest[:12],
                  ", ".join(f"{a}:{p}" for a, p in sorted(wanted)) or "no listeners")
 
     def alive(self):
-        """Every listener's thread still runs."""
-        return all(server.thread is not None and server.thread.is_alive()
-                   for server in self.servers.values())
+        """The thread accepting the listeners' connections runs (when there are any)."""
+        return not self.servers or self.acceptor.alive()
 
     def write_status(self, error=None):
         status = {"pid": os.getpid(), "config_hash": self.digest, "error": error,
@@ -489,7 +538,7 @@ class Proxy:
 
     def close(self):
         for server in self.servers.values():
-            server.stop()
+            self.acceptor.remove(server)
         self.servers.clear()
         self.config = self.text = self.digest = None
 
@@ -619,7 +668,7 @@ def main(argv=None):
             return 1
         return 0
     setup_logging(args.log)
-    # Before any thread exists, so every listener thread inherits the mask.
+    # Before any thread exists, so the proxy's threads inherit the mask.
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     if not args.foreground:
         return daemonize_and_run(args)

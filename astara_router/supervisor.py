@@ -3,7 +3,7 @@
 Every ``interval`` seconds it asks the engine to reconcile (``Engine.reconcile``): the
 kernel watch's drift (addresses, routes, links, the nftables table changed behind the
 agent's back) and the subsystems' health (dnsmasq, BIRD, nginx and charon by PID, the
-metadata proxy's listener threads) are checked under the writer lock, and anything found is
+metadata proxy's accepting thread) are checked under the writer lock, and anything found is
 repaired by running the transaction again with the committed configuration — the same path
 a push takes, so a dead daemon is started again from the committed files and a drifted
 kernel is read live and converged. Repairs are counted by reason (``GET /v1/status/``).

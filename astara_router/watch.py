@@ -71,11 +71,12 @@ def _open(protocol, groups=0, group=None):
 
 @dataclass(frozen=True)
 class Expected:
-    """What the committed plan put on the links: ``addresses`` ``{(link index, address)}``,
-    ``links`` ``{link index: (mtu or None, up)}`` of the managed NICs, ``indexes`` every
-    NIC the agent saw; ``ignored`` ``{(link index, address)}`` another daemon adds and
-    removes (keepalived's virtual addresses on an HA router): never drift."""
-    addresses: frozenset = frozenset()
+    """What the committed plan put on the links: ``addresses`` ``{link index: frozenset of
+    addresses}`` (the plan's own sets: nothing rebuilt per push for thousands of floating
+    IPs), ``links`` ``{link index: (mtu or None, up)}`` of the managed NICs, ``indexes``
+    every NIC the agent saw; ``ignored`` ``{(link index, address)}`` another daemon adds
+    and removes (keepalived's virtual addresses on an HA router): never drift."""
+    addresses: Mapping = field(default_factory=dict)
     links: Mapping = field(default_factory=dict)
     indexes: frozenset = frozenset()
     ignored: frozenset = frozenset()
@@ -176,7 +177,7 @@ class KernelWatch:
         index, address, flags = record
         if address.ip.is_link_local or not flags & IFA_F_PERMANENT:
             return False  # the kernel's (link-local, SLAAC) or a DHCP client's
-        if kind == RTM_NEWADDR and (index, address) in self.expected.addresses:
+        if kind == RTM_NEWADDR and address in self.expected.addresses.get(index, ()):
             return False  # one of ours changed state (e.g. DAD finished)
         if (index, address) in self.expected.ignored:
             return False  # keepalived's: the VRRP master holds it, a backup does not

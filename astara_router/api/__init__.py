@@ -255,8 +255,11 @@ def apply_answer(run, sender=None):
         return refusal(exc)
     # The generation's view, rendered once, with the change count spliced in front.
     answer = b'{"changes": %d, ' % outcome.changes + outcome.committed.view_json[1:]
-    return Response(answer, mimetype="application/json",
-                    headers={"ETag": f'"{outcome.committed.hash}"'})
+    response = Response(answer, mimetype="application/json",
+                        headers={"ETag": f'"{outcome.committed.hash}"'})
+    # Announcements and the like start once the answer is sent (not competing with it).
+    response.call_on_close(outcome.background.start)
+    return response
 
 
 CONFIG_PATH = "/v1/system/config"
@@ -330,7 +333,7 @@ def config_routes(engine, fence):
             with fence.admitted(epoch, orchestrator):
                 return engine.apply(body, raw, source=source, local=local,
                                     confirm_timeout=confirm_timeout, request_id=request_id(),
-                                    detail=sender)
+                                    detail=sender, defer_background=True)
 
         return apply_answer(run, sender)
 

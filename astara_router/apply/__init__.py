@@ -20,6 +20,9 @@ The protocol every subsystem follows (the engine calls these in this order):
 ``restore(ctx, snapshot, changes)``      converge back to the snapshot; ``changes`` is what
                                           apply reported (None: it failed midway)
 optional:
+``reads_floating_ips``                     False: the plan does not depend on the floating
+                                          IPs, so the committed one is kept when nothing
+                                          else changed (default True: always planned)
 ``healthy(plan) -> bool``                 its daemon still runs (identical-push fast path)
 ``expected(plan, nics)``                  (netlink) what the kernel watch compares its
                                           notifications with (watch.Expected)

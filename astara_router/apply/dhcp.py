@@ -63,6 +63,7 @@ def dnsmasq_test(files, path):
 
 class DhcpSubsystem:
     name = "dhcp"
+    reads_floating_ips = False  # its plan is kept when only floating IPs change
 
     def __init__(self, settings):
         self.directory = settings.path("dnsmasq")

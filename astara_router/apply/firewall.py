@@ -134,12 +134,13 @@ class FirewallSubsystem:
             if base == plan:
                 return 0
             script = base.element_script(plan) or plan.replace_script()
-            before = base.floating_ips()
+            stale = base.moved_floating_ips(plan)
         else:
             script = plan.replace_script()
-            before = floating_ips_in_listing(snapshot.listing)
+            stale = stale_floating_ips(floating_ips_in_listing(snapshot.listing),
+                                       plan.floating_ips())
         run_transaction(script)
-        flush_conntrack(stale_floating_ips(before, plan.floating_ips()))
+        flush_conntrack(stale)
         return 1
 
     def verify(self, ctx, plan, base, changes):

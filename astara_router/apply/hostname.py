@@ -83,6 +83,7 @@ class HostnamePlan:
 
 class HostnameSubsystem:
     name = "hostname"
+    reads_floating_ips = False  # its plan is kept when only floating IPs change
 
     def __init__(self, settings):
         self.settings = settings

@@ -118,6 +118,7 @@ class NginxDaemon(Daemon):
 
 class LoadBalancerSubsystem:
     name = "loadbalancer"
+    reads_floating_ips = False  # its plan is kept when only floating IPs change
 
     def __init__(self, settings):
         self.directory = settings.path("nginx")

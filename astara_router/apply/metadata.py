@@ -1,8 +1,8 @@
 """The metadata proxy, served from the agent's own process.
 
-One listener thread per tenant network (``metadata_proxy.Proxy``), bound to the router's
-address there. Serving it in process instead of as its own program saves a Python
-interpreter per appliance (memory: README, "Decisions") and the program's start on the
+One listener per tenant network (``metadata_proxy.Proxy``), bound to the router's address
+there, all accepted by one thread. Serving it in process instead of as its own program saves
+a Python interpreter per appliance (memory: README, "Decisions") and the program's start on the
 first apply — most of the cold apply's time before. Its request log goes to
 ``<state_dir>/metadata/proxy.log``.
 
@@ -26,6 +26,7 @@ LOG = logging.getLogger(__name__)
 
 class MetadataSubsystem:
     name = "metadata"
+    reads_floating_ips = False  # its plan is kept when only floating IPs change
 
     def __init__(self, settings):
         self.settings = settings
@@ -33,6 +34,7 @@ class MetadataSubsystem:
         self.log_path = os.path.join(self.dir, "proxy.log")
         self.proxy = Proxy()
         self._logging = False
+        self._checked = (None, None)  # (text, its parsed form): check() parsed it already
 
     def _log_to_file(self):
         """Requests are logged to the appliance's own proxy.log, once per process."""
@@ -50,8 +52,9 @@ class MetadataSubsystem:
             self.proxy.close()
             return
         self._log_to_file()
+        (checked, config), self._checked = self._checked, (None, None)
         try:
-            self.proxy.serve(text)
+            self.proxy.serve(text, config if checked == text else None)
         except (OSError, ConfigError) as exc:
             raise ApplyError("", f"metadata proxy: {exc}", status=500) from exc
 
@@ -63,7 +66,7 @@ class MetadataSubsystem:
     def check(self, plan, base):
         if plan is not None and plan != base:
             try:  # the proxy's own parser is the checker
-                parse_config(plan)
+                self._checked = (plan, parse_config(plan))
             except ConfigError as exc:
                 raise ApplyError("", f"metadata proxy configuration rejected: {exc}",
                                  status=500) from exc

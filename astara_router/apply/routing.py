@@ -32,6 +32,7 @@ PARSE_ERROR = re.compile(r":(\d+):(\d+)\s+(.*)")
 
 class RoutingSubsystem:
     name = "routing"
+    reads_floating_ips = False  # its plan is kept when only floating IPs change
 
     def __init__(self, settings):
         self.directory = settings.path("bird")

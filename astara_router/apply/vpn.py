@@ -219,6 +219,7 @@ def wanted_state(plan):
 
 class VpnSubsystem:
     name = "vpn"
+    reads_floating_ips = False  # its plan is kept when only floating IPs change
 
     def __init__(self, settings):
         self.directory = settings.path("vpn")

@@ -32,6 +32,9 @@ class TwoParses:
     def put(self, key, value):
         self.current[key] = value
 
+    def remembers_any(self):
+        return bool(self.current or self.previous)
+
 
 def next_parse():
     """A parse begins: what the one before the last did not use is forgotten."""
@@ -73,6 +76,11 @@ def parse_ip(text):
         return ipaddress.IPv4Address(inet_pton(AF_INET, text))
     except OSError:
         raise ValueError(f"{text!r} is not an IPv4 address") from None
+
+
+def address_key(address):
+    """(version, integer): the address as a key hashed in C (FloatingIP.key's form)."""
+    return address.version, int(address)
 
 
 @functools.lru_cache(maxsize=CACHE_SIZE)

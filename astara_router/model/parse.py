@@ -12,7 +12,8 @@ import re
 import msgspec
 
 from . import schema, semantics
-from .checks import Problems, TwoParses, next_parse, parse_ip, parse_network, remembered
+from .checks import (Problems, TwoParses, address_key, next_parse, parse_ip, parse_network,
+                     remembered)
 from .errors import FieldError, PayloadError, UnsupportedService, join, schema_error
 from .loadbalancer import build_loadbalancer
 from .types import (Allocation, FloatingIP, HAConfig, Interface, Label, Network, Orchestrator,
@@ -45,11 +46,16 @@ def parse_payload(body, enabled_services=("router",)):
                 FieldError(join("services", name), f"this appliance does not offer the service "
                                                    f"{name!r} (enabled: {enabled})")
                 for name in unknown])
+    next_parse()
+    keys, known = _network_keys(body)
+    known = _with_known_floating_ips(known)
     try:
-        payload = msgspec.convert(body, schema.Payload)
+        payload = msgspec.convert(known, schema.Payload)
     except msgspec.ValidationError as exc:
         raise PayloadError([schema_error(exc, body, schema.Payload, _network_context)]) from None
-    config = _build(payload, enabled_services)
+    for fip in payload.floating_ips:
+        _RECENT_FLOATING_IPS.put((fip.floating_ip, fip.fixed_ip), fip)
+    config = _build(payload, enabled_services, keys)
     problems = Problems()
     locate = Locator(body)
     router_path = "" if payload.asn else "services.router"
@@ -94,17 +100,59 @@ class Locator:
         return self.subnets.get((ifname, subnet.id, subnet.cidr), self.networks.get(ifname))
 
 
-def _build(payload, enabled_services):
-    """The model of a decoded schema.Payload, after the checks the schema cannot make."""
+def _network_keys(body):
+    """``(keys, body)``: each network entry's key in the parses' memory (``network_key``),
+    and ``body`` with the entries met in the previous parse replaced by their validated
+    schema objects, which the schema takes as they are (a push usually changes one thing:
+    re-validating fifty unchanged networks was most of a parse)."""
+    networks = body.get("networks")
+    if not isinstance(networks, list):
+        return None, body
+    keys = [network_key(i, spec) for i, spec in enumerate(networks)]
+    known = [(_RECENT_NETWORKS.get(key) or (spec, None))[0]
+             for key, spec in zip(keys, networks)]
+    return keys, {**body, "networks": known}
+
+
+def network_key(index, spec):
+    """A network entry's key in the parses' memory: its path and the digest of its JSON (a
+    digest, not the JSON: 1 MB less at 5 000 allocations per parse kept)."""
+    return f"networks[{index}]", hashlib.sha256(msgspec.json.encode(spec)).digest()
+
+
+# (floating, fixed) texts -> schema object, for two parses
+_RECENT_FLOATING_IPS = TwoParses()
+
+
+def _with_known_floating_ips(body):
+    """``body`` with the floating-IP entries of the last two parses replaced by their
+    validated schema objects, as ``_network_keys`` does for networks: a push repeats
+    thousands of them, each two addresses the schema would match against its patterns."""
+    fips = body.get("floating_ips")
+    if not isinstance(fips, list) or not _RECENT_FLOATING_IPS.remembers_any():
+        return body
+    known = []
+    for item in fips:
+        if type(item) is dict and len(item) == 2:
+            key = (item.get("floating_ip"), item.get("fixed_ip"))
+            if type(key[0]) is str and type(key[1]) is str:
+                item = _RECENT_FLOATING_IPS.get(key) or item
+        known.append(item)
+    return {**body, "floating_ips": known}
+
+
+def _build(payload, enabled_services, keys=None):
+    """The model of a decoded schema.Payload, after the checks the schema cannot make
+    (``keys``: ``_network_keys``)."""
     problems = Problems()
     allocations = sum(len(spec.allocations) for spec in payload.networks)
     if allocations > schema.MAX_ALLOCATIONS_TOTAL:
         raise PayloadError([FieldError("networks", f"at most {schema.MAX_ALLOCATIONS_TOTAL} "
                                                    f"allocations in all networks together, "
                                                    f"not {allocations}")])
-    next_parse()
     networks = _merge_duplicates(problems, [
-        (f"networks[{i}]", _known_network(problems, spec, f"networks[{i}]"))
+        (f"networks[{i}]", _known_network(problems, spec, keys[i] if keys else
+                                          network_key(i, spec)))
         for i, spec in enumerate(payload.networks)])
     services = payload.services
     router = None
@@ -139,24 +187,23 @@ def _network_context(path, body):
 
 # -- networks -------------------------------------------------------------------------------
 
-# (path, digest of the network's JSON) -> model (a digest, not the JSON: 1 MB less at
-# 5 000 allocations per parse kept)
+# network_key -> (schema object, model), for two parses
 _RECENT_NETWORKS = TwoParses()
 
 
-def _known_network(problems, spec, path):
+def _known_network(problems, spec, key):
     """``_network``, handing out the same model object for a network entry that is the same
     as in the previous push (the usual case: a push changes one thing). Renderers memoize
     their per-network work on that object (render/memo.py), so an unchanged network costs
     a dictionary lookup, not a re-render. Only valid networks are kept, and only those of
-    the last two parses (memory stays bounded by the payload)."""
-    key = (path, hashlib.sha256(msgspec.json.encode(spec)).digest())
-    network = _RECENT_NETWORKS.get(key)
+    the last two parses (memory stays bounded by the payload). ``key``: ``network_key``."""
+    network = (_RECENT_NETWORKS.get(key) or (None, None))[1]
     if network is None:
         before = len(problems.errors)
-        network = _network(problems, spec, path)
-        if len(problems.errors) == before:
-            _RECENT_NETWORKS.put(key, network)
+        network = _network(problems, spec, key[0])
+        if len(problems.errors) != before:
+            return network
+    _RECENT_NETWORKS.put(key, (spec, network))
     return network
 
 
@@ -308,8 +355,8 @@ def _router(problems, spec, path, networks):
     fips, seen = [], set()
     for i, item in enumerate(spec.floating_ips):
         known = _floating_ip(item.floating_ip, item.fixed_ip)
-        if known is not None and known.floating_ip not in seen:
-            seen.add(known.floating_ip)
+        if known is not None and known.key not in seen:
+            seen.add(known.key)
             fips.append(known)
             continue
         fpath = join(path, f"floating_ips[{i}]")  # a problem: found and reported below
@@ -320,10 +367,10 @@ def _router(problems, spec, path, networks):
         if floating.version != fixed.version:
             problems.add(f"{fpath}.fixed_ip",
                          f"{fixed} and floating address {floating} are not of the same family")
-        elif floating in seen:
+        elif address_key(floating) in seen:
             problems.add(f"{fpath}.floating_ip", f"{floating} is listed twice")
         else:
-            seen.add(floating)
+            seen.add(address_key(floating))
             fips.append(FloatingIP(floating, fixed))
     if fips and not any(n.is_external for n in networks):
         problems.add(join(path, "floating_ips"), "floating IPs need an external network")

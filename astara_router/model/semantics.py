@@ -15,9 +15,11 @@ model): addresses that would poison a network, and the management path.
 
 Every function here is pure: problems are added to a ``checks.Problems`` with their field.
 """
+import bisect
 import functools
 import ipaddress
 
+from .checks import address_key
 from .errors import join
 from .types import Route
 
@@ -26,9 +28,16 @@ ONLY_UNDER_CONFIRM = (" (possible only under commit-confirm: PUT "
 DEFAULTS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 
-@functools.lru_cache(maxsize=1 << 14)
 def unusable(address):
     """Why ``address`` cannot be a host's own unicast address, or ''."""
+    return _unusable(address_key(address))
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _unusable(key):
+    """``unusable`` by ``address_key`` (cached by a key hashed in C)."""
+    version, number = key
+    address = ipaddress.IPv4Address(number) if version == 4 else ipaddress.IPv6Address(number)
     if address.is_unspecified:
         return "is the unspecified address"
     if address.is_loopback:
@@ -140,23 +149,24 @@ def _subnets(problems, config, locate):
 
 
 def _floating_ips(problems, config, locate, router_path):
-    taken = {}  # address -> what it is, for the message
+    taken = {}  # address_key -> what it is, for the message
     for network in config.networks:
         for address in network.interface.addresses:
-            taken[address.ip] = f"the router's address on {network.interface.ifname}"
+            taken[address_key(address.ip)] = (f"the router's address on "
+                                              f"{network.interface.ifname}")
         for subnet in network.subnets:
             for edge in subnet_edges(subnet.cidr):
-                taken.setdefault(edge, f"the network or broadcast address of {subnet.cidr}")
+                taken.setdefault(address_key(edge),
+                                 f"the network or broadcast address of {subnet.cidr}")
             if subnet.gateway_ip is not None:
-                taken[subnet.gateway_ip] = f"the gateway of {subnet.cidr}"
+                taken[address_key(subnet.gateway_ip)] = f"the gateway of {subnet.cidr}"
     if config.router.default_v4_gateway is not None:
-        taken[config.router.default_v4_gateway] = "the default_v4_gateway"
+        taken[address_key(config.router.default_v4_gateway)] = "the default_v4_gateway"
     for i, fip in enumerate(config.router.floating_ips):
-        address = fip.floating_ip
-        why = taken.get(address) or unusable(address)
+        why = taken.get(fip.key) or _unusable(fip.key)
         if why:
             problems.add(join(router_path, f"floating_ips[{i}].floating_ip"),
-                         f"{address} {'is ' if address in taken else ''}{why}")
+                         f"{fip.floating_ip} {'is ' if fip.key in taken else ''}{why}")
 
 
 # -- the management path ------------------------------------------------------------------
@@ -204,10 +214,11 @@ def _floating_ips_in(config, target, ifname):
     if config.router is None or ifname in (n.interface.ifname for n in
                                            config.external_networks):
         return
-    for i, fip in enumerate(config.router.floating_ips):
-        address = fip.floating_ip
-        if address.version == target.version and address in target:
-            yield i, address
+    keys = config.router.floating_ip_keys  # sorted (version, number, index)
+    start = bisect.bisect_left(keys, (target.version, int(target.network_address), -1))
+    end = bisect.bisect_right(keys, (target.version, int(target.broadcast_address), len(keys)))
+    for _, _, i in sorted(keys[start:end], key=lambda key: key[2]):  # in payload order
+        yield i, config.router.floating_ips[i].floating_ip
 
 
 def management_change(problems, previous, config, locate, local=None):

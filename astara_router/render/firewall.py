@@ -183,6 +183,21 @@ class Ruleset:
                 found[floating] = fixed
         return found
 
+    def moved_floating_ips(self, new):
+        """The floating addresses whose mapping disappeared or moved to another fixed IP
+        in ``new``: the DNAT elements ``new`` no longer has (a set difference of texts,
+        where comparing {floating: fixed} maps parses thousands of elements twice)."""
+        moved = set()
+        for version in (4, 6):
+            name = f"fip_dnat{FAMILIES[version][2]}"
+            old, now = self.set(name), new.set(name)
+            if old is None:
+                continue
+            kept = set(now.elements) if now is not None else set()
+            moved.update(ipaddress.ip_address(element.split(" : ")[0])
+                         for element in old.elements if element not in kept)
+        return moved
+
     # persistence of the committed ruleset (JSON in the state directory)
     def to_json(self):
         return json.dumps({
@@ -228,11 +243,66 @@ def render_firewall(config, names, api_ports=(5000,), boot_management=None):
     name of the interface astara-configure-management set up, used as the management
     interface when the payload has no management network.
     """
-    return _Renderer(config, names, tuple(sorted(set(api_ports))), boot_management).render()
+    ports = tuple(sorted(set(api_ports)))
+    inputs = (config.without_floating_ips(), dict(names), ports, boot_management)
+    last = _LAST_RENDERED[0]
+    if last is not None and last[0] == inputs:
+        ruleset = _with_floating_ips(last[1], config)
+        if ruleset is not None:
+            return ruleset
+    ruleset = _Renderer(config, names, ports, boot_management).render()
+    _LAST_RENDERED[0] = (inputs, ruleset)
+    return ruleset
+
+
+# The last ruleset rendered whole, with its inputs apart from the floating IPs: a push
+# that changes floating IPs only (the usual one) renders the two maps alone.
+_LAST_RENDERED = [None]
+FIP_MAPS = frozenset(f"fip_{kind}{FAMILIES[v][2]}" for kind in ("dnat", "snat") for v in (4, 6))
+
+
+def _with_floating_ips(ruleset, config):
+    """``ruleset`` (rendered for ``config`` apart from its floating IPs) with ``config``'s
+    floating-IP maps; None when the maps themselves come or go (the rules change then)."""
+    if config.router is None:
+        return ruleset  # no router, no maps: the inputs were the whole configuration
+    maps = {named.name: named for _, dnat, snat in
+            floating_ip_maps(config.floating_ips, bool(config.external_networks))
+            for named in (dnat, snat)}
+    if maps.keys() != {s.name for s in ruleset.sets if s.name in FIP_MAPS}:
+        return None
+    return Ruleset(tuple(maps.get(s.name, s) for s in ruleset.sets), ruleset.chains)
+
+
+def floating_ip_maps(fips, external):
+    """(version, DNAT map, SNAT map) of the floating IPs ``fips``. IPv4 maps exist whenever
+    there is an ``external`` network, so the first floating IP is an element change too;
+    IPv6 ones only when used."""
+    by_version = {4: [], 6: []}
+    for fip in fips:
+        by_version[fip.floating_ip.version].append(fip)
+    maps = []
+    for version, fips in by_version.items():
+        if not external or (version == 6 and not fips):
+            continue
+        suffix, typ = FAMILIES[version][2], FAMILIES[version][1]
+        snat = {}
+        for fip in fips:  # a fixed IP with several floating IPs leaves as the first
+            snat.setdefault(fip.fixed_key[1], fip)  # the integer: one family here
+        maps.append((version, NamedSet(
+            f"fip_dnat{suffix}", f"{typ} : {typ}",
+            tuple(f"{floating} : {fixed}" for floating, fixed in
+                  (fip.texts for fip in sorted(fips, key=_by_floating))),
+            comment="floating IPs: floating -> fixed (DNAT)"), NamedSet(
+            f"fip_snat{suffix}", f"{typ} : {typ}",
+            tuple(f"{fip.texts[1]} : {fip.texts[0]}" for fixed, fip in
+                  sorted(snat.items(), key=lambda item: item[0])),
+            comment="floating IPs: fixed -> floating (SNAT)")))
+    return maps
 
 
 def _by_floating(fip):
-    return int(fip.floating_ip)  # integer order: the same as sorting the addresses, faster
+    return fip.key  # integer order: the same as sorting the addresses, faster
 
 
 def _collapse(networks, version):
@@ -407,30 +477,11 @@ class _Renderer:
         self.tenant_set = {v: self.add_set(f"tenants{FAMILIES[v][2]}", v, _collapse(cidrs, v),
                                            comment=f"tenant prefixes (IPv{v})")
                            for v in (4, 6)}
-        # IPv4 floating-IP maps exist whenever there is an external network, so the first
-        # floating IP is an element change too; IPv6 ones only when used
         self.fip_dnat, self.fip_snat = {}, {}
-        by_version = {4: [], 6: []}
-        for fip in self.config.floating_ips:
-            by_version[fip.floating_ip.version].append(fip)
-        for version, fips in by_version.items():
-            if not self.externals or (version == 6 and not fips):
-                continue
-            suffix = FAMILIES[version][2]
-            snat = {}
-            for fip in fips:  # a fixed IP with several floating IPs leaves as the first
-                snat.setdefault(fip.fixed_ip, fip)
-            typ = FAMILIES[version][1]
-            self.fip_dnat[version] = self.add_elements(
-                f"fip_dnat{suffix}", f"{typ} : {typ}",
-                (f"{floating} : {fixed}" for floating, fixed in
-                 (fip.texts for fip in sorted(fips, key=_by_floating))),
-                comment="floating IPs: floating -> fixed (DNAT)")
-            self.fip_snat[version] = self.add_elements(
-                f"fip_snat{suffix}", f"{typ} : {typ}",
-                (f"{fip.texts[1]} : {fip.texts[0]}" for fixed, fip in
-                 sorted(snat.items(), key=lambda item: int(item[0]))),
-                comment="floating IPs: fixed -> floating (SNAT)")
+        for version, dnat, snat in floating_ip_maps(self.config.floating_ips,
+                                                    bool(self.externals)):
+            self.sets += [dnat, snat]
+            self.fip_dnat[version], self.fip_snat[version] = dnat.name, snat.name
         # IPsec: the (local subnet . peer subnet) pairs the tunnels protect (never NATed,
         # admitted from the peers) and who may speak IKE/ESP
         connections = [c for _, c in active_connections(router)]

@@ -165,6 +165,61 @@ def test_reads_never_wait_for_an_apply(lab, tmp_path):
     assert app.test_client().get("/v1/system/config").get_json()["generation"] == 2
 
 
+class CountingPlans(HeldApply):
+    """A subsystem (test double) that counts how often the engine plans it."""
+
+    def __init__(self, name, reads_floating_ips):
+        super().__init__()
+        self.release.set()
+        self.name, self.reads_floating_ips, self.planned = name, reads_floating_ips, 0
+
+    def plan(self, config, names):
+        self.planned += 1
+        return (config.hostname, len(config.floating_ips))
+
+
+def test_a_plan_that_ignores_floating_ips_is_kept_when_only_they_change(lab, tmp_path):
+    ns = lab.netns("plans")
+    daemon, ruleset = CountingPlans("daemon", False), CountingPlans("ruleset", True)
+    settings = settings_mod.load(state_dir=str(tmp_path), enabled_services="router")
+    engine = Engine(settings, subsystems=[daemon, ruleset])
+    renamed = copy.deepcopy(BASIC)
+    renamed["hostname"] = "renamed"
+    with in_netns(ns.name):
+        for body in (BASIC, with_many_fips(BASIC, 3), with_many_fips(BASIC, 5)):
+            engine.apply(copy.deepcopy(body))
+        assert (daemon.planned, ruleset.planned) == (1, 3)
+        fips = len(BASIC["floating_ips"])
+        assert engine.committed.plans["ruleset"] == (BASIC["hostname"], fips + 5)
+        engine.apply(renamed)  # another change: planned again
+    assert (daemon.planned, ruleset.planned) == (2, 4)
+    assert engine.committed.plans["daemon"] == ("renamed", len(BASIC["floating_ips"]))
+
+
+class Announcing(CountingPlans):
+    """A subsystem (test double) with work after the commit, like gratuitous ARP."""
+
+    def __init__(self):
+        super().__init__("announcing", True)
+        self.announced = threading.Event()
+
+    def after_commit(self, plan, base, nics):
+        self.announced.set()
+
+
+def test_work_after_the_commit_starts_once_the_answer_is_sent(lab, tmp_path):
+    ns = lab.netns("after")
+    announcing = Announcing()
+    settings = settings_mod.load(state_dir=str(tmp_path), enabled_services="router")
+    app = create_app(settings, engine=Engine(settings, subsystems=[announcing]))
+    with in_netns(ns.name):
+        response = app.test_client().put("/v1/system/config", json=BASIC)
+    assert response.status_code == 200
+    assert not announcing.announced.wait(0.5)  # the answer is not sent (closed) yet
+    response.close()
+    assert announcing.announced.wait(10)
+
+
 def _swallow(func, *args):
     try:
         func(*args)

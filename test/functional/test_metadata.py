@@ -6,13 +6,15 @@ import json
 import pathlib
 import re
 import socket
+import threading
 import time
 
 import pytest
 
 from astara_lab.appliance import contract_payloads
 from astara_netns import in_netns
-from astara_lab.peers import MetadataUpstream
+from astara_lab.peers import MetadataUpstream, eventually
+from astara_router.metadata_proxy import Proxy
 from astara_lab.topology import RouterTopology
 
 pytestmark = pytest.mark.netns
@@ -267,3 +269,44 @@ def test_identifiers_with_cr_lf_are_refused_and_metadata_keeps_working(world):
     status, _, body = request(web1(topology), "GET", *LISTENER, "/latest/meta-data/")
     assert status == 200, body
     assert upstream.seen[0]["headers"]["X-Instance-ID"] == WEB1
+
+
+def proxy_text(ports):
+    """A proxy configuration with one listener per port on the namespace's loopback."""
+    return json.dumps({
+        "format": 1, "tenant_id": TENANT,
+        "upstream": {"address": "127.0.0.2", "port": 9, "connect_timeout": 1,
+                     "read_timeout": 1},
+        "listeners": [{"network_id": NETWORK, "interface": f"ge{port - 9600}",
+                       "address": "127.0.0.1", "port": port, "instances": {}}
+                      for port in ports]})
+
+
+def acceptors():
+    return [t for t in threading.enumerate() if t.name == "metadata-acceptor"]
+
+
+def test_one_thread_accepts_on_every_listener_as_they_come_and_go(lab):
+    ns = lab.netns("proxy")
+    ns.ip("link", "set", "lo", "up")
+    proxy = Proxy()
+    with in_netns(ns.name):
+        proxy.serve(proxy_text(range(9602, 9612)))
+    try:
+        assert len(acceptors()) == 1 and proxy.alive()
+        for port in (9602, 9611):  # an unknown source: the proxy's own 404
+            assert request(ns, "GET", "127.0.0.1", port, "/latest/meta-data/")[0] == 404
+        with in_netns(ns.name):
+            proxy.serve(proxy_text([9603]))
+        with pytest.raises(ConnectionRefusedError):
+            request(ns, "GET", "127.0.0.1", 9602, "/")
+        assert request(ns, "GET", "127.0.0.1", 9603, "/latest/meta-data/")[0] == 404
+        with in_netns(ns.name):
+            proxy.serve(proxy_text([]))
+        assert eventually(lambda: not acceptors(), 5, "the accepting thread ends")
+        with in_netns(ns.name):
+            proxy.serve(proxy_text([9604]))
+        assert proxy.alive() and len(acceptors()) == 1
+        assert request(ns, "GET", "127.0.0.1", 9604, "/latest/meta-data/")[0] == 404
+    finally:
+        proxy.close()

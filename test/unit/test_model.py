@@ -301,3 +301,31 @@ def test_a_floating_ip_is_the_same_object_in_the_next_parse_then_forgotten():
     parse_payload(without, ("router",))
     again = parse_payload(body, ("router",)).router.floating_ips[0]
     assert again == kept and again is not kept
+
+
+@pytest.mark.parametrize("text", ["198.51.100.7", "2001:db8::7", "fe80::1%eth0"])
+def test_a_floating_ips_host_interface_is_the_address_alone(text):
+    from astara_router.model.types import FloatingIP
+    address = ipaddress.ip_address(text)
+    host = FloatingIP(address, address).host
+    assert str(host) == f"{text}/{address.max_prefixlen}"
+    expected = ipaddress.ip_interface((address, address.max_prefixlen))
+    assert (host, host.ip, host.network, hash(host)) == (
+        expected, expected.ip, expected.network, hash(expected))
+
+
+def test_entries_known_from_the_last_parse_give_the_same_model_and_errors():
+    from astara_router.model.checks import next_parse
+    body = copy.deepcopy(VALID["router-many-fips"])
+    first = parse_payload(copy.deepcopy(body), BOTH)
+    again = parse_payload(copy.deepcopy(body), BOTH)  # networks and FIPs known now
+    assert again == first
+    broken = copy.deepcopy(body)
+    broken["floating_ips"].insert(3, {"floating_ip": "172.24.4.300", "fixed_ip": "10.40.1.10"})
+    broken["networks"][2]["interface"]["mtu"] = "big"
+    with pytest.raises(PayloadError) as known:
+        parse_payload(copy.deepcopy(broken), BOTH)
+    next_parse(), next_parse()  # two parses later every memo has forgotten the body
+    with pytest.raises(PayloadError) as fresh:
+        parse_payload(copy.deepcopy(broken), BOTH)
+    assert known.value.to_dict() == fresh.value.to_dict()

@@ -392,3 +392,43 @@ def test_vpn_pair_element_script_loads():
     patched = nft_in_throwaway_netns(old.replace_script(), old.element_script(new))
     assert patched == nft_in_throwaway_netns(new.replace_script())
     assert "10.8.0.0/24 . 192.168.242.0/24" in patched
+
+
+def test_a_change_of_floating_ips_alone_renders_what_a_whole_render_does():
+    """The renderer keeps its last whole ruleset and swaps the floating-IP maps in when
+    nothing else changed; each step here must equal a render from scratch."""
+    from astara_router.render import firewall
+    base = VALID["router-dual-stack"]
+    fips = base["floating_ips"]
+    v4 = {"floating_ip": "198.51.100.60", "fixed_ip": "10.20.0.12"}
+    v6 = {"floating_ip": "2001:db8:c0de:1::99", "fixed_ip": "fd4e:7a31:2c5b:1::12"}
+    renamed = copy.deepcopy(base)
+    renamed["networks"][2]["name"] = "renamed"
+    steps = [(base, "whole"), (dict(base, floating_ips=fips + [v4]), "maps"),
+             (dict(base, floating_ips=[]), "maps"), (dict(base, floating_ips=fips + [v6]), "whole"),
+             (dict(base, floating_ips=fips + [v6, v4]), "maps"), (base, "whole"),
+             (renamed, "whole")]
+    firewall._LAST_RENDERED[0] = None
+    for body, how in steps:
+        before = firewall._LAST_RENDERED[0]
+        kept = ruleset_of(copy.deepcopy(body))
+        memo = firewall._LAST_RENDERED[0]
+        assert (memo is before) == (how == "maps"), (body["floating_ips"], how)
+        firewall._LAST_RENDERED[0] = None
+        assert kept == ruleset_of(copy.deepcopy(body)), body["floating_ips"]
+        firewall._LAST_RENDERED[0] = memo
+
+
+def test_moved_floating_ips_are_those_whose_mapping_went_or_changed():
+    from astara_router.apply.firewall import stale_floating_ips
+    body = VALID["router-many-fips"]
+    fips = body["floating_ips"]
+    changed = copy.deepcopy(body)
+    changed["floating_ips"] = ([dict(fips[0], fixed_ip=fips[2]["fixed_ip"])]  # moved
+                               + fips[2:])  # fips[1] removed
+    old, new = ruleset_of(body), ruleset_of(changed)
+    moved = old.moved_floating_ips(new)
+    assert {str(a) for a in moved} == {fips[0]["floating_ip"], fips[1]["floating_ip"]}
+    assert moved == stale_floating_ips(old.floating_ips(), new.floating_ips())
+    # back: the moved one moves again; the removed one comes back, nothing bound to it
+    assert {str(a) for a in new.moved_floating_ips(old)} == {fips[0]["floating_ip"]}

@@ -203,3 +203,20 @@ def test_overlapping_finds_exactly_the_pairs_that_overlap(cidrs):
             if cidrs[earlier].version == cidr.version and cidrs[earlier].overlaps(cidr):
                 every_pair.setdefault(later, []).append(earlier)
     assert overlapping(cidrs) == every_pair
+
+
+def test_floating_ips_in_a_prefix_are_found_in_payload_order():
+    from astara_router.model import semantics
+    body = copy.deepcopy(DUAL)
+    body["floating_ips"] = [
+        {"floating_ip": address, "fixed_ip": fixed} for address, fixed in (
+            ("198.51.100.90", "10.20.0.11"), ("2001:db8:c0de:1::5", "fd4e:7a31:2c5b:1::11"),
+            ("198.51.100.10", "10.20.0.12"), ("198.51.100.200", "10.20.0.13"),
+            ("198.51.100.11", "10.20.0.14"))]
+    config = parse_payload(body, BOTH)
+    for target in ("198.51.100.0/26", "198.51.100.0/24", "198.51.100.11/32",
+                   "2001:db8:c0de:1::/64", "10.0.0.0/8"):
+        network = ipaddress.ip_network(target)
+        brute = [(i, fip.floating_ip) for i, fip in enumerate(config.floating_ips)
+                 if fip.floating_ip.version == network.version and fip.floating_ip in network]
+        assert list(semantics._floating_ips_in(config, network, "ge0")) == brute, target
