@@ -141,9 +141,9 @@ def _with_known_floating_ips(body):
     return {**body, "floating_ips": known}
 
 
-def _build(payload, enabled_services, keys=None):
+def _build(payload, enabled_services, keys):
     """The model of a decoded schema.Payload, after the checks the schema cannot make
-    (``keys``: ``_network_keys``)."""
+    (``keys``: ``_network_keys``, one per network entry)."""
     problems = Problems()
     allocations = sum(len(spec.allocations) for spec in payload.networks)
     if allocations > schema.MAX_ALLOCATIONS_TOTAL:
@@ -151,8 +151,7 @@ def _build(payload, enabled_services, keys=None):
                                                    f"allocations in all networks together, "
                                                    f"not {allocations}")])
     networks = _merge_duplicates(problems, [
-        (f"networks[{i}]", _known_network(problems, spec, keys[i] if keys else
-                                          network_key(i, spec)))
+        (f"networks[{i}]", _known_network(problems, spec, keys[i]))
         for i, spec in enumerate(payload.networks)])
     services = payload.services
     router = None

@@ -9,6 +9,8 @@ from functools import cached_property
 from ipaddress import IPv4Address, IPv6Address
 from typing import Optional, Union
 
+from .checks import address_key
+
 IPAddress = Union[IPv4Address, IPv6Address]
 
 TENANT_TYPES = ("internal", "isolated")
@@ -112,15 +114,11 @@ class FloatingIP:
     def texts(self):
         return str(self.floating_ip), str(self.fixed_ip)
 
-    # (version, integer) keys of the two addresses: sets and maps of thousands of floating
-    # IPs hash these in C, where an address's own __hash__ is Python code.
+    # The floating address's checks.address_key: sets and maps of thousands of floating
+    # IPs hash it in C, where an address's own __hash__ is Python code.
     @cached_property
     def key(self):
-        return self.floating_ip.version, int(self.floating_ip)
-
-    @cached_property
-    def fixed_key(self):
-        return self.fixed_ip.version, int(self.fixed_ip)
+        return address_key(self.floating_ip)
 
 
 @dataclass(frozen=True)

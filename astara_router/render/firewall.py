@@ -288,7 +288,7 @@ def floating_ip_maps(fips, external):
         suffix, typ = FAMILIES[version][2], FAMILIES[version][1]
         snat = {}
         for fip in fips:  # a fixed IP with several floating IPs leaves as the first
-            snat.setdefault(fip.fixed_key[1], fip)  # the integer: one family here
+            snat.setdefault(int(fip.fixed_ip), fip)  # the integer: one family here
         maps.append((version, NamedSet(
             f"fip_dnat{suffix}", f"{typ} : {typ}",
             tuple(f"{floating} : {fixed}" for floating, fixed in
