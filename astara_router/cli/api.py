@@ -108,13 +108,9 @@ def build_app(settings):
     os.makedirs(settings.path("run"), exist_ok=True)
     hold_writer_lock(settings)
     # A read waits for the interpreter lock while an apply computes: hand it over every
-    # millisecond instead of every 5 (GET p99 during applies: make bench). Measured with
-    # 1 000 FIPs and applies back to back: 0.5 or 0.2 ms gain nothing more, nor do
-    # freezing the heap after each commit (the collector's full passes: 18 → 2 ms), reader
-    # bytes rendered by the writer, or a lower CPU priority for the applying thread:
-    # reads stay at 2-3x a bare app's p99. Applies in a process of their own (a prototype:
-    # PUT bodies forwarded to a child the worker forked, reads served from the bytes it
-    # answers) bring them to 1.0-1.2x, for +15-19 MB PSS at 1 000 FIPs, +23-31 MB at 5 000.
+    # millisecond instead of every 5 (GET p99 during applies: make bench). 0.5 or 0.2 ms
+    # gain nothing more; what was measured against applies in a process of their own:
+    # README, "Decisions" ("Applies in the process that answers reads").
     sys.setswitchinterval(0.001)
     engine = Engine(settings)
     engine.boot()
