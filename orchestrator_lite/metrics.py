@@ -11,7 +11,12 @@ share a test process; nothing is registered globally).
 * ``astara_orchestrator_timeouts_total{kind}``: ``boot`` (no answer within boot_timeout),
   ``delete`` (instances not gone within delete_timeout), ``hotplug`` (NICs not reported
   within hotplug_timeout);
-* ``astara_orchestrator_health_polls_total``: polls the health monitor sent.
+* ``astara_orchestrator_health_polls_total``: polls the health monitor sent;
+* with Neutron's notifications (OpenStack mode): ``astara_orchestrator_notifications_total``
+  (messages taken from the broker), ``astara_orchestrator_notification_batches_total``
+  (batches applied: a router gets at most one push per batch, so their ratio shows the
+  batching working), ``astara_orchestrator_broker_connections_total`` (the first connection
+  and every reconnection) and ``astara_orchestrator_broker_connected`` (1 while consuming).
 """
 import collections
 
@@ -66,6 +71,20 @@ class _Observed:
         yield CounterMetricFamily("astara_orchestrator_health_polls",
                                   "Health polls sent",
                                   value=self.orchestrator.health.polls_total)
+        events = self.orchestrator.neutron_events
+        if events is not None:
+            yield CounterMetricFamily("astara_orchestrator_notifications",
+                                      "Neutron notifications received",
+                                      value=events.received)
+            yield CounterMetricFamily("astara_orchestrator_notification_batches",
+                                      "Batches of notifications applied",
+                                      value=events.batches)
+            yield CounterMetricFamily("astara_orchestrator_broker_connections",
+                                      "Connections to the message broker, reconnections "
+                                      "included", value=events.connections)
+            yield GaugeMetricFamily("astara_orchestrator_broker_connected",
+                                    "1 while notifications are consumed",
+                                    value=int(events.connected.is_set()))
 
 
 class Discard:

@@ -11,7 +11,9 @@ import kombu
 import pytest
 
 from astara_lab import broker as rabbit
+from astara_lab.scrape import samples as exposition_samples
 from astara_netns import pid_alive
+from orchestrator_lite.api import create_app
 from orchestrator_lite.config import ApiSettings, NeutronSettings, Settings
 
 import neutron_topologies as topo
@@ -65,6 +67,14 @@ def orchestrator(tmp_path, cloud, os_settings, broker):
 
 def appliance_of(sims, rid):
     return sims.appliances.get(f"ak-router-{rid}_0")
+
+
+def metric(o, name):
+    """One unlabelled sample of the orchestrator's GET /metrics (0 when absent)."""
+    response = create_app(o, "t").test_client().get(
+        "/metrics", headers={"Authorization": "Bearer t"})
+    assert response.status_code == 200
+    return exposition_samples(response.get_data(as_text=True)).get((name, ()), 0)
 
 
 def configured(o, rid):
@@ -158,7 +168,7 @@ def test_a_burst_of_1000_events_is_one_push_per_router_per_batch(orchestrator, c
     wait_for(lambda: all(configured(o, r) for r in routers), timeout=60,
              what="20 routers configured")
     before = {r: appliance_of(sims, r).puts for r in routers}
-    batches_before = o.neutron_events.batches
+    batches_before = metric(o, "astara_orchestrator_notification_batches_total")
     fips = {f["router_id"]: f for f in topology.objects["floatingips"]}
     publisher = rabbit.Publisher(broker.url)
     try:
@@ -173,10 +183,10 @@ def test_a_burst_of_1000_events_is_one_push_per_router_per_batch(orchestrator, c
     wait_for(lambda: all(appliance_of(sims, r).payload["floating_ips"][0]["fixed_ip"] ==
                          f"10.100.{k}.11" for k, r in enumerate(routers, start=1)),
              timeout=30, what="every router at its last floating IP")
-    wait_for(lambda: o.neutron_events.received >= 1000 and o.scheduler.idle(),
-             what="the burst consumed")
+    wait_for(lambda: metric(o, "astara_orchestrator_notifications_total") >= 1000 and
+             o.scheduler.idle(), what="the burst consumed")
     pushes = {r: appliance_of(sims, r).puts - before[r] for r in routers}
-    batches = o.neutron_events.batches - batches_before
+    batches = metric(o, "astara_orchestrator_notification_batches_total") - batches_before
     assert batches < 50, f"{batches} batches: the notifications were not batched"
     assert all(1 <= n <= batches for n in pushes.values()), (pushes, batches)
 
@@ -186,10 +196,12 @@ def test_a_restarted_broker_is_reconnected_to(orchestrator, cloud, broker):
     o = orchestrator(basic)
     sims = orchestrator.sims
     wait_for(lambda: configured(o, rid), timeout=20, what="router configured")
-    connections = o.neutron_events.connections
+    connections = metric(o, "astara_orchestrator_broker_connections_total")
+    assert metric(o, "astara_orchestrator_broker_connected") == 1
     broker.restart()
-    wait_for(lambda: o.neutron_events.connections > connections and
-             o.neutron_events.connected.is_set(), timeout=60, what="listener reconnected")
+    wait_for(lambda: metric(o, "astara_orchestrator_broker_connections_total") > connections
+             and metric(o, "astara_orchestrator_broker_connected") == 1, timeout=60,
+             what="listener reconnected (its metrics say so)")
     fip = dict(cloud.floatingips[basic.objects["floatingips"][0]["id"]])
     fip.update(fixed_ip_address="10.1.0.12")
     cloud.add("floatingip", fip)
