@@ -51,7 +51,8 @@ class TmpfsState:
         self.filler = self.root / "filler"
 
     def _seeded(self):
-        assert self.proc.poll() is None, "the tmpfs holder exited"
+        if self.proc.poll() is not None:  # not an AssertionError: eventually() would retry
+            raise RuntimeError(f"the tmpfs holder exited with {self.proc.returncode}")
         return (self.root / ".seeded").exists()
 
     def wrapper(self):
