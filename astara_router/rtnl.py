@@ -183,15 +183,16 @@ def _attribute(kind, value):
 def address_request(seq, add, index, address, nodad=False):
     """One RTM_NEWADDR ("address replace", with the broadcast address for IPv4 prefixes
     shorter than /31, like ``ip ... broadcast +``) or RTM_DELADDR message."""
-    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    version, network = address.version, address.network
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
     flags = IFA_F_NODAD if nodad else 0
-    packed = address.ip.packed
+    packed = address.packed  # an IPv4/6Interface is its address: no address object made
     attrs = _attribute(IFA_LOCAL, packed) + _attribute(IFA_ADDRESS, packed)
-    if add and address.version == 4 and address.network.prefixlen < 31:
-        attrs += _attribute(IFA_BROADCAST, address.network.broadcast_address.packed)
+    if add and version == 4 and network.prefixlen < 31:
+        attrs += _attribute(IFA_BROADCAST, network.broadcast_address.packed)
     if flags:
         attrs += _attribute(IFA_FLAGS, struct.pack("=I", flags))
-    body = IFADDRMSG.pack(family, address.network.prefixlen, flags, 0, index) + attrs
+    body = IFADDRMSG.pack(family, network.prefixlen, flags, 0, index) + attrs
     kind = RTM_NEWADDR if add else RTM_DELADDR
     request_flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE | NLM_F_REPLACE if add else 0)
     return NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, request_flags, seq, 0) + body
