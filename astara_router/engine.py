@@ -411,6 +411,7 @@ class Engine:
         state. An apply that was interrupted (crash, kill -9) left pending.json: what it may
         have configured is cleaned too."""
         with self._lock:
+            self._number_nics()
             leftovers = []
             pending = self.store.load_pending()
             if pending is not None:
@@ -432,6 +433,14 @@ class Engine:
                     LOG.exception("boot re-apply failed")
                     activity.fail(exc)
                     self.state, self.last_error = "degraded", str(exc)
+
+    def _number_nics(self):
+        """Give the NICs present at boot their geN numbers now (interfaces.json, written
+        durably once) rather than in the first push, which waited for that write."""
+        try:
+            self.interfaces(with_addresses=False)
+        except OSError as exc:  # the first transaction numbers them then
+            LOG.warning("cannot number the NICs at boot: %s", exc)
 
     # -- the transaction -------------------------------------------------------------------
     def _intact(self, committed):

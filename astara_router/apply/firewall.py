@@ -34,7 +34,7 @@ CONNTRACK = "conntrack"
 def live_listing():
     """The agent's table as nft prints it, or None when it does not exist."""
     try:
-        return nftables.run(f"list table {TABLE_SPEC}")
+        return nftables.run(f"list table {TABLE_SPEC}", locate_errors=False)
     except nftables.NftError as exc:
         if "No such file or directory" in str(exc):
             return None

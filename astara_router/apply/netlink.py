@@ -7,7 +7,7 @@ import errno
 import functools
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from .. import rtnl
 from ..errors import ApplyError
@@ -137,13 +137,13 @@ class Converger:
             raise ApplyError(path, f"{what}: {error.strerror}")
 
     def _batch(self, commands):
-        """Address changes — (add, kernel name, address, nodad, what, path) — as netlink
+        """Address changes — (add, kernel name, address, nodad, path) — as netlink
         requests written straight to a socket, many per datagram (``_requests``): 5 000
         floating IPs take about as long as one ``ip -batch`` and one floating IP no process
         at all."""
-        self._requests([(what, path, functools.partial(
+        self._requests([(AddressChange(add, name, address), path, functools.partial(
             rtnl.address_request, add=add, index=self.by_name[name].index, address=address,
-            nodad=nodad)) for add, name, address, nodad, what, path in commands])
+            nodad=nodad)) for add, name, address, nodad, path in commands])
 
     def converge(self, state, current):
         """Bring the kernel from ``current`` (a NetState: read just before, or the committed
@@ -174,13 +174,12 @@ class Converger:
             for address in sorted(want.addresses - have.get(name, want.addresses),
                                   key=_sort_key):
                 batch.append((True, name, address, address.version == 6 and want.nodad,
-                              f"add address {address} to {name}", self.paths.get(name, "")))
+                              self.paths.get(name, "")))
         for name, want in state.links:
             for address in sorted(have.get(name, frozenset()) - want.addresses,
                                   key=_sort_key):
                 removed = True
-                batch.append((False, name, address, False,
-                              f"remove address {address} from {name}", ""))
+                batch.append((False, name, address, False, ""))
         self._batch(batch)
         # Removing an address may take routes through it with it: read ours again then.
         live = live_routes() if removed else current.routes
@@ -196,6 +195,19 @@ class Converger:
         return functools.partial(rtnl.route_request, add=add, destination=destination,
                                  gateway=gateway, oif=self._index(dev), table=MAIN_TABLE,
                                  protocol=RTPROT_ASTARA)
+
+
+class AddressChange(NamedTuple):
+    """An address request in words, formatted only when the kernel refuses it (formatting
+    thousands of addresses that go through cost a full apply more than sending them)."""
+    add: bool
+    link: str
+    address: object
+
+    def __str__(self):
+        if self.add:
+            return f"add address {self.address} to {self.link}"
+        return f"remove address {self.address} from {self.link}"
 
 
 def _sort_key(address):

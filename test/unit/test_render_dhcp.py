@@ -5,10 +5,10 @@ import shutil
 import pytest
 
 from astara_lab.appliance import contract_payloads
-from astara_router.apply.dhcp import dnsmasq_test as check
+from astara_router.apply.dhcp import check_chunks, dnsmasq_test as check, reservation_groups
 from astara_router.errors import ApplyError
 from astara_router.model import parse_payload
-from astara_router.render.dhcp import render_dnsmasq
+from astara_router.render.dhcp import Line, render_dnsmasq
 
 VALID = contract_payloads("original-orchestrator")
 DIR = "/var/lib/astara/dnsmasq"
@@ -223,3 +223,55 @@ def test_dhcpv6_range_shorter_than_64_is_refused_and_named(tmp_path):
         check(render(body), str(tmp_path / "check.conf"))
     assert (error.value.status, error.value.path) == (422, "networks[3].subnets[0].cidr")
     assert "prefix length must be at least 64" in error.value.message
+
+
+def test_reservations_sharing_an_address_are_grouped():
+    lines = [Line("dhcp-host=fa:16:3e:00:00:01,10.1.0.5,vm1", "a"),
+             Line("dhcp-host=fa:16:3e:00:00:02,10.1.0.6,[2001:db8:1::6],vm2", "b"),
+             Line("dhcp-host=fa:16:3e:00:00:03,10.1.0.7,vm3", "c"),
+             Line("dhcp-host=fa:16:3e:00:00:04,[2001:db8:1::6],vm4", "d"),  # b's v6
+             Line("dhcp-host=fa:16:3e:00:00:05,10.1.0.5,vm5", "e")]  # a's v4
+    groups = sorted([line.path for line in group] for group in reservation_groups(lines))
+    assert groups == [["a", "e"], ["b", "d"], ["c"]]
+
+
+def test_a_small_candidate_is_checked_whole():
+    files = render(VALID["router-basic"])
+    assert check_chunks(files) == [files.check_lines()]
+
+
+def with_duplicate_and_another():
+    """router-basic with two reservations of 10.1.0.8 and one more VM (three in all)."""
+    body = copy.deepcopy(VALID["router-basic"])
+    allocations = network(body, "ge2")["allocations"]
+    allocations[2]["ip_addresses"] = {"10.1.0.8": True}
+    allocations.append(dict(copy.deepcopy(allocations[1]), mac_address="fa:16:3e:00:00:20",
+                            hostname="10-1-0-20.local", ip_addresses={"10.1.0.20": True}))
+    return body
+
+
+def test_a_large_candidate_is_shared_out_with_duplicates_together():
+    files = render(with_duplicate_and_another())
+    conf = files.conf_lines
+    chunks = check_chunks(files, size=1)
+    assert len(chunks) > 1
+    assert all(chunk[:len(conf)] == conf for chunk in chunks)
+    inlined = [line for chunk in chunks for line in chunk[len(conf):]]
+    assert sorted(inlined, key=repr) == sorted(files.check_lines()[len(conf):], key=repr)
+    duplicate = [chunk for chunk in chunks
+                 if sum(",10.1.0.8," in line.text for line in chunk) == 2]
+    assert len(duplicate) == 1  # the two reservations of 10.1.0.8 are checked together
+
+
+@needs_dnsmasq
+def test_a_duplicate_is_refused_when_checked_in_shares(tmp_path, monkeypatch):
+    monkeypatch.setattr("astara_router.apply.dhcp.CHECK_CHUNK", 1)
+    files = render(with_duplicate_and_another())
+    assert len(check_chunks(files, 1)) == 2
+    with pytest.raises(ApplyError) as error:
+        check(files, str(tmp_path / "check.conf"))
+    assert error.value.status == 422
+    assert error.value.path.startswith("networks[2].allocations[")
+    assert "duplicate dhcp-host IP address 10.1.0.8" in error.value.message
+    assert not list(tmp_path.iterdir())  # every share's candidate is gone
+    check(render(VALID["router-basic"]), str(tmp_path / "check.conf"))  # valid: passes

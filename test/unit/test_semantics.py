@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from astara_lab.appliance import contract_payloads
 from astara_router.model import PayloadError, check_management_path, parse_payload
-from astara_router.model.semantics import overlapping
+from astara_router.model.semantics import overlapping, unusable
 
 VALID = contract_payloads("original-orchestrator")
 BASIC = VALID["router-basic"]
@@ -220,3 +220,24 @@ def test_floating_ips_in_a_prefix_are_found_in_payload_order():
         brute = [(i, fip.floating_ip) for i, fip in enumerate(config.floating_ips)
                  if fip.floating_ip.version == network.version and fip.floating_ip in network]
         assert list(semantics._floating_ips_in(config, network, "ge0")) == brute, target
+
+
+def _unusable_by_ipaddress(address):
+    for test, why in (("is_unspecified", "is the unspecified address"),
+                      ("is_loopback", "is a loopback address"),
+                      ("is_multicast", "is a multicast address"),
+                      ("is_link_local", "is a link-local address")):
+        if getattr(address, test):
+            return why
+    return ""
+
+
+@settings(max_examples=500)
+@given(st.one_of(st.integers(0, 2**32 - 1),
+                 st.sampled_from([0, 0x7F000000, 0x7FFFFFFF, 0x80000000, 0xDFFFFFFF,
+                                  0xE0000000, 0xEFFFFFFF, 0xF0000000, 0xA9FE0000,
+                                  0xA9FEFFFF, 0xA9FDFFFF,
+                                  0xA9FF0000])))
+def test_ipv4_usability_by_integer_ranges_agrees_with_ipaddress(number):
+    address = ipaddress.IPv4Address(number)
+    assert unusable(address) == _unusable_by_ipaddress(address)
