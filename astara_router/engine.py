@@ -23,7 +23,8 @@ seconds; only such a push may re-address or move the management network.
 
 If any step fails, every subsystem that changed something is restored from the snapshot it
 took first, and the last good generation stays committed. An identical push whose base is
-intact returns at once, before even parsing (the raw body's digest is compared).
+intact returns at once, before even parsing (the raw body is compared with the bytes last
+pushed).
 
 One writer at a time (a lock); readers use ``engine.committed``, an immutable snapshot
 swapped in by one assignment, so GETs never wait for an apply. Subsystems and their
@@ -31,7 +32,6 @@ protocol: ``apply/__init__.py``.
 """
 import ctypes
 import gc
-import hashlib
 import json
 import logging
 import os
@@ -125,16 +125,14 @@ class CollectorPause:
 PAUSE_COLLECTOR = CollectorPause()
 
 
-def body_digest(raw):
-    return hashlib.sha256(raw).hexdigest() if raw is not None else None
-
-
 @dataclass(frozen=True)
 class Committed:
     """One generation as readers see it. ``raw`` is the payload as JSON bytes (the bytes
     that were pushed, when known: a 5 000-floating-IP payload is 1.2 MB as bytes and several
     times that as Python objects); ``plans`` are what this process applied (empty until the
-    boot re-apply); ``raw_digest`` the digest of the exact bytes last applied."""
+    boot re-apply); ``pushed`` the exact bytes last pushed for it (``raw`` itself unless the
+    same payload came again formatted otherwise): an identical push is told by comparing
+    bytes, cheaper than hashing them."""
     generation: int = 0
     raw: Optional[bytes] = None
     config: Optional[SystemConfig] = None
@@ -142,7 +140,7 @@ class Committed:
     committed_at: float = 0.0
     plans: Mapping = field(default_factory=dict)
     names: Mapping = field(default_factory=dict)  # geN -> kernel name the plans were made for
-    raw_digest: Optional[str] = None
+    pushed: Optional[bytes] = None
 
     @property
     def payload(self):
@@ -179,13 +177,14 @@ class ApplyContext:
     names: dict = field(default_factory=dict)  # geN -> naming.Nic
 
     @classmethod
-    def open(cls, interface_names, previous=()):
+    def open(cls, interface_names, previous=(), nics=None):
+        """``nics``: the NIC list when known to be current (else it is read)."""
         ctx = cls(interface_names, tuple(previous))
-        ctx.refresh_nics()
+        ctx.refresh_nics(nics)
         return ctx
 
-    def refresh_nics(self):
-        self.nics = tuple(list_nics(with_addresses=False))
+    def refresh_nics(self, nics=None):
+        self.nics = tuple(list_nics(with_addresses=False)) if nics is None else nics
         self.names = self.interface_names.assign(self.nics)
         return self.nics
 
@@ -268,6 +267,7 @@ class Engine:
             lambda: self.committed.config)
         self.history = History()  # the last activities, for the operator (history.py)
         self._revert_timer = None  # commit-confirm: reverts the generation awaiting it
+        self._listed = (None, None)  # (watch subscription, NIC list read after it began)
         self.committed = self._load()
 
     def _load(self):
@@ -349,10 +349,9 @@ class Engine:
     def _apply(self, body, raw, source, local, confirm_timeout):
         if raw is None:  # a caller with only the decoded body (tests, tools)
             raw = msgspec.json.encode(body)
-        raw_digest = body_digest(raw)
         with self._lock:
             previous = self.committed
-            if raw_digest == previous.raw_digest and self._intact(previous):
+            if raw == previous.pushed and self._intact(previous):
                 return Outcome(previous, 0)
         config = self.parse(body)  # before the lock: invalid bodies never wait or touch
         digest = payload_hash(body)
@@ -361,13 +360,13 @@ class Engine:
             check_management_path(config, body, (source,) if source else (), previous.config,
                                   local, confirming=confirm_timeout is not None)
             if digest == previous.hash and self._intact(previous):
-                self.committed = replace(previous, raw_digest=raw_digest)
+                self.committed = replace(previous, pushed=raw)
                 return Outcome(self.committed, 0)
             awaiting = confirm_timeout is not None
             background = Background()
             committed, changes = self._transaction(config, digest, previous, raw,
                                                    awaiting=awaiting, background=background)
-            self.committed = replace(committed, raw_digest=raw_digest)
+            self.committed = replace(committed, pushed=raw)
             self.state, self.last_error = "ready", None
             if committed.generation != previous.generation:
                 self._arm_revert(committed.generation, confirm_timeout)
@@ -515,7 +514,7 @@ class Engine:
                     self.last_error = f"{'; '.join(reasons)}; repair failed: {exc}"
                     raise
                 activity.finish(repaired.generation, changes)
-            self.committed = replace(repaired, raw_digest=committed.raw_digest)
+            self.committed = replace(repaired, pushed=committed.pushed)
             self.repairs = self.repairs + Counter(reasons)  # one assignment: readers copy
             self.metrics.repaired(reasons)
             self.state, self.last_error = "ready", None
@@ -563,7 +562,7 @@ class Engine:
         commit goes to ``background`` (started by the caller), else starts at once."""
         started = time.monotonic()
         earlier = [c for c in (previous.config, *leftovers) if c is not None]
-        ctx = ApplyContext.open(self.names, earlier)
+        ctx = ApplyContext.open(self.names, earlier, self._current_nics())
         snapshots, counts, changes, plans, spent = [], {}, 0, {}, {}
         succeeded = restored = False
         number = None
@@ -619,6 +618,17 @@ class Engine:
             after.start()
         return committed, changes  # logged once, by the activity (history.py)
 
+    def _current_nics(self):
+        """The NIC list read after the last transaction, when no link changed since (the
+        kernel watch): a push that changes addresses alone need not dump the links."""
+        subscription, nics = self._listed
+        self.watch.poll()
+        return nics if self.watch.links_unchanged(subscription) else None
+
+    def _list_nics(self, subscription):
+        """Background, after a transaction: the NIC list as it left them."""
+        self._listed = (subscription, tuple(list_nics(with_addresses=False)))
+
     def _persist(self, number, digest, raw, awaiting):
         with state_full_is_507("the configuration"):
             return self.store.commit(number, digest=digest, raw=raw, awaiting=awaiting)
@@ -646,6 +656,7 @@ class Engine:
             if hasattr(subsystem, "after_commit"):
                 background.add(f"{subsystem.name}-after-commit", subsystem.after_commit,
                                plans[subsystem.name], bases[subsystem.name], nics)
+        background.add("list-nics", self._list_nics, self.watch.subscription)
         background.add_last("malloc-trim", _trim_memory)
 
     def _rollback(self, ctx, snapshots, counts):

@@ -10,6 +10,7 @@ MAX_PATCHED = 64  # beyond this many changed floating IPs a whole plan costs abo
 class FloatingIPChange:
     added: tuple  # FloatingIP: in the new configuration, not in the committed one
     removed: tuple  # FloatingIP: in the committed configuration, not in the new one
+    added_at: tuple = ()  # the index of each added one in the new configuration's
 
 
 def floating_ip_change(old, new, limit=MAX_PATCHED):
@@ -27,9 +28,11 @@ def floating_ip_change(old, new, limit=MAX_PATCHED):
         if len(new_ids - old_ids) + len(old_ids - new_ids) > limit:
             return None
     old_ids, new_ids = set(map(id, old)), set(map(id, new))
-    added = tuple(f for f in new if id(f) not in old_ids)
+    added_at = tuple(head + i for i, f in enumerate(new) if id(f) not in old_ids)
     removed = tuple(f for f in old if id(f) not in new_ids)
-    return FloatingIPChange(added, removed) if len(added) + len(removed) <= limit else None
+    if len(added_at) + len(removed) > limit:
+        return None
+    return FloatingIPChange(tuple(new[i - head] for i in added_at), removed, added_at)
 
 
 def _from_head(seq, start, stop):
@@ -89,7 +92,7 @@ class Checked:
                 change = floating_ip_change(good, fips)
                 if change is None:
                     return None
-                return [(fips.index(fip), fip) for fip in change.added]
+                return list(zip(change.added_at, change.added))
         return None
 
     def passed(self, context, fips):

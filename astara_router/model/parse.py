@@ -86,8 +86,12 @@ class Locator:
     name the field as it was pushed."""
 
     def __init__(self, body):
+        self.body = body
+        self.networks = self.subnets = None  # indexed on first use: most pushes need none
+
+    def _index(self):
         self.networks, self.subnets = {}, {}
-        for i, spec in enumerate(body.get("networks") or ()):
+        for i, spec in enumerate(self.body.get("networks") or ()):
             ifname = spec["interface"]["ifname"]
             self.networks.setdefault(ifname, f"networks[{i}]")
             for j, subnet in enumerate(spec.get("subnets") or ()):
@@ -95,6 +99,8 @@ class Locator:
                 self.subnets.setdefault(key, f"networks[{i}].subnets[{j}]")
 
     def __call__(self, ifname, subnet=None):
+        if self.networks is None:
+            self._index()
         if subnet is None:
             return self.networks.get(ifname, "networks")
         return self.subnets.get((ifname, subnet.id, subnet.cidr), self.networks.get(ifname))

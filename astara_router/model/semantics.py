@@ -63,8 +63,12 @@ def check_addresses(problems, config, locate, router_path):
     """Finding 3 of issue 12. ``locate(ifname, subnet=None)``: the payload path of a network
     (or one of its subnets) by interface name; ``router_path``: where the router's fields
     are ('' or 'services.router')."""
-    _interface_addresses(problems, config, locate)
-    _subnets(problems, config, locate)
+    if config.networks != _SOUND_NETWORKS[0]:  # the same objects when unchanged: cheap
+        before = len(problems.errors)
+        _interface_addresses(problems, config, locate)
+        _subnets(problems, config, locate)
+        if len(problems.errors) == before:
+            _SOUND_NETWORKS[0] = config.networks
     router = config.router
     if router is None:
         return
@@ -85,6 +89,10 @@ def check_addresses(problems, config, locate, router_path):
                          f"{gateway} is not a usable next hop (an address of the router's "
                          "own, or not unicast)")
     _floating_ips(problems, config, locate, router_path)
+
+
+# The last networks whose addresses and subnets passed (they depend on nothing else)
+_SOUND_NETWORKS = [None]
 
 
 def _interface_addresses(problems, config, locate):

@@ -172,3 +172,13 @@ def test_a_shared_fixed_ip_is_left_to_a_whole_render():
     change = floating_ip_change(new.floating_ips, again.floating_ips)
     assert with_floating_ip_change(render_firewall(new, NAMES), again, change) is None
     assert render_firewall(again, NAMES) != render_firewall(new, NAMES)  # SNAT moved
+
+
+def test_networks_are_checked_again_when_they_change():
+    body = router()
+    parse_payload(body)  # passes: its networks are remembered as sound
+    bad = changed(body, lambda b: b["networks"][3]["subnets"][0].__setitem__(
+        "cidr", b["networks"][2]["subnets"][0]["cidr"]))
+    errors = refusal(bad)
+    assert any(path.startswith("networks[3].subnets[0]") and "overlaps" in message
+               for path, message in errors.items())
