@@ -19,9 +19,9 @@ def floating_ip_change(old, new, limit=MAX_PATCHED):
     parser hands out the same FloatingIP object for a pair it parsed in the last two pushes
     (model/parse.py): the common head and tail are found by comparing slices (in C, by
     identity first), and only what lies between them is looked at one by one."""
-    head = _common_length(old, new, _from_head)
+    head = common_head(old, new)
     old, new = old[head:], new[head:]
-    tail = _common_length(old, new, _from_tail)
+    tail = common_tail(old, new)
     old, new = old[:len(old) - tail], new[:len(new) - tail]
     if len(old) + len(new) > 2 * limit:
         old_ids, new_ids = set(map(id, old)), set(map(id, new))
@@ -33,6 +33,17 @@ def floating_ip_change(old, new, limit=MAX_PATCHED):
     if len(added_at) + len(removed) > limit:
         return None
     return FloatingIPChange(tuple(new[i - head] for i in added_at), removed, added_at)
+
+
+def common_head(first, second):
+    """How many leading items the sequences ``first`` and ``second`` share (compared in C,
+    by identity first)."""
+    return _common_length(first, second, _from_head)
+
+
+def common_tail(first, second):
+    """How many trailing items the sequences ``first`` and ``second`` share."""
+    return _common_length(first, second, _from_tail)
 
 
 def _from_head(seq, start, stop):

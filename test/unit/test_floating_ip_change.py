@@ -182,3 +182,23 @@ def test_networks_are_checked_again_when_they_change():
     errors = refusal(bad)
     assert any(path.startswith("networks[3].subnets[0]") and "overlaps" in message
                for path, message in errors.items())
+
+
+def test_a_floating_ip_listed_twice_is_named_where_a_whole_parse_names_it():
+    body = router()
+    parse_payload(body)  # passes: the next parse reuses its floating IPs
+    twin = body["floating_ips"][30]["floating_ip"]
+    bad = changed(body, lambda b: b["floating_ips"].insert(
+        5, {"floating_ip": twin, "fixed_ip": free_fixed(b)}))
+    assert refusal(bad) == {"floating_ips[31].floating_ip": f"{twin} is listed twice"}
+
+
+def test_a_repeated_router_hands_out_the_same_floating_ip_objects():
+    body = router()
+    first = parse_payload(body)
+    grown = changed(body, lambda b: b["floating_ips"].append(
+        {"floating_ip": "198.18.200.1", "fixed_ip": free_fixed(b)}))
+    for _ in range(3):  # the parser's memory lives two parses: what it hands out stays
+        again = parse_payload(grown)
+        parse_payload(body)
+    assert all(a is b for a, b in zip(first.floating_ips, again.floating_ips))
