@@ -89,9 +89,10 @@ class Checked:
     """Floating IPs a check found good, with what else its verdict depended on (its
     ``context``, compared by equality: the parser hands out the same objects for unchanged
     networks, so that is cheap): a push repeats nearly all of them, so only those added
-    since need the check again. Keeps the last ``size`` contexts."""
+    since need the check again. Keeps the last ``size`` contexts (each keeps its floating
+    IPs alive: usually the committed ones)."""
 
-    def __init__(self, size=2):
+    def __init__(self, size=1):
         self.size = size
         self.entries = []  # (context, floating IPs found good), newest last
 

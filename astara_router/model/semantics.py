@@ -248,7 +248,7 @@ def check_management(problems, config, locate, router_path, sources=()):
 
 # The management paths found clear last (the parse's check and the request's, with its
 # source), by what decided it apart from the floating IPs.
-_CLEAR_PATHS = Checked(size=4)
+_CLEAR_PATHS = Checked(size=2)
 
 
 def _floating_ips_in(config, target, ifname, only=None):
