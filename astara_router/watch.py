@@ -92,6 +92,8 @@ class KernelWatch:
         self._route = self._nft = None
         self.netlink_drift = self.nftables_drift = True  # nothing known yet
         self.expected = Expected()
+        self.subscription = 0  # counts renewals: what was read after one is news until the next
+        self.link_events = True  # a link message (of any kind) arrived since the renewal
 
     def renew(self, expected=Expected()):
         """Forget everything so far (the agent's own changes) and watch from now on."""
@@ -105,7 +107,8 @@ class KernelWatch:
             self.netlink_drift = self.nftables_drift = True
             return
         self.expected = expected
-        self.netlink_drift = self.nftables_drift = False
+        self.netlink_drift = self.nftables_drift = self.link_events = False
+        self.subscription += 1
 
     def poll(self):
         """Read what arrived since ``renew``; returns (netlink_drift, nftables_drift)."""
@@ -116,6 +119,12 @@ class KernelWatch:
         if not self.nftables_drift:
             self.nftables_drift = self._drain(self._nft, self._nft_drift)
         return self.netlink_drift, self.nftables_drift
+
+    def links_unchanged(self, subscription):
+        """No link changed in any way (not even its carrier) since ``subscription`` began,
+        as far as the notifications tell (``poll`` first)."""
+        return (subscription == self.subscription and self._route is not None
+                and not self.netlink_drift and not self.link_events)
 
     def close(self):
         for sock in (self._route, self._nft):
@@ -142,6 +151,7 @@ class KernelWatch:
 
     def _route_drift(self, kind, payload):
         if kind in (RTM_NEWLINK, RTM_DELLINK):
+            self.link_events = True
             return self._link_drift(kind, payload)
         if kind in (RTM_NEWADDR, RTM_DELADDR):
             return self._address_drift(kind, payload)

@@ -23,6 +23,11 @@ optional:
 ``reads_floating_ips``                     False: the plan does not depend on the floating
                                           IPs, so the committed one is kept when nothing
                                           else changed (default True: always planned)
+``plan_floating_ips(base, change, config, names) -> plan | None``
+                                          the plan when only floating IPs changed:
+                                          ``base`` (the committed plan of the previous
+                                          configuration) patched by ``change``
+                                          (model/change.py); None: plan in full
 ``healthy(plan) -> bool``                 its daemon still runs (identical-push fast path)
 ``expected(plan, nics)``                  (netlink) what the kernel watch compares its
                                           notifications with (watch.Expected)

@@ -156,10 +156,12 @@ class DhcpSubsystem:
         return plan is None or self.daemon.pid() is not None
 
     def capture(self, ctx, plan, base):
+        if base is not None and plan == base and self.healthy(plan):
+            return None  # nothing to change (apply), so nothing to restore: no file read
         return {"files": self.files.capture(), "running": self.daemon.running()}
 
     def apply(self, ctx, plan, base, snapshot):
-        if base is not None and plan == base and self.healthy(plan):
+        if snapshot is None:  # capture found the committed plan running
             return 0
         if plan is None:
             return self._converge({path: None for path in self.files.paths}, running=False)

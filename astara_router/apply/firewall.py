@@ -22,7 +22,7 @@ from .. import nftables
 from ..cli.management import read_management
 from ..errors import ApplyError
 from ..render.firewall import (TABLE_SPEC, floating_ips_in_listing, render_firewall,
-                               replace_script)
+                               replace_script, with_floating_ip_change)
 
 LOG = logging.getLogger(__name__)
 
@@ -122,6 +122,10 @@ class FirewallSubsystem:
     # -- the transaction protocol -----------------------------------------------------------
     def plan(self, config, names):
         return render_firewall(config, names, self.api_ports(), self.boot_management())
+
+    def plan_floating_ips(self, base, change, config, names):
+        """``base`` with its floating-IP maps patched by ``change``, or None (plan in full)."""
+        return with_floating_ip_change(base, config, change) if base is not None else None
 
     def check(self, plan, base):
         pass  # nft -f is all-or-nothing: a refused ruleset changes nothing

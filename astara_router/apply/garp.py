@@ -15,9 +15,10 @@ advertising tentative addresses). capture/restore do nothing: packets cannot be 
 """
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .. import garp, rtnl
+from ..model.change import external_names
 from ..render.netlink import keepalived_owns
 
 LOG = logging.getLogger(__name__)
@@ -99,6 +100,19 @@ class GarpSubsystem:
 
     def plan(self, config, names):
         return GarpPlan(announced_addresses(config), config.router is not None)
+
+    def plan_floating_ips(self, base, change, config, names):
+        """``base`` without the removed floating IPs of ``change`` and with the added ones
+        (``plan`` for a push that changes floating IPs alone); None on an HA router."""
+        if config.ha or base is None:
+            return None
+        removed = external_names(config, change.removed)
+        added = external_names(config, change.added)
+        if removed is None or added is None:
+            return None
+        gone, came = ({(name, fip.floating_ip) for name, fip in found}
+                      for found in (removed, added))
+        return replace(base, addresses=(base.addresses - gone) | came)
 
     def check(self, plan, base):
         pass

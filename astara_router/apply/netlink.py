@@ -11,6 +11,7 @@ from typing import NamedTuple, Optional
 
 from .. import rtnl
 from ..errors import ApplyError
+from ..model.change import external_names
 from ..render.interfaces import kernel_name
 from ..render.netlink import render_netlink
 from ..watch import RTPROT_ASTARA, Expected  # RTPROT: marks the routes this agent owns
@@ -106,10 +107,11 @@ def with_cleared(state, names):
 class Converger:
     """Brings links, addresses and our routes to a desired NetState and counts changes."""
 
-    def __init__(self, ctx, nics, paths=None):
+    def __init__(self, ctx, nics, paths=None, settled=frozenset()):
         self.ctx = ctx
         self.by_name = {nic.kernel_name: nic for nic in nics}
         self.paths = paths or {}
+        self.settled = settled  # links whose sysctls the committed plan already set
         self.changes = 0
 
     def _index(self, name):
@@ -164,7 +166,8 @@ class Converger:
                 link_changes.append((f"set {name} {'up' if want.up else 'down'}", "",
                                      functools.partial(rtnl.link_request, index=nic.index,
                                                        up=want.up)))
-            _ensure_sysctl(f"ipv4/conf/{name}/promote_secondaries", "1")
+            if name not in self.settled:  # a read and maybe a write of /proc per link
+                _ensure_sysctl(f"ipv4/conf/{name}/promote_secondaries", "1")
             have[name] = (_own(have_links[name].addresses, name, state.ignored)
                           if name in have_links else frozenset())  # keepalived's: not ours
         self._requests(link_changes)  # in order: a link's MTU before it goes up
@@ -253,6 +256,26 @@ class NetlinkSubsystem:
     def plan(self, config, names):
         return plan_netlink(config, names)
 
+    def plan_floating_ips(self, base, change, config, names):
+        """``base`` with the host addresses of ``change`` (model/change.py) taken off and
+        put on their external NICs: ``plan`` for a push that changes floating IPs alone;
+        None (plan in full) on an HA router (keepalived's addresses are planned out)."""
+        if config.ha or base is None:
+            return None
+        edits = {}  # kernel name -> (hosts removed, hosts added)
+        for side, fips in enumerate((change.removed, change.added)):
+            found = external_names(config, fips, names)
+            if found is None:
+                return None
+            for name, fip in found:
+                edits.setdefault(name, (set(), set()))[side].add(fip.host)
+        links = dict(base.state.links)
+        if not edits.keys() <= links.keys():
+            return None
+        return replace(base, state=replace(base.state, links=tuple(
+            (name, replace(link, addresses=(link.addresses - edits[name][0]) | edits[name][1])
+             if name in edits else link) for name, link in base.state.links)))
+
     def check(self, plan, base):
         pass  # the kernel is the checker: every change is acknowledged or refused
 
@@ -265,15 +288,17 @@ class NetlinkSubsystem:
         return capture(ctx.nics, plan.state.ignored)
 
     def apply(self, ctx, plan, base, snapshot):
+        settled = frozenset()
         if base is not None:  # the kernel holds base: only the difference
             target = with_cleared(plan.state, [name for name, _ in base.state.links])
+            settled = frozenset(name for name, _ in base.state.links)
         else:  # unknown: also clear what an earlier or interrupted generation left
             earlier = {n.interface.ifname for config in ctx.previous for n in config.networks}
             names = ctx.kernel_names()
             target = with_cleared(plan.state, [names[g] for g in earlier if g in names])
-        if plan.forwarding:
+        if plan.forwarding and not (base is not None and base.forwarding):
             enable_forwarding()
-        converger = Converger(ctx, ctx.nics, plan.paths)
+        converger = Converger(ctx, ctx.nics, plan.paths, settled)
         converger.converge(target, snapshot)
         return converger.changes
 

@@ -32,6 +32,10 @@ class TwoParses:
     def put(self, key, value):
         self.current[key] = value
 
+    def put_all(self, pairs):
+        """``put`` each (key, value) of ``pairs`` (an iterator made in C, for thousands)."""
+        self.current.update(pairs)
+
     def remembers_any(self):
         return bool(self.current or self.previous)
 

@@ -8,10 +8,12 @@ problem is reported at once.
 """
 import hashlib
 import re
+from operator import attrgetter
 
 import msgspec
 
 from . import schema, semantics
+from .change import common_head, common_tail
 from .checks import (Problems, TwoParses, address_key, next_parse, parse_ip, parse_network,
                      remembered)
 from .errors import FieldError, PayloadError, UnsupportedService, join, schema_error
@@ -53,8 +55,7 @@ def parse_payload(body, enabled_services=("router",)):
         payload = msgspec.convert(known, schema.Payload)
     except msgspec.ValidationError as exc:
         raise PayloadError([schema_error(exc, body, schema.Payload, _network_context)]) from None
-    for fip in payload.floating_ips:
-        _RECENT_FLOATING_IPS.put((fip.floating_ip, fip.fixed_ip), fip)
+    _RECENT_FLOATING_IPS.put_all(zip(map(TEXTS, payload.floating_ips), payload.floating_ips))
     config = _build(payload, enabled_services, keys)
     problems = Problems()
     locate = Locator(body)
@@ -86,8 +87,12 @@ class Locator:
     name the field as it was pushed."""
 
     def __init__(self, body):
+        self.body = body
+        self.networks = self.subnets = None  # indexed on first use: most pushes need none
+
+    def _index(self):
         self.networks, self.subnets = {}, {}
-        for i, spec in enumerate(body.get("networks") or ()):
+        for i, spec in enumerate(self.body.get("networks") or ()):
             ifname = spec["interface"]["ifname"]
             self.networks.setdefault(ifname, f"networks[{i}]")
             for j, subnet in enumerate(spec.get("subnets") or ()):
@@ -95,6 +100,8 @@ class Locator:
                 self.subnets.setdefault(key, f"networks[{i}].subnets[{j}]")
 
     def __call__(self, ifname, subnet=None):
+        if self.networks is None:
+            self._index()
         if subnet is None:
             return self.networks.get(ifname, "networks")
         return self.subnets.get((ifname, subnet.id, subnet.cidr), self.networks.get(ifname))
@@ -334,25 +341,39 @@ def _floating_ip(floating_text, fixed_text):
     return FloatingIP(floating, fixed) if floating.version == fixed.version else None
 
 
-def _router(problems, spec, path, networks):
-    asn = spec.asn or DEFAULT_ASN
-    gateway = (problems.ip(spec.default_v4_gateway, join(path, "default_v4_gateway"))
-               if spec.default_v4_gateway else None)
+# The schema floating IPs of the last router whose floating IPs all passed, and their models
+_LAST_FLOATING_IPS = [((), [])]
+TEXTS = attrgetter("floating_ip", "fixed_ip")  # a schema floating IP's key in _floating_ip
 
-    static_routes = []
-    for i, item in enumerate(spec.static_routes):
-        rpath = join(path, f"static_routes[{i}]")
-        if isinstance(item, tuple):
-            static_routes.append(_route(problems, item[0], item[1], rpath, 0, 1))
-        elif (item.next_hop or item.nexthop) is None:
-            problems.add(join(rpath, "next_hop"), "is required but missing")
-        else:
-            static_routes.append(_route(problems, item.destination,
-                                        item.next_hop or item.nexthop, rpath, "destination",
-                                        "next_hop" if item.next_hop else "nexthop"))
 
+def _repeated_floating_ips(specs):
+    """The models of the schema floating IPs ``specs`` when they are the last valid ones
+    (the same schema objects: ``_with_known_floating_ips``) with a few added or removed and
+    those few are valid and not listed twice; else None (``_floating_ips`` then finds every
+    problem). A push repeats nearly all: the repeated head and tail are found by comparing
+    slices, and looking each of a thousand up again was most of building the router."""
+    last_specs, last_models = _LAST_FLOATING_IPS[0]
+    start = common_head(last_specs, specs)
+    tail = common_tail(last_specs[start:], specs[start:])
+    if not start + tail:
+        return None
+    added = [_floating_ip(s.floating_ip, s.fixed_ip) for s in specs[start:len(specs) - tail]]
+    if any(fip is None for fip in added):
+        return None
+    kept = last_models[:start] + last_models[len(last_models) - tail:]
+    keys = {fip.key for fip in added}
+    if len(keys) != len(added) or not keys.isdisjoint(map(attrgetter("key"), kept)):
+        return None
+    # Used by this parse: the parser's memory keeps handing out these objects.
+    _floating_ip.memo.put_all(zip(map(TEXTS, specs[:start] + specs[len(specs) - tail:]),
+                                  kept))
+    return last_models[:start] + added + last_models[len(last_models) - tail:]
+
+
+def _floating_ips(problems, specs, path):
+    """The models of the schema floating IPs ``specs``, each problem reported."""
     fips, seen = [], set()
-    for i, item in enumerate(spec.floating_ips):
+    for i, item in enumerate(specs):
         known = _floating_ip(item.floating_ip, item.fixed_ip)
         if known is not None and known.key not in seen:
             seen.add(known.key)
@@ -371,6 +392,31 @@ def _router(problems, spec, path, networks):
         else:
             seen.add(address_key(floating))
             fips.append(FloatingIP(floating, fixed))
+    return fips
+
+
+def _router(problems, spec, path, networks):
+    asn = spec.asn or DEFAULT_ASN
+    gateway = (problems.ip(spec.default_v4_gateway, join(path, "default_v4_gateway"))
+               if spec.default_v4_gateway else None)
+
+    static_routes = []
+    for i, item in enumerate(spec.static_routes):
+        rpath = join(path, f"static_routes[{i}]")
+        if isinstance(item, tuple):
+            static_routes.append(_route(problems, item[0], item[1], rpath, 0, 1))
+        elif (item.next_hop or item.nexthop) is None:
+            problems.add(join(rpath, "next_hop"), "is required but missing")
+        else:
+            static_routes.append(_route(problems, item.destination,
+                                        item.next_hop or item.nexthop, rpath, "destination",
+                                        "next_hop" if item.next_hop else "nexthop"))
+
+    fips = _repeated_floating_ips(spec.floating_ips)
+    if fips is None:
+        fips = _floating_ips(problems, spec.floating_ips, path)
+    if len(fips) == len(spec.floating_ips):  # all valid, none listed twice
+        _LAST_FLOATING_IPS[0] = (spec.floating_ips, fips)
     if fips and not any(n.is_external for n in networks):
         problems.add(join(path, "floating_ips"), "floating IPs need an external network")
 

@@ -19,6 +19,7 @@ import bisect
 import functools
 import ipaddress
 
+from .change import Checked
 from .checks import address_key
 from .errors import join
 from .types import Route
@@ -82,8 +83,12 @@ def check_addresses(problems, config, locate, router_path):
     """Finding 3 of issue 12. ``locate(ifname, subnet=None)``: the payload path of a network
     (or one of its subnets) by interface name; ``router_path``: where the router's fields
     are ('' or 'services.router')."""
-    _interface_addresses(problems, config, locate)
-    _subnets(problems, config, locate)
+    if config.networks != _SOUND_NETWORKS[0]:  # the same objects when unchanged: cheap
+        before = len(problems.errors)
+        _interface_addresses(problems, config, locate)
+        _subnets(problems, config, locate)
+        if len(problems.errors) == before:
+            _SOUND_NETWORKS[0] = config.networks
     router = config.router
     if router is None:
         return
@@ -104,6 +109,10 @@ def check_addresses(problems, config, locate, router_path):
                          f"{gateway} is not a usable next hop (an address of the router's "
                          "own, or not unicast)")
     _floating_ips(problems, config, locate, router_path)
+
+
+# The last networks whose addresses and subnets passed (they depend on nothing else)
+_SOUND_NETWORKS = [None]
 
 
 def _interface_addresses(problems, config, locate):
@@ -168,7 +177,26 @@ def _subnets(problems, config, locate):
                                                f"or broadcast address of {subnet.cidr}")
 
 
+# The floating IPs found usable last, by the networks and default_v4_gateway that decided it
+_USABLE_FLOATING_IPS = Checked()
+
+
 def _floating_ips(problems, config, locate, router_path):
+    """No floating IP is an address the router's networks already use or an unusable one;
+    those a recent push found usable with the same networks are not checked again."""
+    fips = config.router.floating_ips
+    context = (config.networks, config.router.default_v4_gateway)
+    unchecked = _USABLE_FLOATING_IPS.unchecked(context, fips)
+    if unchecked == []:
+        return
+    before = len(problems.errors)
+    _check_floating_ips(problems, config, router_path,
+                        enumerate(fips) if unchecked is None else unchecked)
+    if len(problems.errors) == before:
+        _USABLE_FLOATING_IPS.passed(context, fips)
+
+
+def _check_floating_ips(problems, config, router_path, indexed):
     taken = {}  # address_key -> what it is, for the message
     for network in config.networks:
         for address in network.interface.addresses:
@@ -182,7 +210,7 @@ def _floating_ips(problems, config, locate, router_path):
                 taken[address_key(subnet.gateway_ip)] = f"the gateway of {subnet.cidr}"
     if config.router.default_v4_gateway is not None:
         taken[address_key(config.router.default_v4_gateway)] = "the default_v4_gateway"
-    for i, fip in enumerate(config.router.floating_ips):
+    for i, fip in indexed:
         why = taken.get(fip.key) or _unusable(fip.key)
         if why:
             problems.add(join(router_path, f"floating_ips[{i}].floating_ip"),
@@ -211,7 +239,15 @@ def check_management(problems, config, locate, router_path, sources=()):
     targets += [(ipaddress.ip_network(s), f"the orchestrator's address {s}")
                 for s in (orchestrator, *sources)
                 if s is not None and not s.is_loopback and not s.is_unspecified]
-    routes = list(_routes(config, locate, router_path))
+    router = config.router
+    # What decided the verdict apart from the floating IPs: a push that adds a floating IP
+    # to a router whose path was found clear checks that one alone.
+    context = (config.networks, tuple(targets),
+               router and (router.default_v4_gateway, router.static_routes))
+    fips = config.floating_ips
+    unchecked = _CLEAR_PATHS.unchecked(context, fips)
+    before = len(problems.errors)
+    routes = list(_routes(config, locate, router_path)) if unchecked is None else ()
     for target, what in targets:
         ours = _best(routes, target, ifname, mine=True)
         for path, destination, device in routes:
@@ -222,17 +258,30 @@ def check_management(problems, config, locate, router_path, sources=()):
                 problems.add(path, f"{destination} via {device or 'another interface'} "
                                    f"would take {what} away from the management interface "
                                    f"{ifname}")
-        for i, address in _floating_ips_in(config, target, ifname):  # local /32s, /128s
+        for i, address in _floating_ips_in(config, target, ifname, unchecked):  # /32, /128
             problems.add(join(router_path, f"floating_ips[{i}].floating_ip"),
                          f"{address} would take {what} away from the management "
                          f"interface {ifname}")
+    if len(problems.errors) == before:
+        _CLEAR_PATHS.passed(context, fips)
 
 
-def _floating_ips_in(config, target, ifname):
+# The management paths found clear last (the parse's check and the request's, with its
+# source), by what decided it apart from the floating IPs.
+_CLEAR_PATHS = Checked(size=2)
+
+
+def _floating_ips_in(config, target, ifname, only=None):
     """(index, address) of the floating IPs (on a NIC other than ``ifname``) inside
-    ``target``: thousands of host routes, checked without building a network for each."""
+    ``target``: thousands of host routes, checked without building a network for each;
+    ``only``: just these (index, FloatingIP), one by one."""
     if config.router is None or ifname in (n.interface.ifname for n in
                                            config.external_networks):
+        return
+    if only is not None:
+        yield from ((i, fip.floating_ip) for i, fip in only
+                    if fip.floating_ip.version == target.version
+                    and fip.floating_ip in target)
         return
     keys = config.router.floating_ip_keys  # sorted (version, number, index)
     start = bisect.bisect_left(keys, (target.version, int(target.network_address), -1))

@@ -1,0 +1,113 @@
+"""What a push changes when it changes floating IPs alone (the usual push): the few added
+and removed, so the subsystems that map floating IPs patch their committed plan instead of
+planning a thousand again (``plan_floating_ips`` in apply/__init__.py)."""
+from dataclasses import dataclass
+
+MAX_PATCHED = 64  # beyond this many changed floating IPs a whole plan costs about the same
+
+
+@dataclass(frozen=True)
+class FloatingIPChange:
+    added: tuple  # FloatingIP: in the new configuration, not in the committed one
+    removed: tuple  # FloatingIP: in the committed configuration, not in the new one
+    added_at: tuple = ()  # the index of each added one in the new configuration's
+
+
+def floating_ip_change(old, new, limit=MAX_PATCHED):
+    """The floating IPs the tuple ``new`` adds and removes compared with ``old``, or None
+    when more than ``limit`` changed. A push repeats the others in the same order, and the
+    parser hands out the same FloatingIP object for a pair it parsed in the last two pushes
+    (model/parse.py): the common head and tail are found by comparing slices (in C, by
+    identity first), and only what lies between them is looked at one by one."""
+    head = common_head(old, new)
+    old, new = old[head:], new[head:]
+    tail = common_tail(old, new)
+    old, new = old[:len(old) - tail], new[:len(new) - tail]
+    if len(old) + len(new) > 2 * limit:
+        old_ids, new_ids = set(map(id, old)), set(map(id, new))
+        if len(new_ids - old_ids) + len(old_ids - new_ids) > limit:
+            return None
+    old_ids, new_ids = set(map(id, old)), set(map(id, new))
+    added_at = tuple(head + i for i, f in enumerate(new) if id(f) not in old_ids)
+    removed = tuple(f for f in old if id(f) not in new_ids)
+    if len(added_at) + len(removed) > limit:
+        return None
+    return FloatingIPChange(tuple(new[i - head] for i in added_at), removed, added_at)
+
+
+def common_head(first, second):
+    """How many leading items the sequences ``first`` and ``second`` share (compared in C,
+    by identity first)."""
+    return _common_length(first, second, _from_head)
+
+
+def common_tail(first, second):
+    """How many trailing items the sequences ``first`` and ``second`` share."""
+    return _common_length(first, second, _from_tail)
+
+
+def _from_head(seq, start, stop):
+    return seq[start:stop]
+
+
+def _from_tail(seq, start, stop):
+    return seq[len(seq) - stop:len(seq) - start]
+
+
+def _common_length(first, second, part):
+    """How many leading items (as ``part(seq, start, stop)`` cuts them: from the head or
+    from the tail) ``first`` and ``second`` share: a binary search comparing only the part
+    not yet known equal, so O(n) comparisons in all."""
+    known, upper = 0, min(len(first), len(second))
+    while known < upper:
+        middle = (known + upper + 1) // 2
+        if part(first, known, middle) == part(second, known, middle):
+            known = middle
+        else:
+            upper = middle - 1
+    return known
+
+
+def external_names(config, fips, names=None):
+    """(geN or, given ``names`` (geN -> kernel name), kernel name, floating IP) of ``fips``
+    on their external network; None for a floating IP on none or on an unknown name."""
+    found = []
+    for fip in fips:
+        network = config.external_interface_for(fip.floating_ip)
+        if network is None:
+            return None
+        name = network.interface.ifname
+        if names is not None:
+            name = names.get(name)
+            if name is None:
+                return None
+        found.append((name, fip))
+    return found
+
+
+class Checked:
+    """Floating IPs a check found good, with what else its verdict depended on (its
+    ``context``, compared by equality: the parser hands out the same objects for unchanged
+    networks, so that is cheap): a push repeats nearly all of them, so only those added
+    since need the check again. Keeps the last ``size`` contexts (each keeps its floating
+    IPs alive: usually the committed ones)."""
+
+    def __init__(self, size=1):
+        self.size = size
+        self.entries = []  # (context, floating IPs found good), newest last
+
+    def unchecked(self, context, fips):
+        """``[(index, FloatingIP), ...]`` of ``fips`` that were not found good under
+        ``context``, or None when that is not known (check everything)."""
+        for known, good in reversed(self.entries):
+            if known == context:
+                change = floating_ip_change(good, fips)
+                if change is None:
+                    return None
+                return list(zip(change.added_at, change.added))
+        return None
+
+    def passed(self, context, fips):
+        """Every floating IP of ``fips`` passed the check under ``context``."""
+        entries = [e for e in self.entries if e[0] != context] + [(context, fips)]
+        self.entries = entries[-self.size:]
