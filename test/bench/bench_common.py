@@ -48,17 +48,22 @@ def machine_line(facts):
             f"{facts['cores']} cores, kernel {facts['kernel']}, Python {facts['python']}")
 
 
+def stat_fields(pid):
+    """The fields of ``/proc/PID/stat`` after the command name (which may hold ")"): state,
+    ppid, ... (OSError when the process is gone)."""
+    return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(*pids, skip_gone=False):
     """utime + stime of the processes, all their threads (``/proc/PID/stat``), in seconds.
     A process that is gone raises, unless ``skip_gone`` (then it counts nothing)."""
     ticks = 0
     for pid in pids:
         try:
-            stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+            fields = stat_fields(pid)
         except OSError:
             if skip_gone:
                 continue
             raise
-        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold ")"
         ticks += int(fields[11]) + int(fields[12])
     return ticks / CLK_TCK
