@@ -132,8 +132,9 @@ def body_digest(raw):
 class Committed:
     """One generation as readers see it. ``raw`` is the payload as JSON bytes (the bytes
     that were pushed, when known: a 5 000-floating-IP payload is 1.2 MB as bytes and several
-    times that as Python objects); ``plans`` are what this process applied (empty until the
-    boot re-apply); ``raw_digest`` the digest of the exact bytes last applied."""
+    times that as Python objects; once the view is rendered, a memoryview of the bytes it
+    embeds); ``plans`` are what this process applied (empty until the boot re-apply);
+    ``raw_digest`` the digest of the exact bytes last applied."""
     generation: int = 0
     raw: Optional[bytes] = None
     config: Optional[SystemConfig] = None
@@ -152,14 +153,22 @@ class Committed:
         """The committed configuration in the pushed shape, secrets redacted."""
         return json.loads(self.view_json)
 
-    # Rendered once per generation (on first read), then served as bytes.
+    # Rendered once per generation (on first read), then served as bytes. Without secrets
+    # the view embeds the pushed bytes, and ``raw`` becomes a memoryview of them there: one
+    # copy of the payload, not two (1.2 MB at 5 000 floating IPs).
     @cached_property
     def view_json(self):
         raw = self.raw if self.raw is not None else b"{}"
-        if SECRET_KEY.search(raw):  # decode, redact, encode; else the pushed bytes as such
+        redacted = SECRET_KEY.search(raw) is not None
+        if redacted:  # decode, redact, encode; else the pushed bytes as such
             raw = msgspec.json.encode(redact(msgspec.json.decode(raw)))
-        return (b'{"configuration": ' + raw.strip() + b', "generation": %d, "hash": %s}\n'
+        inner = raw.strip() if isinstance(raw, bytes) else raw  # a view is stripped already
+        head = b'{"configuration": '
+        view = (head + inner + b', "generation": %d, "hash": %s}\n'
                 % (self.generation, json.dumps(self.hash).encode()))
+        if self.raw is not None and not redacted:
+            object.__setattr__(self, "raw", memoryview(view)[len(head):len(head) + len(inner)])
+        return view
 
     @cached_property
     def firewall_text(self):
