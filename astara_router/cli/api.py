@@ -7,6 +7,7 @@ configuration before it answers anything (also when gunicorn respawns it after a
 import argparse
 import fcntl
 import gc
+import glob
 import ipaddress
 import logging
 import os
@@ -189,12 +190,10 @@ def parse_args(argv=None):
 # The allocator of every Python object when it is installed (Debian's libjemalloc2): a
 # push that replaces thousands of floating IPs leaves CPython's own allocator (1 MiB arenas
 # freed only when empty) and glibc's holding the freed generation's pages, where jemalloc
-# gives whole pages back as they empty (no decay: at once). At 5 000 floating IPs, after
-# four pushes each replacing all of them, the worker's PSS: 75 MB -> 62 MB (make bench's
-# single push: see README, "Decisions").
-JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
-ALLOCATOR_ENVIRONMENT = {"LD_PRELOAD": JEMALLOC, "PYTHONMALLOC": "malloc",
-                         "MALLOC_CONF": "dirty_decay_ms:0,muzzy_decay_ms:0"}
+# gives whole pages back as they empty (no decay: at once). Worker PSS at 5 000 floating
+# IPs, after four pushes each replacing all of them: 75 MB -> 62 MB; after one: 55 -> 53.
+JEMALLOC = "/usr/lib/*-linux-gnu/libjemalloc.so.2"
+ALLOCATOR_SETTINGS = {"PYTHONMALLOC": "malloc", "MALLOC_CONF": "dirty_decay_ms:0,muzzy_decay_ms:0"}
 ALLOCATOR_MARK = "ASTARA_ROUTER_ALLOCATOR"  # set for the re-executed agent, then removed
 
 
@@ -203,13 +202,14 @@ def with_allocator():
     allocator's variables are removed from the environment afterwards, so the daemons and
     tools the agent starts do not inherit them. No jemalloc: nothing changes."""
     if os.environ.pop(ALLOCATOR_MARK, None) is not None:
-        for name in ALLOCATOR_ENVIRONMENT:
+        for name in ("LD_PRELOAD", *ALLOCATOR_SETTINGS):
             os.environ.pop(name, None)
         return
-    if not os.path.exists(JEMALLOC) or os.environ.get("LD_PRELOAD"):
+    found = glob.glob(JEMALLOC)
+    if not found or os.environ.get("LD_PRELOAD"):
         return
-    os.execve(sys.executable, sys.orig_argv,
-              {**os.environ, **ALLOCATOR_ENVIRONMENT, ALLOCATOR_MARK: "jemalloc"})
+    os.execve(sys.executable, sys.orig_argv, {**os.environ, **ALLOCATOR_SETTINGS,
+                                              "LD_PRELOAD": found[0], ALLOCATOR_MARK: "1"})
 
 
 def main(argv=None):
