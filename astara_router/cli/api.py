@@ -19,8 +19,6 @@ from gunicorn.app.base import BaseApplication
 from .. import logs
 from .. import settings as settings_mod
 from .. import tls
-from ..store import Store
-from .management import read_management
 
 LOG = logging.getLogger("astara_router.api")
 
@@ -63,13 +61,20 @@ def in_child(function):
 
 def default_bind(settings, stored=None):
     """The management address: from the persisted config (``stored``; default: what the
-    agent will run, ``Store.load``, read and parsed in a child process), else from what
-    astara-configure-management recorded at boot, else every address."""
+    agent will run, ``Store.load``, all of it read and parsed in a child process, so that
+    the gunicorn master neither keeps nor imports the store, the model and msgspec: 2 MB),
+    else from what astara-configure-management recorded at boot, else every address."""
     if stored is None:
-        address = in_child(lambda: stored_management_address(
-            settings, Store(settings.state_dir).load()))
-    else:
-        address = stored_management_address(settings, stored)
+        def in_the_child():
+            from ..store import Store
+            return _bind_of(settings, Store(settings.state_dir).load())
+        return in_child(in_the_child)
+    return _bind_of(settings, stored)
+
+
+def _bind_of(settings, stored):
+    from .management import read_management
+    address = stored_management_address(settings, stored)
     if address is not None:
         return format_bind(address, settings.port)
     recorded = read_management(settings.state_dir).get("address")
@@ -149,10 +154,10 @@ class AgentApplication(BaseApplication):
             "errorlog": "-",
             "loglevel": "info",
             "proc_name": "astara-router-api",
-            # gunicorn ≥ 27 opens a control socket under $HOME by default: keep it with
-            # the rest of this appliance's runtime files, owner-only.
-            "control_socket": os.path.join(run_dir, "gunicorn.ctl"),
-            "control_socket_mode": 0o600,
+            # gunicorn ≥ 27 opens a control socket (gunicornc's) by default, served by an
+            # asyncio loop in a thread of the master: nothing here uses it, and the master
+            # stays smaller without (asyncio and its thread).
+            "control_socket_disable": True,
             "pre_fork": freeze_before_fork,
         }
         if s.certfile:

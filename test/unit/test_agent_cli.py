@@ -30,9 +30,7 @@ def test_gunicorn_accepts_the_agent_configuration(tmp_path):
     assert (cfg.workers, cfg.worker_class_str, cfg.threads) == (1, "gthread", 4)
     assert cfg.pidfile == str(run_dir / "api.pid")
     assert cfg.worker_tmp_dir == str(run_dir)
-    # The control socket stays with the appliance's runtime files, owner-only.
-    assert cfg.control_socket == str(run_dir / "gunicorn.ctl")
-    assert cfg.control_socket_mode == 0o600
+    assert cfg.control_socket_disable  # no gunicornc socket (nor its asyncio thread)
     assert not cfg.is_ssl
 
 
