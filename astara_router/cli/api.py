@@ -195,13 +195,14 @@ def parse_args(argv=None):
 # The allocator of every Python object when it is installed (Debian's libjemalloc2): a
 # push that replaces thousands of floating IPs leaves CPython's own allocator (1 MiB arenas
 # freed only when empty) and glibc's holding the freed generation's pages, where jemalloc
-# gives whole pages back as they empty (no decay: at once; one arena: the threads take
-# turns on the interpreter lock anyway). Worker PSS at 5 000 floating IPs, after three
-# pushes each replacing all of them: 75 -> 60 MB; after one: 55 -> 52.5 MB. The price:
-# parsing and rendering that payload takes ~15 % more CPU than on CPython's allocator.
+# gives whole pages back (engine._trim_memory purges them after each commit; one arena:
+# the threads take turns on the interpreter lock anyway). Worker PSS at 5 000 floating
+# IPs, after four pushes each replacing all of them: 75 -> 62 MB; after one: 55 -> 53.5
+# MB. The price: parsing and rendering that payload takes ~15 % more CPU than on
+# CPython's allocator (a full apply of it ~10 % longer: make bench, noisy).
 JEMALLOC = "/usr/lib/*-linux-gnu/libjemalloc.so.2"
 ALLOCATOR_SETTINGS = {"PYTHONMALLOC": "malloc",
-                      "MALLOC_CONF": "narenas:1,dirty_decay_ms:0,muzzy_decay_ms:0"}
+                      "MALLOC_CONF": "narenas:1,muzzy_decay_ms:0"}
 ALLOCATOR_MARK = "ASTARA_ROUTER_ALLOCATOR"  # set for the re-executed agent, then removed
 
 
