@@ -29,7 +29,6 @@ One writer at a time (a lock); readers use ``engine.committed``, an immutable sn
 swapped in by one assignment, so GETs never wait for an apply. Subsystems and their
 protocol: ``apply/__init__.py``.
 """
-import ctypes
 import gc
 import hashlib
 import json
@@ -48,6 +47,7 @@ import msgspec
 from .apply import default_subsystems
 from .errors import ApplyError, state_full_is_507
 from .history import History
+from .memory import give_back
 from .metrics import Metrics
 from .model import PayloadError, SystemConfig, check_management_path, parse_payload
 from .naming import InterfaceNames, list_nics
@@ -89,14 +89,7 @@ def _trim_memory(after=()):
     router-basic's first apply leaves 1.3 MB to give back."""
     for thread in after:
         thread.join()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    # jemalloc, when the agent runs on it (cli/api.py): its freed pages now, every arena.
-    mallctl = getattr(ctypes.CDLL(None), "mallctl", None)
-    if mallctl is not None:
-        mallctl(b"arena.4096.purge", None, None, None, 0)
+    give_back()
 
 
 class CollectorPause:
