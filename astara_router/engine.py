@@ -30,7 +30,6 @@ One writer at a time (a lock); readers use ``engine.committed``, an immutable sn
 swapped in by one assignment, so GETs never wait for an apply. Subsystems and their
 protocol: ``apply/__init__.py``.
 """
-import ctypes
 import gc
 import json
 import logging
@@ -48,6 +47,7 @@ import msgspec
 from .apply import default_subsystems
 from .errors import ApplyError, state_full_is_507
 from .history import History
+from .memory import give_back
 from .metrics import Metrics
 from .model import PayloadError, SystemConfig, check_management_path, parse_payload
 from .model.change import floating_ip_change
@@ -90,10 +90,7 @@ def _trim_memory(after=()):
     router-basic's first apply leaves 1.3 MB to give back."""
     for thread in after:
         thread.join()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    give_back()
 
 
 class CollectorPause:
@@ -129,10 +126,11 @@ PAUSE_COLLECTOR = CollectorPause()
 class Committed:
     """One generation as readers see it. ``raw`` is the payload as JSON bytes (the bytes
     that were pushed, when known: a 5 000-floating-IP payload is 1.2 MB as bytes and several
-    times that as Python objects); ``plans`` are what this process applied (empty until the
-    boot re-apply); ``pushed`` the exact bytes last pushed for it (``raw`` itself unless the
-    same payload came again formatted otherwise): an identical push is told by comparing
-    bytes, cheaper than hashing them."""
+    times that as Python objects; once the view is rendered, a memoryview of the bytes it
+    embeds); ``plans`` are what this process applied (empty until the boot re-apply);
+    ``pushed`` the exact bytes last pushed for it (``raw`` itself unless the same payload
+    came again formatted otherwise): an identical push is told by comparing bytes, cheaper
+    than hashing them."""
     generation: int = 0
     raw: Optional[bytes] = None
     config: Optional[SystemConfig] = None
@@ -151,14 +149,25 @@ class Committed:
         """The committed configuration in the pushed shape, secrets redacted."""
         return json.loads(self.view_json)
 
-    # Rendered once per generation (on first read), then served as bytes.
+    # Rendered once per generation (on first read), then served as bytes. Without secrets
+    # the view embeds the pushed bytes, and ``raw`` becomes a memoryview of them there: one
+    # copy of the payload, not two (1.2 MB at 5 000 floating IPs).
     @cached_property
     def view_json(self):
         raw = self.raw if self.raw is not None else b"{}"
-        if SECRET_KEY.search(raw):  # decode, redact, encode; else the pushed bytes as such
+        redacted = SECRET_KEY.search(raw) is not None
+        if redacted:  # decode, redact, encode; else the pushed bytes as such
             raw = msgspec.json.encode(redact(msgspec.json.decode(raw)))
-        return (b'{"configuration": ' + raw.strip() + b', "generation": %d, "hash": %s}\n'
+        inner = raw.strip() if isinstance(raw, bytes) else raw  # a view is stripped already
+        head = b'{"configuration": '
+        view = (head + inner + b', "generation": %d, "hash": %s}\n'
                 % (self.generation, json.dumps(self.hash).encode()))
+        if self.raw is not None and not redacted:
+            embedded = memoryview(view)[len(head):len(head) + len(inner)]
+            if self.pushed is not None and self.pushed == embedded:  # a memcmp: ~0.1 ms
+                object.__setattr__(self, "pushed", embedded)
+            object.__setattr__(self, "raw", embedded)
+        return view
 
     @cached_property
     def firewall_text(self):

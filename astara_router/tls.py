@@ -16,7 +16,6 @@ import os
 import ssl
 import tempfile
 
-from .store import atomic_write
 
 LOG = logging.getLogger(__name__)
 PLAIN, SERVER_ONLY, MUTUAL = "plain HTTP", "HTTPS", "mutual TLS"
@@ -81,6 +80,7 @@ def install(settings, body):
     first, so a bad body never replaces working files). Whether the certificate is the
     right one is the orchestrator's to judge: its client verifies it on the next call.
     Raises CredentialError (naming the field) or OSError."""
+    from .store import atomic_write  # here: the gunicorn master imports this module, not msgspec
     certificate = _pem_field(body, "certificate", "CERTIFICATE")
     private_key = _pem_field(body, "private_key", "PRIVATE KEY")
     directory = os.path.dirname(os.path.abspath(settings.certfile))

@@ -46,6 +46,14 @@ def next_parse():
         memo.current, memo.previous = {}, memo.current
 
 
+def forget_unused():
+    """A parse succeeded: what it did not use can serve no later parse (each consults only
+    the one before it), so it goes now rather than at the next parse — a push that changes
+    every floating IP would otherwise keep two configurations' objects until the next."""
+    for memo in TwoParses.memos:
+        memo.previous = {}
+
+
 def remembered(function):
     """``function(*args)`` once per args for two parses (TwoParses); None is not kept."""
     memo = TwoParses()

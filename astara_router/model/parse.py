@@ -14,8 +14,8 @@ import msgspec
 
 from . import schema, semantics
 from .change import common_head, common_tail
-from .checks import (Problems, TwoParses, address_key, next_parse, parse_ip, parse_network,
-                     remembered)
+from .checks import (Problems, TwoParses, address_key, forget_unused, next_parse, parse_ip,
+                     parse_network, remembered)
 from .errors import FieldError, PayloadError, UnsupportedService, join, schema_error
 from .loadbalancer import build_loadbalancer
 from .types import (Allocation, FloatingIP, HAConfig, Interface, Label, Network, Orchestrator,
@@ -63,6 +63,7 @@ def parse_payload(body, enabled_services=("router",)):
     semantics.check_addresses(problems, config, locate, router_path)
     semantics.check_management(problems, config, locate, router_path)
     problems.raise_if_any()
+    forget_unused()
     return config
 
 

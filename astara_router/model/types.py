@@ -39,7 +39,7 @@ class Subnet:
         return self.cidr.version
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: thousands of them, no per-object dict
 class Allocation:
     mac_address: str
     ip_addresses: tuple  # of (IPAddress, dhcp_enabled: bool)
@@ -92,16 +92,25 @@ class Network:
         return self.network_type == "management"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FloatingIP:
     floating_ip: IPAddress
     fixed_ip: IPAddress
-
     # Derived once per object; the parser hands out the same object for the same pair
     # again (model/parse.py), so a push of thousands of floating IPs formats only new ones.
-    @cached_property
+    # Kept in slots, not in cached_property's per-object dict: 1 MB less at 5 000.
+    _host: object = field(default=None, init=False, repr=False, compare=False)
+    _texts: object = field(default=None, init=False, repr=False, compare=False)
+    _key: object = field(default=None, init=False, repr=False, compare=False)
+
+    @property
     def host(self):
         """The floating address as a host interface (/32 or /128) on the external NIC."""
+        if self._host is None:
+            object.__setattr__(self, "_host", self._interface())
+        return self._host
+
+    def _interface(self):
         address = self.floating_ip
         if address.version == 6 and address.scope_id:
             return ipaddress.ip_interface((address, address.max_prefixlen))
@@ -110,15 +119,19 @@ class FloatingIP:
         interface = ipaddress.IPv4Interface if address.version == 4 else ipaddress.IPv6Interface
         return interface((int(address), address.max_prefixlen))
 
-    @cached_property
+    @property
     def texts(self):
-        return str(self.floating_ip), str(self.fixed_ip)
+        if self._texts is None:
+            object.__setattr__(self, "_texts", (str(self.floating_ip), str(self.fixed_ip)))
+        return self._texts
 
     # The floating address's checks.address_key: sets and maps of thousands of floating
     # IPs hash it in C, where an address's own __hash__ is Python code.
-    @cached_property
+    @property
     def key(self):
-        return address_key(self.floating_ip)
+        if self._key is None:
+            object.__setattr__(self, "_key", address_key(self.floating_ip))
+        return self._key
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ DEFAULT_V4 = ip_network("0.0.0.0/0")
 DHCPV4 = "dhcpv4"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per allocation, no per-object dict
 class Line:
     text: str
     path: str = ""  # the payload field it came from, to name it when dnsmasq refuses it

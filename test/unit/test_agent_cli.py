@@ -4,11 +4,18 @@ gunicorn's ``Config.set`` raises on a setting it does not know, so these tests a
 oldest gunicorn the agent runs on (``make lower-bounds`` runs them against it).
 """
 import gc
+import glob
 import os
+import pathlib
 import ssl
+import subprocess
+import sys
+
+import pytest
 
 from astara_lab.appliance import contract_payloads
-from astara_router.cli.api import AgentApplication, default_bind, in_child
+from astara_router.cli.api import (ALLOCATOR_MARK, JEMALLOC, AgentApplication, default_bind,
+                                   in_child)
 from astara_router.settings import Settings
 from astara_router.store import Store
 
@@ -23,9 +30,7 @@ def test_gunicorn_accepts_the_agent_configuration(tmp_path):
     assert (cfg.workers, cfg.worker_class_str, cfg.threads) == (1, "gthread", 4)
     assert cfg.pidfile == str(run_dir / "api.pid")
     assert cfg.worker_tmp_dir == str(run_dir)
-    # The control socket stays with the appliance's runtime files, owner-only.
-    assert cfg.control_socket == str(run_dir / "gunicorn.ctl")
-    assert cfg.control_socket_mode == 0o600
+    assert cfg.control_socket_disable  # no gunicornc socket (nor its asyncio thread)
     assert not cfg.is_ssl
 
 
@@ -74,3 +79,23 @@ def test_in_child_runs_the_function_in_another_process():
     assert int(in_child(work)) != os.getpid() and made == []
     assert in_child(lambda: None) is None
     assert in_child(lambda: 1 / 0) is None  # a failure is "nothing found"
+
+
+@pytest.mark.skipif(not glob.glob(JEMALLOC), reason="libjemalloc2 is not installed")
+def test_the_agent_runs_on_jemalloc_and_what_it_starts_does_not():
+    """with_allocator re-executes the process with jemalloc preloaded, once; the daemons
+    and tools the agent starts get an environment without the allocator's variables."""
+    code = ("import os, subprocess\n"
+            "from astara_router.cli.api import with_allocator\n"
+            "with_allocator()\n"
+            "mapped = 'libjemalloc' in open('/proc/self/maps').read()\n"
+            "child = subprocess.run(['cat', '/proc/self/maps'], capture_output=True, text=True)\n"
+            "print(mapped, 'libjemalloc' in child.stdout,\n"
+            "      sorted(set(os.environ) & {'LD_PRELOAD', 'PYTHONMALLOC', 'MALLOC_CONF',\n"
+            "                                'ASTARA_ROUTER_ALLOCATOR'}))\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "PYTHONMALLOC", "MALLOC_CONF", ALLOCATOR_MARK)}
+    env["PYTHONPATH"] = str(pathlib.Path(__file__).resolve().parents[2])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split("\n")[0] == "True False []"

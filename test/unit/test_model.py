@@ -303,6 +303,24 @@ def test_a_floating_ip_is_the_same_object_in_the_next_parse_then_forgotten():
     assert again == kept and again is not kept
 
 
+def test_a_parse_that_replaces_every_floating_ip_keeps_none_of_the_previous_ones():
+    """What a successful parse did not reuse is forgotten at its end, not at the next
+    parse: after a push that replaces every floating IP, the memos hold one payload."""
+    import gc
+    from astara_router.model.types import FloatingIP
+    body = copy.deepcopy(contract_payloads()["router-basic"])
+    old = {fip.floating_ip for fip in parse_payload(body, ("router",)).router.floating_ips}
+    moved = copy.deepcopy(body)
+    for fip in moved["floating_ips"]:
+        fip["floating_ip"] = fip["floating_ip"].rsplit(".", 1)[0] + ".250"
+    kept = parse_payload(moved, ("router",))
+    gc.collect()
+    assert old and not [o for o in gc.get_objects()
+                        if type(o) is FloatingIP and o.floating_ip in old]
+    assert parse_payload(moved, ("router",)).router.floating_ips[0] is \
+        kept.router.floating_ips[0]
+
+
 @pytest.mark.parametrize("text", ["198.51.100.7", "2001:db8::7", "fe80::1%eth0"])
 def test_a_floating_ips_host_interface_is_the_address_alone(text):
     from astara_router.model.types import FloatingIP
