@@ -89,25 +89,23 @@ class Checked:
     """Floating IPs a check found good, with what else its verdict depended on (its
     ``context``, compared by equality: the parser hands out the same objects for unchanged
     networks, so that is cheap): a push repeats nearly all of them, so only those added
-    since need the check again. Keeps the last ``size`` contexts (each keeps its floating
-    IPs alive: usually the committed ones)."""
+    since need the check again. Keeps the last verdict only (its floating IPs stay alive:
+    usually the committed ones)."""
 
-    def __init__(self, size=1):
-        self.size = size
-        self.entries = []  # (context, floating IPs found good), newest last
+    def __init__(self):
+        self.last = None  # (context, floating IPs found good)
 
     def unchecked(self, context, fips):
         """``[(index, FloatingIP), ...]`` of ``fips`` that were not found good under
         ``context``, or None when that is not known (check everything)."""
-        for known, good in reversed(self.entries):
-            if known == context:
-                change = floating_ip_change(good, fips)
-                if change is None:
-                    return None
-                return list(zip(change.added_at, change.added))
-        return None
+        last = self.last
+        if last is None or last[0] != context:
+            return None
+        change = floating_ip_change(last[1], fips)
+        if change is None:
+            return None
+        return list(zip(change.added_at, change.added))
 
     def passed(self, context, fips):
         """Every floating IP of ``fips`` passed the check under ``context``."""
-        entries = [e for e in self.entries if e[0] != context] + [(context, fips)]
-        self.entries = entries[-self.size:]
+        self.last = (context, fips)

@@ -245,7 +245,8 @@ def check_management(problems, config, locate, router_path, sources=()):
     context = (config.networks, tuple(targets),
                router and (router.default_v4_gateway, router.static_routes))
     fips = config.floating_ips
-    unchecked = _CLEAR_PATHS.unchecked(context, fips)
+    clear = _CLEAR_PATHS[bool(sources)]
+    unchecked = clear.unchecked(context, fips)
     before = len(problems.errors)
     routes = list(_routes(config, locate, router_path)) if unchecked is None else ()
     for target, what in targets:
@@ -263,12 +264,13 @@ def check_management(problems, config, locate, router_path, sources=()):
                          f"{address} would take {what} away from the management "
                          f"interface {ifname}")
     if len(problems.errors) == before:
-        _CLEAR_PATHS.passed(context, fips)
+        clear.passed(context, fips)
 
 
-# The management paths found clear last (the parse's check and the request's, with its
-# source), by what decided it apart from the floating IPs.
-_CLEAR_PATHS = Checked(size=2)
+# The management path found clear last by the parse's check (False) and by the request's,
+# with its source (True), each by what decided it apart from the floating IPs: one each,
+# so a configuration no longer pushed keeps no floating IPs alive here.
+_CLEAR_PATHS = {False: Checked(), True: Checked()}
 
 
 def _floating_ips_in(config, target, ifname, only=None):

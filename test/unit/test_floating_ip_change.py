@@ -78,8 +78,8 @@ def test_an_equal_pair_parsed_anew_is_no_change_and_too_many_is_none():
     assert floating_ip_change(old, items(30), limit=64) is None
 
 
-def test_checked_remembers_a_few_contexts():
-    checked = Checked(size=2)
+def test_checked_remembers_the_last_verdict():
+    checked = Checked()
     fips = items(10)
     assert checked.unchecked("a", fips) is None
     checked.passed("a", fips)
@@ -87,9 +87,8 @@ def test_checked_remembers_a_few_contexts():
     assert checked.unchecked("a", more) == [(10, more[10])]
     assert checked.unchecked("b", more) is None
     checked.passed("b", more)
-    checked.passed("c", more)
-    assert checked.unchecked("a", more) is None  # forgotten: only the last two are kept
-    assert checked.unchecked("c", more) == []
+    assert checked.unchecked("a", more) is None  # forgotten: only the last verdict is kept
+    assert checked.unchecked("b", more) == []
 
 
 # -- the semantic checks look at what changed, and still refuse it -------------------------------
