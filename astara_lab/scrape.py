@@ -19,3 +19,14 @@ def samples(text):
     return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(text)
             for sample in family.samples}
+
+
+def orchestrator_exposition(orchestrator, token):
+    """The text of ``orchestrator``'s GET /metrics, asked in process (its admin API's
+    Flask app, with ``token``)."""
+    from orchestrator_lite.api import create_app
+    response = create_app(orchestrator, token).test_client().get(
+        "/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.status_code
+    assert response.content_type.startswith("text/plain"), response.content_type
+    return response.get_data(as_text=True)

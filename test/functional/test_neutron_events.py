@@ -11,9 +11,9 @@ import kombu
 import pytest
 
 from astara_lab import broker as rabbit
-from astara_lab.scrape import samples as exposition_samples
+from astara_lab import scrape
+from astara_lab.scrape import orchestrator_exposition
 from astara_netns import pid_alive
-from orchestrator_lite.api import create_app
 from orchestrator_lite.config import ApiSettings, NeutronSettings, Settings
 
 import neutron_topologies as topo
@@ -70,11 +70,8 @@ def appliance_of(sims, rid):
 
 
 def metric(o, name):
-    """One unlabelled sample of the orchestrator's GET /metrics (0 when absent)."""
-    response = create_app(o, "t").test_client().get(
-        "/metrics", headers={"Authorization": "Bearer t"})
-    assert response.status_code == 200
-    return exposition_samples(response.get_data(as_text=True)).get((name, ()), 0)
+    """A sample of the orchestrator's GET /metrics (0 when absent)."""
+    return scrape.metric(orchestrator_exposition(o, "t"), name)
 
 
 def configured(o, rid):

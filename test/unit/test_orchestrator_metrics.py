@@ -5,18 +5,14 @@ test/functional/test_orchestrator_netns.py."""
 from orchestrator_lite import state as st
 from orchestrator_lite.api import create_app
 
-from astara_lab.scrape import samples as exposition_samples
+from astara_lab.scrape import orchestrator_exposition, samples as exposition_samples
 from sim_appliances import (TOKEN, SimCloud, make_settings, simple_router,
                             started_orchestrators, state_of, wait_for)
 
 
 def scrape(o):
     """``{(sample name, labels as a sorted tuple): value}`` from GET /metrics."""
-    response = create_app(o, TOKEN).test_client().get(
-        "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
-    assert response.status_code == 200
-    assert response.content_type.startswith("text/plain")
-    return exposition_samples(response.get_data(as_text=True))
+    return exposition_samples(orchestrator_exposition(o, TOKEN))
 
 
 def value(samples, name, **labels):
