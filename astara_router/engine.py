@@ -81,7 +81,7 @@ STATE_SPACE_FACTOR = 3  # payload-sized files that may coexist during a commit
 MAX_CONFIRM_TIMEOUT = 3600  # seconds a generation may await confirmation (?confirm_timeout)
 
 
-def _trim_memory(after=()):
+def _trim_memory(after):
     """Return the heap's free pages to the kernel (glibc keeps them otherwise, and a
     5 000-floating-IP push frees tens of megabytes of parse temporaries) once the threads
     ``after`` (the work after the answer) are over: by then the request's temporaries and
