@@ -120,6 +120,15 @@ def test_dhcpv6_stateful_network_gets_the_managed_flag(dual_stack):
 
 # -- BGP -----------------------------------------------------------------------------------------
 
+def wait_until_the_peer_learned_the_tenant_prefixes(peer):
+    def peer_learned_exactly_the_tenant_prefixes():
+        learned = learned_prefixes(peer.socket, "appliance")
+        assert learned == TENANT_PREFIXES
+        return True
+
+    eventually(peer_learned_exactly_the_tenant_prefixes, 20, "the peer's routes")
+
+
 def test_bgp_peer_learns_exactly_the_tenant_prefixes_and_reapply_keeps_the_session(dual_stack):
     topology, peer = dual_stack
     socket = appliance_socket(topology)
@@ -129,12 +138,7 @@ def test_bgp_peer_learns_exactly_the_tenant_prefixes_and_reapply_keeps_the_sessi
     name, since = eventually(lambda: bgp_session(socket), 10, "BGP Established on the appliance")
     assert "198.51.100.12" in birdc(socket, "show", "status")  # router id: external IPv4
 
-    def peer_learned_exactly_the_tenant_prefixes():
-        learned = learned_prefixes(peer.socket, "appliance")
-        assert learned == TENANT_PREFIXES
-        return True
-
-    eventually(peer_learned_exactly_the_tenant_prefixes, 20, "the peer's routes")
+    wait_until_the_peer_learned_the_tenant_prefixes(peer)
     assert learned_prefixes(socket, name) == set()  # nothing imported from the peer
 
     pid, mtime = bird_pid(topology), os.stat(appliance_conf(topology)).st_mtime_ns
@@ -152,6 +156,9 @@ def test_config_rejected_by_bird_leaves_the_running_one(dual_stack):
     topology, peer = dual_stack
     socket = appliance_socket(topology)
     session = eventually(lambda: bgp_session(socket), 60, "BGP Established")
+    # The UPDATEs follow the session's establishment: the state compared at the end is
+    # the one after the peer has the routes, not a race with their arrival.
+    wait_until_the_peer_learned_the_tenant_prefixes(peer)
     pid, text = bird_pid(topology), appliance_conf(topology).read_text()
     files = sorted(os.listdir(appliance_conf(topology).parent))
     digest = birdc(socket, "eval", "astara_config_digest")
