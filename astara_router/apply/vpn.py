@@ -54,6 +54,9 @@ START_TIMEOUT = 15.0
 # swanctl's chatter about credential folders and plugins we do not use
 NOISE = ("opening directory", "plugin '", "loading '")
 LOAD_FAILED = re.compile(r"loading connection '([^']+)' failed")
+# charon's name for an IKE_SA without a connection: a responder's, before the peer's
+# IKE_AUTH selects one (no connection name has parentheses: render.vpn.CONNECTION_NAME)
+UNNAMED = "(unnamed)"
 
 
 def kernel_has_esp():
@@ -349,11 +352,14 @@ class VpnSubsystem:
     def _tear_down_unloaded(self):
         """charon sends DELETE for the SAs of an unloaded connection but keeps them until
         the peer answers (or its retransmissions give up): destroy them now, so the
-        tunnel is gone when the apply answers."""
+        tunnel is gone when the apply answers. A peer's negotiation in progress has no
+        connection yet (UNNAMED until its IKE_AUTH selects one, and only a loaded one can
+        be selected): it is left to finish. Destroying it silently left the peer
+        retransmitting into nothing until it gave up."""
         with self.charon.session() as session:
             loaded = {name for item in session.list_conns() for name in item}
             orphans = {_text(sa["uniqueid"]) for item in session.list_sas()
-                       for name, sa in item.items() if name not in loaded}
+                       for name, sa in item.items() if name not in loaded | {UNNAMED}}
             for unique_id in sorted(orphans):
                 try:
                     for _ in session.terminate({"ike-id": unique_id, "force": "yes",

@@ -259,6 +259,45 @@ def test_mirrored_appliances_carry_tenant_traffic_through_the_tunnel(sites):
     assert not (a.appliance.state_dir / "vpn" / "swanctl.conf").exists()
 
 
+@pytest.mark.parametrize("sites", ["v2-both-initiate"], indirect=True)
+def test_a_push_lets_the_peers_negotiation_in_progress_finish(sites, lab):
+    """Until the peer's IKE_AUTH names a connection, the responder's IKE_SA has none
+    (charon lists it as "(unnamed)"): a push that loads the connections again must let
+    it finish, not take it for an SA of a removed connection. Here only B initiates, and
+    its IKE_AUTH is held back on the external bridge while A is pushed."""
+    a, b, _ = sites
+    connection_of(a.payload)["initiator"] = "response-only"
+    fabric = lab.fabric()
+    fabric.run(["nft", "-f", "-"], input=textwrap.dedent(f"""\
+        table bridge hold-ike-auth {{
+            chain forward {{
+                type filter hook forward priority 0;
+                ip saddr {B_EXTERNAL} udp dport 4500 drop
+            }}
+        }}
+        """))
+    for site in (a, b):
+        response = site.appliance.client().put_json("/v1/system/config", site.payload)
+        assert response.status == 200, response.text
+
+    def half_open():
+        return [sa["uniqueid"] for item in a.vici("list_sas") for sa in item.values()
+                if sa["state"] == b"CONNECTING"]
+
+    eventually(quietly(half_open), 20, "B's IKE_SA_INIT answered, its IKE_AUTH held")
+    negotiating = half_open()
+    response = a.appliance.client().put_json("/v1/system/config", with_dead_peer(a.payload))
+    assert response.status == 200 and response.json()["changes"] > 0, response.text
+    assert half_open() == negotiating, a.charon_log()[-3000:]
+
+    # B retransmits its IKE_AUTH: it completes the IKE_SA A kept
+    fabric.run(["nft", "delete", "table", "bridge", "hold-ike-auth"])
+    name = connection_of(a.payload)["id"]
+    eventually(quietly(lambda: set(a.children()) == {name} == set(b.children())), 30,
+               "the CHILD_SA installed on both sides")
+    eventually(quietly(lambda: reached_as(a.vm, VM_B) == VM_A), 20, "vma reaches vmb")
+
+
 def test_contract_vpn_body_loads_its_connection(lab):
     """router-vpn.json as the orchestrator sent it: 200, the connection with both subnet
     pairs in charon, the pairs exempt from SNAT."""
