@@ -66,12 +66,11 @@ def check_chunks(files, size=CHECK_CHUNK):
     share) and of the DNS names; a single one up to ``size`` reservations (a check more
     costs a process start, ~3 ms, more than it saves below that)."""
     lines = files.check_lines()
-    conf = lines[:len(files.conf_lines)]
-    inlined = lines[len(conf):]
-    hosts = [line for line in inlined if line.text.startswith("dhcp-host=")]
-    names = [line for line in inlined if not line.text.startswith("dhcp-host=")]
-    if len(hosts) <= size:
+    if len(files.host_lines) <= size:
         return [lines]
+    conf = lines[:len(files.conf_lines)]
+    hosts = lines[len(conf):len(conf) + len(files.host_lines)]  # check_lines' order
+    names = lines[len(conf) + len(hosts):]
     shares = [[]]
     for group in reservation_groups(hosts):
         if shares[-1] and len(shares[-1]) + len(group) > size:
