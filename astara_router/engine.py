@@ -49,7 +49,8 @@ from .errors import ApplyError, state_full_is_507
 from .history import History
 from .memory import give_back
 from .metrics import Metrics
-from .model import PayloadError, SystemConfig, check_management_path, parse_payload
+from .model import (PayloadError, SystemConfig, check_management_path, parse_payload,
+                    prepare_schema)
 from .model.change import floating_ip_change
 from .naming import InterfaceNames, list_nics
 from .render.firewall import TABLE
@@ -439,6 +440,7 @@ class Engine:
         """Re-apply the persisted generation before the API reports ready, from the live
         state. An apply that was interrupted (crash, kill -9) left pending.json: what it may
         have configured is cleaned too."""
+        prepare_schema()  # not in the first push
         with self._lock:
             self._number_nics()
             leftovers = []

@@ -53,10 +53,12 @@ def reservation_groups(lines):
     for i, line in enumerate(lines):
         for token in line.text.split(",")[1:]:  # the MAC first, a short name has no dot
             if "." in token or token.startswith("["):
-                parent[root(i)] = root(owner.setdefault(token, i))
+                first = owner.setdefault(token, i)
+                if first != i:  # named before: one group (most addresses are named once)
+                    parent[root(i)] = root(first)
     groups = {}
     for i, line in enumerate(lines):
-        groups.setdefault(root(i), []).append(line)
+        groups.setdefault(i if parent[i] == i else root(i), []).append(line)
     return list(groups.values())
 
 
