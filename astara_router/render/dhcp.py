@@ -250,6 +250,21 @@ def _host_lines(network, index):
     lines = []
     for k in mac_order(network):
         allocation = allocations[k]
+        if len(allocation.ip_addresses) == 1:  # nearly every VM: no lists to merge
+            (ip, enabled), = allocation.ip_addresses
+            key = address_key(ip)
+            if not enabled or key in router:
+                continue
+            inside = sum(first <= key[1] <= last for first, last in spans[key[0]])
+            if not inside:
+                continue
+            name = f",{_short_name(allocation.hostname)}" if allocation.hostname else ""
+            text = texts[k][0] if key[0] == 4 else f"[{texts[k][0]}]"
+            # IPv4: one line per served subnet holding it; IPv6: one line
+            line = Line(f"{allocation.mac_address},{text}{name}",
+                        f"networks[{index}].allocations[{k}]")
+            lines += [line] * (inside if key[0] == 4 else 1)
+            continue
         v4, v6 = [], []  # (address_key, text) by subnet (v4), in no order yet (v6)
         wanted = [(address_key(ip), text) for (ip, enabled), text in
                   zip(allocation.ip_addresses, texts[k]) if enabled]
