@@ -234,21 +234,39 @@ def _short_name(hostname):
     return hostname.split(".", 1)[0]
 
 
-@per_object
 def _host_lines(network, index):
+    return _allocation_lines(network, index)[0]
+
+
+def _network_names(network, index):
+    return _allocation_lines(network, index)[1]
+
+
+@per_object
+def _allocation_lines(network, index):
+    """(reservations, names) of ``network``'s allocations (``_reservations``,
+    ``_names``), their addresses formatted once for both, in MAC order."""
+    allocations = network.allocations
+    order = [k for _, k in sorted((allocations[k].mac_address, k)
+                                  for k in range(len(allocations)))]
+    texts = allocation_texts(network)
+    return (_reservations(network, index, order, texts),
+            _names(network, index, order, texts))
+
+
+def _reservations(network, index, order, texts):
     """``<mac>,<v4>,[<v6>]...,<name>`` per allocation: at most one IPv4 address per served
     v4 subnet (dnsmasq allows one per dhcp-host, so a second subnet gets its own line),
     every address in the stateful v6 subnets, never the router's own addresses.
-    Addresses are compared as ``(version, integer)`` (ipaddress's hashing and ``in`` are
-    Python code: a full apply reserves thousands) and formatted once
-    (``allocation_texts``)."""
+    Addresses are compared as ``(version, integer)``: ipaddress's hashing and ``in`` are
+    Python code, and a full apply reserves thousands."""
     served = served_subnets(network, index)
     router = {address_key(a.ip) for a in network.interface.addresses}
     spans = {4: [_span(s.subnet.cidr) for s in served if s.mode == DHCPV4],
              6: [_span(s.subnet.cidr) for s in served if s.mode == DHCPV6_STATEFUL]}
-    allocations, texts = network.allocations, allocation_texts(network)
+    allocations = network.allocations
     lines = []
-    for k in mac_order(network):
+    for k in order:
         allocation = allocations[k]
         if len(allocation.ip_addresses) == 1:  # nearly every VM: no lists to merge
             (ip, enabled), = allocation.ip_addresses
@@ -292,14 +310,6 @@ def _span(cidr):
     return int(cidr.network_address), int(cidr.broadcast_address)
 
 
-@per_object
-def mac_order(network):
-    """Indexes of ``network``'s allocations sorted by MAC (then payload order)."""
-    allocations = network.allocations
-    return tuple(k for _, k in sorted((allocations[k].mac_address, k)
-                                      for k in range(len(allocations))))
-
-
 def _name_lines(config):
     """DNS names of every address of every allocation on the tenant networks (DHCP or
     not: a static VM has a name too), as ``<address> <hostname> [<short name>]``."""
@@ -313,11 +323,11 @@ def _name_lines(config):
     return tuple(lines)
 
 
-@per_object
-def _network_names(network, index):
+def _names(network, index, order, texts):
+    """``<address> <hostname> [<short name>]`` per address of each named allocation."""
     lines = []
-    allocations, texts = network.allocations, allocation_texts(network)
-    for k in mac_order(network):
+    allocations = network.allocations
+    for k in order:
         hostname = allocations[k].hostname
         if not hostname:
             continue
