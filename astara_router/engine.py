@@ -5,7 +5,9 @@
 * **plan** (pure): every subsystem turns the model into what it wants — address and route
   sets, the nftables ruleset, daemon configurations — with no I/O.
 * **check**: every daemon's own checker (``dnsmasq --test``, ``bird -p``, ...) runs on the
-  plan *before the kernel is touched*, so a refused configuration costs no rollback.
+  plan *before the kernel is touched*, so a refused configuration costs no rollback
+  (``dnsmasq --test`` begins once its plan exists, while the other subsystems are planned;
+  refusals still come in the subsystems' order).
 * **apply**: each subsystem changes only the difference between its plan and its *base*:
   the plan committed last, kept in memory, when nothing changed behind the agent's back
   since (``watch.KernelWatch``; daemons are checked by PID); otherwise (boot, drift, after a
@@ -49,7 +51,8 @@ from .errors import ApplyError, state_full_is_507
 from .history import History
 from .memory import give_back
 from .metrics import Metrics
-from .model import PayloadError, SystemConfig, check_management_path, parse_payload
+from .model import (PayloadError, SystemConfig, check_management_path, parse_payload,
+                    prepare_schema)
 from .model.change import floating_ip_change
 from .naming import InterfaceNames, list_nics
 from .render.firewall import TABLE
@@ -439,6 +442,7 @@ class Engine:
         """Re-apply the persisted generation before the API reports ready, from the live
         state. An apply that was interrupted (crash, kill -9) left pending.json: what it may
         have configured is cleaned too."""
+        prepare_schema()  # not in the first push
         with self._lock:
             self._number_nics()
             leftovers = []
@@ -548,11 +552,15 @@ class Engine:
                                  else previous.plans.get(subsystem.name))
                 for subsystem in self.subsystems}
 
-    def _plans(self, config, names, previous):
-        """Every subsystem's plan. When nothing but floating IPs changed (the usual push), one
-        whose plan does not read them keeps its committed plan (rendering dnsmasq's or the
-        proxy's configuration again would give the same) and one that maps them patches
-        its committed plan with the few added and removed (``plan_floating_ips``)."""
+    def _plans(self, config, names, previous, bases):
+        """``(plans, checks)``: every subsystem's plan, and the checks begun while the others
+        were planned (``start_check``: dnsmasq's checker runs beside the planning of the
+        rest, each ``wait()`` gives its verdict; a plan that fails is raised in the
+        subsystems' order, as when they were planned one after the other). When nothing
+        but floating IPs changed (the usual push), one whose plan does not read them keeps
+        its committed plan (rendering dnsmasq's or the proxy's configuration again would
+        give the same) and one that maps them patches its committed plan with the few
+        added and removed (``plan_floating_ips``)."""
         unchanged = (previous.config is not None and dict(previous.names) == names
                      and previous.config.without_floating_ips()
                      == config.without_floating_ips())
@@ -571,7 +579,27 @@ class Engine:
                         return patched
             return subsystem.plan(config, names)
 
-        return {s.name: plan(s) for s in self.subsystems}
+        plans, failed, checks = {}, {}, {}
+        try:
+            for subsystem in self.subsystems:
+                if hasattr(subsystem, "start_check"):
+                    try:
+                        plans[subsystem.name] = plan(subsystem)
+                    except Exception as exc:  # raised in its turn, below
+                        failed[subsystem.name] = exc
+                        continue
+                    checks[subsystem.name] = subsystem.start_check(
+                        plans[subsystem.name], bases[subsystem.name])
+            for subsystem in self.subsystems:
+                if subsystem.name in failed:
+                    raise failed[subsystem.name]
+                if subsystem.name not in plans:
+                    plans[subsystem.name] = plan(subsystem)
+        except BaseException:
+            for check in checks.values():
+                check.cancel()
+            raise
+        return plans, checks
 
     def _transaction(self, config, digest, previous, raw, leftovers=(), awaiting=False,
                      background=None):
@@ -587,9 +615,16 @@ class Engine:
         try:
             names = ctx.kernel_names()
             bases = self._bases(previous, names)
-            plans = self._plans(config, names, previous)
-            for subsystem in self.subsystems:  # before anything live changes
-                subsystem.check(plans[subsystem.name], bases[subsystem.name])
+            plans, checks = self._plans(config, names, previous, bases)
+            try:
+                for subsystem in self.subsystems:  # before anything live changes
+                    if subsystem.name in checks:
+                        checks.pop(subsystem.name).wait()
+                    else:
+                        subsystem.check(plans[subsystem.name], bases[subsystem.name])
+            finally:
+                for check in checks.values():  # after a refusal: the ones not waited for
+                    check.cancel()
             new_generation = digest != previous.hash
             if new_generation:
                 self._check_space(raw)

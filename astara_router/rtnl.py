@@ -180,10 +180,22 @@ def _attribute(kind, value):
     return data + b"\0" * (-len(data) % 4)
 
 
+# The whole request for an IPv4 address without a broadcast address (a floating IP's /32,
+# thousands in a full apply), in one pack: header, ifaddrmsg, IFA_LOCAL, IFA_ADDRESS.
+HOST4_REQUEST = struct.Struct(f"={NLMSGHDR.format[1:]}{IFADDRMSG.format[1:]}HH4sHH4s")
+
+
 def address_request(seq, add, index, address, nodad=False):
     """One RTM_NEWADDR ("address replace", with the broadcast address for IPv4 prefixes
     shorter than /31, like ``ip ... broadcast +``) or RTM_DELADDR message."""
     version, network = address.version, address.network
+    if version == 4 and not nodad and (network.prefixlen >= 31 or not add):  # same bytes
+        packed = address.packed
+        return HOST4_REQUEST.pack(
+            HOST4_REQUEST.size, RTM_NEWADDR if add else RTM_DELADDR,
+            NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE | NLM_F_REPLACE if add else 0), seq, 0,
+            socket.AF_INET, network.prefixlen, 0, 0, index,
+            RTATTR.size + 4, IFA_LOCAL, packed, RTATTR.size + 4, IFA_ADDRESS, packed)
     family = socket.AF_INET if version == 4 else socket.AF_INET6
     flags = IFA_F_NODAD if nodad else 0
     packed = address.packed  # an IPv4/6Interface is its address: no address object made

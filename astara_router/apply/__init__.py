@@ -28,6 +28,10 @@ optional:
                                           ``base`` (the committed plan of the previous
                                           configuration) patched by ``change``
                                           (model/change.py); None: plan in full
+``start_check(plan, base) -> begun``      ``check`` begun while the other subsystems are
+                                          planned (a checker process running beside
+                                          them); ``begun.wait()`` raises as ``check``
+                                          would, ``begun.cancel()`` stops it
 ``healthy(plan) -> bool``                 its daemon still runs (identical-push fast path)
 ``expected(plan, nics)``                  (netlink) what the kernel watch compares its
                                           notifications with (watch.Expected)

@@ -53,10 +53,12 @@ def reservation_groups(lines):
     for i, line in enumerate(lines):
         for token in line.text.split(",")[1:]:  # the MAC first, a short name has no dot
             if "." in token or token.startswith("["):
-                parent[root(i)] = root(owner.setdefault(token, i))
+                first = owner.setdefault(token, i)
+                if first != i:  # named before: one group (most addresses are named once)
+                    parent[root(i)] = root(first)
     groups = {}
     for i, line in enumerate(lines):
-        groups.setdefault(root(i), []).append(line)
+        groups.setdefault(i if parent[i] == i else root(i), []).append(line)
     return list(groups.values())
 
 
@@ -66,12 +68,11 @@ def check_chunks(files, size=CHECK_CHUNK):
     share) and of the DNS names; a single one up to ``size`` reservations (a check more
     costs a process start, ~3 ms, more than it saves below that)."""
     lines = files.check_lines()
-    conf = lines[:len(files.conf_lines)]
-    inlined = lines[len(conf):]
-    hosts = [line for line in inlined if line.text.startswith("dhcp-host=")]
-    names = [line for line in inlined if not line.text.startswith("dhcp-host=")]
-    if len(hosts) <= size:
+    if len(files.host_lines) <= size:
         return [lines]
+    conf = lines[:len(files.conf_lines)]
+    hosts = lines[len(conf):len(conf) + len(files.host_lines)]  # check_lines' order
+    names = lines[len(conf) + len(hosts):]
     shares = [[]]
     for group in reservation_groups(hosts):
         if shares[-1] and len(shares[-1]) + len(group) > size:
@@ -86,32 +87,66 @@ def dnsmasq_test(files, path):
     written to ``path``; a large one in shares, ``check_chunks``, checked side by side). A
     refusal becomes an ApplyError naming the payload field of the refused line (422), or a
     500 when dnsmasq itself cannot run."""
-    chunks = check_chunks(files, CHECK_CHUNK)
-    paths = [path if i == 0 else f"{path}.{i}" for i in range(len(chunks))]
-    running = []
-    try:
-        for lines, chunk_path in zip(chunks, paths):
-            atomic_write(chunk_path, "".join(f"{line.text}\n" for line in lines), 0o600,
-                         durable=False)
-            running.append(subprocess.Popen(
-                [DNSMASQ, "--test", f"--conf-file={chunk_path}"], stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        outputs = [process.communicate(timeout=CHECK_TIMEOUT) for process in running]
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ApplyError("", f"dnsmasq --test: {exc}", status=500) from exc
-    finally:
-        for process in running:
+    DnsmasqTest(files, path).wait()
+
+
+class DnsmasqTest:
+    """``dnsmasq_test`` begun: the checkers run while the caller goes on (the engine plans
+    the other subsystems meanwhile); ``wait()`` gives their verdict, ``cancel()`` stops
+    them. Either removes the candidate files."""
+
+    def __init__(self, files, path):
+        self.chunks = check_chunks(files, CHECK_CHUNK)
+        self.paths = [path if i == 0 else f"{path}.{i}" for i in range(len(self.chunks))]
+        self.running = []
+        self.error = None  # raised by wait(), in the check's turn
+        try:
+            for lines, chunk_path in zip(self.chunks, self.paths):
+                atomic_write(chunk_path, "".join(f"{line.text}\n" for line in lines), 0o600,
+                             durable=False)
+                self.running.append(subprocess.Popen(
+                    [DNSMASQ, "--test", f"--conf-file={chunk_path}"], stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        except OSError as exc:
+            self.cancel()
+            self.error = ApplyError("", f"dnsmasq --test: {exc}", status=500)
+            self.error.__cause__ = exc
+
+    def wait(self):
+        if self.error is not None:
+            raise self.error
+        try:
+            outputs = [process.communicate(timeout=CHECK_TIMEOUT) for process in self.running]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ApplyError("", f"dnsmasq --test: {exc}", status=500) from exc
+        finally:
+            self.cancel()
+        for lines, process, (stdout, stderr) in zip(self.chunks, self.running, outputs):
+            if process.returncode != 0:
+                _refusal(lines, stdout, stderr)
+
+    def cancel(self):
+        for process in self.running:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-        for chunk_path in paths:
+            for stream in (process.stdout, process.stderr):
+                stream.close()
+        for chunk_path in self.paths:
             try:
                 os.unlink(chunk_path)
             except FileNotFoundError:
                 pass
-    for lines, process, (stdout, stderr) in zip(chunks, running, outputs):
-        if process.returncode != 0:
-            _refusal(lines, stdout, stderr)
+
+
+class _Passed:
+    """A check that had nothing to run."""
+
+    def wait(self):
+        pass
+
+    def cancel(self):
+        pass
 
 
 def _refusal(lines, stdout, stderr):
@@ -148,9 +183,14 @@ class DhcpSubsystem:
         return render_dnsmasq(config, names, self.directory)
 
     def check(self, plan, base):
-        if plan is not None and plan != base:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            dnsmasq_test(plan, self.check_path)
+        self.start_check(plan, base).wait()
+
+    def start_check(self, plan, base):
+        """``check`` begun (DnsmasqTest): ``wait()`` for the verdict."""
+        if plan is None or plan == base:
+            return _Passed()
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        return DnsmasqTest(plan, self.check_path)
 
     def healthy(self, plan):
         return plan is None or self.daemon.pid() is not None

@@ -211,10 +211,11 @@ def _check_floating_ips(problems, config, router_path, indexed):
     if config.router.default_v4_gateway is not None:
         taken[address_key(config.router.default_v4_gateway)] = "the default_v4_gateway"
     for i, fip in indexed:
-        why = taken.get(fip.key) or _unusable(fip.key)
+        key = fip.key
+        why = taken.get(key) or _unusable(key)
         if why:
             problems.add(join(router_path, f"floating_ips[{i}].floating_ip"),
-                         f"{fip.floating_ip} {'is ' if fip.key in taken else ''}{why}")
+                         f"{fip.floating_ip} {'is ' if key in taken else ''}{why}")
 
 
 # -- the management path ------------------------------------------------------------------

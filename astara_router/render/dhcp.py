@@ -27,10 +27,11 @@ import posixpath
 from dataclasses import dataclass
 from ipaddress import ip_network
 
+from ..model.checks import address_key
 from .interfaces import kernel_name
 from .ipv6 import DHCPV6_STATEFUL, SLAAC, ipv6_mode
 from .memo import per_object
-from .text import comment
+from .text import allocation_texts, comment
 
 CONF = "dnsmasq.conf"
 HOSTS = "dhcp-hosts"
@@ -90,9 +91,9 @@ class DnsmasqFiles:
         """The main config with the reservations and names inlined: ``dnsmasq --test``
         does not open the hosts files, so this is how their lines get checked too."""
         inlined = [Line(f"dhcp-host={line.text}", line.path) for line in self.host_lines]
-        for line in self.name_lines:
-            address, *names = line.text.split()
-            inlined.append(Line(f"host-record={','.join(names)},{address}", line.path))
+        inlined += [Line(f"host-record={names.replace(' ', ',')},{address}", line.path)
+                    for line in self.name_lines
+                    for address, names in (line.text.split(" ", 1),)]  # one space each
         return self.conf_lines + tuple(inlined)
 
 
@@ -233,34 +234,80 @@ def _short_name(hostname):
     return hostname.split(".", 1)[0]
 
 
-@per_object
 def _host_lines(network, index):
+    return _allocation_lines(network, index)[0]
+
+
+def _network_names(network, index):
+    return _allocation_lines(network, index)[1]
+
+
+@per_object
+def _allocation_lines(network, index):
+    """(reservations, names) of ``network``'s allocations (``_reservations``,
+    ``_names``), their addresses formatted once for both, in MAC order."""
+    allocations = network.allocations
+    order = [k for _, k in sorted((allocations[k].mac_address, k)
+                                  for k in range(len(allocations)))]
+    texts = allocation_texts(network)
+    return (_reservations(network, index, order, texts),
+            _names(network, index, order, texts))
+
+
+def _reservations(network, index, order, texts):
     """``<mac>,<v4>,[<v6>]...,<name>`` per allocation: at most one IPv4 address per served
     v4 subnet (dnsmasq allows one per dhcp-host, so a second subnet gets its own line),
-    every address in the stateful v6 subnets, never the router's own addresses."""
+    every address in the stateful v6 subnets, never the router's own addresses.
+    Addresses are compared as ``(version, integer)``: ipaddress's hashing and ``in`` are
+    Python code, and a full apply reserves thousands."""
     served = served_subnets(network, index)
-    router = {a.ip for a in network.interface.addresses}
-    v4_subnets = [s.subnet.cidr for s in served if s.mode == DHCPV4]
-    v6_subnets = [s.subnet.cidr for s in served if s.mode == DHCPV6_STATEFUL]
+    router = {address_key(a.ip) for a in network.interface.addresses}
+    spans = {4: [_span(s.subnet.cidr) for s in served if s.mode == DHCPV4],
+             6: [_span(s.subnet.cidr) for s in served if s.mode == DHCPV6_STATEFUL]}
+    allocations = network.allocations
     lines = []
-    order = sorted(range(len(network.allocations)),
-                   key=lambda k: (network.allocations[k].mac_address, k))
     for k in order:
-        allocation = network.allocations[k]
-        wanted = [ip for ip in allocation.dhcp_addresses if ip not in router]
-        v4 = [min(inside) for inside in ([ip for ip in wanted if ip in cidr]
-                                         for cidr in v4_subnets) if inside]
-        v6 = sorted(ip for ip in wanted if any(ip in cidr for cidr in v6_subnets))
+        allocation = allocations[k]
+        if len(allocation.ip_addresses) == 1:  # nearly every VM: no lists to merge
+            (ip, enabled), = allocation.ip_addresses
+            key = address_key(ip)
+            if not enabled or key in router:
+                continue
+            inside = sum(first <= key[1] <= last for first, last in spans[key[0]])
+            if not inside:
+                continue
+            name = f",{_short_name(allocation.hostname)}" if allocation.hostname else ""
+            text = texts[k][0] if key[0] == 4 else f"[{texts[k][0]}]"
+            # IPv4: one line per served subnet holding it; IPv6: one line
+            line = Line(f"{allocation.mac_address},{text}{name}",
+                        f"networks[{index}].allocations[{k}]")
+            lines += [line] * (inside if key[0] == 4 else 1)
+            continue
+        v4, v6 = [], []  # (address_key, text) by subnet (v4), in no order yet (v6)
+        wanted = [(address_key(ip), text) for (ip, enabled), text in
+                  zip(allocation.ip_addresses, texts[k]) if enabled]
+        for first, last in spans[4]:
+            inside = [item for item in wanted if item[0][0] == 4
+                      and first <= item[0][1] <= last and item[0] not in router]
+            if inside:
+                v4.append(min(inside))
+        if spans[6]:
+            v6 = sorted(item for item in wanted if item[0][0] == 6 and item[0] not in router
+                        and any(first <= item[0][1] <= last for first, last in spans[6]))
         if not v4 and not v6:
             continue  # nothing to reserve: no "<mac>,,<name>" lines
-        name = [_short_name(allocation.hostname)] if allocation.hostname else []
-        first = [allocation.mac_address] + [str(ip) for ip in v4[:1]]
-        first += [f"[{ip}]" for ip in v6] + name
+        name = f",{_short_name(allocation.hostname)}" if allocation.hostname else ""
         path = f"networks[{index}].allocations[{k}]"
-        lines.append(Line(",".join(first), path))
-        lines += [Line(",".join([allocation.mac_address, str(ip)] + name), path)
-                  for ip in v4[1:]]
+        mac = allocation.mac_address
+        lines.append(Line("".join([mac, *(f",{text}" for _, text in v4[:1]),
+                                   *(f",[{text}]" for _, text in v6), name]), path))
+        lines += [Line(f"{mac},{text}{name}", path) for _, text in v4[1:]]
     return tuple(lines)
+
+
+def _span(cidr):
+    """(first, last) address of ``cidr`` as integers."""
+    return int(cidr.network_address), int(cidr.broadcast_address)
 
 
 def _name_lines(config):
@@ -276,21 +323,18 @@ def _name_lines(config):
     return tuple(lines)
 
 
-@per_object
-def _network_names(network, index):
+def _names(network, index, order, texts):
+    """``<address> <hostname> [<short name>]`` per address of each named allocation."""
     lines = []
-    order = sorted(range(len(network.allocations)),
-                   key=lambda k: (network.allocations[k].mac_address, k))
+    allocations = network.allocations
     for k in order:
-        allocation = network.allocations[k]
-        if not allocation.hostname:
+        hostname = allocations[k].hostname
+        if not hostname:
             continue
-        names = [allocation.hostname]
-        if _short_name(allocation.hostname) != allocation.hostname:
-            names.append(_short_name(allocation.hostname))
-        for ip, _ in allocation.ip_addresses:
-            lines.append(Line(" ".join([str(ip)] + names),
-                              f"networks[{index}].allocations[{k}].hostname"))
+        short = _short_name(hostname)
+        names = f" {hostname}" if short == hostname else f" {hostname} {short}"
+        path = f"networks[{index}].allocations[{k}].hostname"
+        lines += [Line(text + names, path) for text in texts[k]]
     return tuple(lines)
 
 

@@ -62,6 +62,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass, replace
+from operator import attrgetter
 
 from ..errors import ApplyError
 from ..model.vpn import active_connections
@@ -289,15 +290,14 @@ def floating_ip_maps(fips, external):
         suffix, typ = FAMILIES[version][2], FAMILIES[version][1]
         snat = {}
         for fip in fips:  # a fixed IP with several floating IPs leaves as the first
-            snat.setdefault(int(fip.fixed_ip), fip)  # the integer: one family here
+            snat.setdefault(int(fip.fixed_ip), fip.texts)  # the integer: one family here
         maps.append((version, NamedSet(
             f"fip_dnat{suffix}", f"{typ} : {typ}",
-            tuple(f"{floating} : {fixed}" for floating, fixed in
-                  (fip.texts for fip in sorted(fips, key=_by_floating))),
+            tuple([f"{floating} : {fixed}" for floating, fixed in
+                   map(_TEXTS, sorted(fips, key=_by_floating))]),
             comment="floating IPs: floating -> fixed (DNAT)"), NamedSet(
             f"fip_snat{suffix}", f"{typ} : {typ}",
-            tuple(f"{fip.texts[1]} : {fip.texts[0]}" for fixed, fip in
-                  sorted(snat.items(), key=lambda item: item[0])),
+            tuple([f"{fixed} : {floating}" for _, (floating, fixed) in sorted(snat.items())]),
             comment="floating IPs: fixed -> floating (SNAT)")))
     return maps
 
@@ -355,6 +355,9 @@ def _put(elements, element, key):
         return False
     elements.insert(i, element)
     return True
+
+
+_TEXTS = attrgetter("texts")
 
 
 def _by_floating(fip):

@@ -16,6 +16,7 @@ from astara_netns import in_netns, pid_alive
 from astara_router import settings as settings_mod
 from astara_router.api import create_app
 from astara_router.engine import Engine
+from astara_router.errors import ApplyError
 
 pytestmark = pytest.mark.netns
 
@@ -218,6 +219,67 @@ def test_work_after_the_commit_starts_once_the_answer_is_sent(lab, tmp_path):
     assert not announcing.announced.wait(0.5)  # the answer is not sent (closed) yet
     response.close()
     assert announcing.announced.wait(10)
+
+
+class Refusing(CountingPlans):
+    """A subsystem (test double) whose plan or check refuses the push."""
+
+    def __init__(self, name, refuse_plan=False, refuse_check=False):
+        super().__init__(name, True)
+        self.refuse_plan, self.refuse_check = refuse_plan, refuse_check
+
+    def plan(self, config, names):
+        if self.refuse_plan:
+            raise ApplyError(self.name, "plan refused")
+        return super().plan(config, names)
+
+    def check(self, plan, base):
+        if self.refuse_check:
+            raise ApplyError(self.name, "check refused")
+
+
+class BegunCheck(Refusing):
+    """A subsystem (test double) whose check begins while the others are planned, like
+    dnsmasq's: records whether it was waited for or stopped."""
+
+    def __init__(self, name, **refusals):
+        super().__init__(name, **refusals)
+        self.outcome = None
+
+    def start_check(self, plan, base):
+        test = self
+
+        class Begun:
+            def wait(self):
+                test.outcome = "waited"
+                test.check(plan, base)
+
+            def cancel(self):
+                test.outcome = test.outcome or "cancelled"
+        return Begun()
+
+
+@pytest.mark.parametrize("first, begun, last, refused_by, outcome", [
+    # the first refusal in the subsystems' order wins, and every plan comes before checks
+    ({"refuse_plan": True}, {"refuse_plan": True}, {}, "first", None),
+    ({"refuse_check": True}, {"refuse_check": True}, {}, "first", "cancelled"),
+    ({}, {"refuse_plan": True}, {"refuse_plan": True}, "begun", None),
+    ({"refuse_check": True}, {}, {"refuse_plan": True}, "last", "cancelled"),
+    ({}, {"refuse_check": True}, {"refuse_check": True}, "begun", "waited"),
+    ({}, {}, {"refuse_check": True}, "last", "waited"),
+])
+def test_a_check_begun_early_keeps_the_order_of_refusals(lab, tmp_path, first, begun, last,
+                                                         refused_by, outcome):
+    ns = lab.netns("begun")
+    settings = settings_mod.load(state_dir=str(tmp_path), enabled_services="router")
+    early = BegunCheck("begun", **begun)
+    engine = Engine(settings, subsystems=[Refusing("first", **first), early,
+                                          Refusing("last", **last)])
+    with in_netns(ns.name), pytest.raises(ApplyError) as refused:
+        engine.apply(copy.deepcopy(BASIC))
+    assert refused.value.path == refused_by
+    assert early.outcome == outcome
+    assert engine.committed.generation == 0
 
 
 def _swallow(func, *args):
