@@ -458,6 +458,9 @@ class Store:
             os.rmdir(directory)
         except OSError:
             pass
+        # Durably gone before any commit: a config.json back after a power loss would be
+        # moved in again, over the generations committed since.
+        fsync_directory(self.state_dir)
 
     # -- the apply in progress ---------------------------------------------------------------
     def load_pending(self):
