@@ -128,8 +128,9 @@ def redact(value):
 
 
 # Free space the state directory must have before a new generation is applied: room for
-# pending.json and config.json (each about the payload's size, written next to the old one
-# before a rename) plus the daemons' configurations and leases.
+# pending.json (about the payload's size, written next to the old one before a rename) and
+# the record of the generation (store.py: at most a payload's size more than the slot it
+# overwrites held) plus the daemons' configurations and leases.
 STATE_RESERVE = 256 * 1024
 STATE_SPACE_FACTOR = 3  # payload-sized files that may coexist during a commit
 
