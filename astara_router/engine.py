@@ -64,6 +64,61 @@ LOG = logging.getLogger(__name__)
 REDACTED = "<redacted>"
 SECRET_KEYS = {"psk", "password", "secret", "auth_key", "shared_secret"}
 SECRET_KEY = re.compile(rb'"(?:%s)"\s*:' % b"|".join(k.encode() for k in sorted(SECRET_KEYS)))
+QUOTED_SECRET_KEY = re.compile(rb'"(?:%s)"' % b"|".join(k.encode() for k in sorted(SECRET_KEYS)))
+SECRET_KEY_LENGTH = max(map(len, SECRET_KEYS)) + 2  # with its quotes
+JSON_SPACE = re.compile(rb"\s*:")  # what SECRET_KEY asks after the quoted key
+SAME_BLOCK = 4096  # the unchanged head and tail of a push are found block by block
+
+
+def holds_secret(raw, before=None):
+    """Whether the JSON bytes ``raw`` name a secret key (``SECRET_KEY``: then the view is
+    redacted). ``before``: the bytes of an earlier payload that names none; a match then
+    overlaps the part of ``raw`` that differs from them (the pattern looks at nothing
+    outside its match), so only that part and its edges are searched: a push that adds
+    one floating IP searches a few kilobytes, not the whole body (0.4 ms at 250 KB)."""
+    if before is None:
+        return SECRET_KEY.search(raw) is not None
+    before = bytes(before)
+    head = _same_head(raw, before)
+    end = len(raw) - _same_tail(raw, before, min(len(raw), len(before)) - head)
+    start = head
+    while start and raw[start - 1:start].isspace():  # a key may end before the spaces
+        start -= 1
+    for key in QUOTED_SECRET_KEY.finditer(raw, max(0, start - SECRET_KEY_LENGTH),
+                                          end + SECRET_KEY_LENGTH):
+        if key.start() < end and JSON_SPACE.match(raw, key.end()):
+            return True
+    return False
+
+
+def _same_head(first, second):
+    """How many leading bytes ``first`` and ``second`` share, in whole blocks (a lower
+    bound: enough for ``holds_secret``)."""
+    done, length = 0, min(len(first), len(second))
+    while (done + SAME_BLOCK <= length
+           and first[done:done + SAME_BLOCK] == second[done:done + SAME_BLOCK]):
+        done += SAME_BLOCK
+    return done
+
+
+def _same_tail(first, second, limit):
+    """How many trailing bytes (at most ``limit``) they share, in whole blocks."""
+    done = 0
+    while (done + SAME_BLOCK <= limit
+           and first[len(first) - done - SAME_BLOCK:len(first) - done]
+           == second[len(second) - done - SAME_BLOCK:len(second) - done]):
+        done += SAME_BLOCK
+    return done
+
+
+def same_bytes(first, second):
+    """``first == second`` for bytes and memoryviews of bytes, as one memcmp: comparing a
+    memoryview with ``==`` goes byte by byte (0.5 ms for a 250 KB payload, 0.01 copied)."""
+    if first is second:
+        return True
+    if first is None or second is None or len(first) != len(second):
+        return False
+    return bytes(first) == bytes(second)
 
 
 def redact(value):
@@ -76,8 +131,9 @@ def redact(value):
 
 
 # Free space the state directory must have before a new generation is applied: room for
-# pending.json and config.json (each about the payload's size, written next to the old one
-# before a rename) plus the daemons' configurations and leases.
+# pending.json (about the payload's size, written next to the old one before a rename) and
+# the record of the generation (store.py: at most a payload's size more than the slot it
+# overwrites held) plus the daemons' configurations and leases.
 STATE_RESERVE = 256 * 1024
 STATE_SPACE_FACTOR = 3  # payload-sized files that may coexist during a commit
 
@@ -133,7 +189,8 @@ class Committed:
     embeds); ``plans`` are what this process applied (empty until the boot re-apply);
     ``pushed`` the exact bytes last pushed for it (``raw`` itself unless the same payload
     came again formatted otherwise): an identical push is told by comparing bytes, cheaper
-    than hashing them."""
+    than hashing them; ``secrets`` whether ``raw`` names a secret key (``holds_secret``;
+    None: not known yet)."""
     generation: int = 0
     raw: Optional[bytes] = None
     config: Optional[SystemConfig] = None
@@ -142,6 +199,7 @@ class Committed:
     plans: Mapping = field(default_factory=dict)
     names: Mapping = field(default_factory=dict)  # geN -> kernel name the plans were made for
     pushed: Optional[bytes] = None
+    secrets: Optional[bool] = None
 
     @property
     def payload(self):
@@ -158,16 +216,17 @@ class Committed:
     @cached_property
     def view_json(self):
         raw = self.raw if self.raw is not None else b"{}"
-        redacted = SECRET_KEY.search(raw) is not None
+        redacted = holds_secret(raw) if self.secrets is None else self.secrets
         if redacted:  # decode, redact, encode; else the pushed bytes as such
             raw = msgspec.json.encode(redact(msgspec.json.decode(raw)))
         inner = raw.strip() if isinstance(raw, bytes) else raw  # a view is stripped already
         head = b'{"configuration": '
-        view = (head + inner + b', "generation": %d, "hash": %s}\n'
-                % (self.generation, json.dumps(self.hash).encode()))
+        view = b"".join((head, inner, b', "generation": %d, "hash": %s}\n'
+                         % (self.generation, json.dumps(self.hash).encode())))
         if self.raw is not None and not redacted:
             embedded = memoryview(view)[len(head):len(head) + len(inner)]
-            if self.pushed is not None and self.pushed == embedded:  # a memcmp: ~0.1 ms
+            if (self.pushed is self.raw and inner is self.raw  # as pushed: no compare
+                    or same_bytes(self.pushed, embedded)):
                 object.__setattr__(self, "pushed", embedded)
             object.__setattr__(self, "raw", embedded)
         return view
@@ -306,7 +365,8 @@ class Engine:
     def apply(self, body, raw=None, source=None, local=None, confirm_timeout=None,
               request_id=None, origin="push", detail=None, defer_background=False) -> Outcome:
         """Validate and apply a whole payload (``raw``: the bytes it was decoded from, for
-        the identical-push fast path); raise PayloadError/ApplyError on failure with the
+        the identical-push fast path; ``body`` may be None when ``pushed_before(raw)``);
+        raise PayloadError/ApplyError on failure with the
         previous generation left in place. ``source``/``local``: the request's peer address
         and the address it arrived on (the management path to keep); ``confirm_timeout``:
         seconds before a new generation reverts unless ``confirm()`` is called;
@@ -358,13 +418,20 @@ class Engine:
                 "subsystems": [name for name, plan in plans.items()
                                if plan != committed.plans.get(name)]}
 
+    def pushed_before(self, raw):
+        """``raw`` are the bytes of the last push (so valid JSON: ``apply`` may be given
+        them undecoded, and an identical push needs no decoding at all)."""
+        return same_bytes(raw, self.committed.pushed)
+
     def _apply(self, body, raw, source, local, confirm_timeout):
         if raw is None:  # a caller with only the decoded body (tests, tools)
             raw = msgspec.json.encode(body)
         with self._lock:
             previous = self.committed
-            if raw == previous.pushed and self._intact(previous):
+            if same_bytes(raw, previous.pushed) and self._intact(previous):
                 return Outcome(previous, 0)
+        if body is None:  # bytes pushed before (pushed_before), so valid JSON
+            body = msgspec.json.decode(raw)
         config = self.parse(body)  # before the lock: invalid bodies never wait or touch
         digest = payload_hash(body)
         with self._lock:
@@ -378,7 +445,9 @@ class Engine:
             background = Background()
             committed, changes = self._transaction(config, digest, previous, raw,
                                                    awaiting=awaiting, background=background)
-            self.committed = replace(committed, pushed=raw)
+            # Known clean before: only what this push changed can name a secret.
+            secrets = holds_secret(raw, previous.raw if previous.secrets is False else None)
+            self.committed = replace(committed, pushed=raw, secrets=secrets)
             self.state, self.last_error = "ready", None
             if committed.generation != previous.generation:
                 self._arm_revert(committed.generation, confirm_timeout)

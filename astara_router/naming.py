@@ -69,8 +69,9 @@ class InterfaceNames:
             numbers = {mac: n for mac, n in self._numbers.items() if mac in present}
             used = set(numbers.values())
             free = (n for n in range(10000) if n not in used)
-            for nic in sorted(nics, key=lambda nic: natural_key(nic.kernel_name)):
-                if nic.mac not in numbers:
+            new = [nic for nic in nics if nic.mac not in numbers]  # usually none: no sort
+            for nic in sorted(new, key=lambda nic: natural_key(nic.kernel_name)):
+                if nic.mac not in numbers:  # a MAC listed twice is numbered once
                     numbers[nic.mac] = next(free)
             if numbers != self._numbers:
                 self._numbers = numbers

@@ -175,7 +175,7 @@ def kernel_state(appliance):
 # The agent's records of a generation (its number, the daemons' PIDs, the generations kept
 # for a rollback): they differ between two applies of the same payload, and no refusal may
 # touch them.
-GENERATION_RECORDS = ("config.json", "previous.json", "loaded.json", "generations")
+GENERATION_RECORDS = ("committed", "loaded.json")  # store.py: the slots of the generations
 
 
 def state_difference(before, after, ignore=()):

@@ -1,7 +1,7 @@
 """The transaction is whole when the state directory fills up (issue 12, finding 4): the
 real agent runs with a small tmpfs over its state directory, mounted in a private mount
 namespace (nothing on the host's mounts changes); the fault comes from outside the
-product: a filler file, or strace injecting ENOSPC into the commit's rename."""
+product: a filler file, or strace injecting ENOSPC into the commit's sync."""
 import copy
 import json
 import os
@@ -128,12 +128,15 @@ def _traced(pid):
 
 def test_a_failed_commit_rolls_the_kernel_back(lab, appliance):
     """Space for the pre-check, but persisting fails: strace, attached to the running
-    agent, makes fsync fail with ENOSPC (the commit is the only durable write of a
-    floating-IP change). The kernel goes back to the previous generation."""
+    agent, makes fsync and fdatasync fail with ENOSPC (the commit's fdatasync is the only
+    durable write of a floating-IP change). The kernel goes back to the previous
+    generation, and a restart comes back on it: the record the failed commit wrote in
+    place is not taken for a committed generation."""
     appliance.start()
     before = appliance.dump()
-    tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync",
-                               "-e", "inject=fsync:error=ENOSPC",
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null",
+                               "-e", "trace=fsync,fdatasync",
+                               "-e", "inject=fsync,fdatasync:error=ENOSPC",
                                "-p", str(_worker_pid(appliance))])
     try:
         worker = _worker_pid(appliance)

@@ -50,13 +50,15 @@ def test_store_commit_and_pending(tmp_path):
     loaded = store.load()
     assert loaded.number == 1 and loaded.payload == {"b": 1, "a": [1, 2]}
     assert loaded.hash == generation.hash == payload_hash({"a": [1, 2], "b": 1})
-    assert oct(os.stat(store.config_path).st_mode & 0o777) == "0o600"
+    slots = sorted(os.listdir(store.slots_dir))
+    assert {oct(os.stat(os.path.join(store.slots_dir, s)).st_mode & 0o777)
+            for s in slots} == {"0o600"}
     store.write_pending(b'{"x": 1}')
     assert store.load_pending() == {"x": 1}
     store.clear_pending()
     assert store.load_pending() is None
     assert not [p for p in os.listdir(store.state_dir) if p.startswith(".tmp-")]
-    assert json.load(open(store.config_path))["generation"] == 1
+    assert json.load(open(store.slot_path(0)))["generation"] == 1  # a JSON document
 
 
 def test_hash_ignores_key_order_and_spacing():

@@ -54,12 +54,13 @@ def test_a_plain_push_confirms(tmp_path):
     assert store.load_previous().payload == TWO
 
 
-def test_a_marker_for_a_generation_never_committed_is_ignored(tmp_path):
+def test_a_confirmation_of_another_generation_confirms_nothing(tmp_path):
     store = Store(str(tmp_path))
     store.commit(1, ONE)
-    (tmp_path / "confirm.json").write_text('{"generation": 2}')  # crash before config.json
+    store.commit(2, TWO, awaiting=True)
+    (tmp_path / "committed" / "confirmed").write_text("1\n")  # an older confirmation
     loaded = Store(str(tmp_path)).load()
-    assert (loaded.number, loaded.payload) == (1, ONE)
+    assert (loaded.number, loaded.payload) == (3, ONE)
 
 
 # -- the generations kept for a manual rollback --------------------------------------------
@@ -68,34 +69,42 @@ def test_the_generations_before_the_committed_one_are_kept_up_to_five(tmp_path):
     for number in range(1, 9):
         store.commit(number, {"hostname": f"g{number}"})
     assert [g.number for g in store.generations()] == [8, 7, 6, 5, 4, 3]
-    assert sorted(p.name for p in (tmp_path / "generations").iterdir()) == \
-        ["3.json", "4.json", "5.json", "6.json", "7.json"]
     assert store.load_generation(3).payload == {"hostname": "g3"}
     assert store.load_generation(8).payload == {"hostname": "g8"}  # the committed one
     assert store.load_generation(2) is None
-    # Hard links of what config.json was: no copy of a megabyte payload per commit.
-    assert (tmp_path / "generations" / "7.json").stat().st_nlink == 2  # and previous.json
+    # A fixed set of files overwritten in place: no file created or removed per commit.
+    assert sorted(p.name for p in (tmp_path / "committed").iterdir()) == \
+        [f"{slot}.json" for slot in range(7)]
 
 
-def test_a_generation_that_cannot_be_kept_does_not_stop_the_commit(tmp_path):
-    store = Store(str(tmp_path))
-    store.commit(1, ONE)
-    (tmp_path / "generations").write_text("not a directory")
-    store.commit(2, TWO)
-    assert Store(str(tmp_path)).load().payload == TWO
-    assert [g.number for g in store.generations()] == [2]
-
-
-def test_listing_the_generations_reads_their_headers_only(tmp_path):
+def test_listing_the_generations_leaves_out_a_torn_record(tmp_path):
     store = Store(str(tmp_path))
     for number in range(1, 4):
         store.commit(number, {"hostname": f"g{number}", "domain": "x" * 100})
     full = {n: store.load_generation(n) for n in (1, 2, 3)}
-    kept = tmp_path / "generations" / "1.json"
-    kept.write_bytes(kept.read_bytes()[:-50])  # a payload no parser would take
+    [torn] = [p for p in (tmp_path / "committed").glob("*.json")
+              if b'"generation": 1,' in p.read_bytes()]
+    torn.write_bytes(torn.read_bytes()[:-50])
     assert [(g.number, g.hash, g.committed_at) for g in store.generations()] == \
-        [(n, full[n].hash, full[n].committed_at) for n in (3, 2, 1)]
-    # A file whose header is not first (not written by commit()) is read whole.
-    (tmp_path / "generations" / "2.json").write_text(json.dumps(
-        {"payload": {"hostname": "g2"}, "generation": 2, "hash": full[2].hash}))
-    assert [(g.number, g.hash) for g in store.generations()][1] == (2, full[2].hash)
+        [(n, full[n].hash, full[n].committed_at) for n in (3, 2)]
+    assert store.load_generation(1) is None
+
+
+def test_an_older_agents_files_are_moved_into_the_slots(tmp_path):
+    def legacy(name, number, payload):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(json.dumps({"generation": number, "hash": f"h{number}",
+                                                 "committed_at": 1.0, "payload": payload}))
+    for number in range(1, 4):
+        legacy(f"generations/{number}.json", number, {"hostname": f"g{number}"})
+    legacy("previous.json", 3, {"hostname": "g3"})
+    legacy("config.json", 4, TWO)
+    (tmp_path / "confirm.json").write_text('{"generation": 4}')
+    assert Store(str(tmp_path)).current().payload == TWO  # read as it is, moved by load()
+    loaded = Store(str(tmp_path)).load()  # 4 awaited confirmation: back on 3's payload
+    assert (loaded.number, loaded.payload) == (5, {"hostname": "g3"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["committed"]
+    store = Store(str(tmp_path))
+    assert [(g.number, g.hash) for g in store.generations()] == \
+        [(5, "h3"), (4, "h4"), (3, "h3"), (2, "h2"), (1, "h1")]
+    assert store.load_previous().number == 3 and store.awaiting() is None
