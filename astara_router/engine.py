@@ -102,8 +102,8 @@ class CollectorPause:
     than left to the collector, whose next collections walked them in whichever thread
     allocated first, usually a read's, holding the interpreter lock: a gen-0 one of 5-20
     ms after each push and full ones of 15-120 ms every ~30 pushes at 1 000 floating IPs
-    (make bench, applies back to back). Frozen objects are still freed by reference
-    counting; only a cycle that is already garbage when the push ends would stay, so the
+    (traced in the worker, applies back to back). Frozen objects are still freed by
+    reference counting; only a cycle that is already garbage when the push ends would stay, so the
     first push collects the young generations before it pauses (what reads and the last
     answer left: well under a millisecond), a successful push leaves none (100 pushes in
     the lab: nothing unreachable frozen) and a refused one does not freeze: its error

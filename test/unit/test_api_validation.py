@@ -99,7 +99,6 @@ def test_settings_file(tmp_path):
         settings_mod.load(state_dir="/tmp/z", enabled_services="router,firewall")
 
 
-
 def served(app, body):
     """The status of a PUT of ``body`` served by the WSGI app itself (the test client keeps
     request objects in cycles of its own, which a push would freeze)."""
