@@ -14,7 +14,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from .. import API_VERSION, BANNER, CAPABILITIES
-from ..engine import MAX_CONFIRM_TIMEOUT, Engine
+from ..engine import MAX_CONFIRM_TIMEOUT, PAUSE_COLLECTOR, Engine
 from ..errors import ApplyError
 from ..fencing import (EPOCH_HEADER, ORCHESTRATOR_HEADER, EpochFence, StaleEpoch,
                        parse_epoch, push_sender)
@@ -338,23 +338,27 @@ def config_routes(engine, fence):
             epoch = parse_epoch(request.headers.get(EPOCH_HEADER))
         except ValueError as exc:
             return error_response(400, "Bad Request", str(exc))
-        raw = request.get_data(cache=False)
-        body = None  # the bytes of the last push again: JSON, decoded only if need be
-        if not engine.pushed_before(raw):
-            try:
-                body = decode_json(raw)
-            except ValueError as exc:
-                return error_response(400, "Bad Request", str(exc))
+        # The decoded body is the push's too: no collection walks it while it is built
+        # (engine.CollectorPause; the engine's own pause nests in this one).
+        with PAUSE_COLLECTOR:
+            raw = request.get_data(cache=False)
+            body = None  # the bytes of the last push again: JSON, decoded only if need be
+            if not engine.pushed_before(raw):
+                try:
+                    body = decode_json(raw)
+                except ValueError as exc:
+                    return error_response(400, "Bad Request", str(exc))
 
-        sender = push_sender(orchestrator, epoch)
+            sender = push_sender(orchestrator, epoch)
 
-        def run(source, local, confirm_timeout):
-            with fence.admitted(epoch, orchestrator):
-                return engine.apply(body, raw, source=source, local=local,
-                                    confirm_timeout=confirm_timeout, request_id=request_id(),
-                                    detail=sender, defer_background=True)
+            def run(source, local, confirm_timeout):
+                with fence.admitted(epoch, orchestrator):
+                    return engine.apply(body, raw, source=source, local=local,
+                                        confirm_timeout=confirm_timeout,
+                                        request_id=request_id(), detail=sender,
+                                        defer_background=True)
 
-        return apply_answer(run, sender)
+            return apply_answer(run, sender)
 
     @routes.post("/v1/system/config/confirm")
     def confirm_config():

@@ -1,5 +1,6 @@
 """The API's refusal paths with the real engine: they all happen before anything touches
 the kernel, so they run without root or namespaces."""
+import gc
 import json
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from astara_lab.appliance import contract_payloads
 from astara_router import settings as settings_mod
 from astara_router.api import create_app
+from werkzeug.test import EnvironBuilder
 
 VALID = contract_payloads("original-orchestrator")
 INVALID = contract_payloads("invalid")
@@ -95,3 +97,31 @@ def test_settings_file(tmp_path):
     assert settings.status_v4_target == "198.18.0.254"
     with pytest.raises(ValueError):
         settings_mod.load(state_dir="/tmp/z", enabled_services="router,firewall")
+
+
+def served(app, body):
+    """The status of a PUT of ``body`` served by the WSGI app itself (the test client keeps
+    request objects in cycles of its own, which a push would freeze)."""
+    environ = EnvironBuilder(path="/v1/system/config", method="PUT", data=body,
+                             content_type="application/json").get_environ()
+    answer = []
+    chunks = app(environ, lambda status, headers, exc_info=None: answer.append(status))
+    b"".join(chunks)
+    chunks.close()
+    return int(answer[0].split()[0])
+
+
+def test_refused_pushes_leave_no_garbage_frozen(client):
+    """A push freezes what it leaves alive (engine.CollectorPause): what a refusal leaves
+    (exceptions, tracebacks, Flask's request) must be freed by then, or collectable."""
+    app = client.application
+    bodies = [json.dumps(body) for body in INVALID.values()] + [b'{"tenant_id": "abc",']
+    for body in bodies:  # first answers: imports and caches
+        served(app, body)
+    gc.unfreeze()
+    gc.collect()
+    for _ in range(3):
+        assert {served(app, body) for body in bodies} <= {400, 422}
+    gc.collect()  # the garbage the collector still sees
+    gc.unfreeze()
+    assert gc.collect() == 0  # none was frozen

@@ -1,5 +1,7 @@
-"""The engine pauses the cyclic garbage collector while pushes run, and only then."""
+"""The engine pauses the cyclic garbage collector while pushes run, and only then; what a
+push leaves alive is frozen (no later collection walks it), the garbage before it collected."""
 import gc
+import weakref
 
 import pytest
 
@@ -33,9 +35,44 @@ def test_a_collector_disabled_before_stays_disabled():
     assert not gc.isenabled()
 
 
-def test_an_exception_resumes_collections():
+def test_an_exception_resumes_collections_without_freezing():
     pause = CollectorPause()
+    frozen = gc.get_freeze_count()
     with pytest.raises(RuntimeError):
         with pause:
             raise RuntimeError("a refused push")
     assert gc.isenabled()
+    assert gc.get_freeze_count() == frozen  # its error report may leave cycles
+
+
+class Node:
+    pass
+
+
+def garbage_cycle():
+    """A cycle nothing refers to (as reads may leave): only the collector frees it."""
+    node = Node()
+    node.self = node
+    return weakref.ref(node)
+
+
+def test_a_push_freezes_what_it_leaves_alive_after_collecting_the_earlier_garbage():
+    gc.collect()
+    left_by_reads = garbage_cycle()
+    frozen = gc.get_freeze_count()
+    try:
+        with CollectorPause():
+            kept = [Node() for _ in range(100)]  # the new generation, say
+        assert left_by_reads() is None  # collected as the push began, not frozen
+        assert gc.get_freeze_count() >= frozen + len(kept)
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
+
+
+def test_without_freezing_collections_resume_over_the_survivors(monkeypatch):
+    monkeypatch.setattr(CollectorPause, "freeze", False)
+    frozen = gc.get_freeze_count()
+    with CollectorPause():
+        kept = [Node() for _ in range(100)]
+    assert gc.get_freeze_count() == frozen and kept and gc.isenabled()
