@@ -90,9 +90,15 @@ def parse_ip(text):
         raise ValueError(f"{text!r} is not an IPv4 address") from None
 
 
+IPV6_ABOVE = 1 << 128  # address_key: every IPv6 address above every IPv4 one
+
+
 def address_key(address):
-    """(version, integer): the address as a key hashed in C (FloatingIP.key's form)."""
-    return address.version, int(address)
+    """One integer per address, IPv4 ones below IPv6 ones: a key hashed in C and sorted
+    like the addresses (FloatingIP.key's form). An IPv4 address's is its own integer
+    object: nothing is allocated for thousands of floating IPs (a (version, integer) tuple
+    each held 0.3 MB at 5 000)."""
+    return int(address) if address.version == 4 else IPV6_ABOVE + int(address)
 
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
