@@ -8,6 +8,7 @@ from array import array
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from ipaddress import IPv4Address, IPv6Address
+from operator import attrgetter
 from typing import Optional, Union
 
 from .checks import address_key
@@ -188,6 +189,11 @@ class FloatingIP:
         if self._key is None:
             object.__setattr__(self, "_key", address_key(self.floating_ip))
         return self._key
+
+
+# A FloatingIP's texts as it keeps them (None until formatted), read in C: the parser's
+# memos take that tuple as their key (model/parse.py).
+KEPT_TEXTS = attrgetter("_texts")
 
 
 @dataclass(frozen=True)
