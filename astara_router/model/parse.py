@@ -166,7 +166,7 @@ def _build(payload, enabled_services, keys):
     """The model of a decoded schema.Payload, after the checks the schema cannot make
     (``keys``: ``_network_keys``, one per network entry)."""
     problems = Problems()
-    allocations = sum(map(_allocation_count, payload.networks, keys))
+    allocations = sum(map(_allocation_count, payload.networks, keys or ()))
     if allocations > schema.MAX_ALLOCATIONS_TOTAL:
         raise PayloadError([FieldError("networks", f"at most {schema.MAX_ALLOCATIONS_TOTAL} "
                                                    f"allocations in all networks together, "
