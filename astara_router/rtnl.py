@@ -185,26 +185,33 @@ def _attribute(kind, value):
 HOST4_REQUEST = struct.Struct(f"={NLMSGHDR.format[1:]}{IFADDRMSG.format[1:]}HH4sHH4s")
 
 
+def prefix_length(interface):
+    """An IPv4/6Interface's prefix length, read where ``ipaddress`` keeps it: asking
+    ``.network`` would build a network object for each floating IP's host address
+    (model/types.py, ``WholeIPv4Address``: it makes its network only on demand)."""
+    return interface._prefixlen
+
+
 def address_request(seq, add, index, address, nodad=False):
     """One RTM_NEWADDR ("address replace", with the broadcast address for IPv4 prefixes
     shorter than /31, like ``ip ... broadcast +``) or RTM_DELADDR message."""
-    version, network = address.version, address.network
-    if version == 4 and not nodad and (network.prefixlen >= 31 or not add):  # same bytes
+    version, prefixlen = address.version, prefix_length(address)
+    if version == 4 and not nodad and (prefixlen >= 31 or not add):  # same bytes
         packed = address.packed
         return HOST4_REQUEST.pack(
             HOST4_REQUEST.size, RTM_NEWADDR if add else RTM_DELADDR,
             NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE | NLM_F_REPLACE if add else 0), seq, 0,
-            socket.AF_INET, network.prefixlen, 0, 0, index,
+            socket.AF_INET, prefixlen, 0, 0, index,
             RTATTR.size + 4, IFA_LOCAL, packed, RTATTR.size + 4, IFA_ADDRESS, packed)
     family = socket.AF_INET if version == 4 else socket.AF_INET6
     flags = IFA_F_NODAD if nodad else 0
     packed = address.packed  # an IPv4/6Interface is its address: no address object made
     attrs = _attribute(IFA_LOCAL, packed) + _attribute(IFA_ADDRESS, packed)
-    if add and version == 4 and network.prefixlen < 31:
-        attrs += _attribute(IFA_BROADCAST, network.broadcast_address.packed)
+    if add and version == 4 and prefixlen < 31:
+        attrs += _attribute(IFA_BROADCAST, address.network.broadcast_address.packed)
     if flags:
         attrs += _attribute(IFA_FLAGS, struct.pack("=I", flags))
-    body = IFADDRMSG.pack(family, network.prefixlen, flags, 0, index) + attrs
+    body = IFADDRMSG.pack(family, prefixlen, flags, 0, index) + attrs
     kind = RTM_NEWADDR if add else RTM_DELADDR
     request_flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE | NLM_F_REPLACE if add else 0)
     return NLMSGHDR.pack(NLMSGHDR.size + len(body), kind, request_flags, seq, 0) + body

@@ -68,11 +68,12 @@ def check_chunks(files, size=CHECK_CHUNK):
     share) and of the DNS names; a single one up to ``size`` reservations (a check more
     costs a process start, ~3 ms, more than it saves below that)."""
     lines = files.check_lines()
-    if len(files.host_lines) <= size:
+    reservations = sum(len(block.allocations) for block in files.host_lines)
+    if reservations <= size:
         return [lines]
     conf = lines[:len(files.conf_lines)]
-    hosts = lines[len(conf):len(conf) + len(files.host_lines)]  # check_lines' order
-    names = lines[len(conf) + len(hosts):]
+    hosts = lines[len(conf):len(conf) + reservations]  # check_lines' order
+    names = lines[len(conf) + reservations:]
     shares = [[]]
     for group in reservation_groups(hosts):
         if shares[-1] and len(shares[-1]) + len(group) > size:

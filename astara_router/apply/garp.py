@@ -34,17 +34,24 @@ def announced_addresses(config):
     """Every (geN, address) the configuration puts on the appliance, link-local excluded
     (the kernel owns those) and, on an HA router, keepalived's (it announces them when its
     instance becomes master; a backup must stay silent)."""
-    found = set()
+    return frozenset((generic, address) for generic, addresses in _announced(config).items()
+                     for address in addresses)
+
+
+def _announced(config):
+    """``announced_addresses`` as ``{geN: frozenset of addresses}``: a set per link, not a
+    (geN, address) pair per address (5 000 floating IPs: 0.3 MB less in the plan)."""
+    found = {}
     for network in config.networks:
         if keepalived_owns(config, network):
             continue
         for address in network.interface.addresses:
             if not address.ip.is_link_local:
-                found.add((network.interface.ifname, address.ip))
+                found.setdefault(network.interface.ifname, set()).add(address.ip)
     for fip, network in config.floating_ip_networks:
         if network is not None and not keepalived_owns(config, network):
-            found.add((network.interface.ifname, fip.floating_ip))
-    return frozenset(found)
+            found.setdefault(network.interface.ifname, set()).add(fip.floating_ip)
+    return {generic: frozenset(addresses) for generic, addresses in found.items()}
 
 
 # -- sending (shell) ----------------------------------------------------------------------
@@ -84,7 +91,7 @@ def _announce_after_dad(pending, router):
 
 @dataclass(frozen=True)
 class GarpPlan:
-    addresses: frozenset  # (geN, address) the configuration puts on the appliance
+    addresses: dict  # {geN: frozenset of addresses} the configuration puts on the appliance
     router: bool
 
 
@@ -99,7 +106,7 @@ class GarpSubsystem:
         self.settings = settings
 
     def plan(self, config, names):
-        return GarpPlan(announced_addresses(config), config.router is not None)
+        return GarpPlan(_announced(config), config.router is not None)
 
     def plan_floating_ips(self, base, change, config, names):
         """``base`` without the removed floating IPs of ``change`` and with the added ones
@@ -110,9 +117,15 @@ class GarpSubsystem:
         added = external_names(config, change.added)
         if removed is None or added is None:
             return None
-        gone, came = ({(name, fip.floating_ip) for name, fip in found}
-                      for found in (removed, added))
-        return replace(base, addresses=(base.addresses - gone) | came)
+        edits = {}  # geN -> (addresses removed, addresses added)
+        for side, found in enumerate((removed, added)):
+            for name, fip in found:
+                edits.setdefault(name, (set(), set()))[side].add(fip.floating_ip)
+        addresses = dict(base.addresses)
+        for name, (gone, came) in edits.items():
+            addresses[name] = (addresses.get(name, frozenset()) - gone) | came
+        return replace(base, addresses={name: found for name, found in addresses.items()
+                                        if found})
 
     def check(self, plan, base):
         pass
@@ -131,8 +144,10 @@ class GarpSubsystem:
 
     @staticmethod
     def new(plan, base):
-        before = base.addresses if base is not None else frozenset()
-        return tuple(sorted(plan.addresses - before,
+        before = base.addresses if base is not None else {}
+        return tuple(sorted(((generic, address) for generic, addresses in
+                             plan.addresses.items()
+                             for address in addresses - before.get(generic, frozenset())),
                             key=lambda item: (item[0], item[1].version, item[1])))
 
     def after_commit(self, plan, base, nics):

@@ -214,7 +214,7 @@ class AddressChange(NamedTuple):
 
 
 def _sort_key(address):
-    return (address.version, int(address), address.network.prefixlen)
+    return (address.version, int(address), rtnl.prefix_length(address))
 
 
 def _ensure_sysctl(key, value):

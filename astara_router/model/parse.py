@@ -15,11 +15,11 @@ import msgspec
 from . import schema, semantics
 from .change import common_head, common_tail
 from .checks import (Problems, TwoParses, address_key, forget_unused, next_parse, parse_ip,
-                     parse_network, remembered)
+                     parse_network)
 from .errors import FieldError, PayloadError, UnsupportedService, join, schema_error
 from .loadbalancer import build_loadbalancer
-from .types import (Allocation, FloatingIP, HAConfig, Interface, Label, Network, Orchestrator,
-                    Route, RouterConfig, Subnet, SystemConfig)
+from .types import (KEPT_TEXTS, Allocation, FloatingIP, HAConfig, Interface, Label, Network,
+                    Orchestrator, Route, RouterConfig, Subnet, SystemConfig)
 from .vpn import build_vpn
 
 KNOWN_SERVICES = tuple(field.name for field in msgspec.structs.fields(schema.Services))
@@ -55,8 +55,11 @@ def parse_payload(body, enabled_services=("router",)):
         payload = msgspec.convert(known, schema.Payload)
     except msgspec.ValidationError as exc:
         raise PayloadError([schema_error(exc, body, schema.Payload, _network_context)]) from None
-    _RECENT_FLOATING_IPS.put_all(zip(map(TEXTS, payload.floating_ips), payload.floating_ips))
-    config = _build(payload, enabled_services, keys)
+    config = None
+    try:
+        config = _build(payload, enabled_services, keys)
+    finally:  # also when refused: the next push skips the schema for these
+        _RECENT_FLOATING_IPS.put_all(zip(_texts_of(payload, config), payload.floating_ips))
     problems = Problems()
     locate = Locator(body)
     router_path = "" if payload.asn else "services.router"
@@ -141,6 +144,16 @@ def network_key(index, spec):
 _RECENT_FLOATING_IPS = TwoParses()
 
 
+def _texts_of(payload, config):
+    """The keys of the schema floating IPs of ``payload`` in the memos: the texts tuples
+    their models keep when the router was built from them (``config``), else new ones."""
+    specs = payload.floating_ips
+    if (config is not None and payload.asn and config.router is not None
+            and len(config.router.floating_ips) == len(specs)):
+        return map(KEPT_TEXTS, config.router.floating_ips)
+    return map(TEXTS, specs)
+
+
 def _with_known_floating_ips(body):
     """``body`` with the floating-IP entries of the last two parses replaced by their
     validated schema objects, as ``_network_keys`` does for networks: a push repeats
@@ -162,7 +175,7 @@ def _build(payload, enabled_services, keys):
     """The model of a decoded schema.Payload, after the checks the schema cannot make
     (``keys``: ``_network_keys``, one per network entry)."""
     problems = Problems()
-    allocations = sum(len(spec.allocations) for spec in payload.networks)
+    allocations = sum(map(_allocation_count, payload.networks, keys or ()))
     if allocations > schema.MAX_ALLOCATIONS_TOTAL:
         raise PayloadError([FieldError("networks", f"at most {schema.MAX_ALLOCATIONS_TOTAL} "
                                                    f"allocations in all networks together, "
@@ -219,8 +232,19 @@ def _known_network(problems, spec, key):
         network = _network(problems, spec, key[0])
         if len(problems.errors) != before:
             return network
+        # Kept without its allocations, which the model holds (their schema objects and
+        # address texts were 1.8 MB at 5 000); the next parse takes this object for the
+        # entry as it is, and counts the model's (_allocation_count).
+        spec = msgspec.structs.replace(spec, allocations=[])
     _RECENT_NETWORKS.put(key, (spec, network))
     return network
+
+
+def _allocation_count(spec, key):
+    """The allocations of a network entry: its model's when it was met before (its schema
+    object is kept without them: ``_known_network``)."""
+    known = _RECENT_NETWORKS.get(key)
+    return len((known[1] if known is not None else spec).allocations)
 
 
 def _network(problems, spec, path):
@@ -287,7 +311,9 @@ def _allocation(problems, spec, network_path, index):
             problems.ip(text, f"{network_path}.allocations[{index}].ip_addresses.{text}")
     if len(ips) > 1:
         ips.sort(key=lambda item: (item[0].version, item[0]))
-    return Allocation(mac_address=spec.mac_address.lower(), ip_addresses=tuple(ips),
+    mac = spec.mac_address.lower()
+    return Allocation(mac_address=spec.mac_address if mac == spec.mac_address else mac,
+                      ip_addresses=tuple(ips),
                       hostname=spec.hostname, device_id=spec.device_id)
 
 
@@ -343,20 +369,36 @@ def _ha_config(problems, spec):
     return HAConfig(peers=_parsed(peers), priority=spec.priority)
 
 
-@remembered
+# (floating, fixed) texts -> FloatingIP, for two parses. The key is the tuple the model
+# keeps as its texts (KEPT_TEXTS), so the memos hold one tuple per floating IP, not three.
+_FLOATING_IPS = TwoParses()
+
+
 def _floating_ip(floating_text, fixed_text):
     """The model of one valid floating IP, the same object for the same texts (its derived
     forms are computed once: types.FloatingIP); None when the pair is not valid."""
+    texts = (floating_text, fixed_text)
+    known = _FLOATING_IPS.get(texts)
+    if known is None:
+        known = _new_floating_ip(texts)
+        if known is not None:
+            _FLOATING_IPS.put(texts, known)
+    return known
+
+
+def _new_floating_ip(texts):
     try:
-        floating, fixed = parse_ip(floating_text), parse_ip(fixed_text)
+        # The floating address outside parse_ip's cache: the memo keeps it (a cache entry
+        # more per floating IP held 0.5 MB at 5 000); the fixed one is an allocation's,
+        # parsed and cached with the networks already.
+        floating, fixed = parse_ip.__wrapped__(texts[0]), parse_ip(texts[1])
     except ValueError:
         return None
     if floating.version != fixed.version:
         return None
-    fip = FloatingIP(floating, fixed)
-    if floating.version == 4:  # the texts are what str() gives (parse_ip takes no other)
-        object.__setattr__(fip, "_texts", (floating_text, fixed_text))
-    return fip
+    if floating.version == 4 or texts == (str(floating), str(fixed)):
+        return FloatingIP.with_texts(floating, fixed, texts)  # canonical: the pushed strings
+    return FloatingIP(floating, fixed)
 
 
 # The schema floating IPs of the last router whose floating IPs all passed, and their models
@@ -382,9 +424,10 @@ def _repeated_floating_ips(specs):
     keys = {fip.key for fip in added}
     if len(keys) != len(added) or not keys.isdisjoint(map(attrgetter("key"), kept)):
         return None
-    # Used by this parse: the parser's memory keeps handing out these objects.
-    _floating_ip.memo.put_all(zip(map(TEXTS, specs[:start] + specs[len(specs) - tail:]),
-                                  kept))
+    # Used by this parse: the parser's memory keeps handing out these objects. (A model
+    # whose texts were not the pushed ones, a non-canonical IPv6 text, has none kept.)
+    _FLOATING_IPS.put_all(zip(map(KEPT_TEXTS, kept), kept))
+    _FLOATING_IPS.current.pop(None, None)
     return last_models[:start] + added + last_models[len(last_models) - tail:]
 
 

@@ -20,7 +20,7 @@ import functools
 import ipaddress
 
 from .change import Checked
-from .checks import address_key
+from .checks import IPV6_ABOVE, address_key
 from .errors import join
 from .types import Route
 
@@ -36,10 +36,9 @@ def unusable(address):
 
 def _unusable(key):
     """``unusable`` by ``address_key``."""
-    version, number = key
     # IPv4 by integer ranges: thousands of floating IPs on a first push, where each of
     # ipaddress's is_* properties costs about a microsecond.
-    return _unusable_v4(number) if version == 4 else _unusable_v6(number)
+    return _unusable_v4(key) if key < IPV6_ABOVE else _unusable_v6(key - IPV6_ABOVE)
 
 
 @functools.lru_cache(maxsize=1 << 14)
@@ -286,10 +285,10 @@ def _floating_ips_in(config, target, ifname, only=None):
                     if fip.floating_ip.version == target.version
                     and fip.floating_ip in target)
         return
-    keys = config.router.floating_ip_keys  # sorted (version, number, index)
-    start = bisect.bisect_left(keys, (target.version, int(target.network_address), -1))
-    end = bisect.bisect_right(keys, (target.version, int(target.broadcast_address), len(keys)))
-    for _, _, i in sorted(keys[start:end], key=lambda key: key[2]):  # in payload order
+    keys, indexes = config.router.floating_ip_keys  # sorted, and their payload indexes
+    start = bisect.bisect_left(keys, address_key(target.network_address))
+    end = bisect.bisect_right(keys, address_key(target.broadcast_address))
+    for i in sorted(indexes[start:end]):  # in payload order
         yield i, config.router.floating_ips[i].floating_ip
 
 

@@ -183,6 +183,25 @@ def test_allocations_are_limited_in_all_networks_together():
     assert error.path == "networks" and str(schema.MAX_ALLOCATIONS_TOTAL) in error.message
 
 
+def test_the_allocation_limit_counts_networks_known_from_the_last_parse():
+    """The parser keeps a known network entry's schema object without its allocations
+    (the model has them): the limit still counts them."""
+    body = synthetic_router(networks=30, floating_ips=30, vms_per_network=1)
+    allocation = body["networks"][2]["allocations"][0]
+    tenants = body["networks"][2:]
+    for network in tenants:
+        network["allocations"] = [allocation] * (schema.MAX_ALLOCATIONS_TOTAL // len(tenants))
+    try:
+        parse_payload(copy.deepcopy(body), SERVICES)  # under the limit: networks known now
+    except PayloadError:
+        pass  # the same allocation everywhere: refused later, its networks still known
+    extra = copy.deepcopy(body["networks"][2])
+    extra["allocations"] = [allocation] * schema.MAX_ALLOCATIONS
+    body["networks"].append(extra)
+    error = refusal(body)
+    assert error.path == "networks" and str(schema.MAX_ALLOCATIONS_TOTAL) in error.message
+
+
 def test_the_5000_fip_benchmark_router_is_accepted():
     config = parse_payload(synthetic_router(50, 5000), SERVICES)
     assert len(config.router.floating_ips) == 5000

@@ -136,6 +136,11 @@ def test_non_object_body(body):
     assert errors_of(body).status == 422
 
 
+def test_a_body_without_networks_is_refused_on_its_field():
+    assert [e.path for e in errors_of({"hostname": "0", "tenant_id": "0"}).errors] == \
+        ["networks"]
+
+
 def test_the_schema_reports_its_first_problem():
     body = copy.deepcopy(VALID["router-basic"])
     del body["tenant_id"]
