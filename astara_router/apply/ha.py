@@ -28,6 +28,7 @@ stopping the agent stops neither: keepalived keeps serving while the agent resta
 every path under the state directory: two appliances on one host never meet.
 """
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -45,7 +46,7 @@ from ..store import atomic_write
 from .daemon import (ExactDaemon, FileSet, LoadedRecord, LogWatch, alive, check_socket_path,
                      digest, log_tail, run_checked)
 from .ha_notify import NotifyFifo
-from .netlink import allow_nonlocal_bind
+from .netlink import MAIN_TABLE, RTPROT_ASTARA, allow_nonlocal_bind
 
 LOG = logging.getLogger(__name__)
 
@@ -200,11 +201,24 @@ class HaSubsystem:
         if changes == 0:
             return
         files = snapshot["files"]
+        # Restored last (the reverse of the apply order): netlink's routes are back. A
+        # keepalived that became master before the rollback holds the addresses netlink
+        # had; stopping it removes them, and with a link's last IPv4 address the kernel
+        # flushes every route through that link, netlink's included.
+        routes = rtnl.routes(MAIN_TABLE, RTPROT_ASTARA)
         self._converge(files, snapshot["keepalived"],
                        snapshot["conntrackd"] and files[self.conntrackd_conf] is not None)
         # what netlink (or a dead keepalived) had there before: the kernel as it was
         _ip_batch(f"address replace {address} dev {dev}" for dev, address in
                   snapshot["cleared"])
+        lost = set(routes) - set(rtnl.routes(MAIN_TABLE, RTPROT_ASTARA))
+        if lost:
+            _, error = rtnl.transact([functools.partial(
+                rtnl.route_request, add=True, destination=destination, gateway=gateway,
+                oif=oif, table=MAIN_TABLE, protocol=RTPROT_ASTARA)
+                for destination, gateway, oif in routes if (destination, gateway, oif) in lost])
+            if error is not None:
+                raise error
 
     # -- helpers ---------------------------------------------------------------------------
     def _converge(self, contents, keepalived, conntrackd, virtual_addresses=(),
