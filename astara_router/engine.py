@@ -53,7 +53,7 @@ from .memory import give_back
 from .metrics import Metrics
 from .model import (PayloadError, SystemConfig, check_management_path, parse_payload,
                     prepare_schema)
-from .model.change import floating_ip_change
+from .model.change import common_head, common_tail, floating_ip_change
 from .naming import InterfaceNames, list_nics
 from .render.firewall import TABLE
 from .store import Store, payload_hash
@@ -67,7 +67,6 @@ SECRET_KEY = re.compile(rb'"(?:%s)"\s*:' % b"|".join(k.encode() for k in sorted(
 QUOTED_SECRET_KEY = re.compile(rb'"(?:%s)"' % b"|".join(k.encode() for k in sorted(SECRET_KEYS)))
 SECRET_KEY_LENGTH = max(map(len, SECRET_KEYS)) + 2  # with its quotes
 JSON_SPACE = re.compile(rb"\s*:")  # what SECRET_KEY asks after the quoted key
-SAME_BLOCK = 4096  # the unchanged head and tail of a push are found block by block
 
 
 def holds_secret(raw, before=None):
@@ -79,8 +78,8 @@ def holds_secret(raw, before=None):
     if before is None:
         return SECRET_KEY.search(raw) is not None
     before = bytes(before)
-    head = _same_head(raw, before)
-    end = len(raw) - _same_tail(raw, before, min(len(raw), len(before)) - head)
+    head = common_head(raw, before)
+    end = len(raw) - common_tail(raw[head:], before[head:])
     start = head
     while start and raw[start - 1:start].isspace():  # a key may end before the spaces
         start -= 1
@@ -89,26 +88,6 @@ def holds_secret(raw, before=None):
         if key.start() < end and JSON_SPACE.match(raw, key.end()):
             return True
     return False
-
-
-def _same_head(first, second):
-    """How many leading bytes ``first`` and ``second`` share, in whole blocks (a lower
-    bound: enough for ``holds_secret``)."""
-    done, length = 0, min(len(first), len(second))
-    while (done + SAME_BLOCK <= length
-           and first[done:done + SAME_BLOCK] == second[done:done + SAME_BLOCK]):
-        done += SAME_BLOCK
-    return done
-
-
-def _same_tail(first, second, limit):
-    """How many trailing bytes (at most ``limit``) they share, in whole blocks."""
-    done = 0
-    while (done + SAME_BLOCK <= limit
-           and first[len(first) - done - SAME_BLOCK:len(first) - done]
-           == second[len(second) - done - SAME_BLOCK:len(second) - done]):
-        done += SAME_BLOCK
-    return done
 
 
 def same_bytes(first, second):
@@ -171,8 +150,6 @@ class CollectorPause:
     report leaves cycles (msgspec's annotation walk), collected by the young collections
     then or when the next push begins."""
 
-    freeze = True  # False: collections resume over the survivors (the measured baseline)
-
     def __init__(self):
         self._lock = threading.Lock()
         self._depth = 0
@@ -183,7 +160,7 @@ class CollectorPause:
         with self._lock:
             if self._depth == 0:
                 self._was_enabled = gc.isenabled()
-                if self._was_enabled and self.freeze:
+                if self._was_enabled:
                     gc.collect(1)
                 gc.disable()
             self._depth += 1
@@ -194,7 +171,7 @@ class CollectorPause:
             self._refused = self._refused or kind is not None
             if self._depth == 0:
                 if self._was_enabled:
-                    if self.freeze and not self._refused:
+                    if not self._refused:
                         gc.freeze()
                     gc.enable()
                 self._refused = False

@@ -6,10 +6,12 @@ import random
 import pytest
 
 from astara_lab.synthetic import synthetic_router
-from astara_router.engine import SAME_BLOCK, SECRET_KEY, SECRET_KEYS, holds_secret
+from astara_router.engine import SECRET_KEY, SECRET_KEYS, holds_secret
 
 BASE = json.dumps(synthetic_router(4, 200)).encode()
 KEYS = [k.encode() for k in sorted(SECRET_KEYS)] + [b"pskx", b"xpsk", b"secre", b"Psk"]
+
+BLOCK = 4096  # long runs of filler and spaces around the edits
 
 
 def edit(rng, body):
@@ -21,7 +23,7 @@ def edit(rng, body):
         del new[at:at + rng.randrange(0, 40)]
     new[at:at] = rng.choice([
         b'"%s"%s:' % (rng.choice(KEYS), b" \n\t"[:rng.randrange(0, 4)]), b'"', b":",
-        b" " * rng.randrange(1, 9), rng.choice(KEYS), b"x" * rng.randrange(0, 3 * SAME_BLOCK)])
+        b" " * rng.randrange(1, 9), rng.choice(KEYS), b"x" * rng.randrange(0, 3 * BLOCK)])
     return bytes(new)
 
 
@@ -40,7 +42,7 @@ def test_searching_what_changed_answers_as_searching_everything(seed):
 
 
 def test_a_colon_after_many_spaces_completes_a_key_before_them():
-    spaces = b" " * (3 * SAME_BLOCK)
+    spaces = b" " * (3 * BLOCK)
     old = b'{"a": 1, "psk"' + spaces + b' 1}'
     new = b'{"a": 1, "psk"' + spaces + b': 1}'
     assert not holds_secret(old) and holds_secret(new, old)
