@@ -69,10 +69,3 @@ def test_a_push_freezes_what_it_leaves_alive_after_collecting_the_earlier_garbag
     finally:
         gc.unfreeze()
 
-
-def test_without_freezing_collections_resume_over_the_survivors(monkeypatch):
-    monkeypatch.setattr(CollectorPause, "freeze", False)
-    frozen = gc.get_freeze_count()
-    with CollectorPause():
-        kept = [Node() for _ in range(100)]
-    assert gc.get_freeze_count() == frozen and kept and gc.isenabled()
