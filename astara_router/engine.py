@@ -270,6 +270,13 @@ def _same_interfaces(config, committed):
         n.interface.ifname for n in committed.networks}
 
 
+def _finish(begun, counts, spent):
+    """Wait for a begun apply (``Engine._apply_all``): its change count, or its error."""
+    subsystem, work, started = begun
+    counts[subsystem.name] = work.wait() or 0
+    spent[subsystem.name] = time.monotonic() - started
+
+
 def render_reads(committed):
     """Background, after the answer: the bytes GET config and GET rules serve, rendered
     once (``Committed``), so that the first reads of a generation do not render them (the
@@ -708,14 +715,7 @@ class Engine:
                 self._check_space(raw)
                 if not _same_interfaces(config, previous.config):
                     self.store.write_pending(raw)  # else it would name nothing new
-            for subsystem in self.subsystems:
-                base = bases[subsystem.name]
-                snapshot = subsystem.capture(ctx, plans[subsystem.name], base)
-                snapshots.append((subsystem, snapshot))
-                begun = time.monotonic()
-                counts[subsystem.name] = subsystem.apply(ctx, plans[subsystem.name], base,
-                                                         snapshot) or 0
-                spent[subsystem.name] = time.monotonic() - begun
+            self._apply_all(ctx, plans, bases, snapshots, counts, spent)
             for subsystem in self.subsystems:
                 subsystem.verify(ctx, plans[subsystem.name], bases[subsystem.name],
                                  counts[subsystem.name])
@@ -748,6 +748,33 @@ class Engine:
         if background is None:
             after.start()
         return committed, changes  # logged once, by the activity (history.py)
+
+    def _apply_all(self, ctx, plans, bases, snapshots, counts, spent):
+        """Every subsystem's delta, in order, filling ``snapshots`` (what rollback needs),
+        ``counts`` (changes, of those that finished) and ``spent`` (seconds). One with
+        ``start_apply`` goes on beside the next one's apply and is waited for after it
+        (the firewall's table beside the links, dnsmasq's start beside the metadata
+        proxy); whatever happens, it is waited for before this returns or raises, so a
+        rollback never races it."""
+        begun = None  # (subsystem, its begun apply, when it began)
+        try:
+            for subsystem in self.subsystems:
+                name, plan, base = subsystem.name, plans[subsystem.name], bases[subsystem.name]
+                snapshot = subsystem.capture(ctx, plan, base)
+                snapshots.append((subsystem, snapshot))
+                started = time.monotonic()
+                if begun is None and hasattr(subsystem, "start_apply"):
+                    begun = (subsystem, subsystem.start_apply(ctx, plan, base, snapshot),
+                             started)
+                    continue
+                counts[name] = subsystem.apply(ctx, plan, base, snapshot) or 0
+                spent[name] = time.monotonic() - started
+                if begun is not None:
+                    waiting, begun = begun, None
+                    _finish(waiting, counts, spent)
+        finally:
+            if begun is not None:  # the last subsystem's, or the next one failed
+                _finish(begun, counts, spent)
 
     def _current_nics(self):
         """The NIC list read after the last transaction, when no link changed since (the

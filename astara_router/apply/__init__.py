@@ -32,6 +32,13 @@ optional:
                                           planned (a checker process running beside
                                           them); ``begun.wait()`` raises as ``check``
                                           would, ``begun.cancel()`` stops it
+``start_apply(ctx, plan, base, snapshot) -> begun``
+                                          ``apply`` begun (in a thread that mostly waits
+                                          on the kernel or a daemon): the engine applies
+                                          the next subsystem meanwhile, then
+                                          ``begun.wait()`` gives the change count or raises
+                                          as ``apply`` would (apply/begun.py); only for
+                                          work the next subsystem's does not depend on
 ``healthy(plan) -> bool``                 its daemon still runs (identical-push fast path)
 ``expected(plan, nics)``                  (netlink) what the kernel watch compares its
                                           notifications with (watch.Expected)
@@ -43,9 +50,11 @@ import pkgutil
 ORDER = (
     ("ha", "HaSubsystem"),                # HA router: keepalived (VRRP) + conntrackd; first,
                                           # so addresses move between it and netlink cleanly
+    ("firewall", "FirewallSubsystem"),    # nftables filter + NAT, one transaction: before
+                                          # the links, so a refused ruleset changes nothing
+                                          # there (a whole table loads beside them)
     ("netlink", "NetlinkSubsystem"),      # links, MTU, addresses, routes
     ("hostname", "HostnameSubsystem"),    # hostname, /etc/hosts
-    ("firewall", "FirewallSubsystem"),    # nftables filter + NAT, one transaction
     ("dhcp", "DhcpSubsystem"),            # dnsmasq: DHCPv4/v6, DNS
     ("metadata", "MetadataSubsystem"),    # the metadata proxy
     ("routing", "RoutingSubsystem"),      # BIRD 2: RA, BGP

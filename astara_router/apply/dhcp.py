@@ -22,6 +22,7 @@ import subprocess
 from ..errors import ApplyError
 from ..render.dhcp import CONF, HOSTS, LOG as LOG_FILE, NAMES, PIDFILE, render_dnsmasq
 from ..store import atomic_write
+from .begun import Done, InThread
 from .daemon import ExactDaemon, FileSet, LoadedRecord, LogWatch, digest, log_tail
 
 LOG = logging.getLogger(__name__)
@@ -140,16 +141,6 @@ class DnsmasqTest:
                 pass
 
 
-class _Passed:
-    """A check that had nothing to run."""
-
-    def wait(self):
-        pass
-
-    def cancel(self):
-        pass
-
-
 def _refusal(lines, stdout, stderr):
     output = (stderr.strip() or stdout.strip())[-2000:]
     message = output.removeprefix("dnsmasq: ").strip()
@@ -189,7 +180,7 @@ class DhcpSubsystem:
     def start_check(self, plan, base):
         """``check`` begun (DnsmasqTest): ``wait()`` for the verdict."""
         if plan is None or plan == base:
-            return _Passed()
+            return Done()
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         return DnsmasqTest(plan, self.check_path)
 
@@ -204,6 +195,17 @@ class DhcpSubsystem:
     def apply(self, ctx, plan, base, snapshot):
         if snapshot is None:  # capture found the committed plan running
             return 0
+        return self._apply(plan)
+
+    def start_apply(self, ctx, plan, base, snapshot):
+        """``apply`` begun in a thread of its own, which mostly waits for dnsmasq (a start
+        until its pid file, a re-read until its log says so) while the engine applies the
+        next subsystem (the metadata proxy, in the agent's own process)."""
+        if snapshot is None:
+            return Done(0)
+        return InThread("dhcp-apply", self._apply, plan)
+
+    def _apply(self, plan):
         if plan is None:
             return self._converge({path: None for path in self.files.paths}, running=False)
         return self._converge(plan.contents(), running=True)

@@ -23,6 +23,7 @@ from ..cli.management import read_management
 from ..errors import ApplyError
 from ..render.firewall import (TABLE_SPEC, floating_ips_in_listing, render_firewall,
                                replace_script, with_floating_ip_change)
+from .begun import Done, InThread
 
 LOG = logging.getLogger(__name__)
 
@@ -47,6 +48,13 @@ def run_transaction(script):
         nftables.run(script)
     except nftables.NftError as exc:
         raise ApplyError("", f"nftables refused the ruleset: {exc}", status=500) from exc
+
+
+def _load(script, stale):
+    """The transaction, then the conntrack entries of the ``stale`` floating IPs."""
+    run_transaction(script)
+    flush_conntrack(stale)
+    return 1
 
 
 def _conntrack(args):
@@ -143,9 +151,21 @@ class FirewallSubsystem:
             script = plan.replace_script()
             stale = stale_floating_ips(floating_ips_in_listing(snapshot.listing),
                                        plan.floating_ips())
-        run_transaction(script)
-        flush_conntrack(stale)
-        return 1
+        return _load(script, stale)
+
+    def start_apply(self, ctx, plan, base, snapshot):
+        """``apply`` begun: a whole table (the first apply, the live path, a changed
+        skeleton) loads in a thread of its own, beside the links and addresses the engine
+        applies next (libnftables works without the interpreter lock; the ruleset names
+        interfaces by ``iifname`` strings, so it needs no link or address of theirs).
+        Element transactions (floating IPs) are done at once: a thread would cost more."""
+        if base is not None:
+            if base == plan:
+                return Done(0)
+            script = base.element_script(plan)
+            if script:
+                return Done(_load(script, base.moved_floating_ips(plan)))
+        return InThread("firewall-load", self.apply, ctx, plan, base, snapshot)
 
     def verify(self, ctx, plan, base, changes):
         pass  # nft acknowledged the whole transaction
