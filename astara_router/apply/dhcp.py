@@ -63,13 +63,17 @@ def reservation_groups(lines):
     return list(groups.values())
 
 
+def _reservations(files):
+    return sum(len(block.allocations) for block in files.host_lines)
+
+
 def check_chunks(files, size=CHECK_CHUNK):
     """The candidate as one or more ``dnsmasq --test`` inputs: each the main config plus a
     share of the reservations (``reservation_groups`` kept whole, about ``size`` lines a
     share) and of the DNS names; a single one up to ``size`` reservations (a check more
     costs a process start, ~3 ms, more than it saves below that)."""
     lines = files.check_lines()
-    reservations = sum(len(block.allocations) for block in files.host_lines)
+    reservations = _reservations(files)
     if reservations <= size:
         return [lines]
     conf = lines[:len(files.conf_lines)]
@@ -98,14 +102,18 @@ class DnsmasqTest:
     them. Either removes the candidate files."""
 
     def __init__(self, files, path):
-        self.chunks = check_chunks(files, CHECK_CHUNK)
+        self.files = files
+        # One share: its text as such, its lines made only for a refusal (None).
+        self.chunks = (check_chunks(files, CHECK_CHUNK) if _reservations(files) > CHECK_CHUNK
+                       else [None])
         self.paths = [path if i == 0 else f"{path}.{i}" for i in range(len(self.chunks))]
         self.running = []
         self.error = None  # raised by wait(), in the check's turn
         try:
             for lines, chunk_path in zip(self.chunks, self.paths):
-                atomic_write(chunk_path, "".join(f"{line.text}\n" for line in lines), 0o600,
-                             durable=False)
+                text = (files.check_text() if lines is None
+                        else "".join(f"{line.text}\n" for line in lines))
+                atomic_write(chunk_path, text, 0o600, durable=False)
                 self.running.append(subprocess.Popen(
                     [DNSMASQ, "--test", f"--conf-file={chunk_path}"], stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -125,7 +133,8 @@ class DnsmasqTest:
             self.cancel()
         for lines, process, (stdout, stderr) in zip(self.chunks, self.running, outputs):
             if process.returncode != 0:
-                _refusal(lines, stdout, stderr)
+                _refusal(self.files.check_lines() if lines is None else lines, stdout,
+                         stderr)
 
     def cancel(self):
         for process in self.running:

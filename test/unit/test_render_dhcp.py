@@ -240,6 +240,14 @@ def test_a_small_candidate_is_checked_whole():
     assert check_chunks(files) == [files.check_lines()]
 
 
+@pytest.mark.parametrize("name", sorted(n for n in VALID if not n.startswith("loadbalancer")))
+def test_the_check_text_is_the_check_lines(name):
+    """What dnsmasq --test reads is written without a Line per reservation; a refusal
+    names the line by its number in the same text."""
+    files = render(VALID[name])
+    assert files.check_text() == "".join(f"{line.text}\n" for line in files.check_lines())
+
+
 def with_duplicate_and_another():
     """router-basic with two reservations of 10.1.0.8 and one more VM (three in all)."""
     body = copy.deepcopy(VALID["router-basic"])
