@@ -123,6 +123,10 @@ def test_router_basic_as_the_unprivileged_user(lab, account):
         appliance = topology.appliance
         assert_addresses(appliance, BASIC)()
         assert "chain" in appliance.ruleset()
+        # the namespace's sysctls it writes: a router forwards, and a removed primary
+        # address promotes its secondaries (on every link: "all")
+        for key in ("ipv4/ip_forward", "ipv4/conf/all/promote_secondaries"):
+            assert appliance.ns.run(["cat", f"/proc/sys/net/{key}"]).stdout.strip() == "1", key
         # dnsmasq answers DHCP (ports 67 and raw sockets: NET_BIND_SERVICE, NET_RAW)
         vm = topology.vm_for("10.1.0.8")
         offer = udhcpc(lab, vm.ns)
