@@ -61,16 +61,27 @@ def forget_unused():
 CACHE_SIZE = 1 << 14
 
 
+IPv4Address = ipaddress.IPv4Address
+_new_object = object.__new__
+_from_bytes = int.from_bytes
+
+
 @functools.lru_cache(maxsize=CACHE_SIZE)
 def parse_ip(text):
     """An IP address; IPv4 through ``inet_pton``, as strict as ``ipaddress`` (no leading zeros,
-    exactly four parts) and a quarter of its time, which counts for 5 000 floating IPs."""
+    exactly four parts) and a quarter of its time, which counts for 5 000 floating IPs.
+    The IPv4Address is given its integer directly, as its constructor does with packed
+    bytes after checking their type and length, which inet_pton fixes (2 000 addresses:
+    0.9 ms instead of 1.8)."""
     if ":" in text:
         return ipaddress.IPv6Address(text)
     try:
-        return ipaddress.IPv4Address(inet_pton(AF_INET, text))
+        packed = inet_pton(AF_INET, text)
     except OSError:
         raise ValueError(f"{text!r} is not an IPv4 address") from None
+    address = _new_object(IPv4Address)
+    address._ip = _from_bytes(packed, "big")
+    return address
 
 
 IPV6_ABOVE = 1 << 128  # address_key: every IPv6 address above every IPv4 one
