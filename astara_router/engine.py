@@ -706,6 +706,11 @@ class Engine:
         try:
             names = ctx.kernel_names()
             bases = self._bases(previous, names)
+            # Read (polled) for the last time before the renewal below, which forgets what
+            # arrives meanwhile: closed now, the kernel does not build a notification for
+            # each of this transaction's own changes (thousands of addresses and set
+            # elements on a first apply) for a socket nobody reads.
+            self.watch.close()
             plans, checks = self._plans(config, names, previous, bases)
             try:
                 for subsystem in self.subsystems:  # before anything live changes
