@@ -11,7 +11,9 @@
 * **apply**: each subsystem changes only the difference between its plan and its *base*:
   the plan committed last, kept in memory, when nothing changed behind the agent's back
   since (``watch.KernelWatch``; daemons are checked by PID); otherwise (boot, drift, after a
-  failed apply) the live state it reads.
+  failed apply) the live state it reads. One that waits on the kernel or a daemon may go
+  on beside the next one's apply (``start_apply``: a whole nftables table beside the
+  links, dnsmasq's start beside the metadata proxy), waited for before anything else.
 * **verify**: cheap — netlink and nft acknowledgements, daemons' own reports; full read-backs
   only on the live path.
 * **commit**: the new generation is persisted atomically. Persisting is part of the
