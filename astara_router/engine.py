@@ -234,8 +234,8 @@ class Committed:
         return view
 
     def _view_end(self):
-        return b', "generation": %d, "hash": %s}\n' % (self.generation,
-                                                        json.dumps(self.hash).encode())
+        return b', "generation": %d, "hash": %s}\n' % (
+            self.generation, json.dumps(self.hash).encode())
 
     def answer(self, changes):
         """The answer to the push that made this generation, as bytes buffers: ``{"changes":

@@ -8,13 +8,13 @@ record of the new generation (spaces after it when it is shorter than the one th
 file keeps its size, ``_write_slot``) and ``fdatasync``s it: no temporary file, no rename,
 no directory to sync, no file created or deleted per push.
 A record is a JSON document whose first key, ``check``, holds the CRC-32 and the length of
-every byte after it (the other header fields, then the payload as the bytes that were
-pushed). A slot whose check fails — a write torn by a crash or a power loss, a commit whose
-write or sync failed (the slot is then truncated) — is no generation at all: the newest
-valid record is the committed generation, so a restart always comes back on the last
-commit that was acknowledged (its sync returned) or, for a commit that never was, the
-one before it; never a mix. Only the slot being written is at risk, and it held the
-oldest kept generation.
+the record's bytes after it (the other header fields, then the payload as the bytes that
+were pushed; spaces may follow). A slot whose check fails — a write torn by a crash or a
+power loss, a commit whose write or sync failed (the slot is then truncated) — is no
+generation at all: the newest valid record is the committed generation, so a restart
+always comes back on the last commit that was acknowledged (its sync returned) or, for a
+commit that never was, the one before it; never a mix. Only the slot being written is at
+risk, and it held the oldest kept generation.
 
 ``pending.json`` is written before an apply starts and removed when it ends, so after a
 crash the boot re-apply knows which interfaces the interrupted apply may have touched.

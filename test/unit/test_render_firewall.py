@@ -14,8 +14,8 @@ import pytest
 from astara_lab.appliance import contract_payloads
 from astara_router.errors import ApplyError
 from astara_router.model import PayloadError, parse_payload
-from astara_router.render.firewall import (Ruleset, element_changes, floating_ips_in_listing, label_set_name,
-                                           render_firewall, replace_script)
+from astara_router.render.firewall import (Ruleset, element_changes, floating_ips_in_listing,
+                                           label_set_name, render_firewall, replace_script)
 from unchecked import PLACEHOLDER, with_text
 
 VALID = contract_payloads("original-orchestrator")
