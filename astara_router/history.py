@@ -69,7 +69,7 @@ class History:
         """The kept entries as dicts, oldest first (the last ``limit`` ones)."""
         with self._lock:
             entries = list(self._entries)
-        return entries[-limit:] if limit else entries
+        return [activity.as_dict() for activity in (entries[-limit:] if limit else entries)]
 
     @contextlib.contextmanager
     def activity(self, origin, request_id=None, previous_generation=0, detail=None):
@@ -97,8 +97,8 @@ class History:
                         else "unchanged"
                 fields["generation"] = activity.generation
                 self._log(activity)
-                with self._lock:
-                    self._entries.append(activity.as_dict())
+                with self._lock:  # made a dict when read (dataclasses.asdict is slow)
+                    self._entries.append(activity)
 
     def transaction(self, succeeded, subsystem_seconds, generation=None):
         """Called by the engine's transaction in the activity's thread: what it applied."""

@@ -4,16 +4,17 @@ durable by one ``fdatasync``, of a checksummed record into a file that already e
 The committed generations live in ``committed/0.json`` … ``committed/6.json`` (``SLOTS``
 files, created once, durably). A commit overwrites, in place, the slot of the oldest
 generation nobody needs (never the committed one, nor the one a revert would go to) with a
-record of the new generation, truncates it to the record's length and ``fdatasync``s it:
-no temporary file, no rename, no directory to sync, no file created or deleted per push.
+record of the new generation (spaces after it when it is shorter than the one there: the
+file keeps its size, ``_write_slot``) and ``fdatasync``s it: no temporary file, no rename,
+no directory to sync, no file created or deleted per push.
 A record is a JSON document whose first key, ``check``, holds the CRC-32 and the length of
-every byte after it (the other header fields, then the payload as the bytes that were
-pushed). A slot whose check fails — a write torn by a crash or a power loss, a commit whose
-write or sync failed (the slot is then truncated) — is no generation at all: the newest
-valid record is the committed generation, so a restart always comes back on the last
-commit that was acknowledged (its sync returned) or, for a commit that never was, the
-one before it; never a mix. Only the slot being written is at risk, and it held the
-oldest kept generation.
+the record's bytes after it (the other header fields, then the payload as the bytes that
+were pushed; spaces may follow). A slot whose check fails — a write torn by a crash or a
+power loss, a commit whose write or sync failed (the slot is then truncated) — is no
+generation at all: the newest valid record is the committed generation, so a restart
+always comes back on the last commit that was acknowledged (its sync returned) or, for a
+commit that never was, the one before it; never a mix. Only the slot being written is at
+risk, and it held the oldest kept generation.
 
 ``pending.json`` is written before an apply starts and removed when it ends, so after a
 crash the boot re-apply knows which interfaces the interrupted apply may have touched.
@@ -89,16 +90,53 @@ def canonical_json(body):
     msgspec writes it ten times faster than the json module and byte for byte the same for
     ASCII without escapes — always the case for the orchestrator's payloads; anything else
     takes the json module's path, so the hash never depends on which one ran."""
-    encoded = msgspec.json.encode(body, order="sorted")
-    if encoded.isascii() and b"\\" not in encoded:
+    encoded = SORTED_JSON.encode(body)
+    if _plain(encoded):
         return encoded
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+SORTED_JSON = msgspec.json.Encoder(order="sorted")
+
+
+def _plain(encoded):
+    """``encoded`` is JSON that msgspec and the json module write alike (canonical_json)."""
+    return encoded.isascii() and b"\\" not in encoded
 
 
 def payload_hash(body):
     """Stable digest of a payload's JSON value (key order and spacing do not matter); the
     orchestrator computes the same to detect drift."""
     return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+class PayloadDigest:
+    """``payload_hash(body)`` taken while a caller that needs the network entries encoded
+    anyway encodes them (``SORTED_JSON``) one by one and hands each to ``network``, in
+    order (the parser digests them for its memo keys): the rest of the body is encoded
+    around them, the same bytes as ``canonical_json`` without encoding the networks —
+    three quarters of a body — a second time (0.3 ms a push at 1 000 floating IPs)."""
+
+    def __init__(self, body):
+        self.body = body
+        before = SORTED_JSON.encode({k: v for k, v in body.items() if k < "networks"})
+        self.plain = _plain(before)
+        self.sha = hashlib.sha256(before[:-1])  # "{" and the keys sorted before networks
+        self.sha.update(b'"networks":[' if before == b"{}" else b',"networks":[')
+        self.separator = b""
+
+    def network(self, encoded):
+        self.plain = self.plain and _plain(encoded)
+        self.sha.update(self.separator)
+        self.sha.update(encoded)
+        self.separator = b","
+
+    def hexdigest(self):
+        after = SORTED_JSON.encode({k: v for k, v in self.body.items() if k > "networks"})
+        if not (self.plain and _plain(after)):  # the json module's bytes, not msgspec's
+            return payload_hash(self.body)
+        self.sha.update(b"]}" if after == b"{}" else b"]," + after[1:])
+        return self.sha.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -367,20 +405,30 @@ class Store:
 
     def _write_slot(self, slot, buffers):
         """Overwrite ``slot`` with ``buffers`` and sync it (one ``fdatasync``); on failure
-        the slot is emptied, so that no record of a generation never committed remains."""
+        the slot is emptied, so that no record of a generation never committed remains.
+        A record's check gives its length, so nothing after it is read: a shorter record
+        than the slot held is followed by spaces up to the file's size (still one JSON
+        document) rather than truncated, unless the file is over twice its length (an empty
+        record empties it). With no new length to make durable, ``fdatasync`` writes the
+        data alone: a 250 KB record in 0.31 ms against 0.58 with a new length each time
+        (medians of 300 interleaved on this machine's ext4)."""
         try:
             fd = os.open(self.slot_path(slot), os.O_WRONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             self._create_slots()
             fd = os.open(self.slot_path(slot), os.O_WRONLY | os.O_CLOEXEC)
         try:
+            size, record = os.fstat(fd).st_size, sum(map(len, buffers))
+            if record < size <= 2 * record:
+                buffers = [*buffers, b" " * (size - record)]
             length = sum(map(len, buffers))
             written = os.pwritev(fd, buffers, 0)
             if written != length:  # short (a full file system): the rest, or its error
                 data = b"".join(buffers)
                 while written < length:
                     written += os.pwrite(fd, data[written:], written)
-            os.ftruncate(fd, length)
+            if size > length:
+                os.ftruncate(fd, length)
             os.fdatasync(fd)
         except BaseException:
             try:

@@ -11,7 +11,7 @@ import logging
 import msgspec
 
 from flask import Blueprint, Flask, Response, current_app, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from .. import API_VERSION, BANNER, CAPABILITIES
 from ..engine import MAX_CONFIRM_TIMEOUT, PAUSE_COLLECTOR, Engine
@@ -86,6 +86,20 @@ def decode_json(raw):
         raise ValueError(f"the body is not valid JSON: {exc}") from None
     except RecursionError:
         raise ValueError("the body nests JSON too deeply") from None
+
+
+def request_body():
+    """The request's bytes. With a Content-Length within ``MAX_BODY``, read from the
+    server's input in one call (gunicorn stops at the length): werkzeug's stream reads
+    64 KiB at a time, each read copying what gunicorn holds beyond it again (a 250 KB
+    body: 0.25 ms against 0.09 read at once). Else werkzeug's (chunked bodies, a 413)."""
+    length = request.content_length
+    if length is None or length > MAX_BODY:
+        return request.get_data(cache=False)
+    raw = request.environ["wsgi.input"].read(length)
+    if len(raw) != length:
+        raise ClientDisconnected()
+    return raw
 
 
 def create_app(settings, engine=None, prober=None):
@@ -255,12 +269,10 @@ def apply_answer(run, sender=None):
         return json_response(exc.to_dict(), 409)
     except (PayloadError, ApplyError) as exc:
         return refusal(exc)
-    # The generation's view, rendered once, with the change count spliced in front (one
-    # copy of the 250 KB view, not two).
-    answer = b"".join((b'{"changes": %d, ' % outcome.changes,
-                       memoryview(outcome.committed.view_json)[1:]))
+    answer = outcome.committed.answer(outcome.changes)  # the view, the count spliced in
     response = Response(answer, mimetype="application/json",
-                        headers={"ETag": f'"{outcome.committed.hash}"'})
+                        headers={"ETag": f'"{outcome.committed.hash}"',
+                                 "Content-Length": str(sum(map(len, answer)))})
     # Announcements and the like start once the answer is sent (not competing with it).
     response.call_on_close(outcome.background.start)
     return response
@@ -341,7 +353,7 @@ def config_routes(engine, fence):
         # The decoded body is the push's too: no collection walks it while it is built
         # (engine.CollectorPause; the engine's own pause nests in this one).
         with PAUSE_COLLECTOR:
-            raw = request.get_data(cache=False)
+            raw = request_body()
             body = None  # the bytes of the last push again: JSON, decoded only if need be
             if not engine.pushed_before(raw):
                 try:

@@ -38,30 +38,45 @@ def floating_ip_change(old, new, limit=MAX_PATCHED):
 def common_head(first, second):
     """How many leading items the sequences ``first`` and ``second`` share (compared in C,
     by identity first)."""
-    return _common_length(first, second, _from_head)
+    return _common_length(min(len(first), len(second)),
+                          lambda start, stop: first[start:stop] == second[start:stop])
 
 
 def common_tail(first, second):
     """How many trailing items the sequences ``first`` and ``second`` share."""
-    return _common_length(first, second, _from_tail)
+    ends = len(first), len(second)
+    return _common_length(min(ends), lambda start, stop: (
+        first[ends[0] - stop:ends[0] - start] == second[ends[1] - stop:ends[1] - start]))
 
 
-def _from_head(seq, start, stop):
-    return seq[start:stop]
+def common_bytes_head(data, other):
+    """``common_head`` of the bytes ``data`` and ``other`` (bytes or a memoryview of them),
+    compared in place: each step is one ``startswith`` of a memoryview slice (a memcmp),
+    where slicing bytes copies them (a 250 KB body: 0.5 ms of copies and fresh pages in
+    the worker against 0.05)."""
+    other = memoryview(other)
+    return _common_length(min(len(data), len(other)),
+                          lambda start, stop: data.startswith(other[start:stop], start))
 
 
-def _from_tail(seq, start, stop):
-    return seq[len(seq) - stop:len(seq) - start]
+def common_bytes_tail(data, other, limit):
+    """How many trailing bytes ``data`` and ``other`` share, at most ``limit``; compared in
+    place like ``common_bytes_head``."""
+    other = memoryview(other)
+    ends = len(data), len(other)
+    return _common_length(min(*ends, limit), lambda start, stop: data.startswith(
+        other[ends[1] - stop:ends[1] - start], ends[0] - stop))
 
 
-def _common_length(first, second, part):
-    """How many leading items (as ``part(seq, start, stop)`` cuts them: from the head or
-    from the tail) ``first`` and ``second`` share: a binary search comparing only the part
-    not yet known equal, so O(n) comparisons in all."""
-    known, upper = 0, min(len(first), len(second))
+def _common_length(upper, same):
+    """The largest n <= ``upper`` such that the items from 0 to n are the same, where
+    ``same(start, stop)`` compares those from ``start`` to ``stop`` (counted from the
+    head or from the tail) knowing those before ``start`` are: a binary search comparing
+    only the part not yet known equal, so O(n) comparisons in all."""
+    known = 0
     while known < upper:
         middle = (known + upper + 1) // 2
-        if part(first, known, middle) == part(second, known, middle):
+        if same(known, middle):
             known = middle
         else:
             upper = middle - 1

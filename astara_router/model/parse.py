@@ -13,6 +13,7 @@ from operator import attrgetter, itemgetter
 import msgspec
 
 from . import schema, semantics
+from ..store import SORTED_JSON, PayloadDigest, payload_hash
 from .change import common_head, common_tail
 from .checks import (Problems, TwoParses, address_key, forget_unused, next_parse, parse_ip,
                      parse_network)
@@ -36,6 +37,18 @@ def valid_hostname(name):
 def parse_payload(body, enabled_services=("router",)):
     """Return the model for ``body`` (decoded JSON) or raise PayloadError /
     UnsupportedService."""
+    return _parse(body, enabled_services)[0]
+
+
+def parse_hashed(body, enabled_services=("router",)):
+    """``(model, payload_hash(body))``: ``parse_payload`` and the payload's digest, which
+    takes the network entries as the parse encoded them for its memo keys."""
+    config, digest = _parse(body, enabled_services)
+    return config, (digest.hexdigest() if digest is not None else payload_hash(body))
+
+
+def _parse(body, enabled_services):
+    """``(model, store.PayloadDigest of body or None)``."""
     if not isinstance(body, dict):
         raise PayloadError([FieldError("", f"the body must be a JSON object, not "
                                            f"{type(body).__name__}")])
@@ -49,7 +62,7 @@ def parse_payload(body, enabled_services=("router",)):
                                                    f"{name!r} (enabled: {enabled})")
                 for name in unknown])
     next_parse()
-    keys, known = _network_keys(body)
+    keys, known, digest = _network_keys(body)
     known = _with_known_floating_ips(known)
     try:
         payload = msgspec.convert(known, schema.Payload)
@@ -69,7 +82,7 @@ def parse_payload(body, enabled_services=("router",)):
     semantics.check_management(problems, config, locate, router_path)
     problems.raise_if_any()
     forget_unused()
-    return config
+    return config, digest
 
 
 def prepare_schema():
@@ -123,23 +136,30 @@ class Locator:
 
 
 def _network_keys(body):
-    """``(keys, body)``: each network entry's key in the parses' memory (``network_key``),
-    and ``body`` with the entries met in the previous parse replaced by their validated
-    schema objects, which the schema takes as they are (a push usually changes one thing:
-    re-validating fifty unchanged networks was most of a parse)."""
+    """``(keys, body, digest)``: each network entry's key in the parses' memory
+    (``network_key``), ``body`` with the entries met in the previous parse replaced by
+    their validated schema objects, which the schema takes as they are (a push usually
+    changes one thing: re-validating fifty unchanged networks was most of a parse), and
+    the payload's ``PayloadDigest``, given each entry's JSON as its key is made."""
     networks = body.get("networks")
     if not isinstance(networks, list):
-        return None, body
-    keys = [network_key(i, spec) for i, spec in enumerate(networks)]
+        return None, body, None
+    digest = PayloadDigest(body)
+    keys = []
+    for i, spec in enumerate(networks):
+        encoded = SORTED_JSON.encode(spec)
+        digest.network(encoded)
+        keys.append(network_key(i, encoded))
     known = [(_RECENT_NETWORKS.get(key) or (spec, None))[0]
              for key, spec in zip(keys, networks)]
-    return keys, {**body, "networks": known}
+    return keys, {**body, "networks": known}, digest
 
 
-def network_key(index, spec):
-    """A network entry's key in the parses' memory: its path and the digest of its JSON (a
-    digest, not the JSON: 1 MB less at 5 000 allocations per parse kept)."""
-    return f"networks[{index}]", hashlib.sha256(msgspec.json.encode(spec)).digest()
+def network_key(index, encoded):
+    """A network entry's key in the parses' memory: its path and the digest of its JSON
+    with sorted keys, ``encoded`` (a digest, not the JSON: 1 MB less at 5 000 allocations
+    per parse kept)."""
+    return f"networks[{index}]", hashlib.sha256(encoded).digest()
 
 
 # (floating, fixed) texts -> schema object, for two parses

@@ -2,6 +2,8 @@
 import json
 import os
 
+import pytest
+
 from astara_router.naming import InterfaceNames, Nic, natural_key
 from astara_router.store import Store, payload_hash
 
@@ -78,3 +80,20 @@ def test_committed_view_redacts_secrets():
     assert (view["generation"], view["hash"]) == (3, "h")
     plain = contract_payloads()["router-basic"]  # nothing to redact: the bytes as pushed
     assert Committed(1, json.dumps(plain).encode(), None, "h").view()["configuration"] == plain
+
+
+@pytest.mark.parametrize("name", ["router-basic", "router-vpn"])
+def test_the_push_answer_is_the_view_with_the_change_count(name):
+    """``Committed.answer``: from the pushed bytes before the view is rendered (nothing to
+    redact), from the rendered view after, and redacted when a secret is named: each the
+    view with ``changes`` first."""
+    from astara_lab.appliance import contract_payloads
+    from astara_router.engine import Committed, holds_secret
+    raw = b" " + json.dumps(contract_payloads()[name]).encode() + b"\n"
+    fresh = Committed(4, raw, None, "h", secrets=holds_secret(raw))
+    before = b"".join(fresh.answer(7))
+    view = Committed(4, raw, None, "h").view()
+    assert json.loads(before) == {"changes": 7, **view}
+    fresh.view_json  # noqa: B018 - rendered (render_reads), the bytes embedded in it
+    assert b"".join(fresh.answer(7)) == before
+    assert before.endswith(b', "generation": 4, "hash": "h"}\n') and before.count(b"\n") == 1

@@ -5,6 +5,7 @@ the host's; they are skipped where that is impossible (not root, no nft)."""
 import copy
 import dataclasses
 import os
+import random
 import shutil
 import subprocess
 
@@ -13,8 +14,8 @@ import pytest
 from astara_lab.appliance import contract_payloads
 from astara_router.errors import ApplyError
 from astara_router.model import PayloadError, parse_payload
-from astara_router.render.firewall import (Ruleset, floating_ips_in_listing, label_set_name,
-                                           render_firewall, replace_script)
+from astara_router.render.firewall import (Ruleset, element_changes, floating_ips_in_listing,
+                                           label_set_name, render_firewall, replace_script)
 from unchecked import PLACEHOLDER, with_text
 
 VALID = contract_payloads("original-orchestrator")
@@ -432,3 +433,25 @@ def test_moved_floating_ips_are_those_whose_mapping_went_or_changed():
     assert moved == stale_floating_ips(old.floating_ips(), new.floating_ips())
     # back: the moved one moves again; the removed one comes back, nothing bound to it
     assert {str(a) for a in new.moved_floating_ips(old)} == {fips[0]["floating_ip"]}
+
+
+def test_element_changes_are_the_set_differences_in_order():
+    """``element_changes`` looks only between the common head and tail: the same answer
+    as the set differences of the whole tuples, whatever moved."""
+    rng = random.Random(3)
+    for _ in range(300):
+        old = tuple(rng.sample(range(60), rng.randrange(0, 40)))
+        new = list(old)
+        for _ in range(rng.randrange(0, 4)):
+            action = rng.choice(("add", "remove", "move"))
+            if action == "add":
+                fresh = [e for e in range(60) if e not in new]
+                if fresh:
+                    new.insert(rng.randrange(len(new) + 1), rng.choice(fresh))
+            elif new:
+                element = new.pop(rng.randrange(len(new)))
+                if action == "move":
+                    new.insert(rng.randrange(len(new) + 1), element)
+        new = tuple(new)
+        assert element_changes(old, new) == ([e for e in old if e not in set(new)],
+                                             [e for e in new if e not in set(old)])

@@ -5,6 +5,7 @@ length — is tried here on the real files: a restart comes back on the new gene
 when all of it reached the disk, else on the last one committed before it; never on a
 mix. And the agent's own process killed in the middle of commits leaves a store that
 loads the last acknowledged generation or the one being written."""
+import json
 import os
 import random
 import signal
@@ -14,7 +15,7 @@ import textwrap
 
 import pytest
 
-from astara_router.store import SLOTS, Store
+from astara_router.store import CHECK_LENGTH, SLOTS, Store
 
 SECTOR = 512
 
@@ -65,13 +66,41 @@ def test_a_torn_commit_comes_back_on_the_generation_before_it(tmp_path, seed):
     with open(path, "wb") as handle:
         handle.write(damaged)
     loaded = Store(str(tmp_path)).load()
-    expected = count + 1 if damaged[:len(new)] == new else count
+    record = CHECK_LENGTH + int(new[20:30])  # the spaces after it, if any, are not read
+    expected = count + 1 if damaged[:record] == new[:record] else count
     assert (loaded.number, loaded.payload) == (expected, payload(expected))
     assert [g.number for g in Store(str(tmp_path)).generations()][0] == expected
     # The next commit goes on from there, and a restart comes back on it.
     Store(str(tmp_path)).commit(expected + 1, payload(expected + 2))
     again = Store(str(tmp_path)).load()
     assert (again.number, again.payload) == (expected + 1, payload(expected + 2))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_shorter_record_keeps_the_file_and_torn_comes_back_on_the_generation_before(
+        tmp_path, seed):
+    """A record shorter than the one its slot held is followed by spaces up to the file's
+    size (one JSON document still; no new length to sync), or truncated when the file was
+    over twice as long; torn, it counts only when the record itself reached the disk."""
+    rng = random.Random(seed)
+    store = Store(str(tmp_path))
+    for number in range(1, SLOTS + 1):
+        store.commit(number, payload(number, 9000))
+    before = {store.slot_path(s): open(store.slot_path(s), "rb").read() for s in range(SLOTS)}
+    smaller = payload(SLOTS + 1, rng.choice([3000, 6000, 8000]))
+    store.commit(SLOTS + 1, smaller)
+    path = slot_of(store, SLOTS + 1)
+    new = open(path, "rb").read()
+    record = CHECK_LENGTH + int(new[20:30])
+    assert len(new) == (len(before[path]) if 2 * record >= len(before[path]) else record)
+    assert new[record:].strip() == b"" and json.loads(new)["generation"] == SLOTS + 1
+    damaged = torn(before[path], new, rng)
+    with open(path, "wb") as handle:
+        handle.write(damaged)
+    loaded = Store(str(tmp_path)).load()
+    expected = SLOTS + 1 if damaged[:record] == new[:record] else SLOTS
+    assert loaded.number == expected
+    assert loaded.payload == (smaller if expected > SLOTS else payload(SLOTS, 9000))
 
 
 def test_a_flipped_byte_anywhere_in_the_newest_record_discards_it(tmp_path):
