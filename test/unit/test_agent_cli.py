@@ -96,6 +96,12 @@ def test_the_master_imports_neither_the_model_nor_msgspec_nor_the_renderers(tmp_
                              "astara_router.render") == "[]"
 
 
+def test_the_worker_does_not_import_prometheus_client():
+    """The agent writes its metrics' text itself (metrics.py)."""
+    code = "import astara_router.api, astara_router.engine, astara_router.supervisor\n"
+    assert modules_loaded_by(code, "prometheus_client") == "[]"
+
+
 def test_the_settings_know_the_services_of_the_payload_schema():
     assert settings_mod.KNOWN_SERVICES == KNOWN_SERVICES
 
