@@ -152,6 +152,14 @@ def parse_config(text):
         data = json.loads(text)
     except ValueError as exc:
         raise ConfigError(f"not JSON: {exc}") from exc
+    return parse_config_data(data)
+
+
+def parse_config_data(data):
+    """``parse_config`` of the decoded text. The agent checks the data its text was written
+    from (render/metadata.py): the instance map then holds the model's device ids instead
+    of a copy of each decoded from the text (0.4 MB at 5 000 allocations), and the text is
+    not decoded again."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigError(f"not a format {FORMAT} metadata proxy configuration")
     tenant_id = _header_id(_require(data, "tenant_id", str, ""), "tenant_id")
