@@ -23,9 +23,10 @@
 The last two are read from the kernel at each scrape (one netlink link dump, whose messages
 carry the counters, and two /proc files) by a collector: always fresh, nothing polls.
 
-The text is Prometheus's exposition format 0.0.4, written here line for line as
+The text is Prometheus's text exposition format, written here line for line as
 prometheus_client's ``generate_latest`` writes it (label names sorted, values as Go formats
-them, each counter's and histogram's ``_created`` series after it): importing that library
+them, each counter's and histogram's ``_created`` series after it) and served with the
+content type that library gives it (test_agent_metrics compares both): importing it
 (with wsgiref, urllib.request and gzip) held about 2 MB of the worker's PSS for a few
 counters (README, "Decisions").
 """
@@ -36,7 +37,7 @@ import time
 from .model import PayloadError
 from .rtnl import LINK_COUNTERS
 
-CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE_LATEST = "text/plain; version=1.0.0; charset=utf-8"  # prometheus_client 0.26's
 # prometheus_client's default histogram buckets (seconds), +Inf last
 BUCKETS = (.005, .01, .025, .05, .075, .1, .25, .5, .75, 1.0, 2.5, 5.0, 7.5, 10.0, math.inf)
 DOWN_SUFFIX = " is down"  # Engine.unhealthy's reasons: "<subsystem> is down"

@@ -6,7 +6,7 @@ import socket
 import struct
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from astara_lab.appliance import contract_payloads
 from astara_lab.scrape import samples
@@ -138,3 +138,4 @@ def test_the_text_is_what_prometheus_client_writes_for_the_same_series(tmp_path)
     ours = mine.render(12345678).decode()
     kernel = ours.index("# HELP astara_applies_total")  # the NIC families come first
     assert without_created_times(ours[kernel:]) == without_created_times(theirs)
+    assert mine.content_type == CONTENT_TYPE_LATEST
