@@ -86,7 +86,9 @@ class Listener:
     interface: str
     address: object
     port: int
-    instances: MappingProxyType  # normalised address text → device_id
+    # address → device_id. The addresses are parse_ip's, which the agent's model holds
+    # already (strings made for the map were 0.3 MB at 5 000 allocations).
+    instances: MappingProxyType
 
     @property
     def key(self):
@@ -119,13 +121,6 @@ def _address(text, where):
         raise ConfigError(f"{where}: {exc}") from exc
 
 
-def _canonical(text, where):
-    """``text`` as the address it names in its compressed form (an accepted IPv4 text is
-    that already: no leading zeros, four parts)."""
-    address = _address(text, where)
-    return text if address.version == 4 else address.compressed
-
-
 def _header_id(value, where):
     if len(value) > MAX_ID or not HEADER_ID.fullmatch(value):
         raise ConfigError(f"{where}: {value[:80]!r} is not {ID_RULE}: it would go into a "
@@ -152,6 +147,14 @@ def parse_config(text):
         data = json.loads(text)
     except ValueError as exc:
         raise ConfigError(f"not JSON: {exc}") from exc
+    return parse_config_data(data)
+
+
+def parse_config_data(data):
+    """``parse_config`` of the decoded text. The agent checks the data its text was written
+    from (render/metadata.py): the instance map then holds the model's device ids instead
+    of a copy of each decoded from the text (0.4 MB at 5 000 allocations), and the text is
+    not decoded again."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigError(f"not a format {FORMAT} metadata proxy configuration")
     tenant_id = _header_id(_require(data, "tenant_id", str, ""), "tenant_id")
@@ -170,7 +173,7 @@ def parse_config(text):
         for address, device_id in _require(item, "instances", dict, where).items():
             if not isinstance(device_id, str) or not device_id:
                 raise ConfigError(f"{where}instances[{address}]: empty device id")
-            instances[_canonical(address, f"{where}instances")] = _header_id(
+            instances[_address(address, f"{where}instances")] = _header_id(
                 device_id, f"{where}instances[{address}]")
         listener = Listener(_header_id(_require(item, "network_id", str, where),
                                        f"{where}network_id"),
@@ -204,19 +207,24 @@ def upstream_url(upstream, target):
     return f"http://{format_host(upstream.address)}:{upstream.port}{target}"
 
 
-def client_key(client_ip):
+def client_address(client_ip):
     """The instance-map key of a client address (IPv4-mapped IPv6 counts as IPv4)."""
     address = ipaddress.ip_address(client_ip)
     if address.version == 6 and address.ipv4_mapped:
         address = address.ipv4_mapped
-    return address.compressed
+    return address
+
+
+def client_key(client_ip):
+    """A client address as text (X-Forwarded-For)."""
+    return client_address(client_ip).compressed
 
 
 def instance_for(listener, client_ip):
     """The instance (Nova device id) that owns ``client_ip`` on the listener's network,
     or None."""
     try:
-        return listener.instances.get(client_key(client_ip))
+        return listener.instances.get(client_address(client_ip))
     except ValueError:
         return None
 

@@ -7,7 +7,8 @@ first apply — most of the cold apply's time before. Its request log goes to
 ``<state_dir>/metadata/proxy.log``.
 
 plan:     the proxy's configuration text (render/metadata.py), or None without tenant
-          networks; the proxy's own parser is the checker.
+          networks; the proxy's own parser is the checker (of the data the text was
+          written from, when that is the plan's).
 apply:    the running proxy takes the new text in place (listeners that stay keep
           serving; new ones are bound, stale ones closed); nothing when it already serves it.
 verify:   the proxy serves exactly the planned text.
@@ -18,8 +19,9 @@ import logging.handlers
 import os
 
 from ..errors import ApplyError
-from ..metadata_proxy import LOG as PROXY_LOG, ConfigError, Proxy, config_digest, parse_config
-from ..render.metadata import render_proxy_config
+from ..metadata_proxy import (LOG as PROXY_LOG, ConfigError, Proxy, config_digest,
+                              parse_config, parse_config_data)
+from ..render.metadata import proxy_config, proxy_config_text
 
 LOG = logging.getLogger(__name__)
 
@@ -35,6 +37,10 @@ class MetadataSubsystem:
         self.proxy = Proxy()
         self._logging = False
         self._checked = (None, None)  # (text, its parsed form): check() parsed it already
+        # (text, the data plan() wrote it from): check() parses the data, whose strings
+        # are the model's (until the next check or plan; a plan without a check, as a
+        # dry run, keeps it until then)
+        self._planned = (None, None)
 
     def _log_to_file(self):
         """Requests are logged to the appliance's own proxy.log, once per process."""
@@ -60,13 +66,18 @@ class MetadataSubsystem:
 
     # -- subsystem interface -------------------------------------------------------------------
     def plan(self, config, names):
-        return render_proxy_config(config, self.settings.metadata_connect_timeout,
-                                   self.settings.metadata_read_timeout)
+        data = proxy_config(config, self.settings.metadata_connect_timeout,
+                            self.settings.metadata_read_timeout)
+        text = None if data is None else proxy_config_text(data)
+        self._planned = (text, data)
+        return text
 
     def check(self, plan, base):
+        (planned, data), self._planned = self._planned, (None, None)
         if plan is not None and plan != base:
             try:  # the proxy's own parser is the checker
-                self._checked = (plan, parse_config(plan))
+                self._checked = (plan, parse_config_data(data) if planned is plan
+                                 else parse_config(plan))
             except ConfigError as exc:
                 raise ApplyError("", f"metadata proxy configuration rejected: {exc}",
                                  status=500) from exc

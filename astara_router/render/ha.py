@@ -55,7 +55,6 @@ INSTANCE = "astara"
 
 # A NIC name keepalived and conntrackd read as one token (no space, brace, quote, '#', '!').
 SAFE_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,15}\Z")
-ADVERT_MIN, ADVERT_MAX = 0.01, 40.95  # VRRPv3: centiseconds in 12 bits (settings.py checks)
 
 
 @dataclass(frozen=True)

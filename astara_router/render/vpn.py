@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 
 from ..errors import ApplyError
 from ..model.vpn import active_connections
+from ..settings import IPSEC_BACKENDS
 
-BACKENDS = ("kernel", "libipsec")
+BACKENDS = IPSEC_BACKENDS  # settings.py checks [vpn] ipsec_backend against them
 LIBIPSEC_TUN = "ipsec0"  # kernel-libipsec's TUN device (the first "ipsec%d")
 LIBIPSEC_TUN_MTU = 1400
 LIBIPSEC_OVERHEAD = 100  # IPv4 + UDP + ESP header, IV, padding and ICV, rounded up

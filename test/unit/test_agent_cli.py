@@ -16,6 +16,8 @@ import pytest
 from astara_lab.appliance import contract_payloads
 from astara_router.cli.api import (ALLOCATOR_MARK, JEMALLOC, AgentApplication, default_bind,
                                    in_child)
+from astara_router import settings as settings_mod
+from astara_router.model import KNOWN_SERVICES
 from astara_router.settings import Settings
 from astara_router.store import Store
 
@@ -67,6 +69,41 @@ def test_the_master_binds_the_persisted_management_address_parsed_in_a_child(tmp
     settings = Settings(state_dir=str(tmp_path), port=5123)
     assert default_bind(settings) == f"[{address}]:5123"
     assert AgentApplication(settings).cfg.bind == [f"[{address}]:5123"]
+
+
+def modules_loaded_by(code, *prefixes):
+    """The modules named ``prefixes`` (or below them) that ``code`` leaves imported in a
+    fresh interpreter."""
+    code += ("\nimport sys\nprint(sorted(m for m in sys.modules\n"
+             f"             if m.startswith({prefixes!r})))\n")
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[2])}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def test_the_master_imports_neither_the_model_nor_msgspec_nor_the_renderers(tmp_path):
+    """What the gunicorn master loads (the settings, with every section they check, and
+    gunicorn's configuration) leaves the model, msgspec and the renderers to the worker:
+    in the master their pages were mostly copied by the worker as well."""
+    ini = tmp_path / "agent.ini"
+    ini.write_text(f"[DEFAULT]\nstate_dir = {tmp_path}\nenabled_services = router, "
+                   "loadbalancer\n[ha]\nadvert_interval = 0.5\n[vpn]\n"
+                   "ipsec_backend = libipsec\n")
+    code = ("from astara_router import settings\n"
+            "from astara_router.cli.api import AgentApplication\n"
+            f"AgentApplication(settings.load({str(ini)!r}, bind=('127.0.0.1:5999',)))\n")
+    assert modules_loaded_by(code, "msgspec", "astara_router.model",
+                             "astara_router.render") == "[]"
+
+
+def test_the_worker_does_not_import_prometheus_client():
+    """The agent writes its metrics' text itself (metrics.py)."""
+    code = "import astara_router.api, astara_router.engine, astara_router.supervisor\n"
+    assert modules_loaded_by(code, "prometheus_client") == "[]"
+
+
+def test_the_settings_know_the_services_of_the_payload_schema():
+    assert settings_mod.KNOWN_SERVICES == KNOWN_SERVICES
 
 
 def test_in_child_runs_the_function_in_another_process():

@@ -1,14 +1,17 @@
 """The kernel series of the agent's ``GET /metrics``: the link counters as rtnl parses
 them out of an RTM_NEWLINK message, and the collector's labels and conntrack gauges (its
 kernel sources given as data; test/functional/test_agent_metrics.py reads the real ones)."""
+import re
 import socket
 import struct
 
-from prometheus_client.exposition import generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from astara_lab.appliance import contract_payloads
 from astara_lab.scrape import samples
 from astara_router import rtnl
+from astara_router.errors import ApplyError
 from astara_router.metrics import Metrics, network_types
 from astara_router.model import parse_payload
 from astara_router.naming import Nic
@@ -86,8 +89,53 @@ def test_collector_labels_each_nic_and_reads_conntrack_at_each_scrape(tmp_path):
 
 
 def test_without_nics_payload_or_conntrack_there_are_no_kernel_series(tmp_path):
-    text = generate_latest(Metrics(dict, lambda: None, str(tmp_path)).registry).decode()
+    text = Metrics(dict, lambda: None, str(tmp_path)).render(0).decode()
     assert "astara_generation" in text
     series = {name for name, _ in samples(text)}  # the families are described, empty
     assert not any(name.startswith(("astara_conntrack", "astara_interface"))
                    for name in series), series
+
+
+def without_created_times(text):
+    return re.sub(r"^(\S+_created(?:\{.*\})?) \S+$", r"\1 T", text, flags=re.M)
+
+
+def test_the_text_is_what_prometheus_client_writes_for_the_same_series(tmp_path):
+    """The agent writes its exposition itself (no prometheus_client in the appliance's
+    process): the same lines as the library's generate_latest, creation times aside."""
+    mine = Metrics(dict, lambda: None, str(tmp_path))
+    registry = CollectorRegistry()
+    applies = Counter("astara_applies", "Transactions by result", ["result"],
+                      registry=registry)
+    seconds = Histogram("astara_apply_seconds", "Transaction duration", ["result"],
+                        registry=registry)
+    steps = Histogram("astara_subsystem_apply_seconds", "Apply step duration per subsystem",
+                      ["subsystem"], registry=registry)
+    refusals = Counter("astara_refusals", "Pushes answered with an error, by reason",
+                       ["reason"], registry=registry)
+    Gauge("astara_generation", "The committed generation", registry=registry).set(12345678)
+    repairs = Counter("astara_reconcile_repairs", "Supervisor repairs by reason", ["reason"],
+                      registry=registry)
+    restarts = Counter("astara_daemon_restarts", "Dead daemons started again", ["subsystem"],
+                       registry=registry)
+    for applied, spent, each in ((True, 0.0042, {"netlink": 0.003, "dhcp": 12.0}),
+                                 (False, 0.5, {"netlink": 0.1}), (True, 0.075, {})):
+        mine.transaction(applied, spent, each)
+        result = "applied" if applied else "rolled_back"
+        applies.labels(result).inc()
+        seconds.labels(result).observe(spent)
+        for name, value in each.items():
+            steps.labels(name).observe(value)
+    for exc, reason in ((ApplyError("", "full", status=507), "state_directory_full"),
+                        (ApplyError("", "busy", status=409), "cannot_apply")):
+        mine.refused(exc)
+        refusals.labels(reason).inc()
+    mine.repaired(["dhcp is down", 'a "quoted"\\reason\n'])
+    for reason in ("dhcp is down", 'a "quoted"\\reason\n'):
+        repairs.labels(reason).inc()
+    restarts.labels("dhcp").inc()
+    theirs = generate_latest(registry).decode()
+    ours = mine.render(12345678).decode()
+    kernel = ours.index("# HELP astara_applies_total")  # the NIC families come first
+    assert without_created_times(ours[kernel:]) == without_created_times(theirs)
+    assert mine.content_type == CONTENT_TYPE_LATEST
