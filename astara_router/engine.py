@@ -55,7 +55,7 @@ from .memory import give_back
 from .metrics import Metrics
 from .model import (PayloadError, SystemConfig, check_management_path, parse_hashed,
                     parse_payload, prepare_schema)
-from .model.change import common_bytes_head, common_bytes_tail, floating_ip_change
+from .model.change import common_ends, floating_ip_change
 from .naming import InterfaceNames, list_nics
 from .render.firewall import TABLE
 from .store import Store
@@ -79,8 +79,8 @@ def holds_secret(raw, before=None):
     one floating IP searches a few kilobytes, not the whole body (0.4 ms at 250 KB)."""
     if before is None:
         return SECRET_KEY.search(raw) is not None
-    head = common_bytes_head(raw, before)
-    end = len(raw) - common_bytes_tail(raw, before, min(len(raw), len(before)) - head)
+    head, tail = common_ends(raw, before)
+    end = len(raw) - tail
     start = head
     while start and raw[start - 1:start].isspace():  # a key may end before the spaces
         start -= 1
@@ -580,10 +580,8 @@ class Engine:
         when no link changed since (``_current_nics``: 51 NICs, a 1-2 ms dump)."""
         try:
             self.watch.renew()
-            subscription = self.watch.subscription
-            nics = tuple(list_nics(with_addresses=False))
-            self.names.assign(nics)
-            self._listed = (subscription, nics)
+            self._list_nics(self.watch.subscription)
+            self.names.assign(self._listed[1])
         except OSError as exc:  # the first transaction numbers them then
             LOG.warning("cannot number the NICs at boot: %s", exc)
 

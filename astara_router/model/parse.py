@@ -14,7 +14,7 @@ import msgspec
 
 from . import schema, semantics
 from ..store import SORTED_JSON, PayloadDigest, payload_hash
-from .change import common_head, common_tail
+from .change import common_ends
 from .checks import (Problems, TwoParses, address_key, forget_unused, next_parse, parse_ip,
                      parse_network)
 from .errors import FieldError, PayloadError, UnsupportedService, join, schema_error
@@ -189,8 +189,7 @@ def _with_known_floating_ips(body):
     start = tail = 0
     texts = _pushed_texts(fips) if last_texts else None
     if texts is not None:
-        start = common_head(last_texts, texts)
-        tail = common_tail(last_texts[start:], texts[start:])
+        start, tail = common_ends(last_texts, texts)
     known = list(last_specs[:start])
     for item in fips[start:len(fips) - tail]:
         if type(item) is dict and len(item) == 2:
@@ -463,8 +462,7 @@ def _repeated_floating_ips(specs):
     problem). A push repeats nearly all: the repeated head and tail are found by comparing
     slices, and looking each of a thousand up again was most of building the router."""
     last_specs, last_models = _LAST_FLOATING_IPS[0]
-    start = common_head(last_specs, specs)
-    tail = common_tail(last_specs[start:], specs[start:])
+    start, tail = common_ends(last_specs, specs)
     if not start + tail:
         return None
     added = [_floating_ip(s.floating_ip, s.fixed_ip) for s in specs[start:len(specs) - tail]]

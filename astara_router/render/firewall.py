@@ -65,7 +65,7 @@ from dataclasses import dataclass, replace
 from operator import attrgetter
 
 from ..errors import ApplyError
-from ..model.change import common_head, common_tail
+from ..model.change import common_ends
 from ..model.vpn import active_connections
 from .metadata import METADATA_ADDRESS, metadata_listeners
 from .text import comment
@@ -134,8 +134,7 @@ def element_changes(old, new):
     of the common head or tail (compared in C, by identity first: a patched map shares its
     strings) is in neither, and only what lies between them is looked at: a floating IP
     added to a thousand is two lookups, not four sets of a thousand built a push."""
-    head = common_head(old, new)
-    tail = common_tail(old[head:], new[head:])
+    head, tail = common_ends(old, new)
     old, new = old[head:len(old) - tail], new[head:len(new) - tail]
     old_elements, new_elements = set(old), set(new)
     return ([e for e in old if e not in new_elements],

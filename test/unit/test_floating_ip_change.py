@@ -6,12 +6,14 @@ naming its field."""
 import copy
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from astara_lab.synthetic import synthetic_router
 from astara_router.apply.garp import GarpSubsystem
 from astara_router.apply.netlink import NetlinkSubsystem, plan_netlink
 from astara_router.model import PayloadError, check_management_path, parse_payload
-from astara_router.model.change import Checked, floating_ip_change
+from astara_router.model.change import Checked, common_ends, floating_ip_change
 from astara_router.render.firewall import render_firewall, with_floating_ip_change
 
 NAMES = {f"ge{i}": f"eth{i}" for i in range(12)}
@@ -201,3 +203,27 @@ def test_a_repeated_router_hands_out_the_same_floating_ip_objects():
         again = parse_payload(grown)
         parse_payload(body)
     assert all(a is b for a, b in zip(first.floating_ips, again.floating_ips))
+
+
+def naive_ends(first, second):
+    """The common head, then the common tail of what is left after it, item by item."""
+    head = 0
+    while head < min(len(first), len(second)) and first[head] == second[head]:
+        head += 1
+    tail = 0
+    while (tail < min(len(first), len(second)) - head
+           and first[len(first) - 1 - tail] == second[len(second) - 1 - tail]):
+        tail += 1
+    return head, tail
+
+
+@given(st.lists(st.sampled_from("abc"), max_size=12),
+       st.lists(st.sampled_from("abc"), max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_common_ends_of_lists_bytes_and_memoryviews_match_a_walk_item_by_item(first, second):
+    expected = naive_ends(first, second)
+    assert common_ends(tuple(first), tuple(second)) == expected
+    assert common_ends(first, second) == expected
+    first_bytes, second_bytes = "".join(first).encode(), "".join(second).encode()
+    assert common_ends(first_bytes, second_bytes) == expected
+    assert common_ends(first_bytes, memoryview(second_bytes)) == expected
