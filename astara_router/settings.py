@@ -58,7 +58,7 @@ class Settings:
 # PSS 17.2 -> 15.0 MB, the worker's +0.7). The services are the payload schema's
 # (model.schema.Services; test_settings keeps the two equal).
 KNOWN_SERVICES = ("router", "loadbalancer")
-ADVERT_MIN, ADVERT_MAX = 0.01, 40.95  # VRRPv3: centiseconds in 12 bits (render/ha.py)
+ADVERT_MIN, ADVERT_MAX = 0.01, 40.95  # VRRPv3: centiseconds in 12 bits (keepalived advert_int)
 IPSEC_BACKENDS = ("kernel", "libipsec")  # strongSwan's, render/vpn.py
 
 

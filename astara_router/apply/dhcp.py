@@ -20,7 +20,8 @@ import signal
 import subprocess
 
 from ..errors import ApplyError
-from ..render.dhcp import CONF, HOSTS, LOG as LOG_FILE, NAMES, PIDFILE, render_dnsmasq
+from ..render.dhcp import (CONF, HOSTS, LOG as LOG_FILE, NAMES, PIDFILE, lines_text,
+                           render_dnsmasq)
 from ..store import atomic_write
 from .begun import Done, InThread
 from .daemon import ExactDaemon, FileSet, LoadedRecord, LogWatch, digest, log_tail
@@ -111,8 +112,7 @@ class DnsmasqTest:
         self.error = None  # raised by wait(), in the check's turn
         try:
             for lines, chunk_path in zip(self.chunks, self.paths):
-                text = (files.check_text() if lines is None
-                        else "".join(f"{line.text}\n" for line in lines))
+                text = files.check_text() if lines is None else lines_text(lines)
                 atomic_write(chunk_path, text, 0o600, durable=False)
                 self.running.append(subprocess.Popen(
                     [DNSMASQ, "--test", f"--conf-file={chunk_path}"], stdin=subprocess.DEVNULL,

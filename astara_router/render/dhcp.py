@@ -101,7 +101,7 @@ class DnsmasqFiles:
 
     @property
     def conf(self):
-        return _text(self.conf_lines)
+        return lines_text(self.conf_lines)
 
     @property
     def hosts(self):
@@ -143,7 +143,8 @@ def _host_record(name_line):
     return f"host-record={','.join(names)},{address}"
 
 
-def _text(lines):
+def lines_text(lines):
+    """Lines as the text of a file."""
     return "".join(f"{line.text}\n" for line in lines)
 
 
