@@ -651,7 +651,7 @@ def daemonize_and_run(args):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="astara-metadata-proxy",
-                                     description=__doc__.splitlines()[0])
+                                     description=(__doc__ or " ").splitlines()[0])
     parser.add_argument("--config", required=True, help="JSON configuration (from the agent)")
     parser.add_argument("--pidfile", help="write the daemon's PID here")
     parser.add_argument("--log", help="log file (default: stderr)")

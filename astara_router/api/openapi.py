@@ -6,10 +6,14 @@ that validates ``PUT /v1/system/config``. Each route says here what it answers
 (``OPERATIONS``); a route missing from that table makes the document fail to build, so the
 description cannot silently fall behind the routes (test/unit/test_openapi.py).
 """
+import ast
+import inspect
 import re
+import sys
 from typing import Annotated, Any, Optional
 
 import msgspec
+import msgspec.inspect
 from msgspec import Meta
 
 from .. import __version__
@@ -335,8 +339,42 @@ def documented_routes(app):
             for method in rule.methods - UNDOCUMENTED_METHODS}
 
 
+def _schema_classes(types):
+    """Every class the schemas of ``types`` are made from (structs, enums...)."""
+    found, seen, todo = set(), set(), list(msgspec.inspect.multi_type_info(types))
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, (list, tuple)):
+            todo.extend(node)
+        elif isinstance(node, msgspec.Struct):  # msgspec.inspect's Type and Field nodes
+            todo.extend(getattr(node, name) for name in node.__struct_fields__)
+        elif isinstance(node, type):
+            found.add(node)
+    return found
+
+
+def with_docstrings(types):
+    """The agent runs without docstrings (-OO: cli/api.py), and msgspec describes a schema
+    with its class's docstring: under -OO, give the classes of ``types`` their docstrings
+    back from their modules' sources (as the compiler would have kept them), so the
+    document is the same as without -OO (test_openapi.py compares the two)."""
+    if sys.flags.optimize < 2:
+        return
+    modules = {sys.modules[cls.__module__] for cls in _schema_classes(types)}
+    for module in modules - {sys.modules["builtins"]}:
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            cls = getattr(module, node.name, None) if isinstance(node, ast.ClassDef) else None
+            if (isinstance(cls, type) and cls.__module__ == module.__name__
+                    and cls.__doc__ is None):
+                cls.__doc__ = ast.get_docstring(node, clean=False)
+
+
 def openapi_document(app, token_required=False, public_paths=()):
     """The OpenAPI 3.1 document of ``app``; KeyError naming a route ``OPERATIONS`` lacks."""
+    with_docstrings(SCHEMA_TYPES)
     _, schemas = msgspec.json.schema_components(SCHEMA_TYPES, ref_template=REF_TEMPLATE)
     paths = {}
     for rule, method in sorted(documented_routes(app)):

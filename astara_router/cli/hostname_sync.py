@@ -53,7 +53,7 @@ def sync(settings, target="/etc", kernel=socket):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or " ").splitlines()[0])
     parser.add_argument("--config-file", default="/etc/astara/astara.ini")
     args = parser.parse_args(argv)
     try:

@@ -70,7 +70,7 @@ def configure_sshd(path, ip):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or " ").splitlines()[0])
     parser.add_argument("mac_address")
     parser.add_argument("ip_address", help="address/prefix, e.g. fdca:3ba5:a17a:acda::5/64")
     parser.add_argument("--mtu", type=int, default=1280)

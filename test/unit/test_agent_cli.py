@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from astara_lab.appliance import contract_payloads
-from astara_router.cli.api import (ALLOCATOR_MARK, JEMALLOC, AgentApplication, default_bind,
+from astara_router.cli.api import (JEMALLOC, RUNTIME_MARK, AgentApplication, default_bind,
                                    in_child)
 from astara_router import settings as settings_mod
 from astara_router.model import KNOWN_SERVICES
@@ -118,21 +118,24 @@ def test_in_child_runs_the_function_in_another_process():
     assert in_child(lambda: 1 / 0) is None  # a failure is "nothing found"
 
 
-@pytest.mark.skipif(not glob.glob(JEMALLOC), reason="libjemalloc2 is not installed")
-def test_the_agent_runs_on_jemalloc_and_what_it_starts_does_not():
-    """with_allocator re-executes the process with jemalloc preloaded, once; the daemons
-    and tools the agent starts get an environment without the allocator's variables."""
-    code = ("import os, subprocess\n"
-            "from astara_router.cli.api import with_allocator\n"
-            "with_allocator()\n"
+def test_the_agent_runs_on_jemalloc_without_docstrings_and_what_it_starts_does_not():
+    """with_runtime re-executes the process once, with jemalloc preloaded (when installed)
+    and without docstrings (-OO); the daemons and tools the agent starts get an
+    environment without those variables."""
+    code = ("import os, subprocess, sys\n"
+            "from astara_router.cli.api import with_runtime\n"
+            "with_runtime()\n"
             "mapped = 'libjemalloc' in open('/proc/self/maps').read()\n"
             "child = subprocess.run(['cat', '/proc/self/maps'], capture_output=True, text=True)\n"
-            "print(mapped, 'libjemalloc' in child.stdout,\n"
+            "print(mapped, 'libjemalloc' in child.stdout, sys.flags.optimize,\n"
+            "      with_runtime.__doc__,\n"
             "      sorted(set(os.environ) & {'LD_PRELOAD', 'PYTHONMALLOC', 'MALLOC_CONF',\n"
-            "                                'ASTARA_ROUTER_ALLOCATOR'}))\n")
+            "                                'PYTHONOPTIMIZE', 'ASTARA_ROUTER_RUNTIME'}))\n")
     env = {k: v for k, v in os.environ.items()
-           if k not in ("LD_PRELOAD", "PYTHONMALLOC", "MALLOC_CONF", ALLOCATOR_MARK)}
+           if k not in ("LD_PRELOAD", "PYTHONMALLOC", "MALLOC_CONF", "PYTHONOPTIMIZE",
+                        RUNTIME_MARK)}
     env["PYTHONPATH"] = str(pathlib.Path(__file__).resolve().parents[2])
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout
-    assert out.split("\n")[0] == "True False []"
+    jemalloc = bool(glob.glob(JEMALLOC))
+    assert out.split("\n")[0] == f"{jemalloc} False 2 None []"

@@ -1,6 +1,10 @@
 """GET /v1/openapi.json: a valid OpenAPI 3.1 document listing every route the app serves,
 with the request body of PUT /v1/system/config being the payload schema that validates."""
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import jsonschema
 import msgspec
@@ -154,3 +158,20 @@ def test_the_answers_are_what_the_document_describes(app):
     served_more = banner.get_json() | {"undescribed": 1}
     banner.set_data(json.dumps(served_more))
     assert conforms(document, "/v1/", "get", banner)  # the check can fail
+
+
+def test_the_document_is_the_same_without_docstrings(tmp_path):
+    """The agent runs under -OO (cli/api.py: no docstrings in memory), where msgspec would
+    describe no schema: the document it serves there is the one served here."""
+    code = ("import json, sys\n"
+            "from astara_router import settings\n"
+            "from astara_router.api import create_app\n"
+            "app = create_app(settings.load(state_dir=sys.argv[1], enabled_services='router'))\n"
+            "document = app.test_client().get('/v1/openapi.json').get_json()\n"
+            "print(sys.flags.optimize, json.dumps(document, sort_keys=True))\n")
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[2])}
+    out = subprocess.run([sys.executable, "-OO", "-c", code, str(tmp_path / "state")],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    optimize, served = out.split(" ", 1)
+    assert optimize == "2"
+    assert json.loads(served) == document_of(app_for(tmp_path))
