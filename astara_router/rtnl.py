@@ -73,11 +73,12 @@ def _string(value):
     return value.split(b"\0", 1)[0].decode(errors="replace")
 
 
-def dump(kind, header, strict=False):
+def dump(kind, header, strict=False, protocol=NETLINK_ROUTE):
     """Every message of one dump request (``header``: the family message), as payloads;
-    ``strict``: the kernel filters by the header's fields (table, protocol)."""
+    ``strict``: the kernel filters by the header's fields (table, protocol);
+    ``protocol``: the netlink family (conntrack.py: NETLINK_NETFILTER)."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                       NETLINK_ROUTE) as sock:
+                       protocol) as sock:
         if strict:
             sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
         sock.bind((0, 0))
@@ -257,7 +258,7 @@ def link_request(seq, index, mtu=None, up=None):
                          seq, 0) + body
 
 
-def transact(builders):
+def transact(builders, protocol=NETLINK_ROUTE, tolerated=frozenset()):
     """Send the requests ``builders`` make (each called with its sequence number), in
     datagrams of ``BATCH``, and read their outcome. Returns (len(builders), None), or at the
     first refusal (its position, OSError); later requests of the same datagram may have been
@@ -265,10 +266,12 @@ def transact(builders):
     not sent. Only a datagram's last request asks for an acknowledgement: the kernel
     handles a datagram's requests in order and reports every refusal anyway, so that one
     ack closes the datagram (an ack per request, each received on its own, cost 1 000
-    addresses about twice what the kernel spends adding them)."""
+    addresses about twice what the kernel spends adding them). ``protocol``: the netlink
+    family (conntrack.py: NETLINK_NETFILTER); ``tolerated``: errno values that are no
+    refusal (ENOENT for a deletion: the kernel deleted it itself meanwhile)."""
     buffer = bytearray(1 << 16)
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                       NETLINK_ROUTE) as sock:
+                       protocol) as sock:
         sock.bind((0, 0))
         for start in range(0, len(builders), BATCH):
             chunk = builders[start:start + BATCH]
@@ -286,7 +289,7 @@ def transact(builders):
                     code = -struct.unpack_from("=i", payload)[0]
                     seq = NLMSGHDR.unpack_from(payload, 4)[3]
                     closed = closed or seq == last
-                    if code and (failed is None or seq < failed[0]):
+                    if code and code not in tolerated and (failed is None or seq < failed[0]):
                         failed = (seq, OSError(code, os.strerror(code)))
             if failed is not None:
                 return failed[0] - 1, failed[1]

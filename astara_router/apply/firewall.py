@@ -15,10 +15,9 @@ How an apply decides what to run (see render/firewall.py for the ruleset itself)
 """
 import ipaddress
 import logging
-import subprocess
 from dataclasses import dataclass
 
-from .. import nftables
+from .. import conntrack, nftables
 from ..cli.management import read_management
 from ..errors import ApplyError
 from ..render.firewall import (TABLE_SPEC, floating_ips_in_listing, render_firewall,
@@ -26,8 +25,6 @@ from ..render.firewall import (TABLE_SPEC, floating_ips_in_listing, render_firew
 from .begun import Done, InThread
 
 LOG = logging.getLogger(__name__)
-
-CONNTRACK = "conntrack"
 
 
 # -- the kernel side ----------------------------------------------------------------------------
@@ -57,40 +54,17 @@ def _load(script, stale):
     return 1
 
 
-def _conntrack(args):
-    try:
-        return subprocess.run([CONNTRACK, *args], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        LOG.warning("conntrack %s: %s", " ".join(args), exc)
-        return None
-
-
-def tracked_addresses(family):
-    """Addresses that are an original or reply destination of some conntrack entry."""
-    result = _conntrack(["-L", "-f", family])
-    found = set()
-    for line in (result.stdout if result else "").splitlines():
-        # "<proto> ... src=A dst=B sport=.. dport=.. [..] src=C dst=D ...": B orig, D reply
-        found.update(ipaddress.ip_address(word[4:]) for word in line.split()
-                     if word.startswith("dst="))
-    return found
-
-
 def flush_conntrack(addresses):
     """Forget the connections of these floating IPs: those NATed to them (original
-    destination) and those NATed from them (reply destination). One dump first, so only
-    addresses that really have entries cost a ``conntrack -D``."""
-    for version, family in ((4, "ipv4"), (6, "ipv6")):
-        wanted = {a for a in addresses if a.version == version}
-        if not wanted:
-            continue
-        for address in sorted(wanted & tracked_addresses(family)):
-            for direction in ("--orig-dst", "--reply-dst"):
-                result = _conntrack(["-D", "-f", family, direction, str(address)])
-                # exit status 1 with "0 flow entries" only means there was nothing to delete
-                if result is not None and result.returncode not in (0, 1):
-                    LOG.warning("conntrack -D %s %s: %s", direction, address,
-                                result.stderr.strip())
+    destination) and those NATed from them (reply destination), through ctnetlink
+    (conntrack.py). A failure is logged: the new ruleset is loaded already."""
+    if not addresses:
+        return
+    try:
+        conntrack.forget(addresses)
+    except OSError as exc:
+        LOG.warning("conntrack: forgetting the connections of %s: %s",
+                    ", ".join(sorted(map(str, addresses))), exc)
 
 
 def stale_floating_ips(old, new):

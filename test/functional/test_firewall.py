@@ -223,7 +223,9 @@ def test_long_lived_connections_survive_reapplies_and_fip_removal_kills_only_its
     inbound = net.connect(inet, "172.24.4.101")  # through a floating IP
     other = net.connect(inet, "172.24.4.105")  # through another one
     outbound = net.connect(vm_nofip.ns, PUBLIC_V4)  # SNAT to the router's address
-    expected = {inbound: "172.24.4.1", other: "172.24.4.1", outbound: "172.24.4.11"}
+    outbound_fip = net.connect(vm01.ns, PUBLIC_V4)  # SNAT to its floating IP
+    expected = {inbound: "172.24.4.1", other: "172.24.4.1", outbound: "172.24.4.11",
+                outbound_fip: "172.24.4.101"}
 
     def all_alive(*conns):
         for conn in conns or expected:
@@ -254,14 +256,18 @@ def test_long_lived_connections_survive_reapplies_and_fip_removal_kills_only_its
     assert net.seen_as(vm04, PUBLIC_V4) == "172.24.4.104"
     assert net.seen_as(inet, "172.24.4.104") == "172.24.4.1"
 
-    # removing 172.24.4.101 deletes its conntrack entries, and only those
+    # removing 172.24.4.101 deletes its conntrack entries (NATed to it and from it), and
+    # only those
     assert conntrack(app, "--orig-dst", "172.24.4.101")
+    assert conntrack(app, "--reply-dst", "172.24.4.101")
     without = copy.deepcopy(full)
     without["floating_ips"] = [f for f in full["floating_ips"]
                                if f["floating_ip"] != "172.24.4.101"]
     put(t, without)
     assert conntrack(app, "--orig-dst", "172.24.4.101") == []
+    assert conntrack(app, "--reply-dst", "172.24.4.101") == []
     assert conntrack(app, "--orig-dst", "172.24.4.105")
+    assert conntrack(app, "--reply-dst", "172.24.4.11")  # vm33's, SNAT to the router's
     all_alive(other, outbound)
     with pytest.raises(OSError):
         inbound.sock.settimeout(2)
