@@ -201,9 +201,23 @@ def test_one_fixed_ip_with_two_floating_ips_leaves_as_the_first():
     body = copy.deepcopy(VALID["router-basic"])
     body["floating_ips"].append({"floating_ip": "172.24.4.229", "fixed_ip": "10.1.0.8"})
     ruleset = ruleset_of(body)
-    assert ruleset.set("fip_dnat").elements == ("172.24.4.228 : 10.1.0.8",
-                                                "172.24.4.229 : 10.1.0.8")
-    assert ruleset.set("fip_snat").elements == ("10.1.0.8 : 172.24.4.228",)
+    assert ruleset.set("fip_dnat").element_texts() == ["172.24.4.228 : 10.1.0.8",
+                                                       "172.24.4.229 : 10.1.0.8"]
+    assert ruleset.set("fip_snat").element_texts() == ["10.1.0.8 : 172.24.4.228"]
+
+
+def test_floating_ip_maps_hold_the_models_text_pairs():
+    """No element text is kept per floating IP: both maps refer to each FloatingIP's own
+    ``texts`` pair, and the texts are written where the ruleset is (SNAT swapped)."""
+    config = parse_payload(VALID["router-many-fips"], SERVICES)
+    ruleset = render_firewall(config, NAMES)
+    kept = {id(fip.texts) for fip in config.floating_ips}
+    for name in ("fip_dnat", "fip_snat"):
+        elements = ruleset.set(name).elements
+        assert elements and all(id(pair) in kept for pair in elements)
+    floating, fixed = config.floating_ips[0].texts
+    text = ruleset.text()
+    assert f"\t\t\t{floating} : {fixed}" in text and f"\t\t\t{fixed} : {floating}" in text
 
 
 def test_ipv6_floating_ips_get_their_own_maps():
@@ -211,7 +225,8 @@ def test_ipv6_floating_ips_get_their_own_maps():
     body["floating_ips"].append({"floating_ip": "2001:db8:c0de:1::50",
                                  "fixed_ip": "fd4e:7a31:2c5b:2::1a5"})
     ruleset = ruleset_of(body)
-    assert ruleset.set("fip_dnat_v6").elements == ("2001:db8:c0de:1::50 : fd4e:7a31:2c5b:2::1a5",)
+    assert ruleset.set("fip_dnat_v6").element_texts() == [
+        "2001:db8:c0de:1::50 : fd4e:7a31:2c5b:2::1a5"]
     assert 'oifname "eth1" snat ip6 to ip6 saddr map @fip_snat_v6' in chain(ruleset, "srcnat")
     assert ruleset_of(VALID["router-dual-stack"]).set("fip_dnat_v6") is None
 
