@@ -360,9 +360,9 @@ def _allocation(problems, spec, network_path, index):
     if len(ips) > 1:
         ips.sort(key=lambda item: (item[0].version, item[0]))
     mac = spec.mac_address.lower()
-    return Allocation(mac_address=spec.mac_address if mac == spec.mac_address else mac,
-                      ip_addresses=tuple(ips),
-                      hostname=spec.hostname, device_id=spec.device_id)
+    addresses = ips[0][0] if len(ips) == 1 and ips[0][1] is True else tuple(ips)
+    return Allocation(spec.mac_address if mac == spec.mac_address else mac, addresses,
+                      spec.hostname, spec.device_id)
 
 
 def _parsed(items):
