@@ -70,16 +70,17 @@ def added_addresses(config, before):
         if change is not None:
             # The same networks: the same interface addresses, and a floating address lives
             # on the same external network in both (a function of the address alone)
-            interfaces = _interface_addresses(config)
             gone = {fip.key for fip in change.removed}
             found = []
             for fip in change.added:
                 network = config.external_interface_for(fip.floating_ip)
                 if network is None or fip.key in gone:
                     continue
-                generic = network.interface.ifname
-                if fip.floating_ip not in interfaces.get(generic, ()):
-                    found.append((generic, fip.floating_ip))
+                address = fip.floating_ip
+                if not address.is_link_local and any(
+                        a.ip == address for a in network.interface.addresses):
+                    continue  # the interface's own address: known already
+                found.append((network.interface.ifname, address))
             return found
     after = _announced(config)
     known = _announced(before) if before is not None else {}
