@@ -15,8 +15,8 @@ import msgspec
 from . import schema, semantics
 from ..store import SORTED_JSON, PayloadDigest, payload_hash
 from .change import common_ends
-from .checks import (Problems, TwoParses, address_key, forget_unused, next_parse, parse_ip,
-                     parse_network)
+from .checks import (Problems, TwoParses, address_key, forget_unused, new_address,
+                     next_parse, parse_ip, parse_network)
 from .errors import FieldError, PayloadError, UnsupportedService, join, schema_error
 from .loadbalancer import build_loadbalancer
 from .types import (KEPT_TEXTS, Allocation, FloatingIP, HAConfig, Interface, Label, Network,
@@ -360,9 +360,9 @@ def _allocation(problems, spec, network_path, index):
     if len(ips) > 1:
         ips.sort(key=lambda item: (item[0].version, item[0]))
     mac = spec.mac_address.lower()
-    return Allocation(mac_address=spec.mac_address if mac == spec.mac_address else mac,
-                      ip_addresses=tuple(ips),
-                      hostname=spec.hostname, device_id=spec.device_id)
+    addresses = ips[0][0] if len(ips) == 1 and ips[0][1] is True else tuple(ips)
+    return Allocation(spec.mac_address if mac == spec.mac_address else mac, addresses,
+                      spec.hostname, spec.device_id)
 
 
 def _parsed(items):
@@ -439,7 +439,7 @@ def _new_floating_ip(texts):
         # The floating address outside parse_ip's cache: the memo keeps it (a cache entry
         # more per floating IP held 0.5 MB at 5 000); the fixed one is an allocation's,
         # parsed and cached with the networks already.
-        floating, fixed = parse_ip.__wrapped__(texts[0]), parse_ip(texts[1])
+        floating, fixed = new_address(texts[0]), parse_ip(texts[1])
     except ValueError:
         return None
     if floating.version != fixed.version:

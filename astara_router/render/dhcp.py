@@ -316,10 +316,10 @@ def _reservations(network, index, order, texts):
     lines = []
     for k in order:
         allocation = allocations[k]
-        if len(allocation.ip_addresses) == 1:  # nearly every VM: no lists to merge
-            (ip, enabled), = allocation.ip_addresses
+        ip = allocation.served_address
+        if ip is not None:  # nearly every VM: one address, served; no lists to merge
             key = address_key(ip)
-            if not enabled or key in router:
+            if key in router:
                 continue
             is_v4 = key < IPV6_ABOVE
             inside = sum(first <= key <= last for first, last in (v4_spans if is_v4 else v6_spans))

@@ -31,5 +31,9 @@ def allocation_texts(network):
     """The addresses of each of ``network``'s allocations as text, in their order (lists,
     one per allocation). Not kept: a renderer's memo keeps what it made of them, and 5 000
     allocations' texts would be 0.8 MB more for the agent to hold."""
-    return [[address_text(ip) for ip, _ in allocation.ip_addresses]
-            for allocation in network.allocations]
+    texts = []
+    for allocation in network.allocations:
+        ip = allocation.served_address  # nearly every VM: its one address
+        texts.append([address_text(ip)] if ip is not None
+                     else [address_text(ip) for ip, _ in allocation.ip_addresses])
+    return texts

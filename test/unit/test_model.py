@@ -393,3 +393,22 @@ def test_floating_ips_repeated_from_the_last_push_give_what_a_fresh_parse_gives(
     known = outcome()
     next_parse(), next_parse()  # two parses later every memo has forgotten the body
     assert known == outcome()
+
+
+def test_parsed_addresses_are_remembered_by_text_and_bounded():
+    """parse_ip gives the same object for the same text (the model, the metadata proxy's
+    maps and the floating IPs share it), a refused text is not remembered, and what it
+    remembers stays bounded: when full it starts over."""
+    from astara_router.model import checks
+    first = checks.parse_ip("198.51.100.77")
+    assert checks.parse_ip("198.51.100.77") is first == ipaddress.ip_address("198.51.100.77")
+    assert checks.new_address("198.51.100.77") is not first
+    for text in ("198.51.100.077", "198.51.100", "2001:db8::g"):
+        with pytest.raises(ValueError):
+            checks.parse_ip(text)
+    remembered = checks.parse_ip.__self__
+    assert "198.51.100.077" not in remembered
+    for number in range(checks.CACHE_SIZE + 1):
+        checks.parse_ip(f"198.18.{number >> 8}.{number & 255}")
+        assert len(remembered) <= checks.CACHE_SIZE
+    assert checks.parse_ip("198.51.100.77") == first
