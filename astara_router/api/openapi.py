@@ -8,6 +8,7 @@ description cannot silently fall behind the routes (test/unit/test_openapi.py).
 """
 import ast
 import inspect
+import logging
 import re
 import sys
 from typing import Annotated, Any, Optional
@@ -22,6 +23,7 @@ from ..fencing import EPOCH_HEADER, ORCHESTRATOR_HEADER
 from ..model.schema import ID_RULE, Payload
 from .operator import MAX_HISTORY
 
+LOG = logging.getLogger(__name__)
 OPENAPI_VERSION = "3.1.0"
 REF_TEMPLATE = "#/components/schemas/{name}"
 UNDOCUMENTED_METHODS = {"HEAD", "OPTIONS"}  # Flask adds them to every route
@@ -365,7 +367,13 @@ def with_docstrings(types):
         return
     modules = {sys.modules[cls.__module__] for cls in _schema_classes(types)}
     for module in modules - {sys.modules["builtins"]}:
-        for node in ast.walk(ast.parse(inspect.getsource(module))):
+        try:
+            source = inspect.getsource(module)
+        except (OSError, TypeError):  # no source installed: served without descriptions
+            LOG.warning("no source for %s: its schemas are served without descriptions",
+                        module.__name__)
+            continue
+        for node in ast.walk(ast.parse(source)):
             cls = getattr(module, node.name, None) if isinstance(node, ast.ClassDef) else None
             if (isinstance(cls, type) and cls.__module__ == module.__name__
                     and cls.__doc__ is None):
