@@ -24,7 +24,12 @@ def resident_kb(path):
 
 
 def mapped_and_touched(path):
-    path.write_bytes(os.urandom(PAGES * mmap.PAGESIZE))
+    """``path`` written and synced (clean pages, as a library's are: the kernel does not
+    write dirty ones back to page them out), mapped and every page read."""
+    with open(path, "wb") as f:
+        f.write(os.urandom(PAGES * mmap.PAGESIZE))
+        f.flush()
+        os.fsync(f.fileno())
     with open(path, "rb") as f:
         mapping = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
     for page in range(PAGES):
