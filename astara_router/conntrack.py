@@ -10,7 +10,6 @@ the entries whose original or reply destination is one of the addresses, and one
 acknowledged deletion per entry, by its original tuple as the kernel reported it.
 """
 import errno
-import ipaddress
 import socket
 import struct
 
@@ -27,7 +26,6 @@ CTA_TUPLE_IP = 1
 CTA_IP_V4_DST, CTA_IP_V6_DST = 2, 4
 NLA_F_NESTED = 0x8000
 ENTRY_ATTRIBUTES = frozenset((CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_ZONE))
-FAMILY_OF_VERSION = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 
 def destination(tuple_value):
@@ -62,10 +60,10 @@ def entries_to(addresses):
 def deletion(family, original, zone):
     """The builder of the request deleting one entry (rtnl.transact calls it with its
     sequence number)."""
-    body = NFGENMSG.pack(family, 0, 0) + rtnl._attribute(CTA_TUPLE_ORIG | NLA_F_NESTED,
-                                                         original)
+    body = NFGENMSG.pack(family, 0, 0) + rtnl.attribute(CTA_TUPLE_ORIG | NLA_F_NESTED,
+                                                        original)
     if zone is not None:
-        body += rtnl._attribute(CTA_ZONE, zone)
+        body += rtnl.attribute(CTA_ZONE, zone)
 
     def build(seq):
         return rtnl.NLMSGHDR.pack(rtnl.NLMSGHDR.size + len(body), CT_DELETE,
@@ -74,10 +72,10 @@ def deletion(family, original, zone):
 
 
 def forget(addresses):
-    """Delete the entries whose original or reply destination is one of ``addresses``;
-    returns how many. An entry gone meanwhile (expired) is no error; OSError otherwise
-    (no ctnetlink, not allowed)."""
-    found = entries_to([ipaddress.ip_address(a) for a in addresses])
+    """Delete the entries whose original or reply destination is one of ``addresses``
+    (ip_address objects); returns how many. An entry gone meanwhile (expired) is no
+    error; OSError otherwise (no ctnetlink, not allowed)."""
+    found = entries_to(addresses)
     done, error = rtnl.transact([deletion(*entry) for entry in found],
                                 protocol=NETLINK_NETFILTER, tolerated={errno.ENOENT})
     if error is not None:

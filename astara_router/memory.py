@@ -29,7 +29,7 @@ def give_back():
 MADV_PAGEOUT = 21  # Linux >= 5.4
 
 
-def page_out_alone(maps_path="/proc/self/maps"):
+def page_out_alone():
     """Reclaim the pages of files (libraries' code and read-only data) that no other process
     maps: the kernel leaves every page another process maps too (madvise(2),
     MADV_PAGEOUT), so what this process shares stays. For an idle process whose start
@@ -38,7 +38,7 @@ def page_out_alone(maps_path="/proc/self/maps"):
     madvise = ctypes.CDLL(None, use_errno=True).madvise
     madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     advised = 0
-    with open(maps_path) as maps:
+    with open("/proc/self/maps") as maps:
         for line in maps:
             fields = line.split(maxsplit=5)
             if len(fields) < 6 or not fields[5].startswith("/") or "w" in fields[1]:

@@ -128,7 +128,7 @@ def links(counters=False):
     statistics out: a quarter of the bytes)."""
     header = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
     if not counters:
-        header += _attribute(IFLA_EXT_MASK, struct.pack("=I", RTEXT_FILTER_SKIP_STATS))
+        header += attribute(IFLA_EXT_MASK, struct.pack("=I", RTEXT_FILTER_SKIP_STATS))
     return [link(payload, counters) for payload in dump(RTM_GETLINK, header)]
 
 
@@ -176,7 +176,7 @@ NLM_F_REPLACE, NLM_F_CREATE = 0x100, 0x400
 BATCH = 256  # requests per datagram
 
 
-def _attribute(kind, value):
+def attribute(kind, value):
     data = RTATTR.pack(RTATTR.size + len(value), kind) + value
     return data + b"\0" * (-len(data) % 4)
 
@@ -207,11 +207,11 @@ def address_request(seq, add, index, address, nodad=False):
     family = socket.AF_INET if version == 4 else socket.AF_INET6
     flags = IFA_F_NODAD if nodad else 0
     packed = address.packed  # an IPv4/6Interface is its address: no address object made
-    attrs = _attribute(IFA_LOCAL, packed) + _attribute(IFA_ADDRESS, packed)
+    attrs = attribute(IFA_LOCAL, packed) + attribute(IFA_ADDRESS, packed)
     if add and version == 4 and prefixlen < 31:
-        attrs += _attribute(IFA_BROADCAST, address.network.broadcast_address.packed)
+        attrs += attribute(IFA_BROADCAST, address.network.broadcast_address.packed)
     if flags:
-        attrs += _attribute(IFA_FLAGS, struct.pack("=I", flags))
+        attrs += attribute(IFA_FLAGS, struct.pack("=I", flags))
     body = IFADDRMSG.pack(family, prefixlen, flags, 0, index) + attrs
     kind = RTM_NEWADDR if add else RTM_DELADDR
     request_flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE | NLM_F_REPLACE if add else 0)
@@ -233,13 +233,13 @@ RTMSG = struct.Struct("=BBBBBBBBI")
 def route_request(seq, add, destination, gateway, oif, table, protocol):
     """RTM_NEWROUTE ("route replace") or RTM_DELROUTE of a unicast route."""
     family = socket.AF_INET if destination.version == 4 else socket.AF_INET6
-    attrs = _attribute(RTA_TABLE, struct.pack("=I", table))
+    attrs = attribute(RTA_TABLE, struct.pack("=I", table))
     if destination.prefixlen:
-        attrs += _attribute(RTA_DST, destination.network_address.packed)
+        attrs += attribute(RTA_DST, destination.network_address.packed)
     if gateway is not None:
-        attrs += _attribute(RTA_GATEWAY, gateway.packed)
+        attrs += attribute(RTA_GATEWAY, gateway.packed)
     if oif:
-        attrs += _attribute(RTA_OIF, struct.pack("=I", oif))
+        attrs += attribute(RTA_OIF, struct.pack("=I", oif))
     body = RTMSG.pack(family, destination.prefixlen, 0, 0, RT_TABLE_UNSPEC, protocol,
                       RT_SCOPE_UNIVERSE, RTN_UNICAST, 0) + attrs
     kind = RTM_NEWROUTE if add else RTM_DELROUTE
@@ -252,7 +252,7 @@ def link_request(seq, index, mtu=None, up=None):
     flags = change = 0
     if up is not None:
         flags, change = (IFF_UP if up else 0), IFF_UP
-    attrs = _attribute(IFLA_MTU, struct.pack("=I", mtu)) if mtu is not None else b""
+    attrs = attribute(IFLA_MTU, struct.pack("=I", mtu)) if mtu is not None else b""
     body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, flags, change) + attrs
     return NLMSGHDR.pack(NLMSGHDR.size + len(body), RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK,
                          seq, 0) + body

@@ -255,16 +255,14 @@ OPTIMIZE_SETTINGS = {"PYTHONOPTIMIZE": "2"}
 RUNTIME_MARK = "ASTARA_ROUTER_RUNTIME"  # set for the re-executed agent, then removed
 
 
-def runtime_settings(environ=None, optimize=None):
+def runtime_settings():
     """The environment the agent runs under: jemalloc when installed (unless something is
     preloaded already) and no docstrings. {} when the process already runs so."""
-    environ = os.environ if environ is None else environ
-    optimize = sys.flags.optimize if optimize is None else optimize
     wanted = {}
     found = glob.glob(JEMALLOC)
-    if found and not environ.get("LD_PRELOAD"):
+    if found and not os.environ.get("LD_PRELOAD"):
         wanted.update(ALLOCATOR_SETTINGS, LD_PRELOAD=found[0])
-    if optimize < 2:
+    if sys.flags.optimize < 2:
         wanted.update(OPTIMIZE_SETTINGS)
     return wanted
 

@@ -66,6 +66,7 @@ from operator import attrgetter
 
 from ..errors import ApplyError
 from ..model.change import common_ends
+from ..model.checks import parse_ip
 from ..model.vpn import active_connections
 from .metadata import METADATA_ADDRESS, metadata_listeners
 from .text import comment
@@ -361,14 +362,13 @@ def with_floating_ip_change(ruleset, config, change):
     return Ruleset(tuple(patched.get(s.name, s) for s in ruleset.sets), ruleset.chains)
 
 
-def _first_key(pair):
-    """The integer of an IPv4 pair's first address (the DNAT map is sorted by it)."""
-    return int(ipaddress.IPv4Address(pair[0]))
+def _pair_key(position):
+    """The integer of an IPv4 pair's address at ``position``: the DNAT map is sorted by
+    the first (floating), the SNAT map by the second (fixed)."""
+    return lambda pair: int(parse_ip(pair[position]))
 
 
-def _second_key(pair):
-    """The integer of an IPv4 pair's second address (the SNAT map is sorted by it)."""
-    return int(ipaddress.IPv4Address(pair[1]))
+_first_key, _second_key = _pair_key(0), _pair_key(1)
 
 
 def _take(elements, element, key, element_key):
