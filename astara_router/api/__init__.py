@@ -21,6 +21,7 @@ from ..fencing import (EPOCH_HEADER, ORCHESTRATOR_HEADER, EpochFence, StaleEpoch
 from ..logs import REQUEST_ID_HEADER, new_request_id, valid_request_id
 from ..model import PayloadError
 from ..naming import interface_view
+from ..readers import let_readers_first
 from ..status import StatusProber
 from .operator import operator_routes, request_id, request_ids
 
@@ -356,6 +357,7 @@ def config_routes(engine, fence):
             raw = request_body()
             body = None  # the bytes of the last push again: JSON, decoded only if need be
             if not engine.pushed_before(raw):
+                let_readers_first()
                 try:
                     body = decode_json(raw)
                 except ValueError as exc:

@@ -16,11 +16,13 @@ import sys
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.workers.gthread import ThreadWorker
 
 from .. import logs
 from .. import settings as settings_mod
 from .. import tls
 from ..memory import give_back, page_out_alone
+from ..readers import READERS
 
 LOG = logging.getLogger("astara_router.api")
 
@@ -168,6 +170,32 @@ class AgentArbiter(Arbiter):
             return True
 
 
+class AgentThreadWorker(ThreadWorker):
+    """gunicorn's gthread worker, which counts the reads in flight for the applying
+    threads to give way to (``readers.ReadersFirst``): from the poller's hand-over to the
+    answer; a request that is not a GET or HEAD stops counting once its method is read."""
+
+    def run(self):
+        READERS.watch(self.poller, ignored=(self.method_queue.fileno(),))
+        super().run()
+
+    def enqueue_req(self, conn):
+        READERS.arrive()
+        super().enqueue_req(conn)
+
+    def handle(self, conn):
+        READERS.serving()
+        try:
+            return super().handle(conn)
+        finally:
+            READERS.depart()
+
+    def handle_request(self, req, conn):
+        if req.method not in ("GET", "HEAD"):
+            READERS.depart()
+        return super().handle_request(req, conn)
+
+
 class AgentApplication(BaseApplication):
     def __init__(self, settings):
         self.settings = settings
@@ -180,7 +208,7 @@ class AgentApplication(BaseApplication):
         options = {
             "bind": list(s.bind) or [default_bind(s)],
             "workers": 1,  # one writer: never more than one process applying
-            "worker_class": "gthread",
+            "worker_class": AgentThreadWorker,
             "threads": s.threads,
             "timeout": 120,
             "graceful_timeout": 10,
