@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from .. import garp, rtnl
 from ..model.change import floating_ip_change
+from ..readers import let_readers_first
 from ..render.netlink import keepalived_owns
 
 LOG = logging.getLogger(__name__)
@@ -184,7 +185,9 @@ class GarpSubsystem:
 
     def after_commit(self, plan, base, nics):
         """Background: send now what is usable now, the rest once its DAD is over."""
-        announce(self.new(plan, base), nics, plan.router)
+        new = self.new(plan, base)
+        let_readers_first()
+        announce(new, nics, plan.router)
 
 
 def announce(addresses, nics, router):

@@ -193,6 +193,7 @@ class AgentThreadWorker(ThreadWorker):
     def handle_request(self, req, conn):
         if req.method not in ("GET", "HEAD"):
             READERS.depart()
+            READERS.let_readers_first()  # a push's Flask dispatch is a writer's step too
         return super().handle_request(req, conn)
 
 
