@@ -19,7 +19,7 @@ from ..errors import ApplyError
 from ..fencing import (EPOCH_HEADER, ORCHESTRATOR_HEADER, EpochFence, StaleEpoch,
                        parse_epoch, push_sender)
 from ..logs import REQUEST_ID_HEADER, new_request_id, valid_request_id
-from ..model import PayloadError
+from ..model import PayloadError, decode_payload
 from ..naming import interface_view
 from ..readers import let_readers_first
 from ..status import StatusProber
@@ -78,11 +78,12 @@ def error_response(status, error, message, errors=None):
     return json_response(body, status)
 
 
-def decode_json(raw):
+def decode_json(raw, decode=msgspec.json.decode):
     """A request body's JSON, or ValueError saying why not (not JSON, not UTF-8, a lone
-    surrogate, or nested deeper than the decoder recurses)."""
+    surrogate, or nested deeper than the decoder recurses); ``decode``: a push's body is
+    decoded in steps (``model.decode_payload``)."""
     try:
-        return msgspec.json.decode(raw or b"")
+        return decode(raw or b"")
     except msgspec.DecodeError as exc:
         raise ValueError(f"the body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -359,7 +360,7 @@ def config_routes(engine, fence):
             if not engine.pushed_before(raw):
                 let_readers_first()
                 try:
-                    body = decode_json(raw)
+                    body = decode_json(raw, decode_payload)
                 except ValueError as exc:
                     return error_response(400, "Bad Request", str(exc))
 

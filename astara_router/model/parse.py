@@ -35,6 +35,46 @@ def valid_hostname(name):
     return schema.conforms(name, schema.HostName)
 
 
+_MEMBERS = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
+_JSON = msgspec.json.Decoder()
+
+
+def decode_payload(raw):
+    """``msgspec.json.decode(raw)``, the same objects, decoded a top-level member at a
+    time and the networks sixteen at a time, with a read's turn between
+    (``let_readers_first``): one call held the interpreter lock for the whole body (1.3-2
+    ms at 1 000 floating IPs), the longest step left in a push; in steps the largest is
+    ~0.2 ms and the whole takes as long. Anything but an object whose members decode is
+    decoded again in one call, which raises that body's own error."""
+    try:
+        members = _MEMBERS.decode(raw)
+        decoded = {}
+        for name, member in members.items():
+            items = _items(member) if name == "networks" else None
+            if items is not None:
+                networks = []
+                for i, item in enumerate(items):
+                    networks.append(_JSON.decode(item))
+                    if i % 16 == 15:
+                        let_readers_first()
+                decoded[name] = networks
+            else:
+                decoded[name] = _JSON.decode(member)
+            let_readers_first()
+        return decoded
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return _JSON.decode(raw)
+
+
+def _items(member):
+    """A JSON array's items (raw), or None when ``member`` is not an array."""
+    try:
+        return _ITEMS.decode(member)
+    except msgspec.ValidationError:
+        return None
+
+
 def parse_payload(body, enabled_services=("router",)):
     """Return the model for ``body`` (decoded JSON) or raise PayloadError /
     UnsupportedService."""
