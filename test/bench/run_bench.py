@@ -569,7 +569,8 @@ def section(facts, results, opts, minutes):
         "namespace during the PUT; restarts compare the PIDs of every process there (dnsmasq, "
         "metadata proxy, BIRD if any, the agent's own) before and after.",
         f"- **GET**: a reader thread on the agent and one on the bare app — a bare Flask app "
-        f"under gunicorn with the agent's worker class (gthread, 1 worker) and thread count "
+        f"under gunicorn with the agent's worker class (gthread, 1 worker: gunicorn's own, "
+        f"of which the agent's is a subclass counting the reads in flight) and thread count "
         f"({Settings().threads}), in the agent's namespace, returning a body of the same size "
         f"— at the same time, each on one keep-alive HTTP/1.1 connection, one request every "
         f"{opts.interval * 1000:.0f} ms; during applies a writer PUTs the 1 000- and 1 001-FIP "
