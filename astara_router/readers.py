@@ -88,3 +88,12 @@ class ReadersFirst:
 
 READERS = ReadersFirst()
 let_readers_first = READERS.let_readers_first
+
+
+def in_turns(items, every=16):
+    """``items``, a writer's step ending after each ``every`` of them (a loop whose
+    iterations are short but whose whole is not: the parse's per-network work)."""
+    for count, item in enumerate(items, 1):
+        yield item
+        if count % every == 0:
+            let_readers_first()

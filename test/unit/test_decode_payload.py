@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from astara_lab.appliance import contract_payloads
 from astara_lab.synthetic import synthetic_router
-from astara_router.model import decode_payload
+from astara_router import readers
+from astara_router.model import decode_payload, parse
 
 PAYLOADS = {**contract_payloads(), "synthetic-1000": synthetic_router(networks=50,
                                                                        floating_ips=1000)}
@@ -26,7 +27,17 @@ def same_as_one_call(raw):
 @pytest.mark.parametrize("name", sorted(PAYLOADS))
 def test_the_payloads_decode_to_what_one_call_gives(name):
     decoded = same_as_one_call(msgspec.json.encode(PAYLOADS[name]))
-    assert decoded["networks"]  # the networks went through the stepwise path
+    assert decoded["networks"]
+
+
+def test_reads_get_a_turn_between_members_and_every_sixteen_networks(monkeypatch):
+    turns = []
+    monkeypatch.setattr(readers, "let_readers_first", lambda: turns.append("network"))
+    monkeypatch.setattr(parse, "let_readers_first", lambda: turns.append("member"))
+    body = PAYLOADS["synthetic-1000"]
+    same_as_one_call(msgspec.json.encode(body))
+    assert turns.count("member") == len(body)
+    assert turns.count("network") == len(body["networks"]) // 16
 
 
 @pytest.mark.parametrize("raw", [

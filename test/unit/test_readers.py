@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from astara_router.readers import ReadersFirst
+from astara_router import readers as readers_module
+from astara_router.readers import ReadersFirst, in_turns
 
 PATIENT = 30.0  # a wait that must not end by itself within the test
 
@@ -86,14 +87,19 @@ def test_a_request_that_writes_stops_counting_and_never_waits_for_itself():
 def test_a_thread_serving_a_read_never_waits_on_reads():
     readers = ReadersFirst(longest_wait=PATIENT)
     other = serve_one(readers)
-    readers.arrive()
-    readers.serving()  # this thread serves a read too, and calls a writer's step
-    try:
-        done = Writer(readers)
-        done.run()  # here, in the serving thread
-        assert done.done.is_set()
-    finally:
+    stepped = threading.Event()
+
+    def serve_and_step():  # a read whose handler calls a writer's step
+        readers.serving()
+        readers.let_readers_first()
+        stepped.set()
         readers.depart()
+
+    readers.arrive()
+    threading.Thread(target=serve_and_step, daemon=True).start()
+    try:
+        assert stepped.wait(5)  # not after PATIENT: it waited for neither read
+    finally:
         other.finish.set()
 
 
@@ -168,3 +174,13 @@ def test_a_closed_poller_holds_no_writer_back(poller):
     writer = Writer(readers)
     writer.start()
     assert writer.done.wait(5)
+
+
+def test_in_turns_gives_every_item_and_a_step_after_each_sixteen(monkeypatch):
+    steps = []
+    monkeypatch.setattr(readers_module, "let_readers_first", lambda: steps.append(len(seen)))
+    seen = []
+    for item in in_turns(range(40)):
+        seen.append(item)
+    assert seen == list(range(40))
+    assert steps == [16, 32]  # after the 16th and the 32nd item, none after a partial turn
