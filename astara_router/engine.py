@@ -384,7 +384,7 @@ class Engine:
             lambda: self.committed.config)
         self.history = History()  # the last activities, for the operator (history.py)
         self._revert_timer = None  # commit-confirm: reverts the generation awaiting it
-        self._listed = (None, None)  # (watch subscription, NIC list read after it began)
+        self._listed = (None, None)  # (watch.link_changes(), NIC list read after it)
         self.committed = self._load()
 
     def _load(self):
@@ -591,7 +591,7 @@ class Engine:
         when no link changed since (``_current_nics``: 51 NICs, a 1-2 ms dump)."""
         try:
             self.watch.renew()
-            self._list_nics(self.watch.subscription)
+            self._list_nics()
             self.names.assign(self._listed[1])
         except OSError as exc:  # the first transaction numbers them then
             LOG.warning("cannot number the NICs at boot: %s", exc)
@@ -826,15 +826,15 @@ class Engine:
                 _finish(begun, counts, spent)
 
     def _current_nics(self):
-        """The NIC list read after the last transaction, when no link changed since (the
-        kernel watch): a push that changes addresses alone need not dump the links."""
-        subscription, nics = self._listed
-        self.watch.poll()
-        return nics if self.watch.links_unchanged(subscription) else None
+        """The NIC list read last, when no link changed since (the kernel watch): a push
+        that changes addresses alone need not dump the links."""
+        changes, nics = self._listed
+        return nics if changes is not None and changes == self.watch.link_changes() else None
 
-    def _list_nics(self, subscription):
-        """Background, after a transaction: the NIC list as it left them."""
-        self._listed = (subscription, tuple(list_nics(with_addresses=False)))
+    def _list_nics(self):
+        """The NIC list as it is (background, after a transaction that changed a link)."""
+        changes = self.watch.link_changes()  # before: a change meanwhile reads them again
+        self._listed = (changes, tuple(list_nics(with_addresses=False)))
 
     def _persist(self, number, digest, raw, awaiting):
         with state_full_is_507("the configuration"):
@@ -863,7 +863,8 @@ class Engine:
             if hasattr(subsystem, "after_commit"):
                 background.add(f"{subsystem.name}-after-commit", subsystem.after_commit,
                                plans[subsystem.name], bases[subsystem.name], nics)
-        background.add("list-nics", self._list_nics, self.watch.subscription)
+        if self._current_nics() is None:  # this transaction, or someone, changed a link
+            background.add("list-nics", self._list_nics)
         background.add_last("malloc-trim", _trim_memory)
 
     def _rollback(self, ctx, snapshots, counts):

@@ -19,12 +19,18 @@ changes: those (``Expected.ignored``) are not drift, and its routes carry its ow
 Unmanaged links and their addresses (the kernel's loopback, say) are not watched. A full
 receive queue (the kernel drops notifications then) counts as drift. Changes that
 happen *during* an apply are not seen here (the subscriptions are renewed after it); the
-periodic reconcile compares the whole state. Only the writer uses a watch (no locking).
+periodic reconcile compares the whole state. Only the writer uses a watch (no locking),
+but for ``link_changes``.
+
+``link_changes`` counts link notifications on a third subscription, which transactions do
+not close: while it stands still, no link changed (not even by the agent's own
+transaction), so the NIC list read before still holds and need not be read again.
 """
 import errno
 import logging
 import socket
 import struct
+import threading
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -84,7 +90,8 @@ class Expected:
 
 class KernelWatch:
     """Two subscriptions; ``netlink_drift``/``nftables_drift`` say whether the kernel may no
-    longer hold what was committed (``expected``)."""
+    longer hold what was committed (``expected``). A third counts link changes
+    (``link_changes``)."""
 
     def __init__(self, table_name, table_family=NFPROTO_INET):
         self.table_name = table_name.encode()
@@ -92,8 +99,9 @@ class KernelWatch:
         self._route = self._nft = None
         self.netlink_drift = self.nftables_drift = True  # nothing known yet
         self.expected = Expected()
-        self.subscription = 0  # counts renewals: what was read after one is news until the next
-        self.link_events = True  # a link message (of any kind) arrived since the renewal
+        self._links = None  # the link subscription: open from the first link_changes on
+        self._link_count = 0
+        self._links_lock = threading.Lock()  # link_changes: the writer and its background
 
     def renew(self, expected=Expected()):
         """Forget everything so far (the agent's own changes) and watch from now on."""
@@ -107,8 +115,7 @@ class KernelWatch:
             self.netlink_drift = self.nftables_drift = True
             return
         self.expected = expected
-        self.netlink_drift = self.nftables_drift = self.link_events = False
-        self.subscription += 1
+        self.netlink_drift = self.nftables_drift = False
 
     def poll(self):
         """Read what arrived since ``renew``; returns (netlink_drift, nftables_drift)."""
@@ -120,11 +127,29 @@ class KernelWatch:
             self.nftables_drift = self._drain(self._nft, self._nft_drift)
         return self.netlink_drift, self.nftables_drift
 
-    def links_unchanged(self, subscription):
-        """No link changed in any way (not even its carrier) since ``subscription`` began,
-        as far as the notifications tell (``poll`` first)."""
-        return (subscription == self.subscription and self._route is not None
-                and not self.netlink_drift and not self.link_events)
+    def link_changes(self):
+        """A number that stays the same while no link changes in any way (not even its
+        carrier), or None when links cannot be watched. Its own subscription, open from
+        the first call on and across transactions: a transaction that changes no link
+        leaves it as it was, and the NIC list read before it needs no new dump."""
+        with self._links_lock:
+            if self._links is None:
+                try:
+                    self._links = _open(NETLINK_ROUTE, RTMGRP_LINK)
+                except OSError as exc:
+                    LOG.warning("cannot subscribe to link notifications: %s", exc)
+                    return None
+                self._link_count += 1  # whatever happened before is unknown
+            while True:
+                try:
+                    if self._links.recv(1 << 16):
+                        self._link_count += 1
+                except BlockingIOError:
+                    return self._link_count
+                except OSError as exc:
+                    if exc.errno != errno.ENOBUFS:  # else: dropped, so changed
+                        raise
+                    self._link_count += 1
 
     def close(self):
         for sock in (self._route, self._nft):
@@ -151,7 +176,6 @@ class KernelWatch:
 
     def _route_drift(self, kind, payload):
         if kind in (RTM_NEWLINK, RTM_DELLINK):
-            self.link_events = True
             return self._link_drift(kind, payload)
         if kind in (RTM_NEWADDR, RTM_DELADDR):
             return self._address_drift(kind, payload)

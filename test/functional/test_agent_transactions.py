@@ -17,6 +17,8 @@ from astara_router import settings as settings_mod
 from astara_router.api import create_app
 from astara_router.engine import Engine
 from astara_router.errors import ApplyError
+from astara_router.render.firewall import TABLE
+from astara_router.watch import KernelWatch
 
 pytestmark = pytest.mark.netns
 
@@ -195,6 +197,56 @@ def test_a_plan_that_ignores_floating_ips_is_kept_when_only_they_change(lab, tmp
         engine.apply(renamed)  # another change: planned again
     assert (daemon.planned, ruleset.planned) == (2, 4)
     assert engine.committed.plans["daemon"] == ("renamed", len(BASIC["floating_ips"]))
+
+
+class SeeingNics(CountingPlans):
+    """A subsystem (test double) that keeps the NIC list each transaction saw."""
+
+    def __init__(self):
+        super().__init__("nics", True)
+        self.seen = []
+
+    def apply(self, ctx, plan, base, snapshot):
+        self.seen.append(ctx.nics)
+        return 1
+
+
+def test_a_push_that_changes_no_link_takes_the_nic_list_read_before(lab, tmp_path):
+    ns = lab.netns("nics")
+    ns.ip("link", "add", "nics-a", "type", "veth", "peer", "name", "nics-b")
+    nics = SeeingNics()
+    settings = settings_mod.load(state_dir=str(tmp_path), enabled_services="router")
+    engine = Engine(settings, subsystems=[nics])
+
+    def listed():  # the background job's list, once it has run
+        return eventually(lambda: engine._listed[1], 10, "the NIC list")
+    with in_netns(ns.name):
+        engine.apply(copy.deepcopy(BASIC))
+        first = listed()
+        assert {nic.kernel_name for nic in first} >= {"nics-a", "nics-b"}
+        engine.apply(with_many_fips(BASIC, 3))  # no link changed
+        assert nics.seen[-1] is first and engine._listed[1] is first  # not read again
+        ns.ip("link", "set", "nics-a", "mtu", "1400")  # behind the agent's back
+        engine.apply(with_many_fips(BASIC, 5))
+        assert nics.seen[-1] is not first
+        assert [n.mtu for n in nics.seen[-1] if n.kernel_name == "nics-a"] == [1400]
+        assert eventually(lambda: engine._listed[1] is not first, 10, "a new NIC list")
+
+
+def test_link_changes_counts_links_not_addresses(lab):
+    ns = lab.netns("links")
+    ns.ip("link", "add", "lc-a", "type", "veth", "peer", "name", "lc-b")
+    ns.ip("link", "set", "lc-a", "up")
+    ns.ip("link", "set", "lc-b", "up")
+    with in_netns(ns.name):
+        watch = KernelWatch(TABLE)
+        first = watch.link_changes()
+        assert first is not None and watch.link_changes() == first
+        ns.ip("addr", "add", "198.18.7.1/24", "dev", "lc-a")
+        ns.ip("route", "add", "198.18.8.0/24", "via", "198.18.7.2")
+        assert watch.link_changes() == first
+        ns.ip("link", "set", "lc-b", "down")  # lc-a loses its carrier
+        assert watch.link_changes() != first
 
 
 class Announcing(CountingPlans):
