@@ -51,7 +51,7 @@ import msgspec
 from .apply import default_subsystems
 from .errors import ApplyError, state_full_is_507
 from .history import History
-from .memory import give_back
+from .memory import QuietTrims
 from .metrics import Metrics
 from .model import (PayloadError, SystemConfig, check_management_path, parse_hashed,
                     parse_payload, prepare_schema)
@@ -124,20 +124,6 @@ STATE_RESERVE = 256 * 1024
 STATE_SPACE_FACTOR = 3  # payload-sized files that may coexist during a commit
 
 MAX_CONFIRM_TIMEOUT = 3600  # seconds a generation may await confirmation (?confirm_timeout)
-
-
-def _trim_memory(after):
-    """Return the heap's free pages to the kernel (glibc keeps them otherwise, and a
-    5 000-floating-IP push frees tens of megabytes of parse temporaries) as each of the
-    threads ``after`` (the work after the answer) ends: by then the request's temporaries
-    and theirs are freed too (trimming at the commit left 3 MB of the worker's PSS at 5 000
-    floating IPs: make bench). The quick ones first (queued last: listing the NICs,
-    releasing the last generation and the pushed body): announcements may wait seconds
-    for DAD, and a single trim after them left the worker 2.5 MB larger until then. A trim
-    takes 0.04-0.2 ms, and even router-basic's first apply leaves 1.3 MB to give back."""
-    for thread in reversed(after):
-        thread.join()
-        give_back()
 
 
 class CollectorPause:
@@ -383,6 +369,7 @@ class Engine:
             lambda: self.interfaces(with_addresses=False, with_counters=True),
             lambda: self.committed.config)
         self.history = History()  # the last activities, for the operator (history.py)
+        self.trims = QuietTrims(step=let_readers_first)  # the heap's free pages given back
         self._revert_timer = None  # commit-confirm: reverts the generation awaiting it
         self._listed = (None, None)  # (watch.link_changes(), NIC list read after it)
         self.committed = self._load()
@@ -419,6 +406,7 @@ class Engine:
         ``request_id``: the caller's (X-Request-Id), else one is made (history.py);
         ``defer_background``: the caller starts ``outcome.background`` itself (after its
         answer), else it is started here."""
+        self.trims.push_began()
         with self.history.activity(origin, request_id, self.committed.generation,
                                    detail) as activity, PAUSE_COLLECTOR:
             try:
@@ -865,7 +853,7 @@ class Engine:
                                plans[subsystem.name], bases[subsystem.name], nics)
         if self._current_nics() is None:  # this transaction, or someone, changed a link
             background.add("list-nics", self._list_nics)
-        background.add_last("malloc-trim", _trim_memory)
+        background.add_last("malloc-trim", self.trims.queue())
 
     def _rollback(self, ctx, snapshots, counts):
         """Restore every subsystem that ran; True when all of them were restored."""
