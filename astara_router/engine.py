@@ -42,7 +42,6 @@ import re
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Mapping, Optional
@@ -307,45 +306,18 @@ def _drop(*objects):
     """Nothing: the thread's arguments are freed when it ends (Background.release)."""
 
 
-# The quick jobs after the answers, one after another in a thread kept for them: a thread
-# for each cost its start and, as it ended, glibc's madvise of its 8 MB stack, a TLB
-# shootdown of the other CPU (PUTs back to back at 1 000 floating IPs, perf stat of the
-# worker: ~11-22 madvise calls a push with five threads a push, ~6-7 with two).
-_QUICK = ThreadPoolExecutor(max_workers=1, thread_name_prefix="after-answer")
-
-
-class _Queued:
-    """A quick job in ``_QUICK``, joined like a thread."""
-
-    def __init__(self, future):
-        self.future = future
-
-    def join(self):
-        wait((self.future,))
-
-
-def _quick(name, target, args):
-    try:
-        _after_readers(target, *args)
-    except Exception:  # a thread would have printed it
-        LOG.exception("%s failed", name)
-
-
 class Background:
     """Work a transaction leaves for after its answer (announcements, giving memory back):
-    ``start()`` runs each job once: the quick ones one after another in a thread kept for
-    them (``_QUICK``); in a thread of its own (``own_thread``) one that may wait (an
-    announcement waiting for DAD) or reads the kernel (a new thread is in the network
-    namespace of the one that starts it: the kept one is in the namespace it began in). The API starts it when the response has been sent, so the answer
-    does not share the CPU with it."""
+    ``start()`` runs each job in a thread of its own, once. The API starts it when the
+    response has been sent, so the answer does not share the CPU with it."""
 
     def __init__(self):
-        self.jobs = []  # (thread name, function, args, own_thread)
+        self.jobs = []  # (thread name, function, args)
         self.last = None  # (thread name, function): given the other jobs' threads
         self.started = False
 
-    def add(self, name, target, *args, own_thread=False):
-        self.jobs.append((name, target, args, own_thread))
+    def add(self, name, target, *args):
+        self.jobs.append((name, target, args))
 
     def release(self, *objects):
         """Drop ``objects`` in a thread of their own: freeing the last generation and a
@@ -361,16 +333,12 @@ class Background:
         if self.started:
             return
         self.started = True
-        threads = []
-        for name, target, args, own_thread in self.jobs:
-            if own_thread:
-                thread = threading.Thread(target=_after_readers, args=(target, *args),
-                                          name=name, daemon=True)
-                thread.start()
-            else:
-                thread = _Queued(_QUICK.submit(_quick, name, target, args))
-            threads.append(thread)
+        threads = [threading.Thread(target=_after_readers, args=(target, *args),
+                                    name=name, daemon=True)
+                   for name, target, args in self.jobs]
         self.jobs = []  # the threads hold the arguments now (and drop them when done)
+        for thread in threads:
+            thread.start()
         if self.last is not None:
             name, target = self.last
             threading.Thread(target=target, args=(threads,), name=name, daemon=True).start()
@@ -882,10 +850,9 @@ class Engine:
         for subsystem in self.subsystems:
             if hasattr(subsystem, "after_commit"):
                 background.add(f"{subsystem.name}-after-commit", subsystem.after_commit,
-                               plans[subsystem.name], bases[subsystem.name], nics,
-                               own_thread=True)
+                               plans[subsystem.name], bases[subsystem.name], nics)
         if self._current_nics() is None:  # this transaction, or someone, changed a link
-            background.add("list-nics", self._list_nics, own_thread=True)
+            background.add("list-nics", self._list_nics)
         background.add_last("malloc-trim", self.trims.queue())
 
     def _rollback(self, ctx, snapshots, counts):

@@ -15,7 +15,7 @@ from astara_lab.peers import eventually
 from astara_netns import in_netns, pid_alive
 from astara_router import settings as settings_mod
 from astara_router.api import create_app
-from astara_router.engine import Background, Engine
+from astara_router.engine import Engine
 from astara_router.errors import ApplyError
 from astara_router.render.firewall import TABLE
 from astara_router.watch import KernelWatch
@@ -247,30 +247,6 @@ def test_link_changes_counts_links_not_addresses(lab):
         assert watch.link_changes() == first
         ns.ip("link", "set", "lc-b", "down")  # lc-a loses its carrier
         assert watch.link_changes() != first
-
-
-def _netns_inode():
-    return os.stat("/proc/thread-self/ns/net").st_ino
-
-
-def test_quick_jobs_share_one_kept_thread_and_kernel_readers_run_where_they_were_started(lab):
-    ns = lab.netns("jobs")
-    seen = {"quick": [], "own": []}
-
-    def record(kind, done):
-        seen[kind].append((threading.current_thread(), _netns_inode()))
-        done.set()
-    for _ in range(2):
-        with in_netns(ns.name):
-            inside = _netns_inode()
-            background, quick, own = Background(), threading.Event(), threading.Event()
-            background.add("quick", record, "quick", quick)
-            background.add("own", record, "own", own, own_thread=True)
-            background.start()
-        assert quick.wait(10) and own.wait(10)
-    (first, _), (second, _) = seen["quick"]
-    assert first is second and first.is_alive()  # no thread started for them
-    assert [netns for _, netns in seen["own"]] == [inside, inside]
 
 
 class Announcing(CountingPlans):
