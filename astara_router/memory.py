@@ -27,9 +27,9 @@ def give_back():
         mallctl(b"arena.%d.purge" % JEMALLOC_ALL_ARENAS, None, None, None, 0)
 
 
-# Seconds without a new push before the pages go back. After every push that was ~4
+# Seconds without a new push before the pages go back. After every push that was 3
 # purges (one per thread of the work after the answer): with PUTs back to back at 1 000
-# floating IPs, 2 308 in 40 s, 0.3 ms of CPU each at the median, up to 50 ms on the
+# floating IPs, 2 308 in 40 s (768 pushes), 0.3 ms of CPU each at the median, up to 50 ms on the
 # loaded machine, for pages the next push takes again; and the threads serving requests
 # then faulted fresh pages in and advised them away again: ~4 000 madvise calls each in
 # 8 s against ~750 without those purges (perf stat), each madvise a TLB shootdown that

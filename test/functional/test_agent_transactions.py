@@ -218,16 +218,19 @@ def test_a_push_that_changes_no_link_takes_the_nic_list_read_before(lab, tmp_pat
     settings = settings_mod.load(state_dir=str(tmp_path), enabled_services="router")
     engine = Engine(settings, subsystems=[nics])
 
-    def listed():  # the background job's list, once it has run
-        return eventually(lambda: engine._listed[1], 10, "the NIC list")
+    def push(body):  # the names of the jobs it leaves for after its answer, then run
+        background = engine.apply(body, defer_background=True).background
+        names = [job[0] for job in background.jobs]
+        background.start()
+        return names
     with in_netns(ns.name):
-        engine.apply(copy.deepcopy(BASIC))
-        first = listed()
+        assert "list-nics" in push(copy.deepcopy(BASIC))  # nothing listed yet
+        first = eventually(lambda: engine._listed[1], 10, "the NIC list")
         assert {nic.kernel_name for nic in first} >= {"nics-a", "nics-b"}
-        engine.apply(with_many_fips(BASIC, 3))  # no link changed
+        assert "list-nics" not in push(with_many_fips(BASIC, 3))  # no link changed
         assert nics.seen[-1] is first and engine._listed[1] is first  # not read again
         ns.ip("link", "set", "nics-a", "mtu", "1400")  # behind the agent's back
-        engine.apply(with_many_fips(BASIC, 5))
+        assert "list-nics" in push(with_many_fips(BASIC, 5))
         assert nics.seen[-1] is not first
         assert [n.mtu for n in nics.seen[-1] if n.kernel_name == "nics-a"] == [1400]
         assert eventually(lambda: engine._listed[1] is not first, 10, "a new NIC list")
