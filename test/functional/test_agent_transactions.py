@@ -236,15 +236,30 @@ def test_a_push_that_changes_no_link_takes_the_nic_list_read_before(lab, tmp_pat
         assert eventually(lambda: engine._listed[1] is not first, 10, "a new NIC list")
 
 
+def settled_link_changes(watch, quiet=1.5, limit=15):
+    """The link count once no link message came for `quiet` seconds: a veth's carrier
+    and operstate reach the kernel's link watch, which announces them up to a second
+    after the `ip link set up` that caused them."""
+    last, since, deadline = watch.link_changes(), time.monotonic(), time.monotonic() + limit
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, "the links never settled"
+        time.sleep(0.05)
+        now = watch.link_changes()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
 def test_link_changes_counts_links_not_addresses(lab):
     ns = lab.netns("links")
     ns.ip("link", "add", "lc-a", "type", "veth", "peer", "name", "lc-b")
-    ns.ip("link", "set", "lc-a", "up")
-    ns.ip("link", "set", "lc-b", "up")
     with in_netns(ns.name):
         watch = KernelWatch(TABLE)
-        first = watch.link_changes()
-        assert first is not None and watch.link_changes() == first
+        assert watch.link_changes() is not None
+        ns.ip("link", "set", "lc-a", "up")
+        ns.ip("link", "set", "lc-b", "up")
+        first = settled_link_changes(watch)
+        assert first > 0 and watch.link_changes() == first
         ns.ip("addr", "add", "198.18.7.1/24", "dev", "lc-a")
         ns.ip("route", "add", "198.18.8.0/24", "via", "198.18.7.2")
         assert watch.link_changes() == first
