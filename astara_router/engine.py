@@ -57,7 +57,6 @@ from .model import (PayloadError, SystemConfig, check_management_path, parse_has
                     parse_payload, prepare_schema)
 from .model.change import common_ends, floating_ip_change
 from .naming import InterfaceNames, list_nics
-from .readers import let_readers_first
 from .render.firewall import TABLE
 from .store import Store
 from .watch import Expected, KernelWatch
@@ -222,6 +221,14 @@ class Committed:
             object.__setattr__(self, "raw", embedded)
         return view
 
+    def view_pieces(self):
+        """The view's bytes as pieces, without rendering it when the pushed bytes need no
+        redaction (then they are sent as they are, as by ``answer``)."""
+        raw = self.raw
+        if "view_json" not in vars(self) and self.secrets is False and isinstance(raw, bytes):
+            return [b'{"configuration": ', raw.strip(), self._view_end()]
+        return [self.view_json]
+
     def _view_end(self):
         return b', "generation": %d, "hash": %s}\n' % (
             self.generation, json.dumps(self.hash).encode())
@@ -287,19 +294,10 @@ def _finish(begun, counts, spent):
 
 
 def render_reads(committed):
-    """Background, after the answer: the bytes GET config and GET rules serve, rendered
-    once (``Committed``), so that the first reads of a generation do not render them (the
-    ruleset's text at 1 000 floating IPs: 0.4-1 ms, in 4 of 10 GET rules during applies
-    back to back)."""
+    """Background, after the answer: the config view, rendered once (``Committed``); then
+    ``raw`` is a view of the pushed bytes it embeds, and no read renders it. The ruleset's
+    text is rendered for the worker (relay.py) and not kept here."""
     committed.view_json  # noqa: B018 - cached_property: rendered and kept
-    let_readers_first()
-    committed.firewall_text  # noqa: B018
-
-
-def _after_readers(target, *args):
-    """A background job starts when no read is in flight (readers.py)."""
-    let_readers_first()
-    target(*args)
 
 
 def _drop(*objects):
@@ -333,7 +331,7 @@ class Background:
         if self.started:
             return
         self.started = True
-        threads = [threading.Thread(target=_after_readers, args=(target, *args),
+        threads = [threading.Thread(target=target, args=args,
                                     name=name, daemon=True)
                    for name, target, args in self.jobs]
         self.jobs = []  # the threads hold the arguments now (and drop them when done)
@@ -369,10 +367,26 @@ class Engine:
             lambda: self.interfaces(with_addresses=False, with_counters=True),
             lambda: self.committed.config)
         self.history = History()  # the last activities, for the operator (history.py)
-        self.trims = QuietTrims(step=let_readers_first)  # the heap's free pages given back
+        self.trims = QuietTrims()  # the heap's free pages given back
         self._revert_timer = None  # commit-confirm: reverts the generation awaiting it
         self._listed = (None, None)  # (watch.link_changes(), NIC list read after it)
+        self._on_commit = None  # observe_commits
         self.committed = self._load()
+
+    @property
+    def committed(self):
+        return self._committed
+
+    @committed.setter
+    def committed(self, committed):
+        self._committed = committed
+        if self._on_commit is not None:
+            self._on_commit(committed)
+
+    def observe_commits(self, on_commit):
+        """``on_commit(committed)`` each time a generation becomes the committed one, in
+        the thread that commits it, before any answer (relay.py)."""
+        self._on_commit = on_commit
 
     def _load(self):
         stored = self.store.load()
@@ -466,9 +480,7 @@ class Engine:
         if body is None:  # bytes pushed before (pushed_before), so valid JSON
             body = msgspec.json.decode(raw)
         # before the lock: invalid bodies never wait or touch
-        let_readers_first()
         config, digest = parse_hashed(body, self.enabled_services)
-        let_readers_first()
         with self._lock:
             previous = self.committed
             check_management_path(config, body, (source,) if source else (), previous.config,
@@ -729,11 +741,7 @@ class Engine:
             # each of this transaction's own changes (thousands of addresses and set
             # elements on a first apply) for a socket nobody reads.
             self.watch.close()
-            # Between steps, reads in flight go first (readers.py): here, in the parse
-            # and in the background jobs.
-            let_readers_first()
             plans, checks = self._plans(config, names, previous, bases)
-            let_readers_first()
             try:
                 for subsystem in self.subsystems:  # before anything live changes
                     if subsystem.name in checks:
@@ -749,11 +757,9 @@ class Engine:
                 if not _same_interfaces(config, previous.config):
                     self.store.write_pending(raw)  # else it would name nothing new
             self._apply_all(ctx, plans, bases, snapshots, counts, spent)
-            let_readers_first()
             for subsystem in self.subsystems:
                 subsystem.verify(ctx, plans[subsystem.name], bases[subsystem.name],
                                  counts[subsystem.name])
-            let_readers_first()
             if new_generation:
                 stored = self._persist(previous.generation + 1, digest, raw, awaiting)
                 number, committed_at = stored.number, stored.committed_at
@@ -795,9 +801,7 @@ class Engine:
         try:
             for subsystem in self.subsystems:
                 name, plan, base = subsystem.name, plans[subsystem.name], bases[subsystem.name]
-                let_readers_first()
                 snapshot = subsystem.capture(ctx, plan, base)
-                let_readers_first()
                 snapshots.append((subsystem, snapshot))
                 started = time.monotonic()
                 if begun is None and hasattr(subsystem, "start_apply"):

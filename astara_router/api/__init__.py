@@ -3,7 +3,6 @@
 uses as its liveness probe. One blueprint per route group (base, firewall, interfaces,
 config, openapi); the token check and the JSON error handlers are the app's, so they cover
 every route."""
-import hmac
 import ipaddress
 import json
 import logging
@@ -18,16 +17,15 @@ from ..engine import MAX_CONFIRM_TIMEOUT, PAUSE_COLLECTOR, Engine
 from ..errors import ApplyError
 from ..fencing import (EPOCH_HEADER, ORCHESTRATOR_HEADER, EpochFence, StaleEpoch,
                        parse_epoch, push_sender)
-from ..logs import REQUEST_ID_HEADER, new_request_id, valid_request_id
-from ..model import PayloadError, decode_payload
+from ..model import PayloadError
 from ..naming import interface_view
-from ..readers import let_readers_first
+from ..relay import (CONFIG_PATH, LOCAL_ADDRESS, MAX_BODY, RULES_PATH, bearer_check,
+                     bytes_answer, config_answer, rules_answer)
 from ..status import StatusProber
 from .operator import operator_routes, request_id, request_ids
 
 LOG = logging.getLogger(__name__)
 PUBLIC_PATHS = ("/v1/", "/v1/base/")  # the banner: no token needed
-MAX_BODY = 16 * 1024 * 1024
 
 
 def _address(text):
@@ -41,6 +39,8 @@ def _address(text):
 def local_address(environ):
     """The address the request arrived on, from the connection itself (gunicorn's socket;
     SERVER_NAME follows the client's Host header), or None."""
+    if LOCAL_ADDRESS in environ:  # relayed by the worker (relay.py)
+        return _address(environ[LOCAL_ADDRESS])
     sock = environ.get("gunicorn.socket")
     try:
         return _address(sock.getsockname()[0]) if sock is not None else None
@@ -80,8 +80,7 @@ def error_response(status, error, message, errors=None):
 
 def decode_json(raw, decode=msgspec.json.decode):
     """A request body's JSON, or ValueError saying why not (not JSON, not UTF-8, a lone
-    surrogate, or nested deeper than the decoder recurses); ``decode``: a push's body is
-    decoded in steps (``model.decode_payload``)."""
+    surrogate, or nested deeper than the decoder recurses)."""
     try:
         return decode(raw or b"")
     except msgspec.DecodeError as exc:
@@ -140,15 +139,6 @@ def openapi_routes(settings):
         return Response(document[0], mimetype="application/json")
 
     return routes
-
-
-def bearer_check(token):
-    """``authorized(Authorization header or "")``: True when no token is configured or the
-    header carries it (compared in constant time)."""
-    if not token:
-        return lambda supplied: True
-    expected = f"Bearer {token}".encode()
-    return lambda supplied: hmac.compare_digest(supplied.encode(), expected)
 
 
 def require_token(app, token):
@@ -280,53 +270,18 @@ def apply_answer(run, sender=None):
     return response
 
 
-CONFIG_PATH = "/v1/system/config"
-RULES_PATH = "/v1/firewall/rules"
-
-
-def config_answer(committed, if_none_match):
-    """GET /v1/system/config: (status, headers, body) from the generation's bytes."""
-    etag = f'"{committed.hash or "none"}"'
-    if if_none_match == etag:
-        return 304, [("ETag", etag)], b""
-    body = committed.view_json
-    return 200, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                 ("ETag", etag)], body
-
-
-def rules_answer(committed, if_none_match=None):
-    """GET /v1/firewall/rules: (status, headers, body), the generation's ruleset as text."""
-    body = committed.firewall_text
-    return 200, [("Content-Type", "text/plain; charset=utf-8"),
-                 ("Content-Length", str(len(body)))], body
-
-
-BYTES_ANSWERS = {CONFIG_PATH: config_answer, RULES_PATH: rules_answer}
-
-
 def served_from_bytes(flask_app, engine, token):
-    """WSGI in front of Flask: a plain GET of a path in ``BYTES_ANSWERS`` (authorized, no
-    request id or a valid one) is answered from the committed bytes without Flask's request
-    context, routing and hooks. ~50 µs a request: make bench's idle GET config p50 at 1 000
-    floating IPs went from 1.8 ms beside the bare app's 1.3 to 1.3 beside 1.2; during
-    applies, where that Python waits for the interpreter lock, GET rules p50 went from 2.4×
-    the bare app's to 2.0× (median of 4 rounds of 20 s each). Everything else, refusals
-    included, is Flask's."""
+    """WSGI in front of Flask: a plain GET of a path in ``relay.BYTES_ANSWERS``
+    (authorized, no request id or a valid one) is answered from the committed bytes
+    without Flask's request context, routing and hooks (~50 µs a request). Everything
+    else, refusals included, is Flask's. The agent's worker answers these reads itself
+    (``relay.Front``); this serves them where the app runs alone (tests, the operator's
+    socket)."""
     authorized = bearer_check(token)
-    statuses = {200: "200 OK", 304: "304 Not Modified"}
 
     def app(environ, start_response):
-        answer = BYTES_ANSWERS.get(environ.get("PATH_INFO"))
-        if (answer is None or environ.get("REQUEST_METHOD") != "GET"
-                or not authorized(environ.get("HTTP_AUTHORIZATION", ""))):
-            return flask_app(environ, start_response)
-        supplied = environ.get("HTTP_X_REQUEST_ID")
-        if supplied is not None and not valid_request_id(supplied):
-            return flask_app(environ, start_response)  # its 400 names the header
-        status, headers, body = answer(engine.committed, environ.get("HTTP_IF_NONE_MATCH"))
-        headers.append((REQUEST_ID_HEADER, supplied or new_request_id()))
-        start_response(statuses[status], headers)
-        return [body]
+        answered = bytes_answer(environ, start_response, engine.committed, authorized)
+        return answered if answered is not None else flask_app(environ, start_response)
 
     app.flask = flask_app
     return app
@@ -358,9 +313,8 @@ def config_routes(engine, fence):
             raw = request_body()
             body = None  # the bytes of the last push again: JSON, decoded only if need be
             if not engine.pushed_before(raw):
-                let_readers_first()
                 try:
-                    body = decode_json(raw, decode_payload)
+                    body = decode_json(raw)
                 except ValueError as exc:
                     return error_response(400, "Bad Request", str(exc))
 

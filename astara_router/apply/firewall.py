@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from .. import conntrack, nftables
 from ..cli.management import read_management
 from ..errors import ApplyError
-from ..readers import let_readers_first
 from ..render.firewall import (TABLE_SPEC, floating_ips_in_listing, render_firewall,
                                replace_script, with_floating_ip_change)
 from .begun import Done, InThread
@@ -51,7 +50,6 @@ def run_transaction(script):
 def _load(script, stale):
     """The transaction, then the conntrack entries of the ``stale`` floating IPs."""
     run_transaction(script)
-    let_readers_first()
     flush_conntrack(stale)
     return 1
 

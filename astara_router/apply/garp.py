@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 from .. import garp, rtnl
 from ..model.change import floating_ip_change
-from ..readers import let_readers_first
 from ..render.netlink import keepalived_owns
 
 LOG = logging.getLogger(__name__)
@@ -186,7 +185,6 @@ class GarpSubsystem:
     def after_commit(self, plan, base, nics):
         """Background: send now what is usable now, the rest once its DAD is over."""
         new = self.new(plan, base)
-        let_readers_first()
         announce(new, nics, plan.router)
 
 

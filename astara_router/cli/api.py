@@ -1,8 +1,11 @@
 """``astara-router-api``: the agent's HTTP API under gunicorn.
 
-Exactly one gthread worker process: one writer owns the kernel state, threads serve GETs
-from the committed snapshot while an apply runs. The worker re-applies the persisted
-configuration before it answers anything (also when gunicorn respawns it after a crash).
+The gunicorn master runs the engine (the one writer of the kernel state) and the Flask
+app; its one gthread worker answers the reads of the committed bytes and relays every
+other request to the master (relay.py), so that no read waits for the interpreter lock an
+apply holds. The master re-applies the persisted configuration at its start, before the
+worker answers anything; a worker gunicorn respawns after a crash is sent the committed
+bytes and serves at once.
 """
 import argparse
 import fcntl
@@ -13,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -21,8 +25,9 @@ from gunicorn.workers.gthread import ThreadWorker
 from .. import logs
 from .. import settings as settings_mod
 from .. import tls
-from ..memory import give_back, page_out_alone
-from ..readers import READERS
+from ..memory import TrimWhenQuiet, give_back
+from ..privileges import drop_all_capabilities
+from ..relay import Front, Relay, WorkerPairs
 
 LOG = logging.getLogger("astara_router.api")
 
@@ -96,12 +101,10 @@ def hold_writer_lock(settings):
     return fd
 
 
-def reload_master(master_pid):
-    """SIGHUP to this worker's gunicorn master: a new worker, new certificate."""
-    def reload():
-        if os.getppid() == master_pid:
-            os.kill(master_pid, signal.SIGHUP)
-    return reload
+def reload_master():
+    """SIGHUP to this gunicorn master (the engine's process): a new worker, which serves
+    the new certificate; the old one finishes its requests."""
+    os.kill(os.getpid(), signal.SIGHUP)
 
 
 def freeze_before_fork(arbiter, worker):
@@ -114,20 +117,20 @@ def freeze_before_fork(arbiter, worker):
 
 
 def build_app(settings):
+    """The engine, booted, and the Flask app over it: in the gunicorn master, once its
+    first worker is forked (relay.py)."""
     from ..api import create_app
     from ..engine import Engine
     from ..supervisor import Supervisor
     os.makedirs(settings.path("run"), exist_ok=True)
     hold_writer_lock(settings)
-    # A read waits for the interpreter lock while an apply computes: hand it over every
-    # millisecond instead of every 5 (GET p99 during applies: make bench). 0.5 or 0.2 ms
-    # gain nothing more; what was measured against applies in a process of their own:
-    # README, "Decisions" ("Applies in the process that answers reads").
+    # Threads of this process take turns on the interpreter lock: the applying one, the
+    # requests the worker relays, the metadata proxy. Every millisecond instead of every 5.
     sys.setswitchinterval(0.001)
     engine = Engine(settings)
     engine.boot()
     app = create_app(settings, engine)
-    app.extensions["astara"]["reload_server"] = reload_master(os.getppid())
+    app.extensions["astara"]["reload_server"] = reload_master
     from ..api import local
     # astara-router-ctl's way in (api/local.py). Before the prober and the supervisor
     # start: it changes the process's umask while it binds, and a repair writes daemon
@@ -135,66 +138,95 @@ def build_app(settings):
     local.serve(app, settings)
     app.extensions["astara"]["prober"].start()
     Supervisor(settings, engine).start()
-    return app
+    return app, engine
+
+
+class WorkersOnly:
+    """``os`` for gunicorn's arbiter module, whose ``reap_workers`` waits for any child
+    (``waitpid(-1)``): in this master the engine's children (checkers, daemons being
+    started) are waited for by whoever started them, and a child the arbiter reaped
+    would leave its ``subprocess`` without an exit status (it reports 0). Only the
+    arbiter's own children are waited for here."""
+
+    def __init__(self, arbiter):
+        self._arbiter = arbiter
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def waitpid(self, pid, options):
+        if pid != -1:
+            return os.waitpid(pid, options)
+        arbiter = self._arbiter
+        for known in (*arbiter.WORKERS, arbiter.reexec_pid,
+                      getattr(arbiter, "dirty_arbiter_pid", 0)):
+            if known:
+                try:
+                    found = os.waitpid(known, options)
+                except ChildProcessError:
+                    continue
+                if found[0]:
+                    return found
+        return 0, 0
+
+
+WORKER_PAIRS = []  # the relay.WorkerPairs of the worker being forked
 
 
 class AgentArbiter(Arbiter):
-    """gunicorn's arbiter, which gives back the file pages only it maps once its worker
-    serves: the master then only waits on signals and its worker, and what its start
-    touched stays resident in it alone otherwise (0.7-0.8 MB of PSS, make bench)."""
+    """gunicorn's arbiter, which also runs the engine (relay.py): each worker is forked
+    with one end of a socket pair, whose other end serves it; the engine boots once the
+    first worker is forked (the worker inherits none of its memory)."""
 
     def __init__(self, app):
         super().__init__(app)
-        self.starting = {}  # pid -> its heartbeat file's time when it was spawned
+        self.relay = Relay()
+        self.applier = None
+        self.applier_failed = False
+        import gunicorn.arbiter
+        gunicorn.arbiter.os = WorkersOnly(self)
 
     def spawn_worker(self):
-        pid = super().spawn_worker()  # the child never comes back here (gunicorn exits it)
-        self.starting[pid] = self.WORKERS[pid].tmp.last_update()
+        pairs = WorkerPairs(self.cfg.threads)  # a channel per thread of the worker
+        WORKER_PAIRS[:] = [pairs]
+        try:
+            pid = super().spawn_worker()  # the child never comes back here
+        finally:
+            WORKER_PAIRS.clear()
+            pairs.close(pairs.theirs)
+        self.relay.add_worker(pairs.mine)
+        if self.applier is None:
+            self.applier = threading.Thread(target=self._run_applier, name="applier",
+                                            daemon=True)
+            self.applier.start()
         return pid
 
-    def manage_workers(self):
-        super().manage_workers()
-        serving = [pid for pid, spawned in self.starting.items()
-                   if pid not in self.WORKERS or self._beat_since(pid, spawned)]
-        for pid in serving:
-            del self.starting[pid]
-        if serving and not self.starting:
-            page_out_alone()
-
-    def _beat_since(self, pid, spawned):
-        """The worker's heartbeat (gunicorn's worker loop touches its file) has moved
-        since the spawn: it has booted and serves."""
+    def _run_applier(self):
         try:
-            return self.WORKERS[pid].tmp.last_update() != spawned
-        except (OSError, ValueError):
-            return True
+            app, engine = build_app(self.app.settings)
+            self.relay.attach(app, engine)
+        except BaseException:
+            LOG.exception("the engine could not start")
+            self.applier_failed = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def halt(self, reason=None, exit_status=0):
+        if self.applier_failed and not exit_status:
+            reason, exit_status = reason or "the engine could not start", 1
+        super().halt(reason, exit_status)
 
 
-class AgentThreadWorker(ThreadWorker):
-    """gunicorn's gthread worker, which counts the reads in flight for the applying
-    threads to give way to (``readers.ReadersFirst``): from the poller's hand-over to the
-    answer; a request that is not a GET or HEAD stops counting once its method is read."""
-
-    def run(self):
-        READERS.watch(self.poller, ignored=(self.method_queue.fileno(),))
-        super().run()
-
-    def enqueue_req(self, conn):
-        READERS.arrive()
-        super().enqueue_req(conn)
-
-    def handle(self, conn):
-        READERS.serving()
-        try:
-            return super().handle(conn)
-        finally:
-            READERS.depart()
-
-    def handle_request(self, req, conn):
-        if req.method not in ("GET", "HEAD"):
-            READERS.depart()
-            READERS.let_readers_first()  # a push's Flask dispatch is a writer's step too
-        return super().handle_request(req, conn)
+def in_the_new_worker(arbiter, worker):
+    """gunicorn's ``post_fork`` hook, in the new worker: the master's ends of the relays
+    (its own pair's and the other workers') are not the worker's to hold, nor are the
+    capabilities: it parses what the network sends, and applies nothing."""
+    arbiter.relay.close_in_child()
+    pairs = WORKER_PAIRS[0]
+    pairs.close(pairs.mine)
+    try:
+        drop_all_capabilities()
+    except OSError as exc:
+        LOG.warning("the worker keeps its capabilities: %s", exc)
 
 
 class AgentApplication(BaseApplication):
@@ -209,7 +241,7 @@ class AgentApplication(BaseApplication):
         options = {
             "bind": list(s.bind) or [default_bind(s)],
             "workers": 1,  # one writer: never more than one process applying
-            "worker_class": AgentThreadWorker,
+            "worker_class": ThreadWorker,
             "threads": s.threads,
             "timeout": 120,
             "graceful_timeout": 10,
@@ -224,6 +256,7 @@ class AgentApplication(BaseApplication):
             # stays smaller without (asyncio and its thread).
             "control_socket_disable": True,
             "pre_fork": freeze_before_fork,
+            "post_fork": in_the_new_worker,
         }
         if s.certfile:
             options.update(certfile=s.certfile, keyfile=s.keyfile or None,
@@ -237,7 +270,12 @@ class AgentApplication(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        return build_app(self.settings)
+        """The worker's app: reads from bytes, the rest relayed to the master (relay.py);
+        returned once the master's engine has booted."""
+        control, channels = WORKER_PAIRS[0].theirs
+        front = Front(control, channels, self.settings.api_token, TrimWhenQuiet())
+        front.wait_ready()
+        return front
 
     def run(self):
         try:

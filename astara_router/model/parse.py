@@ -13,7 +13,6 @@ from operator import attrgetter, itemgetter
 import msgspec
 
 from . import schema, semantics
-from ..readers import in_turns, let_readers_first
 from ..store import SORTED_JSON, PayloadDigest, payload_hash
 from .change import common_ends
 from .checks import (Problems, TwoParses, address_key, forget_unused, new_address,
@@ -33,41 +32,6 @@ _NETWORK_PATH = re.compile(r"^networks\[(\d+)\]\.")
 def valid_hostname(name):
     """RFC 1123 host name: dot-separated labels of letters, digits and inner dashes."""
     return schema.conforms(name, schema.HostName)
-
-
-_MEMBERS = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
-_JSON = msgspec.json.Decoder()
-
-
-def decode_payload(raw):
-    """``msgspec.json.decode(raw)``, the same objects, decoded a top-level member at a
-    time and the networks sixteen at a time, with a read's turn between
-    (``let_readers_first``): one call held the interpreter lock for the whole body (1.3-2
-    ms at 1 000 floating IPs), the longest step left in a push; in steps the largest is
-    ~0.2 ms and the whole takes as long. Anything but an object whose members decode is
-    decoded again in one call, which raises that body's own error."""
-    try:
-        members = _MEMBERS.decode(raw)
-        decoded = {}
-        for name, member in members.items():
-            items = _items(member) if name == "networks" else None
-            if items is not None:
-                decoded[name] = [_JSON.decode(item) for item in in_turns(items)]
-            else:
-                decoded[name] = _JSON.decode(member)
-            let_readers_first()
-        return decoded
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        return _JSON.decode(raw)
-
-
-def _items(member):
-    """A JSON array's items (raw), or None when ``member`` is not an array."""
-    try:
-        return _ITEMS.decode(member)
-    except msgspec.ValidationError:
-        return None
 
 
 def parse_payload(body, enabled_services=("router",)):
@@ -99,22 +63,18 @@ def _parse(body, enabled_services):
                 for name in unknown])
     next_parse()
     keys, known, digest = _network_keys(body)
-    let_readers_first()
     known = _with_known_floating_ips(known)
-    let_readers_first()
     try:
         payload = msgspec.convert(known, schema.Payload)
     except msgspec.ValidationError as exc:
         raise PayloadError([schema_error(exc, body, schema.Payload, _network_context)]) from None
     config = None
-    let_readers_first()
     try:
         config = _build(payload, enabled_services, keys)
     finally:  # also when refused: the next push skips the schema for these
         texts = list(_texts_of(payload, config))
         _RECENT_FLOATING_IPS.put_all(zip(texts, payload.floating_ips))
         _LAST_PUSHED_FLOATING_IPS[0] = (texts, payload.floating_ips)
-    let_readers_first()
     problems = Problems()
     locate = Locator(body)
     router_path = "" if payload.asn else "services.router"
@@ -186,7 +146,7 @@ def _network_keys(body):
         return None, body, None
     digest = PayloadDigest(body)
     keys = []
-    for i, spec in enumerate(in_turns(networks)):  # 16: ~0.8 ms of encoding and hashing
+    for i, spec in enumerate(networks):
         encoded = SORTED_JSON.encode(spec)
         digest.network(encoded)
         keys.append(network_key(i, encoded))

@@ -1,6 +1,6 @@
 """The GET floor and memory peer of the agent benchmark: a bare Flask app under gunicorn
-with the agent's worker class (one ``gthread`` worker: gunicorn's own; the agent's
-subclass only counts the reads in flight) and thread count, answering
+with the agent's worker class (one ``gthread`` worker: gunicorn's own, as the agent's)
+and thread count, answering
 ``GET /<name>`` with a constant body of the size given for that name.
 
     python test/bench/bare_app.py --bind ADDR:PORT --threads 8 --run-dir DIR \

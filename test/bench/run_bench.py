@@ -570,7 +570,8 @@ def section(facts, results, opts, minutes):
         "metadata proxy, BIRD if any, the agent's own) before and after.",
         f"- **GET**: a reader thread on the agent and one on the bare app — a bare Flask app "
         f"under gunicorn with the agent's worker class (gthread, 1 worker: gunicorn's own, "
-        f"of which the agent's is a subclass counting the reads in flight) and thread count "
+        f"as the agent's, whose worker answers these reads while its master applies) and "
+        f"thread count "
         f"({Settings().threads}), in the agent's namespace, returning a body of the same size "
         f"— at the same time, each on one keep-alive HTTP/1.1 connection, one request every "
         f"{opts.interval * 1000:.0f} ms; during applies a writer PUTs the 1 000- and 1 001-FIP "
@@ -581,8 +582,8 @@ def section(facts, results, opts, minutes):
         f"p99 was the 3rd-slowest, swung 0.7–4.5× between rounds).",
         "- **PSS**: sum of `Pss` in /proc/PID/smaps_rollup over the agent's own processes "
         "(every Python process in its namespace but the bare app's: gunicorn master and "
-        "worker, a process either starts counted under its own name; the metadata proxy is "
-        "a thread of the worker; not dnsmasq or BIRD) beside the bare app's master and "
+        "worker, a process either starts counted under its own name; the engine and the "
+        "metadata proxy are threads of the master; not dnsmasq or BIRD) beside the bare app's master and "
         "worker, sampled together once the agent is idle; MB = 10⁶ bytes."
         + (f" Per process (median), {breakdown}." if breakdown else ""),
         "- **ratio** = median of the per-run ratios; **met** = that median (or the median "

@@ -110,14 +110,6 @@ def test_a_full_state_directory_refuses_early_and_keeps_the_generation(lab, appl
     assert appliance.dump() == expected_dump
 
 
-def _worker_pid(appliance):
-    """The gunicorn worker: the agent's (the master's) only child."""
-    pid = appliance.proc.pid
-    children = pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    assert len(children) == 1, children
-    return int(children[0])
-
-
 def _traced(pid):
     """Whether strace has attached to every thread of ``pid``."""
     tracers = [line for task in pathlib.Path(f"/proc/{pid}/task").iterdir()
@@ -137,10 +129,10 @@ def test_a_failed_commit_rolls_the_kernel_back(lab, appliance):
     tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null",
                                "-e", "trace=fsync,fdatasync",
                                "-e", "inject=fsync,fdatasync:error=ENOSPC",
-                               "-p", str(_worker_pid(appliance))])
+                               "-p", str(appliance.proc.pid)])  # the master: the engine's
     try:
-        worker = _worker_pid(appliance)
-        eventually(lambda: _traced(worker), 10, "strace attached to every thread", 0.05)
+        master = appliance.proc.pid
+        eventually(lambda: _traced(master), 10, "strace attached to every thread", 0.05)
         response = appliance.client().put_json("/v1/system/config", with_fips(20))
     finally:
         tracer.terminate()

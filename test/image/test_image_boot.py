@@ -147,20 +147,21 @@ def test_ssh_with_the_operators_key_through_the_firewall(appliance):
     appliance.times["ssh_after_api"] = wait_for_ssh(appliance)
 
 
-# pid, real uid, CapEff, CapPrm, CapBnd and the command line of every process (as the
-# astara user: /proc/<pid>/status and cmdline are world-readable)
+# pid, parent pid, real uid, CapEff, CapPrm, CapBnd and the command line of every process
+# (as the astara user: /proc/<pid>/status and cmdline are world-readable)
 PROCESS_TABLE = r"""for d in /proc/[0-9]*; do
   s=$(cat $d/status 2>/dev/null) || continue
-  printf '%s %s %s %s %s %s\n' ${d#/proc/} \
-    $(printf '%s\n' "$s" | awk '/^Uid:/{print $2} /^CapEff:|^CapPrm:|^CapBnd:/{print $2}') \
+  printf '%s %s %s %s %s %s %s\n' ${d#/proc/} \
+    $(printf '%s\n' "$s" | awk '/^PPid:|^Uid:/{print $2} /^CapEff:|^CapPrm:|^CapBnd:/{print $2}') \
     "$(tr '\0\n' '  ' < $d/cmdline 2>/dev/null | cut -c1-200)"
 done"""
 AGENT_CAPABILITIES = capability_mask(unit_capabilities())  # the image unit's
 
 
 def test_agent_and_its_daemons_run_unprivileged(appliance):
-    """README, "Least privilege": the agent (master and worker) as astara-agent holding
-    exactly the unit's capabilities, its dnsmasq as that user with no more; the host name
+    """README, "Least privilege": the agent as astara-agent, its master (the engine)
+    holding exactly the unit's capabilities and its worker none (but the bounding set),
+    its dnsmasq as that user with no more; the host name
     the agent asked for was applied by the root helper; astara's sudo is diagnosis only."""
     wait_for_ssh(appliance)  # ssh is up (when run alone); its time is not a boot figure
     uid = int(appliance.ssh("id", "-u", "astara-agent").stdout)
@@ -168,17 +169,19 @@ def test_agent_and_its_daemons_run_unprivileged(appliance):
     listing = appliance.ssh("sh", "-c", shlex.quote(PROCESS_TABLE)).stdout
     processes = []
     for line in listing.splitlines():
-        pid, owner, eff, prm, bnd, *cmdline = line.split(" ", 5)
-        processes.append((int(pid), int(owner), int(eff, 16), int(prm, 16), int(bnd, 16),
-                          " ".join(cmdline)))
-    agent = [p for p in processes if "astara-router-api" in p[5]]
-    assert len(agent) >= 2, listing  # gunicorn master and its worker
-    for pid, owner, eff, prm, bnd, cmdline in agent:
-        assert (owner, eff, prm, bnd) == (uid, AGENT_CAPABILITIES, AGENT_CAPABILITIES,
-                                          AGENT_CAPABILITIES), (pid, cmdline)
-    dnsmasq = [p for p in processes if p[5].startswith("dnsmasq ")]
+        pid, ppid, owner, eff, prm, bnd, *cmdline = line.split(" ", 6)
+        processes.append((int(pid), int(ppid), int(owner), int(eff, 16), int(prm, 16),
+                          int(bnd, 16), " ".join(cmdline)))
+    agent = {p[0]: p for p in processes if "astara-router-api" in p[6]}
+    masters = [p for p in agent.values() if p[1] not in agent]
+    workers = [p for p in agent.values() if p[1] in agent]
+    assert len(masters) == 1 and workers, listing  # gunicorn master and its worker
+    for pid, _, owner, eff, prm, bnd, cmdline in masters + workers:
+        held = AGENT_CAPABILITIES if pid == masters[0][0] else 0
+        assert (owner, eff, prm, bnd) == (uid, held, held, AGENT_CAPABILITIES), (pid, cmdline)
+    dnsmasq = [p for p in processes if p[6].startswith("dnsmasq ")]
     assert dnsmasq, listing  # router-basic has DHCP
-    for pid, owner, eff, prm, bnd, cmdline in dnsmasq:
+    for pid, _, owner, eff, prm, bnd, cmdline in dnsmasq:
         assert owner == uid and not (eff | prm) & ~AGENT_CAPABILITIES, (pid, cmdline)
 
     hostname = appliance.payload["hostname"]

@@ -16,7 +16,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from astara_lab.appliance import contract_payloads
 from astara_router.cli.api import (JEMALLOC, RUNTIME_MARK, AgentApplication,
-                                   AgentThreadWorker, default_bind, in_child)
+                                   default_bind, in_child)
 from astara_router import settings as settings_mod
 from astara_router.model import KNOWN_SERVICES
 from astara_router.settings import Settings
@@ -31,8 +31,7 @@ def test_gunicorn_accepts_the_agent_configuration(tmp_path):
     assert run_dir.is_dir()
     assert cfg.bind == ["127.0.0.1:5999", "[::1]:5999"]
     # gunicorn's gthread worker, counting the reads in flight for writers to give way to
-    assert (cfg.workers, cfg.worker_class, cfg.threads) == (1, AgentThreadWorker, 4)
-    assert issubclass(cfg.worker_class, ThreadWorker)
+    assert (cfg.workers, cfg.worker_class, cfg.threads) == (1, ThreadWorker, 4)
     assert cfg.pidfile == str(run_dir / "api.pid")
     assert cfg.worker_tmp_dir == str(run_dir)
     assert cfg.control_socket_disable  # no gunicornc socket (nor its asyncio thread)

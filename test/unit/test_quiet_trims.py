@@ -1,5 +1,5 @@
 """memory.QuietTrims: the heap's free pages go back once pushes pause, once per thread of
-the work after the answer, only by the last push's job, each after a reader's turn."""
+the work after the answer, only by the last push's job."""
 import threading
 
 from astara_router.memory import QuietTrims
@@ -12,13 +12,12 @@ def finished(count):
     return threads
 
 
-def test_each_thread_that_ends_is_followed_by_a_give_back_after_a_step():
+def test_each_thread_that_ends_is_followed_by_a_give_back():
     events = []
-    trims = QuietTrims(quiet=0, give=lambda: events.append("give"),
-                       step=lambda: events.append("step"))
+    trims = QuietTrims(quiet=0, give=lambda: events.append("give"))
     trims.push_began()
     trims.queue()(finished(3))
-    assert events == ["step", "give"] * 3
+    assert events == ["give"] * 3
 
 
 def test_a_push_that_begins_while_waiting_puts_the_give_back_off():
