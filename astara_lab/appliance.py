@@ -16,6 +16,10 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 ORCHESTRATOR_ADDRESS = "fdca:3ba5:a17a:acda::2"  # the contract's orchestrator address
 MGMT_PREFIX = 64
 API_PORT = 5000
+ADMIN_PORT = 44250  # the orchestrators' admin APIs: 44250, 44251... on the controller's lo
+# Kept out of the controller's ephemeral ports: an orchestrator's connection to PostgreSQL
+# took 44252 as its source port once, and orch-3 could not listen there (EADDRINUSE).
+ADMIN_PORTS_RESERVED = f"{ADMIN_PORT}-{ADMIN_PORT + 15}"
 
 # NIC MACs from contract/original-orchestrator/README.md, ge0 first.
 CONTRACT_NIC_MACS = {
@@ -177,6 +181,7 @@ class Appliance:
 def controller_node(lab, mgmt_bridge, address=ORCHESTRATOR_ADDRESS, role="ctl"):
     """The orchestrator's place on the management network (pushes configs from here)."""
     ns = lab.netns(role)
+    ns.sysctl("net.ipv4.ip_local_reserved_ports", ADMIN_PORTS_RESERVED)  # this netns only
     lab.plug(ns, "eth0", mgmt_bridge)
     ns.ip("addr", "add", f"{address}/{MGMT_PREFIX}", "dev", "eth0", "nodad")
     return ns

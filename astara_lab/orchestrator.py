@@ -23,10 +23,9 @@ import sys
 import time
 import urllib.parse
 
-from .appliance import REPO_ROOT
+from .appliance import ADMIN_PORT, REPO_ROOT  # noqa: F401 - ADMIN_PORT: imported from here
 from astara_netns import NetnsHTTPClient, pid_alive, terminate
 
-ADMIN_PORT = 44250
 _children = {}  # pid -> Popen of orchestrators this process started (reaped when stopped)
 
 

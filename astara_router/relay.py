@@ -3,8 +3,8 @@
 The worker (``Front``) answers GET /v1/system/config and GET /v1/firewall/rules from the
 bytes of the committed generation and relays every other request to the master, where the
 engine and the Flask app run (``Relay``). A read then never waits for the interpreter lock
-an apply holds: make bench's GET p99 during applies went from 1.5-1.6x the bare app's to
-1.1-1.2x (README, "Decisions").
+an apply holds: make bench's GET p99 during applies went from 1.5-2.4x the bare app's to
+1.0-1.2x (README, "Decisions").
 
 Between the two, socket pairs made by the master before it forks the worker
 (``WorkerPairs``): one (``control``) on which the master sends the readers' bytes after each
@@ -16,9 +16,10 @@ This module is imported by the worker: the standard library and ``logs`` only.
 import hmac
 import io
 import itertools
-import queue
 import json
 import logging
+import os
+import queue
 import socket
 import struct
 import sys
@@ -246,7 +247,6 @@ class Front:
 def _exit_worker():
     """The worker without its master (gone, or it dropped this worker): nothing to serve;
     gunicorn respawns a worker if the master lives."""
-    import os
     os._exit(1)
 
 
