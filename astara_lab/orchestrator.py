@@ -23,7 +23,7 @@ import sys
 import time
 import urllib.parse
 
-from .appliance import ADMIN_PORT, REPO_ROOT  # noqa: F401 - ADMIN_PORT: imported from here
+from .appliance import ADMIN_PORT, REPO_ROOT
 from astara_netns import NetnsHTTPClient, pid_alive, terminate
 
 _children = {}  # pid -> Popen of orchestrators this process started (reaped when stopped)

@@ -51,7 +51,7 @@ import msgspec
 from .apply import default_subsystems
 from .errors import ApplyError, state_full_is_507
 from .history import History
-from .memory import QuietTrims
+from .memory import TrimWhenQuiet
 from .metrics import Metrics
 from .model import (PayloadError, SystemConfig, check_management_path, parse_hashed,
                     parse_payload, prepare_schema)
@@ -222,10 +222,13 @@ class Committed:
         return view
 
     def view_pieces(self):
-        """The view's bytes as pieces, without rendering it when the pushed bytes need no
-        redaction (then they are sent as they are, as by ``answer``)."""
+        """The view's bytes as buffers. Before the view is rendered (``render_reads`` does
+        that after the answer), a view with no secret to redact is the pushed bytes
+        themselves between two short ones, sent as they are (rendering it would copy
+        them: 0.2-0.3 ms a push at 1 000 floating IPs, with the fresh pages they take);
+        once rendered, ``raw`` is a view of it and this is the rendered bytes."""
         raw = self.raw
-        if "view_json" not in vars(self) and self.secrets is False and isinstance(raw, bytes):
+        if self.secrets is False and isinstance(raw, bytes):  # not rendered, not redacted
             return [b'{"configuration": ', raw.strip(), self._view_end()]
         return [self.view_json]
 
@@ -235,16 +238,9 @@ class Committed:
 
     def answer(self, changes):
         """The answer to the push that made this generation, as bytes buffers: ``{"changes":
-        N, `` and the view after its "{". Before the view is rendered (``render_reads``
-        does that after the answer), a view with no secret to redact is the pushed bytes
-        themselves between two short ones: the answer sends them as they are, where
-        rendering the view first and splicing the count in copied the body twice (0.2-0.3
-        ms a push at 1 000 floating IPs in the worker, with the fresh pages they took)."""
-        count = b'{"changes": %d, ' % changes
-        raw = self.raw
-        if self.secrets is False and isinstance(raw, bytes):  # not rendered, not redacted
-            return [count + b'"configuration": ', raw.strip(), self._view_end()]
-        return [b"".join((count, memoryview(self.view_json)[1:]))]
+        N, `` and the view's buffers after its "{"."""
+        first, *rest = self.view_pieces()
+        return [b"".join((b'{"changes": %d, ' % changes, memoryview(first)[1:])), *rest]
 
     @cached_property
     def firewall_text(self):
@@ -367,7 +363,7 @@ class Engine:
             lambda: self.interfaces(with_addresses=False, with_counters=True),
             lambda: self.committed.config)
         self.history = History()  # the last activities, for the operator (history.py)
-        self.trims = QuietTrims()  # the heap's free pages given back
+        self.trims = TrimWhenQuiet()  # the heap's free pages given back once pushes pause
         self._revert_timer = None  # commit-confirm: reverts the generation awaiting it
         self._listed = (None, None)  # (watch.link_changes(), NIC list read after it)
         self._on_commit = None  # observe_commits
@@ -420,7 +416,7 @@ class Engine:
         ``request_id``: the caller's (X-Request-Id), else one is made (history.py);
         ``defer_background``: the caller starts ``outcome.background`` itself (after its
         answer), else it is started here."""
-        self.trims.push_began()
+        self.trims.poke()
         with self.history.activity(origin, request_id, self.committed.generation,
                                    detail) as activity, PAUSE_COLLECTOR:
             try:
@@ -857,7 +853,7 @@ class Engine:
                                plans[subsystem.name], bases[subsystem.name], nics)
         if self._current_nics() is None:  # this transaction, or someone, changed a link
             background.add("list-nics", self._list_nics)
-        background.add_last("malloc-trim", self.trims.queue())
+        background.add_last("malloc-trim", self.trims.as_they_end)
 
     def _rollback(self, ctx, snapshots, counts):
         """Restore every subsystem that ran; True when all of them were restored."""

@@ -33,7 +33,6 @@ def has_capability(bit):
     return bool(effective_capabilities() >> bit & 1)
 
 
-
 _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4  # linux/prctl.h
 _CAPABILITY_VERSION_3 = 0x20080522  # linux/capability.h: two 32-bit words per set
 

@@ -80,8 +80,9 @@ def send_pieces(sock, head, pieces, known=None):
     """A frame of ``pieces`` (bytes-like), where a piece that *is* ``known`` (the body of
     the request being answered, which the worker holds: a push's view and answer embed
     the pushed bytes as they came) is not sent but named (``recv_pieces``)."""
-    head["sizes"] = [-1 if piece is known else len(piece) for piece in pieces]
-    send_frame(sock, head, *(piece for piece in pieces if piece is not known))
+    sizes = [-1 if piece is known else len(piece) for piece in pieces]
+    send_frame(sock, {**head, "sizes": sizes}, *(piece for piece in pieces
+                                                 if piece is not known))
 
 
 def recv_pieces(sock, head, known):
@@ -317,13 +318,12 @@ class Relay:
 
     def __init__(self):
         self.app = None
-        self.engine = None
         self.serial = 0
         self._published = None  # (generation, hash) last sent
         self._last = None  # the generation last sent
         self._rules_sent = False  # its ruleset's text too
-        self._answering = threading.local()  # in a relayed request (_answer): .now, .body,
-        # .token (the worker's name for that body), .control (that worker's)
+        self._answering = threading.local()  # in a relayed request (_answer): .control
+        # (that worker's), .body, .token (the worker's name for that body)
         self._controls = []  # the master's ends, one per worker
         self._ends = []  # every end the master holds (controls and channels)
         self._lock = threading.Lock()  # publishing, and the list of controls
@@ -352,13 +352,12 @@ class Relay:
         for channel in channels:
             threading.Thread(target=self._serve_channel, args=(channel, control),
                              daemon=True, name="relay-channel").start()
-        if self.engine is not None:
-            threading.Thread(target=self._welcome, args=(control,), daemon=True,
-                             name="relay-welcome").start()
+        threading.Thread(target=self._welcome, args=(control,), daemon=True,
+                         name="relay-welcome").start()
 
     def attach(self, app, engine):
         """The engine has booted: serve the workers with ``app`` from now on."""
-        self.app, self.engine = app, engine
+        self.app = app
         engine.observe_commits(self.committed)
         self.committed(engine.committed)
 
@@ -375,15 +374,11 @@ class Relay:
             self._published, self._last = key, committed
             self.serial += 1
             self._rules_sent = False
-            pieces = committed.view_pieces()
-            answering = self._answering
+            relaying = getattr(self._answering, "control", None)
             for control in list(self._controls):  # the relaying worker holds the body
-                mine = getattr(answering, "control", None) is control
-                self._send(control, {"serial": self.serial, "hash": committed.hash,
-                                     "view": True,
-                                     "token": answering.token if mine else None},
-                           pieces, answering.body if mine else None)
-        if not getattr(self._answering, "now", False):
+                self._send_view(control, committed, self._answering
+                                if control is relaying else None)
+        if relaying is None:
             self.send_rules()
 
     def send_rules(self):
@@ -402,19 +397,26 @@ class Relay:
         vars(committed).pop("firewall_text", None)
         return {"serial": self.serial, "rules": True}, [text]
 
+    def _send_view(self, control, committed, answering=None):
+        """The generation's view; ``answering``: the relayed request that committed it,
+        whose body the view embeds and the worker holds (``send_pieces``)."""
+        self._send(control, {"serial": self.serial, "hash": committed.hash, "view": True,
+                             "token": answering.token if answering else None},
+                   committed.view_pieces(), answering.body if answering else None)
+
     def _welcome(self, control):
-        """A worker forked after the boot: the bytes it serves."""
+        """A new worker: the bytes it serves (none before the boot: ``attach`` sends them
+        to every worker)."""
         with self._lock:
             committed = self._last
             if committed is not None:
-                self._send(control, {"serial": self.serial, "hash": committed.hash,
-                                     "view": True}, committed.view_pieces())
+                self._send_view(control, committed)
                 if self._rules_sent:
                     self._send(control, *self._rules(committed))
 
     def _send_all(self, head, pieces):
         for control in list(self._controls):
-            self._send(control, dict(head), pieces)
+            self._send(control, head, pieces)
 
     def _send(self, control, head, pieces, known=None):
         try:
@@ -481,12 +483,11 @@ class Relay:
         def start_response(status, headers, exc_info=None):
             started[:] = [status, headers]
         answering = self._answering
-        answering.now, answering.body = True, body
-        answering.token, answering.control = head.get(TOKEN), control
+        answering.control, answering.body, answering.token = control, body, head.get(TOKEN)
         try:
             result = self.app(environ, start_response)
         finally:
-            answering.now, answering.body, answering.control = False, None, None
+            answering.control = answering.body = None
         try:
             content = [piece for piece in result if piece]  # sent as they are, not joined
             answer = {"status": started[0], "headers": started[1], "serial": self.serial}

@@ -305,7 +305,7 @@ def parse_args(argv=None):
 # The allocator of every Python object when it is installed (Debian's libjemalloc2): a
 # push that replaces thousands of floating IPs leaves CPython's own allocator (1 MiB arenas
 # freed only when empty) and glibc's holding the freed generation's pages, where jemalloc
-# gives whole pages back (memory.QuietTrims purges them once pushes pause; one arena:
+# gives whole pages back (memory.TrimWhenQuiet purges them once pushes pause; one arena:
 # the threads take turns on the interpreter lock anyway). Worker PSS at 5 000 floating
 # IPs, after four pushes each replacing all of them: 75 -> 62 MB; after one: 55 -> 53.5
 # MB. The price: parsing and rendering that payload takes ~15 % more CPU than on

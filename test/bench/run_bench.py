@@ -583,8 +583,8 @@ def section(facts, results, opts, minutes):
         "- **PSS**: sum of `Pss` in /proc/PID/smaps_rollup over the agent's own processes "
         "(every Python process in its namespace but the bare app's: gunicorn master and "
         "worker, a process either starts counted under its own name; the engine and the "
-        "metadata proxy are threads of the master; not dnsmasq or BIRD) beside the bare app's master and "
-        "worker, sampled together once the agent is idle; MB = 10⁶ bytes."
+        "metadata proxy are threads of the master; not dnsmasq or BIRD) beside the bare "
+        "app's master and worker, sampled together once the agent is idle; MB = 10⁶ bytes."
         + (f" Per process (median), {breakdown}." if breakdown else ""),
         "- **ratio** = median of the per-run ratios; **met** = that median (or the median "
         "value, for absolute goals; every run, for counts) meets the goal of issue 8.",

@@ -1,8 +1,9 @@
-"""memory.QuietTrims: the heap's free pages go back once pushes pause, once per thread of
-the work after the answer, only by the last push's job."""
+"""memory.TrimWhenQuiet: the heap's free pages go back once the pokes pause (a push
+beginning, each thread of the work after its answer ending, a relayed request), and a
+thread still running is waited for before its poke."""
 import threading
 
-from astara_router.memory import QuietTrims
+from astara_router.memory import TrimWhenQuiet
 
 
 def finished(count):
@@ -12,48 +13,64 @@ def finished(count):
     return threads
 
 
-def test_each_thread_that_ends_is_followed_by_a_give_back():
-    events = []
-    trims = QuietTrims(quiet=0, give=lambda: events.append("give"))
-    trims.push_began()
-    trims.queue()(finished(3))
-    assert events == ["give"] * 3
+class ScriptedPokes:
+    """The event the pokes set, its waits answered from a script: True is a poke within
+    the wait, False the quiet time passing without one."""
+
+    def __init__(self, script):
+        self.script, self.waits = list(script), []
+
+    def wait(self, timeout=None):
+        self.waits.append(timeout)
+        return True if timeout is None else self.script.pop(0)
+
+    def set(self):
+        pass
+
+    def clear(self):
+        pass
 
 
-def test_a_push_that_begins_while_waiting_puts_the_give_back_off():
-    events, pushes = [], iter(range(3))
-
-    def sleep(seconds):  # a push begins during each of the first three waits
-        assert seconds == trims.quiet
-        if next(pushes, None) is not None:
-            trims.push_began()
-        events.append("waited")
-    trims = QuietTrims(give=lambda: events.append(("give", trims.began)), sleep=sleep)
-    trims.push_began()
-    trims.queue()(finished(1))
-    assert events == ["waited"] * 4 + [("give", 4)]
+def test_a_poke_within_the_quiet_time_puts_the_give_back_off():
+    pokes = ScriptedPokes([True, True, True, False])
+    trims = TrimWhenQuiet(quiet=0.05, poked=pokes)
+    trims.wait_for_quiet()
+    assert pokes.waits == [None, 0.05, 0.05, 0.05, 0.05] and pokes.script == []
 
 
-def test_a_later_push_s_job_takes_over():
-    gives = []
-    trims = QuietTrims(quiet=0, give=lambda: gives.append(1))
-    first = trims.queue()
-    second = trims.queue()
-    first(finished(2))
-    assert gives == []
-    second(finished(2))
-    assert gives == [1, 1]
+def test_the_quiet_time_without_a_poke_ends_the_wait_at_once():
+    pokes = ScriptedPokes([False])
+    TrimWhenQuiet(quiet=0.05, poked=pokes).wait_for_quiet()
+    assert pokes.waits == [None, 0.05]
+
+
+def test_pokes_in_a_burst_give_back_once_after_it():
+    given = threading.Event()
+    count = []
+    trims = TrimWhenQuiet(quiet=0.2, give=lambda: (count.append(1), given.set()))
+    trims.as_they_end(finished(3))  # three pokes, well within the quiet time
+    assert given.wait(10)
+    assert count == [1]
+
+
+def test_each_thread_that_ends_is_followed_by_a_poke():
+    pokes = []
+    trims = TrimWhenQuiet(give=lambda: None)
+    trims.poke = lambda: pokes.append(1)
+    trims.as_they_end(finished(3))
+    assert pokes == [1, 1, 1]
 
 
 def test_a_thread_still_running_is_waited_for():
-    release, gives = threading.Event(), []
-    trims = QuietTrims(quiet=0, give=lambda: gives.append(release.is_set()))
+    release, pokes = threading.Event(), []
+    trims = TrimWhenQuiet(give=lambda: None)
+    trims.poke = lambda: pokes.append(release.is_set())
     running = threading.Thread(target=release.wait, args=(30,))
     running.start()
-    job = threading.Thread(target=trims.queue(), args=([running],))
+    job = threading.Thread(target=trims.as_they_end, args=([running],))
     job.start()
     job.join(0.3)
-    assert job.is_alive() and gives == []
+    assert job.is_alive() and pokes == []
     release.set()
     job.join(30)
-    assert gives == [True]
+    assert pokes == [True]

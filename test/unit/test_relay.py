@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from astara_router.memory import TrimWhenQuiet
 from astara_router.relay import LOCAL_ADDRESS, MAX_BODY, Front, Relay, WorkerPairs
 
 
@@ -177,21 +176,6 @@ def test_a_relay_that_breaks_answers_503(pair):
     front._channels.put(channel)
     status, _, body = call(front, "DELETE", "/v1/anything")
     assert status.startswith("503") and json.loads(body)["error"]["status"] == 503
-
-
-def test_trims_wait_for_the_pokes_to_stop():
-    given = []
-    trims = TrimWhenQuiet(quiet=0.5, give=lambda: given.append(time.monotonic()))
-    started = time.monotonic()
-    for _ in range(5):
-        trims.poke()
-        time.sleep(0.05)
-    deadline = time.monotonic() + 5
-    while not given and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(given) == 1 and given[0] - started >= 0.25 + 0.5 - 0.05
-    time.sleep(0.6)
-    assert len(given) == 1  # nothing poked since
 
 
 def test_a_worker_whose_master_end_closes_gives_up():
