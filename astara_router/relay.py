@@ -484,11 +484,18 @@ class Relay:
             started[:] = [status, headers]
         answering = self._answering
         answering.control, answering.body, answering.token = control, body, head.get(TOKEN)
+        result = None
         try:
-            result = self.app(environ, start_response)
-        finally:
-            answering.control = answering.body = None
-        try:
+            try:
+                result = self.app(environ, start_response)
+            except Exception:  # Flask answers its routes' errors: this escaped it
+                LOG.exception("%s %s failed", head.get("REQUEST_METHOD"), head.get("PATH_INFO"))
+                start_response("500 Internal Server Error",
+                               [("Content-Type", "application/json")])
+                result = [b'{"error": {"status": 500, "message": "the appliance failed to '
+                          b'answer; see its log"}}']
+            finally:
+                answering.control = answering.body = None
             content = [piece for piece in result if piece]  # sent as they are, not joined
             answer = {"status": started[0], "headers": started[1], "serial": self.serial}
             try:

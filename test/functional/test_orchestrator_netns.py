@@ -189,7 +189,7 @@ def test_metrics_and_the_push_request_id_in_both_logs(world):
     samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
                for line in response.text.splitlines() if line and not line.startswith("#")}
     assert samples['astara_orchestrator_resources{state="configured"}'] == 1
-    assert samples['astara_orchestrator_boots_total{result="created"}'] == 1
+    assert samples['astara_orchestrator_boots_total{result="created"}'] == 1, world.tail()
     assert samples['astara_orchestrator_pushes_total{result="applied"}'] >= 1
     assert samples["astara_orchestrator_health_polls_total"] >= 1
 

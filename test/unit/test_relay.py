@@ -53,10 +53,12 @@ class App:
     def __call__(self, environ, start_response):
         body = environ["wsgi.input"].read()
         self.seen.append((environ, body))
-        if environ["REQUEST_METHOD"] == "PUT":
+        if environ["REQUEST_METHOD"] in ("PUT", "PATCH"):
             number = self.engine.committed.generation + 1
             self.engine.commit(Generation(number, [b'{"configuration": ', body, b"}"],
                                           b"table %d" % number))
+        if environ["REQUEST_METHOD"] == "PATCH":
+            raise RuntimeError("the app failed after its commit")
         start_response("201 Created", [("Content-Type", "text/plain"), ("X-Seen", "yes")])
         app = self
 
@@ -218,3 +220,13 @@ def test_a_worker_that_has_gone_is_dropped(pair):
         time.sleep(0.01)
     assert relay._controls == [front.pairs.mine[0]]
     assert call(front, "GET", "/v1/system/config")[0] == "200 OK"
+
+
+def test_an_app_that_fails_after_a_commit_answers_500_and_the_worker_has_its_bytes(pair):
+    _, _, _, front = pair
+    status, _, body = call(front, "PATCH", "/v1/system/config", b"[7]")
+    assert status.startswith("500") and json.loads(body)["error"]["status"] == 500
+    assert call(front, "GET", "/v1/system/config")[2] == b'{"configuration": [7]}'
+    assert call(front, "GET", "/v1/firewall/rules")[2] == b"table 2"
+    assert call(front, "PUT", "/v1/system/config", b"[8]")[0] == "201 Created"  # the
+    # channel serves on
